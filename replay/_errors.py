@@ -1,0 +1,257 @@
+"""The exception hierarchy: every error replay raises derives from `ReplayError`.
+
+Public classes report `__module__ == "replay"` (set in `replay/__init__.py`), so a
+recorded `error_type` reads `replay.StepTimeout`, not `replay._errors.StepTimeout`.
+Messages are lowercase statements of what is wrong, the offending value with `!r` and
+its type, and what to do instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class ReplayError(Exception):
+    """Base class of every error raised by replay."""
+
+
+class StepFailed(ReplayError):
+    """A step ran out of attempts; thrown into the workflow at the step's `yield`.
+
+    Workflow code must branch on `error_type` or `is_a`, never on `__cause__`: the
+    cause is attached only when the failure happened in this execution, while the same
+    `StepFailed` is re-thrown identically on every replay.
+
+    Attributes:
+        run_id: The run the step belongs to.
+        key: The step's key.
+        error_type: Qualified name of the original exception class, e.g.
+            ``"builtins.ValueError"``.
+        error_types: Qualified names of the original exception's classes, most
+            specific first.
+        message: `str()` of the original exception.
+        attempts: How many attempts were made.
+    """
+
+    def __init__(
+        self,
+        run_id: str,
+        key: str,
+        error_type: str,
+        message: str,
+        attempts: int,
+        error_types: Sequence[str] = (),
+    ) -> None:
+        self.run_id = run_id
+        self.key = key
+        self.error_type = error_type
+        self.message = message
+        self.attempts = attempts
+        self.error_types: tuple[str, ...] = tuple(error_types) or (error_type,)
+        plural = "attempt" if attempts == 1 else "attempts"
+        super().__init__(
+            f"step {key!r} of run {run_id!r} failed after {attempts} {plural}: "
+            f"{error_type}: {message}"
+        )
+
+    def is_a(self, cls: type[BaseException]) -> bool:
+        """Tell whether the original exception was an instance of `cls`.
+
+        Decided from the recorded `error_types`, so the answer is the same on replay.
+
+        Args:
+            cls: An exception class.
+
+        Returns:
+            True if `cls`'s qualified name is among the recorded `error_types`.
+        """
+        return qualified_name(cls) in self.error_types
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (
+            type(self),
+            (self.run_id, self.key, self.error_type, self.message, self.attempts,
+             self.error_types),
+        )
+
+
+class StepTimeout(ReplayError):
+    """A step attempt exceeded its `timeout`; recorded as a failed attempt."""
+
+
+class StepInterrupted(ReplayError):
+    """A step attempt was running when the process died; recorded as a failed attempt."""
+
+
+class SuspendTimeout(ReplayError):
+    """A `Suspend` deadline passed before its signal arrived.
+
+    Attributes:
+        run_id: The suspended run.
+        key: The `Suspend`'s key.
+    """
+
+    def __init__(self, run_id: str, key: str) -> None:
+        self.run_id = run_id
+        self.key = key
+        super().__init__(f"no signal for {key!r} of run {run_id!r} before its timeout")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.run_id, self.key))
+
+
+class WorkflowFailed(ReplayError):
+    """A run ended with an exception; raised by `Run.result()`.
+
+    Attributes:
+        run_id: The failed run.
+        error_type: Qualified name of the exception that ended the run.
+        message: Its message.
+        traceback: The recorded traceback text, if any.
+    """
+
+    def __init__(self, run_id: str, error_type: str, message: str, traceback: str = ""):
+        self.run_id = run_id
+        self.error_type = error_type
+        self.message = message
+        self.traceback = traceback
+        super().__init__(f"run {run_id!r} failed: {error_type}: {message}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.run_id, self.error_type, self.message, self.traceback))
+
+
+class NondeterminismError(ReplayError):
+    """Workflow code no longer matches its recorded history.
+
+    Attributes:
+        run_id: The run.
+        key: The key whose record does not match.
+    """
+
+    def __init__(self, message: str, *, run_id: str | None = None, key: str | None = None):
+        self.run_id = run_id
+        self.key = key
+        super().__init__(message)
+
+
+class DuplicateKeyError(ReplayError):
+    """A key was yielded twice in one execution of a workflow.
+
+    Attributes:
+        run_id: The run.
+        key: The repeated key.
+    """
+
+    def __init__(self, message: str, *, run_id: str | None = None, key: str | None = None):
+        self.run_id = run_id
+        self.key = key
+        super().__init__(message)
+
+
+class SignalRejected(ReplayError):
+    """A signal cannot be delivered (its key already has a value, or the run ended)."""
+
+    def __init__(self, message: str, *, run_id: str | None = None, key: str | None = None):
+        self.run_id = run_id
+        self.key = key
+        super().__init__(message)
+
+
+class RunNotFound(ReplayError):
+    """No run with this `run_id` exists in the database.
+
+    Attributes:
+        run_id: The unknown id.
+    """
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        super().__init__(
+            f"no run with run_id {run_id!r} in this database; "
+            "list existing runs with engine.runs()"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.run_id,))
+
+
+class RunIdConflict(ReplayError):
+    """A `run_id` is already taken by a run of another workflow.
+
+    Attributes:
+        run_id: The contested id.
+    """
+
+    def __init__(self, message: str, *, run_id: str | None = None) -> None:
+        self.run_id = run_id
+        super().__init__(message)
+
+
+class RunSuspended(ReplayError):
+    """`replay.run` cannot finish: the run waits for a signal it cannot deliver.
+
+    Attributes:
+        run_id: The suspended run.
+        key: The key it waits on.
+    """
+
+    def __init__(self, message: str, *, run_id: str | None = None, key: str | None = None):
+        self.run_id = run_id
+        self.key = key
+        super().__init__(message)
+
+
+class WorkflowNotRegistered(ReplayError):
+    """A workflow name is not registered with this engine."""
+
+
+class EncodingError(ReplayError, TypeError):
+    """A value cannot be recorded (unsupported type, or larger than 4 MiB encoded).
+
+    Attributes:
+        key: The key or role of the value (``"input"``, ``"output"``, a step key),
+            when known.
+    """
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        self.key = key
+        super().__init__(message)
+
+
+class DatabaseError(ReplayError):
+    """The database file cannot be used (corrupted, not a replay database, newer schema)."""
+
+
+class DatabaseLocked(DatabaseError):
+    """Another engine holds the database file.
+
+    Attributes:
+        pid: The holding process's id, when known.
+    """
+
+    def __init__(self, message: str, *, pid: int | None = None) -> None:
+        self.pid = pid
+        super().__init__(message)
+
+
+class EngineClosed(ReplayError):
+    """The engine was used after it closed (or while it shuts down)."""
+
+
+class ReplayInternalError(ReplayError):
+    """An invariant of replay broke: this is a bug in replay; please report it."""
+
+
+def qualified_name(cls: type) -> str:
+    """Return ``f"{cls.__module__}.{cls.__qualname__}"``, the recorded form of a class."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def error_types_of(exc: BaseException) -> tuple[str, ...]:
+    """Return the qualified names of `exc`'s classes, most specific first."""
+    return tuple(
+        qualified_name(cls)
+        for cls in type(exc).__mro__
+        if issubclass(cls, BaseException)
+    )
