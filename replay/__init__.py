@@ -1,0 +1,80 @@
+"""replay: an embeddable durable-execution engine for Python.
+
+Workflows are generator functions that yield commands (`Step`, `Sleep`, `Suspend`);
+each command's key is looked up in a DuckDB event table, recorded outcomes are sent
+straight back, new ones are executed and recorded before the workflow continues.
+"""
+
+from replay._codec import register_type
+from replay._commands import Retry, Sleep, Step, Suspend
+from replay._engine import Engine, Run, open_engine
+from replay._errors import (
+    DatabaseError,
+    DatabaseLocked,
+    DuplicateKeyError,
+    EncodingError,
+    EngineClosed,
+    NondeterminismError,
+    ReplayError,
+    ReplayInternalError,
+    RunIdConflict,
+    RunNotFound,
+    RunSuspended,
+    SignalRejected,
+    StepFailed,
+    StepInterrupted,
+    StepTimeout,
+    SuspendTimeout,
+    WorkflowFailed,
+    WorkflowNotRegistered,
+)
+from replay._history import Event
+from replay._model import RunInfo, RunState
+from replay._run import run
+from replay._steps import current_step
+from replay._version import __version__
+from replay._workflows import workflow
+
+__all__ = [
+    "DatabaseError",
+    "DatabaseLocked",
+    "DuplicateKeyError",
+    "EncodingError",
+    "Engine",
+    "EngineClosed",
+    "Event",
+    "NondeterminismError",
+    "ReplayError",
+    "ReplayInternalError",
+    "Retry",
+    "Run",
+    "RunIdConflict",
+    "RunInfo",
+    "RunNotFound",
+    "RunState",
+    "RunSuspended",
+    "SignalRejected",
+    "Sleep",
+    "Step",
+    "StepFailed",
+    "StepInterrupted",
+    "StepTimeout",
+    "Suspend",
+    "SuspendTimeout",
+    "WorkflowFailed",
+    "WorkflowNotRegistered",
+    "__version__",
+    "current_step",
+    "open_engine",
+    "register_type",
+    "run",
+    "workflow",
+]
+
+# Public objects report the public module, so reprs, tracebacks and recorded
+# `error_type`s read `replay.StepTimeout`, not `replay._errors.StepTimeout`.
+for _name in __all__:
+    _obj = globals()[_name]
+    if getattr(_obj, "__module__", "").startswith("replay."):
+        _obj.__module__ = "replay"
+del _name, _obj

@@ -1,0 +1,119 @@
+"""The engine clock: wall-clock datetimes read through trio's clock.
+
+Every timestamp, deadline and back-off goes through `EngineClock`, so a
+`trio.testing.MockClock` moves the whole engine in virtual time. The anchor (which
+wall-clock instant trio's time 0 corresponds to) is taken once per trio run and shared
+by every engine in it, so reopening an engine later in the same `trio.run` continues
+from the same virtual time.
+
+This module also guards against the thread trap of the facts note: trio's autojump
+treats a task waiting on a worker thread as idle and would jump virtual time past a
+step that is still running. `busy_thread()` raises the mock clock's autojump threshold
+to infinity while any worker-thread call is outstanding.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+
+import trio
+import trio.testing
+
+_ANCHOR: trio.lowlevel.RunVar[tuple[datetime, float]] = trio.lowlevel.RunVar("replay_anchor")
+_GUARD: trio.lowlevel.RunVar[_ThreadGuard] = trio.lowlevel.RunVar("replay_thread_guard")
+
+
+def set_virtual_start(start: datetime) -> None:
+    """Anchor this trio run's engine clock so that "now" is `start`.
+
+    Must be called inside `trio.run` before an engine opens (used by replay.testing).
+
+    Raises:
+        ValueError: `start` is a naive datetime.
+    """
+    if start.tzinfo is None:
+        raise ValueError(f"virtual start must be an aware datetime, got {start!r}")
+    _ANCHOR.set((start.astimezone(UTC), trio.current_time()))
+
+
+class EngineClock:
+    """Wall-clock time as seen by one engine: trio's clock plus an anchor.
+
+    Args:
+        floor: The latest timestamp already recorded in the database; the clock never
+            reads below it (time only moves forward, SPEC §4.8).
+    """
+
+    __slots__ = ("_offset", "_wall", "_zero")
+
+    def __init__(self, floor: datetime | None = None) -> None:
+        try:
+            self._wall, self._zero = _ANCHOR.get()
+        except LookupError:
+            self._wall, self._zero = datetime.now(UTC), trio.current_time()
+            _ANCHOR.set((self._wall, self._zero))
+        self._offset = timedelta(0)
+        if floor is not None and self.now() < floor:
+            self._offset = floor - self.now()
+
+    def now(self) -> datetime:
+        """Return the current engine time, aware, in UTC."""
+        elapsed = trio.current_time() - self._zero
+        return self._wall + self._offset + timedelta(seconds=elapsed)
+
+    def trio_deadline(self, at: datetime) -> float:
+        """Return the trio clock reading at which the engine clock reads `at`."""
+        return self._zero + (at - self._wall - self._offset).total_seconds()
+
+    async def sleep_until(self, at: datetime) -> None:
+        """Sleep until the engine clock reads `at` (at once if that has passed)."""
+        await trio.sleep_until(self.trio_deadline(at))
+
+
+class _ThreadGuard:
+    """Counts outstanding worker-thread calls and freezes autojump while any runs."""
+
+    __slots__ = ("_busy", "_saved")
+
+    def __init__(self) -> None:
+        self._busy = 0
+        self._saved = 0.0
+
+    def enter(self) -> None:
+        clock = trio.lowlevel.current_clock()
+        if isinstance(clock, trio.testing.MockClock):
+            if self._busy == 0:
+                self._saved = clock.autojump_threshold
+                clock.autojump_threshold = math.inf
+            self._busy += 1
+
+    def exit(self) -> None:
+        clock = trio.lowlevel.current_clock()
+        if isinstance(clock, trio.testing.MockClock) and self._busy > 0:
+            self._busy -= 1
+            if self._busy == 0:
+                clock.autojump_threshold = self._saved
+
+
+def thread_guard() -> _ThreadGuard:
+    """Return this trio run's thread guard."""
+    try:
+        return _GUARD.get()
+    except LookupError:
+        guard = _ThreadGuard()
+        _GUARD.set(guard)
+        return guard
+
+
+@contextmanager
+def busy_thread() -> Iterator[None]:
+    """Keep virtual time from jumping while the body waits on a worker thread."""
+    guard = thread_guard()
+    guard.enter()
+    try:
+        yield
+    finally:
+        guard.exit()

@@ -1,0 +1,194 @@
+"""A run's recorded history, folded into one record per key (pure: no I/O).
+
+The event table is append-only; what a key "is" at any moment is the fold of its
+events in `seq` order. `RunHistory.apply` is that fold, used both when a history is
+loaded from the database and when the engine records a new event, so a run behaves the
+same whether its memo was built in this process or reloaded after a crash.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One row of the `replay_events` view, with `value` decoded.
+
+    Attributes:
+        seq: Global order of the event in the database.
+        run_id: The run it belongs to.
+        workflow: The run's workflow name.
+        key: The command's key (None for run-level events).
+        kind: ``run``, ``step``, ``sleep``, ``suspend`` or ``signal``.
+        event: What happened, e.g. ``completed``, ``retrying``, ``failed``.
+        attempt: The attempt number, for step events.
+        value: The recorded value (decoded), if any.
+        value_json: The value rendered as JSON text, if any.
+        error_type: Qualified name of the error's class, if any.
+        error: The error message (a traceback for ``run/failed``), if any.
+        recorded_at: When it was recorded, on the engine clock.
+        duration_ms: How long the attempt took, for completed and failed attempts.
+        wake_at: The deadline of a back-off, sleep or suspend timeout.
+    """
+
+    seq: int
+    run_id: str
+    workflow: str
+    key: str | None
+    kind: str
+    event: str
+    attempt: int | None
+    value: Any
+    value_json: str | None
+    error_type: str | None
+    error: str | None
+    recorded_at: datetime
+    duration_ms: float | None
+    wake_at: datetime | None
+
+
+@dataclass(slots=True)
+class Record:
+    """An event as the engine writes and folds it (internal columns included).
+
+    `value` holds the encoded bytes: decoding happens when a value is sent into a
+    generator, so every execution gets a fresh object, exactly as a replay would.
+    """
+
+    run_id: str
+    workflow: str
+    kind: str
+    event: str
+    key: str | None = None
+    attempt: int | None = None
+    value: bytes | None = None
+    value_json: str | None = None
+    error_type: str | None = None
+    error: str | None = None
+    error_types: tuple[str, ...] = ()
+    name: str | None = None
+    recorded_at: datetime | None = None
+    duration_ms: float | None = None
+    wake_at: datetime | None = None
+    run_state: str | None = None
+    status_text: str | None = None
+    seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A recorded step failure, enough to rebuild the same `StepFailed` on replay."""
+
+    error_type: str
+    error_types: tuple[str, ...]
+    message: str
+    attempts: int
+
+
+@dataclass(slots=True)
+class KeyRecord:
+    """What one key's events say so far.
+
+    Attributes:
+        kind: The command kind first recorded for the key.
+        name: The step name recorded with the key's latest attempt.
+        attempts: Attempts with a recorded outcome (an interrupted one included).
+        budget_start: Attempts made before the current retry budget (raised by
+            `resume`, which gives a failed step a fresh budget).
+        done: Whether the key has a final outcome.
+        value: The encoded value of a successful outcome.
+        failure: The failure of a failed outcome.
+        wake_at: A pending deadline (retry back-off).
+        started: An attempt whose start is durable and whose outcome is not.
+        renamed_to: Step names already recorded in a ``renamed`` event.
+    """
+
+    kind: str
+    name: str | None = None
+    attempts: int = 0
+    budget_start: int = 0
+    done: bool = False
+    value: bytes | None = None
+    failure: Failure | None = None
+    wake_at: datetime | None = None
+    started: int | None = None
+    renamed_to: set[str] = field(default_factory=set)
+
+
+class RunHistory:
+    """The per-key memo of one run, built by folding its records in order."""
+
+    __slots__ = ("keys", "last_step_key", "last_was_step_failure")
+
+    def __init__(self, records: list[Record] | None = None) -> None:
+        self.keys: dict[str, KeyRecord] = {}
+        # Whether the newest key-level event is an unhandled step failure: `resume`
+        # gives that step a fresh budget instead of replaying the failure.
+        self.last_step_key: str | None = None
+        self.last_was_step_failure = False
+        for record in records or ():
+            self.apply(record)
+
+    def get(self, key: str) -> KeyRecord | None:
+        """Return the key's record, or None if nothing is recorded for it."""
+        return self.keys.get(key)
+
+    def apply(self, record: Record) -> None:
+        """Fold one record into the memo."""
+        if record.kind == "run":
+            if record.event == "resumed" and record.key is not None:
+                self._void_failure(record.key)
+            return
+        if record.key is None:
+            return
+        entry = self.keys.get(record.key)
+        if entry is None:
+            entry = self.keys[record.key] = KeyRecord(kind=record.kind)
+        if record.event != "renamed":
+            self.last_step_key = record.key
+            self.last_was_step_failure = record.kind == "step" and record.event == "failed"
+        if record.kind == "step":
+            self._apply_step(entry, record)
+
+    def unhandled_failure(self) -> str | None:
+        """Return the key of the step failure that ended the run, if one did.
+
+        That is a step whose final failure is the newest key-level record: nothing was
+        recorded after it, so the workflow did not handle it.
+        """
+        return self.last_step_key if self.last_was_step_failure else None
+
+    def _apply_step(self, entry: KeyRecord, record: Record) -> None:
+        event = record.event
+        if event == "renamed":
+            if record.name is not None:
+                entry.renamed_to.add(record.name)
+            return
+        attempt = record.attempt or 0
+        if event == "started":
+            entry.started = attempt
+            return
+        entry.started = None
+        entry.attempts = max(entry.attempts, attempt)
+        entry.name = record.name or entry.name
+        entry.wake_at = record.wake_at if event == "retrying" else None
+        if event == "completed":
+            entry.done, entry.value = True, record.value
+        elif event == "failed":
+            entry.done = True
+            entry.failure = Failure(
+                error_type=record.error_type or "builtins.Exception",
+                error_types=record.error_types or (record.error_type or "",),
+                message=record.error or "",
+                attempts=attempt,
+            )
+
+    def _void_failure(self, key: str) -> None:
+        entry = self.keys.get(key)
+        if entry is not None and entry.failure is not None:
+            entry.done, entry.failure = False, None
+            entry.budget_start = entry.attempts
+        self.last_was_step_failure = False

@@ -1,0 +1,253 @@
+"""The sans-IO core: drive one workflow generator against its recorded history.
+
+Theory of operation. Everything that decides what a workflow *means* lives here; how
+anything is executed, recorded or waited for lives in the engine. This module imports
+no trio, duckdb or msgpack, has no clock and never awaits.
+
+The engine feeds the interpreter the generator's next input (`start`, `send`, `throw`)
+and gets back one `Decision`:
+
+- `Execute(command, record)`: the generator yielded a command whose outcome is not
+  recorded yet (``record`` holds what *is* recorded about the key, e.g. failed attempts
+  awaiting a retry). The engine performs it, records the outcome durably, then calls
+  `send` or `throw` with it.
+- `Finish(output)`: the generator returned; its value is the run's output.
+- `Fail(error, traceback)`: the generator raised, or broke a rule of replay
+  (`DuplicateKeyError`, `NondeterminismError`); for the latter the generator has
+  already been closed and nothing it yielded while closing was acted on.
+
+Between two decisions the interpreter runs the generator forward *synchronously*
+through every command whose outcome is recorded, sending each recorded value (or
+throwing each recorded `StepFailed`) straight back: replay costs no I/O and no trio
+checkpoint. A yielded value that is not a command is answered with a `TypeError`
+thrown in at that `yield`.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+from replay._commands import COMMAND_TYPES, Command, Step, command_kind
+from replay._errors import DuplicateKeyError, NondeterminismError, StepFailed
+from replay._history import Failure, KeyRecord, RunHistory
+
+Workflow = Generator[Any, Any, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Execute:
+    """The workflow needs `command` performed; `record` is what is known of its key."""
+
+    command: Command
+    record: KeyRecord | None
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """The workflow returned `output`."""
+
+    output: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Fail:
+    """The run fails with `error`; `traceback` is the text to record."""
+
+    error: BaseException
+    traceback: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rename:
+    """A step replayed under a different name than recorded (SPEC §2 rule 4)."""
+
+    key: str
+    recorded: str
+    current: str
+    message: str
+
+
+Decision = Execute | Finish | Fail
+
+
+class Interpreter:
+    """Drives one execution of one run's generator.
+
+    Args:
+        run_id: The run's id (for messages and `StepFailed`).
+        workflow: The workflow's registered name (for messages).
+        generator: A fresh generator, not started yet.
+        history: The run's memo; the engine applies new records to it.
+        decode: Turns a recorded value's bytes into a fresh Python object.
+    """
+
+    __slots__ = ("_decode", "_generator", "_history", "_seen", "renames", "run_id", "workflow")
+
+    def __init__(
+        self,
+        run_id: str,
+        workflow: str,
+        generator: Workflow,
+        history: RunHistory,
+        decode: Callable[[bytes], Any],
+    ) -> None:
+        self.run_id = run_id
+        self.workflow = workflow
+        self._generator = generator
+        self._history = history
+        self._decode = decode
+        self._seen: set[str] = set()
+        # Renamed steps met since the engine last drained this list.
+        self.renames: list[Rename] = []
+
+    def start(self) -> Decision:
+        """Run the generator up to its first command that needs I/O."""
+        return self._advance(self._generator.send, None)
+
+    def send(self, value: Any) -> Decision:
+        """Send a fresh command's outcome in and run up to the next decision."""
+        return self._advance(self._generator.send, value)
+
+    def throw(self, error: BaseException) -> Decision:
+        """Throw a fresh command's failure in and run up to the next decision."""
+        return self._advance(self._generator.throw, error)
+
+    def close(self) -> None:
+        """Close the generator; whatever it yields while closing is ignored."""
+        close_quietly(self._generator)
+
+    def _advance(self, resume: Callable[[Any], Any], argument: Any) -> Decision:
+        while True:
+            try:
+                yielded = resume(argument)
+            except StopIteration as stop:
+                return Finish(stop.value)
+            except Exception as error:
+                return Fail(error, format_failure(error))
+            if type(yielded) not in COMMAND_TYPES:
+                resume, argument = self._generator.throw, self._not_a_command(yielded)
+                continue
+            command: Command = yielded
+            record = self._history.get(command.key)
+            problem = self._check(command, record)
+            if problem is not None:
+                return self._fail_for_deployment(problem)
+            if record is None or not record.done:
+                return Execute(command, record)
+            if record.failure is not None:
+                resume = self._generator.throw
+                argument = self._step_failed(command.key, record.failure)
+            else:
+                resume = self._generator.send
+                argument = None if record.value is None else self._decode(record.value)
+
+    def _check(self, command: Command, record: KeyRecord | None) -> Exception | None:
+        key = command.key
+        if key in self._seen:
+            return DuplicateKeyError(
+                f"workflow {self.workflow!r} yielded key {key!r} twice in one execution "
+                f"of run {self.run_id!r}; a key may be yielded once per execution: make "
+                f"it unique, e.g. f\"{key}:{{i}}\" for the i-th item",
+                run_id=self.run_id,
+                key=key,
+            )
+        self._seen.add(key)
+        if record is None:
+            return None
+        kind = command_kind(command)
+        if record.kind != kind:
+            return NondeterminismError(
+                f"run {self.run_id!r} of workflow {self.workflow!r} recorded key {key!r} "
+                f"as a {record.kind} but the workflow now yields {command!r}; restore the "
+                f"code that recorded it, or give the new command a new key (e.g. bump "
+                f"':v1' to ':v2') and resume the run",
+                run_id=self.run_id,
+                key=key,
+            )
+        if isinstance(command, Step):
+            self._check_name(command, record)
+        return None
+
+    def _check_name(self, step: Step, record: KeyRecord) -> None:
+        recorded = record.name
+        if recorded is None or recorded == step.name or step.name in record.renamed_to:
+            return
+        record.renamed_to.add(step.name)
+        message = (
+            f"run {self.run_id!r}: step {step.key!r} was recorded with name {recorded!r} "
+            f"but now calls {step.name!r}; the recorded outcome is used. If the function "
+            f"was renamed or moved, pass name={recorded!r} to Step; if the step's meaning "
+            f"changed, bump its key so that it runs again"
+        )
+        self.renames.append(Rename(step.key, recorded, step.name, message))
+
+    def _not_a_command(self, yielded: object) -> TypeError:
+        shown = f"{yielded!r} ({type(yielded).__name__})"
+        is_commands = isinstance(yielded, list | tuple) and len(yielded) > 0
+        if is_commands and all(type(item) in COMMAND_TYPES for item in yielded):  # type: ignore[union-attr]
+            return TypeError(
+                f"workflow {self.workflow!r} yielded {shown}; parallel commands are not "
+                f"supported yet: yield one command at a time"
+            )
+        return TypeError(
+            f"workflow {self.workflow!r} yielded {shown}; expected a command such as "
+            f"Step, Sleep or Suspend"
+        )
+
+    def _step_failed(self, key: str, failure: Failure) -> StepFailed:
+        return StepFailed(
+            self.run_id,
+            key,
+            failure.error_type,
+            failure.message,
+            failure.attempts,
+            failure.error_types,
+        )
+
+    def _fail_for_deployment(self, error: Exception) -> Fail:
+        # Not thrown into the generator: user `except`/`finally` code must not act on a
+        # deployment error. The traceback points at the offending `yield` instead.
+        where = "".join(traceback.format_list(yield_stack(self._generator)))
+        self.close()
+        text = (
+            "Traceback (most recent call last):\n"
+            f"{where}{type(error).__module__}.{type(error).__qualname__}: {error}\n"
+        )
+        return Fail(error, text)
+
+
+def yield_stack(generator: Workflow) -> traceback.StackSummary:
+    """Return the frames a suspended generator is paused in, outermost first.
+
+    Follows `yield from` delegation down to the innermost generator, so the last frame
+    is the `yield` that produced the current command.
+    """
+    frames: list[tuple[FrameType, int]] = []
+    current: Any = generator
+    while current is not None:
+        frame = getattr(current, "gi_frame", None)
+        if frame is None:
+            break
+        frames.append((frame, frame.f_lineno))
+        current = getattr(current, "gi_yieldfrom", None)
+    return traceback.StackSummary.extract(frames)
+
+
+def format_failure(error: BaseException) -> str:
+    """Format `error`'s traceback without the interpreter's own frame."""
+    tb = error.__traceback__
+    if tb is not None and tb.tb_frame.f_code is Interpreter._advance.__code__:
+        error = error.with_traceback(tb.tb_next)
+    return "".join(traceback.format_exception(error))
+
+
+def close_quietly(generator: Workflow) -> None:
+    """Close a generator, ignoring anything it yields or raises while closing."""
+    try:
+        generator.close()
+    except Exception:  # noqa: S110 - a yield or raise in `finally` must not stop the engine
+        pass

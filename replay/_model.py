@@ -1,0 +1,150 @@
+"""Run states as users see them (`RunState`, `RunInfo`) and as the engine keeps them.
+
+A `RunSlot` is the engine's in-memory view of one run. It changes only by applying
+records *after* they are committed, so whatever `status()`, `runs()` or `Run.wait()`
+report is already durable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+import trio
+
+from replay._history import Record, RunHistory
+from replay._store import RunRow
+
+
+class RunState(StrEnum):
+    """The state of a run; a `StrEnum`, so ``RunState.COMPLETED == "completed"``."""
+
+    RUNNING = "running"
+    SLEEPING = "sleeping"
+    SUSPENDED = "suspended"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINISHED = frozenset({RunState.COMPLETED, RunState.FAILED, RunState.CANCELLED})
+# States in which `Run.wait()` returns: finished, or waiting for a signal.
+SETTLED = FINISHED | {RunState.SUSPENDED}
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """A snapshot of one run's durable state.
+
+    Attributes:
+        run_id: The run's id.
+        workflow: The workflow's registered name.
+        state: The run's `RunState`.
+        created_at: When the run was started (engine clock).
+        updated_at: When anything last happened to it (engine clock).
+        output: The workflow's return value, once completed.
+        error: The traceback text of the failure, once failed.
+        error_type: The qualified name of the exception that failed the run.
+        waiting_for: The key the run sleeps or is suspended on, else None.
+        wake_at: When a sleeping run wakes (a sleep, retry back-off or timeout).
+        status_text: The `status` of the `Suspend` the run waits on, else None.
+    """
+
+    run_id: str
+    workflow: str
+    state: RunState
+    created_at: datetime
+    updated_at: datetime
+    output: Any = None
+    error: str | None = None
+    error_type: str | None = None
+    waiting_for: str | None = None
+    wake_at: datetime | None = None
+    status_text: str | None = None
+
+
+class RunSlot:
+    """The engine's record of one run (internal)."""
+
+    __slots__ = (
+        "active", "changed", "created_at", "durable", "error", "error_type", "history", "message",
+        "output", "run_id", "state", "status_text", "updated_at", "waiting_for", "wake_at",
+        "workflow",
+    )
+
+    def __init__(self, run_id: str, workflow: str, state: RunState, created_at: datetime):
+        self.run_id = run_id
+        self.workflow = workflow
+        self.state = state
+        self.created_at = created_at
+        self.updated_at = created_at
+        self.output: bytes | None = None
+        self.error: str | None = None
+        self.error_type: str | None = None
+        self.message: bytes | None = None
+        self.waiting_for: str | None = None
+        self.wake_at: datetime | None = None
+        self.status_text: str | None = None
+        # The memo, while the run executes in this process (None: load from the file).
+        self.history: RunHistory | None = None
+        # True while a task drives the run: one run executes in one place at a time.
+        self.active = False
+        self.changed = trio.Event()
+        # Set once the run's start is committed (at once for runs loaded from the file).
+        self.durable = trio.Event()
+
+    def restore(self, row: RunRow) -> None:
+        """Take the state a run had in the file when the engine opened."""
+        self.updated_at = row.updated_at
+        self.waiting_for = row.waiting_for
+        self.wake_at = row.wake_at
+        self.status_text = row.status_text
+        if self.state is RunState.FAILED:
+            self.error, self.error_type, self.message = row.error, row.error_type, row.value
+        elif self.state is RunState.COMPLETED:
+            self.output = row.value
+        self.durable.set()
+
+    def apply(self, record: Record) -> None:
+        """Take a committed record into account (and into the memo, if loaded)."""
+        if self.history is not None:
+            self.history.apply(record)
+        if record.recorded_at is not None:
+            self.updated_at = record.recorded_at
+        if record.run_state is None:
+            return
+        self.state = RunState(record.run_state)
+        waiting = self.state in (RunState.SLEEPING, RunState.SUSPENDED)
+        self.waiting_for = record.key if waiting else None
+        self.wake_at = record.wake_at if waiting else None
+        self.status_text = record.status_text if self.state is RunState.SUSPENDED else None
+        failed = self.state is RunState.FAILED
+        self.error = record.error if failed else None
+        self.error_type = record.error_type if failed else None
+        self.message = record.value if failed else None
+        self.output = record.value if self.state is RunState.COMPLETED else None
+        self.notify()
+
+    def notify(self) -> None:
+        """Wake everything waiting for this run to change."""
+        self.changed.set()
+        self.changed = trio.Event()
+
+    def info(self, decode: Callable[[bytes], Any]) -> RunInfo:
+        """Return a `RunInfo` snapshot."""
+        return RunInfo(
+            run_id=self.run_id,
+            workflow=self.workflow,
+            state=self.state,
+            created_at=self.created_at,
+            updated_at=self.updated_at,
+            output=None if self.output is None else decode(self.output),
+            error=self.error,
+            error_type=self.error_type,
+            waiting_for=self.waiting_for,
+            wake_at=self.wake_at,
+            status_text=self.status_text,
+        )

@@ -1,0 +1,119 @@
+"""Opening a database for an engine: option checks and the one-engine-per-file rule.
+
+DuckDB refuses a second *process* on a file, but within one process a second
+`duckdb.connect` to the same file silently shares the first connection's database.
+Two engines sharing a file would break the single-writer design, so this module keeps
+a registry of files open in this process and applies the same rule to both cases.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from os import PathLike
+
+import trio
+
+from replay._clock import busy_thread
+from replay._commands import Retry
+from replay._errors import DatabaseLocked
+from replay._store import Store, same_file_key
+
+_OPEN_HERE: set[str] = set()
+_LOCK_POLL_SECONDS = 0.05
+
+
+def validate_options(
+    durability: object,
+    shutdown_timeout: object,
+    lock_timeout: object,
+    max_threads: object,
+    default_retry: object,
+    always_replay: object,
+) -> None:
+    """Check `open_engine`'s options before anything is opened.
+
+    Raises:
+        TypeError: An option has the wrong type.
+        ValueError: An option has a wrong value.
+    """
+    if durability not in ("fsync", "none"):
+        raise ValueError(f"durability must be 'fsync' or 'none', got {_show(durability)}")
+    for name, value in (("shutdown_timeout", shutdown_timeout), ("lock_timeout", lock_timeout)):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TypeError(f"{name} must be a number of seconds, got {_show(value)}")
+        if math.isnan(value) or value < 0:
+            raise ValueError(f"{name} must be >= 0 seconds, got {value!r}")
+    if isinstance(max_threads, bool) or not isinstance(max_threads, int):
+        raise TypeError(f"max_threads must be an int, got {_show(max_threads)}")
+    if max_threads < 1:
+        raise ValueError(f"max_threads must be >= 1, got {max_threads!r}")
+    if default_retry is not None and not isinstance(default_retry, Retry):
+        raise TypeError(
+            f"default_retry must be a replay.Retry or None, got {_show(default_retry)}"
+        )
+    if not isinstance(always_replay, bool):
+        raise TypeError(f"always_replay must be a bool, got {_show(always_replay)}")
+
+
+def database_path(path: object) -> str:
+    """Return `path` as the string DuckDB opens.
+
+    Raises:
+        TypeError: `path` is not a str or path-like.
+    """
+    if isinstance(path, str):
+        return path
+    if isinstance(path, PathLike):
+        return os.fspath(path)  # type: ignore[arg-type]
+    raise TypeError(
+        f"path must be a str or pathlib.Path (or ':memory:'), got {_show(path)}"
+    )
+
+
+async def open_store(
+    path: str, durability: str, lock_timeout: float
+) -> tuple[Store, Callable[[], None]]:
+    """Open `path` for one engine, waiting up to `lock_timeout` for another to let go.
+
+    Returns:
+        The store, and a function to call once the store is closed.
+
+    Raises:
+        DatabaseLocked: Another engine (in this process or another) holds the file.
+        DatabaseError: The file is not a usable replay database.
+    """
+    key = same_file_key(path)
+    deadline = trio.current_time() + lock_timeout
+    while True:
+        try:
+            store = await _try_open(path, key, durability)
+        except DatabaseLocked:
+            if trio.current_time() >= deadline:
+                raise
+            await trio.sleep(_LOCK_POLL_SECONDS)
+            continue
+        return store, lambda: _OPEN_HERE.discard(key) if key else None
+
+
+async def _try_open(path: str, key: str | None, durability: str) -> Store:
+    if key is not None:
+        if key in _OPEN_HERE:
+            raise DatabaseLocked(
+                f"database {path!r} is already open by another engine in this process "
+                f"(PID {os.getpid()}); use that engine, or close it before opening another",
+                pid=os.getpid(),
+            )
+        _OPEN_HERE.add(key)
+    try:
+        with busy_thread():
+            return await trio.to_thread.run_sync(Store, path, durability)
+    except BaseException:
+        if key is not None:
+            _OPEN_HERE.discard(key)
+        raise
+
+
+def _show(value: object) -> str:
+    return f"{value!r} ({type(value).__name__})"

@@ -1,0 +1,246 @@
+"""Executing one `Step`: attempts, timeouts, durable retries and recovery.
+
+A step's attempts are recorded as they end: ``completed`` (with the value),
+``retrying`` (with the back-off deadline; the run is ``sleeping`` meanwhile) or
+``failed`` (the budget is spent: `StepFailed` is thrown into the workflow). Sync step
+functions run in worker threads, bounded by the engine's limiter; async ones run on the
+engine's loop. After a crash, the first fresh attempt of each recovered run runs alone
+with its start recorded (``started``), so an attempt that kills the process is charged
+to its own step, and only to it (SPEC §2 rule 6).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import trio
+
+from replay._clock import EngineClock, busy_thread
+from replay._codec import decode, encode, to_json
+from replay._commands import Retry, Step
+from replay._errors import (
+    EncodingError,
+    ReplayError,
+    StepFailed,
+    StepInterrupted,
+    StepTimeout,
+    error_types_of,
+    qualified_name,
+)
+from replay._history import KeyRecord, Record
+from replay._model import RunSlot
+
+_CURRENT_STEP: ContextVar[tuple[str, str, int] | None] = ContextVar(
+    "replay_current_step", default=None
+)
+
+ONE_ATTEMPT = Retry(attempts=1)
+
+
+def current_step() -> tuple[str, str, int]:
+    """Return ``(run_id, key, attempt)`` of the step whose function is running.
+
+    Use it inside a step function (sync or async) to build idempotency keys for
+    outside systems, e.g. ``f"{run_id}:{key}"``.
+
+    Raises:
+        ReplayError: Called outside a step function.
+    """
+    current = _CURRENT_STEP.get()
+    if current is None:
+        raise ReplayError(
+            "replay.current_step() was called outside a step function; call it only "
+            "from a function that a Step runs"
+        )
+    return current
+
+
+class Stopping(Exception):
+    """Raised out of a back-off wait that the engine's shutdown interrupted."""
+
+
+@dataclass(slots=True)
+class _Attempt:
+    ok: bool
+    value: Any
+    duration_ms: float | None
+
+
+class StepRunner:
+    """Runs steps for the engine.
+
+    Args:
+        commit: Makes records durable and applies them to their run's slot.
+        clock: The engine clock.
+        default_retry: The engine-wide policy for steps without `retry=`.
+        limiter: Bounds how many sync step functions run at once.
+    """
+
+    def __init__(
+        self,
+        commit: Callable[[RunSlot, Record], Awaitable[None]],
+        clock: EngineClock,
+        default_retry: Retry | None,
+        limiter: trio.CapacityLimiter,
+    ) -> None:
+        self._commit = commit
+        self._clock = clock
+        self._default_retry = default_retry or ONE_ATTEMPT
+        self._limiter = limiter
+        # Held by a recovered run's first fresh attempt, so that those run one at a time.
+        self._recovery_lock = trio.Lock()
+        # Cancel scopes of back-off waits, cancelled when the engine shuts down: the
+        # deadline is durable, so the wait continues at the next open.
+        self._parked: set[trio.CancelScope] = set()
+        self._stopping = False
+
+    def stop(self) -> None:
+        """Interrupt every back-off wait now and any that starts later."""
+        self._stopping = True
+        for scope in self._parked:
+            scope.cancel()
+
+    async def run(
+        self, slot: RunSlot, step: Step, record: KeyRecord | None, recovering: bool
+    ) -> tuple[bool, Any]:
+        """Execute `step` until it succeeds or its budget is spent.
+
+        Returns:
+            ``(True, value)`` with the value as a replay will see it, or
+            ``(False, StepFailed)`` to throw into the workflow.
+        """
+        policy = step.retry or self._default_retry
+        attempt = record.attempts if record else 0
+        budget_start = record.budget_start if record else 0
+        wake_at = record.wake_at if record else None
+        failure: _Attempt | None = None
+        if record is not None and record.started is not None:
+            attempt = record.started
+            failure = _Attempt(False, StepInterrupted(
+                f"step {step.key!r} attempt {attempt} was running when the process "
+                "stopped; it counts as a failed attempt"), None)
+        while True:
+            if failure is None:
+                if wake_at is not None:
+                    await self._wait_until(wake_at)
+                attempt += 1
+                async with self._alone(recovering, slot, step, attempt):
+                    outcome = await self._attempt(slot, step, attempt)
+                    if outcome.ok:
+                        return await self._succeeded(slot, step, attempt, outcome)
+                recovering = False
+                failure = outcome
+            error: BaseException = failure.value
+            used = attempt - budget_start
+            if used < policy.attempts and policy.retries(error_types_of(error)):
+                delay = policy.delay(slot.run_id, step.key, used)
+                wake_at = self._clock.now() + timedelta(seconds=delay)
+                await self._commit(slot, self._failure_record(
+                    slot, step, attempt, failure, "retrying", wake_at=wake_at))
+                failure = None
+                continue
+            await self._commit(slot, self._failure_record(slot, step, attempt, failure, "failed"))
+            return False, self._step_failed(slot, step, attempt, error)
+
+    async def _wait_until(self, wake_at: datetime) -> None:
+        with trio.CancelScope() as scope:
+            if self._stopping:
+                scope.cancel()
+            self._parked.add(scope)
+            try:
+                await self._clock.sleep_until(wake_at)
+            finally:
+                self._parked.discard(scope)
+        if scope.cancelled_caught:
+            raise Stopping
+
+    @asynccontextmanager
+    async def _alone(
+        self, recovering: bool, slot: RunSlot, step: Step, attempt: int
+    ) -> AsyncIterator[None]:
+        if not recovering:
+            yield
+            return
+        async with self._recovery_lock:
+            await self._commit(slot, Record(
+                slot.run_id, slot.workflow, "step", "started", key=step.key,
+                attempt=attempt, name=step.name))
+            yield
+
+    async def _succeeded(
+        self, slot: RunSlot, step: Step, attempt: int, outcome: _Attempt
+    ) -> tuple[bool, Any]:
+        try:
+            data = encode(outcome.value, key=step.key)
+        except EncodingError as error:
+            # An unencodable value is a bug in the step, not bad luck: not retried.
+            failed = _Attempt(False, error, outcome.duration_ms)
+            await self._commit(slot, self._failure_record(slot, step, attempt, failed, "failed"))
+            return False, self._step_failed(slot, step, attempt, error)
+        await self._commit(slot, Record(
+            slot.run_id, slot.workflow, "step", "completed", key=step.key, attempt=attempt,
+            value=data, value_json=to_json(outcome.value), name=step.name,
+            duration_ms=outcome.duration_ms, run_state="running"))
+        return True, decode(data)
+
+    async def _attempt(self, slot: RunSlot, step: Step, attempt: int) -> _Attempt:
+        began = trio.current_time()
+        token = _CURRENT_STEP.set((slot.run_id, step.key, attempt))
+        try:
+            value = await self._call(step, attempt)
+        except Exception as error:
+            return _Attempt(False, error, _elapsed_ms(began))
+        finally:
+            _CURRENT_STEP.reset(token)
+        return _Attempt(True, value, _elapsed_ms(began))
+
+    async def _call(self, step: Step, attempt: int) -> Any:
+        deadline = math.inf if step.timeout is None else trio.current_time() + step.timeout
+        with trio.CancelScope(deadline=deadline) as scope:
+            if step.is_async:
+                value = await step.fn(*step.args)
+            else:
+                # A thread cannot be stopped: on timeout it is abandoned, still running.
+                with busy_thread():
+                    value = await trio.to_thread.run_sync(
+                        step.fn, *step.args, abandon_on_cancel=True, limiter=self._limiter
+                    )
+        if scope.cancelled_caught:
+            raise StepTimeout(
+                f"step {step.key!r} attempt {attempt} exceeded its timeout of "
+                f"{step.timeout:g}s"
+            )
+        return value
+
+    @staticmethod
+    def _failure_record(
+        slot: RunSlot, step: Step, attempt: int, failure: _Attempt, event: str,
+        wake_at: Any = None,
+    ) -> Record:
+        error: BaseException = failure.value
+        return Record(
+            slot.run_id, slot.workflow, "step", event, key=step.key, attempt=attempt,
+            error_type=qualified_name(type(error)), error=str(error),
+            error_types=error_types_of(error), name=step.name,
+            duration_ms=failure.duration_ms, wake_at=wake_at,
+            run_state="sleeping" if event == "retrying" else "running",
+        )
+
+    @staticmethod
+    def _step_failed(slot: RunSlot, step: Step, attempt: int, error: BaseException) -> StepFailed:
+        failed = StepFailed(
+            slot.run_id, step.key, qualified_name(type(error)), str(error), attempt,
+            error_types_of(error),
+        )
+        failed.__cause__ = error
+        return failed
+
+
+def _elapsed_ms(began: float) -> float:
+    return (trio.current_time() - began) * 1000.0

@@ -1,0 +1,338 @@
+"""The DuckDB store: schema, views, the group-commit writer thread, history loading.
+
+This is the only module that imports duckdb. Everything here is synchronous; the
+engine calls it from worker threads (reads) or hands batches to the writer thread.
+
+Design (see the facts note): DuckDB's cost is per statement, so the hot path writes
+each batch of records as one Appender flush, which in autocommit mode is one
+transaction and one fsync of the WAL. The event table is append-only, has no primary
+key and no UPDATEs; run state is derived from the newest state-carrying event.
+A single-column index on `run_id` keeps loading one run's history fast in big files.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from replay._errors import DatabaseError, DatabaseLocked, ReplayError
+from replay._history import Record
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS replay_meta (name VARCHAR, value VARCHAR);
+CREATE TABLE IF NOT EXISTS replay_event_log (
+    seq BIGINT, run_id VARCHAR, workflow VARCHAR, key VARCHAR, kind VARCHAR,
+    event VARCHAR, attempt INTEGER, value BLOB, value_json JSON, error_type VARCHAR,
+    error VARCHAR, recorded_at TIMESTAMPTZ, duration_ms DOUBLE, wake_at TIMESTAMPTZ,
+    name VARCHAR, error_types VARCHAR, run_state VARCHAR, status_text VARCHAR
+);
+CREATE INDEX IF NOT EXISTS replay_event_log_run_id ON replay_event_log (run_id);
+CREATE OR REPLACE VIEW replay_events AS
+    SELECT seq, run_id, workflow, key, kind, event, attempt, value, value_json,
+           error_type, error, recorded_at, duration_ms, wake_at
+    FROM replay_event_log;
+CREATE OR REPLACE VIEW replay_runs AS
+    WITH latest AS (
+        SELECT run_id, run_state, key, wake_at, status_text, error_type, error, value_json
+        FROM replay_event_log WHERE run_state IS NOT NULL
+        QUALIFY row_number() OVER (PARTITION BY run_id ORDER BY seq DESC) = 1
+    ), started AS (
+        SELECT run_id, workflow, recorded_at, value_json
+        FROM replay_event_log WHERE kind = 'run' AND event = 'started'
+    ), touched AS (
+        SELECT run_id, max(recorded_at) AS updated_at FROM replay_event_log GROUP BY run_id
+    )
+    SELECT s.run_id, s.workflow, l.run_state AS state, s.recorded_at AS created_at,
+           t.updated_at, s.value_json AS input_json,
+           CASE WHEN l.run_state = 'completed' THEN l.value_json END AS output_json,
+           CASE WHEN l.run_state = 'failed' THEN l.error_type END AS error_type,
+           CASE WHEN l.run_state = 'failed' THEN l.error END AS error,
+           CASE WHEN l.run_state IN ('sleeping', 'suspended') THEN l.key END AS waiting_for,
+           CASE WHEN l.run_state IN ('sleeping', 'suspended') THEN l.wake_at END AS wake_at,
+           CASE WHEN l.run_state = 'suspended' THEN l.status_text END AS status_text
+    FROM started s JOIN latest l USING (run_id) JOIN touched t USING (run_id);
+"""
+
+# Column order of replay_event_log, as `record_row` produces it.
+_COLUMNS = (
+    "seq, run_id, workflow, key, kind, event, attempt, value, value_json, error_type, "
+    "error, recorded_at, duration_ms, wake_at, name, error_types, run_state, status_text"
+)
+
+_RUN_SUMMARY = """
+    WITH latest AS (
+        SELECT run_id, run_state, key, wake_at, status_text, error_type, error, value
+        FROM replay_event_log WHERE run_state IS NOT NULL
+        QUALIFY row_number() OVER (PARTITION BY run_id ORDER BY seq DESC) = 1
+    ), started AS (
+        SELECT run_id, workflow, recorded_at FROM replay_event_log
+        WHERE kind = 'run' AND event = 'started'
+    ), touched AS (
+        SELECT run_id, max(recorded_at) AS updated_at FROM replay_event_log GROUP BY run_id
+    )
+    SELECT s.run_id, s.workflow, l.run_state, s.recorded_at, t.updated_at, l.key,
+           l.wake_at, l.status_text, l.error_type, l.error, l.value
+    FROM started s JOIN latest l USING (run_id) JOIN touched t USING (run_id)
+"""
+
+_READ_ONLY_TYPES = frozenset({"SELECT", "EXPLAIN"})
+
+
+@dataclass(frozen=True, slots=True)
+class RunRow:
+    """A run's state as the database has it, read when the engine opens."""
+
+    run_id: str
+    workflow: str
+    state: str
+    created_at: datetime
+    updated_at: datetime
+    waiting_for: str | None
+    wake_at: datetime | None
+    status_text: str | None
+    error_type: str | None
+    error: str | None
+    value: bytes | None
+
+
+def clean_text(text: str) -> str:
+    """Return `text` storable as DuckDB VARCHAR (lone surrogates escaped)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def record_row(record: Record) -> tuple[Any, ...]:
+    """Turn a record into a row of `replay_event_log`, validated for storage."""
+    return (
+        record.seq, record.run_id, record.workflow, record.key, record.kind, record.event,
+        record.attempt, record.value, record.value_json, record.error_type,
+        None if record.error is None else clean_text(record.error),
+        record.recorded_at, record.duration_ms, record.wake_at,
+        None if record.name is None else clean_text(record.name),
+        ",".join(record.error_types) or None, record.run_state,
+        None if record.status_text is None else clean_text(record.status_text),
+    )
+
+
+class Store:
+    """One open database file: a writer connection and reader cursors.
+
+    Args:
+        path: The database file, or ``":memory:"``.
+        durability: ``"fsync"`` (commit fsyncs the WAL) or ``"none"``.
+
+    Raises:
+        DatabaseLocked: Another process holds the file.
+        DatabaseError: The file is not a usable replay database.
+    """
+
+    def __init__(self, path: str, durability: str) -> None:
+        self.path = path
+        self._con = _connect(path)
+        try:
+            self._con.execute(f"SET fsync_mode = '{'NONE' if durability == 'none' else 'STANDARD'}'")
+            _check_schema(self._con, path)
+            self._appender = self._con.appender("replay_event_log")
+        except BaseException:
+            self._con.close()
+            raise
+        self._queue: queue.SimpleQueue[tuple[list[tuple[Any, ...]], Callable[..., None]] | None]
+        self._queue = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+
+    # -- reads (each on its own cursor: a DuckDB connection is single-threaded) --
+
+    def load_runs(self) -> list[RunRow]:
+        """Return every run's current state (one query)."""
+        rows = self._read(_RUN_SUMMARY, [])
+        return [RunRow(*row[:3], utc(row[3]), utc(row[4]), row[5], utc_or_none(row[6]),
+                       *row[7:]) for row in rows]
+
+    def last_seq_and_time(self) -> tuple[int, datetime | None]:
+        """Return the largest `seq` and `recorded_at` in the file."""
+        seq, at = self._read("SELECT max(seq), max(recorded_at) FROM replay_event_log", [])[0]
+        return int(seq or 0), utc_or_none(at)
+
+    def load_history(self, run_id: str) -> list[Record]:
+        """Return every record of one run in `seq` order (one query)."""
+        rows = self._read(
+            f"SELECT {_COLUMNS} FROM replay_event_log WHERE run_id = ? ORDER BY seq", [run_id]
+        )
+        return [_row_record(row) for row in rows]
+
+    def query(self, sql: str, params: Sequence[Any] | dict[str, Any] | None) -> list[tuple[Any, ...]]:
+        """Run one read-only query (SELECT, WITH … SELECT, EXPLAIN) and return its rows.
+
+        Raises:
+            ValueError: The text is not exactly one read-only query.
+        """
+        cursor = self._con.cursor()
+        try:
+            statements = cursor.extract_statements(sql)
+            if len(statements) != 1:
+                raise ValueError(
+                    f"engine.sql() runs exactly one query, got {len(statements)} statements; "
+                    "send them one at a time"
+                )
+            kind = statements[0].type.name
+            if kind not in _READ_ONLY_TYPES:
+                raise ValueError(
+                    f"engine.sql() only reads: {kind} statements are not allowed; "
+                    "use SELECT, WITH ... SELECT or EXPLAIN"
+                )
+            cursor.execute("BEGIN TRANSACTION READ ONLY")
+            try:
+                return cursor.execute(sql, params).fetchall()
+            finally:
+                cursor.execute("ROLLBACK")
+        finally:
+            cursor.close()
+
+    def _read(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
+        cursor = self._con.cursor()
+        try:
+            return cursor.execute(sql, params).fetchall()
+        finally:
+            cursor.close()
+
+    # -- the writer thread --
+
+    def start_writer(self) -> None:
+        """Start the thread that commits batches handed to `submit`."""
+        self._writer = threading.Thread(target=self._write_loop, name="replay-writer", daemon=True)
+        self._writer.start()
+
+    def submit(self, rows: list[tuple[Any, ...]], done: Callable[[BaseException | None], None]) -> None:
+        """Commit `rows` in one transaction on the writer thread, then call `done`.
+
+        `done` runs on the writer thread with None, or with the error that made the
+        commit fail (in which case nothing of the batch was written).
+        """
+        self._queue.put((rows, done))
+
+    def _write_loop(self) -> None:
+        while (item := self._queue.get()) is not None:
+            rows, done = item
+            try:
+                self._appender.append_rows(rows)
+                self._appender.flush()
+            except BaseException as error:  # reported to the engine, which stops
+                self._appender.clear()
+                done(error)
+            else:
+                done(None)
+
+    def close(self) -> None:
+        """Stop the writer after what it was given, checkpoint and close the file."""
+        if self._writer is not None:
+            self._queue.put(None)
+            self._writer.join()
+        try:
+            self._appender.close() if hasattr(self._appender, "close") else None
+        finally:
+            self._con.close()
+
+
+def _row_record(row: tuple[Any, ...]) -> Record:
+    (seq, run_id, workflow, key, kind, event, attempt, value, value_json, error_type, error,
+     recorded_at, duration_ms, wake_at, name, error_types, run_state, status_text) = row
+    return Record(
+        run_id=run_id, workflow=workflow, kind=kind, event=event, key=key, attempt=attempt,
+        value=value, value_json=value_json, error_type=error_type, error=error,
+        error_types=tuple(error_types.split(",")) if error_types else (), name=name,
+        recorded_at=utc(recorded_at), duration_ms=duration_ms, wake_at=utc_or_none(wake_at),
+        run_state=run_state, status_text=status_text, seq=seq,
+    )
+
+
+def utc(value: datetime) -> datetime:
+    """Return a TIMESTAMPTZ read from DuckDB as an aware datetime in `datetime.UTC`."""
+    return value.astimezone(UTC)
+
+
+def utc_or_none(value: datetime | None) -> datetime | None:
+    """Like `utc`, passing None through."""
+    return None if value is None else value.astimezone(UTC)
+
+
+_LOCK_HOLDER = re.compile(r"Conflicting lock is held in (?P<exe>.*?) \(PID (?P<pid>\d+)\)")
+
+
+def _connect(path: str) -> duckdb.DuckDBPyConnection:
+    # External access off: engine.sql() must read nothing but this database.
+    config = {"enable_external_access": False}
+    try:
+        return duckdb.connect(path, config=config)
+    except duckdb.IOException as error:
+        held = _LOCK_HOLDER.search(str(error))
+        if held is None:
+            raise _unusable(path, error) from error
+        pid = int(held["pid"])
+        raise DatabaseLocked(
+            f"database {path!r} is locked by another process ({_describe(pid)}); "
+            "stop that engine first, or pass lock_timeout= to wait for it",
+            pid=pid,
+        ) from error
+    except duckdb.Error as error:
+        raise _unusable(path, error) from error
+
+
+def _describe(pid: int) -> str:
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return f"PID {pid}"
+    return f"PID {pid}: {command.strip()[:120]}"
+
+
+def _unusable(path: str, error: BaseException) -> DatabaseError:
+    return DatabaseError(
+        f"cannot open {path!r} as a replay database: {error}; if the file is corrupted, "
+        "restore it from a backup or move it aside to start a new database"
+    )
+
+
+def _check_schema(con: duckdb.DuckDBPyConnection, path: str) -> None:
+    try:
+        tables = {row[0] for row in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+        if "replay_meta" in tables:
+            found = con.execute(
+                "SELECT value FROM replay_meta WHERE name = 'schema_version'"
+            ).fetchall()
+            version = found[0][0] if found else None
+            if version != str(SCHEMA_VERSION):
+                raise DatabaseError(
+                    f"database {path!r} has replay schema version {version!r}, but this "
+                    f"version of replay reads schema version {SCHEMA_VERSION}; upgrade "
+                    "replay-workflows to open it"
+                )
+            return
+        con.execute("BEGIN TRANSACTION")
+        con.execute(_SCHEMA)
+        con.execute("INSERT INTO replay_meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+        con.execute("COMMIT")
+    except ReplayError:
+        raise
+    except duckdb.Error as error:
+        raise _unusable(path, error) from error
+
+
+def same_file_key(path: str) -> str | None:
+    """Return a key identifying the file at `path` within this process (None for memory)."""
+    if path == ":memory:":
+        return None
+    return os.path.realpath(path)
