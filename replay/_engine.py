@@ -165,7 +165,6 @@ class Engine:
         self._check_open()
         slot = self._slot(run_id)
         self._registry.name_of(slot.workflow)
-        await slot.durable.wait()
         if slot.state is RunState.COMPLETED or slot.active:
             return Run(self, run_id, slot.workflow)
         slot.active = True
@@ -174,8 +173,11 @@ class Engine:
             history = RunHistory(records)
             voided = history.unhandled_failure() if slot.state is RunState.FAILED else None
             slot.history = history
-            await self._commit(slot, Record(run_id, slot.workflow, "run", "resumed",
-                                            key=voided, run_state="running"))
+            retried = {"retried_step": voided}
+            await self._commit(slot, Record(
+                run_id, slot.workflow, "run", "resumed", name=voided,
+                value=encode(retried, key="resumed"), value_json=to_json(retried),
+                run_state="running"))
         except BaseException:
             slot.active = False
             raise
@@ -242,7 +244,7 @@ class Engine:
             The result rows.
 
         Raises:
-            ValueError: The text is not exactly one read-only query.
+            QueryError: The text is not exactly one read-only query, or it failed.
             EngineClosed: The engine is closed.
         """
         self._check_open(allow_closing=True)
@@ -267,7 +269,7 @@ class Engine:
 
     def _slot(self, run_id: str) -> RunSlot:
         slot = self._slots.get(run_id)
-        if slot is None or not slot.durable.is_set() and not slot.active:
+        if slot is None or not slot.durable.is_set():
             raise RunNotFound(run_id)
         return slot
 

@@ -65,7 +65,8 @@ class StepFailed(ReplayError):
         Returns:
             True if `cls`'s qualified name is among the recorded `error_types`.
         """
-        return qualified_name(cls) in self.error_types
+        wanted = qualified_name(cls)
+        return any(same_name(wanted, recorded) for recorded in self.error_types)
 
     def __reduce__(self) -> tuple[object, ...]:
         return (
@@ -235,6 +236,10 @@ class DatabaseLocked(DatabaseError):
         super().__init__(message)
 
 
+class QueryError(ReplayError, ValueError):
+    """`engine.sql` refused a query (not exactly one read-only query) or it failed."""
+
+
 class EngineClosed(ReplayError):
     """The engine was used after it closed (or while it shuts down)."""
 
@@ -246,6 +251,22 @@ class ReplayInternalError(ReplayError):
 def qualified_name(cls: type) -> str:
     """Return ``f"{cls.__module__}.{cls.__qualname__}"``, the recorded form of a class."""
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def same_name(a: str, b: str) -> bool:
+    """Tell whether two recorded qualified names denote the same class or function.
+
+    Code run as a script lives in module ``__main__``; the same code imported later
+    (by a worker, a test, ``python -m``) lives in its real module. A name recorded
+    under ``__main__`` therefore matches the same qualified name in any module.
+    """
+    if a == b:
+        return True
+    module_a, _, rest_a = a.partition(".")
+    module_b, _, rest_b = b.partition(".")
+    if "__main__" not in (module_a, module_b):
+        return False
+    return a.endswith("." + rest_b) if module_b == "__main__" else b.endswith("." + rest_a)
 
 
 def error_types_of(exc: BaseException) -> tuple[str, ...]:

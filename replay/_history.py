@@ -139,8 +139,10 @@ class RunHistory:
     def apply(self, record: Record) -> None:
         """Fold one record into the memo."""
         if record.kind == "run":
-            if record.event == "resumed" and record.key is not None:
-                self._void_failure(record.key)
+            # `resume` names the step whose failure it voids in the internal `name`
+            # column: run-level events have no key (SPEC §6).
+            if record.event == "resumed" and record.name is not None:
+                self._void_failure(record.name)
             return
         if record.key is None:
             return

@@ -25,6 +25,7 @@ thrown in at that `yield`.
 
 from __future__ import annotations
 
+import contextlib
 import traceback
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from types import FrameType
 from typing import Any
 
 from replay._commands import COMMAND_TYPES, Command, Step, command_kind
-from replay._errors import DuplicateKeyError, NondeterminismError, StepFailed
+from replay._errors import DuplicateKeyError, NondeterminismError, StepFailed, same_name
 from replay._history import Failure, KeyRecord, RunHistory
 
 Workflow = Generator[Any, Any, Any]
@@ -174,7 +175,7 @@ class Interpreter:
 
     def _check_name(self, step: Step, record: KeyRecord) -> None:
         recorded = record.name
-        if recorded is None or recorded == step.name or step.name in record.renamed_to:
+        if recorded is None or same_name(recorded, step.name) or step.name in record.renamed_to:
             return
         record.renamed_to.add(step.name)
         message = (
@@ -187,8 +188,8 @@ class Interpreter:
 
     def _not_a_command(self, yielded: object) -> TypeError:
         shown = f"{yielded!r} ({type(yielded).__name__})"
-        is_commands = isinstance(yielded, list | tuple) and len(yielded) > 0
-        if is_commands and all(type(item) in COMMAND_TYPES for item in yielded):  # type: ignore[union-attr]
+        items: tuple[object, ...] = tuple(yielded) if isinstance(yielded, list | tuple) else ()
+        if items and all(type(item) in COMMAND_TYPES for item in items):
             return TypeError(
                 f"workflow {self.workflow!r} yielded {shown}; parallel commands are not "
                 f"supported yet: yield one command at a time"
@@ -247,7 +248,6 @@ def format_failure(error: BaseException) -> str:
 
 def close_quietly(generator: Workflow) -> None:
     """Close a generator, ignoring anything it yields or raises while closing."""
-    try:
+    # A yield or raise in the workflow's `finally` must not stop the engine.
+    with contextlib.suppress(Exception):
         generator.close()
-    except Exception:  # noqa: S110 - a yield or raise in `finally` must not stop the engine
-        pass

@@ -66,7 +66,7 @@ def database_path(path: object) -> str:
     if isinstance(path, str):
         return path
     if isinstance(path, PathLike):
-        return os.fspath(path)  # type: ignore[arg-type]
+        return str(os.fspath(path))
     raise TypeError(
         f"path must be a str or pathlib.Path (or ':memory:'), got {_show(path)}"
     )

@@ -18,7 +18,7 @@ from replay._errors import EncodingError, qualified_name
 from replay._history import Record, RunHistory
 from replay._interpreter import Execute, Fail, Finish, Interpreter, format_failure
 from replay._model import FINISHED, RunSlot
-from replay._steps import Stopping, StepRunner
+from replay._steps import StepRunner, Stopping
 
 log = logging.getLogger("replay")
 
@@ -116,12 +116,12 @@ class Runner:
         except Exception as error:
             return Fail(error, format_failure(error))
         if not hasattr(generator, "send") or not hasattr(generator, "throw"):
-            error = TypeError(
+            wrong = TypeError(
                 f"workflow {slot.workflow!r} returned {generator!r} "
                 f"({type(generator).__name__}) instead of a generator; a workflow is a "
                 "generator function that yields commands such as Step"
             )
-            return Fail(error, f"{qualified_name(TypeError)}: {error}\n")
+            return Fail(wrong, f"{qualified_name(TypeError)}: {wrong}\n")
         return Interpreter(slot.run_id, slot.workflow, generator, history, decode)
 
     async def _complete(self, slot: RunSlot, output: Any) -> None:

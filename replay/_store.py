@@ -24,7 +24,7 @@ from typing import Any
 
 import duckdb
 
-from replay._errors import DatabaseError, DatabaseLocked, ReplayError
+from replay._errors import DatabaseError, DatabaseLocked, QueryError, ReplayError
 from replay._history import Record
 
 SCHEMA_VERSION = 1
@@ -144,7 +144,8 @@ class Store:
         self.path = path
         self._con = _connect(path)
         try:
-            self._con.execute(f"SET fsync_mode = '{'NONE' if durability == 'none' else 'STANDARD'}'")
+            fsync_mode = "NONE" if durability == "none" else "STANDARD"
+            self._con.execute(f"SET fsync_mode = '{fsync_mode}'")
             _check_schema(self._con, path)
             self._appender = self._con.appender("replay_event_log")
         except BaseException:
@@ -159,8 +160,11 @@ class Store:
     def load_runs(self) -> list[RunRow]:
         """Return every run's current state (one query)."""
         rows = self._read(_RUN_SUMMARY, [])
-        return [RunRow(*row[:3], utc(row[3]), utc(row[4]), row[5], utc_or_none(row[6]),
-                       *row[7:]) for row in rows]
+        return [
+            RunRow(row[0], row[1], row[2], utc(row[3]), utc(row[4]), row[5],
+                   utc_or_none(row[6]), row[7], row[8], row[9], row[10])
+            for row in rows
+        ]
 
     def last_seq_and_time(self) -> tuple[int, datetime | None]:
         """Return the largest `seq` and `recorded_at` in the file."""
@@ -174,33 +178,43 @@ class Store:
         )
         return [_row_record(row) for row in rows]
 
-    def query(self, sql: str, params: Sequence[Any] | dict[str, Any] | None) -> list[tuple[Any, ...]]:
+    def query(
+        self, sql: str, params: Sequence[Any] | dict[str, Any] | None
+    ) -> list[tuple[Any, ...]]:
         """Run one read-only query (SELECT, WITH … SELECT, EXPLAIN) and return its rows.
 
         Raises:
-            ValueError: The text is not exactly one read-only query.
+            QueryError: The text is not exactly one read-only query, or it failed.
         """
         cursor = self._con.cursor()
         try:
-            statements = cursor.extract_statements(sql)
-            if len(statements) != 1:
-                raise ValueError(
-                    f"engine.sql() runs exactly one query, got {len(statements)} statements; "
-                    "send them one at a time"
-                )
-            kind = statements[0].type.name
-            if kind not in _READ_ONLY_TYPES:
-                raise ValueError(
-                    f"engine.sql() only reads: {kind} statements are not allowed; "
-                    "use SELECT, WITH ... SELECT or EXPLAIN"
-                )
-            cursor.execute("BEGIN TRANSACTION READ ONLY")
-            try:
-                return cursor.execute(sql, params).fetchall()
-            finally:
-                cursor.execute("ROLLBACK")
+            return self._query(cursor, sql, params)
+        except duckdb.Error as error:
+            raise QueryError(f"query failed: {error}") from error
         finally:
             cursor.close()
+
+    @staticmethod
+    def _query(
+        cursor: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | dict[str, Any] | None
+    ) -> list[tuple[Any, ...]]:
+        statements = cursor.extract_statements(sql)
+        if len(statements) != 1:
+            raise QueryError(
+                f"engine.sql() runs exactly one query, got {len(statements)} statements; "
+                "send them one at a time"
+            )
+        kind = statements[0].type.name
+        if kind not in _READ_ONLY_TYPES:
+            raise QueryError(
+                f"engine.sql() only reads: {kind} statements are not allowed; "
+                "use SELECT, WITH ... SELECT or EXPLAIN"
+            )
+        cursor.execute("BEGIN TRANSACTION READ ONLY")
+        try:
+            return cursor.execute(sql, params).fetchall()
+        finally:
+            cursor.execute("ROLLBACK")
 
     def _read(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
         cursor = self._con.cursor()
@@ -216,7 +230,9 @@ class Store:
         self._writer = threading.Thread(target=self._write_loop, name="replay-writer", daemon=True)
         self._writer.start()
 
-    def submit(self, rows: list[tuple[Any, ...]], done: Callable[[BaseException | None], None]) -> None:
+    def submit(
+        self, rows: list[tuple[Any, ...]], done: Callable[[BaseException | None], None]
+    ) -> None:
         """Commit `rows` in one transaction on the writer thread, then call `done`.
 
         `done` runs on the writer thread with None, or with the error that made the
@@ -241,10 +257,7 @@ class Store:
         if self._writer is not None:
             self._queue.put(None)
             self._writer.join()
-        try:
-            self._appender.close() if hasattr(self._appender, "close") else None
-        finally:
-            self._con.close()
+        self._con.close()
 
 
 def _row_record(row: tuple[Any, ...]) -> Record:
@@ -274,7 +287,9 @@ _LOCK_HOLDER = re.compile(r"Conflicting lock is held in (?P<exe>.*?) \(PID (?P<p
 
 def _connect(path: str) -> duckdb.DuckDBPyConnection:
     # External access off: engine.sql() must read nothing but this database.
-    config = {"enable_external_access": False}
+    config: dict[str, str | bool | int | float | list[str]] = {
+        "enable_external_access": False
+    }
     try:
         return duckdb.connect(path, config=config)
     except duckdb.IOException as error:
@@ -308,7 +323,8 @@ def _unusable(path: str, error: BaseException) -> DatabaseError:
 
 def _check_schema(con: duckdb.DuckDBPyConnection, path: str) -> None:
     try:
-        tables = {row[0] for row in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+        listed = con.execute("SELECT table_name FROM duckdb_tables()").fetchall()
+        tables = {row[0] for row in listed}
         if "replay_meta" in tables:
             found = con.execute(
                 "SELECT value FROM replay_meta WHERE name = 'schema_version'"
