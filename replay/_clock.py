@@ -15,14 +15,18 @@ to infinity while any worker-thread call is outstanding.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 import trio
 import trio.testing
 
+T = TypeVar("T")
+
 _ANCHOR: trio.lowlevel.RunVar[tuple[datetime, float]] = trio.lowlevel.RunVar("replay_anchor")
+_MAX_DRIFT = timedelta(seconds=1)
 _GUARD: trio.lowlevel.RunVar[_ThreadGuard] = trio.lowlevel.RunVar("replay_thread_guard")
 
 
@@ -68,6 +72,22 @@ class EngineClock:
         """Return the trio clock reading at which the engine clock reads `at`."""
         return self._zero + (at - self._wall - self._offset).total_seconds()
 
+    def is_virtual(self) -> bool:
+        """Tell whether trio runs on a mock clock (virtual time)."""
+        return isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock)
+
+    def reanchor_if_drifted(self) -> None:
+        """Catch up with the wall clock if it ran ahead of trio's clock by over a second.
+
+        That happens when the machine was suspended or NTP stepped the clock. Time only
+        moves forward: a wall clock that went back is not followed.
+        """
+        if self.is_virtual():
+            return
+        ahead = datetime.now(UTC) - self.now()
+        if ahead > _MAX_DRIFT:
+            self._offset += ahead
+
     async def sleep_until(self, at: datetime) -> None:
         """Sleep until the engine clock reads `at` (at once if that has passed)."""
         await trio.sleep_until(self.trio_deadline(at))
@@ -106,6 +126,12 @@ def thread_guard() -> _ThreadGuard:
         guard = _ThreadGuard()
         _GUARD.set(guard)
         return guard
+
+
+async def in_thread(function: Callable[..., T], *args: Any) -> T:
+    """Run `function(*args)` in a worker thread without letting virtual time jump."""
+    with busy_thread():
+        return await trio.to_thread.run_sync(function, *args)
 
 
 @contextmanager

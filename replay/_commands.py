@@ -81,6 +81,13 @@ def _check_key(sig: str, key: object) -> str:
         )
     if not key:
         raise ValueError(f"{sig}: key must be a non-empty string, got {_got(key)}")
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        # Keys are stored as text and looked up again on replay: they must survive.
+        raise ValueError(
+            f"{sig}: key must be valid unicode text (no lone surrogates), got {key!r}"
+        ) from None
     return key
 
 
@@ -252,14 +259,12 @@ class Retry(_Frozen):
         a live exception, so a failure read back from the history decides the same way.
 
         Args:
-            error_types: Qualified names of the exception's classes, as from
-                `replay._errors.error_types_of`.
+            error_types: Qualified names of the exception's classes, most specific
+                first (``f"{cls.__module__}.{cls.__qualname__}"`` for each class in
+                the exception's MRO), as recorded in the history.
 
         Returns:
             True iff some `retry_on` class and no `give_up_on` class is among them.
-
-        Raises:
-            Nothing.
         """
         names = set(error_types)
         if any(qualified_name(cls) in names for cls in self.give_up_on):

@@ -17,7 +17,7 @@ from typing import Any
 
 import trio
 
-from replay._clock import EngineClock, busy_thread
+from replay._clock import EngineClock, in_thread
 from replay._codec import decode, encode, to_json
 from replay._commands import Retry
 from replay._committer import Committer
@@ -171,7 +171,9 @@ class Engine:
         try:
             records = await self._load(run_id)
             history = RunHistory(records)
-            voided = history.unhandled_failure() if slot.state is RunState.FAILED else None
+            voided = None
+            if slot.state is RunState.FAILED and slot.error_type == "replay.StepFailed":
+                voided = history.unhandled_failure()
             slot.history = history
             retried = {"retried_step": voided}
             await self._commit(slot, Record(
@@ -227,7 +229,9 @@ class Engine:
 
         Raises:
             RunNotFound: No such run.
+            EngineClosed: The engine is closed.
         """
+        self._check_open(allow_closing=True)
         self._slot(run_id)
         records = await self._load(run_id)
         return [_event(record) for record in records]
@@ -248,8 +252,7 @@ class Engine:
             EngineClosed: The engine is closed.
         """
         self._check_open(allow_closing=True)
-        with busy_thread():
-            return await trio.to_thread.run_sync(self._store.query, query, params)
+        return await in_thread(self._store.query, query, params)
 
     def now(self) -> datetime:
         """Return the engine clock's current time (aware, UTC)."""
@@ -282,8 +285,7 @@ class Engine:
         slot.apply(record)
 
     async def _load(self, run_id: str) -> list[Record]:
-        with busy_thread():
-            return await trio.to_thread.run_sync(self._store.load_history, run_id)
+        return await in_thread(self._store.load_history, run_id)
 
     async def _wait_for(self, run_id: str, states: frozenset[RunState]) -> RunInfo:
         slot = self._slot(run_id)
@@ -304,7 +306,7 @@ class Engine:
     async def _serve(self, runs: trio.Nursery) -> None:
         """Load every run and pick up the unfinished ones in the `runs` nursery."""
         self._nursery = runs
-        for row in await trio.to_thread.run_sync(self._store.load_runs):
+        for row in await in_thread(self._store.load_runs):
             slot = RunSlot(row.run_id, row.workflow, RunState(row.state), row.created_at)
             slot.restore(row)
             self._slots[row.run_id] = slot
@@ -372,7 +374,7 @@ async def open_engine(
     store, release = await open_store(database_path(path), durability, lock_timeout)
     engine: Engine | None = None
     try:
-        last_seq, last_time = await trio.to_thread.run_sync(store.last_seq_and_time)
+        last_seq, last_time = await in_thread(store.last_seq_and_time)
         engine = Engine(store, registry, EngineClock(last_time), last_seq, default_retry,
                         max_threads)
         async with _single_errors(), trio.open_nursery() as services:
@@ -391,7 +393,7 @@ async def open_engine(
         if engine is not None:
             engine._mark_closed()
         with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(store.close)
+            await in_thread(store.close)
         release()
 
 

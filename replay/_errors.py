@@ -253,6 +253,38 @@ def qualified_name(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+MAX_MESSAGE_CHARS = 64 * 1024
+
+
+def message_of(error: BaseException) -> str:
+    """Return `str(error)`, never raising and at most `MAX_MESSAGE_CHARS` long.
+
+    Errors come from user code: a broken `__str__` or a huge message must fail only
+    the step or run it belongs to, never the engine.
+    """
+    try:
+        text = str(error)
+    except Exception:
+        text = f"<{type(error).__qualname__}: str() failed>"
+    return clip(text)
+
+
+def clip(text: str) -> str:
+    """Shorten `text` to at most `MAX_MESSAGE_CHARS`, saying so."""
+    if len(text) <= MAX_MESSAGE_CHARS:
+        return text
+    return text[: MAX_MESSAGE_CHARS - 40] + f"... ({len(text)} characters, truncated)"
+
+
+def safe_repr(value: object, limit: int = 200) -> str:
+    """Return a short `repr` of a user value, never raising."""
+    try:
+        text = repr(value)
+    except Exception:
+        text = object.__repr__(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def same_name(a: str, b: str) -> bool:
     """Tell whether two recorded qualified names denote the same class or function.
 

@@ -26,6 +26,7 @@ thrown in at that `yield`.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import traceback
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -33,7 +34,13 @@ from types import FrameType
 from typing import Any
 
 from replay._commands import COMMAND_TYPES, Command, Step, command_kind
-from replay._errors import DuplicateKeyError, NondeterminismError, StepFailed, same_name
+from replay._errors import (
+    DuplicateKeyError,
+    NondeterminismError,
+    StepFailed,
+    safe_repr,
+    same_name,
+)
 from replay._history import Failure, KeyRecord, RunHistory
 
 Workflow = Generator[Any, Any, Any]
@@ -163,13 +170,14 @@ class Interpreter:
         if record.kind != kind:
             return NondeterminismError(
                 f"run {self.run_id!r} of workflow {self.workflow!r} recorded key {key!r} "
-                f"as a {record.kind} but the workflow now yields {command!r}; restore the "
+                f"as a {record.kind} but the workflow now yields {safe_repr(command)}; restore the "
                 f"code that recorded it, or give the new command a new key (e.g. bump "
                 f"':v1' to ':v2') and resume the run",
                 run_id=self.run_id,
                 key=key,
             )
-        if isinstance(command, Step):
+        if isinstance(command, Step) and record.done:
+            # Only a recorded outcome is reused; a step that runs again takes its new name.
             self._check_name(command, record)
         return None
 
@@ -187,7 +195,13 @@ class Interpreter:
         self.renames.append(Rename(step.key, recorded, step.name, message))
 
     def _not_a_command(self, yielded: object) -> TypeError:
-        shown = f"{yielded!r} ({type(yielded).__name__})"
+        shown = f"{safe_repr(yielded)} ({type(yielded).__name__})"
+        if inspect.isgenerator(yielded):
+            return TypeError(
+                f"workflow {self.workflow!r} yielded {shown}; expected a command such as "
+                f"Step, Sleep or Suspend; to run a sub-workflow inline, write "
+                f"`yield from {yielded.__name__}(...)`"
+            )
         items: tuple[object, ...] = tuple(yielded) if isinstance(yielded, list | tuple) else ()
         if items and all(type(item) in COMMAND_TYPES for item in items):
             return TypeError(

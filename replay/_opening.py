@@ -8,6 +8,7 @@ a registry of files open in this process and applies the same rule to both cases
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Callable
@@ -15,10 +16,10 @@ from os import PathLike
 
 import trio
 
-from replay._clock import busy_thread
+from replay._clock import in_thread
 from replay._commands import Retry
 from replay._errors import DatabaseLocked
-from replay._store import Store, same_file_key
+from replay._store import Store, file_keys
 
 _OPEN_HERE: set[str] = set()
 _LOCK_POLL_SECONDS = 0.05
@@ -84,35 +85,34 @@ async def open_store(
         DatabaseLocked: Another engine (in this process or another) holds the file.
         DatabaseError: The file is not a usable replay database.
     """
-    key = same_file_key(path)
     deadline = trio.current_time() + lock_timeout
     while True:
         try:
-            store = await _try_open(path, key, durability)
+            store = await _try_open(path, durability)
         except DatabaseLocked:
             if trio.current_time() >= deadline:
                 raise
             await trio.sleep(_LOCK_POLL_SECONDS)
             continue
-        return store, lambda: _OPEN_HERE.discard(key) if key else None
+        # The file exists now: also claim its inode, so hard links find it taken.
+        claimed = file_keys(path)
+        _OPEN_HERE.update(claimed)
+        return store, functools.partial(_OPEN_HERE.difference_update, claimed)
 
 
-async def _try_open(path: str, key: str | None, durability: str) -> Store:
-    if key is not None:
-        if key in _OPEN_HERE:
-            raise DatabaseLocked(
-                f"database {path!r} is already open by another engine in this process "
-                f"(PID {os.getpid()}); use that engine, or close it before opening another",
-                pid=os.getpid(),
-            )
-        _OPEN_HERE.add(key)
+async def _try_open(path: str, durability: str) -> Store:
+    keys = file_keys(path)
+    if keys & _OPEN_HERE:
+        raise DatabaseLocked(
+            f"database {path!r} is already open by another engine in this process "
+            f"(PID {os.getpid()}); use that engine, or close it before opening another",
+            pid=os.getpid(),
+        )
+    _OPEN_HERE.update(keys)
     try:
-        with busy_thread():
-            return await trio.to_thread.run_sync(Store, path, durability)
-    except BaseException:
-        if key is not None:
-            _OPEN_HERE.discard(key)
-        raise
+        return await in_thread(Store, path, durability)
+    finally:
+        _OPEN_HERE.difference_update(keys)
 
 
 def _show(value: object) -> str:

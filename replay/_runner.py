@@ -14,7 +14,13 @@ from typing import Any
 
 from replay._codec import decode, encode, to_json
 from replay._commands import Step
-from replay._errors import EncodingError, qualified_name
+from replay._errors import (
+    EncodingError,
+    ReplayInternalError,
+    clip,
+    message_of,
+    qualified_name,
+)
 from replay._history import Record, RunHistory
 from replay._interpreter import Execute, Fail, Finish, Interpreter, format_failure
 from replay._model import FINISHED, RunSlot
@@ -60,7 +66,11 @@ class Runner:
                 records = await self._load(slot.run_id)
                 slot.history = RunHistory(records)
                 input_data = _input_of(records)
-            await self._execute(slot, input_data, slot.history, recovering)
+            try:
+                await self._execute(slot, input_data, slot.history, recovering)
+            except Exception as error:
+                # A bug in replay must fail only this run, never the engine.
+                await self._fail(slot, _internal_error(slot, error))
         finally:
             slot.active = False
             if slot.state in FINISHED:
@@ -135,10 +145,10 @@ class Runner:
             value_json=to_json(output), run_state="completed"))
 
     async def _fail(self, slot: RunSlot, failure: Fail) -> None:
-        message = str(failure.error)
+        message = message_of(failure.error)
         await self._commit(slot, Record(
             slot.run_id, slot.workflow, "run", "failed",
-            error_type=qualified_name(type(failure.error)), error=failure.traceback,
+            error_type=qualified_name(type(failure.error)), error=clip(failure.traceback),
             value=encode(message, key="error"), value_json=to_json(message),
             run_state="failed"))
 
@@ -151,6 +161,15 @@ class Runner:
                 slot.run_id, slot.workflow, "step", "renamed", key=rename.key,
                 value=encode(names, key=rename.key), value_json=to_json(names),
                 error=rename.message, name=rename.current))
+
+
+def _internal_error(slot: RunSlot, error: Exception) -> Fail:
+    internal = ReplayInternalError(
+        f"run {slot.run_id!r} hit an internal error: {qualified_name(type(error))}: "
+        f"{message_of(error)}; this is a bug in replay; please report it"
+    )
+    internal.__cause__ = error
+    return Fail(internal, format_failure(internal))
 
 
 def _input_of(records: list[Record]) -> bytes:

@@ -31,6 +31,7 @@ from replay._errors import (
     StepInterrupted,
     StepTimeout,
     error_types_of,
+    message_of,
     qualified_name,
 )
 from replay._history import KeyRecord, Record
@@ -226,7 +227,7 @@ class StepRunner:
         error: BaseException = failure.value
         return Record(
             slot.run_id, slot.workflow, "step", event, key=step.key, attempt=attempt,
-            error_type=qualified_name(type(error)), error=str(error),
+            error_type=qualified_name(type(error)), error=message_of(error),
             error_types=error_types_of(error), name=step.name,
             duration_ms=failure.duration_ms, wake_at=wake_at,
             run_state="sleeping" if event == "retrying" else "running",
@@ -235,7 +236,7 @@ class StepRunner:
     @staticmethod
     def _step_failed(slot: RunSlot, step: Step, attempt: int, error: BaseException) -> StepFailed:
         failed = StepFailed(
-            slot.run_id, step.key, qualified_name(type(error)), str(error), attempt,
+            slot.run_id, step.key, qualified_name(type(error)), message_of(error), attempt,
             error_types_of(error),
         )
         failed.__cause__ = error

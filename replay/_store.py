@@ -86,7 +86,6 @@ _RUN_SUMMARY = """
     FROM started s JOIN latest l USING (run_id) JOIN touched t USING (run_id)
 """
 
-_READ_ONLY_TYPES = frozenset({"SELECT", "EXPLAIN"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,14 +117,17 @@ def clean_text(text: str) -> str:
 def record_row(record: Record) -> tuple[Any, ...]:
     """Turn a record into a row of `replay_event_log`, validated for storage."""
     return (
-        record.seq, record.run_id, record.workflow, record.key, record.kind, record.event,
-        record.attempt, record.value, record.value_json, record.error_type,
-        None if record.error is None else clean_text(record.error),
-        record.recorded_at, record.duration_ms, record.wake_at,
-        None if record.name is None else clean_text(record.name),
-        ",".join(record.error_types) or None, record.run_state,
-        None if record.status_text is None else clean_text(record.status_text),
+        record.seq, clean_text(record.run_id), clean_text(record.workflow),
+        _clean(record.key), record.kind, record.event,
+        record.attempt, record.value, _clean(record.value_json), _clean(record.error_type),
+        _clean(record.error), record.recorded_at, record.duration_ms, record.wake_at,
+        _clean(record.name), _clean(",".join(record.error_types) or None), record.run_state,
+        _clean(record.status_text),
     )
+
+
+def _clean(text: str | None) -> str | None:
+    return None if text is None else clean_text(text)
 
 
 class Store:
@@ -198,18 +200,7 @@ class Store:
     def _query(
         cursor: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | dict[str, Any] | None
     ) -> list[tuple[Any, ...]]:
-        statements = cursor.extract_statements(sql)
-        if len(statements) != 1:
-            raise QueryError(
-                f"engine.sql() runs exactly one query, got {len(statements)} statements; "
-                "send them one at a time"
-            )
-        kind = statements[0].type.name
-        if kind not in _READ_ONLY_TYPES:
-            raise QueryError(
-                f"engine.sql() only reads: {kind} statements are not allowed; "
-                "use SELECT, WITH ... SELECT or EXPLAIN"
-            )
+        _check_read_only(cursor, sql)
         cursor.execute("BEGIN TRANSACTION READ ONLY")
         try:
             return cursor.execute(sql, params).fetchall()
@@ -217,11 +208,17 @@ class Store:
             cursor.execute("ROLLBACK")
 
     def _read(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
-        cursor = self._con.cursor()
         try:
-            return cursor.execute(sql, params).fetchall()
-        finally:
-            cursor.close()
+            cursor = self._con.cursor()
+            try:
+                return cursor.execute(sql, params).fetchall()
+            finally:
+                cursor.close()
+        except duckdb.Error as error:
+            raise DatabaseError(
+                f"cannot read {self.path!r}: {error}; the file may be damaged: restore it "
+                "from a backup"
+            ) from error
 
     # -- the writer thread --
 
@@ -258,6 +255,37 @@ class Store:
             self._queue.put(None)
             self._writer.join()
         self._con.close()
+
+
+_EXPLAIN_PREFIX = re.compile(r"^\s*EXPLAIN\s*(\([^)]*\))?\s*(ANALYZE\b)?", re.IGNORECASE)
+
+
+def _check_read_only(cursor: duckdb.DuckDBPyConnection, sql: str) -> None:
+    """Accept exactly one SELECT, or an EXPLAIN of one SELECT (decided by statement type).
+
+    `EXPLAIN ANALYZE` executes the statement it explains, so the explained statement
+    must itself be a query.
+    """
+    statements = cursor.extract_statements(sql)
+    if not statements:
+        raise QueryError(
+            "engine.sql() runs exactly one query, got none; pass one SELECT, "
+            "WITH ... SELECT or EXPLAIN"
+        )
+    if len(statements) > 1:
+        raise QueryError(
+            f"engine.sql() runs exactly one query, got {len(statements)} statements; "
+            "send them one at a time"
+        )
+    kind = statements[0].type.name
+    if kind == "EXPLAIN":
+        inner = cursor.extract_statements(_EXPLAIN_PREFIX.sub("", statements[0].query, 1))
+        kind = inner[0].type.name if len(inner) == 1 else "EXPLAIN"
+    if kind != "SELECT":
+        raise QueryError(
+            f"engine.sql() only reads: {kind} statements are not allowed; "
+            "use SELECT, WITH ... SELECT or EXPLAIN"
+        )
 
 
 def _row_record(row: tuple[Any, ...]) -> Record:
@@ -347,8 +375,17 @@ def _check_schema(con: duckdb.DuckDBPyConnection, path: str) -> None:
         raise _unusable(path, error) from error
 
 
-def same_file_key(path: str) -> str | None:
-    """Return a key identifying the file at `path` within this process (None for memory)."""
+def file_keys(path: str) -> set[str]:
+    """Return keys that identify the file at `path` however it is named.
+
+    The resolved path catches symbolic links; the device and inode numbers (once the
+    file exists) catch hard links. An in-memory database has no keys.
+    """
     if path == ":memory:":
-        return None
-    return os.path.realpath(path)
+        return set()
+    keys = {os.path.realpath(path)}
+    try:
+        info = os.stat(path)
+    except OSError:
+        return keys
+    return keys | {f"inode:{info.st_dev}:{info.st_ino}"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar, overload
+from typing import Any, NoReturn, TypeVar, overload
 
 from replay._errors import WorkflowNotRegistered
 
@@ -38,6 +38,12 @@ def workflow(function: Any = None, /, *, name: str | None = None) -> Any:
             )
         if not name:
             raise ValueError("workflow(name=...): name must be a non-empty string, got ''")
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(
+                f"workflow(name=...): name must be valid unicode text, got {name!r}"
+            ) from None
 
     def mark(function: F) -> F:
         check_workflow(function)
@@ -99,19 +105,32 @@ class Registry:
         """Return the registered name of `workflow` (a function or a name).
 
         Raises:
+            TypeError: `workflow` is neither a function nor a name.
             WorkflowNotRegistered: It is not registered with this engine.
         """
         if isinstance(workflow, str):
             if workflow in self.functions:
                 return workflow
-            shown = workflow
-        else:
-            name = workflow_name(workflow) if callable(workflow) else None
-            if name is not None and self.functions.get(name) is workflow:
-                return name
-            shown = name or repr(workflow)
+            return self._not_registered(repr(workflow))
+        if not callable(workflow):
+            raise TypeError(
+                "engine.start(workflow, *args): workflow must be a workflow function or its "
+                f"registered name, got {workflow!r} ({type(workflow).__name__})"
+            )
+        name = workflow_name(workflow)
+        registered = self.functions.get(name)
+        if registered is workflow:
+            return name
+        if registered is not None:
+            raise WorkflowNotRegistered(
+                f"workflow {name!r} is registered as {registered!r}, not {workflow!r}; pass "
+                f"the registered function or its name {name!r}"
+            )
+        return self._not_registered(repr(name))
+
+    def _not_registered(self, shown: str) -> NoReturn:
         known = ", ".join(sorted(map(repr, self.functions))) or "none"
         raise WorkflowNotRegistered(
-            f"workflow {shown!r} is not registered with this engine (registered: {known}); "
+            f"workflow {shown} is not registered with this engine (registered: {known}); "
             "pass it in open_engine(..., workflows=[...])"
         )

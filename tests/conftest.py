@@ -36,9 +36,9 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # Coroutine tests need the clock fixture even when they do not ask for it.
     for item in items:
-        if isinstance(item, pytest.Function) and inspect.iscoroutinefunction(item.obj):
-            if "clock" not in item.fixturenames:
-                item.fixturenames.append("clock")
+        is_async = isinstance(item, pytest.Function) and inspect.iscoroutinefunction(item.obj)
+        if is_async and "clock" not in item.fixturenames:
+            item.fixturenames.append("clock")
 
 
 @pytest.fixture

@@ -26,6 +26,8 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Generator
+from typing import Any
 
 import trio
 
@@ -80,9 +82,9 @@ async def async_step(value: int, j: int) -> int:
 
 
 @replay.workflow(name="crash_chain")
-def chain(index: int, nsteps: int, sync_at: int):  # type: ignore[no-untyped-def]
+def chain(index: int, nsteps: int, sync_at: int) -> Generator[Step, int, dict[str, Any]]:
     value = index * 1000 + 1
-    trail = []
+    trail: list[int] = []
     for j in range(nsteps):
         function = sync_step if (index + j) % 2 == 0 or j == sync_at else async_step
         value = yield Step(f"s{j}:v1", function, value, j)

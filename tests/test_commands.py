@@ -749,3 +749,10 @@ def test_step_workflow_by_hand_rejected_path() -> None:
     with pytest.raises(StopIteration) as stop:
         gen.send(False)
     assert stop.value.value == {"order": "o-2", "state": "rejected"}
+
+
+def test_a_key_that_cannot_be_stored_as_text_is_rejected() -> None:
+    with pytest.raises(ValueError, match=re.escape(
+            "Step(key, fn, *args): key must be valid unicode text (no lone surrogates), "
+            "got 'a\\ud800'")):
+        Step("a\ud800", len)

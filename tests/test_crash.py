@@ -125,12 +125,16 @@ class Child:
 
 @contextmanager
 def child(tmp_path: Path, *args: object) -> Iterator[Child]:
-    """Launch the child; it is killed and reaped however the block ends."""
+    """Launch the child; it is killed and reaped however the block ends.
+
+    The child must write nothing to stderr (no traceback, no logged warning).
+    """
     process = Child([str(arg) for arg in args], tmp_path / "child-stderr.txt")
     try:
         yield process
     finally:
         process.close()
+    assert process.stderr_path.read_text() == "", process.stderr()
 
 
 def run_until(process: Child, kill_after: int) -> bool:
@@ -223,11 +227,23 @@ def inspect_db(path: Path, nruns: int, nsteps: int) -> Snapshot:
         unique = con.execute(
             "SELECT count(*), count(DISTINCT seq), count(seq) FROM replay_events"
         ).fetchone()
+        # Time only moves forward (SPEC §4.8), across restarts too.
+        backwards = con.execute(
+            "SELECT seq, recorded_at, previous FROM (SELECT seq, recorded_at, "
+            "lag(recorded_at) OVER (ORDER BY seq) AS previous FROM replay_events) "
+            "WHERE recorded_at < previous OR recorded_at IS NULL"
+        ).fetchall()
+        untimed = con.execute(
+            "SELECT seq FROM replay_events WHERE kind = 'step' AND event = 'completed' "
+            "AND NOT duration_ms >= 0"
+        ).fetchall()
     finally:
         con.close()
     assert unique is not None and unique[0] == unique[1] == unique[2], (
         f"event seqs are not unique: {unique}"
     )
+    assert not backwards, f"recorded_at goes backwards: {backwards[:5]}"
+    assert not untimed, f"completed attempts without a duration: {untimed[:5]}"
     snapshot = Snapshot(events=events)
     by_run: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
     for event in events:
@@ -322,8 +338,16 @@ def check_nothing_completed_ran_again(
     assert frozen.keys() <= snapshot.completed, "a completed step lost its completion"
     never_ran = [step for step in snapshot.completed if counts[step] < 1]
     assert not never_ran, f"steps recorded as completed never executed: {never_ran}"
+    # SPEC §4.1: step j+1 can only have executed once step j's outcome was durable.
+    early = [(run_id, key) for run_id, key in counts
+             if key != "s0:v1" and (run_id, _previous(key)) not in snapshot.completed]
+    assert not early, f"steps executed before the previous step's record was durable: {early}"
     for step in snapshot.completed:
         frozen.setdefault(step, counts[step])
+
+
+def _previous(key: str) -> str:
+    return f"s{int(key.removeprefix('s').removesuffix(':v1')) - 1}:v1"
 
 
 # -- the tests --

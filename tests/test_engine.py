@@ -303,11 +303,13 @@ async def test_a_sync_step_is_not_timed_out_by_virtual_time(db: str) -> None:
         order.append("sleep")
 
     order: list[str] = []
-    async with replay.open_engine(db, workflows=[sync_timeout]) as engine:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(sleeper, engine, order)
-            assert await (await engine.start(sync_timeout)).result() == "done"
-            order.append("step")
+    async with (
+        replay.open_engine(db, workflows=[sync_timeout]) as engine,
+        trio.open_nursery() as nursery,
+    ):
+        nursery.start_soon(sleeper, engine, order)
+        assert await (await engine.start(sync_timeout)).result() == "done"
+        order.append("step")
     assert order == ["step", "sleep"]
 
 
@@ -487,7 +489,8 @@ async def test_a_back_off_in_progress_continues_after_reopening(db: str) -> None
 
     @replay.workflow(name="backoff")
     def backoff():  # type: ignore[no-untyped-def]
-        return (yield Step("f:v1", flaky, retry=Retry(attempts=3, initial=3600, max_delay=7200, jitter=0)))
+        policy = Retry(attempts=3, initial=3600, max_delay=7200, jitter=0)
+        return (yield Step("f:v1", flaky, retry=policy))
 
     async with replay.open_engine(db, workflows=[backoff]) as engine:
         began = engine.now()
@@ -524,7 +527,8 @@ def test_replay_run_is_a_synchronous_one_call() -> None:
         yield Step("x:v1", record, "x")
         raise ValueError("nope")
 
-    with pytest.raises(replay.WorkflowFailed, match=r"^run '.*' failed: builtins.ValueError: nope$"):
+    with pytest.raises(replay.WorkflowFailed,
+                       match=r"^run '.*' failed: builtins.ValueError: nope$"):
         replay.run(fails)
 
 
