@@ -7,7 +7,7 @@ straight back, new ones are executed and recorded before the workflow continues.
 
 from replay._codec import register_type
 from replay._commands import Retry, Sleep, Step, Suspend
-from replay._engine import Engine, Run, open_engine
+from replay._engine import Engine
 from replay._errors import (
     DatabaseError,
     DatabaseLocked,
@@ -29,7 +29,9 @@ from replay._errors import (
     WorkflowFailed,
     WorkflowNotRegistered,
 )
+from replay._handles import Run
 from replay._history import Event
+from replay._lifecycle import open_engine
 from replay._model import RunInfo, RunState
 from replay._run import run
 from replay._steps import current_step

@@ -1,18 +1,22 @@
-"""The trio engine: `open_engine`, the `Engine` API and `Run` handles.
+"""The trio engine: the `Engine` API, run scheduling, parking, timers and signals.
 
-The engine owns one database (`Store`), one group-commit flusher (`Committer`), and
-a nursery in which each active run has one task (`Runner.drive`). Every run's state is
+The engine owns one database (`Store`), one group-commit flusher (`Committer`), one
+timer task (`Timers`), and a nursery in which each *executing* run has one task
+(`Runner.drive`). A run that sleeps or is suspended holds no task: it is parked, with
+at most its paused generator in a bounded cache (`ParkedCache`). Every run's state is
 kept in memory as a `RunSlot`, changed only by committed records.
+
+One place at a time: `RunSlot.active` is set (synchronously, before any await) by
+whatever starts a run's task — `start`, `resume`, a timer, a signal, recovery — and
+cleared by the task when it finishes or parks, so two copies of one run never execute.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from os import PathLike
 from typing import Any
 
 import trio
@@ -21,85 +25,40 @@ from replay._clock import EngineClock, in_thread
 from replay._codec import decode, encode, to_json
 from replay._commands import Retry
 from replay._committer import Committer
-from replay._errors import (
-    EngineClosed,
-    RunIdConflict,
-    RunNotFound,
-    WorkflowFailed,
-)
+from replay._errors import EngineClosed, RunIdConflict, RunNotFound, SignalRejected
+from replay._handles import Run, checked_key, checked_run_id, checked_state, event_of
 from replay._history import Event, Record, RunHistory
-from replay._model import FINISHED, SETTLED, RunInfo, RunSlot, RunState
-from replay._opening import database_path, open_store, validate_options
+from replay._model import FINISHED, RunInfo, RunSlot, RunState
+from replay._parking import Parked, ParkedCache
 from replay._runner import Runner
 from replay._steps import StepRunner
 from replay._store import Store
+from replay._timers import Timers
 from replay._workflows import Registry
 
 log = logging.getLogger("replay")
 
-
-class Run:
-    """A handle to one run of an engine.
-
-    Attributes:
-        run_id: The run's id.
-        workflow: The run's workflow name.
-    """
-
-    __slots__ = ("_engine", "run_id", "workflow")
-
-    def __init__(self, engine: Engine, run_id: str, workflow: str) -> None:
-        self._engine = engine
-        self.run_id = run_id
-        self.workflow = workflow
-
-    def __repr__(self) -> str:
-        return f"Run(run_id={self.run_id!r}, workflow={self.workflow!r})"
-
-    async def wait(self) -> RunInfo:
-        """Wait until the run completes, fails, is cancelled or is suspended.
-
-        Sleeps and retry back-offs are waited through.
-
-        Raises:
-            EngineClosed: The engine closed first.
-        """
-        return await self._engine._wait_for(self.run_id, SETTLED)
-
-    async def result(self) -> Any:
-        """Wait for the run to finish and return its output.
-
-        Raises:
-            WorkflowFailed: The run failed.
-            EngineClosed: The engine closed first.
-        """
-        info = await self._engine._wait_for(self.run_id, FINISHED)
-        if info.state is RunState.COMPLETED:
-            return info.output
-        slot = self._engine._slot(self.run_id)
-        message = "" if slot.message is None else str(decode(slot.message))
-        raise WorkflowFailed(
-            self.run_id, info.error_type or "builtins.Exception", message, info.error or ""
-        )
+MAX_UNDELIVERED_SIGNALS = 100
 
 
 class Engine:
     """A durable-execution engine bound to one database; get one from `open_engine`."""
 
     def __init__(self, store: Store, registry: Registry, clock: EngineClock, last_seq: int,
-                 default_retry: Retry | None, max_threads: int) -> None:
+                 default_retry: Retry | None, max_threads: int, cache_size: int) -> None:
         self._store = store
         self._registry = registry
         self._clock = clock
         self._committer = Committer(store, clock, last_seq)
+        self._timers = Timers(clock, self._on_timer)
+        self._parked = ParkedCache(cache_size, self._forget_memo)
         self._slots: dict[str, RunSlot] = {}
         self._closing = False
         self._closed = False
         self._nursery: trio.Nursery | None = None
-        self._steps = StepRunner(self._commit, clock, default_retry,
-                                 trio.CapacityLimiter(max_threads))
-        self._runner = Runner(registry.functions, self._load, self._commit, self._steps,
-                              lambda: self._closing)
+        steps = StepRunner(self._commit, clock, default_retry, trio.CapacityLimiter(max_threads))
+        self._runner = Runner(registry.functions, self._load, self._commit, steps, clock,
+                              self._park, lambda: self._closing)
 
     # -- public API --
 
@@ -129,7 +88,7 @@ class Engine:
         """
         self._check_open()
         name = self._registry.name_of(workflow)
-        run_id = uuid.uuid4().hex if run_id is None else _checked_run_id(run_id)
+        run_id = uuid.uuid4().hex if run_id is None else checked_run_id(run_id)
         existing = self._slots.get(run_id)
         if existing is not None:
             return await self._existing(existing, name)
@@ -154,8 +113,10 @@ class Engine:
         """Retry a failed run, or replay a parked one now with the current code.
 
         The unhandled step failure that ended a failed run runs again with a fresh
-        retry budget; every other recorded outcome replays. Resuming a completed run,
-        or one executing right now, changes nothing.
+        retry budget; every other recorded outcome replays. A sleeping or suspended
+        run replays now (useful after a deploy that removed the key it waits on) and
+        parks again if it reaches the same wait. Resuming a completed run, or one
+        executing right now, changes nothing.
 
         Raises:
             RunNotFound: No such run.
@@ -168,6 +129,7 @@ class Engine:
         if slot.state is RunState.COMPLETED or slot.active:
             return Run(self, run_id, slot.workflow)
         slot.active = True
+        self._parked.drop(run_id)
         try:
             records = await self._load(run_id)
             history = RunHistory(records)
@@ -176,14 +138,48 @@ class Engine:
                 voided = history.unhandled_failure()
             slot.history = history
             retried = {"retried_step": voided}
+            # A parked run keeps its state until the replay records a new one.
+            state = "running" if slot.state in FINISHED else None
             await self._commit(slot, Record(
                 run_id, slot.workflow, "run", "resumed", name=voided,
                 value=encode(retried, key="resumed"), value_json=to_json(retried),
-                run_state="running"))
+                run_state=state))
         except BaseException:
             slot.active = False
             raise
         self._spawn(slot, None, recovering=False)
+        return Run(self, run_id, slot.workflow)
+
+    async def signal(self, run_id: str, key: str, payload: Any = None) -> Run:
+        """Deliver `payload` to the run's `Suspend(key)`; return once it is durable.
+
+        A signal that arrives before the run reaches the key waits in the run's
+        mailbox. A run suspended on the key wakes at once.
+
+        Raises:
+            RunNotFound: No such run.
+            SignalRejected: The run is finished, the key already has a value (a signal
+                or a timeout), the key was recorded as another kind of command, or the
+                mailbox holds 100 undelivered signals.
+            EncodingError: The payload cannot be recorded; nothing is recorded.
+            TypeError: `key` is not a str.
+            ValueError: `key` is empty.
+            EngineClosed: The engine is closed or closing.
+        """
+        self._check_open()
+        slot = self._slot(run_id)
+        key = checked_key(key)
+        data = encode(payload, key=key)
+        async with slot.lock:
+            history = slot.history or RunHistory(await self._load(run_id))
+            parked_here = (slot.state is RunState.SUSPENDED and slot.waiting_for == key
+                           and not slot.active)
+            check_signal(slot, history, key, parked_here)
+            await self._commit(slot, Record(
+                run_id, slot.workflow, "signal", "signalled", key=key, value=data,
+                value_json=to_json(payload), run_state="running" if parked_here else None))
+            if parked_here:
+                self._wake(slot)
         return Run(self, run_id, slot.workflow)
 
     def get_run(self, run_id: str) -> Run:
@@ -215,7 +211,7 @@ class Engine:
         Raises:
             ValueError: `state` is not a run state, or `limit` is negative.
         """
-        wanted = None if state is None else _checked_state(state)
+        wanted = None if state is None else checked_state(state)
         if limit < 0:
             raise ValueError(f"limit must be >= 0, got {limit!r}")
         slots = [s for s in self._slots.values() if s.durable.is_set()
@@ -234,7 +230,7 @@ class Engine:
         self._check_open(allow_closing=True)
         self._slot(run_id)
         records = await self._load(run_id)
-        return [_event(record) for record in records]
+        return [event_of(record) for record in records]
 
     async def sql(self, query: str, params: Sequence[Any] | dict[str, Any] | None = None
                   ) -> list[tuple[Any, ...]]:
@@ -289,7 +285,8 @@ class Engine:
 
     async def _wait_for(self, run_id: str, states: frozenset[RunState]) -> RunInfo:
         slot = self._slot(run_id)
-        while slot.state not in states:
+        # A suspended run that is executing (replaying after `resume`) has not settled.
+        while slot.state not in states or (slot.active and slot.state is RunState.SUSPENDED):
             if self._closed:
                 raise EngineClosed(
                     f"the engine closed while waiting for run {run_id!r}; it continues "
@@ -298,154 +295,97 @@ class Engine:
             await slot.changed.wait()
         return slot.info(decode)
 
-    def _spawn(self, slot: RunSlot, input_data: bytes | None, recovering: bool) -> None:
+    def _spawn(self, slot: RunSlot, input_data: bytes | None, recovering: bool,
+               parked: Parked | None = None) -> None:
         assert self._nursery is not None
-        self._nursery.start_soon(self._runner.drive, slot, input_data, recovering,
+        self._nursery.start_soon(self._runner.drive, slot, input_data, recovering, parked,
                                  name=f"replay run {slot.run_id}")
 
+    def _park(self, slot: RunSlot, parked: Parked, wake_at: datetime | None) -> None:
+        """Keep a parked run's execution (maybe) and schedule its deadline."""
+        self._parked.put(slot.run_id, parked)
+        if wake_at is not None:
+            self._timers.add(slot.run_id, wake_at)
+        slot.notify()
+
+    def _forget_memo(self, run_id: str) -> None:
+        slot = self._slots.get(run_id)
+        if slot is not None and not slot.active:
+            slot.history = None
+
+    def _on_timer(self, run_id: str) -> None:
+        slot = self._slots.get(run_id)
+        if slot is None or slot.active or self._closing:
+            return
+        if slot.state not in (RunState.SLEEPING, RunState.SUSPENDED):
+            return
+        if slot.wake_at is None or slot.wake_at > self._clock.now():
+            return  # an old entry: the run has moved on since
+        self._wake(slot)
+
+    def _wake(self, slot: RunSlot) -> None:
+        """Continue a parked run in a new task (its cached execution, if any)."""
+        slot.active = True
+        self._spawn(slot, None, recovering=False, parked=self._parked.take(slot.run_id))
+
+    async def _start_services(self, services: trio.Nursery) -> None:
+        await services.start(self._committer.run)
+        await services.start(self._timers.run)
+
     async def _serve(self, runs: trio.Nursery) -> None:
-        """Load every run and pick up the unfinished ones in the `runs` nursery."""
+        """Load every run and pick up whatever was pending, in the `runs` nursery."""
         self._nursery = runs
         for row in await in_thread(self._store.load_runs):
             slot = RunSlot(row.run_id, row.workflow, RunState(row.state), row.created_at)
             slot.restore(row)
             self._slots[row.run_id] = slot
+        signalled = set(await in_thread(self._store.signalled_while_suspended))
         for slot in self._slots.values():
-            if slot.state in (RunState.RUNNING, RunState.SLEEPING):
-                if slot.workflow not in self._registry.functions:
-                    log.warning("run %r of workflow %r is left as it is: the workflow is not "
-                                "registered with this engine", slot.run_id, slot.workflow)
-                    continue
+            if slot.state in FINISHED:
+                continue
+            if slot.workflow not in self._registry.functions:
+                log.warning("run %r of workflow %r is left as it is: the workflow is not "
+                            "registered with this engine", slot.run_id, slot.workflow)
+                continue
+            if slot.state is RunState.RUNNING or slot.run_id in signalled:
                 slot.active = True
-                self._spawn(slot, None, recovering=True)
+                self._spawn(slot, None, recovering=slot.state is RunState.RUNNING)
+            elif slot.wake_at is not None:
+                self._timers.add(slot.run_id, slot.wake_at)
 
     def _begin_shutdown(self) -> None:
-        """Start no new command; stop back-off waits (their deadlines are durable)."""
+        """Start no new command (parked runs hold no task and simply stay parked)."""
         self._closing = True
-        self._steps.stop()
 
     def _mark_closed(self) -> None:
         self._closed = True
+        self._parked.clear()
         for slot in self._slots.values():
             slot.notify()
 
 
-@asynccontextmanager
-async def open_engine(
-    path: str | PathLike[str] = ":memory:",
-    *,
-    workflows: Sequence[Callable[..., Any]],
-    default_retry: Retry | None = None,
-    durability: str = "fsync",
-    always_replay: bool = False,
-    shutdown_timeout: float = 30.0,
-    lock_timeout: float = 0.0,
-    max_threads: int = 40,
-) -> AsyncIterator[Engine]:
-    """Open an engine on a DuckDB database and run it for the `async with` body.
-
-    On open, runs that were running when the last process stopped continue. On a
-    clean exit the engine starts no new commands, lets running steps finish within
-    `shutdown_timeout`, and closes the database; if the body is cancelled or raises,
-    running steps are abandoned at once (they run again at the next open).
-
-    Args:
-        path: The database file (created if missing), or ``":memory:"``.
-        workflows: The workflow functions this engine can run.
-        default_retry: Retry policy for steps without `retry=` (default: one attempt).
-        durability: ``"fsync"`` (every commit is fsynced) or ``"none"`` (tests).
-        always_replay: Reserved: drop parked generators so each wake-up replays.
-        shutdown_timeout: Seconds running steps get to finish on a clean exit.
-        lock_timeout: Seconds to wait for another engine to release the file.
-        max_threads: How many sync step functions may run at once.
-
-    Yields:
-        The open `Engine`.
+def check_signal(slot: RunSlot, history: RunHistory, key: str, parked_here: bool) -> None:
+    """Decide whether a signal for `key` may be taken (under the run's lock).
 
     Raises:
-        DatabaseLocked: Another engine holds the file after `lock_timeout`.
-        DatabaseError: The file is not a usable replay database, or a commit failed.
-        TypeError: An option has the wrong type, or a workflow is not a generator function.
-        ValueError: An option has a wrong value, or two workflows share a name.
+        SignalRejected: It may not, with the reason.
     """
-    validate_options(durability, shutdown_timeout, lock_timeout, max_threads, default_retry,
-                     always_replay)
-    registry = Registry(workflows)
-    store, release = await open_store(database_path(path), durability, lock_timeout)
-    engine: Engine | None = None
-    try:
-        last_seq, last_time = await in_thread(store.last_seq_and_time)
-        engine = Engine(store, registry, EngineClock(last_time), last_seq, default_retry,
-                        max_threads)
-        async with _single_errors(), trio.open_nursery() as services:
-            await services.start(engine._committer.run)
-            async with trio.open_nursery() as runs:
-                await engine._serve(runs)
-                try:
-                    yield engine
-                except BaseException:
-                    runs.cancel_scope.cancel()
-                    raise
-                engine._begin_shutdown()
-                runs.cancel_scope.deadline = trio.current_time() + shutdown_timeout
-            services.cancel_scope.cancel()
-    finally:
-        if engine is not None:
-            engine._mark_closed()
-        with trio.CancelScope(shield=True):
-            await in_thread(store.close)
-        release()
-
-
-@asynccontextmanager
-async def _single_errors() -> AsyncIterator[None]:
-    """Raise a lone error out of the engine's nurseries as itself, not as a group."""
-    try:
-        yield
-    except BaseExceptionGroup as group:
-        leaves = _leaves(group)
-        if len(leaves) != 1:
-            raise
-        error, context = leaves[0], leaves[0].__context__
-        try:
-            raise error
-        finally:
-            error.__context__ = context
-
-
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    found: list[BaseException] = []
-    for error in group.exceptions:
-        found.extend(_leaves(error) if isinstance(error, BaseExceptionGroup) else [error])
-    return found
-
-
-def _checked_run_id(run_id: object) -> str:
-    if not isinstance(run_id, str):
-        raise TypeError(f"run_id must be a str, got {run_id!r} ({type(run_id).__name__})")
-    if not run_id:
-        raise ValueError("run_id must be a non-empty string, got ''")
-    try:
-        run_id.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError(f"run_id must be valid unicode text, got {run_id!r}") from None
-    return run_id
-
-
-def _checked_state(state: RunState | str) -> RunState:
-    try:
-        return RunState(state)
-    except ValueError:
-        names = ", ".join(s.value for s in RunState)
-        raise ValueError(f"unknown run state {state!r}; expected one of {names}") from None
-
-
-def _event(record: Record) -> Event:
-    return Event(
-        seq=record.seq, run_id=record.run_id, workflow=record.workflow, key=record.key,
-        kind=record.kind, event=record.event, attempt=record.attempt,
-        value=None if record.value is None else decode(record.value),
-        value_json=record.value_json, error_type=record.error_type, error=record.error,
-        recorded_at=record.recorded_at,  # type: ignore[arg-type]
-        duration_ms=record.duration_ms, wake_at=record.wake_at,
-    )
+    run_id = slot.run_id
+    if slot.state in FINISHED:
+        raise SignalRejected(
+            f"run {run_id!r} is {slot.state.value}; signals to finished runs are rejected",
+            run_id=run_id, key=key)
+    entry = history.get(key)
+    if entry is not None and entry.kind != "suspend":
+        raise SignalRejected(
+            f"run {run_id!r} recorded key {key!r} as a {entry.kind}, not a Suspend; a "
+            "signal can only answer a Suspend", run_id=run_id, key=key)
+    if key in history.signals or (entry is not None and entry.timed_out):
+        why = "timed out" if entry is not None and entry.timed_out else "already has a signal"
+        raise SignalRejected(
+            f"key {key!r} of run {run_id!r} {why}; a Suspend takes one value, so this "
+            "signal is rejected", run_id=run_id, key=key)
+    if not parked_here and history.undelivered() >= MAX_UNDELIVERED_SIGNALS:
+        raise SignalRejected(
+            f"run {run_id!r} already holds {MAX_UNDELIVERED_SIGNALS} undelivered signals; "
+            "no more are taken until it reaches their keys", run_id=run_id, key=key)

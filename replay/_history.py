@@ -104,6 +104,8 @@ class KeyRecord:
         wake_at: A pending deadline (retry back-off).
         started: An attempt whose start is durable and whose outcome is not.
         renamed_to: Step names already recorded in a ``renamed`` event.
+        timed_out: A `Suspend` whose timeout fired before its signal arrived.
+        status_text: The `Suspend`'s status, as recorded.
     """
 
     kind: str
@@ -116,15 +118,20 @@ class KeyRecord:
     wake_at: datetime | None = None
     started: int | None = None
     renamed_to: set[str] = field(default_factory=set)
+    timed_out: bool = False
+    status_text: str | None = None
 
 
 class RunHistory:
     """The per-key memo of one run, built by folding its records in order."""
 
-    __slots__ = ("keys", "last_step_key", "last_was_step_failure")
+    __slots__ = ("keys", "last_step_key", "last_was_step_failure", "signals")
 
     def __init__(self, records: list[Record] | None = None) -> None:
         self.keys: dict[str, KeyRecord] = {}
+        # The mailbox: signal payloads (encoded) by key. Only `Suspend` reads it, so a
+        # signal never becomes the outcome of a step or sleep with the same key.
+        self.signals: dict[str, bytes | None] = {}
         # Whether the newest key-level event is an unhandled step failure: `resume`
         # gives that step a fresh budget instead of replaying the failure.
         self.last_step_key: str | None = None
@@ -146,6 +153,9 @@ class RunHistory:
             return
         if record.key is None:
             return
+        if record.kind == "signal":
+            self.signals[record.key] = record.value
+            return
         entry = self.keys.get(record.key)
         if entry is None:
             entry = self.keys[record.key] = KeyRecord(kind=record.kind)
@@ -154,6 +164,17 @@ class RunHistory:
             self.last_was_step_failure = record.kind == "step" and record.event == "failed"
         if record.kind == "step":
             self._apply_step(entry, record)
+        elif record.kind == "sleep":
+            entry.wake_at = record.wake_at or entry.wake_at
+            entry.done = record.event == "fired"
+        elif record.kind == "suspend":
+            entry.wake_at = record.wake_at if record.event == "suspended" else entry.wake_at
+            entry.status_text = record.status_text or entry.status_text
+            entry.timed_out = entry.done = record.event == "timed_out"
+
+    def undelivered(self) -> int:
+        """Count signals in the mailbox whose key the run has not suspended on yet."""
+        return sum(1 for key in self.signals if key not in self.keys)
 
     def unhandled_failure(self) -> str | None:
         """Return the key of the step failure that ended the run, if one did.

@@ -9,8 +9,8 @@ and gets back one `Decision`:
 
 - `Execute(command, record)`: the generator yielded a command whose outcome is not
   recorded yet (``record`` holds what *is* recorded about the key, e.g. failed attempts
-  awaiting a retry). The engine performs it, records the outcome durably, then calls
-  `send` or `throw` with it.
+  awaiting a retry, or a sleep's deadline). The engine performs it (or parks the run
+  until it can), records the outcome durably, then calls `send` or `throw` with it.
 - `Finish(output)`: the generator returned; its value is the run's output.
 - `Fail(error, traceback)`: the generator raised, or broke a rule of replay
   (`DuplicateKeyError`, `NondeterminismError`); for the latter the generator has
@@ -18,9 +18,10 @@ and gets back one `Decision`:
 
 Between two decisions the interpreter runs the generator forward *synchronously*
 through every command whose outcome is recorded, sending each recorded value (or
-throwing each recorded `StepFailed`) straight back: replay costs no I/O and no trio
-checkpoint. A yielded value that is not a command is answered with a `TypeError`
-thrown in at that `yield`.
+throwing each recorded `StepFailed` or `SuspendTimeout`) straight back: replay costs no
+I/O and no trio checkpoint. A `Suspend`'s outcome is the signal for its key in the run's
+mailbox, whenever that signal arrived. A yielded value that is not a command is
+answered with a `TypeError` thrown in at that `yield`.
 """
 
 from __future__ import annotations
@@ -33,11 +34,12 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
-from replay._commands import COMMAND_TYPES, Command, Step, command_kind
+from replay._commands import COMMAND_TYPES, Command, Step, Suspend, command_kind
 from replay._errors import (
     DuplicateKeyError,
     NondeterminismError,
     StepFailed,
+    SuspendTimeout,
     safe_repr,
     same_name,
 )
@@ -144,14 +146,29 @@ class Interpreter:
             problem = self._check(command, record)
             if problem is not None:
                 return self._fail_for_deployment(problem)
-            if record is None or not record.done:
+            outcome = self._recorded_outcome(command, record)
+            if outcome is None:
                 return Execute(command, record)
-            if record.failure is not None:
-                resume = self._generator.throw
-                argument = self._step_failed(command.key, record.failure)
-            else:
-                resume = self._generator.send
-                argument = None if record.value is None else self._decode(record.value)
+            resume, argument = outcome
+
+    def _recorded_outcome(
+        self, command: Command, record: KeyRecord | None
+    ) -> tuple[Callable[[Any], Any], Any] | None:
+        """Return how to answer `command` from the history, or None if it needs I/O."""
+        if type(command) is Suspend:
+            if record is not None and record.timed_out:
+                return self._generator.throw, SuspendTimeout(self.run_id, command.key)
+            if command.key in self._history.signals:
+                return self._generator.send, self._value(self._history.signals[command.key])
+            return None
+        if record is None or not record.done:
+            return None
+        if record.failure is not None:
+            return self._generator.throw, self._step_failed(command.key, record.failure)
+        return self._generator.send, self._value(record.value)
+
+    def _value(self, data: bytes | None) -> Any:
+        return None if data is None else self._decode(data)
 
     def _check(self, command: Command, record: KeyRecord | None) -> Exception | None:
         key = command.key

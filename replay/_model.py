@@ -70,9 +70,9 @@ class RunSlot:
     """The engine's record of one run (internal)."""
 
     __slots__ = (
-        "active", "changed", "created_at", "durable", "error", "error_type", "history", "message",
-        "output", "run_id", "state", "status_text", "updated_at", "waiting_for", "wake_at",
-        "workflow",
+        "_lock", "active", "changed", "created_at", "durable", "error", "error_type",
+        "history", "message", "output", "run_id", "state", "status_text", "updated_at",
+        "waiting_for", "wake_at", "workflow",
     )
 
     def __init__(self, run_id: str, workflow: str, state: RunState, created_at: datetime):
@@ -93,8 +93,16 @@ class RunSlot:
         # True while a task drives the run: one run executes in one place at a time.
         self.active = False
         self.changed = trio.Event()
+        self._lock: trio.Lock | None = None
         # Set once the run's start is committed (at once for runs loaded from the file).
         self.durable = trio.Event()
+
+    @property
+    def lock(self) -> trio.Lock:
+        """The run's lock: signals and parking decisions take it (made on first use)."""
+        if self._lock is None:
+            self._lock = trio.Lock()
+        return self._lock
 
     def restore(self, row: RunRow) -> None:
         """Take the state a run had in the file when the engine opened."""

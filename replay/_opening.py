@@ -32,6 +32,7 @@ def validate_options(
     max_threads: object,
     default_retry: object,
     always_replay: object,
+    cache_size: object = 1000,
 ) -> None:
     """Check `open_engine`'s options before anything is opened.
 
@@ -56,6 +57,10 @@ def validate_options(
         )
     if not isinstance(always_replay, bool):
         raise TypeError(f"always_replay must be a bool, got {_show(always_replay)}")
+    if isinstance(cache_size, bool) or not isinstance(cache_size, int):
+        raise TypeError(f"cache_size must be an int, got {_show(cache_size)}")
+    if cache_size < 0:
+        raise ValueError(f"cache_size must be >= 0, got {cache_size!r}")
 
 
 def database_path(path: object) -> str:

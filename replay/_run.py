@@ -8,8 +8,8 @@ from typing import Any
 
 import trio
 
-from replay._engine import open_engine
 from replay._errors import RunSuspended
+from replay._lifecycle import open_engine
 from replay._model import RunState
 
 

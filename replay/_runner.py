@@ -10,21 +10,25 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
 from typing import Any
 
+from replay._clock import EngineClock
 from replay._codec import decode, encode, to_json
-from replay._commands import Step
+from replay._commands import Sleep, Step, Suspend
 from replay._errors import (
     EncodingError,
     ReplayInternalError,
+    SuspendTimeout,
     clip,
     message_of,
     qualified_name,
 )
-from replay._history import Record, RunHistory
+from replay._history import KeyRecord, Record, RunHistory
 from replay._interpreter import Execute, Fail, Finish, Interpreter, format_failure
 from replay._model import FINISHED, RunSlot
-from replay._steps import StepRunner, Stopping
+from replay._parking import Park, Parked
+from replay._steps import StepRunner
 
 log = logging.getLogger("replay")
 
@@ -48,74 +52,139 @@ class Runner:
         load: Callable[[str], Awaitable[list[Record]]],
         commit: Commit,
         steps: StepRunner,
+        clock: EngineClock,
+        park: Callable[[RunSlot, Parked, datetime | None], None],
         stopping: Callable[[], bool],
     ) -> None:
         self._workflows = workflows
         self._load = load
         self._commit = commit
         self._steps = steps
+        self._clock = clock
+        self._park = park
         self._stopping = stopping
 
-    async def drive(self, slot: RunSlot, input_data: bytes | None, recovering: bool) -> None:
+    async def drive(
+        self, slot: RunSlot, input_data: bytes | None, recovering: bool,
+        parked: Parked | None = None,
+    ) -> None:
         """Execute `slot`'s run until it finishes, parks, or the engine stops.
 
-        The caller sets ``slot.active`` before starting the task; it is cleared here.
+        The caller sets ``slot.active`` before starting the task; it is cleared here,
+        in the same step as parking, so no wake-up can slip in between.
         """
+        parking: tuple[Parked, datetime | None] | None = None
         try:
-            if input_data is None or slot.history is None:
+            if parked is None and (input_data is None or slot.history is None):
                 records = await self._load(slot.run_id)
                 slot.history = RunHistory(records)
                 input_data = _input_of(records)
             try:
-                await self._execute(slot, input_data, slot.history, recovering)
+                parking = await self._execute(slot, input_data, parked, recovering)
             except Exception as error:
                 # A bug in replay must fail only this run, never the engine.
                 await self._fail(slot, _internal_error(slot, error))
         finally:
             slot.active = False
-            if slot.state in FINISHED:
+            if parking is not None:
+                self._park(slot, *parking)
+            elif slot.state in FINISHED:
                 slot.history = None
 
     async def _execute(
-        self, slot: RunSlot, input_data: bytes, history: RunHistory, recovering: bool
-    ) -> None:
-        interpreter = self._interpreter(slot, input_data, history)
-        if isinstance(interpreter, Fail):
-            await self._fail(slot, interpreter)
-            return
-        decision = interpreter.start()
+        self, slot: RunSlot, input_data: bytes | None, parked: Parked | None, recovering: bool
+    ) -> tuple[Parked, datetime | None] | None:
+        decision: Execute | Finish | Fail
+        if parked is not None:
+            interpreter, decision = parked.interpreter, parked.decision
+        else:
+            assert slot.history is not None and input_data is not None
+            made = self._interpreter(slot, input_data, slot.history)
+            if isinstance(made, Fail):
+                await self._fail(slot, made)
+                return None
+            interpreter, decision = made, made.start()
         while True:
             await self._record_renames(slot, interpreter)
             if isinstance(decision, Finish):
                 await self._complete(slot, decision.output)
-                return
+                return None
             if isinstance(decision, Fail):
                 await self._fail(slot, decision)
-                return
+                return None
             if self._stopping():
                 # Start no new command: the run continues at the next open.
                 interpreter.close()
-                return
-            try:
-                decision = await self._perform(slot, interpreter, decision, recovering)
-            except Stopping:
-                interpreter.close()
-                return
+                return None
+            result = await self._perform(slot, interpreter, decision, recovering)
+            if isinstance(result, Park):
+                return Parked(interpreter, decision), result.wake_at
+            decision = result
             recovering = False
 
     async def _perform(
         self, slot: RunSlot, interpreter: Interpreter, decision: Execute, recovering: bool
-    ) -> Execute | Finish | Fail:
+    ) -> Execute | Finish | Fail | Park:
         command = decision.command
+        assert slot.history is not None
+        # The decision may come from a parked execution: read the key's current record.
+        record = slot.history.get(command.key)
         if isinstance(command, Step):
-            ok, outcome = await self._steps.run(slot, command, decision.record, recovering)
-            return interpreter.send(outcome) if ok else interpreter.throw(outcome)
-        interpreter.close()
-        error = NotImplementedError(
-            f"workflow {slot.workflow!r} yielded {command!r}; {type(command).__name__} is "
-            "not supported by this version of replay yet"
-        )
-        return Fail(error, f"{qualified_name(type(error))}: {error}\n")
+            if record and record.started is None and _pending(record.wake_at, self._clock):
+                return Park(record.wake_at)
+            result = await self._steps.run(slot, command, record, recovering)
+        elif isinstance(command, Sleep):
+            result = await self._sleep(slot, command, record)
+        else:
+            result = await self._suspend(slot, command, record)
+        if isinstance(result, Park):
+            return result
+        ok, outcome = result
+        return interpreter.send(outcome) if ok else interpreter.throw(outcome)
+
+    async def _sleep(
+        self, slot: RunSlot, sleep: Sleep, record: KeyRecord | None
+    ) -> tuple[bool, Any] | Park:
+        if record is None or record.wake_at is None:
+            wake_at = sleep.until or self._clock.now() + (sleep.duration or timedelta(0))
+            await self._commit(slot, Record(
+                slot.run_id, slot.workflow, "sleep", "scheduled", key=sleep.key,
+                wake_at=wake_at, run_state="sleeping"))
+        else:
+            wake_at = record.wake_at
+        if _pending(wake_at, self._clock):
+            return Park(wake_at)
+        await self._commit(slot, Record(
+            slot.run_id, slot.workflow, "sleep", "fired", key=sleep.key, wake_at=wake_at,
+            run_state="running"))
+        return True, None
+
+    async def _suspend(
+        self, slot: RunSlot, suspend: Suspend, record: KeyRecord | None
+    ) -> tuple[bool, Any] | Park:
+        # Under the run's lock: a signal either is in the mailbox now, or arrives after
+        # the run is parked and wakes it. No wake-up is lost in between.
+        async with slot.lock:
+            history = slot.history
+            assert history is not None
+            if suspend.key in history.signals:
+                data = history.signals[suspend.key]
+                return True, None if data is None else decode(data)
+            if record is None:
+                now = self._clock.now()
+                wake_at = None if suspend.timeout is None else now + suspend.timeout
+                await self._commit(slot, Record(
+                    slot.run_id, slot.workflow, "suspend", "suspended", key=suspend.key,
+                    wake_at=wake_at, status_text=suspend.status, run_state="suspended"))
+                return Park(wake_at)
+            if record.wake_at is None or _pending(record.wake_at, self._clock):
+                return Park(record.wake_at)
+            timeout = SuspendTimeout(slot.run_id, suspend.key)
+            await self._commit(slot, Record(
+                slot.run_id, slot.workflow, "suspend", "timed_out", key=suspend.key,
+                error_type=qualified_name(SuspendTimeout), error=str(timeout),
+                wake_at=record.wake_at, run_state="running"))
+            return False, timeout
 
     def _interpreter(
         self, slot: RunSlot, input_data: bytes, history: RunHistory
@@ -170,6 +239,11 @@ def _internal_error(slot: RunSlot, error: Exception) -> Fail:
     )
     internal.__cause__ = error
     return Fail(internal, format_failure(internal))
+
+
+def _pending(wake_at: datetime | None, clock: EngineClock) -> bool:
+    """Tell whether a deadline is still ahead on the engine clock."""
+    return wake_at is not None and wake_at > clock.now()
 
 
 def _input_of(records: list[Record]) -> bytes:

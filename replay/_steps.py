@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import trio
@@ -36,6 +36,7 @@ from replay._errors import (
 )
 from replay._history import KeyRecord, Record
 from replay._model import RunSlot
+from replay._parking import Park
 
 _CURRENT_STEP: ContextVar[tuple[str, str, int] | None] = ContextVar(
     "replay_current_step", default=None
@@ -60,10 +61,6 @@ def current_step() -> tuple[str, str, int]:
             "from a function that a Step runs"
         )
     return current
-
-
-class Stopping(Exception):
-    """Raised out of a back-off wait that the engine's shutdown interrupted."""
 
 
 @dataclass(slots=True)
@@ -96,70 +93,45 @@ class StepRunner:
         self._limiter = limiter
         # Held by a recovered run's first fresh attempt, so that those run one at a time.
         self._recovery_lock = trio.Lock()
-        # Cancel scopes of back-off waits, cancelled when the engine shuts down: the
-        # deadline is durable, so the wait continues at the next open.
-        self._parked: set[trio.CancelScope] = set()
-        self._stopping = False
-
-    def stop(self) -> None:
-        """Interrupt every back-off wait now and any that starts later."""
-        self._stopping = True
-        for scope in self._parked:
-            scope.cancel()
 
     async def run(
         self, slot: RunSlot, step: Step, record: KeyRecord | None, recovering: bool
-    ) -> tuple[bool, Any]:
-        """Execute `step` until it succeeds or its budget is spent.
+    ) -> tuple[bool, Any] | Park:
+        """Make the step's next attempt, or settle an interrupted one.
 
         Returns:
-            ``(True, value)`` with the value as a replay will see it, or
-            ``(False, StepFailed)`` to throw into the workflow.
+            ``(True, value)`` with the value as a replay will see it,
+            ``(False, StepFailed)`` to throw into the workflow once the budget is
+            spent, or `Park` with the back-off deadline of the next attempt.
         """
-        policy = step.retry or self._default_retry
         attempt = record.attempts if record else 0
-        budget_start = record.budget_start if record else 0
-        wake_at = record.wake_at if record else None
-        failure: _Attempt | None = None
         if record is not None and record.started is not None:
             attempt = record.started
             failure = _Attempt(False, StepInterrupted(
                 f"step {step.key!r} attempt {attempt} was running when the process "
                 "stopped; it counts as a failed attempt"), None)
-        while True:
-            if failure is None:
-                if wake_at is not None:
-                    await self._wait_until(wake_at)
-                attempt += 1
-                async with self._alone(recovering, slot, step, attempt):
-                    outcome = await self._attempt(slot, step, attempt)
-                    if outcome.ok:
-                        return await self._succeeded(slot, step, attempt, outcome)
-                recovering = False
-                failure = outcome
-            error: BaseException = failure.value
-            used = attempt - budget_start
-            if used < policy.attempts and policy.retries(error_types_of(error)):
-                delay = policy.delay(slot.run_id, step.key, used)
-                wake_at = self._clock.now() + timedelta(seconds=delay)
-                await self._commit(slot, self._failure_record(
-                    slot, step, attempt, failure, "retrying", wake_at=wake_at))
-                failure = None
-                continue
-            await self._commit(slot, self._failure_record(slot, step, attempt, failure, "failed"))
-            return False, self._step_failed(slot, step, attempt, error)
+        else:
+            attempt += 1
+            async with self._alone(recovering, slot, step, attempt):
+                failure = await self._attempt(slot, step, attempt)
+                if failure.ok:
+                    return await self._succeeded(slot, step, attempt, failure)
+        budget_start = record.budget_start if record else 0
+        return await self._settle(slot, step, attempt - budget_start, attempt, failure)
 
-    async def _wait_until(self, wake_at: datetime) -> None:
-        with trio.CancelScope() as scope:
-            if self._stopping:
-                scope.cancel()
-            self._parked.add(scope)
-            try:
-                await self._clock.sleep_until(wake_at)
-            finally:
-                self._parked.discard(scope)
-        if scope.cancelled_caught:
-            raise Stopping
+    async def _settle(
+        self, slot: RunSlot, step: Step, used: int, attempt: int, failure: _Attempt
+    ) -> tuple[bool, Any] | Park:
+        policy = step.retry or self._default_retry
+        error: BaseException = failure.value
+        if used < policy.attempts and policy.retries(error_types_of(error)):
+            delay = policy.delay(slot.run_id, step.key, used)
+            wake_at = self._clock.now() + timedelta(seconds=delay)
+            await self._commit(slot, self._failure_record(
+                slot, step, attempt, failure, "retrying", wake_at=wake_at))
+            return Park(wake_at)
+        await self._commit(slot, self._failure_record(slot, step, attempt, failure, "failed"))
+        return False, self._step_failed(slot, step, attempt, error)
 
     @asynccontextmanager
     async def _alone(

@@ -173,6 +173,15 @@ class Store:
         seq, at = self._read("SELECT max(seq), max(recorded_at) FROM replay_event_log", [])[0]
         return int(seq or 0), utc_or_none(at)
 
+    def signalled_while_suspended(self) -> list[str]:
+        """Return runs suspended on a key whose signal is already in their mailbox.
+
+        Only a signal stored while no engine held the file gets there (an engine wakes
+        the run as it records the signal).
+        """
+        rows = self._read(_SIGNALLED_WHILE_SUSPENDED, [])
+        return [row[0] for row in rows]
+
     def load_history(self, run_id: str) -> list[Record]:
         """Return every record of one run in `seq` order (one query)."""
         rows = self._read(
@@ -256,6 +265,16 @@ class Store:
             self._writer.join()
         self._con.close()
 
+
+_SIGNALLED_WHILE_SUSPENDED = """
+    WITH latest AS (
+        SELECT run_id, run_state, key FROM replay_event_log WHERE run_state IS NOT NULL
+        QUALIFY row_number() OVER (PARTITION BY run_id ORDER BY seq DESC) = 1
+    )
+    SELECT DISTINCT l.run_id FROM latest l
+    JOIN replay_event_log s ON s.run_id = l.run_id AND s.kind = 'signal' AND s.key = l.key
+    WHERE l.run_state = 'suspended'
+"""
 
 _EXPLAIN_PREFIX = re.compile(r"^\s*EXPLAIN\s*(\([^)]*\))?\s*(ANALYZE\b)?", re.IGNORECASE)
 

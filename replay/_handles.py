@@ -1,0 +1,127 @@
+"""`Run` handles, and the argument checks and conversions of the engine's API."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from replay._codec import decode
+from replay._errors import WorkflowFailed
+from replay._history import Event, Record
+from replay._model import FINISHED, SETTLED, RunInfo, RunState
+
+if TYPE_CHECKING:
+    from replay._engine import Engine
+
+
+class Run:
+    """A handle to one run of an engine.
+
+    Attributes:
+        run_id: The run's id.
+        workflow: The run's workflow name.
+    """
+
+    __slots__ = ("_engine", "run_id", "workflow")
+
+    def __init__(self, engine: Engine, run_id: str, workflow: str) -> None:
+        self._engine = engine
+        self.run_id = run_id
+        self.workflow = workflow
+
+    def __repr__(self) -> str:
+        return f"Run(run_id={self.run_id!r}, workflow={self.workflow!r})"
+
+    async def wait(self) -> RunInfo:
+        """Wait until the run completes, fails, is cancelled or is suspended.
+
+        Sleeps and retry back-offs are waited through.
+
+        Raises:
+            EngineClosed: The engine closed first.
+        """
+        return await self._engine._wait_for(self.run_id, SETTLED)
+
+    async def result(self) -> Any:
+        """Wait for the run to finish and return its output.
+
+        A suspended run is waited through too: the result comes once a signal lets it
+        finish.
+
+        Raises:
+            WorkflowFailed: The run failed.
+            EngineClosed: The engine closed first.
+        """
+        info = await self._engine._wait_for(self.run_id, FINISHED)
+        if info.state is RunState.COMPLETED:
+            return info.output
+        slot = self._engine._slot(self.run_id)
+        message = "" if slot.message is None else str(decode(slot.message))
+        raise WorkflowFailed(
+            self.run_id, info.error_type or "builtins.Exception", message, info.error or ""
+        )
+
+
+def checked_run_id(run_id: object) -> str:
+    """Return `run_id` if it can name a run.
+
+    Raises:
+        TypeError: It is not a str.
+        ValueError: It is empty or not valid unicode text.
+    """
+    if not isinstance(run_id, str):
+        raise TypeError(f"run_id must be a str, got {run_id!r} ({type(run_id).__name__})")
+    if not run_id:
+        raise ValueError("run_id must be a non-empty string, got ''")
+    try:
+        run_id.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"run_id must be valid unicode text, got {run_id!r}") from None
+    return run_id
+
+
+def checked_key(key: object) -> str:
+    """Return `key` if it can name a `Suspend` to signal.
+
+    Raises:
+        TypeError: It is not a str.
+        ValueError: It is empty or not valid unicode text.
+    """
+    if not isinstance(key, str):
+        raise TypeError(
+            f"engine.signal(run_id, key, payload): key must be a str, got {key!r} "
+            f"({type(key).__name__})"
+        )
+    if not key:
+        raise ValueError("engine.signal(run_id, key, payload): key must be a non-empty string")
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(
+            f"engine.signal(run_id, key, payload): key must be valid unicode text, got {key!r}"
+        ) from None
+    return key
+
+
+def checked_state(state: RunState | str) -> RunState:
+    """Return `state` as a `RunState`.
+
+    Raises:
+        ValueError: It names no run state.
+    """
+    try:
+        return RunState(state)
+    except ValueError:
+        names = ", ".join(s.value for s in RunState)
+        raise ValueError(f"unknown run state {state!r}; expected one of {names}") from None
+
+
+def event_of(record: Record) -> Event:
+    """Return the public `Event` of a loaded record, its value decoded."""
+    return Event(
+        seq=record.seq, run_id=record.run_id, workflow=record.workflow, key=record.key,
+        kind=record.kind, event=record.event, attempt=record.attempt,
+        value=None if record.value is None else decode(record.value),
+        value_json=record.value_json, error_type=record.error_type, error=record.error,
+        recorded_at=record.recorded_at,  # type: ignore[arg-type]
+        duration_ms=record.duration_ms, wake_at=record.wake_at,
+    )

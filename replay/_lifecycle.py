@@ -1,0 +1,120 @@
+"""`open_engine`: an engine's life from opening the file to closing it.
+
+Structure: a *services* nursery holds the group-commit flusher and the timer task; a
+*runs* nursery inside it holds one task per executing run. On a clean exit the runs
+nursery gets `shutdown_timeout` to let running steps finish (no new command starts),
+then the services stop and the file is closed. If the body raises or is cancelled,
+running steps are abandoned at once: they run again at the next open.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from os import PathLike
+from typing import Any
+
+import trio
+
+from replay._clock import EngineClock, in_thread
+from replay._commands import Retry
+from replay._engine import Engine
+from replay._opening import database_path, open_store, validate_options
+from replay._workflows import Registry
+
+
+@asynccontextmanager
+async def open_engine(
+    path: str | PathLike[str] = ":memory:",
+    *,
+    workflows: Sequence[Callable[..., Any]],
+    default_retry: Retry | None = None,
+    durability: str = "fsync",
+    always_replay: bool = False,
+    shutdown_timeout: float = 30.0,
+    lock_timeout: float = 0.0,
+    max_threads: int = 40,
+    cache_size: int = 1000,
+) -> AsyncIterator[Engine]:
+    """Open an engine on a DuckDB database and run it for the `async with` body.
+
+    On open, the engine picks up everything that was pending when the last process
+    stopped: runs that were running continue, every recorded deadline (sleeps, retry
+    back-offs, suspend timeouts) is scheduled (overdue ones at once), and suspended
+    runs with a signal waiting in their mailbox wake. On a clean exit the engine starts
+    no new commands, lets running steps finish within `shutdown_timeout`, and closes
+    the database; if the body is cancelled or raises, running steps are abandoned at
+    once (they run again at the next open).
+
+    Args:
+        path: The database file (created if missing), or ``":memory:"``.
+        workflows: The workflow functions this engine can run.
+        default_retry: Retry policy for steps without `retry=` (default: one attempt).
+        durability: ``"fsync"`` (every commit is fsynced) or ``"none"`` (tests).
+        always_replay: Drop every parked generator, so each wake-up replays the
+            workflow from the top (a cheap determinism check).
+        shutdown_timeout: Seconds running steps get to finish on a clean exit.
+        lock_timeout: Seconds to wait for another engine to release the file.
+        max_threads: How many sync step functions may run at once.
+        cache_size: How many parked generators to keep; an evicted one is re-created
+            and replayed when its run wakes.
+
+    Yields:
+        The open `Engine`.
+
+    Raises:
+        DatabaseLocked: Another engine holds the file after `lock_timeout`.
+        DatabaseError: The file is not a usable replay database, or a commit failed.
+        TypeError: An option has the wrong type, or a workflow is not a generator function.
+        ValueError: An option has a wrong value, or two workflows share a name.
+    """
+    validate_options(durability, shutdown_timeout, lock_timeout, max_threads, default_retry,
+                     always_replay, cache_size)
+    registry = Registry(workflows)
+    store, release = await open_store(database_path(path), durability, lock_timeout)
+    engine: Engine | None = None
+    try:
+        last_seq, last_time = await in_thread(store.last_seq_and_time)
+        engine = Engine(store, registry, EngineClock(last_time), last_seq, default_retry,
+                        max_threads, 0 if always_replay else cache_size)
+        async with _single_errors(), trio.open_nursery() as services:
+            await engine._start_services(services)
+            async with trio.open_nursery() as runs:
+                await engine._serve(runs)
+                try:
+                    yield engine
+                except BaseException:
+                    runs.cancel_scope.cancel()
+                    raise
+                engine._begin_shutdown()
+                runs.cancel_scope.deadline = trio.current_time() + shutdown_timeout
+            services.cancel_scope.cancel()
+    finally:
+        if engine is not None:
+            engine._mark_closed()
+        with trio.CancelScope(shield=True):
+            await in_thread(store.close)
+        release()
+
+
+@asynccontextmanager
+async def _single_errors() -> AsyncIterator[None]:
+    """Raise a lone error out of the engine's nurseries as itself, not as a group."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        leaves = _leaves(group)
+        if len(leaves) != 1:
+            raise
+        error, context = leaves[0], leaves[0].__context__
+        try:
+            raise error
+        finally:
+            error.__context__ = context
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    found: list[BaseException] = []
+    for error in group.exceptions:
+        found.extend(_leaves(error) if isinstance(error, BaseExceptionGroup) else [error])
+    return found
