@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 from datetime import UTC, datetime, timedelta
@@ -213,10 +214,8 @@ async def test_a_suspend_timeout_is_thrown_in_and_replays_identically(db: str) -
 async def test_a_signal_after_a_timeout_of_a_running_run_is_rejected(db: str) -> None:
     @replay.workflow(name="timeout_then_wait")
     def timeout_then_wait():  # type: ignore[no-untyped-def]
-        try:
+        with contextlib.suppress(SuspendTimeout):
             yield Suspend("quick:v1", timeout=10)
-        except SuspendTimeout:
-            pass
         return (yield Suspend("slow:v1"))
 
     async with replay.open_engine(db, workflows=[timeout_then_wait]) as engine:
