@@ -45,7 +45,8 @@ class Engine:
     """A durable-execution engine bound to one database; get one from `open_engine`."""
 
     def __init__(self, store: Store, registry: Registry, clock: EngineClock, last_seq: int,
-                 default_retry: Retry | None, max_threads: int, cache_size: int) -> None:
+                 default_retry: Retry | None, max_threads: int, cache_size: int,
+                 always_replay: bool = False) -> None:
         self._store = store
         self._registry = registry
         self._clock = clock
@@ -58,7 +59,7 @@ class Engine:
         self._nursery: trio.Nursery | None = None
         steps = StepRunner(self._commit, clock, default_retry, trio.CapacityLimiter(max_threads))
         self._runner = Runner(registry.functions, self._load, self._commit, steps, clock,
-                              self._park, lambda: self._closing)
+                              self._park, lambda: self._closing, strict_replay=always_replay)
 
     # -- public API --
 
@@ -296,10 +297,10 @@ class Engine:
         return slot.info(decode)
 
     def _spawn(self, slot: RunSlot, input_data: bytes | None, recovering: bool,
-               parked: Parked | None = None) -> None:
+               parked: Parked | None = None, replaying: bool = False) -> None:
         assert self._nursery is not None
         self._nursery.start_soon(self._runner.drive, slot, input_data, recovering, parked,
-                                 name=f"replay run {slot.run_id}")
+                                 replaying, name=f"replay run {slot.run_id}")
 
     def _park(self, slot: RunSlot, parked: Parked, wake_at: datetime | None) -> None:
         """Keep a parked run's execution (maybe) and schedule its deadline."""
@@ -326,7 +327,8 @@ class Engine:
     def _wake(self, slot: RunSlot) -> None:
         """Continue a parked run in a new task (its cached execution, if any)."""
         slot.active = True
-        self._spawn(slot, None, recovering=False, parked=self._parked.take(slot.run_id))
+        parked = self._parked.take(slot.run_id)
+        self._spawn(slot, None, recovering=False, parked=parked, replaying=parked is None)
 
     async def _start_services(self, services: trio.Nursery) -> None:
         await services.start(self._committer.run)

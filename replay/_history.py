@@ -176,6 +176,10 @@ class RunHistory:
         """Count signals in the mailbox whose key the run has not suspended on yet."""
         return sum(1 for key in self.signals if key not in self.keys)
 
+    def last_key(self) -> str | None:
+        """Return the key of the newest step, sleep or suspend record: where it stopped."""
+        return self.last_step_key
+
     def unhandled_failure(self) -> str | None:
         """Return the key of the step failure that ended the run, if one did.
 

@@ -93,9 +93,16 @@ class Interpreter:
         generator: A fresh generator, not started yet.
         history: The run's memo; the engine applies new records to it.
         decode: Turns a recorded value's bytes into a fresh Python object.
+        frontier: In strict replay, the key where the last execution stopped: reaching
+            an unrecorded command before it means the workflow took another path with
+            the same code (it read the time, a random number or a global outside a
+            step), which is a `NondeterminismError`.
     """
 
-    __slots__ = ("_decode", "_generator", "_history", "_seen", "renames", "run_id", "workflow")
+    __slots__ = (
+        "_decode", "_frontier", "_generator", "_history", "_seen", "renames", "run_id",
+        "workflow",
+    )
 
     def __init__(
         self,
@@ -104,8 +111,10 @@ class Interpreter:
         generator: Workflow,
         history: RunHistory,
         decode: Callable[[bytes], Any],
+        frontier: str | None = None,
     ) -> None:
         self.run_id = run_id
+        self._frontier = frontier
         self.workflow = workflow
         self._generator = generator
         self._history = history
@@ -146,8 +155,12 @@ class Interpreter:
             problem = self._check(command, record)
             if problem is not None:
                 return self._fail_for_deployment(problem)
+            if command.key == self._frontier:
+                self._frontier = None
             outcome = self._recorded_outcome(command, record)
             if outcome is None:
+                if self._frontier is not None:
+                    return self._fail_for_deployment(self._diverged(command))
                 return Execute(command, record)
             resume, argument = outcome
 
@@ -210,6 +223,16 @@ class Interpreter:
             f"changed, bump its key so that it runs again"
         )
         self.renames.append(Rename(step.key, recorded, step.name, message))
+
+    def _diverged(self, command: Command) -> NondeterminismError:
+        return NondeterminismError(
+            f"run {self.run_id!r} of workflow {self.workflow!r} took another path on replay: "
+            f"it yielded {safe_repr(command)}, which is not recorded, before reaching "
+            f"{self._frontier!r}, where its last execution stopped; code outside steps "
+            "must be deterministic: read the time, random numbers and globals inside steps",
+            run_id=self.run_id,
+            key=command.key,
+        )
 
     def _not_a_command(self, yielded: object) -> TypeError:
         shown = f"{safe_repr(yielded)} ({type(yielded).__name__})"

@@ -52,7 +52,9 @@ async def open_engine(
         default_retry: Retry policy for steps without `retry=` (default: one attempt).
         durability: ``"fsync"`` (every commit is fsynced) or ``"none"`` (tests).
         always_replay: Drop every parked generator, so each wake-up replays the
-            workflow from the top (a cheap determinism check).
+            workflow from the top; a replay that reaches an unrecorded command before
+            the key where the run stopped fails the run with `NondeterminismError`
+            (a cheap determinism check for tests).
         shutdown_timeout: Seconds running steps get to finish on a clean exit.
         lock_timeout: Seconds to wait for another engine to release the file.
         max_threads: How many sync step functions may run at once.
@@ -76,7 +78,7 @@ async def open_engine(
     try:
         last_seq, last_time = await in_thread(store.last_seq_and_time)
         engine = Engine(store, registry, EngineClock(last_time), last_seq, default_retry,
-                        max_threads, 0 if always_replay else cache_size)
+                        max_threads, 0 if always_replay else cache_size, always_replay)
         async with _single_errors(), trio.open_nursery() as services:
             await engine._start_services(services)
             async with trio.open_nursery() as runs:

@@ -55,6 +55,7 @@ class Runner:
         clock: EngineClock,
         park: Callable[[RunSlot, Parked, datetime | None], None],
         stopping: Callable[[], bool],
+        strict_replay: bool = False,
     ) -> None:
         self._workflows = workflows
         self._load = load
@@ -63,15 +64,19 @@ class Runner:
         self._clock = clock
         self._park = park
         self._stopping = stopping
+        self._strict_replay = strict_replay
 
     async def drive(
         self, slot: RunSlot, input_data: bytes | None, recovering: bool,
-        parked: Parked | None = None,
+        parked: Parked | None = None, replaying: bool = False,
     ) -> None:
         """Execute `slot`'s run until it finishes, parks, or the engine stops.
 
         The caller sets ``slot.active`` before starting the task; it is cleared here,
-        in the same step as parking, so no wake-up can slip in between.
+        in the same step as parking, so no wake-up can slip in between. `replaying`
+        says the same code re-executes a run it parked (a wake-up, not a resume): with
+        `always_replay`, it must then reach the key where it stopped without executing
+        anything new on the way.
         """
         parking: tuple[Parked, datetime | None] | None = None
         try:
@@ -80,7 +85,10 @@ class Runner:
                 slot.history = RunHistory(records)
                 input_data = _input_of(records)
             try:
-                parking = await self._execute(slot, input_data, parked, recovering)
+                frontier = None
+                if replaying and self._strict_replay and slot.history is not None:
+                    frontier = slot.history.last_key()
+                parking = await self._execute(slot, input_data, parked, recovering, frontier)
             except Exception as error:
                 # A bug in replay must fail only this run, never the engine.
                 await self._fail(slot, _internal_error(slot, error))
@@ -92,14 +100,15 @@ class Runner:
                 slot.history = None
 
     async def _execute(
-        self, slot: RunSlot, input_data: bytes | None, parked: Parked | None, recovering: bool
+        self, slot: RunSlot, input_data: bytes | None, parked: Parked | None, recovering: bool,
+        frontier: str | None,
     ) -> tuple[Parked, datetime | None] | None:
         decision: Execute | Finish | Fail
         if parked is not None:
             interpreter, decision = parked.interpreter, parked.decision
         else:
             assert slot.history is not None and input_data is not None
-            made = self._interpreter(slot, input_data, slot.history)
+            made = self._interpreter(slot, input_data, slot.history, frontier)
             if isinstance(made, Fail):
                 await self._fail(slot, made)
                 return None
@@ -187,7 +196,7 @@ class Runner:
             return False, timeout
 
     def _interpreter(
-        self, slot: RunSlot, input_data: bytes, history: RunHistory
+        self, slot: RunSlot, input_data: bytes, history: RunHistory, frontier: str | None
     ) -> Interpreter | Fail:
         function = self._workflows[slot.workflow]
         try:
@@ -201,7 +210,7 @@ class Runner:
                 "generator function that yields commands such as Step"
             )
             return Fail(wrong, f"{qualified_name(TypeError)}: {wrong}\n")
-        return Interpreter(slot.run_id, slot.workflow, generator, history, decode)
+        return Interpreter(slot.run_id, slot.workflow, generator, history, decode, frontier)
 
     async def _complete(self, slot: RunSlot, output: Any) -> None:
         try:

@@ -395,3 +395,30 @@ async def test_wait_after_a_signal_reports_a_later_state(db: str) -> None:
         assert (await after.wait()).waiting_for == "second:v1"
         await engine.signal("w1", "second:v1", 2)
         assert await run.result() == [1, 2]
+
+
+flips = iter([True, False, True, False])
+
+
+@replay.workflow(name="coin")
+def coin():  # type: ignore[no-untyped-def]
+    heads = next(flips)  # not deterministic: read outside a step
+    if heads:
+        yield Sleep("heads:v1", 10)
+    else:
+        yield Sleep("tails:v1", 10)
+    return "done"
+
+
+async def test_always_replay_catches_a_workflow_that_takes_another_path(db: str) -> None:
+    async with replay.open_engine(db, workflows=[coin], always_replay=True) as engine:
+        with pytest.raises(replay.WorkflowFailed) as failed:
+            await (await engine.start(coin, run_id="c1")).result()
+    assert failed.value.error_type == "replay.NondeterminismError"
+    assert failed.value.message == (
+        "run 'c1' of workflow 'coin' took another path on replay: it yielded "
+        "Sleep('tails:v1', datetime.timedelta(seconds=10)), which is not recorded, before "
+        "reaching 'heads:v1', where its last execution stopped; code outside steps must be "
+        "deterministic: read the time, random numbers and globals inside steps")
+    assert "heads = next(flips)" not in failed.value.traceback
+    assert "yield Sleep(\"tails:v1\", 10)" in failed.value.traceback
