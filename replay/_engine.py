@@ -17,6 +17,8 @@ import logging
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from os import PathLike
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -26,6 +28,7 @@ from replay._codec import decode, encode, to_json
 from replay._commands import Retry
 from replay._committer import Committer
 from replay._errors import EngineClosed, RunIdConflict, RunNotFound, SignalRejected
+from replay._export import write_history
 from replay._handles import Run, checked_key, checked_run_id, checked_state, event_of
 from replay._history import Event, Record, RunHistory
 from replay._model import FINISHED, RunInfo, RunSlot, RunState
@@ -250,6 +253,22 @@ class Engine:
         """
         self._check_open(allow_closing=True)
         return await in_thread(self._store.query, query, params)
+
+    async def export_history(self, run_id: str, path: str | PathLike[str]) -> None:
+        """Write one run's history to a JSON file (a golden history for tests).
+
+        The format is readable, carries a ``version`` field, and keeps every recorded
+        value exactly (msgpack, base64) beside its JSON rendering; see
+        `replay.testing.check_history`.
+
+        Raises:
+            RunNotFound: No such run.
+            EngineClosed: The engine is closed.
+        """
+        self._check_open(allow_closing=True)
+        slot = self._slot(run_id)
+        records = await self._load(run_id)
+        await in_thread(write_history, Path(path), slot.run_id, slot.workflow, records)
 
     def now(self) -> datetime:
         """Return the engine clock's current time (aware, UTC)."""
