@@ -35,7 +35,7 @@ from replay._errors import (
     qualified_name,
 )
 from replay._history import KeyRecord, Record
-from replay._model import RunSlot
+from replay._model import RunSlot, RunState
 from replay._parking import Park
 
 _CURRENT_STEP: ContextVar[tuple[str, str, int] | None] = ContextVar(
@@ -159,7 +159,7 @@ class StepRunner:
         await self._commit(slot, Record(
             slot.run_id, slot.workflow, "step", "completed", key=step.key, attempt=attempt,
             value=data, value_json=to_json(outcome.value), name=step.name,
-            duration_ms=outcome.duration_ms, run_state="running"))
+            duration_ms=outcome.duration_ms, run_state=_running_unless(slot)))
         return True, decode(data)
 
     async def _attempt(self, slot: RunSlot, step: Step, attempt: int) -> _Attempt:
@@ -202,7 +202,7 @@ class StepRunner:
             error_type=qualified_name(type(error)), error=message_of(error),
             error_types=error_types_of(error), name=step.name,
             duration_ms=failure.duration_ms, wake_at=wake_at,
-            run_state="sleeping" if event == "retrying" else "running",
+            run_state="sleeping" if event == "retrying" else _running_unless(slot),
         )
 
     @staticmethod
@@ -213,6 +213,15 @@ class StepRunner:
         )
         failed.__cause__ = error
         return failed
+
+
+def _running_unless(slot: RunSlot) -> str | None:
+    """Mark the run ``running`` only when that changes its state.
+
+    Most step records leave a running run running; leaving their state empty keeps the
+    state-carrying rows few, which keeps opening a large file fast.
+    """
+    return None if slot.state is RunState.RUNNING else "running"
 
 
 def _elapsed_ms(began: float) -> float:
