@@ -25,9 +25,21 @@ import trio.testing
 
 T = TypeVar("T")
 
-_ANCHOR: trio.lowlevel.RunVar[tuple[datetime, float]] = trio.lowlevel.RunVar("replay_anchor")
 _MAX_DRIFT = timedelta(seconds=1)
 _GUARD: trio.lowlevel.RunVar[_ThreadGuard] = trio.lowlevel.RunVar("replay_thread_guard")
+
+
+class _Anchor:
+    """Which wall-clock instant trio's time `zero` is; shared by a trio run's engines."""
+
+    __slots__ = ("wall", "zero")
+
+    def __init__(self, wall: datetime, zero: float) -> None:
+        self.wall = wall
+        self.zero = zero
+
+
+_ANCHOR: trio.lowlevel.RunVar[_Anchor] = trio.lowlevel.RunVar("replay_anchor")
 
 
 def set_virtual_start(start: datetime) -> None:
@@ -40,37 +52,39 @@ def set_virtual_start(start: datetime) -> None:
     """
     if start.tzinfo is None:
         raise ValueError(f"virtual start must be an aware datetime, got {start!r}")
-    _ANCHOR.set((start.astimezone(UTC), trio.current_time()))
+    _ANCHOR.set(_Anchor(start.astimezone(UTC), trio.current_time()))
 
 
 class EngineClock:
-    """Wall-clock time as seen by one engine: trio's clock plus an anchor.
+    """Wall-clock time as seen by the engines of one trio run: trio's clock plus an anchor.
+
+    The anchor is shared by every engine in the trio run and only ever moves forward,
+    so a later engine continues from where an earlier one's clock was.
 
     Args:
         floor: The latest timestamp already recorded in the database; the clock never
             reads below it (time only moves forward, SPEC §4.8).
     """
 
-    __slots__ = ("_offset", "_wall", "_zero")
+    __slots__ = ("_anchor",)
 
     def __init__(self, floor: datetime | None = None) -> None:
         try:
-            self._wall, self._zero = _ANCHOR.get()
+            self._anchor = _ANCHOR.get()
         except LookupError:
-            self._wall, self._zero = datetime.now(UTC), trio.current_time()
-            _ANCHOR.set((self._wall, self._zero))
-        self._offset = timedelta(0)
+            self._anchor = _Anchor(datetime.now(UTC), trio.current_time())
+            _ANCHOR.set(self._anchor)
         if floor is not None and self.now() < floor:
-            self._offset = floor - self.now()
+            self._anchor.wall += floor - self.now()
 
     def now(self) -> datetime:
         """Return the current engine time, aware, in UTC."""
-        elapsed = trio.current_time() - self._zero
-        return self._wall + self._offset + timedelta(seconds=elapsed)
+        anchor = self._anchor
+        return anchor.wall + timedelta(seconds=trio.current_time() - anchor.zero)
 
     def trio_deadline(self, at: datetime) -> float:
         """Return the trio clock reading at which the engine clock reads `at`."""
-        return self._zero + (at - self._wall - self._offset).total_seconds()
+        return self._anchor.zero + (at - self._anchor.wall).total_seconds()
 
     def is_virtual(self) -> bool:
         """Tell whether trio runs on a mock clock (virtual time)."""
@@ -86,7 +100,7 @@ class EngineClock:
             return
         ahead = datetime.now(UTC) - self.now()
         if ahead > _MAX_DRIFT:
-            self._offset += ahead
+            self._anchor.wall += ahead
 
     async def sleep_until(self, at: datetime) -> None:
         """Sleep until the engine clock reads `at` (at once if that has passed)."""

@@ -5,12 +5,15 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 import trio
 import trio.testing
+
+import replay
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -88,10 +91,128 @@ def test_data_pipeline_resume_skips_finished_steps(tmp_path: Path) -> None:
                      "executed": {}}
 
 
+def test_approval_escalates_after_the_manager_timeout(tmp_path: Path) -> None:
+    example = load_example("approval")
+    db = tmp_path / "approval.duckdb"
+    manager, director = "manager-approval:v1", "director-approval:v1"
+
+    result = run_main(example, db)
+    assert result["states"] == dict.fromkeys(["exp-1", "exp-2", "exp-3"], "completed")
+    assert result["outputs"] == {
+        "exp-1": {"expense": "exp-1", "state": "paid", "approved_by": "maria",
+                  "payment": "pay-exp-1-pay:v1"},
+        "exp-2": {"expense": "exp-2", "state": "paid", "approved_by": "dario",
+                  "payment": "pay-exp-2-pay:v1"},
+        "exp-3": {"expense": "exp-3", "state": "rejected", "rejected_by": "maria",
+                  "reason": "not a business expense"},
+    }
+    # Only exp-2 escalated; the double click and the manager's late answer were rejected.
+    assert result["executed"] == {"record_request": 3, "notify_director": 1, "pay_out": 2,
+                                  "notify_rejection": 1}
+    assert result["rejected_signals"] == ["exp-1", "exp-2"]
+    # (run, key, event, at, deadline), times from the first record, in virtual time:
+    # the manager timeout fired exactly two days in, by itself, and only once. (Runs
+    # step concurrently: only events of one run keep their order at the same instant.)
+    days, hours = timedelta(days=1), timedelta(hours=1)
+    assert sorted(result["events"], key=lambda e: (e[3], e[0])) == [
+        ("exp-1", manager, "suspend/suspended", timedelta(0), 2 * days),
+        ("exp-2", manager, "suspend/suspended", timedelta(0), 2 * days),
+        ("exp-3", manager, "suspend/suspended", timedelta(0), 2 * days),
+        ("exp-1", manager, "signal/signalled", 3 * hours, None),
+        ("exp-3", manager, "signal/signalled", 3 * hours, None),
+        ("exp-2", manager, "suspend/timed_out", 2 * days, 2 * days),
+        ("exp-2", director, "suspend/suspended", 2 * days, 5 * days),
+        ("exp-2", director, "signal/signalled", 2 * days + 8 * hours, None),
+    ]
+
+    # Same file again: the runs are decided, nothing runs and nothing is answered.
+    again = run_main(example, db)
+    assert again["outputs"] == result["outputs"]
+    assert again["executed"] == {}
+    assert again["rejected_signals"] == []
+    assert again["events"] == result["events"]
+
+
+def test_approval_rejects_when_nobody_answers(tmp_path: Path) -> None:
+    example = load_example("approval")
+    example.EXECUTED.clear()
+
+    async def nobody_answers() -> tuple[dict, list[tuple]]:
+        async with replay.open_engine(tmp_path / "quiet.duckdb", durability="none",
+                                      workflows=[example.expense_approval]) as engine:
+            run = await engine.start(example.expense_approval, "exp-9", "dee", 5_000)
+            output = await run.result()  # waits through both timeouts: 2 + 3 days
+            rows = await engine.sql(
+                "SELECT key, recorded_at - min(recorded_at) OVER () FROM replay_events "
+                "WHERE event = 'timed_out' ORDER BY seq")
+            return output, rows
+
+    output, timeouts = trio.run(nobody_answers, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert output == {"expense": "exp-9", "state": "rejected", "rejected_by": None,
+                      "reason": "no decision within 5 days"}
+    assert [key for key, _ in timeouts] == ["manager-approval:v1", "director-approval:v1"]
+    assert timeouts[1][1] - timeouts[0][1] == timedelta(days=3)
+    assert example.EXECUTED == {"record_request": 1, "notify_director": 1,
+                                "notify_rejection": 1}
+
+
+def test_reminders_sleep_for_days_and_survive_a_restart(tmp_path: Path) -> None:
+    example = load_example("reminders")
+    db = tmp_path / "reminders.duckdb"
+
+    result = run_main(example, db)
+    run_ids = ["campaign-ada", "campaign-bea", "campaign-cyd"]
+    assert result["states"] == dict.fromkeys(run_ids, "completed")
+    assert result["outputs"] == {
+        "campaign-ada": ["msg-ada-welcome", "msg-ada-reminder", "msg-ada-last-nudge"],
+        "campaign-bea": ["msg-bea-welcome", "msg-bea-last-nudge"],  # active: no reminder
+        "campaign-cyd": ["msg-cyd-welcome", "msg-cyd-reminder", "msg-cyd-last-nudge"],
+    }
+    # When the first engine closed, every run slept on its second timer (day 3 + 7).
+    for info in result["before_restart"].values():
+        assert (info.state, info.waiting_for) == ("sleeping", "wait-2:v1")
+        assert info.wake_at - info.created_at == timedelta(days=10)
+    # Each engine executed only its own share; no email went out twice.
+    assert result["executed_before"] == {"send welcome": 3, "is_active": 3,
+                                         "send reminder": 2}
+    assert result["executed_after"] == {"send last-nudge": 3}
+    assert len(result["outbox"]) == len(set(result["outbox"])) == 8
+
+    # The recorded send times are days apart, to the microsecond.
+    sent_at: dict[str, dict[str, datetime]] = {}
+    for run_id, key, recorded_at, since_welcome in result["sends"]:
+        sent_at.setdefault(run_id, {})[key] = recorded_at
+        assert since_welcome == recorded_at - sent_at[run_id]["welcome:v1"]
+    for run_id in ("campaign-ada", "campaign-cyd"):
+        times = sent_at[run_id]
+        assert times["reminder:v1"] - times["welcome:v1"] == timedelta(days=3)
+        assert times["nudge:v1"] - times["reminder:v1"] == timedelta(days=7)
+    assert set(sent_at["campaign-bea"]) == {"welcome:v1", "nudge:v1"}
+    assert sent_at["campaign-bea"]["nudge:v1"] - sent_at["campaign-bea"]["welcome:v1"] == \
+        timedelta(days=10)
+    assert result["wall_seconds"] < 5  # ten virtual days; in fact some milliseconds
+
+    # Same file again: everything is recorded, nothing is sent.
+    again = run_main(example, db)
+    assert again["outputs"] == result["outputs"]
+    assert again["executed_before"] == again["executed_after"] == {}
+    assert again["outbox"] == []
+    assert again["sends"] == result["sends"]
+
+
 # What each script prints when run again on the same file: nothing executes.
 SECOND_RUN = {
     "order_pipeline": "step functions executed this time: 0 {}",
     "data_pipeline": "executed in all: {}",
+    "approval": "step functions executed this time: {}",
+    "reminders": "emails sent by this process: 0",
+}
+# What the first run prints besides its states (the virtual-time examples' timelines).
+FIRST_RUN = {
+    "order_pipeline": "step/completed",
+    "data_pipeline": "step/failed",
+    "approval": "exp-2   manager-approval:v1   suspend/timed_out +2d 00:00",
+    "reminders": "10 days, 0:00:00 of campaign",
 }
 
 
@@ -106,5 +227,6 @@ def test_example_runs_as_a_script(name: str, tmp_path: Path) -> None:
         outputs.append(done.stdout)
     assert db.exists()
     assert "completed" in outputs[0]
+    assert FIRST_RUN[name] in outputs[0]
     assert SECOND_RUN[name] not in outputs[0]
     assert SECOND_RUN[name] in outputs[1]

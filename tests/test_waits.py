@@ -422,3 +422,17 @@ async def test_always_replay_catches_a_workflow_that_takes_another_path(db: str)
         "deterministic: read the time, random numbers and globals inside steps")
     assert "heads = next(flips)" not in failed.value.traceback
     assert "yield Sleep(\"tails:v1\", 10)" in failed.value.traceback
+
+
+async def test_the_clock_never_goes_back_between_engines_of_one_trio_run(db: str) -> None:
+    # Regression: the floor (newest recorded_at) once moved only one engine's clock.
+    async with replay.open_engine(db, workflows=[napper]) as engine:
+        await (await engine.start(napper, 10 * 24 * 3600)).result()
+        ahead = engine.now()
+    replay._clock.set_virtual_start(ahead - timedelta(days=10))  # as if a new process
+    async with replay.open_engine(db, workflows=[napper]) as engine:
+        assert engine.now() == ahead
+        await trio.sleep(5 * 24 * 3600)
+        closed_at = engine.now()
+    async with replay.open_engine(db, workflows=[napper]) as engine:
+        assert engine.now() >= closed_at
