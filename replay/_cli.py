@@ -1,16 +1,39 @@
-"""The `replay` command (also `python -m replay`).
+"""The `replay` command (also `python -m replay`): inspect and steer a replay database.
 
-This release ships only `replay --version`; the subcommands of SPEC §6 (runs, show,
-sql, signal, resume, export) come with the command-line issue.
+Every subcommand takes the database path first. While an engine holds the file the
+command talks to it over the live channel (`replay._channel`); otherwise it opens the
+file itself for the length of one command (`replay._cli_source`). Exit status: 0 on
+success, 1 on a user error (unknown run, rejected signal, refused query, no database),
+2 on a usage error (bad arguments).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import Any, TextIO
 
+from replay import _cli_format as fmt
+from replay._channel_client import ChannelError
+from replay._cli_source import CliError, Source, open_source
+from replay._errors import ReplayError, RunNotFound
+from replay._model import RunState
+from replay._store import write_export
 from replay._version import __version__
+
+EXPORT_VIEWS = (("replay_runs", "created_at, run_id"), ("replay_events", "seq"))
+EXTENSIONS = {"parquet": "parquet", "csv": "csv", "json": "jsonl"}
+_SINCE = re.compile(r"^(\d+)([smhd])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+class UsageError(Exception):
+    """A malformed argument: exit status 2."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -20,15 +43,289 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: The arguments (default: ``sys.argv[1:]``).
 
     Returns:
-        0 on success, 2 on a usage error.
+        0 on success, 1 on a user error, 2 on a usage error.
     """
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exiting:  # --help, --version, or a usage error (2)
+        return exiting.code if isinstance(exiting.code, int) else 2
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    handler: Callable[[argparse.Namespace, TextIO], int] = args.handler
+    try:
+        return handler(args, sys.stdout)
+    except UsageError as error:
+        print(f"replay {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # the reader went away (`replay runs DB | head`): stop quietly
+        _silence_stdout()
+        return 1
+    except (CliError, ReplayError, ChannelError, OSError) as error:
+        print(f"replay {args.command}: {_message(error, args)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so Python's final flush does not fail again."""
+    stdout = sys.__stdout__
+    if stdout is not None and sys.stdout is stdout:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stdout.fileno())
+        os.close(devnull)
+
+
+def _message(error: Exception, args: argparse.Namespace) -> str:
+    """Say what went wrong in the command's terms, and what to do."""
+    if isinstance(error, RunNotFound):
+        return (f"no run with run_id {error.run_id!r} in {args.db!r}; "
+                f"list the runs with: replay runs {_quote(args.db)}")
+    if isinstance(error, ChannelError) and error.kind == "RunNotFound":
+        return (f"no run with run_id {args.run_id!r} in {args.db!r}; "
+                f"list the runs with: replay runs {_quote(args.db)}")
+    text = error.message if isinstance(error, ChannelError) else str(error)
+    for said in ("engine.sql() only reads", "engine.sql() runs exactly"):  # the store's words
+        text = text.replace(said, said.replace("engine.sql()", "replay sql"))
+    return text
+
+
+def _quote(text: str) -> str:
+    return text if re.fullmatch(r"[\w./:@%+=,-]+", text) else "'" + text.replace("'", "'\\''") + "'"
+
+
+# -- the parser --
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="replay",
-        description="Inspect replay databases. Subcommands arrive in a later release; "
-        "meanwhile query the replay_events and replay_runs views with engine.sql() or "
-        "any DuckDB client.",
+        description="Inspect and steer a replay database: list runs, show one run's "
+        "timeline, query the history with SQL, signal or resume runs, export the views. "
+        "Works on a stopped database file and, through the engine, on one in use.",
+        epilog="Exit status: 0 success, 1 user error (unknown run, rejected signal or "
+        "query), 2 usage error. See docs/cli.md.",
     )
     parser.add_argument("--version", action="version", version=f"replay {__version__}")
-    parser.parse_args(argv)
-    parser.print_help(sys.stderr)
-    return 2
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    runs = _command(commands, "runs", _runs, "list runs, newest first")
+    runs.add_argument("--state", choices=[s.value for s in RunState],
+                      help="only runs in this state")
+    runs.add_argument("--workflow", metavar="NAME", help="only runs of this workflow")
+    runs.add_argument("--since", metavar="DURATION", type=_since,
+                      help="only runs created within this time before now: 30s, 15m, 2h, 7d")
+    runs.add_argument("--limit", metavar="N", type=_positive, default=100,
+                      help="at most N runs (default 100)")
+
+    show = _command(commands, "show", _show, "one run's timeline: keys, attempts, "
+                    "durations, waits, errors, values")
+    show.add_argument("run_id", metavar="RUN_ID")
+
+    sql = _command(commands, "sql", _sql, "run one read-only query (SELECT, WITH, EXPLAIN)")
+    sql.add_argument("query", metavar="QUERY")
+    sql.add_argument("-p", "--param", action="append", default=[], metavar="VALUE",
+                     help="a value for the next ? placeholder: JSON (42, true, null, "
+                     "\"text\"), else taken as a string; repeat for several")
+
+    signal = _command(commands, "signal", _signal, "deliver a value to a run's Suspend(KEY)")
+    signal.add_argument("run_id", metavar="RUN_ID")
+    signal.add_argument("key", metavar="KEY")
+    signal.add_argument("value", metavar="JSON_VALUE",
+                        help="the payload as JSON, e.g. true, 42, '\"text\"', '{\"ok\": 1}'")
+
+    resume = _command(commands, "resume", _resume, "retry a failed run (needs the running "
+                      "engine: it has the workflow code)")
+    resume.add_argument("run_id", metavar="RUN_ID")
+
+    export = _command(commands, "export", _export, "write replay_runs and replay_events "
+                      "to Parquet, CSV or JSON files")
+    export.add_argument("--format", required=True, choices=sorted(EXTENSIONS),
+                        help="parquet (every column), csv or json (one object per line; "
+                        "without the binary value column)")
+    export.add_argument("--out", required=True, metavar="DIR",
+                        help="the directory to write (created if missing)")
+    return parser
+
+
+def _command(commands: Any, name: str, handler: Callable[..., int], summary: str
+             ) -> argparse.ArgumentParser:
+    command: argparse.ArgumentParser = commands.add_parser(name, help=summary,
+                                                           description=summary)
+    command.add_argument("db", metavar="DB", help="the database file")
+    command.add_argument("--json", action="store_true", help="print JSON for scripts")
+    command.set_defaults(handler=handler)
+    return command
+
+
+def _since(text: str) -> timedelta:
+    match = _SINCE.match(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"expected a duration such as 30s, 15m, 2h or 7d, got {text!r}")
+    return timedelta(**{_UNITS[match[2]]: int(match[1])})
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+# -- the subcommands --
+
+
+def _session(args: argparse.Namespace, write: bool = False) -> Source:
+    return open_source(args.db, write=write)
+
+
+def _runs(args: argparse.Namespace, out: TextIO) -> int:
+    source = _session(args)
+    try:
+        where, params = ["TRUE"], list[Any]()
+        if args.state:
+            where.append("state = ?")
+            params.append(args.state)
+        if args.workflow:
+            where.append("workflow = ?")
+            params.append(args.workflow)
+        if args.since:
+            where.append("created_at >= ?")
+            params.append(source.now() - args.since)
+        result = source.query(
+            f"SELECT * FROM replay_runs WHERE {' AND '.join(where)} "
+            f"ORDER BY created_at DESC, run_id LIMIT {args.limit + 1}", params)
+        rows = result.rows()
+    finally:
+        source.close()
+    shown = rows[: args.limit]
+    if args.json:
+        print(fmt.dumps(fmt.objects(result.columns, result.types, shown)), file=out)
+        return 0
+    if not shown:
+        print("no runs match", file=out)
+        return 0
+    runs = [dict(zip(result.columns, row, strict=True)) for row in shown]
+    print(fmt.runs_table(runs), file=out)
+    if len(rows) > args.limit:
+        print(f"(the newest {args.limit} runs; see more with --limit)", file=sys.stderr)
+    return 0
+
+
+def _show(args: argparse.Namespace, out: TextIO) -> int:
+    source = _session(args)
+    try:
+        run = source.query("SELECT * FROM replay_runs WHERE run_id = ?", [args.run_id])
+        run_rows = run.rows()
+        if not run_rows:
+            raise RunNotFound(args.run_id)
+        events = source.query("SELECT * EXCLUDE (value) FROM replay_events "
+                              "WHERE run_id = ? ORDER BY seq", [args.run_id])
+        event_rows = events.rows()
+    finally:
+        source.close()
+    if args.json:
+        info = fmt.objects(run.columns, run.types, run_rows)[0]
+        print(fmt.dumps({"run": info, "events": fmt.objects(events.columns, events.types,
+                                                            event_rows)}), file=out)
+        return 0
+    run_dict = dict(zip(run.columns, run_rows[0], strict=True))
+    event_dicts = [dict(zip(events.columns, row, strict=True)) for row in event_rows]
+    print(fmt.show_text(run_dict, event_dicts), file=out)
+    return 0
+
+
+def _sql(args: argparse.Namespace, out: TextIO) -> int:
+    params = [_param(text) for text in args.param] or None
+    source = _session(args)
+    try:
+        result = source.query(args.query, params)
+        rows = result.rows()
+    finally:
+        source.close()
+    if args.json:
+        print(fmt.dumps(fmt.objects(result.columns, result.types, rows)), file=out)
+    else:
+        print(fmt.query_table(result.columns, result.types, rows), file=out)
+    return 0
+
+
+def _param(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _signal(args: argparse.Namespace, out: TextIO) -> int:
+    if not args.key:
+        raise UsageError("KEY must not be empty: pass the key of the Suspend to answer")
+    try:
+        payload = json.loads(args.value)
+    except ValueError:
+        raise UsageError(
+            f"JSON_VALUE must be JSON, such as true, 42, null, '\"text\"' or "
+            f"'{{\"approved\": true}}'; got {args.value!r} (to send it as text, quote it: "
+            f"'{json.dumps(args.value)}')") from None
+    source = _session(args, write=True)
+    try:
+        state = source.signal(args.run_id, args.key, payload)
+    finally:
+        source.close()
+    if args.json:
+        print(fmt.dumps({"run_id": args.run_id, "key": args.key, "live": source.live,
+                         "state": state}), file=out)
+    elif source.live:
+        print(f"signal for {args.key!r} recorded in run {args.run_id!r} by "
+              f"{source.description}; the run is {state}", file=out)
+    else:
+        print(f"signal for {args.key!r} stored in run {args.run_id!r}'s mailbox; no engine "
+              f"holds {args.db!r}, so the run takes it when an engine next opens the file",
+              file=out)
+    return 0
+
+
+def _resume(args: argparse.Namespace, out: TextIO) -> int:
+    source = _session(args)
+    try:
+        before, after = source.resume(args.run_id)
+    finally:
+        source.close()
+    resumed = before not in (RunState.COMPLETED, RunState.RUNNING)
+    if args.json:
+        print(fmt.dumps({"run_id": args.run_id, "resumed": resumed, "before": before,
+                         "state": after}), file=out)
+    elif resumed:
+        print(f"resumed run {args.run_id!r} ({before} -> {after})", file=out)
+    else:
+        print(f"run {args.run_id!r} is {before}; resume changes nothing", file=out)
+    return 0
+
+
+def _export(args: argparse.Namespace, out: TextIO) -> int:
+    os.makedirs(args.out, exist_ok=True)
+    source = _session(args)
+    written = []
+    try:
+        for view, order in EXPORT_VIEWS:
+            columns = "*" if args.format == "parquet" or view == "replay_runs" else \
+                "* EXCLUDE (value)"
+            result = source.query(f"SELECT {columns} FROM {view} ORDER BY {order}")
+            path = os.path.join(args.out, f"{view}.{EXTENSIONS[args.format]}")
+            count = write_export(path, args.format, result.columns, result.types,
+                                 result.chunks)
+            written.append({"view": view, "path": path, "rows": count})
+    finally:
+        source.close()
+    if args.json:
+        print(fmt.dumps(written), file=out)
+    else:
+        for item in written:
+            print(f"wrote {item['rows']} rows of {item['view']} to {item['path']}", file=out)
+    return 0

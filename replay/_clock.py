@@ -6,7 +6,7 @@ wall-clock instant trio's time 0 corresponds to) is taken once per trio run and 
 by every engine in it, so reopening an engine later in the same `trio.run` continues
 from the same virtual time.
 
-This module also guards against the thread trap of the facts note: trio's autojump
+This module also guards against the thread trap (docs/time.md): trio's autojump
 treats a task waiting on a worker thread as idle and would jump virtual time past a
 step that is still running. `busy_thread()` raises the mock clock's autojump threshold
 to infinity while any worker-thread call is outstanding.
@@ -66,7 +66,7 @@ class EngineClock:
             reads below it (time only moves forward, SPEC §4.8).
     """
 
-    __slots__ = ("_anchor",)
+    __slots__ = ("_anchor", "_virtual")
 
     def __init__(self, floor: datetime | None = None) -> None:
         try:
@@ -74,13 +74,21 @@ class EngineClock:
         except LookupError:
             self._anchor = _Anchor(datetime.now(UTC), trio.current_time())
             _ANCHOR.set(self._anchor)
+        self._virtual = isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock)
         if floor is not None and self.now() < floor:
             self._anchor.wall += floor - self.now()
 
     def now(self) -> datetime:
         """Return the current engine time, aware, in UTC."""
         anchor = self._anchor
-        return anchor.wall + timedelta(seconds=trio.current_time() - anchor.zero)
+        now = anchor.wall + timedelta(seconds=trio.current_time() - anchor.zero)
+        if not self._virtual:
+            # The wall clock ran ahead (machine suspended, NTP step): catch up at once.
+            wall = datetime.now(UTC)
+            if wall - now > _MAX_DRIFT:
+                anchor.wall += wall - now
+                return wall
+        return now
 
     def trio_deadline(self, at: datetime) -> float:
         """Return the trio clock reading at which the engine clock reads `at`."""
@@ -88,19 +96,7 @@ class EngineClock:
 
     def is_virtual(self) -> bool:
         """Tell whether trio runs on a mock clock (virtual time)."""
-        return isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock)
-
-    def reanchor_if_drifted(self) -> None:
-        """Catch up with the wall clock if it ran ahead of trio's clock by over a second.
-
-        That happens when the machine was suspended or NTP stepped the clock. Time only
-        moves forward: a wall clock that went back is not followed.
-        """
-        if self.is_virtual():
-            return
-        ahead = datetime.now(UTC) - self.now()
-        if ahead > _MAX_DRIFT:
-            self._anchor.wall += ahead
+        return self._virtual
 
     async def sleep_until(self, at: datetime) -> None:
         """Sleep until the engine clock reads `at` (at once if that has passed)."""

@@ -35,7 +35,7 @@ from replay._model import FINISHED, RunInfo, RunSlot, RunState
 from replay._parking import Parked, ParkedCache
 from replay._runner import Runner
 from replay._steps import StepRunner
-from replay._store import Store
+from replay._store import Store, query_arrow
 from replay._timers import Timers
 from replay._workflows import Registry
 
@@ -135,19 +135,19 @@ class Engine:
         slot.active = True
         self._parked.drop(run_id)
         try:
-            records = await self._load(run_id)
-            history = RunHistory(records)
-            voided = None
-            if slot.state is RunState.FAILED and slot.error_type == "replay.StepFailed":
-                voided = history.unhandled_failure()
-            slot.history = history
-            retried = {"retried_step": voided}
-            # A parked run keeps its state until the replay records a new one.
-            state = "running" if slot.state in FINISHED else None
-            await self._commit(slot, Record(
-                run_id, slot.workflow, "run", "resumed", name=voided,
-                value=encode(retried, key="resumed"), value_json=to_json(retried),
-                run_state=state))
+            async with slot.lock:  # no signal may commit between the load and the memo
+                history = RunHistory(await self._load(run_id))
+                voided = None
+                if slot.state is RunState.FAILED and slot.error_type == "replay.StepFailed":
+                    voided = history.unhandled_failure()
+                slot.history = history
+                retried = {"retried_step": voided}
+                # A parked run keeps its state until the replay records a new one.
+                state = "running" if slot.state in FINISHED else None
+                await self._commit(slot, Record(
+                    run_id, slot.workflow, "run", "resumed", name=voided,
+                    value=encode(retried, key="resumed"), value_json=to_json(retried),
+                    run_state=state))
         except BaseException:
             slot.active = False
             raise
@@ -179,9 +179,19 @@ class Engine:
             parked_here = (slot.state is RunState.SUSPENDED and slot.waiting_for == key
                            and not slot.active)
             check_signal(slot, history, key, parked_here)
-            await self._commit(slot, Record(
-                run_id, slot.workflow, "signal", "signalled", key=key, value=data,
-                value_json=to_json(payload), run_state="running" if parked_here else None))
+            # A run whose workflow is not registered here is left as it is: the signal
+            # waits in its mailbox for an engine that can run it.
+            parked_here = parked_here and slot.workflow in self._registry.functions
+            if parked_here:
+                slot.active = True  # claimed now: no timer or resume may start it meanwhile
+            try:
+                await self._commit(slot, Record(
+                    run_id, slot.workflow, "signal", "signalled", key=key, value=data,
+                    value_json=to_json(payload),
+                    run_state="running" if parked_here else None))
+            except BaseException:
+                slot.active = slot.active and not parked_here
+                raise
             if parked_here:
                 self._wake(slot)
         return Run(self, run_id, slot.workflow)
@@ -273,6 +283,30 @@ class Engine:
     def now(self) -> datetime:
         """Return the engine clock's current time (aware, UTC)."""
         return self._clock.now()
+
+    async def sql_arrow(self, query: str, params: Sequence[Any] | dict[str, Any] | None = None
+                        ) -> Any:
+        """Run one read-only query like `sql`, and return the result as an Arrow table.
+
+        Needs pyarrow (``pip install replay-workflows[arrow]``). The table is built by
+        DuckDB with the query's column names and types; ``table.to_pandas()`` gives a
+        pandas DataFrame, and ``duckdb.from_arrow(table)`` a DuckDB relation on your
+        own connection.
+
+        Args:
+            query: Exactly one ``SELECT``, ``WITH … SELECT`` or ``EXPLAIN``.
+            params: Values for ``?`` or ``$name`` placeholders.
+
+        Returns:
+            A ``pyarrow.Table``.
+
+        Raises:
+            ModuleNotFoundError: pyarrow is not installed.
+            QueryError: The text is not exactly one read-only query, or it failed.
+            EngineClosed: The engine is closed.
+        """
+        self._check_open(allow_closing=True)
+        return await in_thread(query_arrow, self._store, query, params)
 
     # -- internals --
 

@@ -151,7 +151,16 @@ class DuplicateKeyError(ReplayError):
 
 
 class SignalRejected(ReplayError):
-    """A signal cannot be delivered (its key already has a value, or the run ended)."""
+    """A signal cannot be taken.
+
+    Its run is finished, its key already has a value (a signal, or a timeout), its key
+    was recorded as another kind of command, or the run's mailbox already holds 100
+    undelivered signals.
+
+    Attributes:
+        run_id: The run signalled.
+        key: The key signalled.
+    """
 
     def __init__(self, message: str, *, run_id: str | None = None, key: str | None = None):
         self.run_id = run_id

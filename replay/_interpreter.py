@@ -101,7 +101,7 @@ class Interpreter:
 
     __slots__ = (
         "_decode", "_frontier", "_generator", "_history", "_seen", "renames", "run_id",
-        "workflow",
+        "taken", "workflow",
     )
 
     def __init__(
@@ -122,6 +122,9 @@ class Interpreter:
         self._seen: set[str] = set()
         # Renamed steps met since the engine last drained this list.
         self.renames: list[Rename] = []
+        # Suspends answered from the mailbox with no record of their own yet: the
+        # engine records them, so their keys are known and no longer undelivered.
+        self.taken: list[Suspend] = []
 
     def start(self) -> Decision:
         """Run the generator up to its first command that needs I/O."""
@@ -172,6 +175,8 @@ class Interpreter:
             if record is not None and record.timed_out:
                 return self._generator.throw, SuspendTimeout(self.run_id, command.key)
             if command.key in self._history.signals:
+                if record is None:
+                    self.taken.append(command)
                 return self._generator.send, self._value(self._history.signals[command.key])
             return None
         if record is None or not record.done:

@@ -1,10 +1,11 @@
 """`open_engine`: an engine's life from opening the file to closing it.
 
-Structure: a *services* nursery holds the group-commit flusher and the timer task; a
-*runs* nursery inside it holds one task per executing run. On a clean exit the runs
-nursery gets `shutdown_timeout` to let running steps finish (no new command starts),
-then the services stop and the file is closed. If the body raises or is cancelled,
-running steps are abandoned at once: they run again at the next open.
+Structure: a *services* nursery holds the group-commit flusher, the timer task and the
+channel server of the `replay` command; a *runs* nursery inside it holds one task per
+executing run. On a clean exit the runs nursery gets `shutdown_timeout` to let running
+steps finish (no new command starts), then the services stop and the file is closed. If
+the body raises or is cancelled, running steps are abandoned at once: they run again at
+the next open.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Any
 
 import trio
 
+from replay._channel import channel_supported
+from replay._channel_server import ChannelServer
 from replay._clock import EngineClock, in_thread
 from replay._commands import Retry
 from replay._engine import Engine
@@ -35,6 +38,7 @@ async def open_engine(
     lock_timeout: float = 0.0,
     max_threads: int = 40,
     cache_size: int = 1000,
+    serve_cli: bool = True,
 ) -> AsyncIterator[Engine]:
     """Open an engine on a DuckDB database and run it for the `async with` body.
 
@@ -60,6 +64,9 @@ async def open_engine(
         max_threads: How many sync step functions may run at once.
         cache_size: How many parked generators to keep; an evicted one is re-created
             and replayed when its run wakes.
+        serve_cli: Serve the `replay` command while the engine holds the file, over a
+            Unix socket next to it (``<path>.sock``, usable only by this user); pass
+            False not to. Ignored for ``":memory:"``.
 
     Yields:
         The open `Engine`.
@@ -72,6 +79,10 @@ async def open_engine(
     """
     validate_options(durability, shutdown_timeout, lock_timeout, max_threads, default_retry,
                      always_replay, cache_size)
+    if not isinstance(serve_cli, bool):
+        raise TypeError(
+            f"serve_cli must be a bool, got {serve_cli!r} ({type(serve_cli).__name__})"
+        )
     registry = Registry(workflows)
     store, release = await open_store(database_path(path), durability, lock_timeout)
     engine: Engine | None = None
@@ -83,6 +94,8 @@ async def open_engine(
             await engine._start_services(services)
             async with trio.open_nursery() as runs:
                 await engine._serve(runs)
+                if serve_cli and store.path != ":memory:" and channel_supported():
+                    await services.start(ChannelServer(engine, store).run)
                 try:
                     yield engine
                 except BaseException:

@@ -49,7 +49,8 @@ class RunInfo:
         error: The traceback text of the failure, once failed.
         error_type: The qualified name of the exception that failed the run.
         waiting_for: The key the run sleeps or is suspended on, else None.
-        wake_at: When a sleeping run wakes (a sleep, retry back-off or timeout).
+        wake_at: When a waiting run wakes: the deadline of its sleep or retry back-off,
+            or of its `Suspend`'s timeout.
         status_text: The `status` of the `Suspend` the run waits on, else None.
     """
 

@@ -81,8 +81,11 @@ class Runner:
         parking: tuple[Parked, datetime | None] | None = None
         try:
             if parked is None and (input_data is None or slot.history is None):
-                records = await self._load(slot.run_id)
-                slot.history = RunHistory(records)
+                # Under the run's lock, so that no signal commits between the load
+                # and the memo taking its place.
+                async with slot.lock:
+                    records = await self._load(slot.run_id)
+                    slot.history = RunHistory(records)
                 input_data = _input_of(records)
             try:
                 frontier = None
@@ -114,7 +117,7 @@ class Runner:
                 return None
             interpreter, decision = made, made.start()
         while True:
-            await self._record_renames(slot, interpreter)
+            await self._record_notes(slot, interpreter)
             if isinstance(decision, Finish):
                 await self._complete(slot, decision.output)
                 return None
@@ -177,6 +180,8 @@ class Runner:
             history = slot.history
             assert history is not None
             if suspend.key in history.signals:
+                if record is None:
+                    await self._record_taken(slot, suspend)
                 data = history.signals[suspend.key]
                 return True, None if data is None else decode(data)
             if record is None:
@@ -230,7 +235,16 @@ class Runner:
             value=encode(message, key="error"), value_json=to_json(message),
             run_state="failed"))
 
-    async def _record_renames(self, slot: RunSlot, interpreter: Interpreter) -> None:
+    async def _record_taken(self, slot: RunSlot, suspend: Suspend) -> None:
+        # The signal came early: record that this Suspend took it, so the key is known
+        # as a Suspend and no longer counts as undelivered.
+        await self._commit(slot, Record(
+            slot.run_id, slot.workflow, "suspend", "signalled", key=suspend.key,
+            status_text=suspend.status))
+
+    async def _record_notes(self, slot: RunSlot, interpreter: Interpreter) -> None:
+        while interpreter.taken:
+            await self._record_taken(slot, interpreter.taken.pop(0))
         while interpreter.renames:
             rename = interpreter.renames.pop(0)
             log.warning(rename.message)

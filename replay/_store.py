@@ -3,7 +3,7 @@
 This is the only module that imports duckdb. Everything here is synchronous; the
 engine calls it from worker threads (reads) or hands batches to the writer thread.
 
-Design (see the facts note): DuckDB's cost is per statement, so the hot path writes
+Design (measured, see docs/performance.md): DuckDB's cost is per statement, so the hot path writes
 each batch of records as one Appender flush, which in autocommit mode is one
 transaction and one fsync of the WAL. The event table is append-only, has no primary
 key and no UPDATEs; run state is derived from the newest state-carrying event.
@@ -12,11 +12,13 @@ A single-column index on `run_id` keeps loading one run's history fast in big fi
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import os
 import queue
 import re
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -408,3 +410,259 @@ def file_keys(path: str) -> set[str]:
     except OSError:
         return keys
     return keys | {f"inode:{info.st_dev}:{info.st_ino}"}
+
+
+# -- the `replay` command and the live channel: chunked reads, Arrow, offline access --
+
+
+class ReadQuery:
+    """One read-only query's result, fetched in chunks on its own cursor.
+
+    The query runs in a read-only transaction (a snapshot) that stays open until
+    `close`. A DuckDB cursor is single-threaded: use one `ReadQuery` from one thread
+    at a time (successive worker threads are fine).
+
+    Raises:
+        QueryError: The text is not exactly one read-only query, or it failed.
+    """
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, sql: str,
+                 params: Sequence[Any] | dict[str, Any] | None) -> None:
+        self._cursor = con.cursor()
+        self._open = False
+        try:
+            _check_read_only(self._cursor, sql)
+            self._cursor.execute("BEGIN TRANSACTION READ ONLY")
+            self._open = True
+            self._cursor.execute(sql, params)
+            description = self._cursor.description or []
+        except duckdb.Error as error:
+            self.close()
+            raise QueryError(f"query failed: {error}") from error
+        except BaseException:
+            self.close()
+            raise
+        self.columns: tuple[str, ...] = tuple(column[0] for column in description)
+        self.types: tuple[str, ...] = tuple(str(column[1]) for column in description)
+
+    def fetch(self, size: int) -> list[tuple[Any, ...]]:
+        """Return up to `size` more rows (an empty list at the end).
+
+        Raises:
+            QueryError: The query failed while its rows were produced.
+        """
+        try:
+            return self._cursor.fetchmany(size)
+        except duckdb.Error as error:
+            raise QueryError(f"query failed: {error}") from error
+
+    def close(self) -> None:
+        """End the transaction and close the cursor (idempotent)."""
+        try:
+            if self._open:
+                self._open = False
+                self._cursor.execute("ROLLBACK")
+        except duckdb.Error:
+            pass  # the cursor goes away with its transaction
+        finally:
+            self._cursor.close()
+
+
+def read_query(store: Store, sql: str,
+               params: Sequence[Any] | dict[str, Any] | None) -> ReadQuery:
+    """Start one read-only query on an engine's open store (see `ReadQuery`)."""
+    return ReadQuery(store._con, sql, params)
+
+
+def query_arrow(store: Store, sql: str,
+                params: Sequence[Any] | dict[str, Any] | None) -> Any:
+    """Run one read-only query and return its result as a `pyarrow.Table`.
+
+    Raises:
+        ModuleNotFoundError: pyarrow is not installed.
+        QueryError: The text is not exactly one read-only query, or it failed.
+    """
+    if importlib.util.find_spec("pyarrow") is None:
+        raise ModuleNotFoundError(
+            "engine.sql_arrow() needs pyarrow, which is not installed; "
+            "pip install pyarrow (or replay-workflows[arrow]), or use engine.sql()",
+            name="pyarrow",
+        )
+    cursor = store._con.cursor()
+    try:
+        _check_read_only(cursor, sql)
+        cursor.execute("BEGIN TRANSACTION READ ONLY")
+        try:
+            return cursor.sql(sql, params=params).to_arrow_table()
+        finally:
+            cursor.execute("ROLLBACK")
+    except duckdb.Error as error:
+        raise QueryError(f"query failed: {error}") from error
+    finally:
+        cursor.close()
+
+
+class FileAccess:
+    """A database file opened by the `replay` command while no engine holds it.
+
+    Opened read-only unless `write` is set, never created, with external access
+    disabled; the command closes it before it exits.
+
+    Args:
+        path: The database file.
+        write: Open it for writing (to store a signal).
+
+    Raises:
+        FileNotFoundError: There is no file at `path`.
+        DatabaseLocked: Another process holds the file.
+        DatabaseError: The file is not a usable replay database.
+    """
+
+    def __init__(self, path: str, *, write: bool = False) -> None:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(path)
+        self.path = path
+        config: dict[str, str | bool | int | float | list[str]] = {
+            "enable_external_access": False
+        }
+        try:
+            self._con = duckdb.connect(path, read_only=not write, config=config)
+        except duckdb.IOException as error:
+            held = _LOCK_HOLDER.search(str(error))
+            if held is None:
+                raise _unusable(path, error) from error
+            pid = int(held["pid"])
+            raise DatabaseLocked(
+                f"database {path!r} is locked by another process ({_describe(pid)})",
+                pid=pid,
+            ) from error
+        except duckdb.Error as error:
+            raise _unusable(path, error) from error
+        try:
+            _check_existing_schema(self._con, path)
+        except BaseException:
+            self._con.close()
+            raise
+
+    def query(self, sql: str, params: Sequence[Any] | dict[str, Any] | None) -> ReadQuery:
+        """Start one read-only query (see `ReadQuery`)."""
+        return ReadQuery(self._con, sql, params)
+
+    def last_seq_and_time(self) -> tuple[int, datetime | None]:
+        """Return the largest `seq` and `recorded_at` in the file."""
+        seq, at = self._read("SELECT max(seq), max(recorded_at) FROM replay_event_log", [])[0]
+        return int(seq or 0), utc_or_none(at)
+
+    def run_row(self, run_id: str) -> RunRow | None:
+        """Return one run's current state, or None if there is no such run."""
+        rows = self._read(_RUN_SUMMARY + " WHERE s.run_id = ?", [run_id])
+        if not rows:
+            return None
+        row = rows[0]
+        return RunRow(row[0], row[1], row[2], utc(row[3]), utc(row[4]), row[5],
+                      utc_or_none(row[6]), row[7], row[8], row[9], row[10])
+
+    def load_history(self, run_id: str) -> list[Record]:
+        """Return every record of one run in `seq` order."""
+        rows = self._read(
+            f"SELECT {_COLUMNS} FROM replay_event_log WHERE run_id = ? ORDER BY seq", [run_id])
+        return [_row_record(row) for row in rows]
+
+    def append(self, record: Record) -> None:
+        """Commit one record (its `seq` and `recorded_at` set by the caller)."""
+        marks = ", ".join("?" * len(_COLUMNS.split(",")))
+        self._read(f"INSERT INTO replay_event_log ({_COLUMNS}) VALUES ({marks})",
+                   list(record_row(record)))
+
+    def _read(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
+        try:
+            return self._con.execute(sql, params).fetchall()
+        except duckdb.Error as error:
+            raise DatabaseError(
+                f"cannot use {self.path!r}: {error}; the file may be damaged: restore it "
+                "from a backup"
+            ) from error
+
+    def close(self) -> None:
+        """Close the file."""
+        self._con.close()
+
+
+def _check_existing_schema(con: duckdb.DuckDBPyConnection, path: str) -> None:
+    """Check that `path` is a replay database of this schema version; create nothing."""
+    try:
+        _check_version(con, path)
+    except duckdb.Error as error:
+        raise _unusable(path, error) from error
+
+
+def _check_version(con: duckdb.DuckDBPyConnection, path: str) -> None:
+    tables = {row[0] for row in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    if "replay_meta" not in tables or "replay_event_log" not in tables:
+        raise DatabaseError(
+            f"{path!r} is a DuckDB file but not a replay database (it has no replay "
+            "tables); pass the path your application gives replay.open_engine()"
+        )
+    found = con.execute("SELECT value FROM replay_meta WHERE name = 'schema_version'").fetchall()
+    version = found[0][0] if found else None
+    if version != str(SCHEMA_VERSION):
+        raise DatabaseError(
+            f"database {path!r} has replay schema version {version!r}, but this version of "
+            f"replay reads schema version {SCHEMA_VERSION}; upgrade replay-workflows to open it"
+        )
+
+
+def write_export(path: str, file_format: str, columns: Sequence[str], types: Sequence[str],
+                 chunks: Iterable[list[tuple[Any, ...]]]) -> int:
+    """Write rows to one Parquet, CSV or JSON-lines file, replacing it atomically.
+
+    The rows go through a private in-memory DuckDB database, so the file's column
+    types are the query's own (TIMESTAMPTZ, JSON, BLOB, ...).
+
+    Args:
+        path: The file to write.
+        file_format: ``"parquet"``, ``"csv"`` or ``"json"`` (one object per line).
+        columns: The column names.
+        types: Their DuckDB type names, as `ReadQuery.types` gives them.
+        chunks: The rows, in chunks.
+
+    Returns:
+        How many rows were written.
+
+    Raises:
+        ValueError: `file_format` is not one of the three.
+        OSError: The file cannot be written.
+    """
+    options = {"parquet": "FORMAT parquet", "csv": "FORMAT csv, HEADER",
+               "json": "FORMAT json"}.get(file_format)
+    if options is None:
+        raise ValueError(f"unknown export format {file_format!r}; use parquet, csv or json")
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        fields = ", ".join(f"{_quoted(name)} {kind}" for name, kind in zip(columns, types,
+                                                                           strict=True))
+        con.execute(f"CREATE TABLE export ({fields})")
+        count = 0
+        with con.appender("export") as appender:
+            for chunk in chunks:
+                appender.append_rows(chunk)
+                appender.flush()
+                count += len(chunk)
+        partial = f"{path}.partial"
+        literal = partial.replace("'", "''")
+        try:
+            con.execute(f"COPY export TO '{literal}' ({options})")
+            os.replace(partial, path)
+        except duckdb.Error as error:
+            raise OSError(f"cannot write {path!r}: {error}") from error
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(partial)
+        return count
+    finally:
+        con.close()
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'

@@ -436,3 +436,38 @@ async def test_the_clock_never_goes_back_between_engines_of_one_trio_run(db: str
         closed_at = engine.now()
     async with replay.open_engine(db, workflows=[napper]) as engine:
         assert engine.now() >= closed_at
+
+
+async def test_signals_taken_from_the_mailbox_no_longer_count_as_undelivered(db: str) -> None:
+    @replay.workflow(name="many")
+    def many():  # type: ignore[no-untyped-def]
+        yield Sleep("first:v1", 60)
+        values = []
+        for i in range(100):
+            values.append((yield Suspend(f"early:{i}")))
+        return sum(values) + (yield Suspend("last:v1"))
+
+    async with replay.open_engine(db, workflows=[many], durability="none") as engine:
+        run = await engine.start(many, run_id="m1")
+        for i in range(100):
+            await engine.signal("m1", f"early:{i}", i)
+        assert (await run.wait()).waiting_for == "last:v1"
+        await engine.signal("m1", "late:v1", "accepted: the mailbox is empty again")
+        await engine.signal("m1", "last:v1", 0)
+        assert await run.result() == sum(range(100))
+        taken = await engine.sql("select count(*) from replay_events where kind = 'suspend' "
+                                 "and event = 'signalled'")
+    assert taken == [(100,)]
+
+
+async def test_a_signal_to_a_run_of_an_unregistered_workflow_waits_for_its_engine(
+    db: str,
+) -> None:
+    async with replay.open_engine(db, workflows=[approval]) as engine:
+        await (await engine.start(approval, run_id="a1")).wait()
+    async with replay.open_engine(db, workflows=[napper]) as engine:
+        await engine.signal("a1", "approval:v1", "later")
+        await trio.sleep(1)
+        assert engine.status("a1").state is RunState.SUSPENDED
+    async with replay.open_engine(db, workflows=[approval]) as engine:
+        assert await engine.get_run("a1").result() == "later"

@@ -1,0 +1,152 @@
+"""Re-execution: the cost of a replayed step, and the latency of `resume`.
+
+- replay: a run records 1,000 steps and parks on a `Suspend`; the engine keeps no
+  parked generator (``cache_size=0``), so `engine.resume(run_id)` re-executes the
+  workflow from the top: it loads the run's history and sends every recorded outcome
+  back, then parks again on the same `Suspend`. The figure is the time of
+  `resume` + `Run.wait()` for the 1,000-step run minus the same for a 0-step run,
+  divided by 1,000: what each recorded step adds to a re-execution, its share of
+  loading the history included (target: at most 10 us).
+- resume: a run records 100 steps, then its workflow code fails (a bug); the bug is
+  fixed and `engine.resume(run_id)` is called. The figure is the time from calling
+  `resume` to `Run.result()` returning: loading the history, recording
+  ``run/resumed``, replaying the 100 steps and recording ``run/completed``
+  (target: at most 5 ms). The floor column is one durable INSERT, for scale.
+
+    python benchmarks/replay_cost.py [--smoke] [--durability fsync|none] [--repeat N]
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+from _floor import floor_seconds_per_step, scratch_dir
+from _report import Figure, Target, median, parse_args, percentile, repeats, report
+
+import replay
+from replay import Step, Suspend
+
+REPLAYED_STEPS = 1000
+RESUMED_STEPS = 100
+RESUMED_RUNS = 10
+SMOKE_REPLAYED_STEPS = 20
+SMOKE_RESUMED_STEPS = 5
+SMOKE_RESUMED_RUNS = 2
+FLOOR_STEPS = 300
+
+# Flipped by the benchmark to "deploy the fix" before resuming.
+BUG = {"present": True}
+
+
+def noop(i: int) -> dict[str, int]:
+    return {"i": i}
+
+
+@replay.workflow(name="bench.replayed")
+def replayed(count: int) -> Any:
+    for i in range(count):
+        yield Step(f"step:{i}", noop, i)
+    yield Suspend("never")
+    return count
+
+
+@replay.workflow(name="bench.resumed")
+def resumed(count: int) -> Any:
+    total = 0
+    for i in range(count):
+        total += (yield Step(f"step:{i}", noop, i))["i"]
+    if BUG["present"]:
+        raise RuntimeError("a bug, fixed before resume")
+    return total
+
+
+async def replay_seconds(path: Path, durability: str, count: int, times: int) -> list[float]:
+    """Seconds of each of `times` re-executions of a run of `count` recorded steps."""
+    async with replay.open_engine(path, workflows=[replayed], durability=durability,
+                                  cache_size=0) as engine:
+        run = await engine.start(replayed, count)
+        await run.wait()
+        taken = []
+        for _ in range(times):
+            began = time.perf_counter()
+            again = await engine.resume(run.run_id)
+            info = await again.wait()
+            taken.append(time.perf_counter() - began)
+            assert info.waiting_for == "never", info
+        return taken
+
+
+async def resume_seconds(path: Path, durability: str, count: int, runs: int) -> list[float]:
+    """Seconds from `resume` to `result()` of each of `runs` failed runs of `count` steps."""
+    BUG["present"] = True
+    async with replay.open_engine(path, workflows=[resumed], durability=durability) as engine:
+        started = []
+        async with trio.open_nursery() as nursery:
+
+            async def one() -> None:
+                run = await engine.start(resumed, count)
+                info = await run.wait()
+                assert info.state == "failed", info
+                started.append(run.run_id)
+
+            for _ in range(runs):
+                nursery.start_soon(one)
+        BUG["present"] = False
+        taken = []
+        for run_id in started:
+            began = time.perf_counter()
+            run = await engine.resume(run_id)
+            output = await run.result()
+            taken.append(time.perf_counter() - began)
+            assert output == count * (count - 1) // 2
+        return taken
+
+
+def figures(args: Any) -> list[Figure]:
+    replayed_steps = SMOKE_REPLAYED_STEPS if args.smoke else REPLAYED_STEPS
+    resumed_steps = SMOKE_RESUMED_STEPS if args.smoke else RESUMED_STEPS
+    resumed_runs = SMOKE_RESUMED_RUNS if args.smoke else RESUMED_RUNS
+    times = repeats(args, 7)
+    floors: list[float] = []
+    full: list[float] = []
+    empty: list[float] = []
+    resumes: list[float] = []
+    with scratch_dir() as directory:
+        for rep in range(repeats(args, 3)):
+            floors.append(floor_seconds_per_step(20 if args.smoke else FLOOR_STEPS,
+                                                 args.durability))
+            full += trio.run(replay_seconds, directory / f"replay-{rep}.duckdb",
+                             args.durability, replayed_steps, times)
+            empty += trio.run(replay_seconds, directory / f"empty-{rep}.duckdb",
+                              args.durability, 0, times)
+            resumes += trio.run(resume_seconds, directory / f"resume-{rep}.duckdb",
+                                args.durability, resumed_steps, resumed_runs)
+    per_step = (median(full) - median(empty)) / replayed_steps
+    return [
+        Figure(
+            "replay_step", f"replay: a recorded step re-executed ({replayed_steps:,}-step run)",
+            per_step * 1e6, "us/step", Target("value", "<=", 10.0, "<= 10 us"),
+            note=f"re-execution {median(full) * 1000:.1f} ms, of which fixed "
+                 f"{median(empty) * 1000:.1f} ms",
+            detail={"steps": replayed_steps, "seconds_full": full, "seconds_empty": empty},
+        ),
+        Figure(
+            "resume", f"resume: run with {resumed_steps} recorded steps, resume to result",
+            median(resumes) * 1000, "ms", Target("value", "<=", 5.0, "<= 5 ms"),
+            floor=median(floors) * 1000,
+            note=f"p90 {percentile(resumes, 0.9) * 1000:.2f} ms; floor = 1 durable INSERT",
+            detail={"steps": resumed_steps, "seconds": resumes},
+        ),
+    ]
+
+
+def main() -> None:
+    args = parse_args(__doc__.splitlines()[0])
+    report("replay_cost", args, figures(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,240 @@
+"""The engine's side of the live channel: the `replay` command reaches a running engine.
+
+`open_engine` starts a `ChannelServer` in its services nursery (unless told not to):
+it binds ``<database>.sock`` with mode 0600 (bound inside a fresh private directory,
+then renamed into place, so it is never reachable with wider permissions), serves
+each connection in its own task, refuses peers of another user id, and removes the
+socket when the engine closes. What it may do is what the engine's API allows: read
+only queries (the same check as `engine.sql`), `signal` and `resume`. The protocol is
+in `replay._channel`.
+
+Handlers never time out: under a mock clock a timeout would fire at once (autojump),
+and a connection costs only a task, open to the engine's own user only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import stat
+import tempfile
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from replay._channel import (
+    PROTOCOL,
+    dump_message,
+    from_wire,
+    load_message,
+    peer_uid,
+    short_address,
+    socket_path,
+    to_wire,
+)
+from replay._clock import in_thread
+from replay._errors import ReplayError
+from replay._store import ReadQuery, Store, read_query
+from replay._version import __version__
+
+if TYPE_CHECKING:
+    from replay._engine import Engine
+
+log = logging.getLogger("replay")
+
+CHUNK_ROWS = 500
+MAX_REQUEST_BYTES = 16 * 1024 * 1024
+
+
+class _BadRequest(Exception):
+    pass
+
+
+class ChannelServer:
+    """Serves the `replay` command for one engine over a Unix socket next to its file.
+
+    Args:
+        engine: The engine to serve.
+        store: Its open store (queries run on cursors of it).
+    """
+
+    def __init__(self, engine: Engine, store: Store) -> None:
+        self._engine = engine
+        self._store = store
+        self.path = socket_path(store.path)
+        self._inode: tuple[int, int] | None = None
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Bind the socket and serve connections until cancelled; then remove it.
+
+        If the socket cannot be created (a read-only directory, a name taken by a file
+        that is not a socket), a warning is logged and the engine runs without it.
+        """
+        try:
+            sock = self._bind()
+        except OSError as error:
+            log.warning("the replay command cannot reach this engine while it runs: cannot "
+                        "create %s (%s); it can still read the file once the engine stops",
+                        self.path, error)
+            task_status.started()
+            return
+        listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+        try:
+            async with trio.open_nursery() as handlers:
+                task_status.started()
+                await self._accept(listener, handlers)
+        finally:
+            self._remove()
+            with trio.CancelScope(shield=True):
+                await listener.aclose()
+
+    async def _accept(self, listener: trio.SocketListener, handlers: trio.Nursery) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as error:  # e.g. out of file descriptors: never fail the engine
+                log.warning("the replay command's channel %s stopped: %s", self.path, error)
+                return
+            handlers.start_soon(self._handle, stream)
+
+    # -- the socket --
+
+    def _bind(self) -> socket.socket:
+        with contextlib.suppress(FileNotFoundError):
+            # This engine holds the database's lock, so a socket there is a stale one.
+            if not stat.S_ISSOCK(os.lstat(self.path).st_mode):
+                raise OSError(f"{self.path!r} exists and is not a socket")
+        private = tempfile.mkdtemp(prefix=".replay-", dir=os.path.dirname(self.path))
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            bound = os.path.join(private, "s")
+            with short_address(bound) as address:
+                sock.bind(address)
+            os.chmod(bound, 0o600)
+            os.replace(bound, self.path)
+            info = os.stat(self.path)
+            self._inode = (info.st_dev, info.st_ino)
+            sock.listen(16)
+        except BaseException:
+            sock.close()
+            raise
+        finally:
+            with contextlib.suppress(OSError):
+                os.rmdir(private)
+        return sock
+
+    def _remove(self) -> None:
+        """Remove the socket, unless another engine has replaced it since."""
+        with contextlib.suppress(OSError):
+            info = os.stat(self.path)
+            if (info.st_dev, info.st_ino) == self._inode:
+                os.unlink(self.path)
+
+    # -- one connection --
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        async with stream:
+            try:
+                await self._serve_one(stream)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the command went away
+            except Exception:
+                log.exception("the replay command's request failed inside the engine")
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await _send_error(stream, "ReplayInternalError",
+                                      "the engine failed to answer; this is a bug in replay; "
+                                      "please report it (the engine's log has the traceback)")
+
+    async def _serve_one(self, stream: trio.SocketStream) -> None:
+        uid, mine = peer_uid(stream.socket), os.geteuid()
+        if uid != mine:
+            await _send_error(stream, "PermissionError",
+                              f"refused: this engine serves only its own user (uid {mine}), "
+                              f"not uid {uid}; run replay as the user that runs the engine")
+            return
+        try:
+            request = await _receive(stream)
+        except _BadRequest as error:
+            await _send_error(stream, "ProtocolError", str(error))
+            return
+        if request.get("protocol") != PROTOCOL:
+            await _send_error(stream, "ProtocolError",
+                              f"this engine speaks channel protocol {PROTOCOL}, the command "
+                              f"sent {request.get('protocol')!r}; use the same version of "
+                              f"replay-workflows ({__version__}) for both")
+            return
+        try:
+            await self._dispatch(stream, request)
+        except (ReplayError, TypeError, ValueError, KeyError) as error:
+            await _send_error(stream, type(error).__name__, str(error))
+
+    async def _dispatch(self, stream: trio.SocketStream, request: dict[str, Any]) -> None:
+        op = request.get("op")
+        engine = self._engine
+        if op == "hello":
+            await _send(stream, {"ok": True, "protocol": PROTOCOL, "version": __version__,
+                                 "pid": os.getpid(), "now": to_wire(engine.now())})
+        elif op == "query":
+            await self._query(stream, str(request["sql"]), from_wire(request.get("params")))
+        elif op == "signal":
+            run_id, key = request["run_id"], request["key"]
+            await engine.signal(run_id, key, from_wire(request.get("payload")))
+            await _send(stream, {"ok": True, "state": engine.status(run_id).state.value})
+        elif op == "resume":
+            run_id = request["run_id"]
+            before = engine.status(run_id).state.value
+            await engine.resume(run_id)
+            await _send(stream, {"ok": True, "before": before,
+                                 "state": engine.status(run_id).state.value})
+        else:
+            await _send_error(stream, "ProtocolError", f"unknown operation {op!r}")
+
+    async def _query(self, stream: trio.SocketStream, sql: str, params: Any) -> None:
+        query = await in_thread(read_query, self._store, sql, params)
+        try:
+            await _send(stream, {"ok": True, "columns": list(query.columns),
+                                 "types": list(query.types)})
+            total = 0
+            while (chunk := await in_thread(_next_chunk, query)) is not None:
+                count, data = chunk
+                total += count
+                await stream.send_all(data)
+            await _send(stream, {"end": True, "rows": total})
+        except ReplayError as error:  # the query failed half-way
+            await _send_error(stream, type(error).__name__, str(error))
+        finally:
+            with trio.CancelScope(shield=True):
+                await in_thread(query.close)
+
+
+def _next_chunk(query: ReadQuery) -> tuple[int, bytes] | None:
+    """Fetch and encode the next rows in a worker thread (never on the engine's loop)."""
+    rows = query.fetch(CHUNK_ROWS)
+    if not rows:
+        return None
+    return len(rows), dump_message({"rows": [to_wire(list(row)) for row in rows]})
+
+
+async def _receive(stream: trio.SocketStream) -> dict[str, Any]:
+    buffer = bytearray()
+    while b"\n" not in buffer:
+        data = await stream.receive_some(65536)
+        if not data:
+            raise _BadRequest("the connection closed before a whole request arrived")
+        buffer += data
+        if len(buffer) > MAX_REQUEST_BYTES:
+            raise _BadRequest(f"request larger than {MAX_REQUEST_BYTES} bytes")
+    try:
+        return load_message(bytes(buffer[: buffer.index(b"\n")]))
+    except ValueError as error:
+        raise _BadRequest(f"malformed request: {error}") from None
+
+
+async def _send(stream: trio.SocketStream, message: dict[str, Any]) -> None:
+    await stream.send_all(dump_message(message))
+
+
+async def _send_error(stream: trio.SocketStream, kind: str, message: str) -> None:
+    await _send(stream, {"ok": False, "error": {"type": kind, "message": message}})

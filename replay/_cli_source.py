@@ -1,0 +1,247 @@
+"""Where the `replay` command gets its answers: a running engine, or the file itself.
+
+`open_source(path)` first looks for an engine serving the file (its socket next to the
+database); if there is none, the command opens the file itself, read-only unless it
+stores a signal, and closes it when the command ends. Both sources answer the same
+read-only queries, so every subcommand is written once, against `Source`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from replay._channel_client import ChannelError, Connection, connect
+from replay._codec import encode, to_json
+from replay._engine import check_signal
+from replay._errors import DatabaseLocked, ReplayError, RunNotFound
+from replay._handles import checked_key
+from replay._history import Record, RunHistory
+from replay._model import RunSlot, RunState
+from replay._store import FileAccess, ReadQuery
+
+CHUNK_ROWS = 1000
+# How long to look for the engine's socket when the file is locked: an engine that is
+# starting holds the lock a moment before its socket appears, and one that is closing
+# removes its socket a moment before it lets go of the file.
+LOCKED_GRACE_SECONDS = 1.0
+_POLL_SECONDS = 0.05
+
+
+class CliError(Exception):
+    """A failure the command reports in one message, with exit status 1."""
+
+
+@dataclass
+class Result:
+    """A query's answer: columns, DuckDB type names, and the rows in chunks."""
+
+    columns: list[str]
+    types: list[str]
+    chunks: Iterator[list[tuple[Any, ...]]]
+    _rows: list[tuple[Any, ...]] | None = field(default=None, repr=False)
+
+    def rows(self) -> list[tuple[Any, ...]]:
+        """Return every row (reading the rest of the answer)."""
+        if self._rows is None:
+            self._rows = [row for chunk in self.chunks for row in chunk]
+        return self._rows
+
+
+class Source(Protocol):
+    """What a subcommand can ask of a database, live or not."""
+
+    live: bool
+    description: str
+
+    def now(self) -> datetime:
+        """Return the engine clock's time (for a file: what an engine would read)."""
+
+    def query(self, sql: str, params: Any = None) -> Result:
+        """Run one read-only query."""
+
+    def signal(self, run_id: str, key: str, payload: Any) -> str:
+        """Signal a run; return its state afterwards."""
+
+    def resume(self, run_id: str) -> tuple[str, str]:
+        """Resume a run; return its state before and after."""
+
+    def close(self) -> None:
+        """Let go of the database."""
+
+
+def open_source(path: str, *, write: bool = False) -> Source:
+    """Return the engine serving `path`, or else the file itself.
+
+    Raises:
+        CliError: There is no database at `path`, it cannot be used, or a process
+            that does not serve the replay command holds it.
+    """
+    deadline = time.monotonic() + LOCKED_GRACE_SECONDS
+    while True:
+        live = _live(path)
+        if live is not None:
+            return live
+        try:
+            return FileSource(path, write=write)
+        except FileNotFoundError:
+            raise CliError(f"no database at {path!r}; pass the path your application gives "
+                           "replay.open_engine()") from None
+        except DatabaseLocked as locked:
+            if time.monotonic() >= deadline:
+                raise CliError(_locked_message(path, locked)) from None
+        except ReplayError as error:
+            raise CliError(str(error)) from None
+        time.sleep(_POLL_SECONDS)
+
+
+def _live(path: str) -> LiveSource | None:
+    try:
+        connection = connect(path)
+    except ChannelError as error:
+        raise CliError(error.message) from None
+    if connection is None:
+        return None
+    with connection:
+        hello = connection.request("hello")
+    return LiveSource(path, int(hello["pid"]), hello["now"])
+
+
+def _locked_message(path: str, locked: DatabaseLocked) -> str:
+    holder = f"process {locked.pid}" if locked.pid is not None else "another process"
+    return (f"database {path!r} is held by {holder}, which does not serve the replay "
+            "command (an engine opened with serve_cli=False, or not a replay engine); "
+            "use engine.sql() inside that application, or run the command once it stops")
+
+
+class LiveSource:
+    """A running engine, reached over its socket (one connection per request)."""
+
+    live = True
+
+    def __init__(self, path: str, pid: int, now: datetime) -> None:
+        self.path = path
+        self.description = f"the engine in process {pid}"
+        self._now = now
+
+    def now(self) -> datetime:
+        """Return the engine clock's time when the command reached the engine."""
+        return self._now
+
+    def _connect(self) -> Connection:
+        try:
+            connection = connect(self.path)
+        except ChannelError as error:
+            raise CliError(error.message) from None
+        if connection is None:
+            raise CliError(f"the engine serving {self.path!r} stopped during the command; "
+                           "run it again")
+        return connection
+
+    def query(self, sql: str, params: Any = None) -> Result:
+        """Run one read-only query in the engine."""
+        connection = self._connect()
+        try:
+            header = connection.request("query", sql=sql, params=params)
+        except BaseException:
+            connection.close()
+            raise
+        return Result(header["columns"], header["types"], _closing(connection.rows(), connection))
+
+    def signal(self, run_id: str, key: str, payload: Any) -> str:
+        """Signal a run through the engine, which wakes it if it waits on `key`."""
+        with self._connect() as connection:
+            return str(connection.request("signal", run_id=run_id, key=key,
+                                          payload=payload)["state"])
+
+    def resume(self, run_id: str) -> tuple[str, str]:
+        """Resume a run through the engine (which has the workflow code)."""
+        with self._connect() as connection:
+            answer = connection.request("resume", run_id=run_id)
+        return str(answer["before"]), str(answer["state"])
+
+    def close(self) -> None:
+        """Nothing to let go of: every request had its own connection."""
+
+
+def _closing(chunks: Iterator[list[tuple[Any, ...]]], connection: Connection
+             ) -> Iterator[list[tuple[Any, ...]]]:
+    try:
+        yield from chunks
+    finally:
+        connection.close()
+
+
+class FileSource:
+    """The database file itself, opened by the command while no engine holds it."""
+
+    live = False
+
+    def __init__(self, path: str, *, write: bool) -> None:
+        self.path = path
+        self.description = f"the file {path!r}"
+        self._access = FileAccess(path, write=write)
+
+    def now(self) -> datetime:
+        """Return what an engine's clock would read: never before the newest record."""
+        _, last = self._access.last_seq_and_time()
+        now = datetime.now(UTC)
+        return now if last is None or last < now else last
+
+    def query(self, sql: str, params: Any = None) -> Result:
+        """Run one read-only query on the file (the same check as `engine.sql`)."""
+        query = self._access.query(sql, params)
+        return Result(list(query.columns), list(query.types), _chunks(query))
+
+    def signal(self, run_id: str, key: str, payload: Any) -> str:
+        """Store a signal in the run's mailbox, exactly as an engine records one.
+
+        The next engine to open the file delivers it (a run suspended on `key` wakes
+        as the engine opens). The checks are the engine's own.
+        """
+        row = self._access.run_row(run_id)
+        if row is None:
+            raise RunNotFound(run_id)
+        key = checked_key(key)
+        data, value_json = encode(payload, key=key), to_json(payload)
+        slot = RunSlot(row.run_id, row.workflow, RunState(row.state), row.created_at)
+        slot.restore(row)
+        history = RunHistory(self._access.load_history(run_id))
+        parked_here = slot.state is RunState.SUSPENDED and slot.waiting_for == key
+        check_signal(slot, history, key, parked_here)
+        seq, _ = self._access.last_seq_and_time()
+        self._access.append(Record(run_id, row.workflow, "signal", "signalled", key=key,
+                                   value=data, value_json=value_json, recorded_at=self.now(),
+                                   seq=seq + 1))
+        return slot.state.value
+
+    def resume(self, run_id: str) -> tuple[str, str]:
+        """Refuse: resuming runs workflow code, which only an engine has.
+
+        Raises:
+            RunNotFound: No such run.
+            CliError: Always, otherwise.
+        """
+        row = self._access.run_row(run_id)
+        if row is None:
+            raise RunNotFound(run_id)
+        raise CliError(
+            f"resume needs the workflow code, and no engine holds {self.path!r}: start your "
+            f"application (an engine opened with replay.open_engine({self.path!r}, "
+            f"workflows=[...]) that has workflow {row.workflow!r}) and run this command "
+            "again while it runs, or call engine.resume(run_id) in it")
+
+    def close(self) -> None:
+        """Close the file."""
+        self._access.close()
+
+
+def _chunks(query: ReadQuery) -> Iterator[list[tuple[Any, ...]]]:
+    try:
+        while rows := query.fetch(CHUNK_ROWS):
+            yield rows
+    finally:
+        query.close()
