@@ -56,6 +56,7 @@ def main() -> int:
                         help="seconds each script may take")
     args = parser.parse_args()
 
+    before = machine()
     figures: dict[str, dict[str, Any]] = {}
     problems: list[str] = []
     for script in args.only or list(SCRIPTS):
@@ -68,8 +69,12 @@ def main() -> int:
             problems.append(f"{script}: no figure {', '.join(missing)}")
 
     shown = [as_figure(key, data) for key, data in figures.items()]
+    after = machine()
     print(f"\nreplay benchmarks (durability={args.durability}"
-          f"{', smoke: tiny sizes, targets not judged' if args.smoke else ''})\n")
+          f"{', smoke: tiny sizes, targets not judged' if args.smoke else ''})")
+    print(f"machine: {after['cpus']} CPUs ({after['cpu']}), Python {after['python']}, "
+          f"DuckDB {after['duckdb']}, trio {after['trio']}, replay {after['replay']}; "
+          f"load average (1 min) {before['loadavg_1m']} before, {after['loadavg_1m']} after\n")
     print(table(shown))
     judged = [f for f in shown if f.passed is not None]
     missed = [f.key for f in judged if not f.passed]
@@ -79,7 +84,8 @@ def main() -> int:
         warn(f"problem: {problem}")
     print(json.dumps({
         "suite": "replay", "smoke": args.smoke, "durability": args.durability,
-        "machine": machine(), "figures": figures, "problems": problems,
+        "machine": after, "loadavg_1m_before": before["loadavg_1m"],
+        "figures": figures, "problems": problems,
         "targets_met": len(judged) - len(missed), "targets_judged": len(judged),
     }), flush=True)
     if problems:

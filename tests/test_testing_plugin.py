@@ -213,6 +213,28 @@ def test_a_sync_test_cannot_use_the_engine(pytester: pytest.Pytester) -> None:
         "replay.testing.run_workflow in a plain test"])
 
 
+def test_a_fixture_cannot_use_the_engine_before_the_test_starts(
+        pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_fixture='''
+        import pytest
+
+
+        @pytest.fixture
+        def started_at(replay_engine):
+            return replay_engine.now()
+
+
+        async def test_uses_it(started_at):
+            pass
+    ''')
+    result = pytester.runpytest(*PLAIN)
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines([
+        "E *AttributeError: replay_engine.now: the engine opens when the async test starts, "
+        "so a fixture cannot use it; use it in the test, or open an engine in an async "
+        "fixture with replay.testing.open_test_engine"])
+
+
 def test_other_async_tests_are_left_to_other_plugins(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_other='''
         async def test_not_ours():

@@ -205,6 +205,23 @@ def test_max_virtual_stops_a_run_that_never_ends() -> None:
     assert result.elapsed == timedelta(days=3)
 
 
+async def wait_forever() -> None:
+    await trio.sleep_forever()
+
+
+@replay.workflow(name="stuck")
+def stuck():  # type: ignore[no-untyped-def]
+    yield Step("first:v1", count_call, "first")
+    yield Step("forever:v1", wait_forever)
+
+
+def test_max_virtual_stops_a_step_that_never_returns() -> None:
+    result = run_workflow(stuck, max_virtual=timedelta(hours=1))
+    assert result.state is RunState.RUNNING
+    assert result.executions == {"first:v1": 1}
+    assert result.elapsed == timedelta(0)
+
+
 def test_max_virtual_may_be_seconds() -> None:
     result = run_workflow(forever, max_virtual=36 * 3600)
     assert result.info.waiting_for == "day:1"

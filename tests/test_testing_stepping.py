@@ -6,9 +6,6 @@ import functools
 from datetime import timedelta
 
 import pytest
-
-import replay
-from replay import Retry, Sleep, Step, Suspend
 from test_testing_histories import (
     charge_card,
     checkout,
@@ -16,6 +13,9 @@ from test_testing_histories import (
     release_stock,
     reserve_stock,
 )
+
+import replay
+from replay import Retry, Sleep, Step, Suspend
 
 CHARGE = Step("charge:v1", charge_card, "o-1", 4200,
               retry=Retry(attempts=5, initial=1.0, backoff=2.0), timeout=30)
@@ -47,11 +47,12 @@ def test_a_failed_charge_is_thrown_in_and_compensated() -> None:
 
 
 def test_every_part_of_a_command_takes_part_in_equality() -> None:
-    assert CHARGE != Step("charge:v1", charge_card, "o-1", 4201,
-                          retry=Retry(attempts=5, initial=1.0, backoff=2.0), timeout=30)
-    assert CHARGE != Step("charge:v1", charge_card, "o-1", 4200, timeout=30)
-    assert CHARGE != Step("charge:v2", charge_card, "o-1", 4200,
-                          retry=Retry(attempts=5, initial=1.0, backoff=2.0), timeout=30)
+    policy = Retry(attempts=5, initial=1.0, backoff=2.0)
+    assert Step("charge:v1", charge_card, "o-1", 4201, retry=policy, timeout=30) != CHARGE
+    assert Step("charge:v1", charge_card, "o-1", 4200, timeout=30) != CHARGE
+    assert Step("charge:v1", charge_card, "o-1", 4200, retry=policy, timeout=60) != CHARGE
+    assert Step("charge:v2", charge_card, "o-1", 4200, retry=policy, timeout=30) != CHARGE
+    assert Step("charge:v1", charge_card, "o-1", 4200, retry=policy, timeout=30) == CHARGE
     assert Step("k", functools.partial(reserve_stock, "o-1")) == Step("k", reserve_stock, "o-1")
     assert Step("k", notify_cool_off, "o-1") != Step("k", reserve_stock, "o-1")
     assert Sleep("s", 60) == Sleep("s", timedelta(minutes=1))

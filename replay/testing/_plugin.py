@@ -36,12 +36,11 @@ import trio
 import trio.testing
 
 from replay._engine import Engine
-from replay._workflows import workflow_name
+from replay._workflows import _NAME_ATTRIBUTE, workflow_name
 from replay.testing._engines import open_test_engine
 
 ENGINE = "replay_engine"
 CLOCK = "replay_clock"
-_MARK = "__replay_workflow__"  # set by @replay.workflow
 
 
 @pytest.fixture
@@ -99,7 +98,7 @@ def module_workflows(module: ModuleType) -> list[Callable[..., Any]]:
     """Return the functions marked with ``@replay.workflow`` in `module`'s namespace."""
     found: list[Callable[..., Any]] = []
     for value in vars(module).values():
-        if inspect.isgeneratorfunction(value) and hasattr(value, _MARK) and all(
+        if inspect.isgeneratorfunction(value) and hasattr(value, _NAME_ATTRIBUTE) and all(
                 value is not seen for seen in found):
             found.append(value)
     return found
@@ -117,6 +116,14 @@ class PendingEngine:
     def __repr__(self) -> str:
         names = ", ".join(workflow_name(w) for w in self.workflows)
         return f"<replay_engine, opens when the async test starts: workflows [{names}]>"
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for what a real Engine has and this placeholder has not.
+        raise AttributeError(
+            f"replay_engine.{name}: the engine opens when the async test starts, so a "
+            "fixture cannot use it; use it in the test, or open an engine in an async "
+            "fixture with replay.testing.open_test_engine"
+        )
 
     @asynccontextmanager
     async def open(self, test: str, clock_requested: object) -> AsyncIterator[Engine]:

@@ -39,7 +39,7 @@ from replay._errors import (
     safe_repr,
 )
 from replay._export import read_history
-from replay._history import Record, RunHistory
+from replay._history import KeyRecord, Record, RunHistory
 from replay._interpreter import Decision, Execute, Fail, Finish, Interpreter, format_failure
 from replay._model import RunState
 from replay._workflows import check_workflow, workflow_name
@@ -115,7 +115,7 @@ class _WatchedHistory(RunHistory):
         self.reached: dict[str, None] = {}
         super().__init__(records)
 
-    def get(self, key: str) -> Any:
+    def get(self, key: str) -> KeyRecord | None:
         self.reached[key] = None
         return super().get(key)
 
@@ -197,7 +197,7 @@ def replay_records(workflow: Callable[..., Any], run_id: str, name: str,
         made.close()
     if isinstance(decision, Finish):
         decision = _encodable(decision)
-    _judge(decision, recorded, run_id, name, history, source)
+    _judge(decision, recorded, run_id, name, source)
     reached = tuple(history.reached)
     return HistoryReport(
         run_id=run_id, workflow=name, recorded_state=recorded.state, reached_keys=reached,
@@ -232,13 +232,9 @@ def _interpreter(workflow: Callable[..., Any], run_id: str, name: str,
         )
     args: Any = decode(started[0].value)
     try:
-        generator = workflow(*args)
+        generator = workflow(*args)  # a generator function: this only binds arguments
     except Exception as error:
         return Fail(error, format_failure(error))
-    if not hasattr(generator, "send") or not hasattr(generator, "throw"):
-        wrong = TypeError(f"workflow {name!r} returned {safe_repr(generator)} "
-                          f"({type(generator).__name__}) instead of a generator")
-        return Fail(wrong, "")
     return Interpreter(run_id, name, generator, history, decode)
 
 
@@ -252,11 +248,11 @@ def _encodable(finish: Finish) -> Decision:
 
 
 def _judge(decision: Decision, recorded: _Recorded, run_id: str, name: str,
-           history: RunHistory, source: Source) -> None:
+           source: Source) -> None:
     if isinstance(decision, Fail) and isinstance(decision.error, NondeterminismError
                                                  | DuplicateKeyError):
         raise decision.error from yielded_here(decision.traceback)
-    problem = _problem(decision, recorded, history, source)
+    problem = _problem(decision, recorded, source)
     if problem is None:
         return
     key = decision.command.key if isinstance(decision, Execute) else None
@@ -268,15 +264,15 @@ def _judge(decision: Decision, recorded: _Recorded, run_id: str, name: str,
     raise drift
 
 
-def _problem(decision: Decision, recorded: _Recorded, history: RunHistory,
-             source: Source) -> str | None:
+def _problem(decision: Decision, recorded: _Recorded, source: Source) -> str | None:
     """Say how `decision` contradicts the recorded end, or return None."""
     finished = recorded.state in (RunState.COMPLETED, RunState.FAILED)
     if isinstance(decision, Execute):
         if finished:
             return (f"yields {safe_repr(decision.command)}, which is not recorded: with the "
                     "same recorded outcomes it takes another path")
-        if source.same_code and decision.command.key != history.last_key():
+        parked = recorded.state in (RunState.SLEEPING, RunState.SUSPENDED)
+        if source.same_code and parked and decision.command.key != recorded.waiting_for:
             return f"yields {safe_repr(decision.command)}, which is not recorded, instead"
         return None
     if isinstance(decision, Finish):

@@ -54,8 +54,8 @@ class RunResult:
         run_id: The run's id.
         workflow: The workflow's registered name.
         state: The run's final `RunState`: ``completed``, ``failed``, or, if it was
-            left waiting, ``suspended`` (no scripted signal for its key) or
-            ``sleeping`` (`max_virtual` passed first).
+            left unfinished, ``suspended`` (no scripted signal for its key),
+            ``sleeping`` or ``running`` (`max_virtual` passed first).
         output: The workflow's return value, if it completed; else None.
         error: The `WorkflowFailed` that `Run.result()` raises, if it failed.
         info: The run's final `RunInfo` (``waiting_for``, ``status_text`` ...).
