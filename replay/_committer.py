@@ -75,6 +75,7 @@ class Committer:
             await self._write(token, rows)
             for waiter in waiters:
                 waiter.set()
+            del rows, waiters  # do not keep the last batch alive while idle
 
     async def _write(self, token: trio.lowlevel.TrioToken, rows: list[tuple[Any, ...]]) -> None:
         finished = trio.Event()

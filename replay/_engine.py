@@ -109,7 +109,7 @@ class Engine:
             del self._slots[run_id]
             raise
         slot.created_at = record.recorded_at or slot.created_at
-        slot.durable.set()
+        slot.mark_durable()
         self._spawn(slot, data, recovering=False)
         return Run(self, run_id, name)
 
@@ -175,9 +175,13 @@ class Engine:
         key = checked_key(key)
         data = encode(payload, key=key)
         async with slot.lock:
-            history = slot.history or RunHistory(await self._load(run_id))
             parked_here = (slot.state is RunState.SUSPENDED and slot.waiting_for == key
                            and not slot.active)
+            history = slot.history
+            if history is None:
+                # A run parked on this very key has no value for it yet, and its mailbox
+                # limit does not apply: no need to load its history to decide.
+                history = RunHistory() if parked_here else RunHistory(await self._load(run_id))
             check_signal(slot, history, key, parked_here)
             # A run whose workflow is not registered here is left as it is: the signal
             # waits in its mailbox for an engine that can run it.
@@ -228,7 +232,7 @@ class Engine:
         wanted = None if state is None else checked_state(state)
         if limit < 0:
             raise ValueError(f"limit must be >= 0, got {limit!r}")
-        slots = [s for s in self._slots.values() if s.durable.is_set()
+        slots = [s for s in self._slots.values() if s.durable
                  and (wanted is None or s.state is wanted)
                  and (workflow is None or s.workflow == workflow)]
         slots.sort(key=lambda s: s.created_at, reverse=True)
@@ -317,12 +321,12 @@ class Engine:
                 f"{slot.workflow!r}, not {name!r}; choose another run_id",
                 run_id=slot.run_id,
             )
-        await slot.durable.wait()
+        await slot.wait_durable()
         return Run(self, slot.run_id, name)
 
     def _slot(self, run_id: str) -> RunSlot:
         slot = self._slots.get(run_id)
-        if slot is None or not slot.durable.is_set():
+        if slot is None or not slot.durable:
             raise RunNotFound(run_id)
         return slot
 
@@ -346,7 +350,7 @@ class Engine:
                     f"the engine closed while waiting for run {run_id!r}; it continues "
                     "when an engine opens the database again"
                 )
-            await slot.changed.wait()
+            await slot.wait_changed()
         return slot.info(decode)
 
     def _spawn(self, slot: RunSlot, input_data: bytes | None, recovering: bool,
@@ -360,6 +364,7 @@ class Engine:
         self._parked.put(slot.run_id, parked)
         if wake_at is not None:
             self._timers.add(slot.run_id, wake_at)
+        slot.drop_idle_lock()
         slot.notify()
 
     def _forget_memo(self, run_id: str) -> None:

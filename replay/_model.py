@@ -71,7 +71,8 @@ class RunSlot:
     """The engine's record of one run (internal)."""
 
     __slots__ = (
-        "_lock", "active", "changed", "created_at", "durable", "error", "error_type",
+        "_changed", "_durable", "_lock", "active", "created_at", "durable", "error",
+        "error_type",
         "history", "message", "output", "run_id", "state", "status_text", "updated_at",
         "waiting_for", "wake_at", "workflow",
     )
@@ -93,10 +94,12 @@ class RunSlot:
         self.history: RunHistory | None = None
         # True while a task drives the run: one run executes in one place at a time.
         self.active = False
-        self.changed = trio.Event()
+        # trio objects are made on first use: a parked run should cost little memory.
+        self._changed: trio.Event | None = None
         self._lock: trio.Lock | None = None
-        # Set once the run's start is committed (at once for runs loaded from the file).
-        self.durable = trio.Event()
+        # True once the run's start is committed (at once for runs loaded from the file).
+        self.durable = False
+        self._durable: trio.Event | None = None
 
     @property
     def lock(self) -> trio.Lock:
@@ -104,6 +107,32 @@ class RunSlot:
         if self._lock is None:
             self._lock = trio.Lock()
         return self._lock
+
+    def drop_idle_lock(self) -> None:
+        """Forget the run's lock if nobody holds or waits for it (a parked run)."""
+        lock = self._lock
+        if lock is not None and not lock.locked() and lock.statistics().tasks_waiting == 0:
+            self._lock = None
+
+    async def wait_changed(self) -> None:
+        """Wait until the run's state changes (or the engine closes)."""
+        if self._changed is None:
+            self._changed = trio.Event()
+        await self._changed.wait()
+
+    def mark_durable(self) -> None:
+        """Record that the run's start is committed, waking `wait_durable` callers."""
+        self.durable = True
+        if self._durable is not None:
+            self._durable.set()
+            self._durable = None
+
+    async def wait_durable(self) -> None:
+        """Wait until the run's start is committed."""
+        if not self.durable:
+            if self._durable is None:
+                self._durable = trio.Event()
+            await self._durable.wait()
 
     def restore(self, row: RunRow) -> None:
         """Take the state a run had in the file when the engine opened."""
@@ -115,7 +144,7 @@ class RunSlot:
             self.error, self.error_type, self.message = row.error, row.error_type, row.value
         elif self.state is RunState.COMPLETED:
             self.output = row.value
-        self.durable.set()
+        self.mark_durable()
 
     def apply(self, record: Record) -> None:
         """Take a committed record into account (and into the memo, if loaded)."""
@@ -139,8 +168,9 @@ class RunSlot:
 
     def notify(self) -> None:
         """Wake everything waiting for this run to change."""
-        self.changed.set()
-        self.changed = trio.Event()
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
 
     def info(self, decode: Callable[[bytes], Any]) -> RunInfo:
         """Return a `RunInfo` snapshot."""
