@@ -226,10 +226,7 @@ class Store:
             finally:
                 cursor.close()
         except duckdb.Error as error:
-            raise DatabaseError(
-                f"cannot read {self.path!r}: {error}; the file may be damaged: restore it "
-                "from a backup"
-            ) from error
+            raise damaged(self.path, error) from error
 
     # -- the writer thread --
 
@@ -307,6 +304,13 @@ def _check_read_only(cursor: duckdb.DuckDBPyConnection, sql: str) -> None:
             f"engine.sql() only reads: {kind} statements are not allowed; "
             "use SELECT, WITH ... SELECT or EXPLAIN"
         )
+
+
+def damaged(path: str, error: BaseException) -> DatabaseError:
+    """Return the error for a database that fails while being read."""
+    return DatabaseError(
+        f"cannot read {path!r}: {error}; the file may be damaged: restore it from a backup"
+    )
 
 
 def _row_record(row: tuple[Any, ...]) -> Record:
@@ -578,10 +582,7 @@ class FileAccess:
         try:
             return self._con.execute(sql, params).fetchall()
         except duckdb.Error as error:
-            raise DatabaseError(
-                f"cannot use {self.path!r}: {error}; the file may be damaged: restore it "
-                "from a backup"
-            ) from error
+            raise damaged(self.path, error) from error
 
     def close(self) -> None:
         """Close the file."""
