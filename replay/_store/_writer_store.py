@@ -1,0 +1,156 @@
+"""The engine's store: one connection, a group-commit writer thread, history loading.
+
+DuckDB's cost is per statement (measured, see docs/performance.md), so the hot path
+writes each batch of records as one Appender flush, which in autocommit mode is one
+transaction and one fsync of the WAL. Reads run on their own cursors in worker threads:
+a DuckDB connection is single-threaded.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+import duckdb
+
+from replay._errors import QueryError
+from replay._history import Record
+from replay._store._connect import check_read_only, connect, damaged
+from replay._store._rows import RunRow, row_record, utc, utc_or_none
+from replay._store._schema import COLUMNS, RUN_SUMMARY, SIGNALLED_WHILE_SUSPENDED, check_schema
+
+
+class Store:
+    """One open database file: a writer connection and reader cursors.
+
+    Args:
+        path: The database file, or ``":memory:"``.
+        durability: ``"fsync"`` (commit fsyncs the WAL) or ``"none"``.
+
+    Raises:
+        DatabaseLocked: Another process holds the file.
+        DatabaseError: The file is not a usable replay database.
+    """
+
+    def __init__(self, path: str, durability: str) -> None:
+        self.path = path
+        self._con = connect(path)
+        try:
+            fsync_mode = "NONE" if durability == "none" else "STANDARD"
+            self._con.execute(f"SET fsync_mode = '{fsync_mode}'")
+            check_schema(self._con, path)
+            self._appender = self._con.appender("replay_event_log")
+        except BaseException:
+            self._con.close()
+            raise
+        self._queue: queue.SimpleQueue[tuple[list[tuple[Any, ...]], Callable[..., None]] | None]
+        self._queue = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+
+    # -- reads (each on its own cursor: a DuckDB connection is single-threaded) --
+
+    def load_runs(self) -> list[RunRow]:
+        """Return every run's current state (one query)."""
+        rows = self._read(RUN_SUMMARY, [])
+        return [
+            RunRow(row[0], row[1], row[2], utc(row[3]), utc(row[4]), row[5],
+                   utc_or_none(row[6]), row[7], row[8], row[9], row[10])
+            for row in rows
+        ]
+
+    def last_seq_and_time(self) -> tuple[int, datetime | None]:
+        """Return the largest `seq` and `recorded_at` in the file."""
+        seq, at = self._read("SELECT max(seq), max(recorded_at) FROM replay_event_log", [])[0]
+        return int(seq or 0), utc_or_none(at)
+
+    def signalled_while_suspended(self) -> list[str]:
+        """Return runs suspended on a key whose signal is already in their mailbox.
+
+        Only a signal stored while no engine held the file gets there (an engine wakes
+        the run as it records the signal).
+        """
+        rows = self._read(SIGNALLED_WHILE_SUSPENDED, [])
+        return [row[0] for row in rows]
+
+    def load_history(self, run_id: str) -> list[Record]:
+        """Return every record of one run in `seq` order (one query)."""
+        rows = self._read(
+            f"SELECT {COLUMNS} FROM replay_event_log WHERE run_id = ? ORDER BY seq", [run_id]
+        )
+        return [row_record(row) for row in rows]
+
+    def query(
+        self, sql: str, params: Sequence[Any] | dict[str, Any] | None
+    ) -> list[tuple[Any, ...]]:
+        """Run one read-only query (SELECT, WITH … SELECT, EXPLAIN) and return its rows.
+
+        Raises:
+            QueryError: The text is not exactly one read-only query, or it failed.
+        """
+        cursor = self._con.cursor()
+        try:
+            return self._query(cursor, sql, params)
+        except duckdb.Error as error:
+            raise QueryError(f"query failed: {error}") from error
+        finally:
+            cursor.close()
+
+    @staticmethod
+    def _query(
+        cursor: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | dict[str, Any] | None
+    ) -> list[tuple[Any, ...]]:
+        check_read_only(cursor, sql)
+        cursor.execute("BEGIN TRANSACTION READ ONLY")
+        try:
+            return cursor.execute(sql, params).fetchall()
+        finally:
+            cursor.execute("ROLLBACK")
+
+    def _read(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
+        try:
+            cursor = self._con.cursor()
+            try:
+                return cursor.execute(sql, params).fetchall()
+            finally:
+                cursor.close()
+        except duckdb.Error as error:
+            raise damaged(self.path, error) from error
+
+    # -- the writer thread --
+
+    def start_writer(self) -> None:
+        """Start the thread that commits batches handed to `submit`."""
+        self._writer = threading.Thread(target=self._write_loop, name="replay-writer", daemon=True)
+        self._writer.start()
+
+    def submit(
+        self, rows: list[tuple[Any, ...]], done: Callable[[BaseException | None], None]
+    ) -> None:
+        """Commit `rows` in one transaction on the writer thread, then call `done`.
+
+        `done` runs on the writer thread with None, or with the error that made the
+        commit fail (in which case nothing of the batch was written).
+        """
+        self._queue.put((rows, done))
+
+    def _write_loop(self) -> None:
+        while (item := self._queue.get()) is not None:
+            rows, done = item
+            try:
+                self._appender.append_rows(rows)
+                self._appender.flush()
+            except BaseException as error:  # reported to the engine, which stops
+                self._appender.clear()
+                done(error)
+            else:
+                done(None)
+
+    def close(self) -> None:
+        """Stop the writer after what it was given, checkpoint and close the file."""
+        if self._writer is not None:
+            self._queue.put(None)
+            self._writer.join()
+        self._con.close()
