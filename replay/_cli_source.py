@@ -16,9 +16,8 @@ from typing import Any, Protocol
 
 from replay._channel_client import ChannelError, Connection, connect
 from replay._codec import encode, to_json
-from replay._engine import check_signal
 from replay._errors import DatabaseLocked, ReplayError, RunNotFound
-from replay._handles import checked_key
+from replay._handles import check_signal, checked_key
 from replay._history import Record, RunHistory
 from replay._model import RunSlot, RunState
 from replay._store import FileAccess, ReadQuery

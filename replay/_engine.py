@@ -27,9 +27,16 @@ from replay._clock import EngineClock, in_thread
 from replay._codec import decode, encode, to_json
 from replay._commands import Retry
 from replay._committer import Committer
-from replay._errors import EngineClosed, RunIdConflict, RunNotFound, SignalRejected
+from replay._errors import EngineClosed, RunIdConflict, RunNotFound
 from replay._export import write_history
-from replay._handles import Run, checked_key, checked_run_id, checked_state, event_of
+from replay._handles import (
+    Run,
+    check_signal,
+    checked_key,
+    checked_run_id,
+    checked_state,
+    event_of,
+)
 from replay._history import Event, Record, RunHistory
 from replay._model import FINISHED, RunInfo, RunSlot, RunState
 from replay._parking import Parked, ParkedCache
@@ -40,9 +47,6 @@ from replay._timers import Timers
 from replay._workflows import Registry
 
 log = logging.getLogger("replay")
-
-MAX_UNDELIVERED_SIGNALS = 100
-
 
 class Engine:
     """A durable-execution engine bound to one database; get one from `open_engine`."""
@@ -422,30 +426,3 @@ class Engine:
         self._parked.clear()
         for slot in self._slots.values():
             slot.notify()
-
-
-def check_signal(slot: RunSlot, history: RunHistory, key: str, parked_here: bool) -> None:
-    """Decide whether a signal for `key` may be taken (under the run's lock).
-
-    Raises:
-        SignalRejected: It may not, with the reason.
-    """
-    run_id = slot.run_id
-    if slot.state in FINISHED:
-        raise SignalRejected(
-            f"run {run_id!r} is {slot.state.value}; signals to finished runs are rejected",
-            run_id=run_id, key=key)
-    entry = history.get(key)
-    if entry is not None and entry.kind != "suspend":
-        raise SignalRejected(
-            f"run {run_id!r} recorded key {key!r} as a {entry.kind}, not a Suspend; a "
-            "signal can only answer a Suspend", run_id=run_id, key=key)
-    if key in history.signals or (entry is not None and entry.timed_out):
-        why = "timed out" if entry is not None and entry.timed_out else "already has a signal"
-        raise SignalRejected(
-            f"key {key!r} of run {run_id!r} {why}; a Suspend takes one value, so this "
-            "signal is rejected", run_id=run_id, key=key)
-    if not parked_here and history.undelivered() >= MAX_UNDELIVERED_SIGNALS:
-        raise SignalRejected(
-            f"run {run_id!r} already holds {MAX_UNDELIVERED_SIGNALS} undelivered signals; "
-            "no more are taken until it reaches their keys", run_id=run_id, key=key)

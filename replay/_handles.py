@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from replay._codec import decode
-from replay._errors import WorkflowFailed
-from replay._history import Event, Record
-from replay._model import FINISHED, SETTLED, RunInfo, RunState
+from replay._errors import SignalRejected, WorkflowFailed
+from replay._history import Event, Record, RunHistory
+from replay._model import FINISHED, SETTLED, RunInfo, RunSlot, RunState
 
 if TYPE_CHECKING:
     from replay._engine import Engine
@@ -125,3 +125,33 @@ def event_of(record: Record) -> Event:
         recorded_at=record.recorded_at,  # type: ignore[arg-type]
         duration_ms=record.duration_ms, wake_at=record.wake_at,
     )
+
+
+MAX_UNDELIVERED_SIGNALS = 100
+
+
+def check_signal(slot: RunSlot, history: RunHistory, key: str, parked_here: bool) -> None:
+    """Decide whether a signal for `key` may be taken (under the run's lock).
+
+    Raises:
+        SignalRejected: It may not, with the reason.
+    """
+    run_id = slot.run_id
+    if slot.state in FINISHED:
+        raise SignalRejected(
+            f"run {run_id!r} is {slot.state.value}; signals to finished runs are rejected",
+            run_id=run_id, key=key)
+    entry = history.get(key)
+    if entry is not None and entry.kind != "suspend":
+        raise SignalRejected(
+            f"run {run_id!r} recorded key {key!r} as a {entry.kind}, not a Suspend; a "
+            "signal can only answer a Suspend", run_id=run_id, key=key)
+    if key in history.signals or (entry is not None and entry.timed_out):
+        why = "timed out" if entry is not None and entry.timed_out else "already has a signal"
+        raise SignalRejected(
+            f"key {key!r} of run {run_id!r} {why}; a Suspend takes one value, so this "
+            "signal is rejected", run_id=run_id, key=key)
+    if not parked_here and history.undelivered() >= MAX_UNDELIVERED_SIGNALS:
+        raise SignalRejected(
+            f"run {run_id!r} already holds {MAX_UNDELIVERED_SIGNALS} undelivered signals; "
+            "no more are taken until it reaches their keys", run_id=run_id, key=key)
