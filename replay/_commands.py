@@ -15,9 +15,11 @@ import functools
 import hashlib
 import inspect
 import json
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import FrozenInstanceError
 from datetime import datetime, timedelta
+from types import FunctionType
 from typing import Any, TypeAlias
 
 from replay._errors import qualified_name
@@ -287,6 +289,36 @@ def _unwrap(
     return fn, args, keywords
 
 
+# What a Step needs to know about its function, by function: building a Step is on
+# every workflow's hot path, and plain functions are the common case. Weak keys, so
+# functions made on the fly (lambdas, closures) are not kept alive.
+_FUNCTION_FACTS: weakref.WeakKeyDictionary[
+    Callable[..., Any], tuple[Any, tuple[Any, ...], tuple[tuple[str, Any], ...], str, bool]
+] = weakref.WeakKeyDictionary()
+
+
+def _facts_of(
+    fn: Callable[..., Any],
+) -> tuple[Any, tuple[Any, ...], tuple[tuple[str, Any], ...], str, bool]:
+    """Check `fn` and return (target, bound args, keywords, name, is_async).
+
+    Raises:
+        TypeError: `fn` is not callable, is a coroutine or generator object, or a
+            generator function.
+    """
+    _check_fn(fn)
+    target, bound_args, keywords = _unwrap(fn, ())
+    call = target if _is_plain_callable(target) else getattr(target, "__call__", None)  # noqa: B004
+    if inspect.isgeneratorfunction(call) or inspect.isasyncgenfunction(call):
+        raise TypeError(
+            f"{_STEP}: fn must be a plain or async function, not a generator function, "
+            f"got {_got(fn)}; steps call plain or async functions: return a list, "
+            "or run a sub-workflow inline with yield from"
+        )
+    ordered = tuple(sorted(keywords.items(), key=lambda item: item[0]))
+    return target, bound_args, ordered, _describe(target), inspect.iscoroutinefunction(call)
+
+
 def _is_plain_callable(target: object) -> bool:
     return inspect.isroutine(target) or isinstance(target, type)
 
@@ -372,15 +404,12 @@ class Step(_Frozen):
         name: str | None = None,
     ) -> None:
         _check_key(_STEP, key)
-        _check_fn(fn)
-        target, all_args, keywords = _unwrap(fn, args)
-        call = target if _is_plain_callable(target) else getattr(target, "__call__", None)  # noqa: B004
-        if inspect.isgeneratorfunction(call) or inspect.isasyncgenfunction(call):
-            raise TypeError(
-                f"{_STEP}: fn must be a plain or async function, not a generator function, "
-                f"got {_got(fn)}; steps call plain or async functions: return a list, "
-                "or run a sub-workflow inline with yield from"
-            )
+        facts = _FUNCTION_FACTS.get(fn) if type(fn) is FunctionType else None
+        if facts is None:
+            facts = _facts_of(fn)
+            if type(fn) is FunctionType:
+                _FUNCTION_FACTS[fn] = facts
+        target, bound_args, keywords, described, is_async = facts
         if retry is not None and not isinstance(retry, Retry):
             raise TypeError(
                 f"Step(key, fn, *args, retry=...): retry must be a replay.Retry or None, "
@@ -395,10 +424,9 @@ class Step(_Frozen):
                         f"None, got {_got(name)}")
         self._set(
             key=key, fn=fn, args=args, retry=retry, timeout=timeout,
-            name=name or _describe(target),
-            is_async=inspect.iscoroutinefunction(call),
-            _target=target, _all_args=all_args,
-            _keywords=tuple(sorted(keywords.items(), key=lambda item: item[0])),
+            name=name or described, is_async=is_async,
+            _target=target, _all_args=bound_args + args if bound_args else args,
+            _keywords=keywords,
         )
 
     def _value(self) -> tuple[Any, ...]:

@@ -40,7 +40,7 @@ from replay._handles import (
 from replay._history import Event, Record, RunHistory
 from replay._model import FINISHED, RunInfo, RunSlot, RunState
 from replay._parking import Parked, ParkedCache
-from replay._runner import Runner
+from replay._runner import Runner, input_of
 from replay._steps import StepRunner
 from replay._store import Store, query_arrow
 from replay._timers import Timers
@@ -140,7 +140,8 @@ class Engine:
         self._parked.drop(run_id)
         try:
             async with slot.lock:  # no signal may commit between the load and the memo
-                history = RunHistory(await self._load(run_id))
+                records = await self._load(run_id)
+                history = RunHistory(records)
                 voided = None
                 if slot.state is RunState.FAILED and slot.error_type == "replay.StepFailed":
                     voided = history.unhandled_failure()
@@ -155,7 +156,7 @@ class Engine:
         except BaseException:
             slot.active = False
             raise
-        self._spawn(slot, None, recovering=False)
+        self._spawn(slot, input_of(records), recovering=False)  # the memo is loaded already
         return Run(self, run_id, slot.workflow)
 
     async def signal(self, run_id: str, key: str, payload: Any = None) -> Run:

@@ -86,7 +86,7 @@ class Runner:
                 async with slot.lock:
                     records = await self._load(slot.run_id)
                     slot.history = RunHistory(records)
-                input_data = _input_of(records)
+                input_data = input_of(records)
             try:
                 frontier = None
                 if replaying and self._strict_replay and slot.history is not None:
@@ -269,7 +269,8 @@ def _pending(wake_at: datetime | None, clock: EngineClock) -> bool:
     return wake_at is not None and wake_at > clock.now()
 
 
-def _input_of(records: list[Record]) -> bytes:
+def input_of(records: list[Record]) -> bytes:
+    """Return the encoded input of a run, from its ``run/started`` record."""
     for record in records:
         if record.kind == "run" and record.event == "started" and record.value is not None:
             return record.value

@@ -11,9 +11,8 @@ to its own step, and only to it (SPEC §2 rule 6).
 
 from __future__ import annotations
 
-import math
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import timedelta
@@ -112,7 +111,9 @@ class StepRunner:
                 "stopped; it counts as a failed attempt"), None)
         else:
             attempt += 1
-            async with self._alone(recovering, slot, step, attempt):
+            # Only a recovered run's first attempt pays for the recovery lock.
+            alone = self._alone(slot, step, attempt) if recovering else nullcontext()
+            async with alone:
                 failure = await self._attempt(slot, step, attempt)
                 if failure.ok:
                     return await self._succeeded(slot, step, attempt, failure)
@@ -134,12 +135,7 @@ class StepRunner:
         return False, self._step_failed(slot, step, attempt, error)
 
     @asynccontextmanager
-    async def _alone(
-        self, recovering: bool, slot: RunSlot, step: Step, attempt: int
-    ) -> AsyncIterator[None]:
-        if not recovering:
-            yield
-            return
+    async def _alone(self, slot: RunSlot, step: Step, attempt: int) -> AsyncIterator[None]:
         async with self._recovery_lock:
             await self._commit(slot, Record(
                 slot.run_id, slot.workflow, "step", "started", key=step.key,
@@ -174,22 +170,26 @@ class StepRunner:
         return _Attempt(True, value, _elapsed_ms(began))
 
     async def _call(self, step: Step, attempt: int) -> Any:
-        deadline = math.inf if step.timeout is None else trio.current_time() + step.timeout
-        with trio.CancelScope(deadline=deadline) as scope:
-            if step.is_async:
-                value = await step.fn(*step.args)
-            else:
-                # A thread cannot be stopped: on timeout it is abandoned, still running.
-                with busy_thread():
-                    value = await trio.to_thread.run_sync(
-                        step.fn, *step.args, abandon_on_cancel=True, limiter=self._limiter
-                    )
+        if step.timeout is None:
+            # No cancel scope on the hot path: entering one costs a few microseconds.
+            return await self._invoke(step)
+        with trio.CancelScope(deadline=trio.current_time() + step.timeout) as scope:
+            value = await self._invoke(step)
         if scope.cancelled_caught:
             raise StepTimeout(
                 f"step {step.key!r} attempt {attempt} exceeded its timeout of "
                 f"{step.timeout:g}s"
             )
         return value
+
+    async def _invoke(self, step: Step) -> Any:
+        if step.is_async:
+            return await step.fn(*step.args)
+        # A thread cannot be stopped: on timeout it is abandoned, still running.
+        with busy_thread():
+            return await trio.to_thread.run_sync(
+                step.fn, *step.args, abandon_on_cancel=True, limiter=self._limiter
+            )
 
     @staticmethod
     def _failure_record(
