@@ -252,7 +252,7 @@ class Engine:
         """
         self._check_open(allow_closing=True)
         self._slot(run_id)
-        records = await self._load(run_id)
+        records = await in_thread(self._store.load_history, run_id)
         return [event_of(record) for record in records]
 
     async def sql(self, query: str, params: Sequence[Any] | dict[str, Any] | None = None
@@ -286,7 +286,7 @@ class Engine:
         """
         self._check_open(allow_closing=True)
         slot = self._slot(run_id)
-        records = await self._load(run_id)
+        records = await in_thread(self._store.load_history, run_id)
         await in_thread(write_history, Path(path), slot.run_id, slot.workflow, records)
 
     def now(self) -> datetime:
@@ -344,7 +344,9 @@ class Engine:
         slot.apply(record)
 
     async def _load(self, run_id: str) -> list[Record]:
-        return await in_thread(self._store.load_history, run_id)
+        """Load a run's records for its memo (not for `history`: no timestamps)."""
+        workflow = self._slots[run_id].workflow
+        return await in_thread(self._store.load_memo, run_id, workflow)
 
     async def _wait_for(self, run_id: str, states: frozenset[RunState]) -> RunInfo:
         slot = self._slot(run_id)

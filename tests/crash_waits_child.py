@@ -178,10 +178,10 @@ async def finish(engine: replay.Engine, config: dict[str, Any]) -> dict[str, Any
 async def race(engine: replay.Engine, config: dict[str, Any]) -> dict[str, Any]:
     """Signal a run while its timer wake-up reads its history (a slow read)."""
     store, reading, release = engine._store, trio.Event(), threading.Event()
-    original, armed = store.load_history, [True]
+    original, armed = store.load_memo, [True]
 
-    def slow_load(run_id: str) -> Any:
-        records = original(run_id)  # the read happens now ...
+    def slow_load(run_id: str, workflow: str) -> Any:
+        records = original(run_id, workflow)  # the read happens now ...
         if armed:
             armed.clear()
             trio.from_thread.run_sync(reading.set)
@@ -189,7 +189,7 @@ async def race(engine: replay.Engine, config: dict[str, Any]) -> dict[str, Any]:
         return records
 
     # Patched before the body's first checkpoint: the due timer has not fired yet.
-    store.load_history = slow_load  # type: ignore[method-assign]
+    store.load_memo = slow_load  # type: ignore[method-assign]
     [run_id] = config["signals"]
     lock = engine._slots[run_id].lock
     outcome: dict[str, str] = {}

@@ -465,17 +465,17 @@ async def test_a_signal_while_a_woken_run_loads_its_history_is_not_lost(
         # The woken run's history query returns late (a slow thread hand-off), after a
         # signal for its Suspend was recorded: the query saw the table before it.
         store = engine._store
-        load_history = store.load_history
+        load_memo = store.load_memo
         loaded, released = threading.Event(), threading.Event()
 
-        def late_load(run_id: str) -> Any:
-            records = load_history(run_id)
+        def late_load(run_id: str, workflow: str) -> Any:
+            records = load_memo(run_id, workflow)
             if run_id == "sl" and not loaded.is_set():
                 loaded.set()
                 released.wait(timeout=0.2)
             return records
 
-        store.load_history = late_load  # type: ignore[method-assign]
+        store.load_memo = late_load  # type: ignore[method-assign]
         deadline = engine.status("sl").wake_at
         assert deadline is not None
         await trio.sleep((deadline - engine.now()).total_seconds() - 0.001)

@@ -76,7 +76,7 @@ async def record_everything(path: Path) -> list[Record]:
         await engine.signal("r-1", "second:v1", [None, "yes"])
         assert await run.result() == [None, None, "yes"]  # after a day's timeout, virtually
         await engine.export_history("r-1", path)
-        return await engine._load("r-1")
+        return engine._store.load_history("r-1")
 
 
 async def test_an_exported_history_reads_back_as_the_same_records(tmp_path: Path) -> None:

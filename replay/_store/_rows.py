@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from replay._history import Record
@@ -60,6 +60,22 @@ def row_record(row: tuple[Any, ...]) -> Record:
         error_types=tuple(error_types.split(",")) if error_types else (), name=name,
         recorded_at=utc(recorded_at), duration_ms=duration_ms, wake_at=utc_or_none(wake_at),
         run_state=run_state, status_text=status_text, seq=seq,
+    )
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def memo_record(run_id: str, workflow: str, row: tuple[Any, ...]) -> Record:
+    """Turn a row of `MEMO_COLUMNS` into a record for the memo (no `recorded_at`)."""
+    (seq, key, kind, event, attempt, value, error_type, error, wake_us, name, error_types,
+     status_text) = row
+    return Record(
+        run_id=run_id, workflow=workflow, kind=kind, event=event, key=key, attempt=attempt,
+        value=value, error_type=error_type, error=error,
+        error_types=tuple(error_types.split(",")) if error_types else (), name=name,
+        wake_at=None if wake_us is None else _EPOCH + timedelta(microseconds=wake_us),
+        status_text=status_text, seq=seq,
     )
 
 

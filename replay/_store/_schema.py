@@ -57,6 +57,13 @@ COLUMNS = (
     "error, recorded_at, duration_ms, wake_at, name, error_types, run_state, status_text"
 )
 
+# What the memo needs, cheap to fetch: converting TIMESTAMPTZ values costs more than
+# everything else in a history load, and the fold reads only `wake_at`.
+MEMO_COLUMNS = (
+    "seq, key, kind, event, attempt, value, error_type, error, epoch_us(wake_at), name, "
+    "error_types, status_text"
+)
+
 
 RUN_SUMMARY = """
     WITH latest AS (

@@ -19,8 +19,14 @@ import duckdb
 from replay._errors import QueryError
 from replay._history import Record
 from replay._store._connect import check_read_only, connect, damaged
-from replay._store._rows import RunRow, row_record, utc, utc_or_none
-from replay._store._schema import COLUMNS, RUN_SUMMARY, SIGNALLED_WHILE_SUSPENDED, check_schema
+from replay._store._rows import RunRow, memo_record, row_record, utc, utc_or_none
+from replay._store._schema import (
+    COLUMNS,
+    MEMO_COLUMNS,
+    RUN_SUMMARY,
+    SIGNALLED_WHILE_SUSPENDED,
+    check_schema,
+)
 
 
 class Store:
@@ -81,6 +87,14 @@ class Store:
             f"SELECT {COLUMNS} FROM replay_event_log WHERE run_id = ? ORDER BY seq", [run_id]
         )
         return [row_record(row) for row in rows]
+
+    def load_memo(self, run_id: str, workflow: str) -> list[Record]:
+        """Return one run's records as the memo needs them (one query, no timestamps)."""
+        rows = self._read(
+            f"SELECT {MEMO_COLUMNS} FROM replay_event_log WHERE run_id = ? ORDER BY seq",
+            [run_id],
+        )
+        return [memo_record(run_id, workflow, row) for row in rows]
 
     def query(
         self, sql: str, params: Sequence[Any] | dict[str, Any] | None

@@ -24,6 +24,7 @@ from typing import Any
 import trio
 import trio.testing
 
+from replay._clock import in_thread
 from replay._commands import Retry
 from replay._engine import Engine
 from replay._errors import (
@@ -185,7 +186,7 @@ async def run_workflow_async(
         signalled: list[str] = []
         with trio.move_on_after(limit):
             await _drive(engine, run, scripted, signalled)
-        records = await engine._load(run.run_id)
+        records = await in_thread(engine._store.load_history, run.run_id)
         result = await _result(engine, run, tuple(signalled), records)
     _raise_rule_error(result)
     if always_replay:
