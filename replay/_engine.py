@@ -44,6 +44,7 @@ from replay._runner import Runner, input_of
 from replay._steps import StepRunner
 from replay._store import Store, query_arrow
 from replay._timers import Timers
+from replay._workers import WorkerPool
 from replay._workflows import Registry
 
 log = logging.getLogger("replay")
@@ -64,7 +65,8 @@ class Engine:
         self._closing = False
         self._closed = False
         self._nursery: trio.Nursery | None = None
-        steps = StepRunner(self._commit, clock, default_retry, trio.CapacityLimiter(max_threads))
+        self._workers = WorkerPool(max_threads)
+        steps = StepRunner(self._commit, clock, default_retry, self._workers)
         self._runner = Runner(registry.functions, self._load, self._commit, steps, clock,
                               self._park, lambda: self._closing, strict_replay=always_replay)
 
@@ -426,6 +428,7 @@ class Engine:
 
     def _mark_closed(self) -> None:
         self._closed = True
+        self._workers.close()
         self._parked.clear()
         for slot in self._slots.values():
             slot.notify()

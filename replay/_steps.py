@@ -36,6 +36,7 @@ from replay._errors import (
 from replay._history import KeyRecord, Record
 from replay._model import RunSlot, RunState
 from replay._parking import Park
+from replay._workers import WorkerPool
 
 _CURRENT_STEP: ContextVar[tuple[str, str, int] | None] = ContextVar(
     "replay_current_step", default=None
@@ -76,7 +77,7 @@ class StepRunner:
         commit: Makes records durable and applies them to their run's slot.
         clock: The engine clock.
         default_retry: The engine-wide policy for steps without `retry=`.
-        limiter: Bounds how many sync step functions run at once.
+        workers: The threads that run sync step functions.
     """
 
     def __init__(
@@ -84,12 +85,12 @@ class StepRunner:
         commit: Callable[[RunSlot, Record], Awaitable[None]],
         clock: EngineClock,
         default_retry: Retry | None,
-        limiter: trio.CapacityLimiter,
+        workers: WorkerPool,
     ) -> None:
         self._commit = commit
         self._clock = clock
         self._default_retry = default_retry or ONE_ATTEMPT
-        self._limiter = limiter
+        self._workers = workers
         # Held by a recovered run's first fresh attempt, so that those run one at a time.
         self._recovery_lock = trio.Lock()
 
@@ -187,9 +188,7 @@ class StepRunner:
             return await step.fn(*step.args)
         # A thread cannot be stopped: on timeout it is abandoned, still running.
         with busy_thread():
-            return await trio.to_thread.run_sync(
-                step.fn, *step.args, abandon_on_cancel=True, limiter=self._limiter
-            )
+            return await self._workers.run(step.fn, *step.args)
 
     @staticmethod
     def _failure_record(
