@@ -16,9 +16,9 @@ from typing import Any
 
 import duckdb
 
-from replay._errors import DatabaseLocked, QueryError
+from replay._errors import QueryError
 from replay._history import Record
-from replay._store._connect import LOCK_HOLDER, check_read_only, damaged, describe_pid, unusable
+from replay._store._connect import check_read_only, connect, damaged
 from replay._store._rows import RunRow, record_row, row_record, utc, utc_or_none
 from replay._store._schema import COLUMNS, RUN_SUMMARY, check_existing_schema
 from replay._store._writer_store import Store
@@ -131,22 +131,7 @@ class FileAccess:
         if not os.path.isfile(path):
             raise FileNotFoundError(path)
         self.path = path
-        config: dict[str, str | bool | int | float | list[str]] = {
-            "enable_external_access": False
-        }
-        try:
-            self._con = duckdb.connect(path, read_only=not write, config=config)
-        except duckdb.IOException as error:
-            held = LOCK_HOLDER.search(str(error))
-            if held is None:
-                raise unusable(path, error) from error
-            pid = int(held["pid"])
-            raise DatabaseLocked(
-                f"database {path!r} is locked by another process ({describe_pid(pid)})",
-                pid=pid,
-            ) from error
-        except duckdb.Error as error:
-            raise unusable(path, error) from error
+        self._con = connect(path, read_only=not write, lock_advice="")
         try:
             check_existing_schema(self._con, path)
         except BaseException:

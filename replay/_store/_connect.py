@@ -13,21 +13,32 @@ from replay._errors import DatabaseError, DatabaseLocked, QueryError
 LOCK_HOLDER = re.compile(r"Conflicting lock is held in (?P<exe>.*?) \(PID (?P<pid>\d+)\)")
 
 
-def connect(path: str) -> duckdb.DuckDBPyConnection:
+ENGINE_LOCK_ADVICE = "; stop that engine first, or pass lock_timeout= to wait for it"
+
+
+def connect(
+    path: str, *, read_only: bool = False, lock_advice: str = ENGINE_LOCK_ADVICE
+) -> duckdb.DuckDBPyConnection:
+    """Open `path` with external access disabled.
+
+    Raises:
+        DatabaseLocked: Another process holds the file (`lock_advice` ends the message).
+        DatabaseError: The file cannot be opened as a DuckDB database.
+    """
     # External access off: engine.sql() must read nothing but this database.
     config: dict[str, str | bool | int | float | list[str]] = {
         "enable_external_access": False
     }
     try:
-        return duckdb.connect(path, config=config)
+        return duckdb.connect(path, read_only=read_only, config=config)
     except duckdb.IOException as error:
         held = LOCK_HOLDER.search(str(error))
         if held is None:
             raise unusable(path, error) from error
         pid = int(held["pid"])
         raise DatabaseLocked(
-            f"database {path!r} is locked by another process ({describe_pid(pid)}); "
-            "stop that engine first, or pass lock_timeout= to wait for it",
+            f"database {path!r} is locked by another process ({describe_pid(pid)})"
+            f"{lock_advice}",
             pid=pid,
         ) from error
     except duckdb.Error as error:
