@@ -26,11 +26,7 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import random
-import subprocess
-import sys
-import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -41,10 +37,10 @@ from typing import Any
 
 import duckdb
 import pytest
+from childproc import ChildProcess, executions
 
 CHILD = Path(__file__).with_name("crash_child.py")
 SEED = int(os.environ.get("REPLAY_CRASH_SEED", "20250601"))
-LINE_TIMEOUT = 60.0  # seconds without a line from the child before the test fails
 MODULUS = 1_000_003
 INTERRUPTED = "replay.StepInterrupted"
 
@@ -70,57 +66,11 @@ def expected_output(index: int, nsteps: int) -> dict[str, Any]:
 # -- the child process --
 
 
-class Child:
-    """A running `crash_child.py`, its stdout read line by line with a timeout."""
+class Child(ChildProcess):
+    """A running `crash_child.py`."""
 
     def __init__(self, args: list[str], stderr_path: Path) -> None:
-        self.stderr_path = stderr_path
-        self._stderr = stderr_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, str(CHILD), *args],
-            stdout=subprocess.PIPE, stderr=self._stderr, text=True,
-        )
-        self._lines: queue.Queue[str | None] = queue.Queue()
-        self._pump = threading.Thread(target=self._read, daemon=True)
-        self._pump.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self._lines.put(line.rstrip("\n"))
-        self._lines.put(None)
-
-    def line(self) -> str | None:
-        """The next stdout line, or None once the child closed stdout (exited)."""
-        try:
-            return self._lines.get(timeout=LINE_TIMEOUT)
-        except queue.Empty:
-            pytest.fail(f"the child printed nothing for {LINE_TIMEOUT:g}s; {self.stderr()}")
-
-    def exited(self) -> int:
-        """Wait for the child to exit on its own and return its exit status."""
-        try:
-            return self.proc.wait(timeout=LINE_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"the child did not exit within {LINE_TIMEOUT:g}s; {self.stderr()}")
-
-    def kill(self) -> None:
-        """SIGKILL the child (if it still runs) and reap it."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=LINE_TIMEOUT)
-
-    def close(self) -> None:
-        self.kill()
-        self._pump.join(timeout=LINE_TIMEOUT)
-        assert self.proc.stdout is not None
-        self.proc.stdout.close()
-        self._stderr.close()
-
-    def stderr(self) -> str:
-        self._stderr.flush()
-        text = self.stderr_path.read_text(errors="replace")
-        return f"child stderr (tail):\n{text[-4000:]}"
+        super().__init__(CHILD, args, stderr_path)
 
 
 @contextmanager
@@ -184,16 +134,6 @@ def read_until_blocked(process: Child, count: int) -> list[tuple[str, str, int]]
             _, run_id, key, attempt = line.split()
             blocked.append((run_id, key, int(attempt)))
     return blocked
-
-
-def executions(side_file: Path) -> Counter[tuple[str, str]]:
-    """How many times each (run_id, key) executed, from the side file."""
-    counts: Counter[tuple[str, str]] = Counter()
-    if side_file.exists():
-        for line in side_file.read_text().splitlines():
-            run_id, key, _attempt = line.split()
-            counts[run_id, key] += 1
-    return counts
 
 
 # -- reading and checking the file between rounds --

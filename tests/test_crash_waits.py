@@ -34,11 +34,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import queue
 import random
-import subprocess
-import sys
-import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -50,10 +46,10 @@ from typing import Any, NamedTuple
 
 import duckdb
 import pytest
+from childproc import LINE_TIMEOUT, ChildProcess, executions
 
 CHILD = Path(__file__).with_name("crash_waits_child.py")
 SEED = int(os.environ.get("REPLAY_CRASH_SEED", "20250601"))
-LINE_TIMEOUT = 60.0  # seconds without a line from the child before the test fails
 KEY = "approval:v1"
 T0 = datetime(2030, 1, 1, 0, 0, 0, 123457, tzinfo=UTC)
 HOUR, MINUTE, ODD = timedelta(hours=1), timedelta(minutes=1), timedelta(microseconds=333_667)
@@ -85,32 +81,11 @@ WAITERS = [r for r, (w, _) in PLAN.items() if w == "waiter"]
 # -- the child process --
 
 
-class Child:
-    """A running `crash_waits_child.py`, its stdout read line by line with a timeout."""
+class Child(ChildProcess):
+    """A running `crash_waits_child.py`, given its configuration as JSON."""
 
     def __init__(self, config: dict[str, Any], stderr_path: Path) -> None:
-        self.stderr_path = stderr_path
-        self._stderr = stderr_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, str(CHILD), json.dumps(config)],
-            stdout=subprocess.PIPE, stderr=self._stderr, text=True,
-        )
-        self._lines: queue.Queue[str | None] = queue.Queue()
-        self._pump = threading.Thread(target=self._read, daemon=True)
-        self._pump.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self._lines.put(line.rstrip("\n"))
-        self._lines.put(None)
-
-    def line(self) -> str | None:
-        """The next stdout line, or None once the child closed stdout (exited)."""
-        try:
-            return self._lines.get(timeout=LINE_TIMEOUT)
-        except queue.Empty:
-            pytest.fail(f"the child printed nothing for {LINE_TIMEOUT:g}s; {self.stderr()}")
+        super().__init__(CHILD, [json.dumps(config)], stderr_path)
 
     def expect(self, prefix: str) -> str:
         """Read lines (skipping progress lines) until one starting with `prefix`."""
@@ -122,24 +97,6 @@ class Child:
             if line.startswith(prefix):
                 return line
             check_progress(line)
-
-    def kill(self) -> None:
-        """SIGKILL the child (if it still runs) and reap it."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=LINE_TIMEOUT)
-
-    def close(self) -> None:
-        self.kill()
-        self._pump.join(timeout=LINE_TIMEOUT)
-        assert self.proc.stdout is not None
-        self.proc.stdout.close()
-        self._stderr.close()
-
-    def stderr(self) -> str:
-        self._stderr.flush()
-        text = self.stderr_path.read_text(errors="replace")
-        return f"child stderr (tail):\n{text[-4000:]}"
 
 
 def check_progress(line: str) -> None:
@@ -194,16 +151,6 @@ def run_to_end(process: Child) -> dict[str, Any]:
     assert status == 0, f"the child exited with status {status}; {process.stderr()}"
     summary: dict[str, Any] = json.loads(line[len("done "):])
     return summary
-
-
-def executions(side_file: Path) -> Counter[tuple[str, str]]:
-    """How many times each (run_id, key) executed, from the side file."""
-    counts: Counter[tuple[str, str]] = Counter()
-    if side_file.exists():
-        for line in side_file.read_text().splitlines():
-            run_id, key, _attempt = line.split()
-            counts[run_id, key] += 1
-    return counts
 
 
 # -- reading and checking the file between rounds --
