@@ -1,6 +1,6 @@
 """Group commit: every record is durable before the task that made it continues.
 
-A run's task calls `Committer.commit(records)`: the records get their `seq` and
+A run's task calls `Committer.commit(record, apply)`: the record gets its `seq` and
 timestamp, are validated and turned into rows *in that task* (so a bad value fails
 its own run, never a batch), and join the pending batch. One flusher task waits one
 scheduling round, hands everything pending to the store's writer thread as one
@@ -11,6 +11,7 @@ timer: one record for a lone sequential run, hundreds when hundreds of runs step
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -36,25 +37,34 @@ class Committer:
         self._seq = last_seq
         self._rows: list[tuple[Any, ...]] = []
         self._waiters: list[trio.Event] = []
+        self._applies: list[tuple[Callable[[Record], None], Record]] = []
         self._wakeup = trio.Event()
 
-    async def commit(self, *records: Record) -> None:
-        """Make `records` durable; return only once they are committed.
+    async def commit(self, record: Record, apply: Callable[[Record], None]) -> None:
+        """Make `record` durable; return only once it is committed.
 
         Raises:
             trio.Cancelled: The engine stopped (a failed commit stops it).
         """
-        now = self._clock.now()
-        for record in records:
-            self._seq += 1
-            record.seq = self._seq
-            if record.recorded_at is None:
-                record.recorded_at = now
-        self._rows.extend([record_row(record) for record in records])
+        await self.enqueue(record, apply).wait()
+
+    def enqueue(self, record: Record, apply: Callable[[Record], None]) -> trio.Event:
+        """Add `record` to the next batch; the returned event is set once it is durable.
+
+        `apply(record)` is called when the batch is committed, in `seq` order with every
+        other record of the batch and before any waiter wakes: in-memory state follows
+        the file's order whatever order the waiting tasks then run in.
+        """
+        self._seq += 1
+        record.seq = self._seq
+        if record.recorded_at is None:
+            record.recorded_at = self._clock.now()
+        self._rows.append(record_row(record))
+        self._applies.append((apply, record))
         done = trio.Event()
         self._waiters.append(done)
         self._wakeup.set()
-        await done.wait()
+        return done
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The flusher task: commit pending batches until cancelled.
@@ -70,12 +80,14 @@ class Committer:
             self._wakeup = trio.Event()
             # One scheduling round: tasks made runnable by the last commit add theirs.
             await trio.lowlevel.checkpoint()
-            rows, waiters = self._rows, self._waiters
-            self._rows, self._waiters = [], []
+            rows, waiters, applies = self._rows, self._waiters, self._applies
+            self._rows, self._waiters, self._applies = [], [], []
             await self._write(token, rows)
+            for apply, record in applies:
+                apply(record)
             for waiter in waiters:
                 waiter.set()
-            del rows, waiters  # do not keep the last batch alive while idle
+            del rows, waiters, applies  # do not keep the last batch alive while idle
 
     async def _write(self, token: trio.lowlevel.TrioToken, rows: list[tuple[Any, ...]]) -> None:
         finished = trio.Event()

@@ -136,6 +136,9 @@ class Engine:
         self._check_open()
         slot = self._slot(run_id)
         self._registry.name_of(slot.workflow)
+        while slot.active and slot.state in FINISHED:
+            # Its last record is durable and its task is about to end: let it.
+            await slot.wait_changed()
         if slot.state is RunState.COMPLETED or slot.active:
             return Run(self, run_id, slot.workflow)
         slot.active = True
@@ -342,8 +345,7 @@ class Engine:
             raise EngineClosed("the engine is closed; open a new one with replay.open_engine()")
 
     async def _commit(self, slot: RunSlot, record: Record) -> None:
-        await self._committer.commit(record)
-        slot.apply(record)
+        await self._committer.commit(record, slot.apply)
 
     async def _load(self, run_id: str) -> list[Record]:
         """Load a run's records for its memo (not for `history`: no timestamps)."""

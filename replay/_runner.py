@@ -101,6 +101,7 @@ class Runner:
                 self._park(slot, *parking)
             elif slot.state in FINISHED:
                 slot.history = None
+                slot.notify()  # a `resume` may wait for this task to end
 
     async def _execute(
         self, slot: RunSlot, input_data: bytes | None, parked: Parked | None, recovering: bool,
