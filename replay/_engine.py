@@ -154,14 +154,20 @@ class Engine:
                 retried = {"retried_step": voided}
                 # A parked run keeps its state until the replay records a new one.
                 state = "running" if slot.state in FINISHED else None
-                await self._commit(slot, Record(
+                resumed = Record(
                     run_id, slot.workflow, "run", "resumed", name=voided,
                     value=encode(retried, key="resumed"), value_json=to_json(retried),
-                    run_state=state))
+                    run_state=state)
+                # The replay must see the resumed record (it voids the failure) at once:
+                # it runs while the record commits, so that both can share one commit.
+                # Applying it again once it is durable changes nothing more.
+                history.apply(resumed)
+                durable = self._committer.enqueue(resumed, slot.apply)
         except BaseException:
             slot.active = False
             raise
         self._spawn(slot, input_of(records), recovering=False)  # the memo is loaded already
+        await durable.wait()
         return Run(self, run_id, slot.workflow)
 
     async def signal(self, run_id: str, key: str, payload: Any = None) -> Run:
