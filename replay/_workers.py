@@ -37,7 +37,11 @@ class WorkerPool:
         self._size = size
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
-        self._busy = 0
+        # Threads waiting for a job. A new thread starts only when the queued jobs
+        # outnumber them: short functions keep a few threads busy (less contention
+        # for the GIL), blocking ones make the pool grow to its size.
+        self._idle = 0
+        self._idle_lock = threading.Lock()
         self._finished: list[tuple[list[Any], trio.Event, tuple[bool, Any]]] = []
         self._finished_lock = threading.Lock()
         self._wake_scheduled = False
@@ -52,8 +56,7 @@ class WorkerPool:
         self._token = trio.lowlevel.current_trio_token()
         done = trio.Event()
         box: list[Any] = []
-        self._busy += 1
-        if self._busy > len(self._threads) and len(self._threads) < self._size:
+        if len(self._threads) < self._size and self._jobs.qsize() >= self._idle:
             self._start_thread()
         self._jobs.put((function, args, contextvars.copy_context(), box, done))
         await done.wait()
@@ -74,13 +77,21 @@ class WorkerPool:
         thread.start()
 
     def _work(self) -> None:
-        while (job := self._jobs.get()) is not None:
+        while (job := self._next_job()) is not None:
             function, args, context, box, done = job
             try:
                 outcome: tuple[bool, Any] = (True, context.run(function, *args))
             except BaseException as error:  # handed to the waiting task, as to_thread does
                 outcome = (False, error)
             self._hand_back(box, done, outcome)
+
+    def _next_job(self) -> _Job | None:
+        with self._idle_lock:
+            self._idle += 1
+        job = self._jobs.get()
+        with self._idle_lock:
+            self._idle -= 1
+        return job
 
     def _hand_back(self, box: list[Any], done: trio.Event, outcome: tuple[bool, Any]) -> None:
         with self._finished_lock:
@@ -98,6 +109,5 @@ class WorkerPool:
             finished, self._finished = self._finished, []
             self._wake_scheduled = False
         for box, done, outcome in finished:
-            self._busy -= 1
             box.append(outcome)
             done.set()

@@ -59,3 +59,14 @@ async def test_a_cancelled_call_is_abandoned_and_the_pool_goes_on() -> None:
         release.set()  # the abandoned call ends; its result is dropped
         assert await pool.run(lambda: "next") == "next"
     pool.close()
+
+
+async def test_blocking_calls_make_the_pool_grow_to_run_them_together() -> None:
+    pool = WorkerPool(40)
+    together = threading.Barrier(20, timeout=10)  # breaks unless 20 calls run at once
+    with busy_thread():
+        async with trio.open_nursery() as nursery:
+            for _ in range(20):
+                nursery.start_soon(pool.run, together.wait)
+    assert len(pool._threads) == 20
+    pool.close()
