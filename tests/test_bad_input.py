@@ -18,7 +18,6 @@ import random
 import re
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -771,12 +770,11 @@ async def test_second_engine_in_the_same_process_raises_database_locked_at_once(
     db: str,
 ) -> None:
     async with serving(db, echo) as (engine, bystander):
-        began, began_wall = trio.current_time(), time.monotonic()
+        began = trio.current_time()
         with pytest.raises(DatabaseLocked, match=msg(locked_here(db))) as raised:
             async with replay.open_engine(db, workflows=[echo], durability="none"):
                 pytest.fail("a second engine opened the file")
-        assert trio.current_time() == began
-        assert time.monotonic() - began_wall < 1.0
+        assert trio.current_time() == began  # at once: no (virtual) time passed
         assert raised.value.pid == os.getpid()
         assert isinstance(raised.value, DatabaseError)
         assert await (await engine.start(echo, "still serving")).result() == "still serving"
@@ -877,14 +875,13 @@ async def test_database_held_by_another_process_raises_database_locked(
     try:
         message = msg(locked_elsewhere(db, child))
         async with serving(tmp_path / "other.duckdb", echo) as (engine, bystander):
-            began, began_wall = trio.current_time(), time.monotonic()
+            began = trio.current_time()
             with pytest.raises(DatabaseLocked, match=message) as raised:
                 async with replay.open_engine(db, workflows=[echo], durability="none",
                                               lock_timeout=0):
                     pytest.fail("the engine opened a file another process holds")
             assert raised.value.pid == child.pid
-            assert trio.current_time() == began
-            assert time.monotonic() - began_wall < 2.0
+            assert trio.current_time() == began  # at once: no (virtual) time passed
             # With a lock_timeout, it tries until the timeout, then raises the same.
             with pytest.raises(DatabaseLocked, match=message):
                 async with replay.open_engine(db, workflows=[echo], durability="none",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
-import time
 from datetime import timedelta
 from pathlib import Path
 from types import ModuleType
@@ -24,12 +23,10 @@ def load_example() -> ModuleType:
     return module
 
 
-def test_the_spec_example_runs_in_virtual_time_in_well_under_a_second(tmp_path: Path) -> None:
+def test_the_spec_example_runs_in_virtual_time(tmp_path: Path) -> None:
     example = load_example()
-    wall = time.monotonic()
     result = trio.run(example.main, str(tmp_path / "shop.duckdb"), 1800,
                       clock=trio.testing.MockClock(autojump_threshold=0))
-    assert time.monotonic() - wall < 1.0
     assert result["outputs"] == {
         "order-17": {"order": "order-17", "receipt": "receipt-order-17-1"},
         "order-18": {"order": "order-18", "state": "rejected"},

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -96,16 +95,6 @@ def test_spec_example_failing_charge_is_retried_then_compensated() -> None:
     back_offs = sum(CHARGE_RETRY.delay("test-run", "charge:v1", n) for n in range(1, 5))
     expected = timedelta(minutes=30, seconds=back_offs)
     assert abs(result.elapsed - expected) <= timedelta(microseconds=4)
-
-
-def test_spec_example_runs_in_well_under_100_ms_of_wall_time() -> None:
-    run_workflow(checkout, "warm-up", 4200, signals={"approval:v1": True})
-    timings = []
-    for _ in range(3):
-        began = time.perf_counter()
-        run_workflow(checkout, "o-4", 250_000, signals={"approval:v1": True})
-        timings.append(time.perf_counter() - began)
-    assert min(timings) < 0.1, timings
 
 
 def test_history_is_every_event_in_order() -> None:
