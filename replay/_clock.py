@@ -15,8 +15,7 @@ to infinity while any worker-thread call is outstanding.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -120,6 +119,12 @@ class _ThreadGuard:
                 clock.autojump_threshold = math.inf
             self._busy += 1
 
+    def __enter__(self) -> None:
+        self.enter()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.exit()
+
     def exit(self) -> None:
         clock = trio.lowlevel.current_clock()
         if isinstance(clock, trio.testing.MockClock) and self._busy > 0:
@@ -144,12 +149,9 @@ async def in_thread(function: Callable[..., T], *args: Any) -> T:
         return await trio.to_thread.run_sync(function, *args)
 
 
-@contextmanager
-def busy_thread() -> Iterator[None]:
-    """Keep virtual time from jumping while the body waits on a worker thread."""
-    guard = thread_guard()
-    guard.enter()
-    try:
-        yield
-    finally:
-        guard.exit()
+def busy_thread() -> _ThreadGuard:
+    """Keep virtual time from jumping while the body waits on a worker thread.
+
+    Used as ``with busy_thread(): ...``; the guard counts, so uses may nest and overlap.
+    """
+    return thread_guard()
