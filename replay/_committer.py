@@ -66,8 +66,14 @@ class Committer:
         self._wakeup.set()
         return done
 
+    # Ctrl-C is delivered to the main task, never in the middle of a batch.
+    @trio.lowlevel.enable_ki_protection
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The flusher task: commit pending batches until cancelled.
+        """The flusher task: commit pending batches until cancelled, then the rest.
+
+        Records queued when the engine stops (abandoned attempts, outcomes whose
+        tasks were cancelled while waiting) are committed before this returns,
+        shielded from the cancellation that stops the engine.
 
         Raises:
             DatabaseError: A commit failed; nothing in it was acknowledged.
@@ -75,19 +81,29 @@ class Committer:
         token = trio.lowlevel.current_trio_token()
         self._store.start_writer()
         task_status.started()
-        while True:
-            await self._wakeup.wait()
-            self._wakeup = trio.Event()
-            # One scheduling round: tasks made runnable by the last commit add theirs.
-            await trio.lowlevel.checkpoint()
-            rows, waiters, applies = self._rows, self._waiters, self._applies
-            self._rows, self._waiters, self._applies = [], [], []
-            await self._write(token, rows)
-            for apply, record in applies:
-                apply(record)
-            for waiter in waiters:
-                waiter.set()
-            del rows, waiters, applies  # do not keep the last batch alive while idle
+        try:
+            while True:
+                await self._wakeup.wait()
+                self._wakeup = trio.Event()
+                # One scheduling round: tasks made runnable by the last commit add theirs.
+                await trio.lowlevel.checkpoint()
+                await self._flush(token)
+        except trio.Cancelled:
+            with trio.CancelScope(shield=True):
+                await self._flush(token)
+            raise
+
+    async def _flush(self, token: trio.lowlevel.TrioToken) -> None:
+        """Commit everything pending, apply it in `seq` order, wake its waiters."""
+        if not self._rows:
+            return
+        rows, waiters, applies = self._rows, self._waiters, self._applies
+        self._rows, self._waiters, self._applies = [], [], []
+        await self._write(token, rows)
+        for apply, record in applies:
+            apply(record)
+        for waiter in waiters:
+            waiter.set()
 
     async def _write(self, token: trio.lowlevel.TrioToken, rows: list[tuple[Any, ...]]) -> None:
         finished = trio.Event()

@@ -54,7 +54,7 @@ class Engine:
 
     def __init__(self, store: Store, registry: Registry, clock: EngineClock, last_seq: int,
                  default_retry: Retry | None, max_threads: int, cache_size: int,
-                 always_replay: bool = False) -> None:
+                 always_replay: bool = False, max_interruptions: int = 3) -> None:
         self._store = store
         self._registry = registry
         self._clock = clock
@@ -66,7 +66,8 @@ class Engine:
         self._closed = False
         self._nursery: trio.Nursery | None = None
         self._workers = WorkerPool(max_threads)
-        steps = StepRunner(self._commit, clock, default_retry, self._workers)
+        steps = StepRunner(self._commit, self._enqueue, clock, default_retry, self._workers,
+                           max_interruptions)
         self._runner = Runner(registry.functions, self._load, self._commit, steps, clock,
                               self._park, lambda: self._closing, strict_replay=always_replay)
 
@@ -106,6 +107,7 @@ class Engine:
         slot = RunSlot(run_id, name, RunState.RUNNING, self._clock.now())
         slot.history = RunHistory()
         slot.active = True
+        slot.needs_start_mark = False  # no earlier process ran it
         self._slots[run_id] = slot
         record = Record(run_id, name, "run", "started", value=data,
                         value_json=to_json(list(args)), run_state="running")
@@ -116,7 +118,7 @@ class Engine:
             raise
         slot.created_at = record.recorded_at or slot.created_at
         slot.mark_durable()
-        self._spawn(slot, data, recovering=False)
+        self._spawn(slot, data)
         return Run(self, run_id, name)
 
     async def resume(self, run_id: str) -> Run:
@@ -166,7 +168,7 @@ class Engine:
         except BaseException:
             slot.active = False
             raise
-        self._spawn(slot, input_of(records), recovering=False)  # the memo is loaded already
+        self._spawn(slot, input_of(records))  # the memo is loaded already
         await durable.wait()
         return Run(self, run_id, slot.workflow)
 
@@ -353,6 +355,9 @@ class Engine:
     async def _commit(self, slot: RunSlot, record: Record) -> None:
         await self._committer.commit(record, slot.apply)
 
+    def _enqueue(self, slot: RunSlot, record: Record) -> trio.Event:
+        return self._committer.enqueue(record, slot.apply)
+
     async def _load(self, run_id: str) -> list[Record]:
         """Load a run's records for its memo (not for `history`: no timestamps)."""
         workflow = self._slots[run_id].workflow
@@ -370,11 +375,11 @@ class Engine:
             await slot.wait_changed()
         return slot.info(decode)
 
-    def _spawn(self, slot: RunSlot, input_data: bytes | None, recovering: bool,
-               parked: Parked | None = None, replaying: bool = False) -> None:
+    def _spawn(self, slot: RunSlot, input_data: bytes | None, parked: Parked | None = None,
+               replaying: bool = False) -> None:
         assert self._nursery is not None
-        self._nursery.start_soon(self._runner.drive, slot, input_data, recovering, parked,
-                                 replaying, name=f"replay run {slot.run_id}")
+        self._nursery.start_soon(self._runner.drive, slot, input_data, parked, replaying,
+                                 name=f"replay run {slot.run_id}")
 
     def _park(self, slot: RunSlot, parked: Parked, wake_at: datetime | None) -> None:
         """Keep a parked run's execution (maybe) and schedule its deadline."""
@@ -403,7 +408,7 @@ class Engine:
         """Continue a parked run in a new task (its cached execution, if any)."""
         slot.active = True
         parked = self._parked.take(slot.run_id)
-        self._spawn(slot, None, recovering=False, parked=parked, replaying=parked is None)
+        self._spawn(slot, None, parked=parked, replaying=parked is None)
 
     async def _start_services(self, services: trio.Nursery) -> None:
         await services.start(self._committer.run)
@@ -426,7 +431,7 @@ class Engine:
                 continue
             if slot.state is RunState.RUNNING or slot.run_id in signalled:
                 slot.active = True
-                self._spawn(slot, None, recovering=slot.state is RunState.RUNNING)
+                self._spawn(slot, None)
             elif slot.wake_at is not None:
                 self._timers.add(slot.run_id, slot.wake_at)
 

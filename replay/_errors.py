@@ -77,11 +77,34 @@ class StepFailed(ReplayError):
 
 
 class StepTimeout(ReplayError):
-    """A step attempt exceeded its `timeout`; recorded as a failed attempt."""
+    """A step attempt exceeded its `timeout`; recorded as a failed attempt.
+
+    Attributes:
+        run_id: The run the step belongs to.
+        key: The step's key.
+    """
+
+    def __init__(self, message: str, *, run_id: str | None = None, key: str | None = None):
+        super().__init__(message)
+        self.run_id = run_id
+        self.key = key
 
 
 class StepInterrupted(ReplayError):
-    """A step attempt was running when the process died; recorded as a failed attempt."""
+    """A step was interrupted by process deaths `max_interruptions` times; it failed.
+
+    Thrown into the workflow as a `StepFailed` whose ``error_type`` is
+    ``"replay.StepInterrupted"``. A clean stop never causes it.
+
+    Attributes:
+        run_id: The run the step belongs to.
+        key: The step's key.
+    """
+
+    def __init__(self, message: str, *, run_id: str | None = None, key: str | None = None):
+        super().__init__(message)
+        self.run_id = run_id
+        self.key = key
 
 
 class SuspendTimeout(ReplayError):

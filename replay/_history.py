@@ -95,14 +95,18 @@ class KeyRecord:
     Attributes:
         kind: The command kind first recorded for the key.
         name: The step name recorded with the key's latest attempt.
-        attempts: Attempts with a recorded outcome (an interrupted one included).
-        budget_start: Attempts made before the current retry budget (raised by
-            `resume`, which gives a failed step a fresh budget).
+        attempts: The highest attempt number that has ended (with an outcome, or
+            interrupted, or abandoned): the next attempt is numbered one more.
+        charged: Failed attempts charged to the current retry budget (`resume`
+            gives a failed step a fresh budget; interruptions and abandoned attempts
+            are never charged).
+        interruptions: Attempts of the current budget interrupted by a process death.
         done: Whether the key has a final outcome.
         value: The encoded value of a successful outcome.
         failure: The failure of a failed outcome.
         wake_at: A pending deadline (retry back-off).
-        started: An attempt whose start is durable and whose outcome is not.
+        started: An attempt whose start is durable and whose end is not: found at
+            open, it was interrupted by the process dying.
         renamed_to: Step names already recorded in a ``renamed`` event.
         timed_out: A `Suspend` whose timeout fired before its signal arrived.
         status_text: The `Suspend`'s status, as recorded.
@@ -111,7 +115,8 @@ class KeyRecord:
     kind: str
     name: str | None = None
     attempts: int = 0
-    budget_start: int = 0
+    charged: int = 0
+    interruptions: int = 0
     done: bool = False
     value: bytes | None = None
     failure: Failure | None = None
@@ -198,12 +203,21 @@ class RunHistory:
         if event == "started":
             entry.started = attempt
             return
-        entry.started = None
+        if entry.started == attempt:
+            entry.started = None
         entry.attempts = max(entry.attempts, attempt)
+        if event in ("abandoned", "interrupted"):
+            # Neither charges the retry budget: a clean stop costs nothing, and a
+            # process death counts against its own budget (`max_interruptions`).
+            entry.interruptions += event == "interrupted"
+            entry.wake_at = None
+            return
         entry.name = record.name or entry.name
         entry.wake_at = record.wake_at if event == "retrying" else None
         if event == "completed":
             entry.done, entry.value = True, record.value
+        elif event == "retrying":
+            entry.charged += 1
         elif event == "failed":
             entry.done = True
             entry.failure = Failure(
@@ -217,5 +231,5 @@ class RunHistory:
         entry = self.keys.get(key)
         if entry is not None and entry.failure is not None:
             entry.done, entry.failure = False, None
-            entry.budget_start = entry.attempts
+            entry.charged = entry.interruptions = 0
         self.last_was_step_failure = False

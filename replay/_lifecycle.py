@@ -22,7 +22,7 @@ from replay._channel_server import ChannelServer
 from replay._clock import EngineClock, in_thread
 from replay._commands import Retry
 from replay._engine import Engine
-from replay._opening import database_path, open_store, validate_options
+from replay._opening import database_path, open_store, validate_count, validate_options
 from replay._workflows import Registry
 
 
@@ -39,6 +39,7 @@ async def open_engine(
     max_threads: int = 40,
     cache_size: int = 1000,
     serve_cli: bool = True,
+    max_interruptions: int = 3,
 ) -> AsyncIterator[Engine]:
     """Open an engine on a DuckDB database and run it for the `async with` body.
 
@@ -67,6 +68,8 @@ async def open_engine(
         serve_cli: Serve the `replay` command while the engine holds the file, over a
             Unix socket next to it (``<path>.sock``, usable only by this user); pass
             False not to. Ignored for ``":memory:"``.
+        max_interruptions: How many times one step may be running when the process
+            dies before it fails with `StepInterrupted` (a clean stop never counts).
 
     Yields:
         The open `Engine`.
@@ -79,6 +82,7 @@ async def open_engine(
     """
     validate_options(durability, shutdown_timeout, lock_timeout, max_threads, default_retry,
                      always_replay, cache_size)
+    validate_count("max_interruptions", max_interruptions)
     if not isinstance(serve_cli, bool):
         raise TypeError(
             f"serve_cli must be a bool, got {serve_cli!r} ({type(serve_cli).__name__})"
@@ -89,7 +93,8 @@ async def open_engine(
     try:
         last_seq, last_time = await in_thread(store.last_seq_and_time)
         engine = Engine(store, registry, EngineClock(last_time), last_seq, default_retry,
-                        max_threads, 0 if always_replay else cache_size, always_replay)
+                        max_threads, 0 if always_replay else cache_size, always_replay,
+                        max_interruptions)
         async with _single_errors(), trio.open_nursery() as services:
             await engine._start_services(services)
             async with trio.open_nursery() as runs:
@@ -99,6 +104,7 @@ async def open_engine(
                 try:
                     yield engine
                 except BaseException:
+                    engine._begin_shutdown()
                     runs.cancel_scope.cancel()
                     raise
                 engine._begin_shutdown()

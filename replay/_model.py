@@ -73,7 +73,8 @@ class RunSlot:
     __slots__ = (
         "_changed", "_durable", "_lock", "active", "created_at", "durable", "error",
         "error_type",
-        "history", "message", "output", "run_id", "state", "status_text", "updated_at",
+        "history", "message", "needs_start_mark", "output", "run_id", "state", "status_text",
+        "updated_at",
         "waiting_for", "wake_at", "workflow",
     )
 
@@ -94,6 +95,10 @@ class RunSlot:
         self.history: RunHistory | None = None
         # True while a task drives the run: one run executes in one place at a time.
         self.active = False
+        # True until the run's first step attempt since the engine opened has ended: that
+        # attempt runs alone with its start recorded, so a process death is charged to
+        # it (runs started by this engine have no earlier process to die in).
+        self.needs_start_mark = True
         # trio objects are made on first use: a parked run should cost little memory.
         self._changed: trio.Event | None = None
         self._lock: trio.Lock | None = None

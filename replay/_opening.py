@@ -47,10 +47,7 @@ def validate_options(
             raise TypeError(f"{name} must be a number of seconds, got {_show(value)}")
         if math.isnan(value) or value < 0:
             raise ValueError(f"{name} must be >= 0 seconds, got {value!r}")
-    if isinstance(max_threads, bool) or not isinstance(max_threads, int):
-        raise TypeError(f"max_threads must be an int, got {_show(max_threads)}")
-    if max_threads < 1:
-        raise ValueError(f"max_threads must be >= 1, got {max_threads!r}")
+    validate_count("max_threads", max_threads)
     if default_retry is not None and not isinstance(default_retry, Retry):
         raise TypeError(
             f"default_retry must be a replay.Retry or None, got {_show(default_retry)}"
@@ -61,6 +58,19 @@ def validate_options(
         raise TypeError(f"cache_size must be an int, got {_show(cache_size)}")
     if cache_size < 0:
         raise ValueError(f"cache_size must be >= 0, got {cache_size!r}")
+
+
+def validate_count(name: str, value: object) -> None:
+    """Check an option that counts something and must be at least one.
+
+    Raises:
+        TypeError: `value` is not an int.
+        ValueError: `value` is below 1.
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {_show(value)}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value!r}")
 
 
 def database_path(path: object) -> str:

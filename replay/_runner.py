@@ -67,8 +67,8 @@ class Runner:
         self._strict_replay = strict_replay
 
     async def drive(
-        self, slot: RunSlot, input_data: bytes | None, recovering: bool,
-        parked: Parked | None = None, replaying: bool = False,
+        self, slot: RunSlot, input_data: bytes | None, parked: Parked | None = None,
+        replaying: bool = False,
     ) -> None:
         """Execute `slot`'s run until it finishes, parks, or the engine stops.
 
@@ -91,7 +91,7 @@ class Runner:
                 frontier = None
                 if replaying and self._strict_replay and slot.history is not None:
                     frontier = slot.history.last_key()
-                parking = await self._execute(slot, input_data, parked, recovering, frontier)
+                parking = await self._execute(slot, input_data, parked, frontier)
             except Exception as error:
                 # A bug in replay must fail only this run, never the engine.
                 await self._fail(slot, _internal_error(slot, error))
@@ -104,7 +104,7 @@ class Runner:
                 slot.notify()  # a `resume` may wait for this task to end
 
     async def _execute(
-        self, slot: RunSlot, input_data: bytes | None, parked: Parked | None, recovering: bool,
+        self, slot: RunSlot, input_data: bytes | None, parked: Parked | None,
         frontier: str | None,
     ) -> tuple[Parked, datetime | None] | None:
         decision: Execute | Finish | Fail
@@ -129,14 +129,13 @@ class Runner:
                 # Start no new command: the run continues at the next open.
                 interpreter.close()
                 return None
-            result = await self._perform(slot, interpreter, decision, recovering)
+            result = await self._perform(slot, interpreter, decision)
             if isinstance(result, Park):
                 return Parked(interpreter, decision), result.wake_at
             decision = result
-            recovering = False
 
     async def _perform(
-        self, slot: RunSlot, interpreter: Interpreter, decision: Execute, recovering: bool
+        self, slot: RunSlot, interpreter: Interpreter, decision: Execute
     ) -> Execute | Finish | Fail | Park:
         command = decision.command
         assert slot.history is not None
@@ -145,7 +144,7 @@ class Runner:
         if isinstance(command, Step):
             if record and record.started is None and _pending(record.wake_at, self._clock):
                 return Park(record.wake_at)
-            result = await self._steps.run(slot, command, record, recovering)
+            result = await self._steps.run(slot, command, record)
         elif isinstance(command, Sleep):
             result = await self._sleep(slot, command, record)
         else:

@@ -1,18 +1,23 @@
-"""Executing one `Step`: attempts, timeouts, durable retries and recovery.
+"""Executing one `Step`: attempts, timeouts, durable retries, stops and interruptions.
 
 A step's attempts are recorded as they end: ``completed`` (with the value),
 ``retrying`` (with the back-off deadline; the run is ``sleeping`` meanwhile) or
 ``failed`` (the budget is spent: `StepFailed` is thrown into the workflow). Sync step
-functions run in worker threads, bounded by the engine's limiter; async ones run on the
-engine's loop. After a crash, the first fresh attempt of each recovered run runs alone
-with its start recorded (``started``), so an attempt that kills the process is charged
-to its own step, and only to it (SPEC §2 rule 6).
+functions run in worker threads; async ones run on the engine's loop.
+
+Stops and crashes are told apart (SPEC §2 rule 6). An attempt still running when the
+engine stops is recorded as ``abandoned`` (without waiting: the committer commits it
+before the file closes) and costs nothing. The first attempt of each run after the
+engine opened, whatever starts it, runs alone with its start recorded (``started``):
+a ``started`` found at the next open with no end was interrupted by the process dying,
+is recorded as ``interrupted`` and counted against `max_interruptions`, never against
+the step's `Retry` budget. Other runs' attempts running beside it are not charged.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager, nullcontext
+import math
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import timedelta
@@ -36,7 +41,7 @@ from replay._errors import (
 from replay._history import KeyRecord, Record
 from replay._model import RunSlot, RunState
 from replay._parking import Park
-from replay._workers import WorkerPool
+from replay._workers import WorkerPool, WorkerTimeout
 
 _CURRENT_STEP: ContextVar[tuple[str, str, int] | None] = ContextVar(
     "replay_current_step", default=None
@@ -74,52 +79,96 @@ class StepRunner:
     """Runs steps for the engine.
 
     Args:
-        commit: Makes records durable and applies them to their run's slot.
+        commit: Makes a record durable and applies it to its run's slot.
+        enqueue: Queues a record for the next commit without waiting for it.
         clock: The engine clock.
         default_retry: The engine-wide policy for steps without `retry=`.
         workers: The threads that run sync step functions.
+        max_interruptions: How many process deaths one step may cause before it fails.
     """
 
     def __init__(
         self,
         commit: Callable[[RunSlot, Record], Awaitable[None]],
+        enqueue: Callable[[RunSlot, Record], object],
         clock: EngineClock,
         default_retry: Retry | None,
         workers: WorkerPool,
+        max_interruptions: int = 3,
     ) -> None:
         self._commit = commit
+        self._enqueue = enqueue
         self._clock = clock
         self._default_retry = default_retry or ONE_ATTEMPT
         self._workers = workers
-        # Held by a recovered run's first fresh attempt, so that those run one at a time.
-        self._recovery_lock = trio.Lock()
+        self._max_interruptions = max_interruptions
+        # Held by each run's first attempt since the engine opened: those run one at a time.
+        self._first_attempts = trio.Lock()
 
     async def run(
-        self, slot: RunSlot, step: Step, record: KeyRecord | None, recovering: bool
+        self, slot: RunSlot, step: Step, record: KeyRecord | None
     ) -> tuple[bool, Any] | Park:
-        """Make the step's next attempt, or settle an interrupted one.
+        """Settle an interrupted attempt if there is one, then make the next attempt.
 
         Returns:
             ``(True, value)`` with the value as a replay will see it,
             ``(False, StepFailed)`` to throw into the workflow once the budget is
             spent, or `Park` with the back-off deadline of the next attempt.
         """
-        attempt = record.attempts if record else 0
         if record is not None and record.started is not None:
-            attempt = record.started
-            failure = _Attempt(False, StepInterrupted(
-                f"step {step.key!r} attempt {attempt} was running when the process "
-                "stopped; it counts as a failed attempt"), None)
-        else:
-            attempt += 1
-            # Only a recovered run's first attempt pays for the recovery lock.
-            alone = self._alone(slot, step, attempt) if recovering else nullcontext()
-            async with alone:
-                failure = await self._attempt(slot, step, attempt)
-                if failure.ok:
-                    return await self._succeeded(slot, step, attempt, failure)
-        budget_start = record.budget_start if record else 0
-        return await self._settle(slot, step, attempt - budget_start, attempt, failure)
+            failed = await self._interrupted(slot, step, record, record.started)
+            if failed is not None:
+                return False, failed
+        attempt = (record.attempts if record else 0) + 1
+        charged = record.charged if record else 0
+        if not slot.needs_start_mark:
+            return await self._make(slot, step, attempt, charged, mark=False)
+        async with self._first_attempts:
+            result = await self._make(slot, step, attempt, charged, mark=True)
+        slot.needs_start_mark = False
+        return result
+
+    async def _interrupted(
+        self, slot: RunSlot, step: Step, record: KeyRecord, attempt: int
+    ) -> StepFailed | None:
+        """Record that `attempt` died with the process; fail the step at the limit."""
+        count, limit = record.interruptions + 1, self._max_interruptions
+        if count < limit:
+            await self._commit(slot, Record(
+                slot.run_id, slot.workflow, "step", "interrupted", key=step.key,
+                attempt=attempt, name=step.name, error_type=qualified_name(StepInterrupted),
+                error=f"the process died while attempt {attempt} ran "
+                      f"(interruption {count} of at most {limit})"))
+            return None
+        error = StepInterrupted(
+            f"step {step.key!r} of run {slot.run_id!r} was running when the process died "
+            f"{count} times (max_interruptions={limit}); find what kills the process "
+            "(a crash, the OOM killer), fix it and resume the run",
+            run_id=slot.run_id, key=step.key)
+        failed = _Attempt(False, error, None)
+        await self._commit(slot, self._failure_record(slot, step, attempt, failed, "failed"))
+        return self._step_failed(slot, step, attempt, error)
+
+    async def _make(
+        self, slot: RunSlot, step: Step, attempt: int, charged: int, mark: bool
+    ) -> tuple[bool, Any] | Park:
+        """Make one attempt (its start recorded first when `mark`) and record its end."""
+        try:
+            if mark:
+                await self._commit(slot, Record(
+                    slot.run_id, slot.workflow, "step", "started", key=step.key,
+                    attempt=attempt, name=step.name, run_state=_running_unless(slot)))
+            outcome = await self._attempt(slot, step, attempt)
+        except BaseException:
+            # The engine is stopping: a clean stop charges nothing. Queued, not awaited
+            # (this task is being cancelled); the committer commits it before closing.
+            self._enqueue(slot, Record(
+                slot.run_id, slot.workflow, "step", "abandoned", key=step.key,
+                attempt=attempt, name=step.name))
+            raise
+        if outcome.ok:
+            return await self._succeeded(slot, step, attempt, outcome)
+        return await self._settle(slot, step, charged + 1, attempt, outcome)
 
     async def _settle(
         self, slot: RunSlot, step: Step, used: int, attempt: int, failure: _Attempt
@@ -134,14 +183,6 @@ class StepRunner:
             return Park(wake_at)
         await self._commit(slot, self._failure_record(slot, step, attempt, failure, "failed"))
         return False, self._step_failed(slot, step, attempt, error)
-
-    @asynccontextmanager
-    async def _alone(self, slot: RunSlot, step: Step, attempt: int) -> AsyncIterator[None]:
-        async with self._recovery_lock:
-            await self._commit(slot, Record(
-                slot.run_id, slot.workflow, "step", "started", key=step.key,
-                attempt=attempt, name=step.name))
-            yield
 
     async def _succeeded(
         self, slot: RunSlot, step: Step, attempt: int, outcome: _Attempt
@@ -163,32 +204,34 @@ class StepRunner:
         began = trio.current_time()
         token = _CURRENT_STEP.set((slot.run_id, step.key, attempt))
         try:
-            value = await self._call(step, attempt)
+            value = await self._call(slot, step, attempt)
+        except trio.Cancelled as cancelled:
+            if trio.current_effective_deadline() == -math.inf:
+                raise  # the engine cancelled this task: it is stopping
+            return _Attempt(False, _stray(slot, step, attempt, cancelled), _elapsed_ms(began))
         except Exception as error:
             return _Attempt(False, error, _elapsed_ms(began))
         finally:
             _CURRENT_STEP.reset(token)
         return _Attempt(True, value, _elapsed_ms(began))
 
-    async def _call(self, step: Step, attempt: int) -> Any:
+    async def _call(self, slot: RunSlot, step: Step, attempt: int) -> Any:
+        if not step.is_async:
+            # A thread cannot be stopped: on timeout it is abandoned, still running.
+            # The timeout counts from when a thread starts the call, not from the queue.
+            with busy_thread():
+                try:
+                    return await self._workers.run(step.fn, *step.args, timeout=step.timeout)
+                except WorkerTimeout:
+                    raise _timeout(slot, step, attempt) from None
         if step.timeout is None:
             # No cancel scope on the hot path: entering one costs a few microseconds.
-            return await self._invoke(step)
-        with trio.CancelScope(deadline=trio.current_time() + step.timeout) as scope:
-            value = await self._invoke(step)
-        if scope.cancelled_caught:
-            raise StepTimeout(
-                f"step {step.key!r} attempt {attempt} exceeded its timeout of "
-                f"{step.timeout:g}s"
-            )
-        return value
-
-    async def _invoke(self, step: Step) -> Any:
-        if step.is_async:
             return await step.fn(*step.args)
-        # A thread cannot be stopped: on timeout it is abandoned, still running.
-        with busy_thread():
-            return await self._workers.run(step.fn, *step.args)
+        with trio.move_on_after(step.timeout) as scope:
+            value = await step.fn(*step.args)
+        if scope.cancelled_caught:
+            raise _timeout(slot, step, attempt)
+        return value
 
     @staticmethod
     def _failure_record(
@@ -212,6 +255,22 @@ class StepRunner:
         )
         failed.__cause__ = error
         return failed
+
+
+def _timeout(slot: RunSlot, step: Step, attempt: int) -> StepTimeout:
+    return StepTimeout(
+        f"step {step.key!r} of run {slot.run_id!r}: attempt {attempt} exceeded its "
+        f"timeout of {step.timeout:g}s", run_id=slot.run_id, key=step.key)
+
+
+def _stray(slot: RunSlot, step: Step, attempt: int, cancelled: trio.Cancelled) -> RuntimeError:
+    """Turn a `trio.Cancelled` that no engine scope sent into the attempt's failure."""
+    error = RuntimeError(
+        f"step {step.key!r} of run {slot.run_id!r}: attempt {attempt} raised "
+        "trio.Cancelled although nothing cancelled it; a step must not let a "
+        "Cancelled escape the cancel scope that caught it")
+    error.__cause__ = cancelled
+    return error
 
 
 def _running_unless(slot: RunSlot) -> str | None:

@@ -6,8 +6,11 @@ long-lived threads and returns finished calls to the loop in batches: one
 `run_sync_soon` wakes every call that finished since the last one. Threads start
 lazily, up to the pool's size (`open_engine(max_threads=...)`).
 
-A call whose waiter is cancelled (a step timeout, an abandoned engine) is abandoned:
-the thread cannot be stopped, finishes it, and its result is dropped.
+A call whose waiter is cancelled (an engine that stops) before a thread took it never
+starts. A call already running when its waiter gives up (a step timeout, a stopping
+engine) is abandoned: the thread cannot be stopped, finishes it, and its result is
+dropped. A call's timeout counts from when a thread starts it, not from when it was
+queued, so a busy pool never times out calls that have not run.
 """
 
 from __future__ import annotations
@@ -21,9 +24,28 @@ from typing import Any
 
 import trio
 
-# A job: the function and its arguments, the context to run it in, where to put the
-# outcome, and the event to set.
-_Job = tuple[Callable[..., Any], tuple[Any, ...], contextvars.Context, list[Any], trio.Event]
+
+class WorkerTimeout(Exception):
+    """A call ran longer than its timeout (counted from when a thread started it)."""
+
+
+class _Job:
+    """One call: the function and its arguments, where its outcome goes, and its state."""
+
+    __slots__ = ("args", "box", "cancelled", "context", "done", "function", "started")
+
+    def __init__(self, function: Callable[..., Any], args: tuple[Any, ...],
+                 started: trio.Event | None) -> None:
+        self.function = function
+        self.args = args
+        self.context = contextvars.copy_context()
+        self.box: list[tuple[bool, Any]] = []
+        self.done = trio.Event()
+        # Set (from the thread) when a thread starts the call; only calls with a timeout
+        # ask for it, since it costs one more loop wake-up.
+        self.started = started
+        # None: queued; False: a thread took it; True: its waiter gave up while queued.
+        self.cancelled: bool | None = None
 
 
 class WorkerPool:
@@ -36,31 +58,50 @@ class WorkerPool:
     def __init__(self, size: int) -> None:
         self._size = size
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        # Guards each job's `cancelled`: a job is either taken by a thread or given up.
+        self._claim_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         # Threads waiting for a job. A new thread starts only when the queued jobs
         # outnumber them: short functions keep a few threads busy (less contention
         # for the GIL), blocking ones make the pool grow to its size.
         self._idle = 0
         self._idle_lock = threading.Lock()
-        self._finished: list[tuple[list[Any], trio.Event, tuple[bool, Any]]] = []
+        self._finished: list[tuple[_Job, tuple[bool, Any]]] = []
         self._finished_lock = threading.Lock()
         self._wake_scheduled = False
         self._token: trio.lowlevel.TrioToken | None = None
 
-    async def run(self, function: Callable[..., Any], *args: Any) -> Any:
+    async def run(self, function: Callable[..., Any], *args: Any,
+                  timeout: float | None = None) -> Any:
         """Run `function(*args)` in a worker thread and return its result.
 
+        Args:
+            function: The sync function.
+            *args: Its arguments.
+            timeout: Seconds the call may run once a thread has started it.
+
         Raises:
+            WorkerTimeout: The call ran longer than `timeout` (it is abandoned).
             BaseException: Whatever `function` raised.
         """
         self._token = trio.lowlevel.current_trio_token()
-        done = trio.Event()
-        box: list[Any] = []
+        job = _Job(function, args, None if timeout is None else trio.Event())
         if len(self._threads) < self._size and self._jobs.qsize() >= self._idle:
             self._start_thread()
-        self._jobs.put((function, args, contextvars.copy_context(), box, done))
-        await done.wait()
-        ok, value = box[0]
+        self._jobs.put(job)
+        try:
+            if job.started is not None and timeout is not None:
+                await job.started.wait()
+                with trio.move_on_after(timeout):
+                    await job.done.wait()
+                if not job.box:
+                    raise WorkerTimeout(timeout)
+            else:
+                await job.done.wait()
+        except BaseException:
+            self._give_up(job)
+            raise
+        ok, value = job.box[0]
         if ok:
             return value
         raise value
@@ -78,12 +119,27 @@ class WorkerPool:
 
     def _work(self) -> None:
         while (job := self._next_job()) is not None:
-            function, args, context, box, done = job
+            if not self._take(job):
+                continue  # its waiter gave up before it started: it never runs
+            if job.started is not None:
+                self._notify(job.started.set)
             try:
-                outcome: tuple[bool, Any] = (True, context.run(function, *args))
+                outcome: tuple[bool, Any] = (True, job.context.run(job.function, *job.args))
             except BaseException as error:  # handed to the waiting task, as to_thread does
                 outcome = (False, error)
-            self._hand_back(box, done, outcome)
+            self._hand_back(job, outcome)
+
+    def _take(self, job: _Job) -> bool:
+        with self._claim_lock:
+            if job.cancelled:
+                return False
+            job.cancelled = False
+            return True
+
+    def _give_up(self, job: _Job) -> None:
+        with self._claim_lock:
+            if job.cancelled is None:
+                job.cancelled = True
 
     def _next_job(self) -> _Job | None:
         with self._idle_lock:
@@ -93,21 +149,24 @@ class WorkerPool:
             self._idle -= 1
         return job
 
-    def _hand_back(self, box: list[Any], done: trio.Event, outcome: tuple[bool, Any]) -> None:
+    def _hand_back(self, job: _Job, outcome: tuple[bool, Any]) -> None:
         with self._finished_lock:
-            self._finished.append((box, done, outcome))
+            self._finished.append((job, outcome))
             if self._wake_scheduled:
                 return
             self._wake_scheduled = True
+        self._notify(self._wake_finished)
+
+    def _notify(self, callback: Callable[[], None]) -> None:
         assert self._token is not None
         # If the trio run is over, nobody waits any more.
         with contextlib.suppress(trio.RunFinishedError):
-            self._token.run_sync_soon(self._wake_finished)
+            self._token.run_sync_soon(callback)
 
     def _wake_finished(self) -> None:
         with self._finished_lock:
             finished, self._finished = self._finished, []
             self._wake_scheduled = False
-        for box, done, outcome in finished:
-            box.append(outcome)
-            done.set()
+        for job, outcome in finished:
+            job.box.append(outcome)
+            job.done.set()

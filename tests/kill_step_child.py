@@ -1,6 +1,10 @@
 """Child process for test_kill_step: a step that kills its own process, beside a calm run.
 
-Usage: python kill_step_child.py DB
+Usage: python kill_step_child.py DB MODE MAX_INTERRUPTIONS
+MODE ``plain``: the step kills the process on every attempt (one attempt allowed).
+MODE ``backoff``: the step fails once with an ordinary error (a durable retry back-off,
+``Retry(attempts=2, initial=0.1)``), then kills the process on every later attempt, so
+the first attempt after each open is started by the back-off timer, not by recovery.
 Prints one JSON line with both runs' final states once both are finished.
 """
 
@@ -10,14 +14,20 @@ import json
 import os
 import signal
 import sys
+from pathlib import Path
 
 import trio
 
 import replay
-from replay import Step
+from replay import Retry, Step
+
+MARKER = Path(sys.argv[1] + ".failed-once")
 
 
-def kill_this_process() -> None:
+def kill_this_process(mode: str) -> None:
+    if mode == "backoff" and not MARKER.exists():
+        MARKER.touch()
+        raise ValueError("an ordinary failure first")
     os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -26,9 +36,9 @@ def plus_one(n: int) -> int:
 
 
 @replay.workflow(name="boom")
-def boom():  # type: ignore[no-untyped-def]
+def boom(mode: str):  # type: ignore[no-untyped-def]
     yield Step("prepare:v1", plus_one, 0)
-    yield Step("boom:v1", kill_this_process)
+    yield Step("boom:v1", kill_this_process, mode, retry=Retry(attempts=2, initial=0.1))
     return "unreachable"
 
 
@@ -40,9 +50,11 @@ def calm():  # type: ignore[no-untyped-def]
     return total
 
 
-async def main(db: str) -> None:
-    async with replay.open_engine(db, workflows=[boom, calm]) as engine:
-        runs = [await engine.start(boom, run_id="boom"), await engine.start(calm, run_id="calm")]
+async def main(db: str, mode: str, max_interruptions: int) -> None:
+    async with replay.open_engine(db, workflows=[boom, calm],
+                                  max_interruptions=max_interruptions) as engine:
+        runs = [await engine.start(boom, mode, run_id="boom"),
+                await engine.start(calm, run_id="calm")]
         states = {}
         for run in runs:
             info = await run.wait()
@@ -51,4 +63,4 @@ async def main(db: str) -> None:
 
 
 if __name__ == "__main__":
-    trio.run(main, sys.argv[1])
+    trio.run(main, sys.argv[1], sys.argv[2], int(sys.argv[3]))

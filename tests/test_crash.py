@@ -15,9 +15,9 @@ there is no lock) and checks SPEC §4.3/§4.4 and §2 rule 6:
   chain (nothing of step j+1 is durable before step j's completion);
 * event `seq`s are unique, each run was started once (idempotent `start`), and
   `replay_runs` agrees with the events;
-* an interrupted recovery attempt (``step/started`` without an outcome) is recorded at
-  the next open as a failed attempt (``replay.StepInterrupted``), charged to that step
-  only.
+* an attempt with a recorded start and no end (``step/started`` alone) is recorded at
+  the next open as ``step/interrupted`` (``replay.StepInterrupted``), charged to that
+  step's interruption budget only, never to its retry budget.
 
 Set REPLAY_CRASH_SEED to vary where the kills land.
 """
@@ -228,15 +228,15 @@ def _check_run(run_id: str, events: list[tuple[Any, ...]], nsteps: int,
             started_at[key, attempt] = seq
             snapshot.started.append((run_id, key, attempt))
         else:
-            # Our steps never raise: the only failed attempts are interrupted ones.
-            assert event == "retrying" and error_type == INTERRUPTED, (
+            # Our steps never raise: the only attempts without a value are interrupted.
+            assert event == "interrupted" and error_type == INTERRUPTED, (
                 f"{run_id}: unexpected {event} of {key} ({error_type})"
             )
             assert (key, attempt) in started_at, (
                 f"{run_id}: {key} attempt {attempt} interrupted without a recorded start"
             )
             snapshot.interrupted.append((run_id, key, attempt))
-        if event in ("completed", "retrying") and (key, attempt) in started_at:
+        if event in ("completed", "interrupted") and (key, attempt) in started_at:
             del started_at[key, attempt]
     snapshot.pending_started.extend((run_id, k, a) for (k, a) in started_at)
     finished = [e for e in events if e[4] == "run" and e[5] == "completed"]

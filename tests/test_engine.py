@@ -283,9 +283,9 @@ async def test_an_async_step_that_times_out_is_cancelled_and_counts_as_an_attemp
             return failure.error_type, failure.message, failure.attempts
 
     async with replay.open_engine(db, workflows=[timeouts]) as engine:
-        result = await (await engine.start(timeouts)).result()
+        result = await (await engine.start(timeouts, run_id="t1")).result()
     assert result == ("replay.StepTimeout",
-                      "step 'slow:v1' attempt 2 exceeded its timeout of 5s", 2)
+                      "step 'slow:v1' of run 't1': attempt 2 exceeded its timeout of 5s", 2)
     assert cancelled == [1, 1]
 
 

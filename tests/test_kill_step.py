@@ -1,8 +1,11 @@
-"""SPEC §2 rule 6: an attempt that crashes the process counts against its own budget.
+"""A step that kills its process ends its run after a bounded number of restarts.
 
-A step that SIGKILLs its own process would otherwise restart forever. After a crash,
-the first fresh attempt of each recovered run runs alone with its start recorded, so
-at the next open the engine knows which step was running and charges only that one.
+Only a process death is an interruption: an attempt whose start is recorded and which
+has no end at the next open. The first attempt of each run after every open, whatever
+starts it (recovery, a retry back-off timer), runs alone with its start recorded, so
+the death is charged to that step, against `max_interruptions`, never to its `Retry`
+budget. The calm run beside it completes (regression test for issue 10: with a back-off
+the loop used to restart for ever).
 """
 
 from __future__ import annotations
@@ -19,32 +22,50 @@ import pytest
 CHILD = Path(__file__).with_name("kill_step_child.py")
 
 
-def run_child(db: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(CHILD), str(db)], capture_output=True,
-                          text=True, timeout=120)
+def run_child(db: Path, mode: str, max_interruptions: int) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(CHILD), str(db), mode, str(max_interruptions)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def boom_events(db: Path) -> list[tuple[str, int, str | None]]:
+    with duckdb.connect(str(db), read_only=True) as con:
+        return con.execute(
+            "select event, attempt, error_type from replay_events "
+            "where run_id = 'boom' and key = 'boom:v1' order by seq").fetchall()
 
 
 @pytest.mark.slow
-def test_a_step_that_kills_the_process_fails_instead_of_looping(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("mode", "limit"), [("plain", 3), ("backoff", 3), ("plain", 1)])
+def test_a_step_that_kills_the_process_fails_after_bounded_restarts(
+        tmp_path: Path, mode: str, limit: int) -> None:
     db = tmp_path / "kill.duckdb"
-    first = run_child(db)  # the step kills the process: no start was recorded
+    first = run_child(db, mode, limit)  # the run's own engine: no start mark, it just dies
     assert first.returncode == -signal.SIGKILL, first.stderr
-    second = run_child(db)  # recovery records the start, then the step kills again
-    assert second.returncode == -signal.SIGKILL, second.stderr
-    third = run_child(db)  # the interrupted attempt is charged: StepFailed, no restart
-    assert third.returncode == 0, third.stderr
-    states = json.loads(third.stdout.strip().splitlines()[-1])
-    assert states == {"boom": ["failed", None, "replay.StepFailed"], "calm": ["completed", 5, None]}
+    restarts = 0
+    while True:
+        restarts += 1
+        assert restarts <= limit + 1, f"still restarting: {boom_events(db)}"
+        done = run_child(db, mode, limit)
+        if done.returncode != -signal.SIGKILL:
+            break
+    assert done.returncode == 0, done.stderr
+    assert restarts == limit + 1
+    states = json.loads(done.stdout.strip().splitlines()[-1])
+    assert states == {"boom": ["failed", None, "replay.StepFailed"],
+                      "calm": ["completed", 5, None]}
 
+    interrupted = "replay.StepInterrupted"
+    first_attempt = [("retrying", 1, "builtins.ValueError")] if mode == "backoff" else []
+    n = len(first_attempt)  # attempts numbered after the ordinary failure
+    expected = [*first_attempt, ("started", n + 1, None)]
+    for attempt in range(n + 1, n + limit):
+        expected += [("interrupted", attempt, interrupted), ("started", attempt + 1, None)]
+    expected.append(("failed", n + limit, interrupted))
+    assert boom_events(db) == expected
     with duckdb.connect(str(db), read_only=True) as con:
-        boom = con.execute(
-            "select event, attempt, error_type from replay_events "
-            "where run_id = 'boom' and key = 'boom:v1' order by seq").fetchall()
         calm_charged = con.execute(
             "select count(*) from replay_events where run_id = 'calm' "
-            "and (event = 'failed' or error_type is not null)").fetchall()
-        error = con.execute(
-            "select error from replay_runs where run_id = 'boom'").fetchall()[0][0]
-    assert boom == [("started", 1, None), ("failed", 1, "replay.StepInterrupted")]
+            "and error_type is not null").fetchall()
+        error = con.execute("select error from replay_runs where run_id = 'boom'").fetchall()
     assert calm_charged == [(0,)]
-    assert "replay.StepInterrupted" in error
+    assert f"max_interruptions={limit}" in error[0][0]
