@@ -23,7 +23,9 @@ message, if the query fails half-way).
 
 Values that JSON cannot carry exactly travel as one-key objects tagged with ``$``:
 ``{"$datetime": iso}``, ``{"$bytes": base64}``, ``{"$map": [[k, v], ...]}`` (every
-dict), and so on (see `to_wire`). This module is pure standard library.
+dict), and so on (see `to_wire`). A value that is malformed, has an unknown tag or
+nests more than `MAX_DEPTH` lists and mappings deep is a `WireError`, answered as an
+error like any other bad request. This module is pure standard library.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import contextlib
 import json
 import math
 import os
+import reprlib
 import socket
 import struct
 import sys
@@ -114,9 +117,12 @@ def load_message(line: bytes) -> dict[str, Any]:
     """Parse one line of JSON into a message.
 
     Raises:
-        ValueError: The line is not a JSON object.
+        ValueError: The line is not a JSON object, or nests too deeply to parse.
     """
-    message = json.loads(line)
+    try:
+        message = json.loads(line)
+    except RecursionError:  # thousands of levels: refuse it, never crash on it
+        raise ValueError("the JSON nests too deeply to read; send a flatter value") from None
     if not isinstance(message, dict):
         raise ValueError(f"expected a JSON object, got {type(message).__name__}")
     return message
@@ -124,7 +130,16 @@ def load_message(line: bytes) -> dict[str, Any]:
 
 # -- values --
 
+# How deep a value may nest on the wire (lists and mappings; the channel's limit, not the
+# codec's): deep enough for any real payload, and far from Python's recursion limit, so a
+# request nested thousands of levels deep is refused with a message, never a crash.
+MAX_DEPTH = 200
+
 _FLOATS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+class WireError(ValueError):
+    """A value cannot travel on the channel: malformed, of an unknown tag, or too deep."""
 
 
 def _float(value: float) -> Any:
@@ -133,34 +148,43 @@ def _float(value: float) -> Any:
     return {"$float": "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")}
 
 
+def _b64(data: bytes | bytearray | memoryview) -> dict[str, str]:
+    return {"$bytes": base64.b64encode(bytes(data)).decode()}
+
+
 _TO_WIRE: dict[type, Callable[[Any], Any]] = {
     float: _float,
-    bytes: lambda b: {"$bytes": base64.b64encode(b).decode()},
-    bytearray: lambda b: {"$bytes": base64.b64encode(bytes(b)).decode()},
-    memoryview: lambda b: {"$bytes": base64.b64encode(bytes(b)).decode()},
+    bytes: _b64,
+    bytearray: _b64,
+    memoryview: _b64,
     datetime: lambda d: {"$datetime": d.isoformat()},
     date: lambda d: {"$date": d.isoformat()},
     time: lambda t: {"$time": t.isoformat()},
     timedelta: lambda d: {"$timedelta": [d.days, d.seconds, d.microseconds]},
     Decimal: lambda d: {"$decimal": str(d)},
     UUID: lambda u: {"$uuid": str(u)},
-    list: lambda xs: [to_wire(x) for x in xs],
-    tuple: lambda xs: [to_wire(x) for x in xs],
-    dict: lambda d: {"$map": [[to_wire(k), to_wire(v)] for k, v in d.items()]},
 }
 
-_FROM_WIRE: dict[str, Callable[[Any], Any]] = {
-    "$float": lambda s: _FLOATS[s],
-    "$bytes": base64.b64decode,
-    "$datetime": datetime.fromisoformat,
-    "$date": date.fromisoformat,
-    "$time": time.fromisoformat,
-    "$timedelta": lambda parts: timedelta(days=parts[0], seconds=parts[1],
-                                          microseconds=parts[2]),
-    "$decimal": Decimal,
-    "$uuid": UUID,
-    "$map": lambda pairs: {from_wire(k): from_wire(v) for k, v in pairs},
-    "$text": str,
+
+def _timedelta(parts: Any) -> timedelta:
+    if not (isinstance(parts, list) and len(parts) == 3
+            and all(type(part) is int for part in parts)):
+        raise TypeError("expected three whole numbers")
+    return timedelta(days=parts[0], seconds=parts[1], microseconds=parts[2])
+
+
+# tag: (convert, what its payload must be). Every payload but $timedelta's is text.
+_FROM_WIRE: dict[str, tuple[Callable[[Any], Any], str]] = {
+    "$bytes": (lambda s: base64.b64decode(s, validate=True), "base64 text"),
+    "$date": (date.fromisoformat, 'an ISO 8601 date as text, such as "2026-01-02"'),
+    "$datetime": (datetime.fromisoformat,
+                  'an ISO 8601 date and time as text, such as "2026-01-02T03:04:05+00:00"'),
+    "$decimal": (Decimal, 'a decimal number as text, such as "1.25"'),
+    "$float": (_FLOATS.__getitem__, '"NaN", "Infinity" or "-Infinity"'),
+    "$text": (str, "text"),
+    "$time": (time.fromisoformat, 'an ISO 8601 time as text, such as "03:04:05"'),
+    "$timedelta": (_timedelta, "[days, seconds, microseconds], three whole numbers"),
+    "$uuid": (UUID, 'a UUID as text, such as "12345678-1234-5678-1234-567812345678"'),
 }
 
 
@@ -168,18 +192,30 @@ def to_wire(value: Any) -> Any:
     """Turn a query value or signal payload into JSON data, losslessly where possible.
 
     Types without a tag (none that DuckDB returns) travel as ``{"$text": str(value)}``.
+
+    Raises:
+        WireError: The value nests more than `MAX_DEPTH` lists and mappings deep.
     """
-    if value is None or isinstance(value, bool | str):
-        return value
-    if type(value) is int:
+    return _to_wire(value, MAX_DEPTH)
+
+
+def _to_wire(value: Any, depth: int) -> Any:
+    if value is None or isinstance(value, bool | str) or type(value) is int:
         return value
     convert = _TO_WIRE.get(type(value))
     if convert is not None:
         return convert(value)
-    for kind, convert in _TO_WIRE.items():  # subclasses (e.g. an int enum, a str enum)
+    if isinstance(value, list | tuple | dict):
+        if depth == 0:
+            raise _too_deep()
+        if isinstance(value, dict):
+            return {"$map": [[_to_wire(k, depth - 1), _to_wire(v, depth - 1)]
+                             for k, v in value.items()]}
+        return [_to_wire(item, depth - 1) for item in value]
+    for kind, convert in _TO_WIRE.items():  # subclasses (e.g. a float enum)
         if isinstance(value, kind):
             return convert(value)
-    if isinstance(value, int):
+    if isinstance(value, int):  # e.g. an int enum
         return int(value)
     return {"$text": str(value)}
 
@@ -188,19 +224,59 @@ def from_wire(data: Any) -> Any:
     """Turn JSON data made by `to_wire` back into Python values.
 
     Raises:
-        ValueError: A tagged value is malformed or its tag is unknown.
+        WireError: A tagged value is malformed or its tag is unknown, or the data nests
+            more than `MAX_DEPTH` lists and mappings deep.
     """
-    if isinstance(data, list):
-        return [from_wire(item) for item in data]
-    if not isinstance(data, dict):
+    return _from_wire(data, MAX_DEPTH)
+
+
+def _from_wire(data: Any, depth: int) -> Any:
+    if not isinstance(data, list | dict):
         return data
+    if isinstance(data, list):
+        if depth == 0:
+            raise _too_deep()
+        return [_from_wire(item, depth - 1) for item in data]
     if len(data) != 1:
-        raise ValueError(f"malformed wire value {data!r}")
+        raise WireError(f"{short_repr(data)} is not a wire value: an object carries one tag, "
+                        'such as {"$decimal": "1.25"}, and a mapping travels as '
+                        '{"$map": [[key, value], ...]}')
     (tag, payload), = data.items()
-    convert = _FROM_WIRE.get(tag)
-    if convert is None:
-        raise ValueError(f"unknown wire value tag {tag!r}")
+    if tag == "$map":
+        if depth == 0:
+            raise _too_deep()
+        return _map(data, payload, depth - 1)
+    if tag not in _FROM_WIRE:
+        raise WireError(f"unknown wire value tag {tag!r}")  # (tests/test_cli.py has it)
+    convert, takes = _FROM_WIRE[tag]
     try:
+        if tag != "$timedelta" and not isinstance(payload, str):
+            raise TypeError("expected text")
         return convert(payload)
-    except (TypeError, KeyError, IndexError) as error:
-        raise ValueError(f"malformed wire value {data!r}") from error
+    except (TypeError, ValueError, LookupError, ArithmeticError):
+        raise WireError(f"{short_repr(data)} is not a valid {tag}: {tag} takes {takes}") from None
+
+
+def _map(data: Any, pairs: Any, depth: int) -> dict[Any, Any]:
+    try:
+        if not all(isinstance(pair, list) and len(pair) == 2 for pair in pairs):
+            raise TypeError("expected pairs")
+        return {_from_wire(k, depth): _from_wire(v, depth) for k, v in pairs}
+    except TypeError:  # not a list of pairs, or a key that is a list or a mapping
+        raise WireError(f"{short_repr(data)} is not a valid $map: $map takes [[key, value], "
+                        "...] pairs whose keys are not lists or mappings") from None
+
+
+def _too_deep() -> WireError:
+    return WireError(f"the value nests more than {MAX_DEPTH} lists and mappings deep; "
+                     "send a flatter value")
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 40
+_REPR.maxlevel = 3
+
+
+def short_repr(data: Any) -> str:
+    """Return a repr of `data` short enough for an error message (never recursing far)."""
+    return _REPR.repr(data)

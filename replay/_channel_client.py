@@ -3,18 +3,25 @@
 Plain blocking sockets: the command does one thing and exits. Each request opens its
 own connection. Before anything is sent, the engine's user id is checked, so the
 command never talks to a socket that another user planted next to the database.
+
+A busy engine's listen backlog can be full for a moment: then ``connect`` fails with
+EAGAIN (Linux) or ECONNREFUSED (macOS) although the engine listens, so the command tries
+again, `CONNECT_TRIES` times in all, backing off from `CONNECT_BACKOFF_SECONDS`.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
 from replay._channel import (
     MAX_MESSAGE_BYTES,
     PROTOCOL,
+    WireError,
     dump_message,
     from_wire,
     load_message,
@@ -25,6 +32,10 @@ from replay._channel import (
 )
 
 TIMEOUT_SECONDS = 60.0
+CONNECT_TRIES = 8
+CONNECT_BACKOFF_SECONDS = 0.01  # doubled after each try: 1.27 s of waiting in all
+# A refusal usually means a stale socket (nobody listens): give up on it sooner.
+REFUSED_TRIES = 3
 
 
 class ChannelError(Exception):
@@ -46,30 +57,30 @@ def connect(database: str, timeout: float = TIMEOUT_SECONDS) -> Connection | Non
 
     Returns:
         The connection, or None when no engine serves the file (no socket, or a stale
-        one left by a process that died).
+        one left by a process that died: it refuses connections).
 
     Raises:
-        ChannelError: The socket exists but this user may not use it.
+        ChannelError: The socket exists but this user may not use it, or the engine's
+            backlog stayed full (``kind`` ``"Busy"``), or connecting failed otherwise.
     """
     path = socket_path(database)
     if not os.path.lexists(path):
         return None
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
     try:
-        with short_address(path) as address:
-            sock.connect(address)
+        sock = _connected(path, timeout)
     except (FileNotFoundError, ConnectionRefusedError):
-        sock.close()
         return None
     except PermissionError:
-        sock.close()
         raise ChannelError(
             "PermissionError",
             f"cannot use the engine's channel {path!r}: permission denied; it serves only "
             "the user that runs the engine: run replay as that user") from None
+    except BlockingIOError:
+        raise ChannelError(
+            "Busy", f"the engine's channel {path!r} stayed busy: {CONNECT_TRIES} tries to "
+            "connect found its backlog full; the engine is overloaded or blocked: run the "
+            "command again") from None
     except OSError as error:
-        sock.close()
         raise ChannelError("OSError", f"cannot connect to {path!r}: {error}") from None
     owner = peer_uid(sock)
     if owner != os.geteuid():
@@ -79,6 +90,33 @@ def connect(database: str, timeout: float = TIMEOUT_SECONDS) -> Connection | Non
             f"{path!r} is served by uid {owner}, not by you (uid {os.geteuid()}); "
             "refusing to talk to it: run replay as the user that runs the engine")
     return Connection(sock, path)
+
+
+def _connected(path: str, timeout: float) -> socket.socket:
+    """Return a socket connected to `path`, retrying while the listen backlog is full.
+
+    Raises:
+        OSError: The last try's error (BlockingIOError: the backlog stayed full).
+    """
+    pause, attempt = CONNECT_BACKOFF_SECONDS, 1
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            with short_address(path) as address:
+                sock.connect(address)
+            return sock
+        except OSError as error:
+            sock.close()
+            tries = REFUSED_TRIES if error.errno == errno.ECONNREFUSED else CONNECT_TRIES
+            if error.errno not in _BUSY_ERRNOS or attempt >= tries:
+                raise
+        _sleep(pause)
+        pause, attempt = pause * 2, attempt + 1
+
+
+_BUSY_ERRNOS = frozenset({errno.EAGAIN, errno.ECONNREFUSED})
+_sleep = time.sleep  # replaced by tests that count the pauses
 
 
 class Connection:
@@ -104,9 +142,15 @@ class Connection:
         """Send one request and return the answer's header (values decoded).
 
         Raises:
-            ChannelError: The engine refused or failed the request.
+            ChannelError: The engine refused or failed the request, or a value cannot
+                travel on the channel (``kind`` ``"WireError"``).
         """
-        message = {"protocol": PROTOCOL, "op": op, **{k: to_wire(v) for k, v in fields.items()}}
+        try:
+            wire = {name: to_wire(value) for name, value in fields.items()}
+        except WireError as error:
+            raise ChannelError("WireError", f"cannot send this to the engine: {error}"
+                               ) from None
+        message = {"protocol": PROTOCOL, "op": op, **wire}
         try:
             self._sock.sendall(dump_message(message))
         except OSError as error:
@@ -140,12 +184,18 @@ class Connection:
         if message.get("ok") is False:
             failure = message.get("error") or {}
             raise ChannelError(str(failure.get("type")), str(failure.get("message")))
-        return {key: from_wire(value) for key, value in message.items()}
+        try:
+            return {key: from_wire(value) for key, value in message.items()}
+        except WireError as error:
+            raise ChannelError("ProtocolError", f"malformed answer from the engine: {error}"
+                               ) from None
 
     def _lost(self, error: OSError | None) -> ChannelError:
         why = f" ({error})" if error is not None else ""
         if isinstance(error, TimeoutError):
-            return ChannelError("TimeoutError", f"the engine did not answer within "
-                                f"{TIMEOUT_SECONDS:.0f} s on {self.path!r}; is it blocked?")
+            return ChannelError(
+                "TimeoutError", f"the engine did not answer within {self._sock.gettimeout():g} "
+                f"s on {self.path!r}: it may be blocked or out of file descriptors (its log "
+                "says which); run the command again")
         return ChannelError("ConnectionError", f"the engine closed the channel {self.path!r}"
                             f"{why}; it may have stopped: run the command again")

@@ -10,11 +10,18 @@ in `replay._channel`.
 
 Handlers never time out: under a mock clock a timeout would fire at once (autojump),
 and a connection costs only a task, open to the engine's own user only.
+
+Overload never stops the channel: when ``accept`` fails for want of descriptors or
+memory (EMFILE, ENFILE, ENOMEM, ENOBUFS), the server logs one warning, waits
+`ACCEPT_RETRY_SECONDS` and accepts again, as trio's ``serve_listeners`` does; the
+connections wait in the listen backlog meanwhile. A bad request, a malformed or too
+deeply nested value included, gets an error answer and the server goes on serving.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import socket
@@ -26,11 +33,13 @@ import trio
 
 from replay._channel import (
     PROTOCOL,
+    WireError,
     dump_message,
     from_wire,
     load_message,
     peer_uid,
     short_address,
+    short_repr,
     socket_path,
     to_wire,
 )
@@ -46,6 +55,12 @@ log = logging.getLogger("replay")
 
 CHUNK_ROWS = 500
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
+# As many pending connections as the kernel allows (it caps this at net.core.somaxconn),
+# so that many commands at once wait to be accepted rather than fail with EAGAIN.
+BACKLOG = 0xFFFF
+# accept(2) errors that mean "overloaded for now" (the list trio's serve_listeners uses).
+ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+ACCEPT_RETRY_SECONDS = 0.1
 
 
 class _BadRequest(Exception):
@@ -70,7 +85,9 @@ class ChannelServer:
         """Bind the socket and serve connections until cancelled; then remove it.
 
         If the socket cannot be created (a read-only directory, a name taken by a file
-        that is not a socket), a warning is logged and the engine runs without it.
+        that is not a socket), a warning is logged and the engine runs without it. If
+        accepting fails for good, a warning is logged and connections are refused (the
+        socket stays until the engine closes, so the command says the channel refused).
         """
         try:
             sock = self._bind()
@@ -85,18 +102,37 @@ class ChannelServer:
             async with trio.open_nursery() as handlers:
                 task_status.started()
                 await self._accept(listener, handlers)
+            await listener.aclose()
+            await trio.sleep_forever()
         finally:
             self._remove()
             with trio.CancelScope(shield=True):
                 await listener.aclose()
 
     async def _accept(self, listener: trio.SocketListener, handlers: trio.Nursery) -> None:
+        """Accept connections; return only if accepting fails for good.
+
+        Out of descriptors or memory, it warns once, then retries until it succeeds.
+        """
+        overloaded = False
         while True:
             try:
                 stream = await listener.accept()
-            except OSError as error:  # e.g. out of file descriptors: never fail the engine
-                log.warning("the replay command's channel %s stopped: %s", self.path, error)
-                return
+            except OSError as error:  # never fail the engine for its channel
+                if error.errno not in ACCEPT_CAPACITY_ERRNOS:
+                    log.warning("the replay command's channel %s stopped: %s", self.path, error)
+                    return
+                if not overloaded:
+                    log.warning("the replay command's channel %s cannot accept connections: "
+                                "%s; retrying every %s s until some are released", self.path,
+                                error, ACCEPT_RETRY_SECONDS)
+                overloaded = True
+                await trio.sleep(ACCEPT_RETRY_SECONDS)
+                continue
+            if overloaded:
+                log.info("the replay command's channel %s accepts connections again",
+                         self.path)
+                overloaded = False
             handlers.start_soon(self._handle, stream)
 
     # -- the socket --
@@ -116,7 +152,7 @@ class ChannelServer:
             os.replace(bound, self.path)
             info = os.stat(self.path)
             self._inode = (info.st_dev, info.st_ino)
-            sock.listen(16)
+            sock.listen(BACKLOG)
         except BaseException:
             sock.close()
             raise
@@ -156,17 +192,14 @@ class ChannelServer:
             return
         try:
             request = await _receive(stream)
+            if request.get("protocol") != PROTOCOL:
+                raise _BadRequest(
+                    f"this engine speaks channel protocol {PROTOCOL}, the command sent "
+                    f"{short_repr(request.get('protocol'))}; use the same version of "
+                    f"replay-workflows ({__version__}) for both")
+            await self._dispatch(stream, request)
         except _BadRequest as error:
             await _send_error(stream, "ProtocolError", str(error))
-            return
-        if request.get("protocol") != PROTOCOL:
-            await _send_error(stream, "ProtocolError",
-                              f"this engine speaks channel protocol {PROTOCOL}, the command "
-                              f"sent {request.get('protocol')!r}; use the same version of "
-                              f"replay-workflows ({__version__}) for both")
-            return
-        try:
-            await self._dispatch(stream, request)
         except (ReplayError, TypeError, ValueError, KeyError) as error:
             await _send_error(stream, type(error).__name__, str(error))
 
@@ -177,19 +210,19 @@ class ChannelServer:
             await _send(stream, {"ok": True, "protocol": PROTOCOL, "version": __version__,
                                  "pid": os.getpid(), "now": to_wire(engine.now())})
         elif op == "query":
-            await self._query(stream, str(request["sql"]), from_wire(request.get("params")))
+            await self._query(stream, _text(request, "sql"), _value(request, "params"))
         elif op == "signal":
-            run_id, key = request["run_id"], request["key"]
-            await engine.signal(run_id, key, from_wire(request.get("payload")))
+            run_id, key = _text(request, "run_id"), _text(request, "key")
+            await engine.signal(run_id, key, _value(request, "payload"))
             await _send(stream, {"ok": True, "state": engine.status(run_id).state.value})
         elif op == "resume":
-            run_id = request["run_id"]
+            run_id = _text(request, "run_id")
             before = engine.status(run_id).state.value
             await engine.resume(run_id)
             await _send(stream, {"ok": True, "before": before,
                                  "state": engine.status(run_id).state.value})
         else:
-            await _send_error(stream, "ProtocolError", f"unknown operation {op!r}")
+            raise _BadRequest(f"unknown operation {short_repr(op)}")
 
     async def _query(self, stream: trio.SocketStream, sql: str, params: Any) -> None:
         query = await in_thread(read_query, self._store, sql, params)
@@ -207,6 +240,21 @@ class ChannelServer:
         finally:
             with trio.CancelScope(shield=True):
                 await in_thread(query.close)
+
+
+def _text(request: dict[str, Any], name: str) -> str:
+    value = request.get(name)
+    if not isinstance(value, str):
+        raise _BadRequest(f"the request's {name!r} must be a string, not "
+                          f"{type(value).__name__}")
+    return value
+
+
+def _value(request: dict[str, Any], name: str) -> Any:
+    try:
+        return from_wire(request.get(name))
+    except WireError as error:
+        raise _BadRequest(f"bad {name} in the request: {error}") from None
 
 
 def _next_chunk(query: ReadQuery) -> tuple[int, bytes] | None:

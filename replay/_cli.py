@@ -19,6 +19,7 @@ from datetime import timedelta
 from typing import Any, TextIO
 
 from replay import _cli_format as fmt
+from replay._channel import MAX_DEPTH, WireError, to_wire
 from replay._channel_client import ChannelError
 from replay._cli_source import CliError, Source, open_source
 from replay._errors import ReplayError, RunNotFound
@@ -258,16 +259,32 @@ def _sql(args: argparse.Namespace, out: TextIO) -> int:
 
 def _param(text: str) -> Any:
     try:
-        return json.loads(text)
+        return _loads(text, "-p VALUE")
     except ValueError:
         return text
+
+
+def _loads(text: str, name: str) -> Any:
+    """Parse JSON that the live channel can carry (the same limit with or without it).
+
+    Raises:
+        ValueError: `text` is not JSON.
+        UsageError: It nests too deeply.
+    """
+    try:
+        value = json.loads(text)
+        to_wire(value)
+    except (RecursionError, WireError):
+        raise UsageError(f"{name} nests more than {MAX_DEPTH} arrays and objects deep; "
+                         "send a flatter value") from None
+    return value
 
 
 def _signal(args: argparse.Namespace, out: TextIO) -> int:
     if not args.key:
         raise UsageError("KEY must not be empty: pass the key of the Suspend to answer")
     try:
-        payload = json.loads(args.value)
+        payload = _loads(args.value, "JSON_VALUE")
     except ValueError:
         raise UsageError(
             f"JSON_VALUE must be JSON, such as true, 42, null, '\"text\"' or "

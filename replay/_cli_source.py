@@ -8,12 +8,14 @@ read-only queries, so every subcommand is written once, against `Source`.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from replay._channel import socket_path
 from replay._channel_client import ChannelError, Connection, connect
 from replay._codec import encode, to_json
 from replay._errors import DatabaseLocked, ReplayError, RunNotFound
@@ -111,6 +113,12 @@ def _live(path: str) -> LiveSource | None:
 
 def _locked_message(path: str, locked: DatabaseLocked) -> str:
     holder = f"process {locked.pid}" if locked.pid is not None else "another process"
+    sock = socket_path(path)
+    if os.path.lexists(sock):  # a channel that refuses: failed, stopping, or left behind
+        return (f"database {path!r} is held by {holder}, and its replay channel {sock!r} "
+                "refuses connections: the engine's channel failed (its log says why) or "
+                "the engine is stopping, or the socket was left by a process that died; "
+                "run the command again, or once the application stops")
     return (f"database {path!r} is held by {holder}, which does not serve the replay "
             "command (an engine opened with serve_cli=False, or not a replay engine); "
             "use engine.sql() inside that application, or run the command once it stops")
