@@ -18,13 +18,20 @@ import json
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import FrozenInstanceError
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from types import FunctionType
 from typing import Any, TypeAlias
 
 from replay._errors import qualified_name
 
 _STEP = "Step(key, fn, *args)"
+# Durations (sleeps, timeouts, retry delays) stay below 100 years, so that a deadline
+# (now + duration, and a retry delay's jitter on top) is always a valid datetime.
+MAX_DURATION = timedelta(days=36525)
+_MAX_SECONDS = MAX_DURATION.total_seconds()
+_TOO_LONG = f"at most 100 years ({_MAX_SECONDS:.0f} seconds)"
+# The latest `Sleep(until=...)`: later ones would take the engine clock near datetime.max.
+_LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 _EXAMPLE = "e.g. Step('charge:v1', charge_card, order_id)"
 
 
@@ -113,6 +120,8 @@ def _duration(sig: str, arg: str, value: object, *, positive: bool) -> timedelta
     if duration < timedelta(0) or (positive and not duration):
         hint = "; pass None for no timeout" if positive else ""
         raise ValueError(f"{sig}: {arg} must be {bound}, got {_got(value)}{hint}")
+    if duration > MAX_DURATION:
+        raise ValueError(f"{sig}: {arg} must be {_TOO_LONG}, got {_got(value)}")
     return duration
 
 
@@ -127,6 +136,13 @@ def _number(arg: str, value: object, minimum: float, maximum: float = float("inf
         number = float("inf")
     if not minimum <= number <= maximum or number == float("inf"):
         raise ValueError(f"{sig}: {arg} must be a finite number {within}, got {_got(value)}")
+    return number
+
+
+def _seconds(arg: str, value: object) -> float:
+    number = _number(arg, value, 0.0)
+    if number > _MAX_SECONDS:
+        raise ValueError(f"Retry({arg}=...): {arg} must be {_TOO_LONG}, got {_got(value)}")
     return number
 
 
@@ -168,7 +184,8 @@ class Retry(_Frozen):
 
     Raises:
         TypeError: An argument has the wrong type (bools are not numbers here).
-        ValueError: A number is out of range or not finite.
+        ValueError: A number is out of range or not finite; `initial` or `max_delay` is
+            over 100 years.
     """
 
     __slots__ = ("attempts", "backoff", "give_up_on", "initial", "jitter", "max_delay",
@@ -202,9 +219,9 @@ class Retry(_Frozen):
             )
         self._set(
             attempts=attempts,
-            initial=_number("initial", initial, 0.0),
+            initial=_seconds("initial", initial),
             backoff=_number("backoff", backoff, 1.0),
-            max_delay=_number("max_delay", max_delay, 0.0),
+            max_delay=_seconds("max_delay", max_delay),
             jitter=_number("jitter", jitter, 0.0, 1.0),
             retry_on=_exception_classes("retry_on", retry_on),
             give_up_on=_exception_classes("give_up_on", give_up_on),
@@ -378,7 +395,8 @@ class Step(_Frozen):
         TypeError: `key` is not a string; `fn` is not callable, is a coroutine or
             generator object, or is a generator function; `retry` is not a `Retry`;
             `timeout` or `name` has the wrong type.
-        ValueError: `key` or `name` is empty; `timeout` is not a finite duration > 0.
+        ValueError: `key` or `name` is empty; `timeout` is not a finite duration > 0 of
+            at most 100 years.
     """
 
     __slots__ = ("_all_args", "_keywords", "_target", "args", "fn", "is_async", "key", "name",
@@ -469,8 +487,8 @@ class Sleep(_Frozen):
     Raises:
         TypeError: `key` is not a string; not exactly one of `duration` and `until` is
             given; either has the wrong type.
-        ValueError: `key` is empty; `duration` is negative or not finite; `until` is
-            naive.
+        ValueError: `key` is empty; `duration` is negative, not finite or over 100
+            years; `until` is naive or not before the year 9000.
     """
 
     __slots__ = ("duration", "key", "until")
@@ -499,6 +517,8 @@ class Sleep(_Frozen):
                 f"{sig}: until must be an aware datetime, got naive {_got(until)}; "
                 "add a timezone, e.g. datetime(2030, 1, 1, tzinfo=timezone.utc)"
             )
+        if until is not None and until >= _LATEST:
+            raise ValueError(f"{sig}: until must be before the year 9000, got {_got(until)}")
         if duration is not None:
             duration = _duration("Sleep(key, duration)", "duration", duration, positive=False)
         self._set(key=key, duration=duration, until=until)
@@ -523,7 +543,8 @@ class Suspend(_Frozen):
 
     Raises:
         TypeError: `key` or `status` is not a string; `timeout` has the wrong type.
-        ValueError: `key` is empty; `timeout` is not a finite duration > 0.
+        ValueError: `key` is empty; `timeout` is not a finite duration > 0 of at most
+            100 years.
     """
 
     __slots__ = ("key", "status", "timeout")

@@ -22,6 +22,13 @@ throwing each recorded `StepFailed` or `SuspendTimeout`) straight back: replay c
 I/O and no trio checkpoint. A `Suspend`'s outcome is the signal for its key in the run's
 mailbox, whenever that signal arrived. A yielded value that is not a command is
 answered with a `TypeError` thrown in at that `yield`.
+
+All of that runs on the engine's loop, so the work between two decisions is bounded by
+the history, except for one pattern: a workflow that catches the `TypeError` of a
+non-command and yields another would spin forever without a checkpoint. After
+`MAX_NON_COMMANDS` non-commands in a row the run fails instead. A recorded value that
+cannot be decoded (its class is not registered, the data is damaged) fails the run the
+same way as a deployment error: it is bad data, not an event for the workflow.
 """
 
 from __future__ import annotations
@@ -37,7 +44,9 @@ from typing import Any
 from replay._commands import COMMAND_TYPES, Command, Step, Suspend, command_kind
 from replay._errors import (
     DuplicateKeyError,
+    EncodingError,
     NondeterminismError,
+    ReplayError,
     StepFailed,
     SuspendTimeout,
     safe_repr,
@@ -46,6 +55,10 @@ from replay._errors import (
 from replay._history import Failure, KeyRecord, RunHistory
 
 Workflow = Generator[Any, Any, Any]
+
+# Non-commands a workflow may yield in a row (catching each TypeError) before its run
+# fails: past this, it is spinning on the engine's loop and stalling every other run.
+MAX_NON_COMMANDS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +156,7 @@ class Interpreter:
         close_quietly(self._generator)
 
     def _advance(self, resume: Callable[[Any], Any], argument: Any) -> Decision:
+        strays = 0  # non-commands yielded in a row
         while True:
             try:
                 yielded = resume(argument)
@@ -151,8 +165,12 @@ class Interpreter:
             except Exception as error:
                 return Fail(error, format_failure(error))
             if type(yielded) not in COMMAND_TYPES:
+                strays += 1
+                if strays >= MAX_NON_COMMANDS:
+                    return self._fail_for_deployment(self._spinning(yielded))
                 resume, argument = self._generator.throw, self._not_a_command(yielded)
                 continue
+            strays = 0
             command: Command = yielded
             record = self._history.get(command.key)
             problem = self._check(command, record)
@@ -160,7 +178,10 @@ class Interpreter:
                 return self._fail_for_deployment(problem)
             if command.key == self._frontier:
                 self._frontier = None
-            outcome = self._recorded_outcome(command, record)
+            try:
+                outcome = self._recorded_outcome(command, record)
+            except EncodingError as error:
+                return self._fail_for_deployment(self._undecodable(command.key, error))
             if outcome is None:
                 if self._frontier is not None:
                     return self._fail_for_deployment(self._diverged(command))
@@ -175,9 +196,10 @@ class Interpreter:
             if record is not None and record.timed_out:
                 return self._generator.throw, SuspendTimeout(self.run_id, command.key)
             if command.key in self._history.signals:
+                payload = self._value(self._history.signals[command.key])
                 if record is None:
                     self.taken.append(command)
-                return self._generator.send, self._value(self._history.signals[command.key])
+                return self._generator.send, payload
             return None
         if record is None or not record.done:
             return None
@@ -257,6 +279,22 @@ class Interpreter:
             f"workflow {self.workflow!r} yielded {shown}; expected a command such as "
             f"Step, Sleep or Suspend"
         )
+
+    def _spinning(self, yielded: object) -> ReplayError:
+        return ReplayError(
+            f"workflow {self.workflow!r} yielded {MAX_NON_COMMANDS} non-commands in a row "
+            f"in run {self.run_id!r}, catching the TypeError each time (the last was "
+            f"{safe_repr(yielded)} ({type(yielded).__name__})); the run fails so that it "
+            "cannot stall other runs: yield only commands such as Step, Sleep or Suspend"
+        )
+
+    def _undecodable(self, key: str, error: EncodingError) -> EncodingError:
+        undecodable = EncodingError(
+            f"run {self.run_id!r} cannot replay the recorded outcome of {key!r}: {error}",
+            key=key,
+        )
+        undecodable.__cause__ = error
+        return undecodable
 
     def _step_failed(self, key: str, failure: Failure) -> StepFailed:
         return StepFailed(

@@ -256,6 +256,10 @@ class Runner:
 
 
 def _internal_error(slot: RunSlot, error: Exception) -> Fail:
+    if isinstance(error, EncodingError):
+        # A recorded value that cannot be decoded (an unregistered tag, damaged data) is
+        # bad data, not a bug in replay: the run fails with it.
+        return Fail(error, format_failure(error))
     internal = ReplayInternalError(
         f"run {slot.run_id!r} hit an internal error: {qualified_name(type(error))}: "
         f"{message_of(error)}; this is a bug in replay; please report it"

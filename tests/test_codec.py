@@ -539,7 +539,8 @@ def test_encode_rejects_cycles_and_deep_nesting() -> None:
     deep: object = []
     for _ in range(2000):
         deep = (deep,)
-    message = (r"^cannot encode value of 'value': it is nested too deeply or contains "
+    message = (r"^cannot encode value of 'value': it nests more than 100 levels of "
+               r"containers \(lists, tuples, dicts, sets, registered classes\) or contains "
                r"itself; record a flatter value without cycles$")
     for value in (cycle, [(cycle,)], deep):
         with pytest.raises(EncodingError, match=message):

@@ -293,6 +293,10 @@ def test_step_nested_partial_outer_keyword_wins() -> None:
         (("k", reserve), {"timeout": float("inf")}, ValueError,
          "Step(key, fn, *args, timeout=...): timeout must be a finite number of seconds > 0, "
          "got inf (float)"),
+        (("k", reserve), {"timeout": timedelta.max}, ValueError,  # issue 18: overflowed
+         "Step(key, fn, *args, timeout=...): timeout must be at most 100 years (3155760000 "
+         "seconds), got "
+         "datetime.timedelta(days=999999999, seconds=86399, microseconds=999999) (timedelta)"),
         (("k", reserve), {"timeout": True}, TypeError,
          "Step(key, fn, *args, timeout=...): timeout must be a timedelta or a number of "
          "seconds, got True (bool)"),
@@ -428,6 +432,15 @@ NAIVE = datetime(2030, 1, 1)
         (("k", 10**20), {}, ValueError,
          "Sleep(key, duration): duration must be a finite number of seconds >= 0, "
          "got 100000000000000000000 (int)"),
+        (("k", timedelta.max), {}, ValueError,  # issue 18: overflowed the deadline
+         "Sleep(key, duration): duration must be at most 100 years (3155760000 seconds), "
+         "got datetime.timedelta(days=999999999, seconds=86399, microseconds=999999) (timedelta)"),
+        (("k", 3155760000.5), {}, ValueError,
+         "Sleep(key, duration): duration must be at most 100 years (3155760000 seconds), "
+         "got 3155760000.5 (float)"),
+        (("k",), {"until": datetime(9000, 1, 1, tzinfo=UTC)}, ValueError,
+         "Sleep(key, until=datetime): until must be before the year 9000, "
+         "got datetime.datetime(9000, 1, 1, 0, 0, tzinfo=datetime.timezone.utc) (datetime)"),
         (("k", False), {}, TypeError,
          "Sleep(key, duration): duration must be a timedelta or a number of seconds, "
          "got False (bool)"),
@@ -511,6 +524,9 @@ def test_suspend_is_frozen_and_slotted() -> None:
         (("k", None, True), TypeError,
          "Suspend(key, timeout=...): timeout must be a timedelta or a number of seconds, "
          "got True (bool)"),
+        (("k", None, timedelta.max), ValueError,  # issue 18: overflowed the deadline
+         "Suspend(key, timeout=...): timeout must be at most 100 years (3155760000 seconds), "
+         "got datetime.timedelta(days=999999999, seconds=86399, microseconds=999999) (timedelta)"),
     ],
 )
 def test_suspend_validation(args: tuple[Any, ...], error: type[Exception], message: str) -> None:
@@ -603,6 +619,12 @@ def test_retry_is_frozen_and_slotted() -> None:
          "Retry(max_delay=...): max_delay must be a finite number >= 0, got nan (float)"),
         ({"max_delay": 10**400}, ValueError,
          f"Retry(max_delay=...): max_delay must be a finite number >= 0, got {10**400!r} (int)"),
+        ({"initial": 1e300}, ValueError,  # issue 18: delays overflowed the deadline
+         "Retry(initial=...): initial must be at most 100 years (3155760000 seconds), "
+         "got 1e+300 (float)"),
+        ({"max_delay": 3155760001}, ValueError,
+         "Retry(max_delay=...): max_delay must be at most 100 years (3155760000 seconds), "
+         "got 3155760001 (int)"),
         ({"jitter": 1.5}, ValueError,
          "Retry(jitter=...): jitter must be a finite number between 0 and 1, got 1.5 (float)"),
         ({"jitter": -0.1}, ValueError,
@@ -756,3 +778,18 @@ def test_a_key_that_cannot_be_stored_as_text_is_rejected() -> None:
             "Step(key, fn, *args): key must be valid unicode text (no lone surrogates), "
             "got 'a\\ud800'")):
         Step("a\ud800", len)
+
+
+def test_longest_durations_are_accepted() -> None:
+    # Issue 18: the limits are inclusive, and the longest retry delay (max_delay plus its
+    # jitter, 200 years) still makes a valid deadline.
+    hundred_years = timedelta(days=36525)
+    assert Sleep("k", hundred_years).duration == hundred_years
+    assert Suspend("k", timeout=hundred_years).timeout == hundred_years
+    assert Step("k", reserve, timeout=hundred_years).timeout == 3155760000.0
+    retry = Retry(initial=3155760000, max_delay=3155760000, backoff=1e300, jitter=1.0)
+    delay = retry.delay("r", "k", 1000)
+    assert delay <= 2 * 3155760000
+    latest = datetime(8999, 12, 31, tzinfo=UTC)
+    assert latest + timedelta(seconds=delay) > latest
+    assert Sleep("k", until=datetime(8999, 12, 31, tzinfo=UTC)).until is not None

@@ -207,7 +207,7 @@ def test_resumed_record_voids_the_unhandled_failure() -> None:
     history.apply(Record("r1", "wf", "run", "resumed", name="b:v1"))
     entry = history.get("b:v1")
     assert entry is not None and not entry.done and entry.failure is None
-    assert (entry.attempts, entry.budget_start) == (2, 2)
+    assert (entry.attempts, entry.charged) == (2, 0)
     assert history.unhandled_failure() is None
 
 
