@@ -45,7 +45,7 @@ from replay._channel import (
 )
 from replay._clock import in_thread
 from replay._errors import ReplayError
-from replay._store import ReadQuery, Store, read_query
+from replay._store import CLI_ADVICE, ReadQuery, Store
 from replay._version import __version__
 
 if TYPE_CHECKING:
@@ -210,7 +210,8 @@ class ChannelServer:
             await _send(stream, {"ok": True, "protocol": PROTOCOL, "version": __version__,
                                  "pid": os.getpid(), "now": to_wire(engine.now())})
         elif op == "query":
-            await self._query(stream, _text(request, "sql"), _value(request, "params"))
+            await self._query(stream, _text(request, "sql"), _value(request, "params"),
+                              _value(request, "timeout"))
         elif op == "signal":
             run_id, key = _text(request, "run_id"), _text(request, "key")
             await engine.signal(run_id, key, _value(request, "payload"))
@@ -224,13 +225,17 @@ class ChannelServer:
         else:
             raise _BadRequest(f"unknown operation {short_repr(op)}")
 
-    async def _query(self, stream: trio.SocketStream, sql: str, params: Any) -> None:
-        query = await in_thread(read_query, self._store, sql, params)
+    async def _query(self, stream: trio.SocketStream, sql: str, params: Any,
+                     timeout: object) -> None:
+        # In the engine's query threads, under its time limit (or the command's).
+        timed = self._engine._open_query(sql, params, timeout, CLI_ADVICE)
+        query = timed.query
         try:
+            await timed.call(ReadQuery.start)
             await _send(stream, {"ok": True, "columns": list(query.columns),
                                  "types": list(query.types)})
             total = 0
-            while (chunk := await in_thread(_next_chunk, query)) is not None:
+            while (chunk := await timed.call(_next_chunk)) is not None:
                 count, data = chunk
                 total += count
                 await stream.send_all(data)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import sys
@@ -130,6 +131,9 @@ def _parser() -> argparse.ArgumentParser:
     sql.add_argument("-p", "--param", action="append", default=[], metavar="VALUE",
                      help="a value for the next ? placeholder: JSON (42, true, null, "
                      "\"text\"), else taken as a string; repeat for several")
+    sql.add_argument("--timeout", metavar="SECONDS", type=_seconds, default=None,
+                     help="stop the query after this many seconds (default: the running "
+                     "engine's query_timeout, or no limit when no engine holds the file)")
 
     signal = _command(commands, "signal", _signal, "deliver a value to a run's Suspend(KEY)")
     signal.add_argument("run_id", metavar="RUN_ID")
@@ -167,6 +171,16 @@ def _since(text: str) -> timedelta:
         raise argparse.ArgumentTypeError(
             f"expected a duration such as 30s, 15m, 2h or 7d, got {text!r}")
     return timedelta(**{_UNITS[match[2]]: int(match[1])})
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
 
 
 def _positive(text: str) -> int:
@@ -246,7 +260,7 @@ def _sql(args: argparse.Namespace, out: TextIO) -> int:
     params = [_param(text) for text in args.param] or None
     source = _session(args)
     try:
-        result = source.query(args.query, params)
+        result = source.query(args.query, params, timeout=args.timeout)
         rows = result.rows()
     finally:
         source.close()

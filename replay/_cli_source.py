@@ -61,8 +61,8 @@ class Source(Protocol):
     def now(self) -> datetime:
         """Return the engine clock's time (for a file: what an engine would read)."""
 
-    def query(self, sql: str, params: Any = None) -> Result:
-        """Run one read-only query."""
+    def query(self, sql: str, params: Any = None, timeout: float | None = None) -> Result:
+        """Run one read-only query, stopped after `timeout` seconds if given."""
 
     def signal(self, run_id: str, key: str, payload: Any) -> str:
         """Signal a run; return its state afterwards."""
@@ -148,11 +148,11 @@ class LiveSource:
                            "run it again")
         return connection
 
-    def query(self, sql: str, params: Any = None) -> Result:
-        """Run one read-only query in the engine."""
+    def query(self, sql: str, params: Any = None, timeout: float | None = None) -> Result:
+        """Run one read-only query in the engine (under its query_timeout by default)."""
         connection = self._connect()
         try:
-            header = connection.request("query", sql=sql, params=params)
+            header = connection.request("query", sql=sql, params=params, timeout=timeout)
         except BaseException:
             connection.close()
             raise
@@ -198,9 +198,9 @@ class FileSource:
         now = datetime.now(UTC)
         return now if last is None or last < now else last
 
-    def query(self, sql: str, params: Any = None) -> Result:
+    def query(self, sql: str, params: Any = None, timeout: float | None = None) -> Result:
         """Run one read-only query on the file (the same check as `engine.sql`)."""
-        query = self._access.query(sql, params)
+        query = self._access.query(sql, params, timeout)
         return Result(list(query.columns), list(query.types), _chunks(query))
 
     def signal(self, run_id: str, key: str, payload: Any) -> str:

@@ -19,11 +19,11 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
-from replay._clock import EngineClock, in_thread
+from replay._clock import EngineClock, busy_thread, in_thread
 from replay._codec import decode, encode, to_json
 from replay._commands import Retry
 from replay._committer import Committer
@@ -42,20 +42,23 @@ from replay._model import FINISHED, RunInfo, RunSlot, RunState
 from replay._parking import Parked, ParkedCache
 from replay._runner import Runner, input_of
 from replay._steps import StepRunner
-from replay._store import Store, query_arrow
+from replay._store import ENGINE_ADVICE, Readers, ReadQuery, Store, TimedQuery
 from replay._timers import Timers
 from replay._workers import WorkerPool
 from replay._workflows import Registry
 
 log = logging.getLogger("replay")
+T = TypeVar("T")
 
 class Engine:
     """A durable-execution engine bound to one database; get one from `open_engine`."""
 
     def __init__(self, store: Store, registry: Registry, clock: EngineClock, last_seq: int,
                  default_retry: Retry | None, max_threads: int, cache_size: int,
-                 always_replay: bool = False, max_interruptions: int = 3) -> None:
+                 always_replay: bool = False, max_interruptions: int = 3,
+                 query_timeout: float | None = 30.0) -> None:
         self._store = store
+        self._readers = Readers(busy_thread, query_timeout)
         self._registry = registry
         self._clock = clock
         self._committer = Committer(store, clock, last_seq)
@@ -268,23 +271,30 @@ class Engine:
         records = await in_thread(self._store.load_history, run_id)
         return [event_of(record) for record in records]
 
-    async def sql(self, query: str, params: Sequence[Any] | dict[str, Any] | None = None
-                  ) -> list[tuple[Any, ...]]:
+    async def sql(self, query: str, params: Sequence[Any] | dict[str, Any] | None = None,
+                  *, timeout: float | None = None) -> list[tuple[Any, ...]]:
         """Run one read-only query against the database, off the trio loop.
+
+        User queries run in a few threads of their own, so they never delay the reads
+        of running workflows. Cancelling the calling task stops the query.
 
         Args:
             query: Exactly one ``SELECT``, ``WITH … SELECT`` or ``EXPLAIN``.
             params: Values for ``?`` or ``$name`` placeholders.
+            timeout: Seconds the query may take, waiting for a thread included
+                (default: the engine's `query_timeout`).
 
         Returns:
             The result rows.
 
         Raises:
-            QueryError: The text is not exactly one read-only query, or it failed.
-            EngineClosed: The engine is closed.
+            QueryError: The text is not exactly one read-only query, it failed, or it
+                exceeded its time limit (it is stopped).
+            TypeError: `timeout` is not a number or None.
+            ValueError: `timeout` is not above 0.
+            EngineClosed: The engine is closed, or closed while the query ran.
         """
-        self._check_open(allow_closing=True)
-        return await in_thread(self._store.query, query, params)
+        return await self._user_query(query, params, timeout, ReadQuery.rows)
 
     async def export_history(self, run_id: str, path: str | PathLike[str]) -> None:
         """Write one run's history to a JSON file (a golden history for tests).
@@ -306,8 +316,8 @@ class Engine:
         """Return the engine clock's current time (aware, UTC)."""
         return self._clock.now()
 
-    async def sql_arrow(self, query: str, params: Sequence[Any] | dict[str, Any] | None = None
-                        ) -> Any:
+    async def sql_arrow(self, query: str, params: Sequence[Any] | dict[str, Any] | None = None,
+                        *, timeout: float | None = None) -> Any:
         """Run one read-only query like `sql`, and return the result as an Arrow table.
 
         Needs pyarrow (``pip install replay-workflows[arrow]``). The table is built by
@@ -318,17 +328,35 @@ class Engine:
         Args:
             query: Exactly one ``SELECT``, ``WITH … SELECT`` or ``EXPLAIN``.
             params: Values for ``?`` or ``$name`` placeholders.
+            timeout: Seconds the query may take (default: the engine's `query_timeout`).
 
         Returns:
             A ``pyarrow.Table``.
 
         Raises:
             ModuleNotFoundError: pyarrow is not installed.
-            QueryError: The text is not exactly one read-only query, or it failed.
-            EngineClosed: The engine is closed.
+            QueryError: The text is not exactly one read-only query, it failed, or it
+                exceeded its time limit (it is stopped).
+            TypeError: `timeout` is not a number or None.
+            ValueError: `timeout` is not above 0.
+            EngineClosed: The engine is closed, or closed while the query ran.
         """
+        return await self._user_query(query, params, timeout, ReadQuery.arrow)
+
+    async def _user_query(self, query: str, params: Sequence[Any] | dict[str, Any] | None,
+                          timeout: float | None, fetch: Callable[[ReadQuery], T]) -> T:
+        timed = self._open_query(query, params, timeout, ENGINE_ADVICE)
+        try:
+            return await timed.call(fetch)
+        finally:
+            timed.close()
+
+    def _open_query(self, query: str, params: Sequence[Any] | dict[str, Any] | None,
+                    timeout: object, advice: str) -> TimedQuery:
+        """Return a user query (not started) under its time limit, in the query threads."""
         self._check_open(allow_closing=True)
-        return await in_thread(query_arrow, self._store, query, params)
+        return self._readers.timed(lambda: self._store.read_query(query, params), timeout,
+                                   advice)
 
     # -- internals --
 

@@ -40,6 +40,7 @@ async def open_engine(
     cache_size: int = 1000,
     serve_cli: bool = True,
     max_interruptions: int = 3,
+    query_timeout: float | None = 30.0,
 ) -> AsyncIterator[Engine]:
     """Open an engine on a DuckDB database and run it for the `async with` body.
 
@@ -70,6 +71,8 @@ async def open_engine(
             False not to. Ignored for ``":memory:"``.
         max_interruptions: How many times one step may be running when the process
             dies before it fails with `StepInterrupted` (a clean stop never counts).
+        query_timeout: Seconds an `engine.sql` query (or `replay sql` through this
+            engine) may take before it is stopped with `QueryError`; None: no limit.
 
     Yields:
         The open `Engine`.
@@ -81,7 +84,7 @@ async def open_engine(
         ValueError: An option has a wrong value, or two workflows share a name.
     """
     validate_options(durability, shutdown_timeout, lock_timeout, max_threads, default_retry,
-                     always_replay, cache_size)
+                     always_replay, cache_size, query_timeout=query_timeout)
     validate_count("max_interruptions", max_interruptions)
     if not isinstance(serve_cli, bool):
         raise TypeError(
@@ -94,7 +97,7 @@ async def open_engine(
         last_seq, last_time = await in_thread(store.last_seq_and_time)
         engine = Engine(store, registry, EngineClock(last_time), last_seq, default_retry,
                         max_threads, 0 if always_replay else cache_size, always_replay,
-                        max_interruptions)
+                        max_interruptions, query_timeout=query_timeout)
         async with _single_errors(), trio.open_nursery() as services:
             await engine._start_services(services)
             async with trio.open_nursery() as runs:

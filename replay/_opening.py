@@ -19,7 +19,7 @@ import trio
 from replay._clock import in_thread
 from replay._commands import Retry
 from replay._errors import DatabaseLocked
-from replay._store import Store, file_keys
+from replay._store import Store, checked_timeout, file_keys
 
 _OPEN_HERE: set[str] = set()
 _LOCK_POLL_SECONDS = 0.05
@@ -33,6 +33,7 @@ def validate_options(
     default_retry: object,
     always_replay: object,
     cache_size: object = 1000,
+    query_timeout: object = 30.0,
 ) -> None:
     """Check `open_engine`'s options before anything is opened.
 
@@ -58,6 +59,7 @@ def validate_options(
         raise TypeError(f"cache_size must be an int, got {_show(cache_size)}")
     if cache_size < 0:
         raise ValueError(f"cache_size must be >= 0, got {cache_size!r}")
+    checked_timeout("query_timeout", query_timeout)
 
 
 def validate_count(name: str, value: object) -> None:

@@ -1,29 +1,44 @@
 """The DuckDB store: the only package that imports duckdb.
 
-Everything here is synchronous; the engine calls it from worker threads (reads) or
-hands batches to its writer thread. `_schema` holds the tables and public views,
-`_rows` the conversion of records to rows and back, `_connect` opening files and the
-read-only query check, `_writer_store` the engine's store with its group-commit writer,
-and `_access` what the `replay` command and the live channel use.
+Everything here is synchronous but `_readers`; the engine calls it from worker threads
+(reads) or hands batches to its writer thread. `_schema` holds the tables and public
+views, `_rows` the conversion of records to rows and back, `_connect` opening files
+(owner-only), `_writer_store` the engine's store with its group-commit writer, and
+`_access` what the `replay` command uses on a file no engine holds. User queries:
+`_readonly` decides what may run, `_queries` runs one on its own stoppable cursor, and
+`_readers` runs them from trio in threads of their own, under a time limit.
 """
 
-from replay._store._access import FileAccess, ReadQuery, query_arrow, read_query, write_export
+from replay._store._access import FileAccess, write_export
 from replay._store._connect import damaged, file_keys
+from replay._store._queries import ReadQuery
+from replay._store._readers import (
+    CLI_ADVICE,
+    ENGINE_ADVICE,
+    Readers,
+    TimedQuery,
+    checked_timeout,
+    timed_out_message,
+)
 from replay._store._rows import RunRow, clean_text, record_row, utc, utc_or_none
 from replay._store._schema import SCHEMA_VERSION
 from replay._store._writer_store import Store
 
 __all__ = [
+    "CLI_ADVICE",
+    "ENGINE_ADVICE",
     "SCHEMA_VERSION",
     "FileAccess",
     "ReadQuery",
+    "Readers",
     "RunRow",
     "Store",
+    "TimedQuery",
+    "checked_timeout",
     "clean_text",
     "damaged",
     "file_keys",
-    "query_arrow",
-    "read_query",
+    "timed_out_message",
     "record_row",
     "utc",
     "utc_or_none",

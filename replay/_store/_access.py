@@ -8,7 +8,6 @@ keep the query's column types.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -16,99 +15,12 @@ from typing import Any
 
 import duckdb
 
-from replay._errors import QueryError
 from replay._history import Record
-from replay._store._connect import check_read_only, connect, damaged
-from replay._store._rows import RunRow, record_row, row_record, utc, utc_or_none
+from replay._store._connect import connect, damaged, private_wal
+from replay._store._queries import ReadQuery
+from replay._store._readers import CLI_ADVICE, timed_out_message
+from replay._store._rows import RunRow, history_records, record_row, run_row, utc_or_none
 from replay._store._schema import COLUMNS, RUN_SUMMARY, check_existing_schema
-from replay._store._writer_store import Store
-
-
-class ReadQuery:
-    """One read-only query's result, fetched in chunks on its own cursor.
-
-    The query runs in a read-only transaction (a snapshot) that stays open until
-    `close`. A DuckDB cursor is single-threaded: use one `ReadQuery` from one thread
-    at a time (successive worker threads are fine).
-
-    Raises:
-        QueryError: The text is not exactly one read-only query, or it failed.
-    """
-
-    def __init__(self, con: duckdb.DuckDBPyConnection, sql: str,
-                 params: Sequence[Any] | dict[str, Any] | None) -> None:
-        self._cursor = con.cursor()
-        self._open = False
-        try:
-            check_read_only(self._cursor, sql)
-            self._cursor.execute("BEGIN TRANSACTION READ ONLY")
-            self._open = True
-            self._cursor.execute(sql, params)
-            description = self._cursor.description or []
-        except duckdb.Error as error:
-            self.close()
-            raise QueryError(f"query failed: {error}") from error
-        except BaseException:
-            self.close()
-            raise
-        self.columns: tuple[str, ...] = tuple(column[0] for column in description)
-        self.types: tuple[str, ...] = tuple(str(column[1]) for column in description)
-
-    def fetch(self, size: int) -> list[tuple[Any, ...]]:
-        """Return up to `size` more rows (an empty list at the end).
-
-        Raises:
-            QueryError: The query failed while its rows were produced.
-        """
-        try:
-            return self._cursor.fetchmany(size)
-        except duckdb.Error as error:
-            raise QueryError(f"query failed: {error}") from error
-
-    def close(self) -> None:
-        """End the transaction and close the cursor (idempotent)."""
-        try:
-            if self._open:
-                self._open = False
-                self._cursor.execute("ROLLBACK")
-        except duckdb.Error:
-            pass  # the cursor goes away with its transaction
-        finally:
-            self._cursor.close()
-
-
-def read_query(store: Store, sql: str,
-               params: Sequence[Any] | dict[str, Any] | None) -> ReadQuery:
-    """Start one read-only query on an engine's open store (see `ReadQuery`)."""
-    return ReadQuery(store._con, sql, params)
-
-
-def query_arrow(store: Store, sql: str,
-                params: Sequence[Any] | dict[str, Any] | None) -> Any:
-    """Run one read-only query and return its result as a `pyarrow.Table`.
-
-    Raises:
-        ModuleNotFoundError: pyarrow is not installed.
-        QueryError: The text is not exactly one read-only query, or it failed.
-    """
-    if importlib.util.find_spec("pyarrow") is None:
-        raise ModuleNotFoundError(
-            "engine.sql_arrow() needs pyarrow, which is not installed; "
-            "pip install pyarrow (or replay-workflows[arrow]), or use engine.sql()",
-            name="pyarrow",
-        )
-    cursor = store._con.cursor()
-    try:
-        check_read_only(cursor, sql)
-        cursor.execute("BEGIN TRANSACTION READ ONLY")
-        try:
-            return cursor.sql(sql, params=params).to_arrow_table()
-        finally:
-            cursor.execute("ROLLBACK")
-    except duckdb.Error as error:
-        raise QueryError(f"query failed: {error}") from error
-    finally:
-        cursor.close()
 
 
 class FileAccess:
@@ -138,9 +50,21 @@ class FileAccess:
             self._con.close()
             raise
 
-    def query(self, sql: str, params: Sequence[Any] | dict[str, Any] | None) -> ReadQuery:
-        """Start one read-only query (see `ReadQuery`)."""
-        return ReadQuery(self._con, sql, params)
+    def query(self, sql: str, params: Sequence[Any] | dict[str, Any] | None,
+              timeout: float | None = None) -> ReadQuery:
+        """Start one read-only query (see `ReadQuery`), stopped after `timeout` seconds.
+
+        Raises:
+            QueryError: It is not exactly one read-only query, or it failed.
+        """
+        query = ReadQuery(self._con, sql, params, timeout=timeout,
+                          timed_out=timed_out_message(timeout or 0.0, CLI_ADVICE))
+        try:
+            query.start()
+        except BaseException:
+            query.close()
+            raise
+        return query
 
     def last_seq_and_time(self) -> tuple[int, datetime | None]:
         """Return the largest `seq` and `recorded_at` in the file."""
@@ -152,19 +76,22 @@ class FileAccess:
         rows = self._read(RUN_SUMMARY + " WHERE s.run_id = ?", [run_id])
         if not rows:
             return None
-        row = rows[0]
-        return RunRow(row[0], row[1], row[2], utc(row[3]), utc(row[4]), row[5],
-                      utc_or_none(row[6]), row[7], row[8], row[9], row[10])
+        return run_row(rows[0], self.path)
 
     def load_history(self, run_id: str) -> list[Record]:
-        """Return every record of one run in `seq` order."""
+        """Return every record of one run in `seq` order.
+
+        Raises:
+            DatabaseError: The run's rows are damaged.
+        """
         rows = self._read(
             f"SELECT {COLUMNS} FROM replay_event_log WHERE run_id = ? ORDER BY seq", [run_id])
-        return [row_record(row) for row in rows]
+        return history_records(rows, self.path)
 
     def append(self, record: Record) -> None:
         """Commit one record (its `seq` and `recorded_at` set by the caller)."""
         marks = ", ".join("?" * len(COLUMNS.split(",")))
+        private_wal(self.path)
         self._read(f"INSERT INTO replay_event_log ({COLUMNS}) VALUES ({marks})",
                    list(record_row(record)))
 

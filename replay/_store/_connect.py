@@ -1,14 +1,25 @@
-"""Opening a database file: locks, damaged files, and the read-only query check."""
+"""Opening a database file: locks, damaged files, and files only their owner can read.
+
+DuckDB creates its files with the process's umask (usually 0644), and deletes and
+re-creates the write-ahead log at every checkpoint. replay's files hold everything its
+workflows saw, so they are made owner-only (0600): a new database is created inside a
+fresh private directory and linked into place, and the store creates the WAL itself,
+empty and 0600, before each write (DuckDB then writes into the file it finds).
+The umask cannot be used: it is per process, and other threads create files too.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
 import duckdb
 
-from replay._errors import DatabaseError, DatabaseLocked, QueryError
+from replay._errors import DatabaseError, DatabaseLocked
 
 LOCK_HOLDER = re.compile(r"Conflicting lock is held in (?P<exe>.*?) \(PID (?P<pid>\d+)\)")
 
@@ -19,7 +30,7 @@ ENGINE_LOCK_ADVICE = "; stop that engine first, or pass lock_timeout= to wait fo
 def connect(
     path: str, *, read_only: bool = False, lock_advice: str = ENGINE_LOCK_ADVICE
 ) -> duckdb.DuckDBPyConnection:
-    """Open `path` with external access disabled.
+    """Open `path` with external access disabled, creating it owner-only if missing.
 
     Raises:
         DatabaseLocked: Another process holds the file (`lock_advice` ends the message).
@@ -30,6 +41,8 @@ def connect(
         "enable_external_access": False
     }
     try:
+        if not read_only and path != ":memory:" and not os.path.exists(path):
+            _create_private(path)
         return duckdb.connect(path, read_only=read_only, config=config)
     except duckdb.IOException as error:
         held = LOCK_HOLDER.search(str(error))
@@ -83,32 +96,38 @@ def file_keys(path: str) -> set[str]:
     return keys | {f"inode:{info.st_dev}:{info.st_ino}"}
 
 
-_EXPLAIN_PREFIX = re.compile(r"^\s*EXPLAIN\s*(\([^)]*\))?\s*(ANALYZE\b)?", re.IGNORECASE)
+def _create_private(path: str) -> None:
+    """Create an empty DuckDB database at `path` that only its owner can read or write.
 
-
-def check_read_only(cursor: duckdb.DuckDBPyConnection, sql: str) -> None:
-    """Accept exactly one SELECT, or an EXPLAIN of one SELECT (decided by statement type).
-
-    `EXPLAIN ANALYZE` executes the statement it explains, so the explained statement
-    must itself be a query.
+    It is made in a fresh private directory beside `path` and hard-linked into place,
+    so it is never reachable with wider permissions. If that cannot be done (no hard
+    links on this file system), DuckDB creates the file in place and it is restricted
+    right after, before anything is written to it.
     """
-    statements = cursor.extract_statements(sql)
-    if not statements:
-        raise QueryError(
-            "engine.sql() runs exactly one query, got none; pass one SELECT, "
-            "WITH ... SELECT or EXPLAIN"
-        )
-    if len(statements) > 1:
-        raise QueryError(
-            f"engine.sql() runs exactly one query, got {len(statements)} statements; "
-            "send them one at a time"
-        )
-    kind = statements[0].type.name
-    if kind == "EXPLAIN":
-        inner = cursor.extract_statements(_EXPLAIN_PREFIX.sub("", statements[0].query, 1))
-        kind = inner[0].type.name if len(inner) == 1 else "EXPLAIN"
-    if kind != "SELECT":
-        raise QueryError(
-            f"engine.sql() only reads: {kind} statements are not allowed; "
-            "use SELECT, WITH ... SELECT or EXPLAIN"
-        )
+    try:
+        private = tempfile.mkdtemp(prefix=".replay-", dir=os.path.dirname(os.path.abspath(path)))
+    except OSError:
+        return  # DuckDB's own open reports what is wrong with the directory
+    try:
+        fresh = os.path.join(private, "new.duckdb")
+        duckdb.connect(fresh).close()
+        os.chmod(fresh, 0o600)
+        with contextlib.suppress(FileExistsError):  # another process was quicker: use it
+            os.link(fresh, path)
+    except OSError:
+        duckdb.connect(path).close()
+        os.chmod(path, 0o600)
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def private_wal(path: str) -> None:
+    """Make sure `path`'s write-ahead log exists and is owner-only, before a write.
+
+    DuckDB deletes the WAL at every checkpoint and would re-create it with the umask's
+    permissions; an empty WAL it finds is used as it is.
+    """
+    if path == ":memory:":
+        return
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(f"{path}.wal", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))

@@ -6,7 +6,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from replay._codec import encode
+from replay._errors import DatabaseError
 from replay._history import Record
+
+RUN_STATES = frozenset({"running", "sleeping", "suspended", "completed", "failed", "cancelled"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +28,53 @@ class RunRow:
     error_type: str | None
     error: str | None
     value: bytes | None
+
+
+def run_row(row: tuple[Any, ...], path: str) -> RunRow:
+    """Build a run's state from a row of `RUN_SUMMARY`.
+
+    A damaged run (an unknown state, a missing workflow name or start time) is loaded
+    as failed with a `replay.DatabaseError` saying what is wrong, so that one bad run
+    does not keep the others from running; nothing is written.
+    """
+    (run_id, workflow, state, created_at, updated_at, key, wake_at, status_text, error_type,
+     error, value) = row
+    problem = _run_problem(workflow, state, created_at)
+    if problem is None:
+        return RunRow(run_id, workflow, state, utc(created_at), utc(updated_at), key,
+                      utc_or_none(wake_at), status_text, error_type, error, value)
+    message = (f"run {run_id!r} is damaged in {path!r}: {problem}; repair its rows in "
+               "replay_event_log, or restore the file from a backup, and open it again")
+    at = utc(created_at or updated_at or _EPOCH)
+    return RunRow(run_id, workflow or "", "failed", at, utc(updated_at or at), None, None,
+                  None, "replay.DatabaseError", message, encode(message, key="error"))
+
+
+def _run_problem(workflow: str | None, state: str | None, created_at: datetime | None
+                 ) -> str | None:
+    if state not in RUN_STATES:
+        return f"its newest run state is {state!r}, which is not a run state"
+    if workflow is None:
+        return "its run/started event has no workflow name"
+    if created_at is None:
+        return "its run/started event has no recorded_at"
+    return None
+
+
+def history_records(rows: list[tuple[Any, ...]], path: str) -> list[Record]:
+    """Turn rows of `COLUMNS` into records.
+
+    Raises:
+        DatabaseError: A row has no `recorded_at` (a damaged or hand-edited file).
+    """
+    for row in rows:
+        if row[11] is None:
+            raise DatabaseError(
+                f"run {row[1]!r} is damaged in {path!r}: its event seq {row[0]} "
+                f"({row[4]}/{row[5]}) has no recorded_at; repair its rows in "
+                "replay_event_log, or restore the file from a backup"
+            )
+    return [row_record(row) for row in rows]
 
 
 def clean_text(text: str) -> str:

@@ -94,21 +94,20 @@ SIGNALLED_WHILE_SUSPENDED = """
 
 
 def check_schema(con: duckdb.DuckDBPyConnection, path: str) -> None:
+    """Check that `path` is a complete replay database, creating the tables in a new one.
+
+    A file with no tables and no views is new; one with tables or views but no
+    replay tables belongs to something else and is left untouched.
+
+    Raises:
+        DatabaseError: The file belongs to something else, is damaged, or has another
+            schema version.
+    """
     try:
-        listed = con.execute("SELECT table_name FROM duckdb_tables()").fetchall()
-        tables = {row[0] for row in listed}
-        if "replay_meta" in tables:
-            found = con.execute(
-                "SELECT value FROM replay_meta WHERE name = 'schema_version'"
-            ).fetchall()
-            version = found[0][0] if found else None
-            if version != str(SCHEMA_VERSION):
-                raise DatabaseError(
-                    f"database {path!r} has replay schema version {version!r}, but this "
-                    f"version of replay reads schema version {SCHEMA_VERSION}; upgrade "
-                    "replay-workflows to open it"
-                )
+        if "replay_meta" in _objects(con):
+            _check_version(con, path)
             return
+        _check_not_foreign(con, path)
         con.execute("BEGIN TRANSACTION")
         con.execute(_SCHEMA)
         con.execute("INSERT INTO replay_meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
@@ -120,16 +119,40 @@ def check_schema(con: duckdb.DuckDBPyConnection, path: str) -> None:
 
 
 def check_existing_schema(con: duckdb.DuckDBPyConnection, path: str) -> None:
-    """Check that `path` is a replay database of this schema version; create nothing."""
+    """Check that `path` is a replay database of this schema version; create nothing.
+
+    Raises:
+        DatabaseError: It is not, or it is damaged.
+    """
     try:
         _check_version(con, path)
     except duckdb.Error as error:
         raise unusable(path, error) from error
 
 
+def _objects(con: duckdb.DuckDBPyConnection) -> set[str]:
+    """Return the names of the database's own tables and views."""
+    rows = con.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE NOT internal "
+        "UNION ALL SELECT view_name FROM duckdb_views() WHERE NOT internal"
+    ).fetchall()
+    return {row[0] for row in rows}
+
+
+def _check_not_foreign(con: duckdb.DuckDBPyConnection, path: str) -> None:
+    found = sorted(_objects(con))
+    if found:
+        shown = ", ".join(repr(name) for name in found[:5]) + (", ..." if len(found) > 5 else "")
+        raise DatabaseError(
+            f"{path!r} is a DuckDB database of something else (it has {shown} and no "
+            "replay tables), and replay keeps its history in a file of its own; pass "
+            "replay.open_engine() a new path"
+        )
+
+
 def _check_version(con: duckdb.DuckDBPyConnection, path: str) -> None:
-    tables = {row[0] for row in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
-    if "replay_meta" not in tables or "replay_event_log" not in tables:
+    objects = _objects(con)
+    if "replay_meta" not in objects:
         raise DatabaseError(
             f"{path!r} is a DuckDB file but not a replay database (it has no replay "
             "tables); pass the path your application gives replay.open_engine()"
@@ -141,3 +164,21 @@ def _check_version(con: duckdb.DuckDBPyConnection, path: str) -> None:
             f"database {path!r} has replay schema version {version!r}, but this version of "
             f"replay reads schema version {SCHEMA_VERSION}; upgrade replay-workflows to open it"
         )
+    for kind, name in _REQUIRED:
+        if name not in objects:
+            raise damaged_schema(path, f"its {kind} {name} is missing")
+    try:
+        con.execute(f"SELECT {COLUMNS} FROM replay_event_log LIMIT 0").fetchall()
+    except duckdb.Error as error:
+        raise damaged_schema(path, f"its table replay_event_log lacks columns ({error})") from error
+
+
+_REQUIRED = (("table", "replay_event_log"), ("view", "replay_events"), ("view", "replay_runs"))
+
+
+def damaged_schema(path: str, problem: str) -> DatabaseError:
+    """Return the error for a replay database whose tables were changed or damaged."""
+    return DatabaseError(
+        f"database {path!r} is damaged: {problem}; restore the file from a backup, or "
+        "move it aside to start a new database"
+    )

@@ -3,7 +3,8 @@
 DuckDB's cost is per statement (measured, see docs/performance.md), so the hot path
 writes each batch of records as one Appender flush, which in autocommit mode is one
 transaction and one fsync of the WAL. Reads run on their own cursors in worker threads:
-a DuckDB connection is single-threaded.
+a DuckDB connection is single-threaded. User queries are `ReadQuery` objects, which
+`close` stops before it closes the file, so that no query can hold a shutdown.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from typing import Any
 
 import duckdb
 
-from replay._errors import QueryError
+from replay._errors import EngineClosed
 from replay._history import Record
-from replay._store._connect import check_read_only, connect, damaged
-from replay._store._rows import RunRow, memo_record, row_record, utc, utc_or_none
+from replay._store._connect import connect, damaged, private_wal, unusable
+from replay._store._queries import OpenQueries, ReadQuery
+from replay._store._rows import RunRow, history_records, memo_record, run_row, utc_or_none
 from replay._store._schema import (
     COLUMNS,
     MEMO_COLUMNS,
@@ -47,11 +49,16 @@ class Store:
         try:
             fsync_mode = "NONE" if durability == "none" else "STANDARD"
             self._con.execute(f"SET fsync_mode = '{fsync_mode}'")
+            private_wal(path)
             check_schema(self._con, path)
             self._appender = self._con.appender("replay_event_log")
+        except duckdb.Error as error:
+            self._con.close()
+            raise unusable(path, error) from error
         except BaseException:
             self._con.close()
             raise
+        self._queries = OpenQueries()
         self._queue: queue.SimpleQueue[tuple[list[tuple[Any, ...]], Callable[..., None]] | None]
         self._queue = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
@@ -60,12 +67,7 @@ class Store:
 
     def load_runs(self) -> list[RunRow]:
         """Return every run's current state (one query)."""
-        rows = self._read(RUN_SUMMARY, [])
-        return [
-            RunRow(row[0], row[1], row[2], utc(row[3]), utc(row[4]), row[5],
-                   utc_or_none(row[6]), row[7], row[8], row[9], row[10])
-            for row in rows
-        ]
+        return [run_row(row, self.path) for row in self._read(RUN_SUMMARY, [])]
 
     def last_seq_and_time(self) -> tuple[int, datetime | None]:
         """Return the largest `seq` and `recorded_at` in the file."""
@@ -82,11 +84,15 @@ class Store:
         return [row[0] for row in rows]
 
     def load_history(self, run_id: str) -> list[Record]:
-        """Return every record of one run in `seq` order (one query)."""
+        """Return every record of one run in `seq` order (one query).
+
+        Raises:
+            DatabaseError: The run's rows are damaged.
+        """
         rows = self._read(
             f"SELECT {COLUMNS} FROM replay_event_log WHERE run_id = ? ORDER BY seq", [run_id]
         )
-        return [row_record(row) for row in rows]
+        return history_records(rows, self.path)
 
     def load_memo(self, run_id: str, workflow: str) -> list[Record]:
         """Return one run's records as the memo needs them (one query, no timestamps)."""
@@ -96,32 +102,13 @@ class Store:
         )
         return [memo_record(run_id, workflow, row) for row in rows]
 
-    def query(
-        self, sql: str, params: Sequence[Any] | dict[str, Any] | None
-    ) -> list[tuple[Any, ...]]:
-        """Run one read-only query (SELECT, WITH … SELECT, EXPLAIN) and return its rows.
+    def read_query(self, sql: str, params: Sequence[Any] | dict[str, Any] | None) -> ReadQuery:
+        """Return one user query on its own cursor, not started yet (see `ReadQuery`).
 
         Raises:
-            QueryError: The text is not exactly one read-only query, or it failed.
+            EngineClosed: The store is closing.
         """
-        cursor = self._con.cursor()
-        try:
-            return self._query(cursor, sql, params)
-        except duckdb.Error as error:
-            raise QueryError(f"query failed: {error}") from error
-        finally:
-            cursor.close()
-
-    @staticmethod
-    def _query(
-        cursor: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | dict[str, Any] | None
-    ) -> list[tuple[Any, ...]]:
-        check_read_only(cursor, sql)
-        cursor.execute("BEGIN TRANSACTION READ ONLY")
-        try:
-            return cursor.execute(sql, params).fetchall()
-        finally:
-            cursor.execute("ROLLBACK")
+        return ReadQuery(self._con, sql, params, opened=self._queries)
 
     def _read(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
         try:
@@ -154,6 +141,7 @@ class Store:
         while (item := self._queue.get()) is not None:
             rows, done = item
             try:
+                private_wal(self.path)  # a checkpoint may have deleted it
                 self._appender.append_rows(rows)
                 self._appender.flush()
             except BaseException as error:  # reported to the engine, which stops
@@ -163,8 +151,14 @@ class Store:
                 done(None)
 
     def close(self) -> None:
-        """Stop the writer after what it was given, checkpoint and close the file."""
+        """Stop user queries and the writer (after what it was given), close the file."""
+        self._queries.close_all(_closed)
         if self._writer is not None:
             self._queue.put(None)
             self._writer.join()
         self._con.close()
+
+
+def _closed() -> EngineClosed:
+    return EngineClosed("the engine closed while the query ran; run it again on an open "
+                        "engine (replay.open_engine())")
