@@ -45,6 +45,7 @@ from replay._channel import (
 )
 from replay._clock import in_thread
 from replay._errors import ReplayError
+from replay._handles import misdirected_signal
 from replay._store import CLI_ADVICE, ReadQuery, Store
 from replay._version import __version__
 
@@ -215,7 +216,9 @@ class ChannelServer:
         elif op == "signal":
             run_id, key = _text(request, "run_id"), _text(request, "key")
             await engine.signal(run_id, key, _value(request, "payload"))
-            await _send(stream, {"ok": True, "state": engine.status(run_id).state.value})
+            info = engine.status(run_id)
+            await _send(stream, {"ok": True, "state": info.state.value,
+                                 "warning": misdirected_signal(info, key)})
         elif op == "resume":
             run_id = _text(request, "run_id")
             before = engine.status(run_id).state.value

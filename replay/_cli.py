@@ -306,12 +306,14 @@ def _signal(args: argparse.Namespace, out: TextIO) -> int:
             f"'{json.dumps(args.value)}')") from None
     source = _session(args, write=True)
     try:
-        state = source.signal(args.run_id, args.key, payload)
+        state, warning = source.signal(args.run_id, args.key, payload)
     finally:
         source.close()
+    if warning is not None and not args.json:
+        print(f"replay signal: warning: {warning}", file=sys.stderr)
     if args.json:
         print(fmt.dumps({"run_id": args.run_id, "key": args.key, "live": source.live,
-                         "state": state}), file=out)
+                         "state": state, "warning": warning}), file=out)
     elif source.live:
         print(f"signal for {args.key!r} recorded in run {args.run_id!r} by "
               f"{source.description}; the run is {state}", file=out)

@@ -17,9 +17,9 @@ from typing import Any, Protocol
 
 from replay._channel import socket_path
 from replay._channel_client import ChannelError, Connection, connect
-from replay._codec import encode, to_json
+from replay._codec import decode, encode, to_json
 from replay._errors import DatabaseLocked, ReplayError, RunNotFound
-from replay._handles import check_signal, checked_key
+from replay._handles import check_signal, checked_key, misdirected_signal
 from replay._history import Record, RunHistory
 from replay._model import RunSlot, RunState
 from replay._store import FileAccess, ReadQuery
@@ -64,8 +64,8 @@ class Source(Protocol):
     def query(self, sql: str, params: Any = None, timeout: float | None = None) -> Result:
         """Run one read-only query, stopped after `timeout` seconds if given."""
 
-    def signal(self, run_id: str, key: str, payload: Any) -> str:
-        """Signal a run; return its state afterwards."""
+    def signal(self, run_id: str, key: str, payload: Any) -> tuple[str, str | None]:
+        """Signal a run; return its state afterwards and a warning for a misdirected one."""
 
     def resume(self, run_id: str) -> tuple[str, str]:
         """Resume a run; return its state before and after."""
@@ -158,11 +158,12 @@ class LiveSource:
             raise
         return Result(header["columns"], header["types"], _closing(connection.rows(), connection))
 
-    def signal(self, run_id: str, key: str, payload: Any) -> str:
+    def signal(self, run_id: str, key: str, payload: Any) -> tuple[str, str | None]:
         """Signal a run through the engine, which wakes it if it waits on `key`."""
         with self._connect() as connection:
-            return str(connection.request("signal", run_id=run_id, key=key,
-                                          payload=payload)["state"])
+            answer = connection.request("signal", run_id=run_id, key=key, payload=payload)
+        warning = answer.get("warning")
+        return str(answer["state"]), None if warning is None else str(warning)
 
     def resume(self, run_id: str) -> tuple[str, str]:
         """Resume a run through the engine (which has the workflow code)."""
@@ -203,7 +204,7 @@ class FileSource:
         query = self._access.query(sql, params, timeout)
         return Result(list(query.columns), list(query.types), _chunks(query))
 
-    def signal(self, run_id: str, key: str, payload: Any) -> str:
+    def signal(self, run_id: str, key: str, payload: Any) -> tuple[str, str | None]:
         """Store a signal in the run's mailbox, exactly as an engine records one.
 
         The next engine to open the file delivers it (a run suspended on `key` wakes
@@ -223,7 +224,7 @@ class FileSource:
         self._access.append(Record(run_id, row.workflow, "signal", "signalled", key=key,
                                    value=data, value_json=value_json, recorded_at=self.now(),
                                    seq=seq + 1))
-        return slot.state.value
+        return slot.state.value, misdirected_signal(slot.info(decode), key)
 
     def resume(self, run_id: str) -> tuple[str, str]:
         """Refuse: resuming runs workflow code, which only an engine has.

@@ -36,6 +36,7 @@ from replay._handles import (
     checked_run_id,
     checked_state,
     event_of,
+    misdirected_signal,
 )
 from replay._history import Event, Record, RunHistory
 from replay._model import FINISHED, RunInfo, RunSlot, RunState
@@ -141,9 +142,7 @@ class Engine:
         self._check_open()
         slot = self._slot(run_id)
         self._registry.name_of(slot.workflow)
-        while slot.active and slot.state in FINISHED:
-            # Its last record is durable and its task is about to end: let it.
-            await slot.wait_changed()
+        await self._let_go(slot)
         if slot.state is RunState.COMPLETED or slot.active:
             return Run(self, run_id, slot.workflow)
         slot.active = True
@@ -195,14 +194,27 @@ class Engine:
         slot = self._slot(run_id)
         key = checked_key(key)
         data = encode(payload, key=key)
+        while not await self._signal_now(slot, key, data, payload):
+            pass  # the run began to park again meanwhile: wait for it, then decide
+        warning = misdirected_signal(slot.info(decode), key)
+        if warning is not None:
+            log.warning(warning)
+        return Run(self, run_id, slot.workflow)
+
+    async def _signal_now(self, slot: RunSlot, key: str, data: bytes, payload: Any) -> bool:
+        """Commit the signal and wake the run if it waits for it; False: try again."""
+        await self._let_go(slot)
         async with slot.lock:
+            if self._parking(slot):
+                return False
             parked_here = (slot.state is RunState.SUSPENDED and slot.waiting_for == key
                            and not slot.active)
             history = slot.history
             if history is None:
                 # A run parked on this very key has no value for it yet, and its mailbox
                 # limit does not apply: no need to load its history to decide.
-                history = RunHistory() if parked_here else RunHistory(await self._load(run_id))
+                history = (RunHistory() if parked_here
+                           else RunHistory(await self._load(slot.run_id)))
             check_signal(slot, history, key, parked_here)
             # A run whose workflow is not registered here is left as it is: the signal
             # waits in its mailbox for an engine that can run it.
@@ -211,7 +223,7 @@ class Engine:
                 slot.active = True  # claimed now: no timer or resume may start it meanwhile
             try:
                 await self._commit(slot, Record(
-                    run_id, slot.workflow, "signal", "signalled", key=key, value=data,
+                    slot.run_id, slot.workflow, "signal", "signalled", key=key, value=data,
                     value_json=to_json(payload),
                     run_state="running" if parked_here else None))
             except BaseException:
@@ -219,7 +231,7 @@ class Engine:
                 raise
             if parked_here:
                 self._wake(slot)
-        return Run(self, run_id, slot.workflow)
+        return True
 
     def get_run(self, run_id: str) -> Run:
         """Return a handle to an existing run.
@@ -369,6 +381,23 @@ class Engine:
             )
         await slot.wait_durable()
         return Run(self, slot.run_id, name)
+
+    async def _let_go(self, slot: RunSlot) -> None:
+        """Wait while the run's task has recorded a park or an end but not let go yet.
+
+        Between that record and the end of its task a run is `active` in a state that
+        says it is not executing; a call that decided from the state in that window
+        (`resume`: "executing, nothing to do"; `signal`: "busy, keep it in the
+        mailbox") would be lost. A run woken by its deadline (a sleep, a back-off) is
+        executing although its state still says it waits: its deadline has passed.
+        """
+        while self._parking(slot):
+            await slot.wait_changed()
+
+    def _parking(self, slot: RunSlot) -> bool:
+        if not slot.active or slot.state is RunState.RUNNING:
+            return False
+        return slot.wake_at is None or slot.wake_at > self._clock.now()
 
     def _slot(self, run_id: str) -> RunSlot:
         slot = self._slots.get(run_id)

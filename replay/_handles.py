@@ -130,6 +130,20 @@ def event_of(record: Record) -> Event:
 MAX_UNDELIVERED_SIGNALS = 100
 
 
+def misdirected_signal(info: RunInfo, key: str) -> str | None:
+    """Return a warning if `info`'s run waits for another key than `key`, else None.
+
+    A signal for a key the run does not wait on is kept in its mailbox (the run may
+    reach that key later), but when the run is suspended on a different key it is
+    most often a typo, and the run would wait until its timeout.
+    """
+    if info.state is not RunState.SUSPENDED or info.waiting_for in (None, key):
+        return None
+    return (f"run {info.run_id!r} waits for a signal for {info.waiting_for!r}, not "
+            f"{key!r}; the signal for {key!r} is kept in its mailbox until the run "
+            f"suspends on {key!r}. Did you mean {info.waiting_for!r}?")
+
+
 def check_signal(slot: RunSlot, history: RunHistory, key: str, parked_here: bool) -> None:
     """Decide whether a signal for `key` may be taken (under the run's lock).
 

@@ -99,9 +99,10 @@ class Runner:
             slot.active = False
             if parking is not None:
                 self._park(slot, *parking)
-            elif slot.state in FINISHED:
-                slot.history = None
-                slot.notify()  # a `resume` may wait for this task to end
+            else:
+                if slot.state in FINISHED:
+                    slot.history = None
+                slot.notify()  # a `resume` or a signal may wait for this task to end
 
     async def _execute(
         self, slot: RunSlot, input_data: bytes | None, parked: Parked | None,

@@ -165,8 +165,17 @@ def test_signal_through_the_engine_wakes_the_run(capsys: pytest.CaptureFixture[s
     assert cli(capsys, "signal", live.db, "zz", "approval:v1", "1") == (
         1, "", f"replay signal: no run with run_id 'zz' in {live.db!r}; list the runs with: "
                f"replay runs {live.db}\n")
+    # A key the suspended run does not wait on is kept, with a warning (issue 10).
+    hint = ("run 'a2' waits for a signal for 'approval:v1', not '{key}'; the signal for "
+            "'{key}' is kept in its mailbox until the run suspends on '{key}'. Did you "
+            "mean 'approval:v1'?")
     assert as_json(capsys, "signal", live.db, "a2", "later:v1", "null") == {
-        "run_id": "a2", "key": "later:v1", "live": True, "state": "suspended"}
+        "run_id": "a2", "key": "later:v1", "live": True, "state": "suspended",
+        "warning": hint.format(key="later:v1")}
+    assert cli(capsys, "signal", live.db, "a2", "approval", "true") == (
+        0, f"signal for 'approval' recorded in run 'a2' by the engine in process "
+           f"{live.process.pid}; the run is suspended\n",
+        f"replay signal: warning: {hint.format(key='approval')}\n")
 
 
 def test_resume_through_the_engine_retries_the_failed_step(
