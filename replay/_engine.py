@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from os import PathLike
 from pathlib import Path
@@ -42,6 +42,7 @@ from replay._history import Event, Record, RunHistory
 from replay._model import FINISHED, RunInfo, RunSlot, RunState
 from replay._parking import Parked, ParkedCache
 from replay._runner import Runner, input_of
+from replay._serving import STOP_SIGNALS, wait_for_stop_signal
 from replay._steps import StepRunner
 from replay._store import ENGINE_ADVICE, Readers, ReadQuery, Store, TimedQuery
 from replay._timers import Timers
@@ -323,6 +324,29 @@ class Engine:
         slot = self._slot(run_id)
         records = await in_thread(self._store.load_history, run_id)
         await in_thread(write_history, Path(path), slot.run_id, slot.workflow, records)
+
+    async def serve_forever(self, signals: Iterable[int] = STOP_SIGNALS) -> int:
+        """Keep the engine running until SIGTERM or SIGINT arrives; return its number.
+
+        Make it the last line of the ``async with open_engine(...)`` body of a
+        service: when a signal arrives it returns, the body ends, and the engine stops
+        cleanly (running steps get `shutdown_timeout` to finish; what still runs then
+        is recorded as abandoned and runs again at the next open, uncharged). A second
+        Ctrl-C after that raises `KeyboardInterrupt` and stops at once.
+
+        Args:
+            signals: The signal numbers to stop on.
+
+        Returns:
+            The number of the signal that arrived.
+
+        Raises:
+            RuntimeError: Not called from the main thread.
+            ValueError: `signals` is empty.
+            EngineClosed: The engine is closed or closing.
+        """
+        self._check_open()
+        return await wait_for_stop_signal(signals)
 
     def now(self) -> datetime:
         """Return the engine clock's current time (aware, UTC)."""

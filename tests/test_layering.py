@@ -17,7 +17,7 @@ LAYERS = {
     "replay._clock": 2, "replay._model": 2, "replay._committer": 2, "replay._steps": 2,
     "replay._runner": 2, "replay._opening": 2, "replay._engine": 2, "replay._run": 2,
     "replay._timers": 2, "replay._parking": 2, "replay._handles": 2, "replay._lifecycle": 2,
-    "replay._export": 1, "replay._workers": 2,
+    "replay._export": 1, "replay._workers": 2, "replay._serving": 2,
     # The live channel: its protocol is pure standard library; the engine serves it; the
     # command line (top layer) is its client.
     "replay._channel": 1, "replay._channel_server": 2,
