@@ -39,6 +39,7 @@ class Committer:
         self._waiters: list[trio.Event] = []
         self._applies: list[tuple[Callable[[Record], None], Record]] = []
         self._wakeup = trio.Event()
+        self._runs_ended = trio.Event()
 
     async def commit(self, record: Record, apply: Callable[[Record], None]) -> None:
         """Make `record` durable; return only once it is committed.
@@ -90,8 +91,15 @@ class Committer:
                 await self._flush(token)
         except trio.Cancelled:
             with trio.CancelScope(shield=True):
+                # The runs' tasks may still be queueing records as they are cancelled
+                # (abandoned attempts): wait for them to end, then commit the rest.
+                await self._runs_ended.wait()
                 await self._flush(token)
             raise
+
+    def runs_ended(self) -> None:
+        """Say that no run's task is left: a stopping flusher may commit the rest."""
+        self._runs_ended.set()
 
     async def _flush(self, token: trio.lowlevel.TrioToken) -> None:
         """Commit everything pending, apply it in `seq` order, wake its waiters."""

@@ -456,6 +456,17 @@ class Engine:
             await slot.wait_changed()
         return slot.info(decode)
 
+    async def _wait_idle(self, run_id: str) -> RunInfo:
+        """Wait until the run's task has let go (it ended or parked); for `replay resume`.
+
+        Raises:
+            RunNotFound: No such run.
+        """
+        slot = self._slot(run_id)
+        while slot.active and not self._closed:
+            await slot.wait_changed()
+        return slot.info(decode)
+
     def _spawn(self, slot: RunSlot, input_data: bytes | None, parked: Parked | None = None,
                replaying: bool = False) -> None:
         assert self._nursery is not None
@@ -519,6 +530,10 @@ class Engine:
     def _begin_shutdown(self) -> None:
         """Start no new command (parked runs hold no task and simply stay parked)."""
         self._closing = True
+
+    def _runs_ended(self) -> None:
+        """Every run's task has ended: the committer may commit what is left and stop."""
+        self._committer.runs_ended()
 
     def _mark_closed(self) -> None:
         self._closed = True

@@ -100,18 +100,21 @@ async def open_engine(
                         max_interruptions, query_timeout=query_timeout)
         async with _single_errors(), trio.open_nursery() as services:
             await engine._start_services(services)
-            async with trio.open_nursery() as runs:
-                await engine._serve(runs)
-                if serve_cli and store.path != ":memory:" and channel_supported():
-                    await services.start(ChannelServer(engine, store).run)
-                try:
-                    yield engine
-                except BaseException:
+            try:
+                async with trio.open_nursery() as runs:
+                    await engine._serve(runs)
+                    if serve_cli and store.path != ":memory:" and channel_supported():
+                        await services.start(ChannelServer(engine, store).run)
+                    try:
+                        yield engine
+                    except BaseException:
+                        engine._begin_shutdown()
+                        runs.cancel_scope.cancel()
+                        raise
                     engine._begin_shutdown()
-                    runs.cancel_scope.cancel()
-                    raise
-                engine._begin_shutdown()
-                runs.cancel_scope.deadline = trio.current_time() + shutdown_timeout
+                    runs.cancel_scope.deadline = trio.current_time() + shutdown_timeout
+            finally:
+                engine._runs_ended()
             services.cancel_scope.cancel()
     finally:
         if engine is not None:
