@@ -135,7 +135,7 @@ async def test_the_engine_answers_bad_values_with_an_error_and_goes_on_serving(
         assert caplog.records == []  # no "bug in replay"
         answer = await trio.to_thread.run_sync(ask, db, request(
             op="signal", run_id="a1", key="approval:v1", payload={"$decimal": "1.25"}))
-        assert answer == {"ok": True, "state": "running"}
+        assert answer == {"ok": True, "state": "running", "warning": None}
         assert str(await run.result()) == "1.25"
 
 
