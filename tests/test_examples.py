@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import importlib.util
+import signal
 import subprocess
 import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 
+import duckdb
 import pytest
 import trio
 import trio.testing
+from childproc import ChildProcess
 
 import replay
 
@@ -230,3 +233,52 @@ def test_example_runs_as_a_script(name: str, tmp_path: Path) -> None:
     assert FIRST_RUN[name] in outputs[0]
     assert SECOND_RUN[name] not in outputs[0]
     assert SECOND_RUN[name] in outputs[1]
+
+
+def serve_until_sigterm(tmp_path: Path, db: Path, attempt: int) -> list[str]:
+    """Run examples/service.py until it serves with its transcode step running, then
+    SIGTERM it; return everything it printed."""
+    service = ChildProcess(EXAMPLES / "service.py", [str(db), "0"], tmp_path / "service.stderr")
+    try:
+        expected = {f"serving {db} (pid {service.proc.pid}); stop with Ctrl-C or "
+                    f"kill -TERM {service.proc.pid}",
+                    f"transcode-cat: transcode:v1 running (attempt {attempt})",
+                    "thumbnail-cat: completed -> ['https://cdn.example.com/cat.jpg']"}
+        lines: list[str] = []
+        while not expected <= set(lines):  # the three lines come in any order
+            line = service.line()
+            assert line is not None, service.stderr()
+            lines.append(line)
+        service.proc.send_signal(signal.SIGTERM)
+        while (line := service.line()) is not None:
+            lines.append(line)
+        assert service.exited() == 0, service.stderr()
+        assert lines[-2:] == ["SIGTERM: stopping; running steps get 0s to finish",
+                              "stopped cleanly"]
+        return lines
+    finally:
+        service.close()
+
+
+@pytest.mark.slow
+def test_service_stops_cleanly_on_sigterm_and_charges_nothing(tmp_path: Path) -> None:
+    db = tmp_path / "service.duckdb"
+    serve_until_sigterm(tmp_path, db, attempt=1)
+    serve_until_sigterm(tmp_path, db, attempt=2)  # the abandoned attempt runs again
+
+    with duckdb.connect(str(db), read_only=True) as con:
+        steps = con.execute("SELECT run_id, key, event, attempt, error_type FROM replay_events "
+                            "WHERE kind = 'step' ORDER BY run_id, seq").fetchall()
+        states = con.execute("SELECT run_id, state FROM replay_runs ORDER BY run_id").fetchall()
+    # Twice stopped in a step with a one-attempt budget, and still running: a clean stop
+    # charged nothing. The thumbnail completed in the first process and never ran again.
+    assert steps == [
+        ("thumbnail-cat", "fetch:v1", "completed", 1, None),
+        ("thumbnail-cat", "render:v1", "completed", 1, None),
+        ("thumbnail-cat", "publish:v1", "completed", 1, None),
+        ("transcode-cat", "fetch:v1", "completed", 1, None),
+        ("transcode-cat", "transcode:v1", "abandoned", 1, None),
+        ("transcode-cat", "transcode:v1", "started", 2, None),
+        ("transcode-cat", "transcode:v1", "abandoned", 2, None),
+    ]
+    assert states == [("thumbnail-cat", "completed"), ("transcode-cat", "running")]
