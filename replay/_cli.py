@@ -2,7 +2,8 @@
 
 Every subcommand takes the database path first. While an engine holds the file the
 command talks to it over the live channel (`replay._channel`); otherwise it opens the
-file itself for the length of one command (`replay._cli_source`). Exit status: 0 on
+file itself for the length of one command (`replay._cli_source`), and `resume
+--workflows` runs an engine of its own (`replay._cli_resume`). Exit status: 0 on
 success, 1 on a user error (unknown run, rejected signal, refused query, no database),
 2 on a usage error (bad arguments).
 """
@@ -22,6 +23,7 @@ from typing import Any, TextIO
 from replay import _cli_format as fmt
 from replay._channel import MAX_DEPTH, WireError, to_wire
 from replay._channel_client import ChannelError
+from replay._cli_resume import resume
 from replay._cli_source import CliError, Source, open_source
 from replay._errors import ReplayError, RunNotFound
 from replay._model import RunState
@@ -31,6 +33,7 @@ from replay._version import __version__
 EXPORT_VIEWS = (("replay_runs", "created_at, run_id"), ("replay_events", "seq"))
 EXTENSIONS = {"parquet": "parquet", "csv": "csv", "json": "jsonl"}
 _SINCE = re.compile(r"^(\d+)([smhd])$")
+_MODULE = re.compile(r"[^\W\d]\w*(\.[^\W\d]\w*)*")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 
@@ -141,9 +144,14 @@ def _parser() -> argparse.ArgumentParser:
     signal.add_argument("value", metavar="JSON_VALUE",
                         help="the payload as JSON, e.g. true, 42, '\"text\"', '{\"ok\": 1}'")
 
-    resume = _command(commands, "resume", _resume, "retry a failed run (needs the running "
-                      "engine: it has the workflow code)")
+    resume = _command(commands, "resume", _resume, "retry a failed run, or replay a parked "
+                      "one now (through the running engine, or with --workflows in the "
+                      "command's own engine)")
     resume.add_argument("run_id", metavar="RUN_ID")
+    resume.add_argument("--workflows", action="extend", type=_modules, default=[],
+                        metavar="MODULE[,MODULE...]",
+                        help="when no engine holds the file: import these modules (as for "
+                        "python -m) and resume the run with the workflows they define")
 
     export = _command(commands, "export", _export, "write replay_runs and replay_events "
                       "to Parquet, CSV or JSON files")
@@ -181,6 +189,14 @@ def _seconds(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
     return value
+
+
+def _modules(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",")]
+    if not all(_MODULE.fullmatch(name) for name in names):
+        raise argparse.ArgumentTypeError(
+            f"expected module names such as myapp.flows, separated by commas, got {text!r}")
+    return names
 
 
 def _positive(text: str) -> int:
@@ -327,7 +343,11 @@ def _signal(args: argparse.Namespace, out: TextIO) -> int:
 def _resume(args: argparse.Namespace, out: TextIO) -> int:
     source = _session(args)
     try:
-        before, after = source.resume(args.run_id)
+        if source.live and args.workflows:
+            print(f"replay resume: note: {source.description} holds {args.db!r} and resumes "
+                  "the run with its own workflow code; --workflows is not used",
+                  file=sys.stderr)
+        before, after = resume(source, args.run_id, args.workflows)
     finally:
         source.close()
     resumed = before not in (RunState.COMPLETED, RunState.RUNNING)
@@ -336,8 +356,11 @@ def _resume(args: argparse.Namespace, out: TextIO) -> int:
                          "state": after}), file=out)
     elif resumed:
         print(f"resumed run {args.run_id!r} ({before} -> {after})", file=out)
-    else:
+    elif before == after:
         print(f"run {args.run_id!r} is {before}; resume changes nothing", file=out)
+    else:
+        print(f"run {args.run_id!r} was {before}; resume changes nothing (it is {after} "
+              "now)", file=out)
     return 0
 
 

@@ -226,21 +226,33 @@ class FileSource:
                                    seq=seq + 1))
         return slot.state.value, misdirected_signal(slot.info(decode), key)
 
+    def workflow_of(self, run_id: str) -> str:
+        """Return the name of the run's workflow.
+
+        Raises:
+            RunNotFound: No such run.
+        """
+        row = self._access.run_row(run_id)
+        if row is None:
+            raise RunNotFound(run_id)
+        return row.workflow
+
     def resume(self, run_id: str) -> tuple[str, str]:
-        """Refuse: resuming runs workflow code, which only an engine has.
+        """Refuse: resuming runs workflow code, which the file does not have.
+
+        ``replay resume --workflows`` resumes in the command's own engine instead
+        (`replay._cli_resume`).
 
         Raises:
             RunNotFound: No such run.
             CliError: Always, otherwise.
         """
-        row = self._access.run_row(run_id)
-        if row is None:
-            raise RunNotFound(run_id)
+        workflow = self.workflow_of(run_id)
         raise CliError(
-            f"resume needs the workflow code, and no engine holds {self.path!r}: start your "
-            f"application (an engine opened with replay.open_engine({self.path!r}, "
-            f"workflows=[...]) that has workflow {row.workflow!r}) and run this command "
-            "again while it runs, or call engine.resume(run_id) in it")
+            f"resume needs the workflow code, and no engine holds {self.path!r}: pass the "
+            f"modules that define workflow {workflow!r} with --workflows MODULE[,MODULE...] "
+            "to resume the run in this command, or run the command while your "
+            "application's engine holds the file, or call engine.resume(run_id) in it")
 
     def close(self) -> None:
         """Close the file."""

@@ -324,10 +324,10 @@ def test_signal_usage_errors_exit_2(capsys: pytest.CaptureFixture[str], copy: st
 def test_resume_needs_the_engine(capsys: pytest.CaptureFixture[str], stopped: str) -> None:
     assert cli(capsys, "resume", stopped, "f1") == (
         1, "", f"replay resume: resume needs the workflow code, and no engine holds "
-               f"{stopped!r}: start your application (an engine opened with "
-               f"replay.open_engine({stopped!r}, workflows=[...]) that has workflow 'flaky') "
-               "and run this command again while it runs, or call engine.resume(run_id) in "
-               "it\n")
+               f"{stopped!r}: pass the modules that define workflow 'flaky' with --workflows "
+               "MODULE[,MODULE...] to resume the run in this command, or run the command "
+               "while your application's engine holds the file, or call "
+               "engine.resume(run_id) in it\n")
     assert cli(capsys, "resume", stopped, "zz")[0] == 1
 
 

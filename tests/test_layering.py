@@ -22,6 +22,7 @@ LAYERS = {
     # command line (top layer) is its client.
     "replay._channel": 1, "replay._channel_server": 2,
     "replay._channel_client": 3, "replay._cli_source": 3, "replay._cli_format": 3,
+    "replay._cli_resume": 3,
 }
 TOP = 3  # replay/__init__.py, the command line and replay.testing may import anything.
 
