@@ -3,9 +3,11 @@
 Structure: a *services* nursery holds the group-commit flusher, the timer task and the
 channel server of the `replay` command; a *runs* nursery inside it holds one task per
 executing run. On a clean exit the runs nursery gets `shutdown_timeout` to let running
-steps finish (no new command starts), then the services stop and the file is closed. If
-the body raises or is cancelled, running steps are abandoned at once: they run again at
-the next open.
+steps finish (no new command starts); if the body raises or is cancelled, running steps
+are stopped at once. Either way, each attempt still running is recorded as abandoned by
+its own task as it is cancelled; once every run's task has ended, the flusher commits
+what is left, then the services stop and the file is closed. Abandoned attempts run
+again at the next open, uncharged.
 """
 
 from __future__ import annotations
@@ -49,8 +51,9 @@ async def open_engine(
     back-offs, suspend timeouts) is scheduled (overdue ones at once), and suspended
     runs with a signal waiting in their mailbox wake. On a clean exit the engine starts
     no new commands, lets running steps finish within `shutdown_timeout`, and closes
-    the database; if the body is cancelled or raises, running steps are abandoned at
-    once (they run again at the next open).
+    the database; if the body is cancelled or raises, running steps are stopped at
+    once. Steps still running when the engine stops are recorded as abandoned: they run
+    again at the next open, charging neither their retry budget nor `max_interruptions`.
 
     Args:
         path: The database file (created if missing), or ``":memory:"``.
@@ -99,8 +102,8 @@ async def open_engine(
                         max_threads, 0 if always_replay else cache_size, always_replay,
                         max_interruptions, query_timeout=query_timeout)
         async with _single_errors(), trio.open_nursery() as services:
-            await engine._start_services(services)
             try:
+                await engine._start_services(services)
                 async with trio.open_nursery() as runs:
                     await engine._serve(runs)
                     if serve_cli and store.path != ":memory:" and channel_supported():
