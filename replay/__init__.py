@@ -6,7 +6,7 @@ straight back, new ones are executed and recorded before the workflow continues.
 """
 
 from replay._codec import register_type
-from replay._commands import Retry, Sleep, Step, Suspend
+from replay._commands import Sleep, Step, Suspend
 from replay._engine import Engine
 from replay._errors import (
     DatabaseError,
@@ -33,6 +33,7 @@ from replay._handles import Run
 from replay._history import Event
 from replay._lifecycle import open_engine
 from replay._model import RunInfo, RunState
+from replay._retry import Retry
 from replay._run import run
 from replay._steps import current_step
 from replay._version import __version__

@@ -25,7 +25,6 @@ import trio
 
 from replay._clock import EngineClock, busy_thread, in_thread
 from replay._codec import decode, encode, to_json
-from replay._commands import Retry
 from replay._committer import Committer
 from replay._errors import EngineClosed, RunIdConflict, RunNotFound
 from replay._export import write_history
@@ -41,6 +40,7 @@ from replay._handles import (
 from replay._history import Event, Record, RunHistory
 from replay._model import FINISHED, RunInfo, RunSlot, RunState
 from replay._parking import Parked, ParkedCache
+from replay._retry import Retry
 from replay._runner import Runner, input_of
 from replay._serving import STOP_SIGNALS, wait_for_stop_signal
 from replay._steps import StepRunner

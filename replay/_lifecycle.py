@@ -22,9 +22,9 @@ import trio
 from replay._channel import channel_supported
 from replay._channel_server import ChannelServer
 from replay._clock import EngineClock, in_thread
-from replay._commands import Retry
 from replay._engine import Engine
 from replay._opening import database_path, open_store, validate_count, validate_options
+from replay._retry import Retry
 from replay._workflows import Registry
 
 

@@ -17,8 +17,8 @@ from os import PathLike
 import trio
 
 from replay._clock import in_thread
-from replay._commands import Retry
 from replay._errors import DatabaseLocked
+from replay._retry import Retry
 from replay._store import Store, checked_timeout, file_keys
 
 _OPEN_HERE: set[str] = set()

@@ -27,7 +27,7 @@ import trio
 
 from replay._clock import EngineClock, busy_thread
 from replay._codec import decode, encode, to_json
-from replay._commands import Retry, Step
+from replay._commands import Step
 from replay._errors import (
     EncodingError,
     ReplayError,
@@ -41,6 +41,7 @@ from replay._errors import (
 from replay._history import KeyRecord, Record
 from replay._model import RunSlot, RunState
 from replay._parking import Park
+from replay._retry import Retry
 from replay._workers import WorkerPool, WorkerTimeout
 
 _CURRENT_STEP: ContextVar[tuple[str, str, int] | None] = ContextVar(

@@ -16,13 +16,13 @@ import pytest
 from replay._commands import (
     COMMAND_TYPES,
     Command,
-    Retry,
     Sleep,
     Step,
     Suspend,
     command_kind,
 )
 from replay._errors import StepTimeout, error_types_of, qualified_name
+from replay._retry import Retry
 
 HERE = __name__
 FN_HINT = "pass the function itself, e.g. Step('charge:v1', charge_card, order_id)"

@@ -12,6 +12,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "replay"
 # Lower layers never import higher ones.
 LAYERS = {
     "replay._errors": 0, "replay._version": 0, "replay._commands": 0,
+    "replay._checks": 0, "replay._retry": 0,
     "replay._history": 0, "replay._interpreter": 0, "replay._workflows": 0,
     "replay._codec": 1, "replay._store": 1,
     "replay._clock": 2, "replay._model": 2, "replay._committer": 2, "replay._steps": 2,

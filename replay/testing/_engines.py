@@ -11,11 +11,11 @@ import trio
 import trio.testing
 
 from replay._clock import set_virtual_start as _anchor
-from replay._commands import Retry
 from replay._engine import Engine
 from replay._handles import checked_state
 from replay._lifecycle import open_engine
 from replay._model import RunInfo, RunState
+from replay._retry import Retry
 
 
 def set_virtual_start(start: datetime) -> None:

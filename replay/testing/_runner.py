@@ -25,7 +25,6 @@ import trio
 import trio.testing
 
 from replay._clock import in_thread
-from replay._commands import Retry
 from replay._engine import Engine
 from replay._errors import (
     DuplicateKeyError,
@@ -37,6 +36,7 @@ from replay._errors import (
 from replay._handles import Run, event_of
 from replay._history import Event, Record
 from replay._model import RunInfo, RunState
+from replay._retry import Retry
 from replay._workflows import check_workflow, workflow_name
 from replay.testing._engines import open_test_engine, require_virtual_clock
 from replay.testing._replaying import Source, replay_records, yielded_here
