@@ -26,7 +26,7 @@ import trio
 from replay._clock import EngineClock, busy_thread, in_thread
 from replay._codec import decode, encode, to_json
 from replay._committer import Committer
-from replay._errors import EngineClosed, RunIdConflict, RunNotFound
+from replay._errors import EncodingError, EngineClosed, RunIdConflict, RunNotFound
 from replay._export import write_history
 from replay._handles import (
     Run,
@@ -248,12 +248,23 @@ class Engine:
 
         Raises:
             RunNotFound: No such run.
+            EncodingError: The run's recorded output cannot be decoded (a damaged
+                value, or a type that is no longer registered).
         """
-        return self._slot(run_id).info(decode)
+        slot = self._slot(run_id)
+        try:
+            return slot.info(decode)
+        except EncodingError as error:
+            raise EncodingError(
+                f"run {run_id!r}: its recorded output cannot be decoded: {error}",
+                key="output") from error
 
     async def runs(self, state: RunState | str | None = None, workflow: str | None = None,
                    limit: int = 1000) -> list[RunInfo]:
         """List runs, newest first by `created_at`.
+
+        A run whose recorded output cannot be decoded is listed with ``output=None``
+        (and a warning on the ``replay`` logger); `status` of it says why.
 
         Args:
             state: Only runs in this state.
@@ -270,7 +281,7 @@ class Engine:
                  and (wanted is None or s.state is wanted)
                  and (workflow is None or s.workflow == workflow)]
         slots.sort(key=lambda s: s.created_at, reverse=True)
-        return [slot.info(decode) for slot in slots[:limit]]
+        return [self._listed(slot) for slot in slots[:limit]]
 
     async def history(self, run_id: str) -> list[Event]:
         """Return every event of one run in order, values decoded.
@@ -395,6 +406,16 @@ class Engine:
                                    advice)
 
     # -- internals --
+
+    @staticmethod
+    def _listed(slot: RunSlot) -> RunInfo:
+        """A run as `runs` lists it: one undecodable output must not hide the others."""
+        try:
+            return slot.info(decode)
+        except EncodingError as error:
+            log.warning("run %r is listed without its output, which cannot be decoded: %s",
+                        slot.run_id, error)
+            return slot.info(lambda data: None)
 
     async def _existing(self, slot: RunSlot, name: str) -> Run:
         if slot.workflow != name:

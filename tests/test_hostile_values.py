@@ -332,3 +332,25 @@ async def test_a_spinning_workflow_fails_while_another_run_completes(db: str) ->
                 "yield only commands such as Step, Sleep or Suspend")):
             await spinning.result()
         assert await other.result() == {"label": "other"}
+
+
+async def test_an_undecodable_output_fails_status_of_its_run_only(db: str) -> None:
+    # A tampered output of a completed run must not stop `runs()` listing the others.
+    @replay.workflow(name="finishes")
+    def finishes(label: str):  # type: ignore[no-untyped-def]
+        yield replay.Step("value:v1", str, label)
+        return label
+
+    async with replay.open_engine(db, workflows=[finishes]) as engine:
+        for run_id in ("victim", "bystander"):
+            await (await engine.start(finishes, run_id, run_id=run_id)).result()
+    with duckdb.connect(db) as con:
+        con.execute("UPDATE replay_event_log SET value = ? WHERE run_id = 'victim' AND "
+                    "kind = 'run' AND event = 'completed'", [tampered_tuples(195)])
+    async with replay.open_engine(db, workflows=[finishes]) as engine:
+        listed = {info.run_id: info.output for info in await engine.runs()}
+        assert listed == {"victim": None, "bystander": "bystander"}
+        with pytest.raises(EncodingError, match=(
+                r"^run 'victim': its recorded output cannot be decoded: ")):
+            engine.status("victim")
+        assert engine.status("bystander").output == "bystander"
