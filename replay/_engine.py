@@ -430,19 +430,18 @@ class Engine:
     async def _let_go(self, slot: RunSlot) -> None:
         """Wait while the run's task has recorded a park or an end but not let go yet.
 
-        Between that record and the end of its task a run is `active` in a state that
-        says it is not executing; a call that decided from the state in that window
-        (`resume`: "executing, nothing to do"; `signal`: "busy, keep it in the
-        mailbox") would be lost. A run woken by its deadline (a sleep, a back-off) is
-        executing although its state still says it waits: its deadline has passed.
+        In that window the run's state says it waits (or is finished) while its task
+        still owns it; a call that decided from the state then (`resume`: "executing,
+        nothing to do"; `signal`: "busy, keep it in the mailbox") would be lost. A run
+        that is really executing (woken by a deadline, or replaying after `resume`)
+        is not waited for.
         """
         while self._parking(slot):
             await slot.wait_changed()
 
-    def _parking(self, slot: RunSlot) -> bool:
-        if not slot.active or slot.state is RunState.RUNNING:
-            return False
-        return slot.wake_at is None or slot.wake_at > self._clock.now()
+    @staticmethod
+    def _parking(slot: RunSlot) -> bool:
+        return slot.active and slot.settling
 
     def _slot(self, run_id: str) -> RunSlot:
         slot = self._slots.get(run_id)

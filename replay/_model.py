@@ -73,8 +73,8 @@ class RunSlot:
     __slots__ = (
         "_changed", "_durable", "_lock", "active", "created_at", "durable", "error",
         "error_type",
-        "history", "message", "needs_start_mark", "output", "run_id", "state", "status_text",
-        "updated_at",
+        "history", "message", "needs_start_mark", "output", "run_id", "settling", "state",
+        "status_text", "updated_at",
         "waiting_for", "wake_at", "workflow",
     )
 
@@ -95,6 +95,10 @@ class RunSlot:
         self.history: RunHistory | None = None
         # True while a task drives the run: one run executes in one place at a time.
         self.active = False
+        # True from the commit of a record that parks or ends the run until its task has
+        # let go: the state already says it waits (or is finished), but the task still
+        # owns the run, so a call must wait for it instead of deciding from the state.
+        self.settling = False
         # True until the run's first step attempt since the engine opened has ended: that
         # attempt runs alone with its start recorded, so a process death is charged to
         # it (runs started by this engine have no earlier process to die in).
@@ -160,6 +164,7 @@ class RunSlot:
         if record.run_state is None:
             return
         self.state = RunState(record.run_state)
+        self.settling = self.active and self.state is not RunState.RUNNING
         waiting = self.state in (RunState.SLEEPING, RunState.SUSPENDED)
         self.waiting_for = record.key if waiting else None
         self.wake_at = record.wake_at if waiting else None

@@ -96,7 +96,7 @@ class Runner:
                 # A bug in replay must fail only this run, never the engine.
                 await self._fail(slot, _internal_error(slot, error))
         finally:
-            slot.active = False
+            slot.active = slot.settling = False
             if parking is not None:
                 self._park(slot, *parking)
             else:

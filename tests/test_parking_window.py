@@ -130,6 +130,35 @@ async def test_a_signal_during_a_step_still_waits_in_the_mailbox(db: str) -> Non
         assert await run.result() == "early"
 
 
+async def test_calls_do_not_wait_for_a_resumed_run_executing_new_steps(db: str) -> None:
+    # After `resume`, a parked run replays with the new code; while it executes a new
+    # step its state still says `suspended`, but it is not parking: a signal and a
+    # second `resume` answer at once instead of waiting for the step.
+    release = trio.Event()
+
+    async def long_step() -> str:
+        await release.wait()
+        return "done"
+
+    @replay.workflow(name="redeployed")
+    def redeployed(run_id: str):  # type: ignore[no-untyped-def]
+        if run_id not in DEPLOYED:
+            return (yield Suspend("old-gate:v1"))
+        yield Step("long:v1", long_step)
+        return (yield Suspend("new-gate:v1"))
+
+    async with replay.open_engine(db, workflows=[redeployed]) as engine:
+        run = await engine.start(redeployed, "rd-1", run_id="rd-1")
+        await run.wait()
+        DEPLOYED.add("rd-1")
+        await engine.resume("rd-1")
+        with trio.fail_after(LOST):
+            await engine.signal("rd-1", "new-gate:v1", "early")
+            await engine.resume("rd-1")
+        release.set()
+        assert await run.result() == "early"
+
+
 @pytest.mark.slow
 def test_in_real_time_no_call_on_a_parking_run_is_lost() -> None:
     rounds = 100  # 300 calls
