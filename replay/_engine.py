@@ -206,7 +206,7 @@ class Engine:
         """Commit the signal and wake the run if it waits for it; False: try again."""
         await self._let_go(slot)
         async with slot.lock:
-            if self._parking(slot):
+            if slot.letting_go:
                 return False
             parked_here = (slot.state is RunState.SUSPENDED and slot.waiting_for == key
                            and not slot.active)
@@ -436,12 +436,8 @@ class Engine:
         that is really executing (woken by a deadline, or replaying after `resume`)
         is not waited for.
         """
-        while self._parking(slot):
+        while slot.letting_go:
             await slot.wait_changed()
-
-    @staticmethod
-    def _parking(slot: RunSlot) -> bool:
-        return slot.active and slot.settling
 
     def _slot(self, run_id: str) -> RunSlot:
         slot = self._slots.get(run_id)

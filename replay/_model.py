@@ -111,6 +111,11 @@ class RunSlot:
         self._durable: trio.Event | None = None
 
     @property
+    def letting_go(self) -> bool:
+        """True while the run's task has recorded a park or an end but still owns it."""
+        return self.active and self.settling
+
+    @property
     def lock(self) -> trio.Lock:
         """The run's lock: signals and parking decisions take it (made on first use)."""
         if self._lock is None:
