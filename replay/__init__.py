@@ -7,7 +7,11 @@ straight back, new ones are executed and recorded before the workflow continues.
 
 from replay._codec import register_type
 from replay._commands import Sleep, Step, Suspend
-from replay._engine import Engine
+from replay._engine._facade import Engine
+from replay._engine._handle import Run
+from replay._engine._lifecycle import open_engine
+from replay._engine._script import run
+from replay._engine._steps import current_step
 from replay._errors import (
     DatabaseError,
     DatabaseLocked,
@@ -29,13 +33,8 @@ from replay._errors import (
     WorkflowFailed,
     WorkflowNotRegistered,
 )
-from replay._handles import Run
-from replay._history import Event
-from replay._lifecycle import open_engine
-from replay._model import RunInfo, RunState
 from replay._retry import Retry
-from replay._run import run
-from replay._steps import current_step
+from replay._types import Event, RunInfo, RunState
 from replay._version import __version__
 from replay._workflows import workflow
 

@@ -5,7 +5,7 @@ Usage::
     python crash_waits_child.py CONFIG_JSON
 
 CONFIG_JSON holds ``mode``, ``db``, ``side`` (the side file), ``start`` (an ISO aware
-datetime: this process's virtual start, see `replay._clock.set_virtual_start`),
+datetime: this process's virtual start, see `replay.testing.set_virtual_start`),
 ``plan`` (``{run_id: [workflow, spec]}``), ``signals`` (run ids to signal) and
 ``round`` (a label put in signal payloads). The engine runs under
 ``trio.testing.MockClock(autojump_threshold=0)``: virtual time.
@@ -54,7 +54,7 @@ import trio.testing
 
 import replay
 from replay import Sleep, Step, Suspend
-from replay._clock import busy_thread, set_virtual_start
+from replay._engine._clock import busy_thread, set_virtual_start
 
 SIDE_FILE = ""
 RETRY = replay.Retry(attempts=50, initial=0, jitter=0)

@@ -28,11 +28,11 @@ import trio.testing
 
 import replay
 from replay import Step
-from replay import _channel_client as client
-from replay import _channel_server as server
-from replay._channel import dump_message, load_message, short_address, socket_path
+from replay._channel import _client as client
+from replay._channel._protocol import dump_message, load_message, short_address, socket_path
 from replay._cli import main
-from replay._cli_source import open_source
+from replay._cli._source import open_source
+from replay._engine import _channel_server as server
 
 HERE = Path(__file__).resolve().parent
 HELLO = dump_message({"protocol": 1, "op": "hello"})
@@ -241,7 +241,7 @@ async def test_a_channel_that_fails_for_good_refuses_and_keeps_its_socket(
 def test_a_holder_whose_channel_refuses_is_not_said_not_to_serve(
         tmp_path: Path, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from replay import _cli_source
+    from replay._cli import _source as _cli_source
 
     monkeypatch.setattr(_cli_source, "LOCKED_GRACE_SECONDS", 0.0)
     monkeypatch.setattr(client, "_sleep", lambda seconds: None)

@@ -17,7 +17,7 @@ import trio
 
 import replay
 from replay import Suspend
-from replay._channel import (
+from replay._channel._protocol import (
     MAX_DEPTH,
     WireError,
     from_wire,

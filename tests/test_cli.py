@@ -26,11 +26,11 @@ import trio
 import trio.testing
 
 import replay
-from replay import _cli_source
-from replay._channel import from_wire, short_address, socket_path, to_wire
+from replay._channel._protocol import from_wire, short_address, socket_path, to_wire
+from replay._cli import _source as _cli_source
 from replay._cli import main
-from replay._cli_format import number, span, took
-from replay._clock import set_virtual_start
+from replay._cli._format import number, span, took
+from replay._engine._clock import set_virtual_start
 
 HERE = Path(__file__).resolve().parent
 WORKFLOWS = [child.approval, child.flaky, child.napper]

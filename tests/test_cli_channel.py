@@ -20,8 +20,8 @@ import trio
 
 import replay
 from replay import Step
-from replay import _channel_client as client
-from replay._channel import short_address, socket_path
+from replay._channel import _client as client
+from replay._channel._protocol import short_address, socket_path
 from replay._cli import main
 
 

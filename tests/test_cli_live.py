@@ -25,7 +25,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from replay._channel import socket_path
+from replay._channel._protocol import socket_path
 from replay._cli import main
 
 HERE = Path(__file__).resolve().parent

@@ -24,7 +24,7 @@ import trio.testing
 import replay
 from replay import Retry, Step, Suspend
 from replay._cli import main
-from replay._clock import set_virtual_start
+from replay._engine._clock import set_virtual_start
 
 COOKBOOK = Path(__file__).resolve().parent.parent / "docs" / "cookbook.md"
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)

@@ -34,8 +34,8 @@ from hostile_child import holds
 import replay
 from replay import EncodingError, ReplayError, RunState, WorkflowFailed
 from replay._codec import MAX_DEPTH, _json, _unregister, decode, encode, to_json
-from replay._history import RunHistory
-from replay._interpreter import MAX_NON_COMMANDS, Execute, Fail, Interpreter
+from replay._core._history import RunHistory
+from replay._core._interpreter import MAX_NON_COMMANDS, Execute, Fail, Interpreter
 
 CHILD = Path(__file__).with_name("hostile_child.py")
 TOO_DEEP = ("cannot encode value of {key!r}: it nests more than 100 levels of containers "

@@ -8,8 +8,8 @@ import pytest
 
 from replay import DuplicateKeyError, NondeterminismError, Sleep, Step, StepFailed
 from replay._codec import decode, encode
-from replay._history import Record, RunHistory
-from replay._interpreter import Execute, Fail, Finish, Interpreter
+from replay._core._history import Record, RunHistory
+from replay._core._interpreter import Execute, Fail, Finish, Interpreter
 
 
 def fetch(n: int) -> int:

@@ -1,4 +1,10 @@
-"""SPEC §9: layers import one way, and each outside library has one home."""
+"""The layout shows the architecture: each part imports only what it may, one way.
+
+Parts are the top-level modules and subpackages of `replay`. The pure core and the
+public value types import no trio, duckdb or msgpack; each outside library has one
+home; no two modules import each other, directly or in a loop; `replay.__all__` is
+pinned so that a change to the public surface is a deliberate one.
+"""
 
 from __future__ import annotations
 
@@ -7,32 +13,39 @@ from pathlib import Path
 
 import pytest
 
+import replay
+
 PACKAGE = Path(__file__).resolve().parent.parent / "replay"
 
-# Lower layers never import higher ones.
-LAYERS = {
-    "replay._errors": 0, "replay._version": 0, "replay._commands": 0,
-    "replay._checks": 0, "replay._retry": 0,
-    "replay._history": 0, "replay._interpreter": 0, "replay._workflows": 0,
-    "replay._codec": 1, "replay._store": 1,
-    "replay._clock": 2, "replay._model": 2, "replay._committer": 2, "replay._steps": 2,
-    "replay._runner": 2, "replay._opening": 2, "replay._engine": 2, "replay._run": 2,
-    "replay._timers": 2, "replay._parking": 2, "replay._handles": 2, "replay._lifecycle": 2,
-    "replay._export": 1, "replay._workers": 2, "replay._serving": 2,
-    # The live channel: its protocol is pure standard library; the engine serves it; the
-    # command line (top layer) is its client.
-    "replay._channel": 1, "replay._channel_server": 2,
-    "replay._channel_client": 3, "replay._cli_source": 3, "replay._cli_format": 3,
-    "replay._cli_resume": 3,
+PURE = {"replay._errors", "replay._version", "replay._types", "replay._checks",
+        "replay._retry", "replay._commands", "replay._workflows", "replay._core"}
+# What each part may import (besides itself and the standard library).
+ALLOWED: dict[str, set[str]] = {
+    "replay._errors": set(),
+    "replay._version": set(),
+    "replay._types": set(),
+    "replay._checks": {"replay._errors"},
+    "replay._retry": {"replay._errors", "replay._checks"},
+    "replay._commands": {"replay._errors", "replay._checks", "replay._retry"},
+    "replay._workflows": {"replay._errors"},
+    "replay._core": {"replay._errors", "replay._types", "replay._commands", "replay._retry",
+                     "replay._checks"},
+    "replay._codec": {"replay._errors", "replay._core"},
+    "replay._store": {"replay._errors", "replay._types", "replay._core", "replay._codec"},
+    "replay._channel": set(),  # the wire protocol and its client: standard library only
+    "replay._engine": PURE | {"replay._codec", "replay._store", "replay._channel"},
+    "replay._cli": PURE | {"replay._codec", "replay._store", "replay._channel",
+                           "replay._engine"},
+    "replay.testing": PURE | {"replay._codec", "replay._engine"},
+    "replay": PURE | {"replay._codec", "replay._engine"},
+    "replay.__main__": {"replay._cli"},
 }
-TOP = 3  # replay/__init__.py, the command line and replay.testing may import anything.
 
-# Each outside library may be imported by these modules only.
+# Each outside library may be imported by these parts only.
 HOMES = {
     "duckdb": {"replay._store"},
     "msgpack": {"replay._codec"},
 }
-PURE = {name for name, layer in LAYERS.items() if layer == 0}
 
 
 def module_name(path: Path) -> str:
@@ -41,53 +54,78 @@ def module_name(path: Path) -> str:
 
 
 def imports_of(path: Path) -> set[str]:
+    """Modules imported at run time (imports under ``if TYPE_CHECKING:`` excluded)."""
+    tree = ast.parse(path.read_text(), str(path))
+    checking = {id(node) for stmt in ast.walk(tree) if isinstance(stmt, ast.If)
+                and "TYPE_CHECKING" in ast.unparse(stmt.test) for node in ast.walk(stmt)}
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in ast.walk(tree):
+        if id(node) in checking:
+            continue
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.add(node.module)
+            if node.module == "replay":
+                found.update(f"replay.{alias.name}" for alias in node.names)
     return found
 
 
 MODULES = {module_name(path): imports_of(path) for path in sorted(PACKAGE.rglob("*.py"))}
 
 
-def package_of(module: str) -> str:
-    """The top-level module or package a module belongs to: replay._store.x -> replay._store."""
+def part_of(module: str) -> str:
+    """The top-level module or subpackage a module belongs to: replay._store.x -> replay._store."""
     return ".".join(module.split(".")[:2])
 
 
-def layer(module: str) -> int:
-    if module.startswith("replay.testing"):
-        return TOP
-    return LAYERS.get(package_of(module), TOP)
-
-
-def test_every_private_module_has_a_layer() -> None:
-    private = {m for m in MODULES if m.count(".") == 1 and m.split(".")[1].startswith("_")}
-    assert private - {"replay.__main__", "replay._cli"} <= set(LAYERS)
+def test_every_part_has_its_allowed_imports() -> None:
+    assert {part_of(m) for m in MODULES} <= set(ALLOWED)
 
 
 @pytest.mark.parametrize("module", sorted(MODULES))
-def test_imports_point_down_the_layers(module: str) -> None:
+def test_imports_follow_the_layers(module: str) -> None:
+    own = part_of(module)
     for imported in MODULES[module]:
-        if imported.startswith("replay."):
-            target = ".".join(imported.split(".")[:2])
-            assert layer(target) <= layer(module), f"{module} imports {imported}"
+        if imported.startswith("replay.") or imported == "replay":
+            target = part_of(imported)
+            assert target == own or target in ALLOWED[own], f"{module} imports {imported}"
 
 
 @pytest.mark.parametrize("library", sorted(HOMES))
 def test_outside_libraries_have_one_home(library: str) -> None:
-    users = {package_of(m) for m, found in MODULES.items()
+    users = {part_of(m) for m, found in MODULES.items()
              if any(i == library or i.startswith(library + ".") for i in found)}
     assert users <= HOMES[library]
 
 
-def test_the_pure_core_imports_no_trio_duckdb_or_msgpack() -> None:
-    for module in PURE:
-        roots = {imported.split(".")[0] for imported in MODULES[module]}
-        assert not roots & {"trio", "duckdb", "msgpack"}, module
+def test_the_pure_parts_import_no_trio_duckdb_or_msgpack() -> None:
+    for module, found in MODULES.items():
+        if part_of(module) in PURE:
+            roots = {imported.split(".")[0] for imported in found}
+            assert not roots & {"trio", "duckdb", "msgpack"}, module
+
+
+def test_no_modules_import_each_other_in_a_loop() -> None:
+    graph = {m: {i for i in found if i in MODULES and i != m} for m, found in MODULES.items()}
+    # A package's __init__ re-exporting its own modules is not a loop of meaning.
+    for module, found in graph.items():
+        graph[module] = {i for i in found if not module.startswith(i + ".")}
+    state: dict[str, int] = {}
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for imported in sorted(graph[module]):
+            if state.get(imported) == 1:
+                cycle = [*path[path.index(imported):], imported] if imported in path else path
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if imported not in state:
+                visit(imported, [*path, imported])
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
 
 
 def test_import_replay_does_not_import_the_testing_package() -> None:
@@ -97,3 +135,18 @@ def test_import_replay_does_not_import_the_testing_package() -> None:
 def test_the_store_package_is_the_only_home_of_duckdb() -> None:
     assert {m for m in MODULES if m.startswith("replay._store.")} >= {
         "replay._store._schema", "replay._store._writer_store"}
+
+
+PUBLIC = [
+    "DatabaseError", "DatabaseLocked", "DuplicateKeyError", "EncodingError", "Engine",
+    "EngineClosed", "Event", "NondeterminismError", "QueryError", "ReplayError",
+    "ReplayInternalError", "Retry", "Run", "RunIdConflict", "RunInfo", "RunNotFound",
+    "RunState", "RunSuspended", "SignalRejected", "Sleep", "Step", "StepFailed",
+    "StepInterrupted", "StepTimeout", "Suspend", "SuspendTimeout", "WorkflowFailed",
+    "WorkflowNotRegistered", "__version__", "current_step", "open_engine", "register_type",
+    "run", "workflow",
+]
+
+
+def test_the_public_surface_is_pinned() -> None:
+    assert sorted(replay.__all__) == sorted(PUBLIC)

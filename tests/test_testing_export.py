@@ -17,8 +17,8 @@ import pytest
 import replay
 from replay import Sleep, Step, Suspend
 from replay._codec import decode
-from replay._export import FORMAT, VERSION, read_history, write_history
-from replay._history import Record
+from replay._codec._export import FORMAT, VERSION, read_history, write_history
+from replay._core._history import Record
 from replay.testing import open_test_engine
 
 START = datetime(2030, 1, 1, tzinfo=UTC)

@@ -12,6 +12,7 @@ import pytest
 import trio
 
 import replay
+import replay.testing
 from replay import RunState, Sleep, Step, Suspend, SuspendTimeout
 
 counts: dict[str, int] = {}
@@ -429,7 +430,7 @@ async def test_the_clock_never_goes_back_between_engines_of_one_trio_run(db: str
     async with replay.open_engine(db, workflows=[napper]) as engine:
         await (await engine.start(napper, 10 * 24 * 3600)).result()
         ahead = engine.now()
-    replay._clock.set_virtual_start(ahead - timedelta(days=10))  # as if a new process
+    replay.testing.set_virtual_start(ahead - timedelta(days=10))  # as if a new process
     async with replay.open_engine(db, workflows=[napper]) as engine:
         assert engine.now() == ahead
         await trio.sleep(5 * 24 * 3600)

@@ -1,4 +1,4 @@
-"""The worker pool that runs sync step functions (replay._workers)."""
+"""The worker pool that runs sync step functions (replay._engine._workers)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import threading
 import pytest
 import trio
 
-from replay._clock import busy_thread
-from replay._workers import WorkerPool
+from replay._engine._clock import busy_thread
+from replay._engine._workers import WorkerPool
 
 where: contextvars.ContextVar[str] = contextvars.ContextVar("where", default="unset")
 

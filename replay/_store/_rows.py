@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from replay._codec import encode
+from replay._core._history import Record
 from replay._errors import DatabaseError
-from replay._history import Record
 
 RUN_STATES = frozenset({"running", "sleeping", "suspended", "completed", "failed", "cancelled"})
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import duckdb
 
+from replay._core._history import Record
 from replay._errors import EngineClosed
-from replay._history import Record
 from replay._store._connect import connect, damaged, private_wal, unusable
 from replay._store._queries import OpenQueries, ReadQuery
 from replay._store._rows import RunRow, history_records, memo_record, run_row, utc_or_none

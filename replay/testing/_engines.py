@@ -10,12 +10,12 @@ from typing import Any
 import trio
 import trio.testing
 
-from replay._clock import set_virtual_start as _anchor
-from replay._engine import Engine
-from replay._handles import checked_state
-from replay._lifecycle import open_engine
-from replay._model import RunInfo, RunState
+from replay._engine._clock import set_virtual_start as _anchor
+from replay._engine._facade import Engine
+from replay._engine._handle import checked_state
+from replay._engine._lifecycle import open_engine
 from replay._retry import Retry
+from replay._types import RunInfo, RunState
 
 
 def set_virtual_start(start: datetime) -> None:

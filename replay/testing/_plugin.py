@@ -35,7 +35,7 @@ import pytest
 import trio
 import trio.testing
 
-from replay._engine import Engine
+from replay._engine._facade import Engine
 from replay._workflows import _NAME_ATTRIBUTE, workflow_name
 from replay.testing._engines import open_test_engine
 

@@ -29,7 +29,10 @@ from os import PathLike
 from typing import Any
 
 from replay._codec import decode, encode
+from replay._codec._export import read_history
 from replay._commands import Command
+from replay._core._history import KeyRecord, Record, RunHistory
+from replay._core._interpreter import Decision, Execute, Fail, Finish, Interpreter, format_failure
 from replay._errors import (
     DuplicateKeyError,
     EncodingError,
@@ -38,10 +41,7 @@ from replay._errors import (
     qualified_name,
     safe_repr,
 )
-from replay._export import read_history
-from replay._history import KeyRecord, Record, RunHistory
-from replay._interpreter import Decision, Execute, Fail, Finish, Interpreter, format_failure
-from replay._model import RunState
+from replay._types import RunState
 from replay._workflows import check_workflow, workflow_name
 
 _FILE_REMEDY = "if the change is intended, export the history again with engine.export_history"

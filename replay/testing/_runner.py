@@ -24,8 +24,10 @@ from typing import Any
 import trio
 import trio.testing
 
-from replay._clock import in_thread
-from replay._engine import Engine
+from replay._core._history import Record
+from replay._engine._clock import in_thread
+from replay._engine._facade import Engine
+from replay._engine._handle import Run, event_of
 from replay._errors import (
     DuplicateKeyError,
     NondeterminismError,
@@ -33,10 +35,8 @@ from replay._errors import (
     WorkflowFailed,
     safe_repr,
 )
-from replay._handles import Run, event_of
-from replay._history import Event, Record
-from replay._model import RunInfo, RunState
 from replay._retry import Retry
+from replay._types import Event, RunInfo, RunState
 from replay._workflows import check_workflow, workflow_name
 from replay.testing._engines import open_test_engine, require_virtual_clock
 from replay.testing._replaying import Source, replay_records, yielded_here

@@ -15,14 +15,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from replay._channel import socket_path
-from replay._channel_client import ChannelError, Connection, connect
+from replay._channel._client import ChannelError, Connection, connect
+from replay._channel._protocol import socket_path
 from replay._codec import decode, encode, to_json
+from replay._core._history import Record, RunHistory
+from replay._engine._handle import check_signal, checked_key, misdirected_signal
+from replay._engine._slots import RunSlot
 from replay._errors import DatabaseLocked, ReplayError, RunNotFound
-from replay._handles import check_signal, checked_key, misdirected_signal
-from replay._history import Record, RunHistory
-from replay._model import RunSlot, RunState
 from replay._store import FileAccess, ReadQuery
+from replay._types import RunState
 
 CHUNK_ROWS = 1000
 # How long to look for the engine's socket when the file is locked: an engine that is
@@ -241,7 +242,7 @@ class FileSource:
         """Refuse: resuming runs workflow code, which the file does not have.
 
         ``replay resume --workflows`` resumes in the command's own engine instead
-        (`replay._cli_resume`).
+        (`replay._cli._resume`).
 
         Raises:
             RunNotFound: No such run.

@@ -16,9 +16,9 @@ from typing import Any
 
 import trio
 
-from replay._clock import EngineClock, busy_thread
+from replay._core._history import Record
+from replay._engine._clock import EngineClock, busy_thread
 from replay._errors import DatabaseError
-from replay._history import Record
 from replay._store import Store, record_row
 
 

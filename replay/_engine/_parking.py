@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from replay._interpreter import Execute, Interpreter
+from replay._core._interpreter import Execute, Interpreter
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
-from replay._history import Record
+from replay._core._history import Record
 
 FORMAT = "replay-history"
 VERSION = 1

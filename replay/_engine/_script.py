@@ -8,11 +8,11 @@ from typing import Any
 
 import trio
 
-from replay._engine import Engine
+from replay._engine._facade import Engine
+from replay._engine._handle import Run
+from replay._engine._lifecycle import open_engine
 from replay._errors import RunNotFound, RunSuspended
-from replay._handles import Run
-from replay._lifecycle import open_engine
-from replay._model import RunState
+from replay._types import RunState
 
 
 def run(

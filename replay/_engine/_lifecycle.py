@@ -19,11 +19,11 @@ from typing import Any
 
 import trio
 
-from replay._channel import channel_supported
-from replay._channel_server import ChannelServer
-from replay._clock import EngineClock, in_thread
-from replay._engine import Engine
-from replay._opening import database_path, open_store, validate_count, validate_options
+from replay._channel._protocol import channel_supported
+from replay._engine._channel_server import ChannelServer
+from replay._engine._clock import EngineClock, in_thread
+from replay._engine._facade import Engine
+from replay._engine._options import database_path, open_store, validate_count, validate_options
 from replay._retry import Retry
 from replay._workflows import Registry
 

@@ -16,7 +16,7 @@ from os import PathLike
 
 import trio
 
-from replay._clock import in_thread
+from replay._engine._clock import in_thread
 from replay._errors import DatabaseLocked
 from replay._retry import Retry
 from replay._store import Store, checked_timeout, file_keys

@@ -13,9 +13,14 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from replay._clock import EngineClock
 from replay._codec import decode, encode, to_json
 from replay._commands import Sleep, Step, Suspend
+from replay._core._history import KeyRecord, Record, RunHistory
+from replay._core._interpreter import Execute, Fail, Finish, Interpreter, format_failure
+from replay._engine._clock import EngineClock
+from replay._engine._parking import Park, Parked
+from replay._engine._slots import RunSlot
+from replay._engine._steps import StepRunner
 from replay._errors import (
     EncodingError,
     ReplayInternalError,
@@ -24,11 +29,7 @@ from replay._errors import (
     message_of,
     qualified_name,
 )
-from replay._history import KeyRecord, Record, RunHistory
-from replay._interpreter import Execute, Fail, Finish, Interpreter, format_failure
-from replay._model import FINISHED, RunSlot
-from replay._parking import Park, Parked
-from replay._steps import StepRunner
+from replay._types import FINISHED
 
 log = logging.getLogger("replay")
 

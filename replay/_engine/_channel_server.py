@@ -6,7 +6,7 @@ then renamed into place, so it is never reachable with wider permissions), serve
 each connection in its own task, refuses peers of another user id, and removes the
 socket when the engine closes. What it may do is what the engine's API allows: read
 only queries (the same check as `engine.sql`), `signal` and `resume`. The protocol is
-in `replay._channel`.
+in `replay._channel._protocol`.
 
 Handlers never time out: under a mock clock a timeout would fire at once (autojump),
 and a connection costs only a task, open to the engine's own user only.
@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from replay._channel import (
+from replay._channel._protocol import (
     PROTOCOL,
     WireError,
     dump_message,
@@ -43,14 +43,14 @@ from replay._channel import (
     socket_path,
     to_wire,
 )
-from replay._clock import in_thread
+from replay._engine._clock import in_thread
+from replay._engine._handle import misdirected_signal
 from replay._errors import ReplayError
-from replay._handles import misdirected_signal
 from replay._store import CLI_ADVICE, ReadQuery, Store
 from replay._version import __version__
 
 if TYPE_CHECKING:
-    from replay._engine import Engine
+    from replay._engine._facade import Engine
 
 log = logging.getLogger("replay")
 

@@ -19,7 +19,7 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-from replay._model import RunState
+from replay._types import RunState
 
 MAX_CELL = 60
 MAX_DETAIL = 120

@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from replay._codec import decode
+from replay._core._history import Record, RunHistory
+from replay._engine._slots import RunSlot
 from replay._errors import SignalRejected, WorkflowFailed
-from replay._history import Event, Record, RunHistory
-from replay._model import FINISHED, SETTLED, RunInfo, RunSlot, RunState
+from replay._types import FINISHED, SETTLED, Event, RunInfo, RunState
 
 if TYPE_CHECKING:
-    from replay._engine import Engine
+    from replay._engine._facade import Engine
 
 
 class Run:

@@ -8,63 +8,14 @@ report is already durable.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
-from enum import StrEnum
 from typing import Any
 
 import trio
 
-from replay._history import Record, RunHistory
+from replay._core._history import Record, RunHistory
 from replay._store import RunRow
-
-
-class RunState(StrEnum):
-    """The state of a run; a `StrEnum`, so ``RunState.COMPLETED == "completed"``."""
-
-    RUNNING = "running"
-    SLEEPING = "sleeping"
-    SUSPENDED = "suspended"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-FINISHED = frozenset({RunState.COMPLETED, RunState.FAILED, RunState.CANCELLED})
-# States in which `Run.wait()` returns: finished, or waiting for a signal.
-SETTLED = FINISHED | {RunState.SUSPENDED}
-
-
-@dataclass(frozen=True, slots=True)
-class RunInfo:
-    """A snapshot of one run's durable state.
-
-    Attributes:
-        run_id: The run's id.
-        workflow: The workflow's registered name.
-        state: The run's `RunState`.
-        created_at: When the run was started (engine clock).
-        updated_at: When anything last happened to it (engine clock).
-        output: The workflow's return value, once completed.
-        error: The traceback text of the failure, once failed.
-        error_type: The qualified name of the exception that failed the run.
-        waiting_for: The key the run sleeps or is suspended on, else None.
-        wake_at: When a waiting run wakes: the deadline of its sleep or retry back-off,
-            or of its `Suspend`'s timeout.
-        status_text: The `status` of the `Suspend` the run waits on, else None.
-    """
-
-    run_id: str
-    workflow: str
-    state: RunState
-    created_at: datetime
-    updated_at: datetime
-    output: Any = None
-    error: str | None = None
-    error_type: str | None = None
-    waiting_for: str | None = None
-    wake_at: datetime | None = None
-    status_text: str | None = None
+from replay._types import RunInfo, RunState
 
 
 class RunSlot:

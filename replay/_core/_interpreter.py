@@ -42,6 +42,7 @@ from types import FrameType
 from typing import Any
 
 from replay._commands import COMMAND_TYPES, Command, Step, Suspend, command_kind
+from replay._core._history import Failure, KeyRecord, RunHistory
 from replay._errors import (
     DuplicateKeyError,
     EncodingError,
@@ -52,7 +53,6 @@ from replay._errors import (
     safe_repr,
     same_name,
 )
-from replay._history import Failure, KeyRecord, RunHistory
 
 Workflow = Generator[Any, Any, Any]
 

@@ -22,7 +22,7 @@ from datetime import datetime
 
 import trio
 
-from replay._clock import EngineClock
+from replay._engine._clock import EngineClock
 
 # How often, in real time, the wall clock is compared with trio's clock.
 _DRIFT_CHECK_SECONDS = 1.0

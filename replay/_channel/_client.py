@@ -1,4 +1,4 @@
-"""The `replay` command's side of the live channel (protocol: `replay._channel`).
+"""The `replay` command's side of the live channel (protocol: `replay._channel._protocol`).
 
 Plain blocking sockets: the command does one thing and exits. Each request opens its
 own connection. Before anything is sent, the engine's user id is checked, so the
@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from replay._channel import (
+from replay._channel._protocol import (
     MAX_MESSAGE_BYTES,
     PROTOCOL,
     WireError,

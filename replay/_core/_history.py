@@ -10,44 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One row of the `replay_events` view, with `value` decoded.
-
-    Attributes:
-        seq: Global order of the event in the database.
-        run_id: The run it belongs to.
-        workflow: The run's workflow name.
-        key: The command's key (None for run-level events).
-        kind: ``run``, ``step``, ``sleep``, ``suspend`` or ``signal``.
-        event: What happened, e.g. ``completed``, ``retrying``, ``failed``.
-        attempt: The attempt number, for step events.
-        value: The recorded value (decoded), if any.
-        value_json: The value rendered as JSON text, if any.
-        error_type: Qualified name of the error's class, if any.
-        error: The error message (a traceback for ``run/failed``), if any.
-        recorded_at: When it was recorded, on the engine clock.
-        duration_ms: How long the attempt took, for completed and failed attempts.
-        wake_at: The deadline of a back-off, sleep or suspend timeout.
-    """
-
-    seq: int
-    run_id: str
-    workflow: str
-    key: str | None
-    kind: str
-    event: str
-    attempt: int | None
-    value: Any
-    value_json: str | None
-    error_type: str | None
-    error: str | None
-    recorded_at: datetime
-    duration_ms: float | None
-    wake_at: datetime | None
 
 
 @dataclass(slots=True)

@@ -1,9 +1,9 @@
 """The `replay` command (also `python -m replay`): inspect and steer a replay database.
 
 Every subcommand takes the database path first. While an engine holds the file the
-command talks to it over the live channel (`replay._channel`); otherwise it opens the
-file itself for the length of one command (`replay._cli_source`), and `resume
---workflows` runs an engine of its own (`replay._cli_resume`). Exit status: 0 on
+command talks to it over the live channel (`replay._channel._protocol`); otherwise it opens the
+file itself for the length of one command (`replay._cli._source`), and `resume
+--workflows` runs an engine of its own (`replay._cli._resume`). Exit status: 0 on
 success, 1 on a user error (unknown run, rejected signal, refused query, no database),
 2 on a usage error (bad arguments).
 """
@@ -20,14 +20,14 @@ from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any, TextIO
 
-from replay import _cli_format as fmt
-from replay._channel import MAX_DEPTH, WireError, to_wire
-from replay._channel_client import ChannelError
-from replay._cli_resume import resume
-from replay._cli_source import CliError, Source, open_source
+from replay._channel._client import ChannelError
+from replay._channel._protocol import MAX_DEPTH, WireError, to_wire
+from replay._cli import _format as fmt
+from replay._cli._resume import resume
+from replay._cli._source import CliError, Source, open_source
 from replay._errors import ReplayError, RunNotFound
-from replay._model import RunState
 from replay._store import write_export
+from replay._types import RunState
 from replay._version import __version__
 
 EXPORT_VIEWS = (("replay_runs", "created_at, run_id"), ("replay_events", "seq"))

@@ -25,9 +25,13 @@ from typing import Any
 
 import trio
 
-from replay._clock import EngineClock, busy_thread
 from replay._codec import decode, encode, to_json
 from replay._commands import Step
+from replay._core._history import KeyRecord, Record
+from replay._engine._clock import EngineClock, busy_thread
+from replay._engine._parking import Park
+from replay._engine._slots import RunSlot
+from replay._engine._workers import WorkerPool, WorkerTimeout
 from replay._errors import (
     EncodingError,
     ReplayError,
@@ -38,11 +42,8 @@ from replay._errors import (
     message_of,
     qualified_name,
 )
-from replay._history import KeyRecord, Record
-from replay._model import RunSlot, RunState
-from replay._parking import Park
 from replay._retry import Retry
-from replay._workers import WorkerPool, WorkerTimeout
+from replay._types import RunState
 
 _CURRENT_STEP: ContextVar[tuple[str, str, int] | None] = ContextVar(
     "replay_current_step", default=None

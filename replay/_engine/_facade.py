@@ -23,12 +23,13 @@ from typing import Any, TypeVar
 
 import trio
 
-from replay._clock import EngineClock, busy_thread, in_thread
 from replay._codec import decode, encode, to_json
-from replay._committer import Committer
-from replay._errors import EncodingError, EngineClosed, RunIdConflict, RunNotFound
-from replay._export import write_history
-from replay._handles import (
+from replay._codec._export import write_history
+from replay._core._history import Record, RunHistory
+from replay._engine._clock import EngineClock, busy_thread, in_thread
+from replay._engine._committer import Committer
+from replay._engine._driver import Runner, input_of
+from replay._engine._handle import (
     Run,
     check_signal,
     checked_key,
@@ -37,16 +38,16 @@ from replay._handles import (
     event_of,
     misdirected_signal,
 )
-from replay._history import Event, Record, RunHistory
-from replay._model import FINISHED, RunInfo, RunSlot, RunState
-from replay._parking import Parked, ParkedCache
+from replay._engine._parking import Parked, ParkedCache
+from replay._engine._serving import STOP_SIGNALS, wait_for_stop_signal
+from replay._engine._slots import RunSlot
+from replay._engine._steps import StepRunner
+from replay._engine._timers import Timers
+from replay._engine._workers import WorkerPool
+from replay._errors import EncodingError, EngineClosed, RunIdConflict, RunNotFound
 from replay._retry import Retry
-from replay._runner import Runner, input_of
-from replay._serving import STOP_SIGNALS, wait_for_stop_signal
-from replay._steps import StepRunner
 from replay._store import ENGINE_ADVICE, Readers, ReadQuery, Store, TimedQuery
-from replay._timers import Timers
-from replay._workers import WorkerPool
+from replay._types import FINISHED, Event, RunInfo, RunState
 from replay._workflows import Registry
 
 log = logging.getLogger("replay")

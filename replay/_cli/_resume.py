@@ -23,9 +23,9 @@ from typing import Any
 
 import trio
 
-from replay._cli_source import CliError, FileSource, Source
+from replay._cli._source import CliError, FileSource, Source
+from replay._engine._lifecycle import open_engine
 from replay._errors import DatabaseLocked
-from replay._lifecycle import open_engine
 from replay._workflows import _NAME_ATTRIBUTE, workflow_name
 
 log = logging.getLogger("replay")

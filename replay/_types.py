@@ -1,0 +1,97 @@
+"""Public value types: run states, run snapshots and history events.
+
+Plain data with no engine behind it, so the history checker and the command line can
+use them without loading the engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+
+class RunState(StrEnum):
+    """The state of a run; a `StrEnum`, so ``RunState.COMPLETED == "completed"``."""
+
+    RUNNING = "running"
+    SLEEPING = "sleeping"
+    SUSPENDED = "suspended"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINISHED = frozenset({RunState.COMPLETED, RunState.FAILED, RunState.CANCELLED})
+# States in which `Run.wait()` returns: finished, or waiting for a signal.
+SETTLED = FINISHED | {RunState.SUSPENDED}
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """A snapshot of one run's durable state.
+
+    Attributes:
+        run_id: The run's id.
+        workflow: The workflow's registered name.
+        state: The run's `RunState`.
+        created_at: When the run was started (engine clock).
+        updated_at: When anything last happened to it (engine clock).
+        output: The workflow's return value, once completed.
+        error: The traceback text of the failure, once failed.
+        error_type: The qualified name of the exception that failed the run.
+        waiting_for: The key the run sleeps or is suspended on, else None.
+        wake_at: When a waiting run wakes: the deadline of its sleep or retry back-off,
+            or of its `Suspend`'s timeout.
+        status_text: The `status` of the `Suspend` the run waits on, else None.
+    """
+
+    run_id: str
+    workflow: str
+    state: RunState
+    created_at: datetime
+    updated_at: datetime
+    output: Any = None
+    error: str | None = None
+    error_type: str | None = None
+    waiting_for: str | None = None
+    wake_at: datetime | None = None
+    status_text: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One row of the `replay_events` view, with `value` decoded.
+
+    Attributes:
+        seq: Global order of the event in the database.
+        run_id: The run it belongs to.
+        workflow: The run's workflow name.
+        key: The command's key (None for run-level events).
+        kind: ``run``, ``step``, ``sleep``, ``suspend`` or ``signal``.
+        event: What happened, e.g. ``completed``, ``retrying``, ``failed``.
+        attempt: The attempt number, for step events.
+        value: The recorded value (decoded), if any.
+        value_json: The value rendered as JSON text, if any.
+        error_type: Qualified name of the error's class, if any.
+        error: The error message (a traceback for ``run/failed``), if any.
+        recorded_at: When it was recorded, on the engine clock.
+        duration_ms: How long the attempt took, for completed and failed attempts.
+        wake_at: The deadline of a back-off, sleep or suspend timeout.
+    """
+
+    seq: int
+    run_id: str
+    workflow: str
+    key: str | None
+    kind: str
+    event: str
+    attempt: int | None
+    value: Any
+    value_json: str | None
+    error_type: str | None
+    error: str | None
+    recorded_at: datetime
+    duration_ms: float | None
+    wake_at: datetime | None
