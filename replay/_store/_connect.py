@@ -6,6 +6,10 @@ workflows saw, so they are made owner-only (0600): a new database is created ins
 fresh private directory and linked into place, and the store creates the WAL itself,
 empty and 0600, before each write (DuckDB then writes into the file it finds).
 The umask cannot be used: it is per process, and other threads create files too.
+
+New files are written in the storage format of DuckDB 1.4 (`STORAGE_VERSION`), so the
+DuckDB CLIs and clients users have (1.4 and newer) can read them, not only DuckDB 2.0.
+DuckDB keeps a file's format for its whole life: files created before are not changed.
 """
 
 from __future__ import annotations
@@ -26,6 +30,12 @@ LOCK_HOLDER = re.compile(r"Conflicting lock is held in (?P<exe>.*?) \(PID (?P<pi
 
 ENGINE_LOCK_ADVICE = "; stop that engine first, or pass lock_timeout= to wait for it"
 
+# New files are in DuckDB 1.4's storage format, which DuckDB 1.4 and newer read (2.0's
+# own is unreadable before 2.0). DuckDB records it in the file and keeps writing in it.
+STORAGE_VERSION = "v1.4.0"
+Config = dict[str, str | bool | int | float | list[str]]
+_CREATE_CONFIG: Config = {"storage_compatibility_version": STORAGE_VERSION}
+
 
 def connect(
     path: str, *, read_only: bool = False, lock_advice: str = ENGINE_LOCK_ADVICE
@@ -36,9 +46,11 @@ def connect(
         DatabaseLocked: Another process holds the file (`lock_advice` ends the message).
         DatabaseError: The file cannot be opened as a DuckDB database.
     """
-    # External access off: engine.sql() must read nothing but this database.
-    config: dict[str, str | bool | int | float | list[str]] = {
-        "enable_external_access": False
+    # External access off: engine.sql() must read nothing but this database. The storage
+    # version only matters if DuckDB creates the file itself (an existing file keeps its).
+    config: Config = {
+        "enable_external_access": False,
+        **_CREATE_CONFIG,
     }
     try:
         if not read_only and path != ":memory:" and not os.path.exists(path):
@@ -102,7 +114,8 @@ def _create_private(path: str) -> None:
     It is made in a fresh private directory beside `path` and hard-linked into place,
     so it is never reachable with wider permissions. If that cannot be done (no hard
     links on this file system), DuckDB creates the file in place and it is restricted
-    right after, before anything is written to it.
+    right after, before anything is written to it. Either way it is written in the
+    storage format of `STORAGE_VERSION`.
     """
     try:
         private = tempfile.mkdtemp(prefix=".replay-", dir=os.path.dirname(os.path.abspath(path)))
@@ -110,12 +123,12 @@ def _create_private(path: str) -> None:
         return  # DuckDB's own open reports what is wrong with the directory
     try:
         fresh = os.path.join(private, "new.duckdb")
-        duckdb.connect(fresh).close()
+        duckdb.connect(fresh, config=_CREATE_CONFIG).close()
         os.chmod(fresh, 0o600)
         with contextlib.suppress(FileExistsError):  # another process was quicker: use it
             os.link(fresh, path)
     except OSError:
-        duckdb.connect(path).close()
+        duckdb.connect(path, config=_CREATE_CONFIG).close()
         os.chmod(path, 0o600)
     finally:
         shutil.rmtree(private, ignore_errors=True)
