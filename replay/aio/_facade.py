@@ -1,0 +1,237 @@
+"""`replay.aio.Engine` and `replay.aio.Run`: the engine's calls as asyncio coroutines.
+
+Each call runs the `replay.Engine` (or `replay.Run`) method of the same name in a trio
+task of the loop's guest run and hands its outcome back: the same value, or the same
+exception object (class, message and attributes unchanged).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from os import PathLike
+from typing import Any
+
+import replay
+from replay.aio._guest import GuestRun
+
+
+class Run:
+    """A handle to one run, for asyncio code; returned by `Engine.start` and friends.
+
+    Attributes:
+        run_id: The run's id.
+        workflow: The run's workflow name.
+    """
+
+    __slots__ = ("_guest", "_run", "run_id", "workflow")
+
+    def __init__(self, run: replay.Run, guest: GuestRun) -> None:
+        self._run = run
+        self._guest = guest
+        self.run_id = run.run_id
+        self.workflow = run.workflow
+
+    def __repr__(self) -> str:
+        return f"replay.aio.Run(run_id={self.run_id!r}, workflow={self.workflow!r})"
+
+    async def wait(self) -> replay.RunInfo:
+        """Wait until the run completes, fails, is cancelled or is suspended.
+
+        Sleeps and retry back-offs are waited through. Cancelling the caller stops
+        the wait, not the run.
+
+        Returns:
+            The run's state then.
+
+        Raises:
+            EngineClosed: The engine closed first.
+        """
+        return await self._guest.call(self._run.wait)
+
+    async def result(self) -> Any:
+        """Wait for the run to finish and return its output (suspensions waited through).
+
+        Returns:
+            The workflow's return value.
+
+        Raises:
+            WorkflowFailed: The run failed.
+            EngineClosed: The engine closed first.
+        """
+        return await self._guest.call(self._run.result)
+
+
+class Engine:
+    """An open replay engine, for asyncio code; get one from `replay.aio.open_engine`.
+
+    Every method is a coroutine that runs the `replay.Engine` method of the same name
+    on the engine's trio loop (a guest of your asyncio loop), with the same arguments,
+    results and errors. Cancelling a caller cancels that call on the trio side, and
+    the caller resumes once it has ended; a call that had already recorded something
+    (a start, a signal) keeps it, as it would under trio.
+    """
+
+    __slots__ = ("_engine", "_guest")
+
+    def __init__(self, engine: replay.Engine, guest: GuestRun) -> None:
+        self._engine = engine
+        self._guest = guest
+
+    def __repr__(self) -> str:
+        return f"replay.aio.Engine({self._engine!r})"
+
+    def _run(self, run: replay.Run) -> Run:
+        return Run(run, self._guest)
+
+    async def start(self, workflow: Callable[..., Any] | str, *args: Any,
+                    run_id: str | None = None) -> Run:
+        """Start a run of `workflow` with `args` as its input (idempotent by `run_id`).
+
+        As `replay.Engine.start`: the input and the ``run/started`` event are
+        committed before this returns.
+
+        Args:
+            workflow: A registered workflow function, or its name.
+            *args: The run's input; must be encodable.
+            run_id: The run's id; a unique one is generated when omitted.
+
+        Returns:
+            A `Run` handle.
+
+        Raises:
+            WorkflowNotRegistered: `workflow` is not registered with this engine.
+            RunIdConflict: `run_id` belongs to a run of another workflow.
+            EncodingError: An argument cannot be recorded; nothing is recorded.
+            TypeError: `run_id` is not a str.
+            ValueError: `run_id` is empty.
+            EngineClosed: The engine is closed or closing.
+        """
+        start = functools.partial(self._engine.start, workflow, *args, run_id=run_id)
+        return self._run(await self._guest.call(start))
+
+    async def signal(self, run_id: str, key: str, payload: Any = None) -> Run:
+        """Deliver `payload` to the run's `Suspend(key)`; return once it is durable.
+
+        As `replay.Engine.signal`.
+
+        Raises:
+            RunNotFound: No such run.
+            SignalRejected: The run is finished, the key already has a value, or the
+                mailbox is full.
+            EncodingError: The payload cannot be recorded; nothing is recorded.
+            TypeError: `key` is not a str.
+            ValueError: `key` is empty.
+            EngineClosed: The engine is closed or closing.
+        """
+        signal = functools.partial(self._engine.signal, run_id, key, payload)
+        return self._run(await self._guest.call(signal))
+
+    async def resume(self, run_id: str) -> Run:
+        """Retry a failed run, or replay a parked one now; as `replay.Engine.resume`.
+
+        Raises:
+            RunNotFound: No such run.
+            WorkflowNotRegistered: The run's workflow is not registered.
+            EngineClosed: The engine is closed or closing.
+        """
+        resume = functools.partial(self._engine.resume, run_id)
+        return self._run(await self._guest.call(resume))
+
+    async def get_run(self, run_id: str) -> Run:
+        """Return a handle to an existing run.
+
+        Raises:
+            RunNotFound: No such run.
+        """
+        return self._run(await self._guest.call_sync(
+            functools.partial(self._engine.get_run, run_id)))
+
+    async def status(self, run_id: str) -> replay.RunInfo:
+        """Return the run's current durable state.
+
+        Raises:
+            RunNotFound: No such run.
+            EncodingError: The run's recorded output cannot be decoded.
+        """
+        return await self._guest.call_sync(functools.partial(self._engine.status, run_id))
+
+    async def runs(self, state: replay.RunState | str | None = None,
+                   workflow: str | None = None, limit: int = 1000) -> list[replay.RunInfo]:
+        """List runs, newest first; as `replay.Engine.runs`.
+
+        Args:
+            state: Only runs in this state.
+            workflow: Only runs of this workflow name.
+            limit: At most this many.
+
+        Raises:
+            ValueError: `state` is not a run state, or `limit` is negative.
+        """
+        return await self._guest.call(
+            functools.partial(self._engine.runs, state, workflow, limit))
+
+    async def history(self, run_id: str) -> list[replay.Event]:
+        """Return every event of one run in order, values decoded.
+
+        Raises:
+            RunNotFound: No such run.
+            EngineClosed: The engine is closed.
+        """
+        return await self._guest.call(functools.partial(self._engine.history, run_id))
+
+    async def sql(self, query: str, params: Sequence[Any] | dict[str, Any] | None = None,
+                  *, timeout: float | None = None) -> list[tuple[Any, ...]]:
+        """Run one read-only query against the database; as `replay.Engine.sql`.
+
+        Cancelling the caller stops the query.
+
+        Args:
+            query: Exactly one ``SELECT``, ``WITH … SELECT`` or ``EXPLAIN``.
+            params: Values for ``?`` or ``$name`` placeholders.
+            timeout: Seconds the query may take (default: the engine's `query_timeout`).
+
+        Returns:
+            The result rows.
+
+        Raises:
+            QueryError: The text is not exactly one read-only query, it failed, or it
+                exceeded its time limit.
+            TypeError: `timeout` is not a number or None.
+            ValueError: `timeout` is not above 0.
+            EngineClosed: The engine is closed, or closed while the query ran.
+        """
+        return await self._guest.call(
+            functools.partial(self._engine.sql, query, params, timeout=timeout))
+
+    async def sql_arrow(self, query: str,
+                        params: Sequence[Any] | dict[str, Any] | None = None,
+                        *, timeout: float | None = None) -> Any:
+        """Run one read-only query like `sql` and return a ``pyarrow.Table``.
+
+        Args:
+            query: Exactly one ``SELECT``, ``WITH … SELECT`` or ``EXPLAIN``.
+            params: Values for ``?`` or ``$name`` placeholders.
+            timeout: Seconds the query may take (default: the engine's `query_timeout`).
+
+        Returns:
+            A ``pyarrow.Table``.
+
+        Raises:
+            ModuleNotFoundError: pyarrow is not installed.
+            QueryError: As for `sql`.
+            TypeError: `timeout` is not a number or None.
+            ValueError: `timeout` is not above 0.
+            EngineClosed: The engine is closed, or closed while the query ran.
+        """
+        return await self._guest.call(
+            functools.partial(self._engine.sql_arrow, query, params, timeout=timeout))
+
+    async def export_history(self, run_id: str, path: str | PathLike[str]) -> None:
+        """Write one run's history to a JSON file; as `replay.Engine.export_history`.
+
+        Raises:
+            RunNotFound: No such run.
+            EngineClosed: The engine is closed.
+        """
+        await self._guest.call(functools.partial(self._engine.export_history, run_id, path))
