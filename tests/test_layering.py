@@ -37,6 +37,7 @@ ALLOWED: dict[str, set[str]] = {
     "replay._cli": PURE | {"replay._codec", "replay._store", "replay._channel",
                            "replay._engine"},
     "replay.testing": PURE | {"replay._codec", "replay._engine"},
+    "replay.aio": {"replay"},  # asyncio hosting: through the public API only
     "replay": PURE | {"replay._codec", "replay._engine"},
     "replay.__main__": {"replay._cli"},
 }
