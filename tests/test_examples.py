@@ -209,6 +209,7 @@ SECOND_RUN = {
     "data_pipeline": "executed in all: {}",
     "approval": "step functions executed this time: {}",
     "reminders": "emails sent by this process: 0",
+    "threads_app": "step functions executed this time: {}",
 }
 # What the first run prints besides its states (the virtual-time examples' timelines).
 FIRST_RUN = {
@@ -216,6 +217,7 @@ FIRST_RUN = {
     "data_pipeline": "step/failed",
     "approval": "exp-2   manager-approval:v1   suspend/timed_out +2d 00:00",
     "reminders": "10 days, 0:00:00 of campaign",
+    "threads_app": "16 threads filed 16 requests: {'suspended': 16}",
 }
 
 

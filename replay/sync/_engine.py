@@ -1,0 +1,390 @@
+"""`replay.sync.open_engine` and `replay.sync.Engine`: the engine's calls as blocking calls."""
+
+from __future__ import annotations
+
+import atexit
+import threading
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from os import PathLike
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import replay
+from replay.sync._host import EngineHost
+from replay.sync._run import Run
+
+if TYPE_CHECKING:
+    from replay import Engine as AsyncEngine
+    from replay import Run as AsyncRun
+
+T = TypeVar("T")
+
+
+def open_engine(
+    path: str | PathLike[str] = ":memory:",
+    *,
+    workflows: Sequence[Callable[..., Any]],
+    default_retry: replay.Retry | None = None,
+    durability: str = "fsync",
+    always_replay: bool = False,
+    shutdown_timeout: float = 30.0,
+    lock_timeout: float = 0.0,
+    max_threads: int = 40,
+    cache_size: int = 1000,
+    serve_cli: bool = True,
+    max_interruptions: int = 3,
+    query_timeout: float | None = 30.0,
+) -> Engine:
+    """Open an engine for synchronous code; it runs on a background thread of its own.
+
+    Takes exactly the arguments of `replay.open_engine` and opens the file the same
+    way (picking up whatever was pending), then returns at once with the engine
+    running. Use it in a ``with`` block, which closes the engine at its end, or keep
+    it (for a web application's lifetime, say) and call `Engine.close` yourself:
+
+        with replay.sync.open_engine("app.duckdb", workflows=[checkout]) as engine:
+            output = engine.start(checkout, "o-1", 4200).result(timeout=60)
+
+    Args:
+        path: The database file (created if missing), or ``":memory:"``.
+        workflows: The workflow functions this engine can run.
+        default_retry: As for `replay.open_engine`.
+        durability: As for `replay.open_engine`.
+        always_replay: As for `replay.open_engine`.
+        shutdown_timeout: Seconds running steps get to finish when the engine is closed
+            (a ``with`` block that ends normally, or `Engine.close`).
+        lock_timeout: As for `replay.open_engine`.
+        max_threads: As for `replay.open_engine`.
+        cache_size: As for `replay.open_engine`.
+        serve_cli: As for `replay.open_engine`.
+        max_interruptions: As for `replay.open_engine`.
+        query_timeout: As for `replay.open_engine`.
+
+    Returns:
+        The open `Engine`.
+
+    Raises:
+        DatabaseLocked: Another engine holds the file after `lock_timeout`.
+        DatabaseError: The file is not a usable replay database.
+        TypeError: An option has the wrong type, or a workflow is not a generator function.
+        ValueError: An option has a wrong value, or two workflows share a name.
+    """
+    options: dict[str, Any] = {
+        "workflows": workflows, "default_retry": default_retry, "durability": durability,
+        "always_replay": always_replay, "shutdown_timeout": shutdown_timeout,
+        "lock_timeout": lock_timeout, "max_threads": max_threads, "cache_size": cache_size,
+        "serve_cli": serve_cli, "max_interruptions": max_interruptions,
+        "query_timeout": query_timeout,
+    }
+    engine = Engine(EngineHost(path, options))
+    engine._open()
+    return engine
+
+
+class Engine:
+    """A durable-execution engine for synchronous code; get one from `open_engine`.
+
+    It is `replay.Engine` with blocking calls: each call is carried out by the engine's
+    own thread and returns (or raises the same `replay` exception) once done. Any
+    number of threads may call at once.
+
+    Closing stops the engine as leaving ``async with replay.open_engine(...)`` does:
+    `close` (or a ``with`` block that ends normally) starts no new command, lets
+    running steps finish within `shutdown_timeout`, and closes the file; a ``with``
+    block left by an exception (Ctrl-C included) stops running steps at once. Steps
+    still running are recorded as abandoned and run again at the next open,
+    uncharged; everything a call acknowledged is on disk. An engine nobody closed is
+    closed when the interpreter exits. After it is closed, every call raises
+    `replay.EngineClosed`.
+    """
+
+    def __init__(self, host: EngineHost) -> None:
+        self._host = host
+        self._lock = threading.Lock()
+        self._closing = False  # close() was called: no new call is accepted
+        self._closed = threading.Event()  # the engine has stopped and the file is closed
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed.is_set() else "open"
+        return f"<replay.sync.Engine {state}>"
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self._close(abort=error is not None, raise_failure=error is None)
+
+    # -- the engine's calls --
+
+    def start(self, workflow: Callable[..., Any] | str, *args: Any,
+              run_id: str | None = None) -> Run:
+        """Start a run of `workflow` with `args` as its input (idempotent by `run_id`).
+
+        Returns once the run is recorded, as `replay.Engine.start` does.
+
+        Args:
+            workflow: A registered workflow function, or its name.
+            *args: The run's input; must be encodable.
+            run_id: The run's id; a unique one is generated when omitted.
+
+        Returns:
+            A `Run` handle.
+
+        Raises:
+            WorkflowNotRegistered: `workflow` is not registered with this engine.
+            RunIdConflict: `run_id` belongs to a run of another workflow.
+            EncodingError: An argument cannot be recorded; nothing is recorded.
+            TypeError: `run_id` is not a str.
+            ValueError: `run_id` is empty.
+            EngineClosed: The engine is closed or closing.
+        """
+        return self._handle(self._host_call(_start, workflow, args, run_id))
+
+    def signal(self, run_id: str, key: str, payload: Any = None) -> Run:
+        """Deliver `payload` to the run's `Suspend(key)`; return once it is durable.
+
+        Raises:
+            RunNotFound: No such run.
+            SignalRejected: The run is finished, the key already has a value, the key
+                was recorded as another kind of command, or the mailbox is full.
+            EncodingError: The payload cannot be recorded; nothing is recorded.
+            TypeError: `key` is not a str.
+            ValueError: `key` is empty.
+            EngineClosed: The engine is closed or closing.
+        """
+        return self._handle(self._host_call(_signal, run_id, key, payload))
+
+    def resume(self, run_id: str) -> Run:
+        """Retry a failed run, or replay a parked one now, as `replay.Engine.resume`.
+
+        Raises:
+            RunNotFound: No such run.
+            WorkflowNotRegistered: The run's workflow is not registered.
+            EngineClosed: The engine is closed or closing.
+        """
+        return self._handle(self._host_call(_resume, run_id))
+
+    def get_run(self, run_id: str) -> Run:
+        """Return a handle to an existing run.
+
+        Raises:
+            RunNotFound: No such run.
+            EngineClosed: The engine is closed.
+        """
+        return self._handle(self._host_call_sync(_get_run, run_id))
+
+    def status(self, run_id: str) -> replay.RunInfo:
+        """Return the run's current durable state.
+
+        Raises:
+            RunNotFound: No such run.
+            EncodingError: The run's recorded output cannot be decoded.
+            EngineClosed: The engine is closed.
+        """
+        return self._host_call_sync(_status, run_id)
+
+    def runs(self, state: replay.RunState | str | None = None, workflow: str | None = None,
+             limit: int = 1000) -> list[replay.RunInfo]:
+        """List runs, newest first by `created_at`, as `replay.Engine.runs`.
+
+        Args:
+            state: Only runs in this state.
+            workflow: Only runs of this workflow name.
+            limit: At most this many.
+
+        Raises:
+            ValueError: `state` is not a run state, or `limit` is negative.
+            EngineClosed: The engine is closed.
+        """
+        return self._host_call(_runs, state, workflow, limit)
+
+    def history(self, run_id: str) -> list[replay.Event]:
+        """Return every event of one run in order, values decoded.
+
+        Raises:
+            RunNotFound: No such run.
+            EngineClosed: The engine is closed.
+        """
+        return self._host_call(_history, run_id)
+
+    def sql(self, query: str, params: Sequence[Any] | dict[str, Any] | None = None,
+            *, timeout: float | None = None) -> list[tuple[Any, ...]]:
+        """Run one read-only query against the database, as `replay.Engine.sql`.
+
+        Args:
+            query: Exactly one ``SELECT``, ``WITH … SELECT`` or ``EXPLAIN``.
+            params: Values for ``?`` or ``$name`` placeholders.
+            timeout: Seconds the query may take (default: the engine's `query_timeout`);
+                a query over its limit is stopped with `QueryError`.
+
+        Returns:
+            The result rows.
+
+        Raises:
+            QueryError: The text is not exactly one read-only query, it failed, or it
+                exceeded its time limit.
+            TypeError: `timeout` is not a number or None.
+            ValueError: `timeout` is not above 0.
+            EngineClosed: The engine is closed, or closed while the query ran.
+        """
+        return self._host_call(_sql, query, params, timeout)
+
+    def sql_arrow(self, query: str, params: Sequence[Any] | dict[str, Any] | None = None,
+                  *, timeout: float | None = None) -> Any:
+        """Run one read-only query like `sql`; return a ``pyarrow.Table``.
+
+        Raises:
+            ModuleNotFoundError: pyarrow is not installed.
+            QueryError: As for `sql`.
+            TypeError: `timeout` is not a number or None.
+            ValueError: `timeout` is not above 0.
+            EngineClosed: The engine is closed, or closed while the query ran.
+        """
+        return self._host_call(_sql_arrow, query, params, timeout)
+
+    def export_history(self, run_id: str, path: str | PathLike[str]) -> None:
+        """Write one run's history to a JSON file, as `replay.Engine.export_history`.
+
+        Raises:
+            RunNotFound: No such run.
+            EngineClosed: The engine is closed.
+        """
+        self._host_call(_export_history, run_id, path)
+
+    def now(self) -> datetime:
+        """Return the engine clock's current time (aware, UTC).
+
+        Raises:
+            EngineClosed: The engine is closed.
+        """
+        return self._host_call_sync(_now)
+
+    # -- its life --
+
+    def close(self) -> None:
+        """Stop the engine cleanly and close the file; return once that is done.
+
+        Running steps get `shutdown_timeout` to finish; no new command starts. Calls
+        other threads are blocked in end as they would when leaving ``async with
+        replay.open_engine(...)``: a run's `wait` or `result` raises
+        `replay.EngineClosed` unless the run finished first. A second `close` does
+        nothing. Ctrl-C while it waits stops running steps at once.
+
+        Raises:
+            RuntimeError: Called from the engine's own thread (an async step).
+            DatabaseError: The engine had stopped by itself because a commit failed
+                (raised by the first `close` only).
+        """
+        self._close(abort=False, raise_failure=True)
+
+    @property
+    def closed(self) -> bool:
+        """Whether the engine has stopped and closed its file."""
+        return self._closed.is_set()
+
+    # -- internals --
+
+    def _open(self) -> None:
+        self._host.open()
+        # An engine nobody closed is closed cleanly at exit: its thread is a daemon
+        # thread, which would otherwise die wherever it is when the interpreter ends.
+        atexit.register(self._close_at_exit)
+
+    def _close_at_exit(self) -> None:
+        self._close(abort=False, raise_failure=False)
+
+    def _close(self, *, abort: bool, raise_failure: bool) -> None:
+        with self._lock:
+            self._closing = True
+        if self._closed.is_set():
+            return
+        self._host.stop(abort=abort)
+        try:
+            self._host.join()
+        except KeyboardInterrupt:
+            # Ctrl-C while waiting for running steps: stop them now, then still wait
+            # for the file to be closed, so that nothing is left half done.
+            self._host.stop(abort=True)
+            self._host.join()
+            raise
+        finally:
+            if not self._host.running:
+                self._closed.set()
+                atexit.unregister(self._close_at_exit)
+        failure = self._host.failure()
+        if failure is not None and raise_failure:
+            raise failure
+
+    def _check_open(self) -> None:
+        if self._closing or self._closed.is_set():
+            raise replay.EngineClosed("the engine is closed; open a new one with "
+                               "replay.sync.open_engine()")
+        if not self._host.running:
+            raise self._host.closed_error()
+
+    def _host_call(self, function: Callable[..., Awaitable[T]], *args: Any) -> T:
+        self._check_open()
+        return self._host.call(function, *args)
+
+    def _host_call_sync(self, function: Callable[..., T], *args: Any) -> T:
+        self._check_open()
+        return self._host.call_sync(function, *args)
+
+    def _handle(self, run: AsyncRun) -> Run:
+        return Run(self, run.run_id, run.workflow)
+
+
+# What runs in the engine's trio thread for each call: the public async API, as is.
+
+
+async def _start(engine: AsyncEngine, workflow: Callable[..., Any] | str,
+                 args: tuple[Any, ...], run_id: str | None) -> AsyncRun:
+    return await engine.start(workflow, *args, run_id=run_id)
+
+
+async def _signal(engine: AsyncEngine, run_id: str, key: str, payload: Any) -> AsyncRun:
+    return await engine.signal(run_id, key, payload)
+
+
+async def _resume(engine: AsyncEngine, run_id: str) -> AsyncRun:
+    return await engine.resume(run_id)
+
+
+def _get_run(engine: AsyncEngine, run_id: str) -> AsyncRun:
+    return engine.get_run(run_id)
+
+
+def _status(engine: AsyncEngine, run_id: str) -> replay.RunInfo:
+    return engine.status(run_id)
+
+
+async def _runs(engine: AsyncEngine, state: replay.RunState | str | None,
+                workflow: str | None,
+                limit: int) -> list[replay.RunInfo]:
+    return await engine.runs(state, workflow, limit)
+
+
+async def _history(engine: AsyncEngine, run_id: str) -> list[replay.Event]:
+    return await engine.history(run_id)
+
+
+async def _sql(engine: AsyncEngine, query: str,
+               params: Sequence[Any] | dict[str, Any] | None,
+               timeout: float | None) -> list[tuple[Any, ...]]:
+    return await engine.sql(query, params, timeout=timeout)
+
+
+async def _sql_arrow(engine: AsyncEngine, query: str,
+                     params: Sequence[Any] | dict[str, Any] | None,
+                     timeout: float | None) -> Any:
+    return await engine.sql_arrow(query, params, timeout=timeout)
+
+
+async def _export_history(engine: AsyncEngine, run_id: str, path: str | PathLike[str]) -> None:
+    await engine.export_history(run_id, path)
+
+
+def _now(engine: AsyncEngine) -> datetime:
+    return engine.now()
