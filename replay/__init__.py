@@ -5,6 +5,8 @@ each command's key is looked up in a DuckDB event table, recorded outcomes are s
 straight back, new ones are executed and recorded before the workflow continues.
 """
 
+from replay._channel._aio import AsyncClient, AsyncRemoteRun, connect_async
+from replay._channel._connect import Client, RemoteRun, connect
 from replay._codec import register_type
 from replay._commands import Sleep, Step, Suspend
 from replay._engine._facade import Engine
@@ -39,6 +41,9 @@ from replay._version import __version__
 from replay._workflows import workflow
 
 __all__ = [
+    "AsyncClient",
+    "AsyncRemoteRun",
+    "Client",
     "DatabaseError",
     "DatabaseLocked",
     "DuplicateKeyError",
@@ -48,6 +53,7 @@ __all__ = [
     "Event",
     "NondeterminismError",
     "QueryError",
+    "RemoteRun",
     "ReplayError",
     "ReplayInternalError",
     "Retry",
@@ -68,6 +74,8 @@ __all__ = [
     "WorkflowFailed",
     "WorkflowNotRegistered",
     "__version__",
+    "connect",
+    "connect_async",
     "current_step",
     "open_engine",
     "register_type",

@@ -32,14 +32,15 @@ ALLOWED: dict[str, set[str]] = {
                      "replay._checks"},
     "replay._codec": {"replay._errors", "replay._core"},
     "replay._store": {"replay._errors", "replay._types", "replay._core", "replay._codec"},
-    "replay._channel": set(),  # the wire protocol and its client: standard library only
+    # The wire protocol and the command's client are standard library only; replay.connect's
+    # clients also encode values with the codec and build the public value types.
+    "replay._channel": {"replay._errors", "replay._codec", "replay._types", "replay._workflows"},
     "replay._engine": PURE | {"replay._codec", "replay._store", "replay._channel"},
     "replay._cli": PURE | {"replay._codec", "replay._store", "replay._channel",
                            "replay._engine"},
     "replay.testing": PURE | {"replay._codec", "replay._engine"},
     "replay.aio": {"replay"},  # asyncio hosting: through the public API only
-    "replay.sync": {"replay"},  # hosting in threads: through the public API only
-    "replay": PURE | {"replay._codec", "replay._engine"},
+    "replay": PURE | {"replay._codec", "replay._engine", "replay._channel"},
     "replay.__main__": {"replay._cli"},
 }
 
@@ -140,6 +141,7 @@ def test_the_store_package_is_the_only_home_of_duckdb() -> None:
 
 
 PUBLIC = [
+    "AsyncClient", "AsyncRemoteRun", "Client", "RemoteRun", "connect", "connect_async",
     "DatabaseError", "DatabaseLocked", "DuplicateKeyError", "EncodingError", "Engine",
     "EngineClosed", "Event", "NondeterminismError", "QueryError", "ReplayError",
     "ReplayInternalError", "Retry", "Run", "RunIdConflict", "RunInfo", "RunNotFound",

@@ -3,7 +3,8 @@
 Every subcommand takes the database path first. While an engine holds the file the
 command talks to it over the live channel (`replay._channel._protocol`); otherwise it opens the
 file itself for the length of one command (`replay._cli._source`), and `resume
---workflows` runs an engine of its own (`replay._cli._resume`). Exit status: 0 on
+--workflows` runs an engine of its own (`replay._cli._resume`). `serve` runs the file's
+engine as a service for other processes (`replay._cli._serve`). Exit status: 0 on
 success, 1 on a user error (unknown run, rejected signal, refused query, no database),
 2 on a usage error (bad arguments).
 """
@@ -24,6 +25,7 @@ from replay._channel._client import ChannelError
 from replay._channel._protocol import MAX_DEPTH, WireError, to_wire
 from replay._cli import _format as fmt
 from replay._cli._resume import resume
+from replay._cli._serve import serve
 from replay._cli._source import CliError, Source, open_source
 from replay._errors import ReplayError, RunNotFound
 from replay._store import write_export
@@ -153,6 +155,24 @@ def _parser() -> argparse.ArgumentParser:
                         help="when no engine holds the file: import these modules (as for "
                         "python -m) and resume the run with the workflows they define")
 
+    serve = commands.add_parser(
+        "serve", help="run the engine of DB in this process until SIGTERM or Ctrl-C; other "
+        "processes use it with replay.connect(DB)", description="Run the engine of DB "
+        "with the workflows of the --workflows modules, and serve other processes "
+        "(replay.connect, the replay command) until SIGTERM or SIGINT, then stop cleanly.")
+    serve.add_argument("db", metavar="DB", help="the database file (created if missing)")
+    serve.add_argument("--workflows", action="extend", type=_modules, required=True,
+                       metavar="MODULE[,MODULE...]",
+                       help="import these modules (as for python -m) and run the workflows "
+                       "they define")
+    serve.add_argument("--shutdown-timeout", metavar="SECONDS", type=_seconds_or_zero,
+                       default=30.0, help="seconds running steps get to finish when it stops "
+                       "(default 30)")
+    serve.add_argument("--lock-timeout", metavar="SECONDS", type=_seconds_or_zero, default=0.0,
+                       help="seconds to wait for another process to let go of the file "
+                       "(default 0)")
+    serve.set_defaults(handler=_serve)
+
     export = _command(commands, "export", _export, "write replay_runs and replay_events "
                       "to Parquet, CSV or JSON files")
     export.add_argument("--format", required=True, choices=sorted(EXTENSIONS),
@@ -188,6 +208,16 @@ def _seconds(text: str) -> float:
         value = math.nan
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
+
+
+def _seconds_or_zero(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
     return value
 
 
@@ -362,6 +392,11 @@ def _resume(args: argparse.Namespace, out: TextIO) -> int:
         print(f"run {args.run_id!r} was {before}; resume changes nothing (it is {after} "
               "now)", file=out)
     return 0
+
+
+def _serve(args: argparse.Namespace, out: TextIO) -> int:
+    serve(args.db, args.workflows, args.shutdown_timeout, args.lock_timeout, out)
+    return 0  # a clean stop, whichever signal asked for it (systemd: no restart)
 
 
 def _export(args: argparse.Namespace, out: TextIO) -> int:

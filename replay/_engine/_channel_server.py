@@ -5,8 +5,10 @@ it binds ``<database>.sock`` with mode 0600 (bound inside a fresh private direct
 then renamed into place, so it is never reachable with wider permissions), serves
 each connection in its own task, refuses peers of another user id, and removes the
 socket when the engine closes. What it may do is what the engine's API allows: read
-only queries (the same check as `engine.sql`), `signal` and `resume`. The protocol is
-in `replay._channel._protocol`.
+only queries (the same check as `engine.sql`), `signal` and `resume` for the `replay`
+command, and the ``call`` operation of `replay.connect` clients (start, status, wait,
+result, runs, signal, resume: `_channel_calls`). The protocol is in
+`replay._channel._protocol`.
 
 Handlers never time out: under a mock clock a timeout would fire at once (autojump),
 and a connection costs only a task, open to the engine's own user only.
@@ -33,9 +35,7 @@ import trio
 
 from replay._channel._protocol import (
     PROTOCOL,
-    WireError,
     dump_message,
-    from_wire,
     load_message,
     peer_uid,
     short_address,
@@ -43,6 +43,12 @@ from replay._channel._protocol import (
     socket_path,
     to_wire,
 )
+from replay._engine._channel_calls import BadRequest as _BadRequest
+from replay._engine._channel_calls import send as _send
+from replay._engine._channel_calls import send_error as _send_error
+from replay._engine._channel_calls import serve_call
+from replay._engine._channel_calls import text as _text
+from replay._engine._channel_calls import value as _value
 from replay._engine._clock import in_thread
 from replay._engine._handle import misdirected_signal
 from replay._errors import ReplayError
@@ -62,10 +68,6 @@ BACKLOG = 0xFFFF
 # accept(2) errors that mean "overloaded for now" (the list trio's serve_listeners uses).
 ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 ACCEPT_RETRY_SECONDS = 0.1
-
-
-class _BadRequest(Exception):
-    pass
 
 
 class ChannelServer:
@@ -202,7 +204,7 @@ class ChannelServer:
         except _BadRequest as error:
             await _send_error(stream, "ProtocolError", str(error))
         except (ReplayError, TypeError, ValueError, KeyError) as error:
-            await _send_error(stream, type(error).__name__, str(error))
+            await _send_error(stream, error)
 
     async def _dispatch(self, stream: trio.SocketStream, request: dict[str, Any]) -> None:
         op = request.get("op")
@@ -219,6 +221,8 @@ class ChannelServer:
             info = engine.status(run_id)
             await _send(stream, {"ok": True, "state": info.state.value,
                                  "warning": misdirected_signal(info, key)})
+        elif op == "call":
+            await serve_call(engine, stream, request, self._store.path)
         elif op == "resume":
             run_id = _text(request, "run_id")
             before = engine.status(run_id).state.value
@@ -244,25 +248,10 @@ class ChannelServer:
                 await stream.send_all(data)
             await _send(stream, {"end": True, "rows": total})
         except ReplayError as error:  # the query failed half-way
-            await _send_error(stream, type(error).__name__, str(error))
+            await _send_error(stream, error)
         finally:
             with trio.CancelScope(shield=True):
                 await in_thread(query.close)
-
-
-def _text(request: dict[str, Any], name: str) -> str:
-    value = request.get(name)
-    if not isinstance(value, str):
-        raise _BadRequest(f"the request's {name!r} must be a string, not "
-                          f"{type(value).__name__}")
-    return value
-
-
-def _value(request: dict[str, Any], name: str) -> Any:
-    try:
-        return from_wire(request.get(name))
-    except WireError as error:
-        raise _BadRequest(f"bad {name} in the request: {error}") from None
 
 
 def _next_chunk(query: ReadQuery) -> tuple[int, bytes] | None:
@@ -286,11 +275,3 @@ async def _receive(stream: trio.SocketStream) -> dict[str, Any]:
         return load_message(bytes(buffer[: buffer.index(b"\n")]))
     except ValueError as error:
         raise _BadRequest(f"malformed request: {error}") from None
-
-
-async def _send(stream: trio.SocketStream, message: dict[str, Any]) -> None:
-    await stream.send_all(dump_message(message))
-
-
-async def _send_error(stream: trio.SocketStream, kind: str, message: str) -> None:
-    await _send(stream, {"ok": False, "error": {"type": kind, "message": message}})

@@ -1,0 +1,352 @@
+"""`replay.connect`: use the engine that serves a database file from any other process.
+
+DuckDB lets one process write a file, so one process runs the engine (``replay serve``,
+or an application's `open_engine`) and every other process is a client: web workers,
+scripts, job runners. A `Client` sends each call over the engine's live channel, the
+owner-only Unix socket next to the database, and the engine runs it with its own API
+(``engine.start``, ``Run.result``, ...), so a client sees exactly what code inside the
+engine's process sees, with the same errors.
+
+Plain blocking sockets, one connection per call: a client holds no connection between
+calls, so it is safe to share between threads, costs nothing while idle, and keeps
+working when the engine restarts (calls in between fail with `EngineClosed`). `wait` and
+`result` are waits on the engine's side: the engine answers when the run settles, and
+stops waiting if the client goes away.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from os import PathLike
+from typing import Any, BinaryIO
+
+from replay._channel import _calls as calls
+from replay._channel._calls import DEFAULT_TIMEOUT, Call
+from replay._channel._client import CONNECT_TRIES, _connected
+from replay._channel._protocol import MAX_MESSAGE_BYTES, peer_uid, socket_path
+from replay._errors import EngineClosed, ReplayError
+from replay._types import RunInfo, RunState
+
+
+def connect(database: str | PathLike[str], *, timeout: float = DEFAULT_TIMEOUT) -> Client:
+    """Connect to the engine that serves `database`, from another process.
+
+    The engine is ``replay serve DATABASE --workflows MODULE`` or an application that
+    holds the file with `open_engine` (its default ``serve_cli=True`` serves the
+    channel). Only the user that runs the engine can connect. Use the client as a
+    context manager or keep one for the life of the process; it holds no connection
+    between calls and may be shared by threads.
+
+    Args:
+        database: The database file the engine holds.
+        timeout: Seconds a call may wait for the engine's answer (not `wait` and
+            `result`, which take their own).
+
+    Returns:
+        A `Client`.
+
+    Raises:
+        EngineClosed: No engine serves the file (the message says how to start one).
+        PermissionError: The engine runs as another user.
+        ReplayError: The engine's channel stayed busy, or cannot be reached.
+        TypeError: `timeout` is not a number.
+        ValueError: `timeout` is not above 0.
+    """
+    client = Client(database, timeout=timeout)
+    client._hello()
+    return client
+
+
+class Client:
+    """The engine serving a database file, as seen from another process.
+
+    Get one from `replay.connect`. Its methods are those of `Engine`, blocking:
+    each sends one request to the engine and returns its answer. Errors are the
+    engine's, raised again with their class, message and attributes; a call that
+    loses the engine raises `EngineClosed`.
+
+    Attributes:
+        database: The database file.
+        pid: The engine's process id, as of the last answer.
+        command: The engine process's command line.
+    """
+
+    def __init__(self, database: str | PathLike[str], *, timeout: float = DEFAULT_TIMEOUT
+                 ) -> None:
+        self.database = os.fspath(database)
+        self.timeout = calls.checked_timeout(timeout)
+        self.pid: int | None = None
+        self.command: str | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"Client(database={self.database!r}, pid={self.pid!r})"
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop using the client (it holds no connection; later calls raise)."""
+        self._closed = True
+
+    def start(self, workflow: Callable[..., Any] | str, *args: Any,
+              run_id: str | None = None) -> RemoteRun:
+        """Start a run of `workflow` in the engine (idempotent by `run_id`).
+
+        Args:
+            workflow: A workflow function, or its registered name; the engine must
+                have it registered.
+            *args: The run's input, encoded here as the engine records it.
+            run_id: The run's id; the engine generates one when omitted.
+
+        Returns:
+            A handle to the run.
+
+        Raises:
+            WorkflowNotRegistered: The engine does not have `workflow` (the message
+                names the engine's process and command).
+            RunIdConflict: `run_id` belongs to a run of another workflow.
+            EncodingError: An argument cannot be recorded; nothing is sent.
+            TypeError: `workflow` or `run_id` has the wrong type.
+            EngineClosed: No engine serves the file, or it stopped.
+        """
+        header, _ = self._ask(calls.start(workflow, args, run_id))
+        return RemoteRun(self, str(header["run_id"]), str(header["workflow"]))
+
+    def signal(self, run_id: str, key: str, payload: Any = None) -> RemoteRun:
+        """Deliver `payload` to the run's ``Suspend(key)``; return once it is durable.
+
+        Raises:
+            RunNotFound: No such run.
+            SignalRejected: The engine rejects the signal (see `Engine.signal`).
+            EncodingError: The payload cannot be recorded; nothing is sent.
+            TypeError: `run_id` or `key` is not a str.
+            EngineClosed: No engine serves the file, or it stopped.
+        """
+        header, _ = self._ask(calls.signal(run_id, key, payload))
+        calls.warn(header)
+        return RemoteRun(self, run_id, str(header["workflow"]))
+
+    def resume(self, run_id: str) -> RemoteRun:
+        """Retry a failed run, or replay a parked one now (see `Engine.resume`).
+
+        Raises:
+            RunNotFound: No such run.
+            WorkflowNotRegistered: The engine does not have the run's workflow.
+            EngineClosed: No engine serves the file, or it stopped.
+        """
+        header, _ = self._ask(calls.on_run("resume", "resuming", run_id))
+        return RemoteRun(self, run_id, str(header["workflow"]))
+
+    def get_run(self, run_id: str) -> RemoteRun:
+        """Return a handle to an existing run.
+
+        Raises:
+            RunNotFound: No such run.
+            EngineClosed: No engine serves the file.
+        """
+        return RemoteRun(self, run_id, self.status(run_id).workflow)
+
+    def status(self, run_id: str) -> RunInfo:
+        """Return the run's current durable state.
+
+        Raises:
+            RunNotFound: No such run.
+            EncodingError: Its output cannot be decoded (here or in the engine).
+            EngineClosed: No engine serves the file.
+        """
+        header, _ = self._ask(calls.on_run("status", "asking for", run_id))
+        return calls.info_of(header.get("info"), self.database)
+
+    def wait(self, run_id: str, timeout: float | None = None) -> RunInfo:
+        """Wait until the run completes, fails, is cancelled or is suspended.
+
+        The engine waits and answers when the run settles; sleeps and retry back-offs
+        are waited through.
+
+        Args:
+            run_id: The run.
+            timeout: Seconds to wait at most (default: no limit).
+
+        Raises:
+            RunNotFound: No such run.
+            TimeoutError: `timeout` passed first (the run goes on).
+            EngineClosed: No engine serves the file, or it stopped or died meanwhile.
+        """
+        header, _ = self._ask(calls.on_run("wait", "waiting for", run_id, waits=True),
+                              timeout)
+        return calls.info_of(header.get("info"), self.database)
+
+    def result(self, run_id: str, timeout: float | None = None) -> Any:
+        """Wait for the run to finish and return its output (through suspensions too).
+
+        Args:
+            run_id: The run.
+            timeout: Seconds to wait at most (default: no limit).
+
+        Raises:
+            WorkflowFailed: The run failed.
+            RunNotFound: No such run.
+            TimeoutError: `timeout` passed first (the run goes on).
+            EngineClosed: No engine serves the file, or it stopped or died meanwhile.
+        """
+        header, _ = self._ask(
+            calls.on_run("result", "waiting for the result of", run_id, waits=True), timeout)
+        return calls.recorded(header, "output", self.database)
+
+    def runs(self, state: RunState | str | None = None, workflow: str | None = None,
+             limit: int = 1000) -> list[RunInfo]:
+        """List runs, newest first by `created_at` (see `Engine.runs`).
+
+        Raises:
+            ValueError: `state` is not a run state, or `limit` is negative.
+            EngineClosed: No engine serves the file.
+        """
+        _, items = self._ask(calls.call("runs", "listing runs", chunks="runs", state=state,
+                                        workflow=workflow, limit=limit))
+        return calls.infos(items, self.database)
+
+    def sql(self, query: str, params: Any = None, *, timeout: float | None = None
+            ) -> list[tuple[Any, ...]]:
+        """Run one read-only query in the engine (see `Engine.sql`).
+
+        Args:
+            query: Exactly one ``SELECT``, ``WITH … SELECT`` or ``EXPLAIN``.
+            params: Values for ``?`` or ``$name`` placeholders.
+            timeout: Seconds the query may take (default: the engine's
+                ``query_timeout``).
+
+        Raises:
+            QueryError: The query was refused, failed or exceeded its time limit.
+            EngineClosed: No engine serves the file.
+        """
+        limit = self.timeout if timeout is None else self.timeout + timeout
+        _, items = self._ask(calls.query(query, params, timeout), limit)
+        return calls.rows(items, self.database)
+
+    # -- the channel --
+
+    def _hello(self) -> None:
+        header, _ = self._ask(calls.call("hello", "connecting"))
+        self.command = str(header.get("command"))
+
+    def _ask(self, call: Call, timeout: float | None = None
+             ) -> tuple[dict[str, Any], list[Any]]:
+        """Send `call` on a connection of its own; return the answer and its chunks.
+
+        `timeout` limits a long wait (None: no limit); other calls default to the
+        client's.
+        """
+        if self._closed:
+            raise EngineClosed("this client is closed; connect again with replay.connect()")
+        line = call.line()  # before connecting: a value that cannot travel sends nothing
+        if timeout is not None:
+            timeout = calls.checked_timeout(timeout)
+        elif not call.waits:
+            timeout = self.timeout
+        sock = self._socket()
+        try:
+            try:
+                sock.sendall(line)
+            except OSError as error:
+                raise calls.lost(self.database, self.pid, call.doing, f" ({error})") from None
+            sock.settimeout(timeout)
+            with sock.makefile("rb") as file:
+                header = self._read(file, call, timeout)
+                items: list[Any] = []
+                while call.chunks is not None:
+                    message = self._read(file, call, timeout)
+                    if message.get("end"):
+                        break
+                    items.extend(message.get(call.chunks) or ())
+        finally:
+            sock.close()
+        if isinstance(header.get("pid"), int):
+            self.pid = header["pid"]
+        return header, items
+
+    def _read(self, file: BinaryIO, call: Call, timeout: float | None) -> dict[str, Any]:
+        try:
+            line = file.readline(MAX_MESSAGE_BYTES + 1)
+        except TimeoutError:
+            raise calls.no_answer(self.database, call.doing, timeout or 0.0) from None
+        except OSError as error:
+            raise calls.lost(self.database, self.pid, call.doing, f" ({error})") from None
+        if not line.endswith(b"\n"):
+            if len(line) > MAX_MESSAGE_BYTES:
+                raise ReplayError(f"the engine's answer is larger than {MAX_MESSAGE_BYTES} "
+                                  "bytes; ask for less (a smaller limit or query)")
+            raise calls.lost(self.database, self.pid, call.doing)
+        return calls.parse(line, self.database)
+
+    def _socket(self) -> socket.socket:
+        path = socket_path(self.database)
+        try:
+            sock = _connected(path, self.timeout)
+        except FileNotFoundError:
+            raise calls.no_engine(self.database, stale=False) from None
+        except ConnectionRefusedError:
+            raise calls.no_engine(self.database, stale=True) from None
+        except PermissionError:
+            raise calls.denied(path) from None
+        except BlockingIOError:
+            raise calls.busy(path, CONNECT_TRIES) from None
+        except OSError as error:
+            raise ReplayError(f"cannot connect to the engine's channel {path!r}: {error}"
+                              ) from None
+        owner, me = peer_uid(sock), os.geteuid()
+        if owner != me:
+            sock.close()
+            raise calls.refused(path, owner, me)
+        return sock
+
+
+class RemoteRun:
+    """A handle to one run of the engine a `Client` talks to.
+
+    Attributes:
+        run_id: The run's id.
+        workflow: The run's workflow name.
+    """
+
+    __slots__ = ("_client", "run_id", "workflow")
+
+    def __init__(self, client: Client, run_id: str, workflow: str) -> None:
+        self._client = client
+        self.run_id = run_id
+        self.workflow = workflow
+
+    def __repr__(self) -> str:
+        return f"RemoteRun(run_id={self.run_id!r}, workflow={self.workflow!r})"
+
+    def status(self) -> RunInfo:
+        """Return the run's current durable state (see `Client.status`).
+
+        Raises:
+            EngineClosed: No engine serves the file.
+        """
+        return self._client.status(self.run_id)
+
+    def wait(self, timeout: float | None = None) -> RunInfo:
+        """Wait until the run settles (see `Client.wait`).
+
+        Raises:
+            TimeoutError: `timeout` passed first.
+            EngineClosed: No engine serves the file, or it stopped or died meanwhile.
+        """
+        return self._client.wait(self.run_id, timeout)
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait for the run to finish and return its output (see `Client.result`).
+
+        Raises:
+            WorkflowFailed: The run failed.
+            TimeoutError: `timeout` passed first.
+            EngineClosed: No engine serves the file, or it stopped or died meanwhile.
+        """
+        return self._client.result(self.run_id, timeout)
