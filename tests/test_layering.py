@@ -40,6 +40,7 @@ ALLOWED: dict[str, set[str]] = {
                            "replay._engine"},
     "replay.testing": PURE | {"replay._codec", "replay._engine"},
     "replay.aio": {"replay"},  # asyncio hosting: through the public API only
+    "replay.sync": {"replay"},  # hosting in threads: through the public API only
     "replay": PURE | {"replay._codec", "replay._engine", "replay._channel"},
     "replay.__main__": {"replay._cli"},
 }
