@@ -8,11 +8,12 @@ time: the tests wait on runs, events and calls; `asyncio.timeout` is only a safe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import threading
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -303,6 +304,34 @@ def test_a_call_waiting_when_the_engine_closes_gets_engine_closed() -> None:
             await engine.status("r")  # the guest run has ended too
         with pytest.raises(replay.EngineClosed):
             await run.wait()
+
+    run_asyncio(main)
+
+
+def test_an_engine_failing_under_the_body_cancels_it_and_raises_at_its_end(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    real_open_engine = replay.open_engine
+
+    @contextlib.asynccontextmanager
+    async def failing_engine(*args: Any, **kwargs: Any) -> AsyncIterator[replay.Engine]:
+        """The real engine, and a service beside it that fails (a commit that failed)."""
+        async def fail() -> None:
+            await trio.sleep(0)
+            raise replay.DatabaseError("disk full")
+
+        async with real_open_engine(*args, **kwargs) as engine, \
+                trio.open_nursery() as services:
+            services.start_soon(fail)
+            yield engine
+
+    monkeypatch.setattr(replay, "open_engine", failing_engine)
+
+    async def main() -> None:
+        with pytest.raises(replay.DatabaseError, match="disk full"):
+            async with replay.aio.open_engine(workflows=[flow], durability="none"):
+                await asyncio.Event().wait()  # cancelled when the engine fails
+        task = asyncio.current_task()
+        assert task is not None and task.cancelling() == 0  # not left half-cancelled
 
     run_asyncio(main)
 
