@@ -623,6 +623,31 @@ def test_replay_run_next_to_an_engine_of_this_process_names_replay_sync(
     assert replay.run(flaky_flow, "after", db=db) == "after ok"  # the file is free again
 
 
+def test_replay_run_inside_a_step_never_waits_for_its_own_engine(tmp_path: Path) -> None:
+    db = tmp_path / "nested.duckdb"
+
+    def inner(n: int) -> Any:
+        if n == 0:
+            return 0
+        return replay.run(countdown, n - 1, db=db, run_id=f"c-{n - 1}")  # same engine
+
+    @replay.workflow(name="countdown")
+    def countdown(n: int):  # type: ignore[no-untyped-def]
+        return (yield Step("inner:v1", inner, n)) + n
+
+    assert replay.run(countdown, 3, db=db, run_id="c-3") == 6
+
+    def other(n: int) -> Any:
+        return replay.run(flaky_flow, "inner", db=db)  # the engine does not know it
+
+    @replay.workflow(name="outer")
+    def outer():  # type: ignore[no-untyped-def]
+        return (yield Step("other:v1", other, 1))
+
+    with pytest.raises(replay.WorkflowFailed, match="could wait for this very step"):
+        replay.run(outer, db=db)
+
+
 def test_replay_run_of_a_bad_workflow_fails_alone(tmp_path: Path) -> None:
     db = tmp_path / "bad.duckdb"
 

@@ -26,7 +26,14 @@ from replay._engine._facade import Engine
 from replay._engine._handle import Run
 from replay._engine._lifecycle import open_engine
 from replay._engine._options import database_path
-from replay._errors import DatabaseLocked, EngineClosed, RunNotFound, RunSuspended
+from replay._engine._steps import current_step
+from replay._errors import (
+    DatabaseLocked,
+    EngineClosed,
+    ReplayError,
+    RunNotFound,
+    RunSuspended,
+)
 from replay._types import RunState
 from replay._workflows import check_workflow, workflow_name
 
@@ -298,7 +305,11 @@ def _join(path: str, workflow: Callable[..., Any]) -> _SharedFile:
                 workflows[name] = workflow
                 shared = _OPEN[key] = _SharedFile(path, key, workflows)
                 shared.users += 1
-                shared.start()
+                try:
+                    shared.start()
+                except BaseException:  # no thread: nobody would ever close it
+                    del _OPEN[key]
+                    raise
                 return shared
             if shared.accepting and shared.workflows.get(name) is workflow:
                 shared.users += 1
@@ -306,9 +317,17 @@ def _join(path: str, workflow: Callable[..., Any]) -> _SharedFile:
             # This engine cannot take the call: it is closing, or does not know the
             # workflow. No new caller joins it then, so it closes once its callers are
             # done, and the next engine knows this workflow.
+            if _in_a_step():
+                # A step cannot wait for an engine to close: it may be the step's own.
+                raise DatabaseLocked(
+                    f"replay.run({name!r}, db={path!r}) was called inside a step while "
+                    "the engine replay.run keeps on that file cannot take it (it does not "
+                    "know the workflow, or is closing), and waiting for it could wait for "
+                    "this very step; run the workflow from outside the step, or open one "
+                    "engine for all the workflows with replay.sync.open_engine",
+                    pid=os.getpid())
             shared.accepting = False
-            wanted = _WANTED.setdefault(key, {})
-            wanted.setdefault(name, workflow)
+            _WANTED.setdefault(key, {}).setdefault(name, workflow)
         try:
             shared.finished.wait()
         except BaseException:
@@ -318,6 +337,14 @@ def _join(path: str, workflow: Callable[..., Any]) -> _SharedFile:
                 if _WANTED.get(key, {}).get(name) is workflow:
                     del _WANTED[key][name]
             raise
+
+
+def _in_a_step() -> bool:
+    try:
+        current_step()
+    except ReplayError:
+        return False
+    return True
 
 
 def _leave(shared: _SharedFile) -> None:
