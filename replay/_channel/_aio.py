@@ -78,8 +78,20 @@ class _Connecting:
 class AsyncClient:
     """The engine serving a database file, from an asyncio program in another process.
 
-    Get one from `replay.connect_async`. Its methods are those of `Client`, as
-    coroutines; errors are the same.
+    Get one from `replay.connect_async`, which checks that an engine answers, or build
+    one with ``AsyncClient(database)``, which contacts nobody until the first call. It
+    holds no connection and no event loop, so one client may serve every task (and
+    loop) of a process. Its methods are those of `Client`, as coroutines; errors are
+    the same.
+
+    Args:
+        database: The database file the engine holds.
+        timeout: Seconds a call may wait for the engine's answer (not `wait` and
+            `result`, which take their own).
+
+    Raises:
+        TypeError: `timeout` is not a number.
+        ValueError: `timeout` is not above 0.
 
     Attributes:
         database: The database file.
@@ -91,6 +103,8 @@ class AsyncClient:
                  ) -> None:
         self.database = os.fspath(database)
         self.timeout = calls.checked_timeout(timeout)
+        # Resolved once: a later chdir of the process must not move the engine.
+        self._path = socket_path(self.database)
         self.pid: int | None = None
         self.command: str | None = None
         self._closed = False
@@ -270,7 +284,7 @@ class AsyncClient:
         A Unix socket connects at once or fails at once; a full listen backlog
         (EAGAIN) is tried again with the blocking client's back-off.
         """
-        path = socket_path(self.database)
+        path = self._path
         pause, attempt = CONNECT_BACKOFF_SECONDS, 1
         while True:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -62,10 +62,21 @@ def connect(database: str | PathLike[str], *, timeout: float = DEFAULT_TIMEOUT) 
 class Client:
     """The engine serving a database file, as seen from another process.
 
-    Get one from `replay.connect`. Its methods are those of `Engine`, blocking:
-    each sends one request to the engine and returns its answer. Errors are the
-    engine's, raised again with their class, message and attributes; a call that
-    loses the engine raises `EngineClosed`.
+    Get one from `replay.connect`, which checks that an engine answers, or build one
+    with ``Client(database)``, which contacts nobody until the first call (for a
+    module-level client of a web application). Its methods are those of `Engine`,
+    blocking: each sends one request to the engine and returns its answer. Errors are
+    the engine's, raised again with their class, message and attributes; a call that
+    finds no engine, or loses it, raises `EngineClosed`.
+
+    Args:
+        database: The database file the engine holds.
+        timeout: Seconds a call may wait for the engine's answer (not `wait` and
+            `result`, which take their own).
+
+    Raises:
+        TypeError: `timeout` is not a number.
+        ValueError: `timeout` is not above 0.
 
     Attributes:
         database: The database file.
@@ -77,6 +88,8 @@ class Client:
                  ) -> None:
         self.database = os.fspath(database)
         self.timeout = calls.checked_timeout(timeout)
+        # Resolved once: a later chdir of the process must not move the engine.
+        self._path = socket_path(self.database)
         self.pid: int | None = None
         self.command: str | None = None
         self._closed = False
@@ -285,7 +298,7 @@ class Client:
         return calls.parse(line, self.database)
 
     def _socket(self) -> socket.socket:
-        path = socket_path(self.database)
+        path = self._path
         try:
             sock = _connected(path, self.timeout)
         except FileNotFoundError:
