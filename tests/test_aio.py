@@ -448,8 +448,9 @@ def test_two_engines_on_one_loop_share_one_guest_run(tmp_path: Path) -> None:
                 assert sorted(i.run_id for i in await b.runs()) == ["r1", "r3"]
             # b is closed; a goes on in the same guest run.
             assert trio.lowlevel.current_trio_token() is token
-            with pytest.raises(replay.EngineClosed):
-                await b.start(one_step, 9)
+            for call in (b.start(one_step, 9), b.status("r1"), runs[1].wait()):
+                with pytest.raises(replay.EngineClosed, match="the engine is closed"):
+                    await call
             assert await (await a.start(one_step, 9)).result() == 10
             # b's file can be opened again beside a.
             async with replay.aio.open_engine(tmp_path / "b.duckdb", workflows=[one_step],
@@ -476,6 +477,23 @@ def test_engines_opened_and_closed_concurrently(tmp_path: Path) -> None:
 
 
 # --- what cannot work says so ---
+
+
+def test_an_engine_is_called_from_the_loop_that_opened_it() -> None:
+    async def main() -> None:
+        async with replay.aio.open_engine(workflows=[flow], durability="none") as engine:
+            settled = await (await engine.start(flow, 1, run_id="r")).wait()
+            elsewhere = asyncio.to_thread(asyncio.run, engine.status("r"))  # another loop
+            with pytest.raises(replay.ReplayError, match="run_coroutine_threadsafe"):
+                await elsewhere
+            # ... which is how another thread gets its answer.
+            loop = asyncio.get_running_loop()
+            answer = asyncio.run_coroutine_threadsafe(engine.status("r"), loop)
+            info = await asyncio.to_thread(answer.result, SAFETY)
+            assert info == settled
+
+    run_asyncio(main)
+
 
 
 def test_another_trio_guest_run_on_the_loop_is_refused() -> None:

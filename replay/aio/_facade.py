@@ -13,7 +13,7 @@ from os import PathLike
 from typing import Any
 
 import replay
-from replay.aio._guest import GuestRun
+from replay.aio._guest import Calls
 
 
 class Run:
@@ -24,11 +24,11 @@ class Run:
         workflow: The run's workflow name.
     """
 
-    __slots__ = ("_guest", "_run", "run_id", "workflow")
+    __slots__ = ("_calls", "_run", "run_id", "workflow")
 
-    def __init__(self, run: replay.Run, guest: GuestRun) -> None:
+    def __init__(self, run: replay.Run, calls: Calls) -> None:
         self._run = run
-        self._guest = guest
+        self._calls = calls
         self.run_id = run.run_id
         self.workflow = run.workflow
 
@@ -47,7 +47,7 @@ class Run:
         Raises:
             EngineClosed: The engine closed first.
         """
-        return await self._guest.call(self._run.wait)
+        return await self._calls.call(self._run.wait)
 
     async def result(self) -> Any:
         """Wait for the run to finish and return its output (suspensions waited through).
@@ -59,7 +59,7 @@ class Run:
             WorkflowFailed: The run failed.
             EngineClosed: The engine closed first.
         """
-        return await self._guest.call(self._run.result)
+        return await self._calls.call(self._run.result)
 
 
 class Engine:
@@ -69,20 +69,21 @@ class Engine:
     on the engine's trio loop (a guest of your asyncio loop), with the same arguments,
     results and errors. Cancelling a caller cancels that call on the trio side, and
     the caller resumes once it has ended; a call that had already recorded something
-    (a start, a signal) keeps it, as it would under trio.
+    (a start, a signal) keeps it, as it would under trio. Call it from the asyncio loop
+    that opened it.
     """
 
-    __slots__ = ("_engine", "_guest")
+    __slots__ = ("_calls", "_engine")
 
-    def __init__(self, engine: replay.Engine, guest: GuestRun) -> None:
+    def __init__(self, engine: replay.Engine, calls: Calls) -> None:
         self._engine = engine
-        self._guest = guest
+        self._calls = calls
 
     def __repr__(self) -> str:
         return f"replay.aio.Engine({self._engine!r})"
 
     def _run(self, run: replay.Run) -> Run:
-        return Run(run, self._guest)
+        return Run(run, self._calls)
 
     async def start(self, workflow: Callable[..., Any] | str, *args: Any,
                     run_id: str | None = None) -> Run:
@@ -108,7 +109,7 @@ class Engine:
             EngineClosed: The engine is closed or closing.
         """
         start = functools.partial(self._engine.start, workflow, *args, run_id=run_id)
-        return self._run(await self._guest.call(start))
+        return self._run(await self._calls.call(start))
 
     async def signal(self, run_id: str, key: str, payload: Any = None) -> Run:
         """Deliver `payload` to the run's `Suspend(key)`; return once it is durable.
@@ -125,7 +126,7 @@ class Engine:
             EngineClosed: The engine is closed or closing.
         """
         signal = functools.partial(self._engine.signal, run_id, key, payload)
-        return self._run(await self._guest.call(signal))
+        return self._run(await self._calls.call(signal))
 
     async def resume(self, run_id: str) -> Run:
         """Retry a failed run, or replay a parked one now; as `replay.Engine.resume`.
@@ -136,7 +137,7 @@ class Engine:
             EngineClosed: The engine is closed or closing.
         """
         resume = functools.partial(self._engine.resume, run_id)
-        return self._run(await self._guest.call(resume))
+        return self._run(await self._calls.call(resume))
 
     async def get_run(self, run_id: str) -> Run:
         """Return a handle to an existing run.
@@ -144,7 +145,7 @@ class Engine:
         Raises:
             RunNotFound: No such run.
         """
-        return self._run(await self._guest.call_sync(
+        return self._run(await self._calls.call_sync(
             functools.partial(self._engine.get_run, run_id)))
 
     async def status(self, run_id: str) -> replay.RunInfo:
@@ -154,7 +155,7 @@ class Engine:
             RunNotFound: No such run.
             EncodingError: The run's recorded output cannot be decoded.
         """
-        return await self._guest.call_sync(functools.partial(self._engine.status, run_id))
+        return await self._calls.call_sync(functools.partial(self._engine.status, run_id))
 
     async def runs(self, state: replay.RunState | str | None = None,
                    workflow: str | None = None, limit: int = 1000) -> list[replay.RunInfo]:
@@ -168,7 +169,7 @@ class Engine:
         Raises:
             ValueError: `state` is not a run state, or `limit` is negative.
         """
-        return await self._guest.call(
+        return await self._calls.call(
             functools.partial(self._engine.runs, state, workflow, limit))
 
     async def history(self, run_id: str) -> list[replay.Event]:
@@ -178,7 +179,7 @@ class Engine:
             RunNotFound: No such run.
             EngineClosed: The engine is closed.
         """
-        return await self._guest.call(functools.partial(self._engine.history, run_id))
+        return await self._calls.call(functools.partial(self._engine.history, run_id))
 
     async def sql(self, query: str, params: Sequence[Any] | dict[str, Any] | None = None,
                   *, timeout: float | None = None) -> list[tuple[Any, ...]]:
@@ -201,7 +202,7 @@ class Engine:
             ValueError: `timeout` is not above 0.
             EngineClosed: The engine is closed, or closed while the query ran.
         """
-        return await self._guest.call(
+        return await self._calls.call(
             functools.partial(self._engine.sql, query, params, timeout=timeout))
 
     async def sql_arrow(self, query: str,
@@ -224,7 +225,7 @@ class Engine:
             ValueError: `timeout` is not above 0.
             EngineClosed: The engine is closed, or closed while the query ran.
         """
-        return await self._guest.call(
+        return await self._calls.call(
             functools.partial(self._engine.sql_arrow, query, params, timeout=timeout))
 
     async def export_history(self, run_id: str, path: str | PathLike[str]) -> None:
@@ -234,4 +235,4 @@ class Engine:
             RunNotFound: No such run.
             EngineClosed: The engine is closed.
         """
-        await self._guest.call(functools.partial(self._engine.export_history, run_id, path))
+        await self._calls.call(functools.partial(self._engine.export_history, run_id, path))

@@ -31,9 +31,10 @@ import replay
 
 T = TypeVar("T")
 
-# What asyncio callers get when the guest run ends under their call.
+# What asyncio callers get when the guest run ends under their call, or call later.
 CLOSED_MESSAGE = ("the engine closed before this call finished; open a new one with "
                   "replay.aio.open_engine()")
+CLOSED_NOW = "the engine is closed; open a new one with replay.aio.open_engine()"
 
 _RUNS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, GuestRun] = (
     weakref.WeakKeyDictionary())
@@ -169,11 +170,21 @@ class GuestRun:
 
         Raises:
             EngineClosed: The guest run has ended, or ended during the call.
+            ReplayError: Called from another loop than the guest's.
             asyncio.CancelledError: The caller was cancelled; the trio side has ended.
         """
         if self._token is None or self._done.done():
-            raise replay.EngineClosed(
-                "the engine is closed; open a new one with replay.aio.open_engine()")
+            raise replay.EngineClosed(CLOSED_NOW)
+        try:
+            here = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        if here is not self._loop:
+            # Its futures and trio run live on the loop that opened it.
+            raise replay.ReplayError(
+                "this replay.aio engine belongs to the asyncio loop that opened it; call it "
+                "from that loop (from another thread: asyncio.run_coroutine_threadsafe), "
+                "or use replay.sync, whose calls work from any thread")
         job = _Call(fn, self._loop.create_future())
         self.run_soon(lambda: self._spawn(job))
         try:
@@ -242,3 +253,37 @@ class GuestRun:
             self._ready.set_exception(replay.ReplayInternalError(
                 "replay.aio's trio guest run ended before it started"))
         self._done.set_result(result)
+
+
+class Calls:
+    """One engine's way into the guest run; refuses every call once that engine closed.
+
+    Without it, `status` of a closed engine would still answer while another engine
+    keeps the guest run alive, and fail once none does.
+    """
+
+    __slots__ = ("_guest", "closed")
+
+    def __init__(self, guest: GuestRun) -> None:
+        self._guest = guest
+        self.closed = False
+
+    async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """`GuestRun.call`, unless the engine is closed.
+
+        Raises:
+            EngineClosed: The engine is closed, or closed during the call.
+        """
+        if self.closed:
+            raise replay.EngineClosed(CLOSED_NOW)
+        return await self._guest.call(fn)
+
+    async def call_sync(self, fn: Callable[[], T]) -> T:
+        """`GuestRun.call_sync`, unless the engine is closed.
+
+        Raises:
+            EngineClosed: The engine is closed, or closed during the call.
+        """
+        if self.closed:
+            raise replay.EngineClosed(CLOSED_NOW)
+        return await self._guest.call_sync(fn)

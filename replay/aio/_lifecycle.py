@@ -21,7 +21,7 @@ import trio
 
 import replay
 from replay.aio._facade import Engine
-from replay.aio._guest import GuestRun, wait_out
+from replay.aio._guest import Calls, GuestRun, wait_out
 
 
 class _BodyFailed(Exception):
@@ -211,9 +211,10 @@ async def open_engine(
         max_threads=max_threads, cache_size=cache_size, serve_cli=serve_cli,
         max_interruptions=max_interruptions, query_timeout=query_timeout)
     guest = await GuestRun.join()
+    calls = Calls(guest)
     try:
         hosting = _Hosting(guest, opening)
-        engine = Engine(await hosting.open(), guest)
+        engine = Engine(await hosting.open(), calls)
         try:
             yield engine
         except BaseException:
@@ -221,4 +222,5 @@ async def open_engine(
             raise
         await hosting.close(failed=False)
     finally:
+        calls.closed = True
         await guest.leave()
