@@ -33,6 +33,7 @@ import replay
 from replay import RunState
 from replay._channel import _connect
 from replay._channel._protocol import PROTOCOL, dump_message, load_message, socket_path
+from replay._engine import _channel_calls
 
 NOBODY = 65534
 
@@ -114,6 +115,22 @@ def test_errors_come_back_as_the_same_classes(served: Served, client: replay.Cli
         client.sql("DELETE FROM replay_runs")
     with pytest.raises(ValueError, match="state"):
         client.runs(state="asleep")
+
+
+def test_resume_and_a_misdirected_signal(client: replay.Client,
+                                         caplog: pytest.LogCaptureFixture) -> None:
+    run = client.start(approval, "o-4", run_id="o-4")
+    run.wait()
+    resumed = client.resume("o-4")  # replays the parked run now; it parks again
+    assert (resumed.run_id, resumed.workflow) == ("o-4", "approval")
+    assert resumed.wait().waiting_for == "decision:v1"
+    with pytest.raises(replay.RunNotFound):
+        client.resume("nope")
+    with caplog.at_level("WARNING", logger="replay"):
+        client.signal("o-4", "other:v1", 1)  # kept in the mailbox, with a warning
+    assert "other:v1" in caplog.text and "decision:v1" in caplog.text
+    client.signal("o-4", "decision:v1", "accept")
+    assert run.result()["decision"] == "accept"
 
 
 def test_bad_arguments_fail_before_anything_is_sent(client: replay.Client) -> None:
@@ -339,6 +356,17 @@ async def test_an_engine_that_stops_tells_waiting_clients(db: str) -> None:
     error = _answer(result)["error"]
     assert error["type"] == "EngineClosed"  # type: ignore[index]
     assert "stopped while waiting; the run is safe in the file" in error["message"]  # type: ignore[index]
+
+
+async def test_runs_come_in_chunks(db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_channel_calls, "RUNS_CHUNK_BYTES", 1)  # one run per message
+    async with replay.open_engine(db, workflows=[echo], durability="none") as engine:
+        for n in range(3):
+            await (await engine.start(echo, n, run_id=f"e-{n}")).result()
+        client = replay.Client(db)  # no call yet: nothing contacted
+        listed = await trio.to_thread.run_sync(client.runs)
+    assert sorted(info.run_id for info in listed) == ["e-0", "e-1", "e-2"]
+    assert {info.output["values"] for info in listed} == {(0,), (1,), (2,)}
 
 
 @pytest.mark.parametrize(("fields", "kind", "message"), [

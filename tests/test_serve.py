@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,8 +26,34 @@ from served import HERE, LINE_TIMEOUT, Served, in_thread, open_gate, pass_gate
 
 import replay
 from replay import RunState
+from replay._channel import _connect
 from replay._channel._protocol import socket_path
 from replay._cli import main
+
+
+class Connections:
+    """Counts the connections clients of this process open to an engine."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self._opened = threading.Semaphore(0)
+        connected = _connect._connected
+
+        def counting(path: str, timeout: float) -> socket.socket:
+            sock = connected(path, timeout)
+            self._opened.release()
+            return sock
+
+        monkeypatch.setattr(_connect, "_connected", counting)
+
+    def wait(self, count: int) -> None:
+        """Wait until `count` more connections are open (the engine has them queued)."""
+        for _ in range(count):
+            assert self._opened.acquire(timeout=LINE_TIMEOUT), "a client did not connect"
+
+
+@pytest.fixture
+def connections(monkeypatch: pytest.MonkeyPatch) -> Connections:
+    return Connections(monkeypatch)
 
 
 @pytest.fixture
@@ -41,10 +68,13 @@ def server(tmp_path: Path) -> Iterator[Served]:
 
 @pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_stops_the_server_cleanly(server: Served, number: int,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+                                           capsys: pytest.CaptureFixture[str],
+                                           connections: Connections) -> None:
     client = replay.connect(server.db)
     client.start("approval", "o-1", run_id="o-1").wait()
+    connections.wait(3)  # hello, start, wait
     waiting = in_thread(client.result, "o-1")
+    connections.wait(1)  # the wait's request is on its way: the engine will see it
     assert main(["runs", server.db]) == 0  # the replay command reaches it too
     assert "o-1" in capsys.readouterr().out
     assert client.status("o-1").state == RunState.SUSPENDED
@@ -65,17 +95,19 @@ def test_a_signal_stops_the_server_cleanly(server: Served, number: int,
 
 
 def test_a_killed_server_fails_the_waits_and_a_new_one_continues_the_runs(
-        tmp_path: Path) -> None:
+        tmp_path: Path, connections: Connections) -> None:
     db, fifo = str(tmp_path / "shop.duckdb"), str(tmp_path / "gate")
     os.mkfifo(fifo)
     first = Served(db, tmp_path / "first.txt").ready()
     try:
         client = replay.connect(db)
         client.start("approval", "o-1", run_id="o-1").wait()
-        suspended = in_thread(client.result, "o-1")
         client.start("gated", fifo, run_id="g-1")
+        connections.wait(4)  # hello, start, wait, start
         gate = open_gate(fifo)()  # returns once the step reads the FIFO: it is running
+        suspended = in_thread(client.result, "o-1")
         running = in_thread(client.result, "g-1")
+        connections.wait(2)  # both waits' requests are on their way
         first.kill()
         os.close(gate)
     finally:
