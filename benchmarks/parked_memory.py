@@ -42,6 +42,7 @@ import trio
 
 import replay
 from replay import Step, Suspend
+from replay._engine._facade import internals
 
 TARGET_BYTES = 5 * 1024  # a later issue's target: at most 5 KB per parked run
 WARM_UP = 200  # runs taken through the whole path first, so lazy allocations are done
@@ -77,7 +78,7 @@ def python_bytes() -> int:
 def duckdb_bytes(engine: replay.Engine) -> int | None:
     """DuckDB's own accounting of its memory (buffers, indexes), or None if unavailable."""
     try:
-        rows = engine._store._read("SELECT sum(memory_usage_bytes) FROM duckdb_memory()", [])
+        rows = internals(engine).store._read("SELECT sum(memory_usage_bytes) FROM duckdb_memory()", [])
         return int(rows[0][0] or 0)
     except Exception:  # a private peek: the store may change
         return None

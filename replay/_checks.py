@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from replay._errors import qualified_name
+from replay._types import RunState
 
 # Durations (sleeps, timeouts, retry delays) stay below 100 years, so that a deadline
 # (now + duration, and a retry delay's jitter on top) is always a valid datetime.
@@ -147,3 +148,55 @@ def class_name(cls: type) -> str:
     return cls.__qualname__ if cls.__module__ == "builtins" else qualified_name(cls)
 
 
+def checked_run_id(run_id: object) -> str:
+    """Return `run_id` if it can name a run.
+
+    Raises:
+        TypeError: It is not a str.
+        ValueError: It is empty or not valid unicode text.
+    """
+    if not isinstance(run_id, str):
+        raise TypeError(f"run_id must be a str, got {run_id!r} ({type(run_id).__name__})")
+    if not run_id:
+        raise ValueError("run_id must be a non-empty string, got ''")
+    try:
+        run_id.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"run_id must be valid unicode text, got {run_id!r}") from None
+    return run_id
+
+
+def checked_key(key: object) -> str:
+    """Return `key` if it can name a `Suspend` to signal.
+
+    Raises:
+        TypeError: It is not a str.
+        ValueError: It is empty or not valid unicode text.
+    """
+    if not isinstance(key, str):
+        raise TypeError(
+            f"engine.signal(run_id, key, payload): key must be a str, got {key!r} "
+            f"({type(key).__name__})"
+        )
+    if not key:
+        raise ValueError("engine.signal(run_id, key, payload): key must be a non-empty string")
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(
+            f"engine.signal(run_id, key, payload): key must be valid unicode text, got {key!r}"
+        ) from None
+    return key
+
+
+def checked_state(state: RunState | str) -> RunState:
+    """Return `state` as a `RunState`.
+
+    Raises:
+        ValueError: It names no run state.
+    """
+    try:
+        return RunState(state)
+    except ValueError:
+        names = ", ".join(s.value for s in RunState)
+        raise ValueError(f"unknown run state {state!r}; expected one of {names}") from None

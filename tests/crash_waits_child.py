@@ -55,6 +55,7 @@ import trio.testing
 import replay
 from replay import Sleep, Step, Suspend
 from replay._engine._clock import busy_thread, set_virtual_start
+from replay._engine._facade import internals
 
 SIDE_FILE = ""
 RETRY = replay.Retry(attempts=50, initial=0, jitter=0)
@@ -177,7 +178,7 @@ async def finish(engine: replay.Engine, config: dict[str, Any]) -> dict[str, Any
 
 async def race(engine: replay.Engine, config: dict[str, Any]) -> dict[str, Any]:
     """Signal a run while its timer wake-up reads its history (a slow read)."""
-    store, reading, release = engine._store, trio.Event(), threading.Event()
+    store, reading, release = internals(engine).store, trio.Event(), threading.Event()
     original, armed = store.load_memo, [True]
 
     def slow_load(run_id: str, workflow: str) -> Any:
@@ -191,7 +192,7 @@ async def race(engine: replay.Engine, config: dict[str, Any]) -> dict[str, Any]:
     # Patched before the body's first checkpoint: the due timer has not fired yet.
     store.load_memo = slow_load  # type: ignore[method-assign]
     [run_id] = config["signals"]
-    lock = engine._slots[run_id].lock
+    lock = internals(engine).scheduler.find(run_id).lock
     outcome: dict[str, str] = {}
 
     async def send() -> None:

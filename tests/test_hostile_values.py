@@ -35,7 +35,7 @@ import replay
 from replay import EncodingError, ReplayError, RunState, WorkflowFailed
 from replay._codec import MAX_DEPTH, _json, _unregister, decode, encode, to_json
 from replay._core._history import RunHistory
-from replay._core._interpreter import MAX_NON_COMMANDS, Execute, Fail, Interpreter
+from replay._core._interpreter import MAX_NON_COMMANDS, Fail, Interpreter, Pending
 
 CHILD = Path(__file__).with_name("hostile_child.py")
 TOO_DEEP = ("cannot encode value of {key!r}: it nests more than 100 levels of containers "
@@ -302,7 +302,7 @@ def interpreter(generator: Generator[Any, Any, Any]) -> Interpreter:
 
 def test_non_commands_in_a_row_are_answered_up_to_the_limit() -> None:
     decision = interpreter(spin(MAX_NON_COMMANDS - 1)).start()
-    assert isinstance(decision, Execute) and decision.command.key == "after:v1"
+    assert isinstance(decision, Pending) and decision.command.key == "after:v1"
 
 
 def test_the_limit_of_non_commands_in_a_row_fails_the_run() -> None:

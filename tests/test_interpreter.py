@@ -8,8 +8,9 @@ import pytest
 
 from replay import DuplicateKeyError, NondeterminismError, Sleep, Step, StepFailed
 from replay._codec import decode, encode
-from replay._core._history import Record, RunHistory
-from replay._core._interpreter import Execute, Fail, Finish, Interpreter
+from replay._core._history import RunHistory
+from replay._core._interpreter import Fail, Finish, Interpreter, Pending
+from replay._core._records import Record
 
 
 def fetch(n: int) -> int:
@@ -50,7 +51,7 @@ def test_interpreter_replays_recorded_steps_without_io() -> None:
 def test_interpreter_stops_at_the_first_unrecorded_command() -> None:
     machine = interpreter(two_steps(), completed("a:v1", 10))
     decision = machine.start()
-    assert decision == Execute(Step("b:v1", fetch, 2), None)
+    assert decision == Pending(Step("b:v1", fetch, 2), None)
     assert machine.send(7) == Finish([10, 7])
 
 
@@ -149,7 +150,7 @@ def test_interpreter_traceback_points_through_yield_from() -> None:
         yield from inner()
 
     decision = interpreter(outer()).start()
-    assert isinstance(decision, Execute)
+    assert isinstance(decision, Pending)
     decision = interpreter(outer(), completed("a:v1", 1)).start()
     assert isinstance(decision, Fail)
     lines = decision.traceback.splitlines()

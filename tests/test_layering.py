@@ -24,13 +24,13 @@ ALLOWED: dict[str, set[str]] = {
     "replay._errors": set(),
     "replay._version": set(),
     "replay._types": set(),
-    "replay._checks": {"replay._errors"},
-    "replay._retry": {"replay._errors", "replay._checks"},
-    "replay._commands": {"replay._errors", "replay._checks", "replay._retry"},
+    "replay._checks": {"replay._errors", "replay._types"},
+    "replay._retry": {"replay._errors", "replay._types", "replay._checks"},
+    "replay._commands": {"replay._errors", "replay._types", "replay._checks", "replay._retry"},
     "replay._workflows": {"replay._errors"},
     "replay._core": {"replay._errors", "replay._types", "replay._commands", "replay._retry",
                      "replay._checks"},
-    "replay._codec": {"replay._errors", "replay._core"},
+    "replay._codec": {"replay._errors", "replay._types", "replay._core"},
     "replay._store": {"replay._errors", "replay._types", "replay._core", "replay._codec"},
     # The wire protocol and the command's client are standard library only; replay.connect's
     # clients also encode values with the codec and build the public value types.

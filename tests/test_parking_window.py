@@ -20,6 +20,7 @@ import trio
 
 import replay
 from replay import RunState, Sleep, Step, Suspend
+from replay._engine._facade import internals
 
 LOST = 30  # seconds (virtual or real) after which a call counts as lost
 DEPLOYED: set[str] = set()  # run ids whose workflow code is "the new version"
@@ -59,7 +60,7 @@ async def shows(engine: replay.Engine, run_id: str, state: RunState) -> bool:
     """
     while engine.status(run_id).state is not state:
         await trio.lowlevel.checkpoint()
-    return engine._slots[run_id].active
+    return internals(engine).scheduler.find(run_id).active
 
 
 async def deploy_then_resume(engine: replay.Engine, workflow: Callable[..., Any],

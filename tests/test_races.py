@@ -32,6 +32,7 @@ import trio.testing
 
 import replay
 from replay import RunState, SignalRejected, Sleep, Step, Suspend, SuspendTimeout
+from replay._engine._facade import internals
 
 # How long a test waits for a run before calling it lost (virtual time: instant).
 PATIENCE = 3600.0
@@ -464,7 +465,7 @@ async def test_a_signal_while_a_woken_run_loads_its_history_is_not_lost(
             run = await parked(engine, approval, "sl", 60)
         # The woken run's history query returns late (a slow thread hand-off), after a
         # signal for its Suspend was recorded: the query saw the table before it.
-        store = engine._store
+        store = internals(engine).store
         load_memo = store.load_memo
         loaded, released = threading.Event(), threading.Event()
 

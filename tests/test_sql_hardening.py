@@ -24,6 +24,7 @@ import trio.testing
 import replay
 from replay import EngineClosed, QueryError, Step, Suspend
 from replay._cli import main
+from replay._engine._facade import internals
 from replay._store._readers import QUERY_THREADS
 
 # 1e18 rows: it never ends by itself. `sleep_ms` makes one that waits without using CPU.
@@ -70,7 +71,7 @@ def open_engine(db: str, **options: Any) -> Any:
 
 async def busy_queries(engine: replay.Engine, count: int) -> None:
     """Return once `count` user queries are inside a DuckDB call (spinning on checkpoints)."""
-    while sum(not query._idle.is_set() for query in list(engine._store._queries._open)) < count:
+    while sum(not query._idle.is_set() for query in list(internals(engine).store._queries._open)) < count:
         await trio.lowlevel.checkpoint()
 
 
@@ -235,7 +236,7 @@ async def test_user_queries_do_not_starve_workflow_reads(
         await (await engine.start(echo, 1, run_id="done")).result()
         parked = await engine.start(waiter, run_id="parked")
         await parked.wait()
-        engine._parked.clear()  # its next wake-up loads its history from the file
+        internals(engine).scheduler.parked.clear()  # its next wake-up loads its history from the file
         async with trio.open_nursery() as nursery:
             for _ in range(60):
                 nursery.start_soon(engine.sql, SLEEPER)

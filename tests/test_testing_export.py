@@ -18,7 +18,8 @@ import replay
 from replay import Sleep, Step, Suspend
 from replay._codec import decode
 from replay._codec._export import FORMAT, VERSION, read_history, write_history
-from replay._core._history import Record
+from replay._core._records import Record
+from replay._engine._facade import internals
 from replay.testing import open_test_engine
 
 START = datetime(2030, 1, 1, tzinfo=UTC)
@@ -76,7 +77,7 @@ async def record_everything(path: Path) -> list[Record]:
         await engine.signal("r-1", "second:v1", [None, "yes"])
         assert await run.result() == [None, None, "yes"]  # after a day's timeout, virtually
         await engine.export_history("r-1", path)
-        return engine._store.load_history("r-1")
+        return internals(engine).store.load_history("r-1")
 
 
 async def test_an_exported_history_reads_back_as_the_same_records(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import trio
 import replay
 import replay.testing
 from replay import RunState, Sleep, Step, Suspend, SuspendTimeout
+from replay._engine._facade import internals
 
 counts: dict[str, int] = {}
 
@@ -29,8 +30,7 @@ def count(name: str, value: Any = None) -> Any:
 
 
 def tasks_of(engine: replay.Engine) -> int:
-    assert engine._nursery is not None
-    return len(engine._nursery.child_tasks)
+    return internals(engine).scheduler.tasks()
 
 
 @replay.workflow(name="napper")
@@ -272,7 +272,7 @@ async def test_evicted_generators_are_closed_and_replayed(db: str) -> None:
         runs = [await engine.start(with_finally, n, s) for n, s in (("a", 10), ("b", 20))]
         await trio.sleep(5)
         assert closed == ["a"]  # evicted when b parked: its finally ran on the loop
-        assert len(engine._parked) == 1
+        assert len(internals(engine).scheduler.parked) == 1
         assert [await r.result() for r in runs] == ["a", "b"]
     assert counts == {"top a": 2, "top b": 1}
 

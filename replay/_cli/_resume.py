@@ -24,6 +24,7 @@ from typing import Any
 import trio
 
 from replay._cli._source import CliError, FileSource, Source
+from replay._engine._facade import internals
 from replay._engine._lifecycle import open_engine
 from replay._errors import DatabaseLocked
 from replay._workflows import _NAME_ATTRIBUTE, workflow_name
@@ -89,7 +90,7 @@ async def _resume(path: str, run_id: str, workflows: list[Callable[..., Any]]
         async with open_engine(path, workflows=workflows, shutdown_timeout=0) as engine:
             before = engine.status(run_id).state.value
             await engine.resume(run_id)
-            after = await engine._wait_idle(run_id)
+            after = await internals(engine).scheduler.wait_idle(run_id)
             return before, after.state.value
     except DatabaseLocked as locked:
         raise CliError(f"{locked}; an engine opened the file during the command: run "

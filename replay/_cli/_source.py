@@ -17,13 +17,15 @@ from typing import Any, Protocol
 
 from replay._channel._client import ChannelError, Connection, connect
 from replay._channel._protocol import socket_path
-from replay._codec import decode, encode, to_json
-from replay._core._history import Record, RunHistory
-from replay._engine._handle import check_signal, checked_key, misdirected_signal
-from replay._engine._slots import RunSlot
+from replay._checks import checked_key
+from replay._codec import encode, to_json
+from replay._core._history import RunHistory
+from replay._core._records import Record
+from replay._core._signals import check_signal, misdirected_signal
+from replay._core._state import RunStatus, fold
 from replay._errors import DatabaseLocked, ReplayError, RunNotFound
 from replay._store import FileAccess, ReadQuery
-from replay._types import RunState
+from replay._types import RunInfo, RunState
 
 CHUNK_ROWS = 1000
 # How long to look for the engine's socket when the file is locked: an engine that is
@@ -216,16 +218,18 @@ class FileSource:
             raise RunNotFound(run_id)
         key = checked_key(key)
         data, value_json = encode(payload, key=key), to_json(payload)
-        slot = RunSlot(row.run_id, row.workflow, RunState(row.state), row.created_at)
-        slot.restore(row)
-        history = RunHistory(self._access.load_history(run_id))
-        parked_here = slot.state is RunState.SUSPENDED and slot.waiting_for == key
-        check_signal(slot, history, key, parked_here)
+        records = self._access.load_history(run_id)
+        status = fold(records) or RunStatus(RunState.RUNNING)
+        history = RunHistory(records)
+        parked_here = status.state is RunState.SUSPENDED and status.waiting_for == key
+        check_signal(run_id, status.state, history, key, parked_here)
         seq, _ = self._access.last_seq_and_time()
         self._access.append(Record(run_id, row.workflow, "signal", "signalled", key=key,
                                    value=data, value_json=value_json, recorded_at=self.now(),
                                    seq=seq + 1))
-        return slot.state.value, misdirected_signal(slot.info(decode), key)
+        info = RunInfo(run_id, row.workflow, status.state, row.created_at, row.updated_at,
+                       waiting_for=status.waiting_for)
+        return status.state.value, misdirected_signal(info, key)
 
     def workflow_of(self, run_id: str) -> str:
         """Return the name of the run's workflow.

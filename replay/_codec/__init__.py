@@ -20,6 +20,7 @@ from replay._codec._types import by_tag as _by_tag
 from replay._codec._types import unregister as _unregister
 
 __all__ = [
+    "CODEC",
     "MAX_DEPTH",
     "MAX_ENCODED_BYTES",
     "MAX_JSON_CHARS",
@@ -31,3 +32,25 @@ __all__ = [
     "register_type",
     "to_json",
 ]
+
+
+class MachineCodec:
+    """The codec as the run machine (`replay._core`) takes it: msgpack plus JSON."""
+
+    @staticmethod
+    def encode(value: object, key: str) -> bytes:
+        """Encode `value`, the value of `key`."""
+        return encode(value, key=key)
+
+    @staticmethod
+    def decode(data: bytes) -> object:
+        """Decode recorded bytes into a fresh object."""
+        return decode(data)
+
+    @staticmethod
+    def to_json(value: object) -> str | None:
+        """Render `value` as JSON text for SQL."""
+        return to_json(value)
+
+
+CODEC = MachineCodec()

@@ -24,7 +24,9 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
-from replay._core._history import Record
+from replay._codec._decoding import decode
+from replay._core._records import Record
+from replay._types import Event
 
 FORMAT = "replay-history"
 VERSION = 1
@@ -196,3 +198,15 @@ def _moment(value: Any) -> datetime:
     if moment.tzinfo is None:
         raise ValueError(f"expected a timestamp with a UTC offset, got {value!r}")
     return moment
+
+
+def event_of(record: Record) -> Event:
+    """Return the public `Event` of a loaded record, its value decoded."""
+    return Event(
+        seq=record.seq, run_id=record.run_id, workflow=record.workflow, key=record.key,
+        kind=record.kind, event=record.event, attempt=record.attempt,
+        value=None if record.value is None else decode(record.value),
+        value_json=record.value_json, error_type=record.error_type, error=record.error,
+        recorded_at=record.recorded_at,  # type: ignore[arg-type]
+        duration_ms=record.duration_ms, wake_at=record.wake_at,
+    )

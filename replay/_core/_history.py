@@ -11,33 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-
-@dataclass(slots=True)
-class Record:
-    """An event as the engine writes and folds it (internal columns included).
-
-    `value` holds the encoded bytes: decoding happens when a value is sent into a
-    generator, so every execution gets a fresh object, exactly as a replay would.
-    """
-
-    run_id: str
-    workflow: str
-    kind: str
-    event: str
-    key: str | None = None
-    attempt: int | None = None
-    value: bytes | None = None
-    value_json: str | None = None
-    error_type: str | None = None
-    error: str | None = None
-    error_types: tuple[str, ...] = ()
-    name: str | None = None
-    recorded_at: datetime | None = None
-    duration_ms: float | None = None
-    wake_at: datetime | None = None
-    run_state: str | None = None
-    status_text: str | None = None
-    seq: int = 0
+from replay._core._records import Record
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,34 +1,26 @@
-"""The sans-IO core: drive one workflow generator against its recorded history.
+"""Replaying a workflow: run its generator forward through every recorded outcome.
 
-Theory of operation. Everything that decides what a workflow *means* lives here; how
-anything is executed, recorded or waited for lives in the engine. This module imports
-no trio, duckdb or msgpack, has no clock and never awaits.
+The interpreter drives one execution of one run's generator against the run's
+history. Between two results it runs the generator forward *synchronously* through
+every command whose outcome is recorded, sending each recorded value (or throwing each
+recorded `StepFailed` or `SuspendTimeout`) straight back: replay costs no I/O and no
+trio checkpoint. A `Suspend`'s outcome is the signal for its key in the run's mailbox,
+whenever that signal arrived. It stops at:
 
-The engine feeds the interpreter the generator's next input (`start`, `send`, `throw`)
-and gets back one `Decision`:
-
-- `Execute(command, record)`: the generator yielded a command whose outcome is not
-  recorded yet (``record`` holds what *is* recorded about the key, e.g. failed attempts
-  awaiting a retry, or a sleep's deadline). The engine performs it (or parks the run
-  until it can), records the outcome durably, then calls `send` or `throw` with it.
-- `Finish(output)`: the generator returned; its value is the run's output.
+- `Pending(command, record)`: a command whose outcome is not recorded yet; the run
+  machine (`_machine`) decides what to do about it;
+- `Finish(output)`: the generator returned;
 - `Fail(error, traceback)`: the generator raised, or broke a rule of replay
   (`DuplicateKeyError`, `NondeterminismError`); for the latter the generator has
   already been closed and nothing it yielded while closing was acted on.
 
-Between two decisions the interpreter runs the generator forward *synchronously*
-through every command whose outcome is recorded, sending each recorded value (or
-throwing each recorded `StepFailed` or `SuspendTimeout`) straight back: replay costs no
-I/O and no trio checkpoint. A `Suspend`'s outcome is the signal for its key in the run's
-mailbox, whenever that signal arrived. A yielded value that is not a command is
-answered with a `TypeError` thrown in at that `yield`.
-
-All of that runs on the engine's loop, so the work between two decisions is bounded by
-the history, except for one pattern: a workflow that catches the `TypeError` of a
-non-command and yields another would spin forever without a checkpoint. After
-`MAX_NON_COMMANDS` non-commands in a row the run fails instead. A recorded value that
-cannot be decoded (its class is not registered, the data is damaged) fails the run the
-same way as a deployment error: it is bad data, not an event for the workflow.
+It checks each command (key used twice, key recorded as another kind, the step's
+function renamed) and notes, for the machine to record, the suspends it answered from
+the mailbox with no record of their own (`taken`) and the renamed steps (`renames`).
+A yielded value that is not a command is answered with a `TypeError` thrown in at that
+`yield`; after `MAX_NON_COMMANDS` of them in a row the run fails, so that a workflow
+catching each `TypeError` cannot spin forever on the engine's loop. A recorded value
+that cannot be decoded fails the run: it is bad data, not an event for the workflow.
 """
 
 from __future__ import annotations
@@ -62,8 +54,8 @@ MAX_NON_COMMANDS = 1000
 
 
 @dataclass(frozen=True, slots=True)
-class Execute:
-    """The workflow needs `command` performed; `record` is what is known of its key."""
+class Pending:
+    """The workflow yielded `command`, whose outcome is not recorded; `record` is what is."""
 
     command: Command
     record: KeyRecord | None
@@ -94,7 +86,7 @@ class Rename:
     message: str
 
 
-Decision = Execute | Finish | Fail
+Result = Pending | Finish | Fail
 
 
 class Interpreter:
@@ -139,23 +131,39 @@ class Interpreter:
         # engine records them, so their keys are known and no longer undelivered.
         self.taken: list[Suspend] = []
 
-    def start(self) -> Decision:
+    def start(self) -> Result:
         """Run the generator up to its first command that needs I/O."""
         return self._advance(self._generator.send, None)
 
-    def send(self, value: Any) -> Decision:
+    def send(self, value: Any) -> Result:
         """Send a fresh command's outcome in and run up to the next decision."""
         return self._advance(self._generator.send, value)
 
-    def throw(self, error: BaseException) -> Decision:
+    def throw(self, error: BaseException) -> Result:
         """Throw a fresh command's failure in and run up to the next decision."""
         return self._advance(self._generator.throw, error)
+
+    def reconsider(self, pending: Pending) -> Result:
+        """Answer `pending` from the history if it has an outcome now, else return it anew.
+
+        A run waiting on a command asks again when it wakes: a signal may be in the
+        mailbox now. The returned `Pending` carries the key's current record.
+        """
+        command = pending.command
+        record = self._history.get(command.key)
+        try:
+            outcome = self._recorded_outcome(command, record)
+        except EncodingError as error:
+            return self._fail_for_deployment(self._undecodable(command.key, error))
+        if outcome is None:
+            return Pending(command, record)
+        return self._advance(*outcome)
 
     def close(self) -> None:
         """Close the generator; whatever it yields while closing is ignored."""
         close_quietly(self._generator)
 
-    def _advance(self, resume: Callable[[Any], Any], argument: Any) -> Decision:
+    def _advance(self, resume: Callable[[Any], Any], argument: Any) -> Result:
         strays = 0  # non-commands yielded in a row
         while True:
             try:
@@ -185,7 +193,7 @@ class Interpreter:
             if outcome is None:
                 if self._frontier is not None:
                     return self._fail_for_deployment(self._diverged(command))
-                return Execute(command, record)
+                return Pending(command, record)
             resume, argument = outcome
 
     def _recorded_outcome(
@@ -204,7 +212,7 @@ class Interpreter:
         if record is None or not record.done:
             return None
         if record.failure is not None:
-            return self._generator.throw, self._step_failed(command.key, record.failure)
+            return self._generator.throw, step_failed(self.run_id, command.key, record.failure)
         return self._generator.send, self._value(record.value)
 
     def _value(self, data: bytes | None) -> Any:
@@ -242,7 +250,6 @@ class Interpreter:
         recorded = record.name
         if recorded is None or same_name(recorded, step.name) or step.name in record.renamed_to:
             return
-        record.renamed_to.add(step.name)
         message = (
             f"run {self.run_id!r}: step {step.key!r} was recorded with name {recorded!r} "
             f"but now calls {step.name!r}; the recorded outcome is used. If the function "
@@ -296,16 +303,6 @@ class Interpreter:
         undecodable.__cause__ = error
         return undecodable
 
-    def _step_failed(self, key: str, failure: Failure) -> StepFailed:
-        return StepFailed(
-            self.run_id,
-            key,
-            failure.error_type,
-            failure.message,
-            failure.attempts,
-            failure.error_types,
-        )
-
     def _fail_for_deployment(self, error: Exception) -> Fail:
         # Not thrown into the generator: user `except`/`finally` code must not act on a
         # deployment error. The traceback points at the offending `yield` instead.
@@ -316,6 +313,12 @@ class Interpreter:
             f"{where}{type(error).__module__}.{type(error).__qualname__}: {error}\n"
         )
         return Fail(error, text)
+
+
+def step_failed(run_id: str, key: str, failure: Failure) -> StepFailed:
+    """Return the `StepFailed` a recorded step failure throws into the workflow."""
+    return StepFailed(run_id, key, failure.error_type, failure.message, failure.attempts,
+                      failure.error_types)
 
 
 def yield_stack(generator: Workflow) -> traceback.StackSummary:

@@ -31,7 +31,7 @@ import trio
 
 from replay._channel._protocol import WireError, dump_message, from_wire, to_wire
 from replay._codec import decode, encode
-from replay._engine._handle import misdirected_signal
+from replay._core._signals import misdirected_signal
 from replay._errors import EngineClosed, ReplayError, WorkflowNotRegistered
 from replay._types import RunInfo
 from replay._version import __version__

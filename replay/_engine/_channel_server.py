@@ -43,6 +43,7 @@ from replay._channel._protocol import (
     socket_path,
     to_wire,
 )
+from replay._core._signals import misdirected_signal
 from replay._engine._channel_calls import BadRequest as _BadRequest
 from replay._engine._channel_calls import send as _send
 from replay._engine._channel_calls import send_error as _send_error
@@ -50,7 +51,6 @@ from replay._engine._channel_calls import serve_call
 from replay._engine._channel_calls import text as _text
 from replay._engine._channel_calls import value as _value
 from replay._engine._clock import in_thread
-from replay._engine._handle import misdirected_signal
 from replay._errors import ReplayError
 from replay._store import CLI_ADVICE, ReadQuery, Store
 from replay._version import __version__
@@ -235,7 +235,7 @@ class ChannelServer:
     async def _query(self, stream: trio.SocketStream, sql: str, params: Any,
                      timeout: object) -> None:
         # In the engine's query threads, under its time limit (or the command's).
-        timed = self._engine._open_query(sql, params, timeout, CLI_ADVICE)
+        timed = self._engine.open_query(sql, params, timeout, CLI_ADVICE)
         query = timed.query
         try:
             await timed.call(ReadQuery.start)

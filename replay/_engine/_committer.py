@@ -16,7 +16,7 @@ from typing import Any
 
 import trio
 
-from replay._core._history import Record
+from replay._core._records import Record
 from replay._engine._clock import EngineClock, busy_thread
 from replay._errors import DatabaseError
 from replay._store import Store, record_row

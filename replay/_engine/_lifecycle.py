@@ -22,7 +22,7 @@ import trio
 from replay._channel._protocol import channel_supported
 from replay._engine._channel_server import ChannelServer
 from replay._engine._clock import EngineClock, in_thread
-from replay._engine._facade import Engine
+from replay._engine._facade import Engine, internals
 from replay._engine._options import database_path, open_store, validate_count, validate_options
 from replay._retry import Retry
 from replay._workflows import Registry
@@ -101,27 +101,29 @@ async def open_engine(
         engine = Engine(store, registry, EngineClock(last_time), last_seq, default_retry,
                         max_threads, 0 if always_replay else cache_size, always_replay,
                         max_interruptions, query_timeout=query_timeout)
+        scheduler = internals(engine).scheduler
         async with _single_errors(), trio.open_nursery() as services:
             try:
-                await engine._start_services(services)
+                await scheduler.start_services(services)
                 async with trio.open_nursery() as runs:
-                    await engine._serve(runs)
+                    await scheduler.recover(runs)
                     if serve_cli and store.path != ":memory:" and channel_supported():
                         await services.start(ChannelServer(engine, store).run)
                     try:
                         yield engine
                     except BaseException:
-                        engine._begin_shutdown()
+                        scheduler.begin_shutdown()
                         runs.cancel_scope.cancel()
                         raise
-                    engine._begin_shutdown()
+                    scheduler.begin_shutdown()
                     runs.cancel_scope.deadline = trio.current_time() + shutdown_timeout
             finally:
-                engine._runs_ended()
+                scheduler.runs_ended()
             services.cancel_scope.cancel()
     finally:
         if engine is not None:
-            engine._mark_closed()
+            internals(engine).workers.close()
+            internals(engine).scheduler.mark_closed()
         with trio.CancelScope(shield=True):
             await in_thread(store.close)
         release()

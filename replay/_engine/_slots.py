@@ -1,8 +1,10 @@
-"""Run states as users see them (`RunState`, `RunInfo`) and as the engine keeps them.
+"""`RunSlot`: the engine's in-memory view of one run.
 
-A `RunSlot` is the engine's in-memory view of one run. It changes only by applying
-records *after* they are committed, so whatever `status()`, `runs()` or `Run.wait()`
-report is already durable.
+A slot changes only by applying records *after* they are committed (`apply`), so
+whatever `status()`, `runs()` or `Run.wait()` report is already durable. Its status is
+the core's run-state fold; its `machine` is the run's execution while it runs or is
+parked in the cache. Who owns the run (`active`, `settling`) is written by the
+scheduler alone.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from typing import Any
 
 import trio
 
-from replay._core._history import Record, RunHistory
+from replay._core._machine import RunMachine
+from replay._core._records import Record
+from replay._core._state import RunStatus
 from replay._store import RunRow
 from replay._types import RunInfo, RunState
 
@@ -22,28 +26,18 @@ class RunSlot:
     """The engine's record of one run (internal)."""
 
     __slots__ = (
-        "_changed", "_durable", "_lock", "active", "created_at", "durable", "error",
-        "error_type",
-        "history", "message", "needs_start_mark", "output", "run_id", "settling", "state",
-        "status_text", "updated_at",
-        "waiting_for", "wake_at", "workflow",
+        "_changed", "_durable", "_lock", "active", "created_at", "durable", "machine",
+        "needs_start_mark", "run_id", "settling", "status", "updated_at", "workflow",
     )
 
-    def __init__(self, run_id: str, workflow: str, state: RunState, created_at: datetime):
+    def __init__(self, run_id: str, workflow: str, status: RunStatus, created_at: datetime):
         self.run_id = run_id
         self.workflow = workflow
-        self.state = state
+        self.status = status
         self.created_at = created_at
         self.updated_at = created_at
-        self.output: bytes | None = None
-        self.error: str | None = None
-        self.error_type: str | None = None
-        self.message: bytes | None = None
-        self.waiting_for: str | None = None
-        self.wake_at: datetime | None = None
-        self.status_text: str | None = None
-        # The memo, while the run executes in this process (None: load from the file).
-        self.history: RunHistory | None = None
+        # The run's execution while a task drives it or it is parked in the cache.
+        self.machine: RunMachine | None = None
         # True while a task drives the run: one run executes in one place at a time.
         self.active = False
         # True from the commit of a record that parks or ends the run until its task has
@@ -61,6 +55,27 @@ class RunSlot:
         self.durable = False
         self._durable: trio.Event | None = None
 
+    @classmethod
+    def restored(cls, row: RunRow) -> RunSlot:
+        """Return the slot of a run as the file had it when the engine opened."""
+        state = RunState(row.state)
+        status = RunStatus(
+            state, waiting_for=row.waiting_for, wake_at=row.wake_at,
+            status_text=row.status_text,
+            output=row.value if state is RunState.COMPLETED else None,
+            error=row.error if state is RunState.FAILED else None,
+            error_type=row.error_type if state is RunState.FAILED else None,
+            message=row.value if state is RunState.FAILED else None)
+        slot = cls(row.run_id, row.workflow, status, row.created_at)
+        slot.updated_at = row.updated_at
+        slot.mark_durable()
+        return slot
+
+    @property
+    def state(self) -> RunState:
+        """The run's durable state."""
+        return self.status.state
+
     @property
     def letting_go(self) -> bool:
         """True while the run's task has recorded a park or an end but still owns it."""
@@ -68,7 +83,7 @@ class RunSlot:
 
     @property
     def lock(self) -> trio.Lock:
-        """The run's lock: signals and parking decisions take it (made on first use)."""
+        """The run's lock: signals, loads and resumes take it (made on first use)."""
         if self._lock is None:
             self._lock = trio.Lock()
         return self._lock
@@ -99,37 +114,16 @@ class RunSlot:
                 self._durable = trio.Event()
             await self._durable.wait()
 
-    def restore(self, row: RunRow) -> None:
-        """Take the state a run had in the file when the engine opened."""
-        self.updated_at = row.updated_at
-        self.waiting_for = row.waiting_for
-        self.wake_at = row.wake_at
-        self.status_text = row.status_text
-        if self.state is RunState.FAILED:
-            self.error, self.error_type, self.message = row.error, row.error_type, row.value
-        elif self.state is RunState.COMPLETED:
-            self.output = row.value
-        self.mark_durable()
-
     def apply(self, record: Record) -> None:
-        """Take a committed record into account (and into the memo, if loaded)."""
-        if self.history is not None:
-            self.history.apply(record)
+        """Take a committed record into account (a signal goes into the machine's mailbox)."""
         if record.recorded_at is not None:
             self.updated_at = record.recorded_at
+        if record.kind == "signal" and self.machine is not None:
+            self.machine.deliver(record)
         if record.run_state is None:
             return
-        self.state = RunState(record.run_state)
-        self.settling = self.active and self.state is not RunState.RUNNING
-        waiting = self.state in (RunState.SLEEPING, RunState.SUSPENDED)
-        self.waiting_for = record.key if waiting else None
-        self.wake_at = record.wake_at if waiting else None
-        self.status_text = record.status_text if self.state is RunState.SUSPENDED else None
-        failed = self.state is RunState.FAILED
-        self.error = record.error if failed else None
-        self.error_type = record.error_type if failed else None
-        self.message = record.value if failed else None
-        self.output = record.value if self.state is RunState.COMPLETED else None
+        self.status = self.status.after(record)
+        self.settling = self.active and self.status.state is not RunState.RUNNING
         self.notify()
 
     def notify(self) -> None:
@@ -140,16 +134,17 @@ class RunSlot:
 
     def info(self, decode: Callable[[bytes], Any]) -> RunInfo:
         """Return a `RunInfo` snapshot."""
+        status = self.status
         return RunInfo(
             run_id=self.run_id,
             workflow=self.workflow,
-            state=self.state,
+            state=status.state,
             created_at=self.created_at,
             updated_at=self.updated_at,
-            output=None if self.output is None else decode(self.output),
-            error=self.error,
-            error_type=self.error_type,
-            waiting_for=self.waiting_for,
-            wake_at=self.wake_at,
-            status_text=self.status_text,
+            output=None if status.output is None else decode(status.output),
+            error=status.error,
+            error_type=status.error_type,
+            waiting_for=status.waiting_for,
+            wake_at=status.wake_at,
+            status_text=status.status_text,
         )

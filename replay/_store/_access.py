@@ -15,7 +15,7 @@ from typing import Any
 
 import duckdb
 
-from replay._core._history import Record
+from replay._core._records import Record
 from replay._store._connect import connect, damaged, private_wal
 from replay._store._queries import ReadQuery
 from replay._store._readers import CLI_ADVICE, timed_out_message

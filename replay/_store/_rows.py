@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from replay._codec import encode
-from replay._core._history import Record
+from replay._core._records import Record
 from replay._errors import DatabaseError
 
 RUN_STATES = frozenset({"running", "sleeping", "suspended", "completed", "failed", "cancelled"})

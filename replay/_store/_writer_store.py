@@ -17,7 +17,7 @@ from typing import Any
 
 import duckdb
 
-from replay._core._history import Record
+from replay._core._records import Record
 from replay._errors import EngineClosed
 from replay._store._connect import connect, damaged, private_wal, unusable
 from replay._store._queries import OpenQueries, ReadQuery

@@ -10,9 +10,9 @@ from typing import Any
 import trio
 import trio.testing
 
+from replay._checks import checked_state
 from replay._engine._clock import set_virtual_start as _anchor
-from replay._engine._facade import Engine
-from replay._engine._handle import checked_state
+from replay._engine._facade import Engine, internals
 from replay._engine._lifecycle import open_engine
 from replay._retry import Retry
 from replay._types import RunInfo, RunState
@@ -138,4 +138,4 @@ async def wait_for_state(engine: Engine, run_id: str, *states: RunState | str) -
         raise TypeError("wait_for_state(engine, run_id, *states): give at least one state, "
                         "e.g. 'sleeping'")
     wanted = frozenset(checked_state(state) for state in states)
-    return await engine._wait_for(run_id, wanted)
+    return await internals(engine).scheduler.wait_for(run_id, wanted)

@@ -31,8 +31,10 @@ from typing import Any
 from replay._codec import decode, encode
 from replay._codec._export import read_history
 from replay._commands import Command
-from replay._core._history import KeyRecord, Record, RunHistory
-from replay._core._interpreter import Decision, Execute, Fail, Finish, Interpreter, format_failure
+from replay._core._history import KeyRecord, RunHistory
+from replay._core._interpreter import Fail, Finish, Interpreter, Pending, Result, format_failure
+from replay._core._records import Record
+from replay._core._state import RunStatus, fold
 from replay._errors import (
     DuplicateKeyError,
     EncodingError,
@@ -120,16 +122,6 @@ class _WatchedHistory(RunHistory):
         return super().get(key)
 
 
-@dataclass(frozen=True, slots=True)
-class _Recorded:
-    """How the recorded run stands at the end of its history."""
-
-    state: RunState
-    waiting_for: str | None
-    output: bytes | None
-    error_type: str | None
-
-
 def check_history(workflow: Callable[..., Any], path: str | PathLike[str]) -> HistoryReport:
     """Replay `workflow` against a history file, executing no step.
 
@@ -202,23 +194,16 @@ def replay_records(workflow: Callable[..., Any], run_id: str, name: str,
     return HistoryReport(
         run_id=run_id, workflow=name, recorded_state=recorded.state, reached_keys=reached,
         unreached_keys=tuple(key for key in history.keys if key not in history.reached),
-        next_command=decision.command if isinstance(decision, Execute) else None,
+        next_command=decision.command if isinstance(decision, Pending) else None,
         output=decision.output if isinstance(decision, Finish) else None,
         error=decision.error if isinstance(decision, Fail) else None,
         renamed_steps=renames,
     )
 
 
-def _recorded(records: list[Record]) -> _Recorded:
-    state, waiting_for, output, error_type = RunState.RUNNING, None, None, None
-    for record in records:
-        if record.run_state is None:
-            continue
-        state = RunState(record.run_state)
-        waiting_for = record.key if state in (RunState.SLEEPING, RunState.SUSPENDED) else None
-        output = record.value if state is RunState.COMPLETED else None
-        error_type = record.error_type if state is RunState.FAILED else None
-    return _Recorded(state, waiting_for, output, error_type)
+def _recorded(records: list[Record]) -> RunStatus:
+    """How the recorded run stands at the end of its history (the engine's own fold)."""
+    return fold(records) or RunStatus(RunState.RUNNING)
 
 
 def _interpreter(workflow: Callable[..., Any], run_id: str, name: str,
@@ -238,7 +223,7 @@ def _interpreter(workflow: Callable[..., Any], run_id: str, name: str,
     return Interpreter(run_id, name, generator, history, decode)
 
 
-def _encodable(finish: Finish) -> Decision:
+def _encodable(finish: Finish) -> Result:
     """An output the engine could not record fails the run: judge it as such."""
     try:
         encode(finish.output, key="output")
@@ -247,7 +232,7 @@ def _encodable(finish: Finish) -> Decision:
     return finish
 
 
-def _judge(decision: Decision, recorded: _Recorded, run_id: str, name: str,
+def _judge(decision: Result, recorded: RunStatus, run_id: str, name: str,
            source: Source) -> None:
     if isinstance(decision, Fail) and isinstance(decision.error, NondeterminismError
                                                  | DuplicateKeyError):
@@ -255,7 +240,7 @@ def _judge(decision: Decision, recorded: _Recorded, run_id: str, name: str,
     problem = _problem(decision, recorded, source)
     if problem is None:
         return
-    key = decision.command.key if isinstance(decision, Execute) else None
+    key = decision.command.key if isinstance(decision, Pending) else None
     head = f"run {run_id!r} of workflow {name!r} {_standing(recorded)}{source.where}"
     drift = NondeterminismError(f"{head}, but {source.subject} {problem}; {source.remedy}",
                                 run_id=run_id, key=key)
@@ -264,10 +249,10 @@ def _judge(decision: Decision, recorded: _Recorded, run_id: str, name: str,
     raise drift
 
 
-def _problem(decision: Decision, recorded: _Recorded, source: Source) -> str | None:
+def _problem(decision: Result, recorded: RunStatus, source: Source) -> str | None:
     """Say how `decision` contradicts the recorded end, or return None."""
     finished = recorded.state in (RunState.COMPLETED, RunState.FAILED)
-    if isinstance(decision, Execute):
+    if isinstance(decision, Pending):
         if finished:
             return (f"yields {safe_repr(decision.command)}, which is not recorded: with the "
                     "same recorded outcomes it takes another path")
@@ -292,7 +277,7 @@ def _problem(decision: Decision, recorded: _Recorded, source: Source) -> str | N
     return f"{raised}, so the run would fail when it continues"
 
 
-def _standing(recorded: _Recorded) -> str:
+def _standing(recorded: RunStatus) -> str:
     if recorded.state is RunState.COMPLETED:
         return "completed"
     if recorded.state is RunState.FAILED:

@@ -24,10 +24,11 @@ from typing import Any
 import trio
 import trio.testing
 
-from replay._core._history import Record
+from replay._codec._export import event_of
+from replay._core._records import Record
 from replay._engine._clock import in_thread
-from replay._engine._facade import Engine
-from replay._engine._handle import Run, event_of
+from replay._engine._facade import Engine, internals
+from replay._engine._handle import Run
 from replay._errors import (
     DuplicateKeyError,
     NondeterminismError,
@@ -186,7 +187,7 @@ async def run_workflow_async(
         signalled: list[str] = []
         with trio.move_on_after(limit):
             await _drive(engine, run, scripted, signalled)
-        records = await in_thread(engine._store.load_history, run.run_id)
+        records = await in_thread(internals(engine).store.load_history, run.run_id)
         result = await _result(engine, run, tuple(signalled), records)
     _raise_rule_error(result)
     if always_replay:
@@ -225,7 +226,7 @@ async def _reach(engine: Engine, moment: datetime) -> None:
     """Sleep until the engine clock reads `moment` and every task due then has run."""
     # The deadline the engine's timer task computes for `moment`, to the last bit:
     # both tasks wake together, and the timer wakes the run before this task looks.
-    await trio.sleep_until(engine._clock.trio_deadline(moment))
+    await trio.sleep_until(internals(engine).scheduler.trio_deadline(moment))
     await trio.testing.wait_all_tasks_blocked()
 
 

@@ -1,0 +1,83 @@
+"""What the run machine decides, and what the engine reports back to it.
+
+Every decision carries the records to commit before acting on it (outcomes just
+decided, early signals taken, renamed steps) and the warnings to log. The engine
+commits them, then does what the decision says, and feeds the result back: an
+attempt's `Outcome`, or a wake-up (a deadline passed, a signal came).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from replay._commands import Step
+from replay._core._records import Record
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Commit `records`, log `warnings`, then act as the subclass says."""
+
+    records: tuple[Record, ...]
+    warnings: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt(Decision):
+    """Make attempt `number` of `step`, then report its `Outcome`.
+
+    With `start` set, the attempt is the run's first since the engine opened: commit
+    `start` first and make the attempt alone, so a process death is charged to it.
+    """
+
+    step: Step
+    number: int
+    start: Record | None
+
+
+@dataclass(frozen=True, slots=True)
+class WaitUntil(Decision):
+    """Park the run until `at` (a sleep or a retry back-off), then wake it."""
+
+    key: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class WaitForSignal(Decision):
+    """The run waits for a signal for `key`, until `deadline` (if any).
+
+    Under the run's lock, which a signal holds until it is committed: commit the
+    records, then `wake` the machine to decide again. Only a `settled` wait (the
+    mailbox checked, the deadline ahead, the wait recorded) parks the run; the lock
+    keeps every signal either in the mailbox by then or after the park, waking it.
+    """
+
+    key: str
+    deadline: datetime | None
+    settled: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Ended(Decision):
+    """The run completed or failed: its last record is among `records`."""
+
+
+Action = Attempt | WaitUntil | WaitForSignal | Ended
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How an attempt ended: `value` is what it returned, or the exception it raised.
+
+    Attributes:
+        ok: Whether the step function returned.
+        value: Its return value, or the exception (timeouts included).
+        duration_ms: How long the attempt took.
+    """
+
+    ok: bool
+    value: Any
+    duration_ms: float | None

@@ -1,0 +1,423 @@
+"""The run machine: everything a workflow means, decided without I/O.
+
+One `RunMachine` is one execution of one run. It takes the run's recorded history,
+the current time and the outcomes the engine reports, and returns complete decisions
+(`_decisions`): make attempt N of this step, wait until T, wait for a signal on K,
+the run ended. Each decision carries the records to commit before acting on it. The
+engine performs decisions and reports back; it decides nothing about the workflow.
+
+What happens when the workflow yields a command:
+
+- **Recorded outcome** (a completed or failed step, a fired sleep, a signal in the
+  mailbox, a timed-out suspend): the interpreter answers it at once (`_interpreter`).
+- **Step**: an attempt whose start is recorded with no end died with the process: it is
+  recorded as ``interrupted`` and charged to `max_interruptions`, or, at the limit,
+  the step fails with `StepInterrupted`. A pending back-off is waited out. Otherwise
+  the next attempt is made (`Attempt`); the run's first attempt since the engine
+  opened is marked (its start recorded first). A failed attempt is retried after its
+  back-off while its `Retry` allows, else `StepFailed` is thrown in.
+- **Sleep**: its deadline is recorded once (``scheduled``), then waited for; when it
+  has passed the sleep ``fired`` and the workflow goes on.
+- **Suspend**: recorded as ``suspended`` with its timeout's deadline, then waited for;
+  a signal arriving (`deliver`) answers it on the next `wake`, a passed deadline
+  throws `SuspendTimeout` in (decided by `wake` only, which the engine calls under the
+  run's lock, so that a signal being committed and the timeout never both win).
+
+`resumed_record` decides what `Engine.resume` records: the unhandled step failure
+that ended a failed run is voided, so that step runs again with fresh budgets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from replay._commands import Command, Sleep, Step, Suspend
+from replay._core._decisions import (
+    Action,
+    Attempt,
+    Ended,
+    Outcome,
+    WaitForSignal,
+    WaitUntil,
+)
+from replay._core._history import Failure, KeyRecord, RunHistory
+from replay._core._interpreter import (
+    Fail,
+    Finish,
+    Interpreter,
+    Pending,
+    Result,
+    format_failure,
+    step_failed,
+)
+from replay._core._records import Encoded, ErrorText, Record, Run
+from replay._core._state import RunStatus
+from replay._errors import (
+    EncodingError,
+    ReplayInternalError,
+    StepInterrupted,
+    SuspendTimeout,
+    clip,
+    error_types_of,
+    message_of,
+    qualified_name,
+)
+from replay._retry import Retry
+from replay._types import RunState
+
+
+class Codec(Protocol):
+    """How the machine turns values into recorded bytes and back (msgpack, in the engine)."""
+
+    def encode(self, value: object, key: str) -> bytes:
+        """Encode `value` (the value of `key`); raise `EncodingError` if it cannot be."""
+
+    def decode(self, data: bytes) -> Any:
+        """Decode recorded bytes into a fresh object; raise `EncodingError` if damaged."""
+
+    def to_json(self, value: object) -> str | None:
+        """Render `value` as JSON text for SQL (None if it has no rendering)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The engine-wide rules: the default `Retry` and the interruptions a step may cause."""
+
+    default_retry: Retry
+    max_interruptions: int
+
+
+class RunMachine:
+    """Decides one execution of one run.
+
+    Args:
+        run: Makes the run's records (its id and workflow name).
+        function: The workflow function.
+        arguments: The run's encoded input.
+        history: The run's memo, folded from its records; the machine owns it now.
+        codec: Encodes and decodes values.
+        policy: The engine-wide retry and interruption rules.
+        state: The run's current state.
+        mark_first_attempt: Whether the next attempt is the run's first since the
+            engine opened (its start is then recorded first).
+        frontier: In strict replay, where the last execution stopped (see `Interpreter`).
+    """
+
+    __slots__ = (
+        "_arguments", "_codec", "_frontier", "_function", "_history", "_interpreter",
+        "_mark", "_out", "_policy", "_state", "_waiting", "_warnings", "run",
+    )
+
+    def __init__(self, run: Run, function: Callable[..., Any], arguments: bytes,
+                 history: RunHistory, codec: Codec, policy: Policy, *, state: RunState,
+                 mark_first_attempt: bool, frontier: str | None = None) -> None:
+        self.run = run
+        self._function = function
+        self._arguments = arguments
+        self._history = history
+        self._codec = codec
+        self._policy = policy
+        self._state = state
+        self._mark = mark_first_attempt
+        self._frontier = frontier
+        self._interpreter: Interpreter | None = None
+        self._waiting: Pending | None = None  # the command a parked run waits on
+        self._out: list[Record] = []  # records decided since the last decision
+        self._warnings: list[str] = []
+
+    @property
+    def waits_for_signal(self) -> bool:
+        """Whether the run waits on a `Suspend` (`wake` must then run under its lock)."""
+        return self._waiting is not None and isinstance(self._waiting.command, Suspend)
+
+    @property
+    def history(self) -> RunHistory:
+        """The run's memo, as this execution has recorded it so far."""
+        return self._history
+
+    # -- inputs --
+
+    def start(self, now: datetime) -> Action:
+        """Create the generator and run it to its first decision."""
+        generator = self._generator()
+        if isinstance(generator, Fail):
+            return self._failed(generator)
+        self._interpreter = Interpreter(self.run.run_id, self.run.workflow, generator,
+                                        self._history, self._codec.decode, self._frontier)
+        return self._decide(self._interpreter.start(), now)
+
+    def attempt_ended(self, attempt: Attempt, outcome: Outcome, now: datetime) -> Action:
+        """Record how `attempt` ended and decide what comes next."""
+        step, number = attempt.step, attempt.number
+        if outcome.ok:
+            try:
+                value = self._encoded(outcome.value, step.key)
+            except EncodingError as unencodable:
+                # An unencodable value is a bug in the step, not bad luck: not retried.
+                return self._step_failed(step, number, unencodable, outcome.duration_ms, now)
+            self._emit(self.run.step_completed(step.key, number, step.name, value,
+                                               outcome.duration_ms, self._running_unless()))
+            return self._decide(self._resume().send(self._codec.decode(value.data)), now)
+        record = self._history.get(step.key)
+        used = (record.charged if record else 0) + 1
+        policy = step.retry or self._policy.default_retry
+        error: BaseException = outcome.value
+        if used < policy.attempts and policy.retries(error_types_of(error)):
+            wake_at = now + timedelta(seconds=policy.delay(self.run.run_id, step.key, used))
+            self._emit(self.run.step_retrying(step.key, number, step.name, _text(error),
+                                              outcome.duration_ms, wake_at))
+            return self._wait(WaitUntil, step, key=step.key, at=wake_at)
+        return self._step_failed(step, number, error, outcome.duration_ms, now)
+
+    def attempt_abandoned(self, attempt: Attempt) -> Record:
+        """Return the record of an attempt the engine stopped: it runs again, uncharged."""
+        step = attempt.step
+        return self.run.step_abandoned(step.key, attempt.number, step.name)
+
+    def wake(self, now: datetime) -> Action:
+        """Decide again about the command the run waits on (a deadline, a signal).
+
+        Only here is a `Suspend` decided (taken from the mailbox, recorded as waited
+        for, or timed out): the engine calls `wake` for a suspend under the run's lock,
+        which a signal holds until it is committed, so a signal is never missed and a
+        signal and a timeout never both win.
+        """
+        assert self._waiting is not None, "wake() of a run that waits on nothing"
+        pending, self._waiting = self._waiting, None
+        result = self._resume().reconsider(pending)
+        if isinstance(result, Pending) and isinstance(result.command, Suspend):
+            action = self._suspended(result.command, result.record, now)
+            if action is not None:
+                return action
+            result = self._resume().throw(SuspendTimeout(self.run.run_id, result.command.key))
+        return self._decide(result, now)
+
+    def deliver(self, record: Record) -> None:
+        """Take a committed signal into the mailbox (the engine recorded it)."""
+        self._history.apply(record)
+        if record.run_state is not None:
+            self._state = RunState(record.run_state)
+
+    def failed_internally(self, error: Exception) -> Ended:
+        """The engine hit a bug while driving this run: fail the run with it."""
+        if not isinstance(error, EncodingError):
+            internal = ReplayInternalError(
+                f"run {self.run.run_id!r} hit an internal error: "
+                f"{qualified_name(type(error))}: {message_of(error)}; this is a bug in "
+                "replay; please report it")
+            internal.__cause__ = error
+            error = internal
+        # An undecodable recorded value is bad data, not a bug: the run fails with it.
+        return self._failed(Fail(error, format_failure(error)))
+
+    def close(self) -> None:
+        """Close the generator; whatever it yields while closing is ignored."""
+        if self._interpreter is not None:
+            self._interpreter.close()
+
+    # -- deciding --
+
+    def _decide(self, result: Result, now: datetime) -> Action:
+        """Act on the interpreter's results until one needs the engine."""
+        while True:
+            self._take_notes()
+            if isinstance(result, Finish):
+                return self._completed(result.output)
+            if isinstance(result, Fail):
+                return self._failed(result)
+            command = result.command
+            if isinstance(command, Step):
+                action = self._step(command, result.record, now)
+            elif isinstance(command, Sleep):
+                action = self._sleep(result, command, now)
+            else:
+                return self._suspend(result, command)
+            if not isinstance(action, tuple):
+                return action
+            ok, value = action
+            result = self._resume().send(value) if ok else self._resume().throw(value)
+
+    def _step(self, step: Step, record: KeyRecord | None,
+              now: datetime) -> Action | tuple[bool, Any]:
+        if record is not None and record.started is not None:
+            failed = self._interrupted(step, record, record.started)
+            if failed is not None:
+                return False, failed
+            record = self._history.get(step.key)
+        if record is not None and record.wake_at is not None and record.wake_at > now:
+            return self._wait(WaitUntil, step, key=step.key, at=record.wake_at)
+        number = (record.attempts if record else 0) + 1
+        start = None
+        if self._mark:
+            self._mark = False
+            start = self.run.step_started(step.key, number, step.name, self._running_unless())
+            self._history.apply(start)
+            self._note_state(start)
+        return Attempt(*self._flush(), step=step, number=number, start=start)
+
+    def _interrupted(self, step: Step, record: KeyRecord, attempt: int) -> BaseException | None:
+        """Record that `attempt` died with the process; fail the step at the limit."""
+        count, limit = record.interruptions + 1, self._policy.max_interruptions
+        if count < limit:
+            self._emit(self.run.step_interrupted(step.key, attempt, step.name, count, limit,
+                                                 qualified_name(StepInterrupted)))
+            return None
+        error = StepInterrupted(
+            f"step {step.key!r} of run {self.run.run_id!r} was running when the process "
+            f"died {count} times (max_interruptions={limit}); find what kills the process "
+            "(a crash, the OOM killer), fix it and resume the run",
+            run_id=self.run.run_id, key=step.key)
+        return self._failure(step, attempt, error, None)
+
+    def _sleep(self, pending: Pending, sleep: Sleep, now: datetime) -> Action | tuple[bool, Any]:
+        record = pending.record
+        if record is None or record.wake_at is None:
+            wake_at = sleep.until or now + (sleep.duration or timedelta(0))
+            self._emit(self.run.sleep_scheduled(sleep.key, wake_at))
+        else:
+            wake_at = record.wake_at
+        if wake_at > now:
+            return self._wait(WaitUntil, pending, key=sleep.key, at=wake_at)
+        self._emit(self.run.sleep_fired(sleep.key, wake_at))
+        return True, None
+
+    def _suspend(self, pending: Pending, suspend: Suspend) -> Action:
+        # Decided by `wake`, under the run's lock: a signal may be on its way.
+        self._waiting = pending
+        deadline = None if pending.record is None else pending.record.wake_at
+        return WaitForSignal(*self._flush(), key=suspend.key, deadline=deadline, settled=False)
+
+    def _suspended(self, suspend: Suspend, record: KeyRecord | None,
+                   now: datetime) -> Action | None:
+        """Wait for the signal (recorded the first time); None: the deadline passed."""
+        key = suspend.key
+        if record is None:
+            deadline = None if suspend.timeout is None else now + suspend.timeout
+            self._emit(self.run.suspended(key, deadline, suspend.status))
+            return self._wait(WaitForSignal, suspend, key=key, deadline=deadline, settled=False)
+        if record.wake_at is None or record.wake_at > now:
+            return self._wait(WaitForSignal, suspend, key=key, deadline=record.wake_at,
+                              settled=True)
+        timeout = SuspendTimeout(self.run.run_id, key)
+        self._emit(self.run.suspend_timed_out(key, record.wake_at, ErrorText(
+            qualified_name(SuspendTimeout), (), str(timeout))))
+        return None
+
+    def _step_failed(self, step: Step, attempt: int, error: BaseException,
+                     duration_ms: float | None, now: datetime) -> Action:
+        failed = self._failure(step, attempt, error, duration_ms)
+        return self._decide(self._resume().throw(failed), now)
+
+    def _failure(self, step: Step, attempt: int, error: BaseException,
+                 duration_ms: float | None) -> BaseException:
+        """Record the step's final failure; return the `StepFailed` to throw in."""
+        text = _text(error)
+        self._emit(self.run.step_failed(step.key, attempt, step.name, text, duration_ms,
+                                        self._running_unless()))
+        failed = step_failed(self.run.run_id, step.key, Failure(
+            text.error_type, text.error_types, text.message, attempt))
+        failed.__cause__ = error
+        return failed
+
+    def _completed(self, output: Any) -> Action:
+        try:
+            value = self._encoded(output, "output")
+        except EncodingError as error:
+            return self._failed(Fail(error, format_failure(error)))
+        self._emit(self.run.completed(value))
+        return Ended(*self._flush())
+
+    def _failed(self, failure: Fail) -> Ended:
+        message = message_of(failure.error)
+        self._emit(self.run.failed(qualified_name(type(failure.error)),
+                                   clip(failure.traceback), self._encoded(message, "error")))
+        return Ended(*self._flush())
+
+    # -- bookkeeping --
+
+    def _wait(self, kind: type[WaitUntil] | type[WaitForSignal], pending: Pending | Command,
+              **where: Any) -> Action:
+        if not isinstance(pending, Pending):
+            pending = Pending(pending, self._history.get(pending.key))
+        self._waiting = pending
+        return kind(*self._flush(), **where)
+
+    def _take_notes(self) -> None:
+        """Record the suspends answered from the mailbox and the renamed steps."""
+        interpreter = self._resume()
+        while interpreter.taken:
+            suspend = interpreter.taken.pop(0)
+            self._emit(self.run.signal_taken(suspend.key, suspend.status))
+        while interpreter.renames:
+            rename = interpreter.renames.pop(0)
+            names = {"recorded": rename.recorded, "current": rename.current}
+            self._emit(self.run.step_renamed(rename.key, rename.recorded, rename.current,
+                                             self._encoded(names, rename.key), rename.message))
+            self._warnings.append(rename.message)
+
+    def _emit(self, record: Record) -> None:
+        self._history.apply(record)
+        self._note_state(record)
+        self._out.append(record)
+
+    def _note_state(self, record: Record) -> None:
+        if record.run_state is not None:
+            self._state = RunState(record.run_state)
+
+    def _flush(self) -> tuple[tuple[Record, ...], tuple[str, ...]]:
+        records, warnings = tuple(self._out), tuple(self._warnings)
+        self._out.clear()
+        self._warnings.clear()
+        return records, warnings
+
+    def _running_unless(self) -> RunState | None:
+        """Mark the run ``running`` only when that changes its state.
+
+        Most step records leave a running run running; leaving their state empty keeps
+        the state-carrying rows few, which keeps opening a large file fast.
+        """
+        return None if self._state is RunState.RUNNING else RunState.RUNNING
+
+    def _encoded(self, value: Any, key: str) -> Encoded:
+        return Encoded(self._codec.encode(value, key), self._codec.to_json(value))
+
+    def _resume(self) -> Interpreter:
+        assert self._interpreter is not None, "the machine was not started"
+        return self._interpreter
+
+    def _generator(self) -> Any:
+        name = self.run.workflow
+        try:
+            generator = self._function(*self._codec.decode(self._arguments))
+        except Exception as error:
+            return Fail(error, format_failure(error))
+        if not hasattr(generator, "send") or not hasattr(generator, "throw"):
+            wrong = TypeError(
+                f"workflow {name!r} returned {generator!r} ({type(generator).__name__}) "
+                "instead of a generator; a workflow is a generator function that yields "
+                "commands such as Step")
+            return Fail(wrong, f"{qualified_name(TypeError)}: {wrong}\n")
+        return generator
+
+
+def _text(error: BaseException) -> ErrorText:
+    return ErrorText(qualified_name(type(error)), error_types_of(error), message_of(error))
+
+
+def resumed_record(run: Run, status: RunStatus, history: RunHistory, codec: Codec) -> Record:
+    """Return what `Engine.resume` records for a run in `status` with `history`.
+
+    The unhandled step failure that ended a failed run is voided (folding the record
+    gives that step fresh budgets); every other outcome replays. A finished run runs
+    again; a parked one keeps its state until the replay records a new one.
+    """
+    voided = None
+    if status.state is RunState.FAILED and status.error_type == "replay.StepFailed":
+        voided = history.unhandled_failure()
+    detail = {"retried_step": voided}
+    state = RunState.RUNNING if status.finished else None
+    return run.resumed(voided, Encoded(codec.encode(detail, "resumed"), codec.to_json(detail)),
+                       state)

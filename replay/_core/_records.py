@@ -1,0 +1,193 @@
+"""The event vocabulary: every ``(kind, event)`` replay records, made in one place.
+
+The event table is append-only. Each record says what happened to a run (``run``),
+one of its commands (``step``, ``sleep``, ``suspend``) or its mailbox (``signal``);
+records that change what the run as a whole is doing carry its new `run_state`.
+Values arrive here already encoded (the core has no codec): ``value`` holds the
+msgpack bytes and ``value_json`` their JSON rendering.
+
+| kind    | events                                                                |
+|---------|-----------------------------------------------------------------------|
+| run     | started, completed, failed, resumed                                   |
+| step    | started, completed, retrying, failed, abandoned, interrupted, renamed |
+| sleep   | scheduled, fired                                                      |
+| suspend | suspended, signalled (an early signal taken), timed_out               |
+| signal  | signalled                                                             |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from replay._types import RunState
+
+RUNNING, SLEEPING, SUSPENDED = RunState.RUNNING, RunState.SLEEPING, RunState.SUSPENDED
+
+
+@dataclass(slots=True)
+class Record:
+    """An event as the engine writes and folds it (internal columns included).
+
+    `value` holds the encoded bytes: decoding happens when a value is sent into a
+    generator, so every execution gets a fresh object, exactly as a replay would.
+    """
+
+    run_id: str
+    workflow: str
+    kind: str
+    event: str
+    key: str | None = None
+    attempt: int | None = None
+    value: bytes | None = None
+    value_json: str | None = None
+    error_type: str | None = None
+    error: str | None = None
+    error_types: tuple[str, ...] = ()
+    name: str | None = None
+    recorded_at: datetime | None = None
+    duration_ms: float | None = None
+    wake_at: datetime | None = None
+    run_state: str | None = None
+    status_text: str | None = None
+    seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """A value as it is recorded: msgpack bytes and their JSON rendering."""
+
+    data: bytes
+    json: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorText:
+    """An error as it is recorded: its class, its classes for `Retry.on`, its text."""
+
+    error_type: str
+    error_types: tuple[str, ...]
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """Makes the records of one run (its id and workflow name are on every record)."""
+
+    run_id: str
+    workflow: str
+
+    # -- the run as a whole --
+
+    def started(self, arguments: Encoded) -> Record:
+        """The run began with these arguments."""
+        return self._record("run", "started", value=arguments, run_state=RUNNING)
+
+    def completed(self, output: Encoded) -> Record:
+        """The workflow returned `output`."""
+        return self._record("run", "completed", value=output, run_state=RunState.COMPLETED)
+
+    def failed(self, error_type: str, traceback: str, message: Encoded) -> Record:
+        """The workflow raised (or broke a rule of replay)."""
+        return self._record("run", "failed", value=message, error_type=error_type,
+                            error=traceback, run_state=RunState.FAILED)
+
+    def resumed(self, voided: str | None, detail: Encoded, state: RunState | None) -> Record:
+        """`resume`: `voided` names the step whose failure runs again (internal `name`)."""
+        return self._record("run", "resumed", value=detail, name=voided, run_state=state)
+
+    # -- steps --
+
+    def step_started(self, key: str, attempt: int, name: str, state: RunState | None) -> Record:
+        """An attempt begins, recorded first so that a process death is charged to it."""
+        return self._record("step", "started", key=key, attempt=attempt, name=name,
+                            run_state=state)
+
+    def step_completed(self, key: str, attempt: int, name: str, value: Encoded,
+                       duration_ms: float | None, state: RunState | None) -> Record:
+        """An attempt returned `value`: the step's outcome."""
+        return self._record("step", "completed", key=key, attempt=attempt, name=name,
+                            value=value, duration_ms=duration_ms, run_state=state)
+
+    def step_retrying(self, key: str, attempt: int, name: str, error: ErrorText,
+                      duration_ms: float | None, wake_at: datetime) -> Record:
+        """An attempt failed and the next one waits out its back-off until `wake_at`."""
+        return self._failure("retrying", key, attempt, name, error, duration_ms,
+                             wake_at=wake_at, state=SLEEPING)
+
+    def step_failed(self, key: str, attempt: int, name: str, error: ErrorText,
+                    duration_ms: float | None, state: RunState | None) -> Record:
+        """The step failed for good: `StepFailed` is thrown into the workflow."""
+        return self._failure("failed", key, attempt, name, error, duration_ms,
+                             wake_at=None, state=state)
+
+    def step_abandoned(self, key: str, attempt: int, name: str) -> Record:
+        """The engine stopped while the attempt ran: it runs again, charged nothing."""
+        return self._record("step", "abandoned", key=key, attempt=attempt, name=name)
+
+    def step_interrupted(self, key: str, attempt: int, name: str, count: int,
+                         limit: int, error_type: str) -> Record:
+        """The process died while the attempt ran (found at the next open)."""
+        return self._record(
+            "step", "interrupted", key=key, attempt=attempt, name=name, error_type=error_type,
+            error=f"the process died while attempt {attempt} ran "
+                  f"(interruption {count} of at most {limit})")
+
+    def step_renamed(self, key: str, recorded: str, current: str, names: Encoded,
+                     message: str) -> Record:
+        """A recorded step now calls a function of another name (its outcome is kept)."""
+        return self._record("step", "renamed", key=key, value=names, error=message,
+                            name=current)
+
+    # -- sleeps and suspends --
+
+    def sleep_scheduled(self, key: str, wake_at: datetime) -> Record:
+        """The run sleeps until `wake_at`."""
+        return self._record("sleep", "scheduled", key=key, wake_at=wake_at, run_state=SLEEPING)
+
+    def sleep_fired(self, key: str, wake_at: datetime) -> Record:
+        """The sleep's deadline passed: the run goes on."""
+        return self._record("sleep", "fired", key=key, wake_at=wake_at, run_state=RUNNING)
+
+    def suspended(self, key: str, deadline: datetime | None, status: str | None) -> Record:
+        """The run waits for a signal for `key` (until `deadline`, if any)."""
+        return self._record("suspend", "suspended", key=key, wake_at=deadline,
+                            status_text=status, run_state=SUSPENDED)
+
+    def signal_taken(self, key: str, status: str | None) -> Record:
+        """A `Suspend` found its signal already in the mailbox (it came early)."""
+        return self._record("suspend", "signalled", key=key, status_text=status)
+
+    def suspend_timed_out(self, key: str, deadline: datetime, error: ErrorText) -> Record:
+        """No signal came for `key` before its deadline: `SuspendTimeout` is thrown in."""
+        return self._record("suspend", "timed_out", key=key, wake_at=deadline,
+                            error_type=error.error_type, error=error.message,
+                            run_state=RUNNING)
+
+    # -- the mailbox --
+
+    def signalled(self, key: str, payload: Encoded, state: RunState | None) -> Record:
+        """A signal for `key` arrived (`state`: it woke the run)."""
+        return self._record("signal", "signalled", key=key, value=payload, run_state=state)
+
+    def _failure(self, event: str, key: str, attempt: int, name: str, error: ErrorText,
+                 duration_ms: float | None, *, wake_at: datetime | None,
+                 state: RunState | None) -> Record:
+        return Record(self.run_id, self.workflow, "step", event, key=key, attempt=attempt,
+                      error_type=error.error_type, error=error.message,
+                      error_types=error.error_types, name=name, duration_ms=duration_ms,
+                      wake_at=wake_at, run_state=state)
+
+    def _record(self, kind: str, event: str, *, key: str | None = None,
+                attempt: int | None = None, value: Encoded | None = None,
+                name: str | None = None, error_type: str | None = None,
+                error: str | None = None, duration_ms: float | None = None,
+                wake_at: datetime | None = None, status_text: str | None = None,
+                run_state: RunState | None = None) -> Record:
+        return Record(
+            self.run_id, self.workflow, kind, event, key=key, attempt=attempt,
+            value=None if value is None else value.data,
+            value_json=None if value is None else value.json,
+            error_type=error_type, error=error, name=name, duration_ms=duration_ms,
+            wake_at=wake_at, status_text=status_text,
+            run_state=None if run_state is None else run_state.value)

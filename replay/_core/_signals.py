@@ -1,0 +1,62 @@
+"""Signal admission: whether a signal for a key may be taken, and when to warn.
+
+The same rules hold whoever records the signal: the engine, or the `replay` command
+writing into a file no engine holds.
+"""
+
+from __future__ import annotations
+
+from replay._core._history import RunHistory
+from replay._errors import SignalRejected
+from replay._types import FINISHED, RunInfo, RunState
+
+MAX_UNDELIVERED_SIGNALS = 100
+
+
+def check_signal(run_id: str, state: RunState, history: RunHistory, key: str,
+                 parked_here: bool) -> None:
+    """Decide whether a signal for `key` may be taken by a run in `state`.
+
+    Args:
+        run_id: The run.
+        state: Its durable state.
+        history: Its memo (or an empty one when it is parked on `key`: nothing is
+            recorded for the key yet and its mailbox limit does not apply).
+        key: The signal's key.
+        parked_here: Whether the run is suspended on `key` right now.
+
+    Raises:
+        SignalRejected: It may not, with the reason.
+    """
+    if state in FINISHED:
+        raise SignalRejected(
+            f"run {run_id!r} is {state.value}; signals to finished runs are rejected",
+            run_id=run_id, key=key)
+    entry = history.get(key)
+    if entry is not None and entry.kind != "suspend":
+        raise SignalRejected(
+            f"run {run_id!r} recorded key {key!r} as a {entry.kind}, not a Suspend; a "
+            "signal can only answer a Suspend", run_id=run_id, key=key)
+    if key in history.signals or (entry is not None and entry.timed_out):
+        why = "timed out" if entry is not None and entry.timed_out else "already has a signal"
+        raise SignalRejected(
+            f"key {key!r} of run {run_id!r} {why}; a Suspend takes one value, so this "
+            "signal is rejected", run_id=run_id, key=key)
+    if not parked_here and history.undelivered() >= MAX_UNDELIVERED_SIGNALS:
+        raise SignalRejected(
+            f"run {run_id!r} already holds {MAX_UNDELIVERED_SIGNALS} undelivered signals; "
+            "no more are taken until it reaches their keys", run_id=run_id, key=key)
+
+
+def misdirected_signal(info: RunInfo, key: str) -> str | None:
+    """Return a warning if `info`'s run waits for another key than `key`, else None.
+
+    A signal for a key the run does not wait on is kept in its mailbox (the run may
+    reach that key later), but when the run is suspended on a different key it is
+    most often a typo, and the run would wait until its timeout.
+    """
+    if info.state is not RunState.SUSPENDED or info.waiting_for in (None, key):
+        return None
+    return (f"run {info.run_id!r} waits for a signal for {info.waiting_for!r}, not "
+            f"{key!r}; the signal for {key!r} is kept in its mailbox until the run "
+            f"suspends on {key!r}. Did you mean {info.waiting_for!r}?")

@@ -1,0 +1,89 @@
+"""The run-state fold: what a run as a whole is doing, from its events.
+
+A run's state is the `run_state` of its newest record that carries one; the details
+that go with it (the key it waits on, its deadline, its output or failure) come from
+that same record. `RunStatus.after` is the one fold: the engine keeps each run's
+status with it, the command line folds a file's records with it, the history checker
+folds golden histories with it, and the ``replay_runs`` view computes the same in SQL
+(a test checks that they agree).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from replay._core._records import Record
+from replay._types import FINISHED, RunState
+
+_WAITING = frozenset({RunState.SLEEPING, RunState.SUSPENDED})
+
+
+@dataclass(frozen=True, slots=True)
+class RunStatus:
+    """A run's state and the details that go with it (values still encoded).
+
+    Attributes:
+        state: The run's `RunState`.
+        waiting_for: The key a sleeping or suspended run waits on.
+        wake_at: When a waiting run wakes (its sleep, back-off or suspend deadline).
+        status_text: The `status` of the `Suspend` a suspended run waits on.
+        output: The encoded output of a completed run.
+        error: The traceback text of a failed run.
+        error_type: The qualified name of the exception that failed the run.
+        message: The encoded message of that exception.
+    """
+
+    state: RunState
+    waiting_for: str | None = None
+    wake_at: datetime | None = None
+    status_text: str | None = None
+    output: bytes | None = None
+    error: str | None = None
+    error_type: str | None = None
+    message: bytes | None = None
+
+    @property
+    def finished(self) -> bool:
+        """Whether the run completed, failed or was cancelled."""
+        return self.state in FINISHED
+
+    @property
+    def waiting(self) -> bool:
+        """Whether the run sleeps or is suspended."""
+        return self.state in _WAITING
+
+    def after(self, record: Record) -> RunStatus:
+        """Return the status once `record` is recorded (itself if it changes nothing)."""
+        return self if record.run_state is None else status_of(record)
+
+
+def status_of(record: Record) -> RunStatus:
+    """Return the status a state-carrying record gives its run.
+
+    Raises:
+        ValueError: The record carries no run state, or an unknown one.
+    """
+    if record.run_state is None:
+        raise ValueError(f"record {record.kind}/{record.event} carries no run state")
+    state = RunState(record.run_state)
+    if state in _WAITING:
+        return RunStatus(state, waiting_for=record.key, wake_at=record.wake_at,
+                         status_text=record.status_text if state is RunState.SUSPENDED
+                         else None)
+    if state is RunState.COMPLETED:
+        return RunStatus(state, output=record.value)
+    if state is RunState.FAILED:
+        return RunStatus(state, error=record.error, error_type=record.error_type,
+                         message=record.value)
+    return RunStatus(state)
+
+
+def fold(records: Iterable[Record]) -> RunStatus | None:
+    """Fold a run's records, in order, into its status (None: nothing carried one)."""
+    status: RunStatus | None = None
+    for record in records:
+        if record.run_state is not None:
+            status = status_of(record)
+    return status

@@ -1,0 +1,373 @@
+"""The scheduler: the one owner of every run's ownership and state.
+
+Each run has a `RunSlot`. The scheduler alone claims a run for a task (`active`),
+spawns its task, parks it (its machine kept in a bounded cache, its deadline with the
+timers), wakes it (a timer, a signal, `resume`) and lets it go when the task ends:
+one run executes in one place at a time. A run's state changes only as its records
+commit (`RunSlot.apply`), in the order of the file.
+
+A parked run holds no task: at most its paused machine in `ParkedCache`. Waking a
+cached machine continues the same generator; an evicted one is loaded from the file
+and replayed from the top, which gives the same result because every recorded outcome
+is sent back again.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+import trio
+
+from replay._codec import CODEC, decode
+from replay._core._history import RunHistory
+from replay._core._machine import Policy, RunMachine, resumed_record
+from replay._core._records import Encoded, Record, Run
+from replay._core._signals import check_signal
+from replay._core._state import RunStatus
+from replay._engine._clock import EngineClock, in_thread
+from replay._engine._committer import Committer
+from replay._engine._driver import Driver, Parked
+from replay._engine._parking import ParkedCache
+from replay._engine._slots import RunSlot
+from replay._engine._steps import StepCaller
+from replay._engine._timers import Timers
+from replay._errors import EngineClosed, RunNotFound
+from replay._store import Store
+from replay._types import RunInfo, RunState
+from replay._workflows import Registry
+
+log = logging.getLogger("replay")
+
+
+class Scheduler:
+    """Owns the runs of one engine.
+
+    Args:
+        store: The open database.
+        registry: The workflows this engine runs.
+        clock: The engine clock.
+        committer: The group-commit flusher.
+        steps: Calls step functions.
+        policy: The engine-wide retry and interruption rules.
+        cache_size: How many parked machines to keep.
+        strict_replay: Check on every wake-up that a replay reaches where it stopped.
+    """
+
+    def __init__(self, store: Store, registry: Registry, clock: EngineClock,
+                 committer: Committer, steps: StepCaller, policy: Policy, cache_size: int,
+                 strict_replay: bool) -> None:
+        self.clock = clock
+        self._store = store
+        self._registry = registry
+        self._committer = committer
+        self._policy = policy
+        self._strict_replay = strict_replay
+        self._slots: dict[str, RunSlot] = {}
+        self.parked = ParkedCache(cache_size, self._evicted)
+        self._timers = Timers(clock, self._on_timer)
+        self._driver = Driver(self._enqueue, clock, steps, lambda: self.closing)
+        self._nursery: trio.Nursery | None = None
+        self.closing = False
+        self.closed = False
+
+    # -- finding runs --
+
+    def slot(self, run_id: str) -> RunSlot:
+        """Return the run's slot.
+
+        Raises:
+            RunNotFound: No such run (or its start is not durable yet).
+        """
+        slot = self._slots.get(run_id)
+        if slot is None or not slot.durable:
+            raise RunNotFound(run_id)
+        return slot
+
+    def slots(self) -> list[RunSlot]:
+        """Return every run whose start is durable."""
+        return [slot for slot in self._slots.values() if slot.durable]
+
+    def tasks(self) -> int:
+        """Count the runs' tasks alive right now (executing runs)."""
+        return 0 if self._nursery is None else len(self._nursery.child_tasks)
+
+    def find(self, run_id: str) -> RunSlot | None:
+        """Return the run's slot even if its start is not durable yet, or None."""
+        return self._slots.get(run_id)
+
+    # -- the engine's life --
+
+    async def start_services(self, services: trio.Nursery) -> None:
+        """Start the group-commit flusher and the timers in `services`."""
+        await services.start(self._committer.run)
+        await services.start(self._timers.run)
+
+    async def recover(self, runs: trio.Nursery) -> None:
+        """Load every run and pick up whatever was pending, in the `runs` nursery."""
+        self._nursery = runs
+        for row in await in_thread(self._store.load_runs):
+            self._slots[row.run_id] = RunSlot.restored(row)
+        signalled = set(await in_thread(self._store.signalled_while_suspended))
+        for slot in self._slots.values():
+            if slot.status.finished:
+                continue
+            if slot.workflow not in self._registry.functions:
+                log.warning("run %r of workflow %r is left as it is: the workflow is not "
+                            "registered with this engine", slot.run_id, slot.workflow)
+                continue
+            if slot.state is RunState.RUNNING or slot.run_id in signalled:
+                self._claim(slot)
+                self._spawn(slot, None)
+            elif slot.status.wake_at is not None:
+                self._timers.add(slot.run_id, slot.status.wake_at)
+
+    def begin_shutdown(self) -> None:
+        """Start no new command (parked runs hold no task and simply stay parked)."""
+        self.closing = True
+
+    def runs_ended(self) -> None:
+        """Every run's task has ended: the committer may commit what is left and stop."""
+        self._committer.runs_ended()
+
+    def mark_closed(self) -> None:
+        """The engine is closed: drop parked machines and wake every waiter."""
+        self.closed = True
+        self.parked.clear()
+        for slot in self._slots.values():
+            slot.notify()
+
+    def check_open(self, allow_closing: bool = False) -> None:
+        """Raise `EngineClosed` if the engine is closed (or closing, unless allowed).
+
+        Raises:
+            EngineClosed: It is.
+        """
+        if self.closed or (self.closing and not allow_closing):
+            raise EngineClosed("the engine is closed; open a new one with replay.open_engine()")
+
+    # -- what the engine's API asks --
+
+    async def start(self, run_id: str, workflow: str, arguments: Encoded) -> None:
+        """Record a new run's start and spawn its task.
+
+        Raises:
+            Exception: Whatever the commit raised; nothing is kept of the run then.
+        """
+        slot = RunSlot(run_id, workflow, RunStatus(RunState.RUNNING), self.clock.now())
+        self._claim(slot)
+        slot.needs_start_mark = False  # no earlier process ran it
+        self._slots[run_id] = slot
+        record = Run(run_id, workflow).started(arguments)
+        try:
+            await self._committer.commit(record, slot.apply)
+        except BaseException:
+            del self._slots[run_id]
+            raise
+        slot.created_at = record.recorded_at or slot.created_at
+        slot.mark_durable()
+        self._spawn(slot, self._machine(slot, RunHistory(), arguments.data))
+
+    async def resume(self, slot: RunSlot) -> None:
+        """Record a resume of the run and replay it (a completed or busy run: nothing)."""
+        await self.let_go(slot)
+        if slot.state is RunState.COMPLETED or slot.active:
+            return
+        self._claim(slot)
+        self.parked.drop(slot.run_id)
+        try:
+            async with slot.lock:  # no signal may commit between the load and the machine
+                records = await self._load(slot)
+                history = RunHistory(records)
+                resumed = resumed_record(Run(slot.run_id, slot.workflow), slot.status,
+                                         history, CODEC)
+                await self._committer.commit(resumed, slot.apply)
+                history.apply(resumed)
+                machine = self._machine(slot, history, input_of(records))
+        except BaseException:
+            self._unclaim(slot)
+            raise
+        self._spawn(slot, machine)
+
+    async def signal(self, slot: RunSlot, key: str, payload: Encoded) -> None:
+        """Commit a signal into the run's mailbox, waking the run if it waits for it.
+
+        Raises:
+            SignalRejected: The run may not take it.
+        """
+        while not await self._signal_now(slot, key, payload):
+            pass  # the run began to park again meanwhile: wait for it, then decide
+
+    async def _signal_now(self, slot: RunSlot, key: str, payload: Encoded) -> bool:
+        await self.let_go(slot)
+        async with slot.lock:
+            if slot.letting_go:
+                return False
+            status = slot.status
+            parked_here = (status.state is RunState.SUSPENDED and status.waiting_for == key
+                           and not slot.active)
+            history = await self._mailbox(slot, parked_here)
+            check_signal(slot.run_id, status.state, history, key, parked_here)
+            # A run whose workflow is not registered here is left as it is: the signal
+            # waits in its mailbox for an engine that can run it.
+            parked_here = parked_here and slot.workflow in self._registry.functions
+            if parked_here:
+                self._claim(slot)  # claimed now: no timer or resume may start it meanwhile
+            record = Run(slot.run_id, slot.workflow).signalled(
+                key, payload, RunState.RUNNING if parked_here else None)
+            try:
+                await self._committer.commit(record, slot.apply)
+            except BaseException:
+                if parked_here:
+                    self._unclaim(slot)
+                raise
+            if parked_here:
+                self._wake(slot)
+        return True
+
+    async def _mailbox(self, slot: RunSlot, parked_here: bool) -> RunHistory:
+        """The history a signal is checked against (under the run's lock)."""
+        if slot.machine is not None:
+            return slot.machine.history
+        if parked_here:
+            # A run parked on this very key has no value for it yet, and its mailbox
+            # limit does not apply: no need to load its history to decide.
+            return RunHistory()
+        return RunHistory(await self._load(slot))
+
+    async def let_go(self, slot: RunSlot) -> None:
+        """Wait while the run's task has recorded a park or an end but not let go yet.
+
+        In that window the run's state says it waits (or is finished) while its task
+        still owns it; a call that decided from the state then (`resume`: "executing,
+        nothing to do"; `signal`: "busy, keep it in the mailbox") would be lost. A run
+        that is really executing (woken by a deadline, or replaying after `resume`)
+        is not waited for.
+        """
+        while slot.letting_go:
+            await slot.wait_changed()
+
+    async def wait_for(self, run_id: str, states: frozenset[RunState]) -> RunInfo:
+        """Wait until the run is in one of `states` and settled there.
+
+        Raises:
+            RunNotFound: No such run.
+            EngineClosed: The engine closed first.
+        """
+        slot = self.slot(run_id)
+        # A suspended run that is executing (replaying after `resume`) has not settled.
+        while slot.state not in states or (slot.active and slot.state is RunState.SUSPENDED):
+            if self.closed:
+                raise EngineClosed(
+                    f"the engine closed while waiting for run {run_id!r}; it continues "
+                    "when an engine opens the database again")
+            await slot.wait_changed()
+        return slot.info(decode)
+
+    async def wait_idle(self, run_id: str) -> RunInfo:
+        """Wait until the run's task has let go (it ended or parked).
+
+        Raises:
+            RunNotFound: No such run.
+        """
+        slot = self.slot(run_id)
+        while slot.active and not self.closed:
+            await slot.wait_changed()
+        return slot.info(decode)
+
+    def trio_deadline(self, moment: datetime) -> float:
+        """Return the trio clock reading at which the engine clock reads `moment`."""
+        return self.clock.trio_deadline(moment)
+
+    # -- ownership: the only writers of `active` --
+
+    def _claim(self, slot: RunSlot) -> None:
+        slot.active = True
+
+    def _unclaim(self, slot: RunSlot) -> None:
+        slot.active = False
+
+    def _spawn(self, slot: RunSlot, machine: RunMachine | None, woken: bool = False) -> None:
+        assert self._nursery is not None and slot.active
+        self._nursery.start_soon(self._execute, slot, machine, woken,
+                                 name=f"replay run {slot.run_id}")
+
+    def _wake(self, slot: RunSlot) -> None:
+        """Continue a parked run in a new task (its cached machine, if any)."""
+        self._claim(slot)
+        self._spawn(slot, self.parked.take(slot.run_id), woken=True)
+
+    async def _execute(self, slot: RunSlot, machine: RunMachine | None, woken: bool) -> None:
+        """A run's task: drive its machine, then let the run go (parked or ended)."""
+        parked: Parked | None = None
+        try:
+            if machine is None:
+                machine = await self._loaded(slot, replaying=woken)
+                woken = False  # a loaded machine replays from the top
+            parked = await self._driver.drive(slot, machine, woken)
+        finally:
+            self._release(slot, machine, parked)
+
+    def _release(self, slot: RunSlot, machine: RunMachine | None, parked: Parked | None) -> None:
+        slot.active = slot.settling = False
+        if parked is not None and machine is not None:
+            self.parked.put(slot.run_id, machine)
+            if parked.wake_at is not None:
+                self._timers.add(slot.run_id, parked.wake_at)
+            slot.drop_idle_lock()
+        else:
+            if machine is not None:
+                machine.close()
+            slot.machine = None
+        slot.notify()  # a `resume` or a signal may wait for this task to end
+
+    def _on_timer(self, run_id: str) -> None:
+        slot = self._slots.get(run_id)
+        if slot is None or slot.active or self.closing or not slot.status.waiting:
+            return
+        wake_at = slot.status.wake_at
+        if wake_at is None or wake_at > self.clock.now():
+            return  # an old entry: the run has moved on since
+        self._wake(slot)
+
+    def _evicted(self, run_id: str) -> None:
+        """The cache dropped (and closed) a parked run's machine."""
+        slot = self._slots.get(run_id)
+        if slot is not None:
+            slot.machine = None
+
+    # -- machines --
+
+    async def _loaded(self, slot: RunSlot, replaying: bool) -> RunMachine:
+        """Load the run's records and make its machine (replayed from the top)."""
+        # Under the run's lock, so that no signal commits between the load and the
+        # machine taking its place.
+        async with slot.lock:
+            records = await self._load(slot)
+            history = RunHistory(records)
+            frontier = history.last_key() if replaying and self._strict_replay else None
+            return self._machine(slot, history, input_of(records), frontier)
+
+    def _machine(self, slot: RunSlot, history: RunHistory, arguments: bytes,
+                 frontier: str | None = None) -> RunMachine:
+        machine = RunMachine(
+            Run(slot.run_id, slot.workflow), self._registry.functions[slot.workflow],
+            arguments, history, CODEC, self._policy, state=slot.state,
+            mark_first_attempt=slot.needs_start_mark, frontier=frontier)
+        slot.machine = machine
+        return machine
+
+    async def _load(self, slot: RunSlot) -> list[Record]:
+        """Load a run's records for its memo (not for `history`: no timestamps)."""
+        return await in_thread(self._store.load_memo, slot.run_id, slot.workflow)
+
+    def _enqueue(self, slot: RunSlot, record: Record) -> trio.Event:
+        return self._committer.enqueue(record, slot.apply)
+
+
+def input_of(records: list[Record]) -> bytes:
+    """Return the encoded input of a run, from its ``run/started`` record."""
+    for record in records:
+        if record.kind == "run" and record.event == "started" and record.value is not None:
+            return record.value
+    return CODEC.encode((), "input")
