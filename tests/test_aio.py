@@ -253,7 +253,7 @@ def test_cancelling_a_caller_cancels_its_call_on_the_trio_side() -> None:
 
             waiter = asyncio.create_task(run.result())  # waits through the suspension
             await asyncio.sleep(0)  # the task submits its call
-            await engine.status("r")  # submitted later: the result() call has begun
+            await engine.runs()  # a call submitted later: the result() call has begun
             assert guest_calls() == 1
             waiter.cancel()
             with pytest.raises(asyncio.CancelledError):
@@ -297,7 +297,7 @@ def test_a_call_waiting_when_the_engine_closes_gets_engine_closed() -> None:
             await run.wait()
             waiter = asyncio.create_task(run.result())
             await asyncio.sleep(0)
-            await engine.status("r")
+            await engine.runs()
         with pytest.raises(replay.EngineClosed):
             await waiter
         with pytest.raises(replay.EngineClosed, match=r"replay\.aio\.open_engine\(\)"):
