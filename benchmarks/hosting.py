@@ -8,9 +8,10 @@ call, not throughput) on a fresh database file for each mode:
 - ``start()`` of a one-step workflow, then ``result()``: three durable commits (the
   start, the step, the end) and the way back to the caller.
 
-Each figure is the median over all calls of ``--repeat`` runs (a fresh engine each).
-A mode is one function below that opens its engine and times the two calls; modes
-whose module is not there (an older replay) are skipped.
+Each figure is the median over all calls of ``--repeat`` rounds; a round opens a
+fresh engine for each mode in turn, so that a busy moment of the machine falls on
+every mode alike. A mode is one function below that opens its engine and times the
+two calls; modes whose module is not there (an older replay) are skipped.
 
     python benchmarks/hosting.py [--smoke] [--durability fsync|none] [--repeat N]
 """
@@ -30,7 +31,7 @@ from typing import Any
 
 import trio
 from _floor import scratch_dir
-from _report import Figure, fmt, machine, median, parse_args, repeats, report
+from _report import Figure, fmt, machine, median, parse_args, percentile, repeats, report
 
 import replay
 import replay.sync
@@ -186,29 +187,36 @@ def main() -> None:
         return
     args = parse_args(__doc__.splitlines()[0])
     sizes = Sizes(5, 3) if args.smoke else Sizes(300, 100)
+    modes = available_modes()
+    before = machine()
+    taken = {name: Timings([], []) for name in modes}
+    with scratch_dir() as directory:
+        # Round-robin over the modes, so that a busy moment of the machine lands on
+        # every mode alike instead of on whichever ran then.
+        for rep in range(repeats(args, 3)):
+            for name, mode in modes.items():
+                timings = mode(directory / f"{name}-{rep}.duckdb", args.durability, sizes)
+                taken[name].status += timings.status
+                taken[name].start_result += timings.start_result
     figures: list[Figure] = []
     rows = []
-    with scratch_dir() as directory:
-        for name, mode in available_modes().items():
-            status: list[float] = []
-            started: list[float] = []
-            for rep in range(repeats(args, 3)):
-                timings = mode(directory / f"{name}-{rep}.duckdb", args.durability, sizes)
-                status += timings.status
-                started += timings.start_result
-            figures.append(Figure(f"status_{name}", f"status(), {LABELS[name]}",
-                                  median(status) * 1e6, "µs",
-                                  note=f"{len(status)} calls"))
-            figures.append(Figure(f"start_result_{name}",
-                                  f"start()+result() of a one-step workflow, {LABELS[name]}",
-                                  median(started) * 1e3, "ms",
-                                  note=f"{len(started)} calls"))
-            rows.append(f"| {LABELS[name]} | {fmt(median(status) * 1e6)} µs | "
-                        f"{fmt(median(started) * 1e3)} ms |")
+    for name, timings in taken.items():
+        status, started = timings.status, timings.start_result
+        figures.append(Figure(f"status_{name}", f"status(), {LABELS[name]}",
+                              median(status) * 1e6, "µs",
+                              note=f"{len(status)} calls"))
+        figures.append(Figure(f"start_result_{name}",
+                              f"start()+result() of a one-step workflow, {LABELS[name]}",
+                              median(started) * 1e3, "ms",
+                              note=f"p90 {percentile(started, 0.9) * 1e3:.2f} ms, "
+                                   f"{len(started)} calls"))
+        rows.append(f"| {LABELS[name]} | {fmt(median(status) * 1e6)} µs | "
+                    f"{fmt(median(started) * 1e3)} ms |")
     about = machine()
     print(f"latency per call, median (durability={args.durability}"
           f"{', smoke' if args.smoke else ''}); {about['cpus']} CPUs ({about['cpu']}), "
-          f"Python {about['python']}, DuckDB {about['duckdb']}, trio {about['trio']}\n")
+          f"Python {about['python']}, DuckDB {about['duckdb']}, trio {about['trio']}; "
+          f"load average {before['loadavg_1m']} before, {about['loadavg_1m']} after\n")
     print("| mode | status() | start() + result(), one step |")
     print("| --- | ---: | ---: |")
     print("\n".join(rows))

@@ -267,8 +267,8 @@ class Engine:
         """Stop the engine cleanly and close the file; return once that is done.
 
         Running steps get `shutdown_timeout` to finish; no new command starts. Calls
-        other threads are blocked in end as they would when leaving ``async with
-        replay.open_engine(...)``: a run's `wait` or `result` raises
+        that other threads are blocked in end as they do when ``async with
+        replay.open_engine(...)`` is left: a run's `wait` or `result` raises
         `replay.EngineClosed` unless the run finished first. A second `close` does
         nothing. Ctrl-C while it waits stops running steps at once.
 
