@@ -78,7 +78,8 @@ def python_bytes() -> int:
 def duckdb_bytes(engine: replay.Engine) -> int | None:
     """DuckDB's own accounting of its memory (buffers, indexes), or None if unavailable."""
     try:
-        rows = internals(engine).store._read("SELECT sum(memory_usage_bytes) FROM duckdb_memory()", [])
+        store = internals(engine).store
+        rows = store._read("SELECT sum(memory_usage_bytes) FROM duckdb_memory()", [])
         return int(rows[0][0] or 0)
     except Exception:  # a private peek: the store may change
         return None

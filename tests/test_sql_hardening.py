@@ -71,7 +71,8 @@ def open_engine(db: str, **options: Any) -> Any:
 
 async def busy_queries(engine: replay.Engine, count: int) -> None:
     """Return once `count` user queries are inside a DuckDB call (spinning on checkpoints)."""
-    while sum(not query._idle.is_set() for query in list(internals(engine).store._queries._open)) < count:
+    opened = internals(engine).store._queries._open
+    while sum(not query._idle.is_set() for query in list(opened)) < count:
         await trio.lowlevel.checkpoint()
 
 
@@ -236,7 +237,8 @@ async def test_user_queries_do_not_starve_workflow_reads(
         await (await engine.start(echo, 1, run_id="done")).result()
         parked = await engine.start(waiter, run_id="parked")
         await parked.wait()
-        internals(engine).scheduler.parked.clear()  # its next wake-up loads its history from the file
+        # Its next wake-up loads its history from the file.
+        internals(engine).scheduler.parked.clear()
         async with trio.open_nursery() as nursery:
             for _ in range(60):
                 nursery.start_soon(engine.sql, SLEEPER)

@@ -1,8 +1,9 @@
 """The value codec: msgpack with a format-version byte, and the JSON rendering for SQL.
 
-`encode` (in `_encoding`) and `decode` (in `_decoding`) turn the values of SPEC §5 into
-bytes and back, exactly; `to_json` (in `_json`) renders them for SQL; `_types` holds the
-limits, the on-disk ext codes and the registry of user classes. No stored bytes, however
+`encode` (in `_encoding`) and `decode` (in `_decoding`) turn the supported values
+(docs/concepts.md) into bytes and back, exactly; `to_json` (in `_json`) renders them
+for SQL; `_types` holds the limits, the on-disk ext codes and the registry of user
+classes. No stored bytes, however
 tampered, can crash the process or make it run code chosen by the data.
 """
 

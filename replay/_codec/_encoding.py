@@ -243,7 +243,7 @@ def encode(value: object, *, key: str = "value") -> bytes:
     """Encode a value as msgpack, prefixed with the format-version byte.
 
     Args:
-        value: The value to record (SPEC §5 lists the supported types).
+        value: The value to record (docs/concepts.md lists the supported types).
         key: The key or role of the value (``"input"``, a step key), for error messages.
 
     Returns:

@@ -10,7 +10,7 @@ large, so that JSON ``null`` always means the value None). Timestamps are ISO 86
 with their UTC offset. The document names its format and version; a reader refuses
 any other with a `ValueError` that says what to do.
 
-Layer 1: the codec's JSON text conventions, no trio, no duckdb.
+Pure data conversion (the codec's JSON text conventions): no trio, no duckdb.
 """
 
 from __future__ import annotations

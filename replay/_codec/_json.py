@@ -1,4 +1,4 @@
-"""The JSON rendering of recorded values, for SQL (SPEC §5, last paragraph).
+"""The JSON rendering of recorded values, for SQL.
 
 Rendering runs on the engine's loop, so its work is bounded: the text is NULL beyond
 `MAX_JSON_CHARS`, and the renderer stops as soon as a lower bound of the text's length
@@ -139,7 +139,7 @@ _CONVERTERS: dict[type, Callable[[_Renderer, Any], object]] = {
 
 
 def to_json(value: object) -> str | None:
-    """Render an encodable value as JSON text for SQL (SPEC §5, last paragraph).
+    """Render an encodable value as JSON text for SQL.
 
     Args:
         value: A value that `encode` accepts.

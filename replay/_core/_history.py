@@ -88,7 +88,7 @@ class RunHistory:
         """Fold one record into the memo."""
         if record.kind == "run":
             # `resume` names the step whose failure it voids in the internal `name`
-            # column: run-level events have no key (SPEC §6).
+            # column: run-level events have no key.
             if record.event == "resumed" and record.name is not None:
                 self._void_failure(record.name)
             return

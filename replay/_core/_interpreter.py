@@ -78,7 +78,7 @@ class Fail:
 
 @dataclass(frozen=True, slots=True)
 class Rename:
-    """A step replayed under a different name than recorded (SPEC §2 rule 4)."""
+    """A step replayed under a different name than recorded."""
 
     key: str
     recorded: str

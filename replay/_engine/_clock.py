@@ -62,7 +62,7 @@ class EngineClock:
 
     Args:
         floor: The latest timestamp already recorded in the database; the clock never
-            reads below it (time only moves forward, SPEC §4.8).
+            reads below it (time only moves forward).
     """
 
     __slots__ = ("_anchor", "_virtual")

@@ -2,9 +2,10 @@
 
 `Driver.drive` is the h11-style loop: ask the machine (`replay._core`) for a decision,
 commit the records it carries, do what it says (make a step attempt, or park the run),
-and report the outcome back. Every record is durable before the workflow sees its
-outcome: a decision's records are committed before the next attempt starts, and a
-parked run's before it lets go of its task.
+and report the outcome back. The machine may run the (deterministic) workflow code on
+to its next decision before an outcome is durable, but nothing acts on it before: a
+decision's records are committed before the next attempt starts, before the run parks
+and before it ends.
 
 Stops. When the engine stops, no new attempt starts (the run continues at the next
 open) and an attempt still running is cancelled and recorded as abandoned (queued,
@@ -97,11 +98,10 @@ class Driver:
                 await self._commit(slot, action.records)
                 return None
             elif isinstance(action, WaitUntil):
-                if not action.records:
-                    return Parked(action.at)
+                # Parked even if `at` has passed: the timers wake it at once, and the
+                # run never executes in a state that says it waits.
                 await self._commit(slot, action.records)
-                # While they committed, the deadline may have passed: decide again.
-                action = machine.wake(self._clock.now())
+                return Parked(action.at)
             else:
                 action = await self._suspend(slot, machine, action)
                 if isinstance(action, WaitForSignal):

@@ -29,7 +29,7 @@ from replay._engine._serving import STOP_SIGNALS, wait_for_stop_signal
 from replay._engine._slots import RunSlot
 from replay._engine._steps import StepCaller
 from replay._engine._workers import WorkerPool
-from replay._errors import EncodingError, RunIdConflict
+from replay._errors import EncodingError, RunIdConflict, RunNotFound
 from replay._retry import Retry
 from replay._store import ENGINE_ADVICE, Readers, ReadQuery, Store, TimedQuery
 from replay._types import Event, RunInfo, RunState
@@ -55,7 +55,8 @@ class Engine:
         policy = Policy(default_retry or ONE_ATTEMPT, max_interruptions)
         self._scheduler = Scheduler(
             store, registry, clock, Committer(store, clock, last_seq),
-            StepCaller(self._workers), policy, cache_size, strict_replay=always_replay)
+            StepCaller(self._workers), policy, cache_size, strict_replay=always_replay,
+            opened_at=last_seq)
 
     # -- public API --
 
@@ -85,10 +86,18 @@ class Engine:
         """
         self._check_open()
         name = self._registry.name_of(workflow)
+        run_id_given = run_id is not None
         run_id = uuid.uuid4().hex if run_id is None else checked_run_id(run_id)
         existing = self._scheduler.find(run_id)
         if existing is not None:
             return await self._existing(existing, name)
+        if run_id_given:
+            stored = await self._scheduler.workflow_of(run_id)  # a finished run, maybe
+            if stored is not None:
+                return self._stored(run_id, stored, name)
+            existing = self._scheduler.find(run_id)  # started meanwhile?
+            if existing is not None:
+                return await self._existing(existing, name)
         arguments = Encoded(encode(args, key="input"), to_json(list(args)))
         await self._scheduler.start(run_id, name, arguments)
         return Run(self._scheduler, run_id, name)
@@ -108,8 +117,12 @@ class Engine:
             EngineClosed: The engine is closed or closing.
         """
         self._check_open()
-        slot = self._scheduler.slot(run_id)
-        self._registry.name_of(slot.workflow)
+        slot = await self._scheduler.adopt(run_id, keep_finished=True)
+        try:
+            self._registry.name_of(slot.workflow)
+        except BaseException:
+            self._scheduler.forget_if_idle(slot)
+            raise
         await self._scheduler.resume(slot)
         return Run(self._scheduler, run_id, slot.workflow)
 
@@ -130,8 +143,8 @@ class Engine:
             EngineClosed: The engine is closed or closing.
         """
         self._check_open()
-        slot = self._scheduler.slot(run_id)
         key = checked_key(key)
+        slot = await self._scheduler.adopt(run_id)
         await self._scheduler.signal(slot, key, Encoded(encode(payload, key=key), to_json(payload)))
         warning = misdirected_signal(slot.info(decode), key)
         if warning is not None:
@@ -150,8 +163,13 @@ class Engine:
     def status(self, run_id: str) -> RunInfo:
         """Return the run's current durable state.
 
+        Unfinished runs and the last 1,000 runs to finish are answered from memory. An
+        older finished run is read from the file (its events, by the run's index: about
+        a millisecond, on the calling task, which blocks the loop that long).
+
         Raises:
             RunNotFound: No such run.
+            EngineClosed: The run must be read from the file, and the engine is closed.
             EncodingError: The run's recorded output cannot be decoded (a damaged
                 value, or a type that is no longer registered).
         """
@@ -167,8 +185,11 @@ class Engine:
                    limit: int = 1000) -> list[RunInfo]:
         """List runs, newest first by `created_at`.
 
-        A run whose recorded output cannot be decoded is listed with ``output=None``
-        (and a warning on the ``replay`` logger); `status` of it says why.
+        The list is read from the file (one query, off the loop, in time proportional
+        to the file); once the engine is closed, it lists the runs still in memory:
+        the unfinished ones and the last 1,000 to finish. A run whose recorded output
+        cannot be decoded is listed with ``output=None`` (and a warning on the
+        ``replay`` logger); `status` of it says why.
 
         Args:
             state: Only runs in this state.
@@ -181,11 +202,18 @@ class Engine:
         wanted = None if state is None else checked_state(state)
         if limit < 0:
             raise ValueError(f"limit must be >= 0, got {limit!r}")
-        slots = [s for s in self._scheduler.slots()
-                 if (wanted is None or s.state is wanted)
-                 and (workflow is None or s.workflow == workflow)]
-        slots.sort(key=lambda s: s.created_at, reverse=True)
-        return [self._listed(slot) for slot in slots[:limit]]
+        if self._scheduler.closed:
+            # The file is closed: list what is still in memory (the unfinished runs and
+            # those that finished last).
+            # Reversed first: the stable sort then lists ties newest first, as the file does.
+            slots = [s for s in reversed(self._scheduler.in_memory()) if s.durable
+                     and (wanted is None or s.state is wanted)
+                     and (workflow is None or s.workflow == workflow)]
+            slots.sort(key=lambda s: s.created_at, reverse=True)
+            return [self._listed(slot) for slot in slots[:limit]]
+        rows = await in_thread(self._store.list_runs, None if wanted is None else wanted.value,
+                               workflow, limit)
+        return [self._listed(RunSlot.restored(row)) for row in rows]
 
     async def history(self, run_id: str) -> list[Event]:
         """Return every event of one run in order, values decoded.
@@ -195,7 +223,8 @@ class Engine:
             EngineClosed: The engine is closed.
         """
         self._check_open(allow_closing=True)
-        self._scheduler.slot(run_id)
+        if await self._scheduler.workflow_of(run_id) is None:
+            raise RunNotFound(run_id)
         records = await in_thread(self._store.load_history, run_id)
         return [event_of(record) for record in records]
 
@@ -236,9 +265,11 @@ class Engine:
             EngineClosed: The engine is closed.
         """
         self._check_open(allow_closing=True)
-        slot = self._scheduler.slot(run_id)
+        workflow = await self._scheduler.workflow_of(run_id)
+        if workflow is None:
+            raise RunNotFound(run_id)
         records = await in_thread(self._store.load_history, run_id)
-        await in_thread(write_history, Path(path), slot.run_id, slot.workflow, records)
+        await in_thread(write_history, Path(path), run_id, workflow, records)
 
     async def serve_forever(self, signals: Iterable[int] = STOP_SIGNALS) -> int:
         """Keep the engine running until SIGTERM or SIGINT arrives; return its number.
@@ -326,14 +357,19 @@ class Engine:
             return slot.info(lambda data: None)
 
     async def _existing(self, slot: RunSlot, name: str) -> Run:
-        if slot.workflow != name:
-            raise RunIdConflict(
-                f"run_id {slot.run_id!r} is already used by a run of workflow "
-                f"{slot.workflow!r}, not {name!r}; choose another run_id",
-                run_id=slot.run_id,
-            )
+        run = self._stored(slot.run_id, slot.workflow, name)
         await slot.wait_durable()
-        return Run(self._scheduler, slot.run_id, name)
+        return run
+
+    def _stored(self, run_id: str, workflow: str, name: str) -> Run:
+        """The existing run `run_id` of `workflow`, asked for as a run of `name`."""
+        if workflow != name:
+            raise RunIdConflict(
+                f"run_id {run_id!r} is already used by a run of workflow "
+                f"{workflow!r}, not {name!r}; choose another run_id",
+                run_id=run_id,
+            )
+        return Run(self._scheduler, run_id, name)
 
     def _check_open(self, allow_closing: bool = False) -> None:
         self._scheduler.check_open(allow_closing)

@@ -12,6 +12,7 @@ again at the next open, uncharged.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from os import PathLike
@@ -24,6 +25,7 @@ from replay._engine._channel_server import ChannelServer
 from replay._engine._clock import EngineClock, in_thread
 from replay._engine._facade import Engine, internals
 from replay._engine._options import database_path, open_store, validate_count, validate_options
+from replay._errors import ReplayError
 from replay._retry import Retry
 from replay._workflows import Registry
 
@@ -85,7 +87,9 @@ async def open_engine(
         DatabaseError: The file is not a usable replay database, or a commit failed.
         TypeError: An option has the wrong type, or a workflow is not a generator function.
         ValueError: An option has a wrong value, or two workflows share a name.
+        ReplayError: Called from asyncio code: use `replay.aio.open_engine` there.
     """
+    _refuse_asyncio()
     validate_options(durability, shutdown_timeout, lock_timeout, max_threads, default_retry,
                      always_replay, cache_size, query_timeout=query_timeout)
     validate_count("max_interruptions", max_interruptions)
@@ -127,6 +131,19 @@ async def open_engine(
         with trio.CancelScope(shield=True):
             await in_thread(store.close)
         release()
+
+
+def _refuse_asyncio() -> None:
+    """Point asyncio code to replay.aio: trio's own error there gives no hint."""
+    try:
+        in_asyncio = asyncio.current_task() is not None
+    except RuntimeError:  # no asyncio loop in this thread: plain trio, the usual case
+        return
+    if in_asyncio:
+        raise ReplayError(
+            "replay.open_engine() runs on trio, but it was called from asyncio code; "
+            "use `async with replay.aio.open_engine(...)`, which runs the engine on "
+            "your asyncio loop")
 
 
 @asynccontextmanager

@@ -15,6 +15,7 @@ is sent back again.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from datetime import datetime
 
 import trio
@@ -33,11 +34,14 @@ from replay._engine._slots import RunSlot
 from replay._engine._steps import StepCaller
 from replay._engine._timers import Timers
 from replay._errors import EngineClosed, RunNotFound
-from replay._store import Store
+from replay._store import RunRow, Store
 from replay._types import RunInfo, RunState
 from replay._workflows import Registry
 
 log = logging.getLogger("replay")
+
+# How many of the runs that finished last stay in memory (about 1 KB each).
+RECENTLY_FINISHED = 1000
 
 
 class Scheduler:
@@ -52,18 +56,22 @@ class Scheduler:
         policy: The engine-wide retry and interruption rules.
         cache_size: How many parked machines to keep.
         strict_replay: Check on every wake-up that a replay reaches where it stopped.
+        opened_at: The newest `seq` in the file when the engine opened it.
     """
 
     def __init__(self, store: Store, registry: Registry, clock: EngineClock,
                  committer: Committer, steps: StepCaller, policy: Policy, cache_size: int,
-                 strict_replay: bool) -> None:
+                 strict_replay: bool, opened_at: int) -> None:
         self.clock = clock
         self._store = store
         self._registry = registry
         self._committer = committer
         self._policy = policy
         self._strict_replay = strict_replay
+        self._opened_at = opened_at  # the newest `seq` in the file when it opened
         self._slots: dict[str, RunSlot] = {}
+        self._reading: dict[str, trio.Event] = {}  # runs being read from the file
+        self._finished: OrderedDict[str, RunSlot] = OrderedDict()  # the newest finished
         self.parked = ParkedCache(cache_size, self._evicted)
         self._timers = Timers(clock, self._on_timer)
         self._driver = Driver(self._enqueue, clock, steps, lambda: self.closing)
@@ -72,29 +80,84 @@ class Scheduler:
         self.closed = False
 
     # -- finding runs --
+    #
+    # Only unfinished runs live in memory, and the last `RECENTLY_FINISHED` runs to
+    # finish (a caller often asks about a run right after it ends). Any other finished
+    # run is read from the file when asked for, so that finished runs cost no memory
+    # however many there are.
 
     def slot(self, run_id: str) -> RunSlot:
-        """Return the run's slot.
+        """Return the run's slot (a finished run's may be read from the file, blocking).
 
         Raises:
             RunNotFound: No such run (or its start is not durable yet).
+            EngineClosed: The run must be read from the file, which is closed.
         """
-        slot = self._slots.get(run_id)
+        slot = self._slots.get(run_id) or self._finished.get(run_id)
+        if slot is None:
+            if self.closed:
+                raise EngineClosed(
+                    f"the engine is closed, and run {run_id!r} finished long enough ago to "
+                    "be read from the file; open the engine again to ask about it")
+            slot = self._stored(self._store.run_row(run_id))
         if slot is None or not slot.durable:
             raise RunNotFound(run_id)
         return slot
 
-    def slots(self) -> list[RunSlot]:
-        """Return every run whose start is durable."""
-        return [slot for slot in self._slots.values() if slot.durable]
+    async def adopt(self, run_id: str, keep_finished: bool = False) -> RunSlot:
+        """Return the run's slot, read from the file into memory if need be.
+
+        A finished run read from the file is kept in memory only with `keep_finished`
+        (`resume` runs it again); it is forgotten again when its task lets go. One read
+        per run at a time: a read that began while another call's slot for the run was
+        committing could return a state older than the file's.
+
+        Raises:
+            RunNotFound: No such run (or its start is not durable yet).
+        """
+        finished = self._finished.get(run_id)
+        if finished is not None and keep_finished:
+            self._slots[run_id] = self._finished.pop(run_id)
+        elif finished is not None:
+            return finished
+        while (slot := self._slots.get(run_id)) is None:
+            reading = self._reading.get(run_id)
+            if reading is not None:
+                await reading.wait()
+                continue
+            reading = self._reading[run_id] = trio.Event()
+            try:
+                slot = self._stored(await in_thread(self._store.run_row, run_id))
+            finally:
+                del self._reading[run_id]
+                reading.set()
+            if slot is None:
+                break
+            if keep_finished or not slot.status.finished:
+                self._slots[run_id] = slot
+            break
+        if slot is None or not slot.durable:
+            raise RunNotFound(run_id)
+        return slot
+
+    async def workflow_of(self, run_id: str) -> str | None:
+        """Return the workflow of run `run_id` (in memory or in the file), or None."""
+        slot = self.find(run_id)
+        if slot is not None:
+            return slot.workflow if slot.durable else None
+        return await in_thread(self._store.workflow_of, run_id)
 
     def tasks(self) -> int:
         """Count the runs' tasks alive right now (executing runs)."""
         return 0 if self._nursery is None else len(self._nursery.child_tasks)
 
+    def in_memory(self) -> list[RunSlot]:
+        """Return the slots in memory: unfinished runs and the runs that finished last."""
+        return [*self._slots.values(), *self._finished.values()]
+
     def find(self, run_id: str) -> RunSlot | None:
-        """Return the run's slot even if its start is not durable yet, or None."""
-        return self._slots.get(run_id)
+        """Return the slot of a run in memory (its start may not be durable yet), or None."""
+        return self._slots.get(run_id) or self._finished.get(run_id)
 
     # -- the engine's life --
 
@@ -104,21 +167,23 @@ class Scheduler:
         await services.start(self._timers.run)
 
     async def recover(self, runs: trio.Nursery) -> None:
-        """Load every run and pick up whatever was pending, in the `runs` nursery."""
+        """Load every unfinished run and pick up whatever was pending, in `runs`."""
         self._nursery = runs
-        for row in await in_thread(self._store.load_runs):
-            self._slots[row.run_id] = RunSlot.restored(row)
-        signalled = set(await in_thread(self._store.signalled_while_suspended))
-        for slot in self._slots.values():
+        for row, records in await in_thread(self._store.load_open_runs):
+            slot = self._slots[row.run_id] = RunSlot.restored(row, self._opened_at)
             if slot.status.finished:
-                continue
+                continue  # damaged: failed with the reason, and left alone
             if slot.workflow not in self._registry.functions:
                 log.warning("run %r of workflow %r is left as it is: the workflow is not "
                             "registered with this engine", slot.run_id, slot.workflow)
                 continue
-            if slot.state is RunState.RUNNING or slot.run_id in signalled:
+            history = RunHistory(records)
+            # A signal stored while no engine held the file wakes its suspended run.
+            signalled = (slot.state is RunState.SUSPENDED
+                         and slot.status.waiting_for in history.signals)
+            if slot.state is RunState.RUNNING or signalled:
                 self._claim(slot)
-                self._spawn(slot, None)
+                self._spawn(slot, self._machine(slot, history, input_of(records)))
             elif slot.status.wake_at is not None:
                 self._timers.add(slot.run_id, slot.status.wake_at)
 
@@ -172,6 +237,7 @@ class Scheduler:
         """Record a resume of the run and replay it (a completed or busy run: nothing)."""
         await self.let_go(slot)
         if slot.state is RunState.COMPLETED or slot.active:
+            self.forget_if_idle(slot)
             return
         self._claim(slot)
         self.parked.drop(slot.run_id)
@@ -186,6 +252,7 @@ class Scheduler:
                 machine = self._machine(slot, history, input_of(records))
         except BaseException:
             self._unclaim(slot)
+            self.forget_if_idle(slot)
             raise
         self._spawn(slot, machine)
 
@@ -319,7 +386,19 @@ class Scheduler:
             if machine is not None:
                 machine.close()
             slot.machine = None
+            self.forget_if_idle(slot)
         slot.notify()  # a `resume` or a signal may wait for this task to end
+
+    def _stored(self, row: RunRow | None) -> RunSlot | None:
+        return None if row is None else RunSlot.restored(row, self._opened_at)
+
+    def forget_if_idle(self, slot: RunSlot) -> None:
+        """Keep a finished run no task owns among the recently finished ones only."""
+        if slot.status.finished and not slot.active and self._slots.get(slot.run_id) is slot:
+            del self._slots[slot.run_id]
+            self._finished[slot.run_id] = slot
+            if len(self._finished) > RECENTLY_FINISHED:
+                self._finished.popitem(last=False)  # read from the file from now on
 
     def _on_timer(self, run_id: str) -> None:
         slot = self._slots.get(run_id)

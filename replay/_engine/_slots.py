@@ -3,8 +3,9 @@
 A slot changes only by applying records *after* they are committed (`apply`), so
 whatever `status()`, `runs()` or `Run.wait()` report is already durable. Its status is
 the core's run-state fold; its `machine` is the run's execution while it runs or is
-parked in the cache. Who owns the run (`active`, `settling`) is written by the
-scheduler alone.
+parked in the cache. Who owns the run (`active`) is written by the scheduler alone;
+`settling` is set as a record that parks or ends an owned run commits (`apply`) and
+cleared by the scheduler when the run's task lets go.
 """
 
 from __future__ import annotations
@@ -56,8 +57,12 @@ class RunSlot:
         self._durable: trio.Event | None = None
 
     @classmethod
-    def restored(cls, row: RunRow) -> RunSlot:
-        """Return the slot of a run as the file had it when the engine opened."""
+    def restored(cls, row: RunRow, opened_at: int = 0) -> RunSlot:
+        """Return the slot of a run as the file has it.
+
+        A run started after `seq` `opened_at` (by this engine) has no earlier process
+        to die in: its first attempt needs no start mark.
+        """
         state = RunState(row.state)
         status = RunStatus(
             state, waiting_for=row.waiting_for, wake_at=row.wake_at,
@@ -68,6 +73,7 @@ class RunSlot:
             message=row.value if state is RunState.FAILED else None)
         slot = cls(row.run_id, row.workflow, status, row.created_at)
         slot.updated_at = row.updated_at
+        slot.needs_start_mark = row.started_seq <= opened_at
         slot.mark_durable()
         return slot
 

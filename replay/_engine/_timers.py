@@ -9,7 +9,7 @@ engine checks the run's durable state when the entry fires.
 In real time the engine clock can drift from trio's clock (the machine was suspended,
 NTP stepped the wall clock). The timer task checks the drift at most once a second
 while deadlines are pending and re-anchors the clock, so deadlines recorded as wall
-time still fire at the right wall time (SPEC §4.8).
+time still fire at the right wall time.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ class RunRow:
     error_type: str | None
     error: str | None
     value: bytes | None
+    started_seq: int = 0
 
 
 def run_row(row: tuple[Any, ...], path: str) -> RunRow:
@@ -38,16 +39,18 @@ def run_row(row: tuple[Any, ...], path: str) -> RunRow:
     does not keep the others from running; nothing is written.
     """
     (run_id, workflow, state, created_at, updated_at, key, wake_at, status_text, error_type,
-     error, value) = row
+     error, value, started_seq) = row
     problem = _run_problem(workflow, state, created_at)
     if problem is None:
         return RunRow(run_id, workflow, state, utc(created_at), utc(updated_at), key,
-                      utc_or_none(wake_at), status_text, error_type, error, value)
+                      utc_or_none(wake_at), status_text, error_type, error, value,
+                      started_seq or 0)
     message = (f"run {run_id!r} is damaged in {path!r}: {problem}; repair its rows in "
                "replay_event_log, or restore the file from a backup, and open it again")
     at = utc(created_at or updated_at or _EPOCH)
     return RunRow(run_id, workflow or "", "failed", at, utc(updated_at or at), None, None,
-                  None, "replay.DatabaseError", message, encode(message, key="error"))
+                  None, "replay.DatabaseError", message, encode(message, key="error"),
+                  started_seq or 0)
 
 
 def _run_problem(workflow: str | None, state: str | None, created_at: datetime | None

@@ -25,8 +25,11 @@ from replay._store._rows import RunRow, history_records, memo_record, run_row, u
 from replay._store._schema import (
     COLUMNS,
     MEMO_COLUMNS,
+    ONE_RUN,
+    OPEN_RUN_MEMOS,
+    OPEN_RUNS,
     RUN_SUMMARY,
-    SIGNALLED_WHILE_SUSPENDED,
+    RUN_WORKFLOW,
     check_schema,
 )
 
@@ -65,23 +68,40 @@ class Store:
 
     # -- reads (each on its own cursor: a DuckDB connection is single-threaded) --
 
-    def load_runs(self) -> list[RunRow]:
-        """Return every run's current state (one query)."""
-        return [run_row(row, self.path) for row in self._read(RUN_SUMMARY, [])]
+    def load_open_runs(self) -> list[tuple[RunRow, list[Record]]]:
+        """Return every unfinished run's state and memo records (two queries).
+
+        A damaged run is returned as failed (see `run_row`), with no records.
+        """
+        memos: dict[str, list[Record]] = {}
+        for run_id, workflow, *row in self._read(OPEN_RUN_MEMOS, []):
+            memos.setdefault(run_id, []).append(memo_record(run_id, workflow, tuple(row)))
+        return [(row, memos.get(row.run_id, []) if row.state != "failed" else [])
+                for row in (run_row(raw, self.path) for raw in self._read(OPEN_RUNS, []))]
+
+    def run_row(self, run_id: str) -> RunRow | None:
+        """Return one run's state (by the run_id index), or None if there is no such run."""
+        rows = self._read(ONE_RUN, [run_id])
+        return run_row(rows[0], self.path) if rows else None
 
     def last_seq_and_time(self) -> tuple[int, datetime | None]:
         """Return the largest `seq` and `recorded_at` in the file."""
         seq, at = self._read("SELECT max(seq), max(recorded_at) FROM replay_event_log", [])[0]
         return int(seq or 0), utc_or_none(at)
 
-    def signalled_while_suspended(self) -> list[str]:
-        """Return runs suspended on a key whose signal is already in their mailbox.
+    def workflow_of(self, run_id: str) -> str | None:
+        """Return the workflow of run `run_id`, or None if there is no such run."""
+        rows = self._read(RUN_WORKFLOW, [run_id])
+        return rows[0][0] if rows else None
 
-        Only a signal stored while no engine held the file gets there (an engine wakes
-        the run as it records the signal).
-        """
-        rows = self._read(SIGNALLED_WHILE_SUSPENDED, [])
-        return [row[0] for row in rows]
+    def list_runs(self, state: str | None, workflow: str | None, limit: int) -> list[RunRow]:
+        """Return runs newest first (by creation), filtered by state and workflow."""
+        rows = self._read(
+            f"SELECT * FROM ({RUN_SUMMARY}) WHERE ($1 IS NULL OR run_state = $1) "
+            "AND ($2 IS NULL OR workflow = $2) ORDER BY recorded_at DESC, seq DESC "
+            "LIMIT $3",
+            [state, workflow, limit])
+        return [run_row(row, self.path) for row in rows]
 
     def load_history(self, run_id: str) -> list[Record]:
         """Return every record of one run in `seq` order (one query).
