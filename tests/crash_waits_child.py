@@ -192,7 +192,7 @@ async def race(engine: replay.Engine, config: dict[str, Any]) -> dict[str, Any]:
     # Patched before the body's first checkpoint: the due timer has not fired yet.
     store.load_memo = slow_load  # type: ignore[method-assign]
     [run_id] = config["signals"]
-    lock = internals(engine).scheduler.find(run_id).lock
+    lock = internals(engine).scheduler.runs.find(run_id).lock
     outcome: dict[str, str] = {}
 
     async def send() -> None:

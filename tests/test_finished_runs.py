@@ -14,7 +14,7 @@ import trio
 
 import replay
 from replay import Step, Suspend
-from replay._engine import _scheduler
+from replay._engine import _runs
 from replay._engine._facade import internals
 
 calls: list[str] = []
@@ -22,7 +22,7 @@ calls: list[str] = []
 
 @pytest.fixture(autouse=True)
 def _small_window(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setattr(_scheduler, "RECENTLY_FINISHED", 2)
+    monkeypatch.setattr(_runs, "RECENTLY_FINISHED", 2)
     calls.clear()
     yield
 
@@ -58,7 +58,7 @@ def waits():  # type: ignore[no-untyped-def]
 
 
 def in_memory(engine: replay.Engine, run_id: str) -> bool:
-    return internals(engine).scheduler.find(run_id) is not None
+    return internals(engine).scheduler.runs.find(run_id) is not None
 
 
 async def finish_several(engine: replay.Engine, count: int = 4) -> None:

@@ -60,7 +60,7 @@ async def shows(engine: replay.Engine, run_id: str, state: RunState) -> bool:
     """
     while engine.status(run_id).state is not state:
         await trio.lowlevel.checkpoint()
-    return internals(engine).scheduler.find(run_id).active
+    return internals(engine).scheduler.runs.find(run_id).active
 
 
 async def deploy_then_resume(engine: replay.Engine, workflow: Callable[..., Any],

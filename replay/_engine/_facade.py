@@ -88,14 +88,14 @@ class Engine:
         name = self._registry.name_of(workflow)
         run_id_given = run_id is not None
         run_id = uuid.uuid4().hex if run_id is None else checked_run_id(run_id)
-        existing = self._scheduler.find(run_id)
+        existing = self._scheduler.runs.find(run_id)
         if existing is not None:
             return await self._existing(existing, name)
         if run_id_given:
-            stored = await self._scheduler.workflow_of(run_id)  # a finished run, maybe
+            stored = await self._scheduler.runs.workflow_of(run_id)  # a finished run, maybe
             if stored is not None:
                 return self._stored(run_id, stored, name)
-            existing = self._scheduler.find(run_id)  # started meanwhile?
+            existing = self._scheduler.runs.find(run_id)  # started meanwhile?
             if existing is not None:
                 return await self._existing(existing, name)
         arguments = Encoded(encode(args, key="input"), to_json(list(args)))
@@ -117,11 +117,11 @@ class Engine:
             EngineClosed: The engine is closed or closing.
         """
         self._check_open()
-        slot = await self._scheduler.adopt(run_id, keep_finished=True)
+        slot = await self._scheduler.runs.adopt(run_id, keep_finished=True)
         try:
             self._registry.name_of(slot.workflow)
         except BaseException:
-            self._scheduler.forget_if_idle(slot)
+            self._scheduler.runs.forget_if_idle(slot)
             raise
         await self._scheduler.resume(slot)
         return Run(self._scheduler, run_id, slot.workflow)
@@ -144,7 +144,7 @@ class Engine:
         """
         self._check_open()
         key = checked_key(key)
-        slot = await self._scheduler.adopt(run_id)
+        slot = await self._scheduler.runs.adopt(run_id)
         await self._scheduler.signal(slot, key, Encoded(encode(payload, key=key), to_json(payload)))
         warning = misdirected_signal(slot.info(decode), key)
         if warning is not None:
@@ -206,7 +206,7 @@ class Engine:
             # The file is closed: list what is still in memory (the unfinished runs and
             # those that finished last).
             # Reversed first: the stable sort then lists ties newest first, as the file does.
-            slots = [s for s in reversed(self._scheduler.in_memory()) if s.durable
+            slots = [s for s in reversed(self._scheduler.runs.in_memory()) if s.durable
                      and (wanted is None or s.state is wanted)
                      and (workflow is None or s.workflow == workflow)]
             slots.sort(key=lambda s: s.created_at, reverse=True)
@@ -223,7 +223,7 @@ class Engine:
             EngineClosed: The engine is closed.
         """
         self._check_open(allow_closing=True)
-        if await self._scheduler.workflow_of(run_id) is None:
+        if await self._scheduler.runs.workflow_of(run_id) is None:
             raise RunNotFound(run_id)
         records = await in_thread(self._store.load_history, run_id)
         return [event_of(record) for record in records]
@@ -265,7 +265,7 @@ class Engine:
             EngineClosed: The engine is closed.
         """
         self._check_open(allow_closing=True)
-        workflow = await self._scheduler.workflow_of(run_id)
+        workflow = await self._scheduler.runs.workflow_of(run_id)
         if workflow is None:
             raise RunNotFound(run_id)
         records = await in_thread(self._store.load_history, run_id)

@@ -15,7 +15,6 @@ is sent back again.
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from datetime import datetime
 
 import trio
@@ -30,18 +29,16 @@ from replay._engine._clock import EngineClock, in_thread
 from replay._engine._committer import Committer
 from replay._engine._driver import Driver, Parked
 from replay._engine._parking import ParkedCache
+from replay._engine._runs import RunTable
 from replay._engine._slots import RunSlot
 from replay._engine._steps import StepCaller
 from replay._engine._timers import Timers
-from replay._errors import EngineClosed, RunNotFound
-from replay._store import RunRow, Store
+from replay._errors import EngineClosed
+from replay._store import Store
 from replay._types import RunInfo, RunState
 from replay._workflows import Registry
 
 log = logging.getLogger("replay")
-
-# How many of the runs that finished last stay in memory (about 1 KB each).
-RECENTLY_FINISHED = 1000
 
 
 class Scheduler:
@@ -68,10 +65,7 @@ class Scheduler:
         self._committer = committer
         self._policy = policy
         self._strict_replay = strict_replay
-        self._opened_at = opened_at  # the newest `seq` in the file when it opened
-        self._slots: dict[str, RunSlot] = {}
-        self._reading: dict[str, trio.Event] = {}  # runs being read from the file
-        self._finished: OrderedDict[str, RunSlot] = OrderedDict()  # the newest finished
+        self.runs = RunTable(store, opened_at)
         self.parked = ParkedCache(cache_size, self._evicted)
         self._timers = Timers(clock, self._on_timer)
         self._driver = Driver(self._enqueue, clock, steps, lambda: self.closing)
@@ -79,85 +73,18 @@ class Scheduler:
         self.closing = False
         self.closed = False
 
-    # -- finding runs --
-    #
-    # Only unfinished runs live in memory, and the last `RECENTLY_FINISHED` runs to
-    # finish (a caller often asks about a run right after it ends). Any other finished
-    # run is read from the file when asked for, so that finished runs cost no memory
-    # however many there are.
-
     def slot(self, run_id: str) -> RunSlot:
-        """Return the run's slot (a finished run's may be read from the file, blocking).
+        """Return the run's slot (see `RunTable.slot`).
 
         Raises:
-            RunNotFound: No such run (or its start is not durable yet).
+            RunNotFound: No such run.
             EngineClosed: The run must be read from the file, which is closed.
         """
-        slot = self._slots.get(run_id) or self._finished.get(run_id)
-        if slot is None:
-            if self.closed:
-                raise EngineClosed(
-                    f"the engine is closed, and run {run_id!r} finished long enough ago to "
-                    "be read from the file; open the engine again to ask about it")
-            slot = self._stored(self._store.run_row(run_id))
-        if slot is None or not slot.durable:
-            raise RunNotFound(run_id)
-        return slot
-
-    async def adopt(self, run_id: str, keep_finished: bool = False) -> RunSlot:
-        """Return the run's slot, read from the file into memory if need be.
-
-        A finished run read from the file is kept in memory only with `keep_finished`
-        (`resume` runs it again); it is forgotten again when its task lets go. One read
-        per run at a time: a read that began while another call's slot for the run was
-        committing could return a state older than the file's.
-
-        Raises:
-            RunNotFound: No such run (or its start is not durable yet).
-        """
-        finished = self._finished.get(run_id)
-        if finished is not None and keep_finished:
-            self._slots[run_id] = self._finished.pop(run_id)
-        elif finished is not None:
-            return finished
-        while (slot := self._slots.get(run_id)) is None:
-            reading = self._reading.get(run_id)
-            if reading is not None:
-                await reading.wait()
-                continue
-            reading = self._reading[run_id] = trio.Event()
-            try:
-                slot = self._stored(await in_thread(self._store.run_row, run_id))
-            finally:
-                del self._reading[run_id]
-                reading.set()
-            if slot is None:
-                break
-            if keep_finished or not slot.status.finished:
-                self._slots[run_id] = slot
-            break
-        if slot is None or not slot.durable:
-            raise RunNotFound(run_id)
-        return slot
-
-    async def workflow_of(self, run_id: str) -> str | None:
-        """Return the workflow of run `run_id` (in memory or in the file), or None."""
-        slot = self.find(run_id)
-        if slot is not None:
-            return slot.workflow if slot.durable else None
-        return await in_thread(self._store.workflow_of, run_id)
+        return self.runs.slot(run_id, self.closed)
 
     def tasks(self) -> int:
         """Count the runs' tasks alive right now (executing runs)."""
         return 0 if self._nursery is None else len(self._nursery.child_tasks)
-
-    def in_memory(self) -> list[RunSlot]:
-        """Return the slots in memory: unfinished runs and the runs that finished last."""
-        return [*self._slots.values(), *self._finished.values()]
-
-    def find(self, run_id: str) -> RunSlot | None:
-        """Return the slot of a run in memory (its start may not be durable yet), or None."""
-        return self._slots.get(run_id) or self._finished.get(run_id)
 
     # -- the engine's life --
 
@@ -170,7 +97,7 @@ class Scheduler:
         """Load every unfinished run and pick up whatever was pending, in `runs`."""
         self._nursery = runs
         for row, records in await in_thread(self._store.load_open_runs):
-            slot = self._slots[row.run_id] = RunSlot.restored(row, self._opened_at)
+            slot = self.runs.add(self.runs.restored(row))
             if slot.status.finished:
                 continue  # damaged: failed with the reason, and left alone
             if slot.workflow not in self._registry.functions:
@@ -199,7 +126,7 @@ class Scheduler:
         """The engine is closed: drop parked machines and wake every waiter."""
         self.closed = True
         self.parked.clear()
-        for slot in self._slots.values():
+        for slot in self.runs.live.values():
             slot.notify()
 
     def check_open(self, allow_closing: bool = False) -> None:
@@ -222,12 +149,12 @@ class Scheduler:
         slot = RunSlot(run_id, workflow, RunStatus(RunState.RUNNING), self.clock.now())
         self._claim(slot)
         slot.needs_start_mark = False  # no earlier process ran it
-        self._slots[run_id] = slot
+        self.runs.add(slot)
         record = Run(run_id, workflow).started(arguments)
         try:
             await self._committer.commit(record, slot.apply)
         except BaseException:
-            del self._slots[run_id]
+            self.runs.live.pop(run_id, None)
             raise
         slot.created_at = record.recorded_at or slot.created_at
         slot.mark_durable()
@@ -237,7 +164,7 @@ class Scheduler:
         """Record a resume of the run and replay it (a completed or busy run: nothing)."""
         await self.let_go(slot)
         if slot.state is RunState.COMPLETED or slot.active:
-            self.forget_if_idle(slot)
+            self.runs.forget_if_idle(slot)
             return
         self._claim(slot)
         self.parked.drop(slot.run_id)
@@ -252,7 +179,7 @@ class Scheduler:
                 machine = self._machine(slot, history, input_of(records))
         except BaseException:
             self._unclaim(slot)
-            self.forget_if_idle(slot)
+            self.runs.forget_if_idle(slot)
             raise
         self._spawn(slot, machine)
 
@@ -321,7 +248,7 @@ class Scheduler:
             RunNotFound: No such run.
             EngineClosed: The engine closed first.
         """
-        slot = self.slot(run_id)
+        slot = self.runs.slot(run_id, self.closed)
         # A suspended run that is executing (replaying after `resume`) has not settled.
         while slot.state not in states or (slot.active and slot.state is RunState.SUSPENDED):
             if self.closed:
@@ -337,7 +264,7 @@ class Scheduler:
         Raises:
             RunNotFound: No such run.
         """
-        slot = self.slot(run_id)
+        slot = self.runs.slot(run_id, self.closed)
         while slot.active and not self.closed:
             await slot.wait_changed()
         return slot.info(decode)
@@ -386,22 +313,11 @@ class Scheduler:
             if machine is not None:
                 machine.close()
             slot.machine = None
-            self.forget_if_idle(slot)
+            self.runs.forget_if_idle(slot)
         slot.notify()  # a `resume` or a signal may wait for this task to end
 
-    def _stored(self, row: RunRow | None) -> RunSlot | None:
-        return None if row is None else RunSlot.restored(row, self._opened_at)
-
-    def forget_if_idle(self, slot: RunSlot) -> None:
-        """Keep a finished run no task owns among the recently finished ones only."""
-        if slot.status.finished and not slot.active and self._slots.get(slot.run_id) is slot:
-            del self._slots[slot.run_id]
-            self._finished[slot.run_id] = slot
-            if len(self._finished) > RECENTLY_FINISHED:
-                self._finished.popitem(last=False)  # read from the file from now on
-
     def _on_timer(self, run_id: str) -> None:
-        slot = self._slots.get(run_id)
+        slot = self.runs.live.get(run_id)
         if slot is None or slot.active or self.closing or not slot.status.waiting:
             return
         wake_at = slot.status.wake_at
@@ -411,7 +327,7 @@ class Scheduler:
 
     def _evicted(self, run_id: str) -> None:
         """The cache dropped (and closed) a parked run's machine."""
-        slot = self._slots.get(run_id)
+        slot = self.runs.live.get(run_id)
         if slot is not None:
             slot.machine = None
 

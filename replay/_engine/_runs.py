@@ -1,0 +1,125 @@
+"""`RunTable`: which runs the engine holds in memory, and finding the others in the file.
+
+Only unfinished runs live in memory (`live`), and the last `RECENTLY_FINISHED` runs to
+finish (a caller often asks about a run right after it ends). Any other finished run
+is read from the file when asked for, so finished runs cost no memory however many
+there are. The scheduler decides when a run moves between them; this table only keeps
+them and reads the file.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import trio
+
+from replay._engine._clock import in_thread
+from replay._engine._slots import RunSlot
+from replay._errors import EngineClosed, RunNotFound
+from replay._store import RunRow, Store
+
+# How many of the runs that finished last stay in memory (about 1 KB each).
+RECENTLY_FINISHED = 1000
+
+
+class RunTable:
+    """The runs of one engine, in memory or in its file.
+
+    Args:
+        store: The open database.
+        opened_at: The newest `seq` in the file when the engine opened it.
+    """
+
+    def __init__(self, store: Store, opened_at: int) -> None:
+        self._store = store
+        self._opened_at = opened_at
+        self.live: dict[str, RunSlot] = {}  # unfinished runs, and finished ones owned
+        self._finished: OrderedDict[str, RunSlot] = OrderedDict()  # the newest finished
+        self._reading: dict[str, trio.Event] = {}  # runs being read from the file
+
+    def find(self, run_id: str) -> RunSlot | None:
+        """Return the slot of a run in memory (its start may not be durable yet), or None."""
+        return self.live.get(run_id) or self._finished.get(run_id)
+
+    def in_memory(self) -> list[RunSlot]:
+        """Return the slots in memory: unfinished runs and the runs that finished last."""
+        return [*self.live.values(), *self._finished.values()]
+
+    def add(self, slot: RunSlot) -> RunSlot:
+        """Hold `slot` in memory (a new run, or one read from the file)."""
+        self.live[slot.run_id] = slot
+        return slot
+
+    def restored(self, row: RunRow) -> RunSlot:
+        """Return the slot of a run as the file has it."""
+        return RunSlot.restored(row, self._opened_at)
+
+    def slot(self, run_id: str, closed: bool) -> RunSlot:
+        """Return the run's slot (a finished run's may be read from the file, blocking).
+
+        Raises:
+            RunNotFound: No such run (or its start is not durable yet).
+            EngineClosed: The run must be read from the file, which is `closed`.
+        """
+        slot = self.find(run_id)
+        if slot is None:
+            if closed:
+                raise EngineClosed(
+                    f"the engine is closed, and run {run_id!r} finished long enough ago to "
+                    "be read from the file; open the engine again to ask about it")
+            slot = self._stored(self._store.run_row(run_id))
+        if slot is None or not slot.durable:
+            raise RunNotFound(run_id)
+        return slot
+
+    async def adopt(self, run_id: str, keep_finished: bool = False) -> RunSlot:
+        """Return the run's slot, read from the file into memory if need be.
+
+        A finished run read from the file is kept in memory only with `keep_finished`
+        (`resume` runs it again); it leaves again when its task lets go. One read per
+        run at a time: a read that began while another call's slot for the run was
+        committing could return a state older than the file's.
+
+        Raises:
+            RunNotFound: No such run (or its start is not durable yet).
+        """
+        if keep_finished and run_id in self._finished:
+            self.add(self._finished.pop(run_id))
+        slot = self.find(run_id)
+        while slot is None:
+            reading = self._reading.get(run_id)
+            if reading is not None:
+                await reading.wait()
+                slot = self.find(run_id)
+                continue
+            reading = self._reading[run_id] = trio.Event()
+            try:
+                slot = self._stored(await in_thread(self._store.run_row, run_id))
+            finally:
+                del self._reading[run_id]
+                reading.set()
+            if slot is None:
+                break
+            if keep_finished or not slot.status.finished:
+                self.add(slot)
+        if slot is None or not slot.durable:
+            raise RunNotFound(run_id)
+        return slot
+
+    async def workflow_of(self, run_id: str) -> str | None:
+        """Return the workflow of run `run_id` (in memory or in the file), or None."""
+        slot = self.find(run_id)
+        if slot is not None:
+            return slot.workflow if slot.durable else None
+        return await in_thread(self._store.workflow_of, run_id)
+
+    def forget_if_idle(self, slot: RunSlot) -> None:
+        """Keep a finished run no task owns among the recently finished ones only."""
+        if slot.status.finished and not slot.active and self.live.get(slot.run_id) is slot:
+            del self.live[slot.run_id]
+            self._finished[slot.run_id] = slot
+            if len(self._finished) > RECENTLY_FINISHED:
+                self._finished.popitem(last=False)  # read from the file from now on
+
+    def _stored(self, row: RunRow | None) -> RunSlot | None:
+        return None if row is None else self.restored(row)
