@@ -1,4 +1,4 @@
-"""What the run machine decides, and what the engine reports back to it.
+"""What the run machine decides, what it is given, and what the engine reports back.
 
 Every decision carries the records to commit before acting on it (outcomes just
 decided, early signals taken, renamed steps) and the warnings to log. The engine
@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from replay._commands import Step
 from replay._core._records import Record
+from replay._retry import Retry
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,3 +82,24 @@ class Outcome:
     ok: bool
     value: Any
     duration_ms: float | None
+
+
+class Codec(Protocol):
+    """How the machine turns values into recorded bytes and back (msgpack, in the engine)."""
+
+    def encode(self, value: object, key: str) -> bytes:
+        """Encode `value` (the value of `key`); raise `EncodingError` if it cannot be."""
+
+    def decode(self, data: bytes) -> Any:
+        """Decode recorded bytes into a fresh object; raise `EncodingError` if damaged."""
+
+    def to_json(self, value: object) -> str | None:
+        """Render `value` as JSON text for SQL (None if it has no rendering)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The engine-wide rules: the default `Retry` and the interruptions a step may cause."""
+
+    default_retry: Retry
+    max_interruptions: int

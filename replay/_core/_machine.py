@@ -30,16 +30,17 @@ that ended a failed run is voided, so that step runs again with fresh budgets.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from replay._commands import Command, Sleep, Step, Suspend
 from replay._core._decisions import (
     Action,
     Attempt,
+    Codec,
     Ended,
     Outcome,
+    Policy,
     WaitForSignal,
     WaitUntil,
 )
@@ -65,29 +66,7 @@ from replay._errors import (
     message_of,
     qualified_name,
 )
-from replay._retry import Retry
 from replay._types import RunState
-
-
-class Codec(Protocol):
-    """How the machine turns values into recorded bytes and back (msgpack, in the engine)."""
-
-    def encode(self, value: object, key: str) -> bytes:
-        """Encode `value` (the value of `key`); raise `EncodingError` if it cannot be."""
-
-    def decode(self, data: bytes) -> Any:
-        """Decode recorded bytes into a fresh object; raise `EncodingError` if damaged."""
-
-    def to_json(self, value: object) -> str | None:
-        """Render `value` as JSON text for SQL (None if it has no rendering)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Policy:
-    """The engine-wide rules: the default `Retry` and the interruptions a step may cause."""
-
-    default_retry: Retry
-    max_interruptions: int
 
 
 class RunMachine:

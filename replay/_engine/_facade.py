@@ -18,7 +18,7 @@ from typing import Any, NamedTuple, TypeVar
 from replay._checks import checked_key, checked_run_id, checked_state
 from replay._codec import decode, encode, to_json
 from replay._codec._export import event_of, write_history
-from replay._core._machine import Policy
+from replay._core._decisions import Policy
 from replay._core._records import Encoded
 from replay._core._signals import misdirected_signal
 from replay._engine._clock import EngineClock, busy_thread, in_thread

@@ -20,8 +20,9 @@ from datetime import datetime
 import trio
 
 from replay._codec import CODEC, decode
+from replay._core._decisions import Policy
 from replay._core._history import RunHistory
-from replay._core._machine import Policy, RunMachine, resumed_record
+from replay._core._machine import RunMachine, resumed_record
 from replay._core._records import Encoded, Record, Run
 from replay._core._signals import check_signal
 from replay._core._state import RunStatus
