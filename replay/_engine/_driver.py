@@ -115,17 +115,15 @@ class Driver:
         mailbox when the machine decides, or arrives once the run is parked (or
         settling) and wakes it. None is lost in between, and none races a timeout.
         """
+        records = () if wait is None else wait.records
         async with slot.lock:
-            if wait is None:
+            while True:
+                await self._commit(slot, records)
                 action = machine.wake(self._clock.now())
-            else:
-                await self._commit(slot, wait.records)
-                action = machine.wake(self._clock.now())
-            while isinstance(action, WaitForSignal) and not (action.settled
+                if not isinstance(action, WaitForSignal) or (action.settled
                                                              and not action.records):
-                await self._commit(slot, action.records)
-                action = machine.wake(self._clock.now())
-        return action
+                    return action
+                records = action.records
 
     async def _attempt(self, slot: RunSlot, machine: RunMachine, attempt: Attempt) -> Action:
         """Make the attempt and return the machine's next decision."""
