@@ -169,9 +169,9 @@ class RunMachine:
         result = self._resume().reconsider(pending)
         if isinstance(result, Pending) and isinstance(result.command, Suspend):
             action = self._suspended(result.command, result.record, now)
-            if action is not None:
+            if not isinstance(action, SuspendTimeout):
                 return action
-            result = self._resume().throw(SuspendTimeout(self.run.run_id, result.command.key))
+            result = self._resume().throw(action)
         return self._decide(result, now)
 
     def deliver(self, record: Record) -> None:
@@ -270,8 +270,8 @@ class RunMachine:
         return WaitForSignal(*self._flush(), key=suspend.key, deadline=deadline, settled=False)
 
     def _suspended(self, suspend: Suspend, record: KeyRecord | None,
-                   now: datetime) -> Action | None:
-        """Wait for the signal (recorded the first time); None: the deadline passed."""
+                   now: datetime) -> Action | SuspendTimeout:
+        """Wait for the signal (recorded the first time), or time out: the error to throw."""
         key = suspend.key
         if record is None:
             deadline = None if suspend.timeout is None else now + suspend.timeout
@@ -283,7 +283,7 @@ class RunMachine:
         timeout = SuspendTimeout(self.run.run_id, key)
         self._emit(self.run.suspend_timed_out(key, record.wake_at, ErrorText(
             qualified_name(SuspendTimeout), (), str(timeout))))
-        return None
+        return timeout
 
     def _step_failed(self, step: Step, attempt: int, error: BaseException,
                      duration_ms: float | None, now: datetime) -> Action:
