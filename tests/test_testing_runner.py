@@ -13,7 +13,7 @@ import trio.testing
 import replay
 from replay import Retry, RunState, Sleep, Step, Suspend
 from replay.testing import RunResult, run_workflow, run_workflow_async
-from replay.testing._runner import _key_in
+from replay.testing._run_workflow import _key_in
 
 ledger: list[str] = []
 

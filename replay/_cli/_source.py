@@ -20,7 +20,7 @@ from replay._channel._protocol import socket_path
 from replay._checks import checked_key
 from replay._codec import encode, to_json
 from replay._core._history import RunHistory
-from replay._core._records import Record
+from replay._core._records import Encoded, Run
 from replay._core._signals import check_signal, misdirected_signal
 from replay._core._state import RunStatus, fold
 from replay._errors import DatabaseLocked, ReplayError, RunNotFound
@@ -224,9 +224,10 @@ class FileSource:
         parked_here = status.state is RunState.SUSPENDED and status.waiting_for == key
         check_signal(run_id, status.state, history, key, parked_here)
         seq, _ = self._access.last_seq_and_time()
-        self._access.append(Record(run_id, row.workflow, "signal", "signalled", key=key,
-                                   value=data, value_json=value_json, recorded_at=self.now(),
-                                   seq=seq + 1))
+        # Not the run's state: the engine that opens the file next wakes the run.
+        record = Run(run_id, row.workflow).signalled(key, Encoded(data, value_json), None)
+        record.seq, record.recorded_at = seq + 1, self.now()
+        self._access.append(record)
         info = RunInfo(run_id, row.workflow, status.state, row.created_at, row.updated_at,
                        waiting_for=status.waiting_for)
         return status.state.value, misdirected_signal(info, key)

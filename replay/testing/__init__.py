@@ -18,7 +18,7 @@ random number or a global outside a step fails with `replay.NondeterminismError`
 
 from replay.testing._engines import open_test_engine, set_virtual_start, wait_for_state
 from replay.testing._replaying import HistoryReport, check_history
-from replay.testing._runner import RunResult, run_workflow, run_workflow_async
+from replay.testing._run_workflow import RunResult, run_workflow, run_workflow_async
 
 __all__ = [
     "HistoryReport",
