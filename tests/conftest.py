@@ -9,11 +9,23 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
+import duckdb
 import pytest
 import trio
 import trio.testing
+
+from replay._core._records import Record
+from replay._core._state import RunStatus, fold
+from replay._errors import DatabaseError
+from replay._store import Store, utc_or_none
+from replay._store._rows import history_records
+from replay._store._schema import COLUMNS
+from replay._types import RunState
 
 
 @pytest.fixture
@@ -45,3 +57,143 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def db(tmp_path: object) -> Iterator[str]:
     """A path for a fresh database file."""
     yield str(tmp_path / "test.duckdb")  # type: ignore[operator]
+
+
+# -- Every file a test closes: the replay_runs view agrees with the run-state fold --
+#
+# `replay._core._state.fold` (Python: the engine, the command line, the history checker)
+# and the `replay_runs` view (SQL: what users query) both derive a run's state from its
+# newest state-carrying record. Whenever a store closes a database file during the test
+# session, every run in the file is compared (two queries on one snapshot, just before
+# the file closes), and the test that was running fails on a disagreement. In-memory
+# stores are skipped, and so are runs a test damaged on purpose (a missing
+# `recorded_at`, an unknown state): the fold refuses those by design.
+
+_VIEW_ROWS = ("SELECT run_id, state, waiting_for, wake_at, status_text, error_type, error, "
+              "output_json FROM replay_runs ORDER BY run_id")
+_STATES = frozenset(state.value for state in RunState)
+_fold_disagreements: list[str] = []
+_fold_checks: dict[str, float] = {"files": 0, "runs": 0, "seconds": 0.0}
+_fold_lock = threading.Lock()
+
+
+def view_disagreements(con: duckdb.DuckDBPyConnection, path: str) -> tuple[int, list[str]]:
+    """Compare `replay_runs` with `fold` for every run of the file open on `con`.
+
+    Returns:
+        How many runs were compared, and one line per disagreement.
+    """
+    cursor = con.cursor()
+    try:
+        cursor.execute("BEGIN TRANSACTION")  # both reads see the same records
+        view = cursor.execute(_VIEW_ROWS).fetchall()
+        rows = cursor.execute(
+            f"SELECT {COLUMNS} FROM replay_event_log ORDER BY run_id, seq").fetchall()
+        cursor.execute("COMMIT")
+    finally:
+        cursor.close()
+    by_run: dict[Any, list[tuple[Any, ...]]] = {}
+    for row in rows:
+        by_run.setdefault(row[1], []).append(row)
+    problems: list[str] = []
+    compared: set[str] = set()
+    for run_id, *columns in view:
+        run_rows = by_run.get(run_id, [])
+        if _damaged(run_rows):
+            continue
+        records = history_records(run_rows, path)
+        compared.add(run_id)
+        status = fold(records)
+        shown = (columns[0], columns[1], utc_or_none(columns[2]), *columns[3:])
+        expected = None if status is None else _view_columns(status, records)
+        if shown != expected:
+            problems.append(f"{path}: run {run_id!r}: replay_runs has (state, waiting_for, "
+                            f"wake_at, status_text, error_type, error, output_json) = "
+                            f"{shown!r}, the fold of its {len(records)} records gives "
+                            f"{expected!r}")
+    for run_id, run_rows in by_run.items():
+        started = any(row[4] == "run" and row[5] == "started" for row in run_rows)
+        if started and run_id not in compared and not _damaged(run_rows):
+            status = fold(history_records(run_rows, path))
+            problems.append(f"{path}: run {run_id!r} has a run/started record but no row "
+                            f"in replay_runs; the fold gives {status!r}")
+    return len(compared), problems
+
+
+def _damaged(rows: list[tuple[Any, ...]]) -> bool:
+    """Whether a test damaged the run on purpose: the fold refuses it by design.
+
+    A row without `recorded_at` (the loaders raise `DatabaseError`) or with an unknown
+    run state (the engine loads such a run as failed).
+    """
+    return any(row[11] is None or (row[16] is not None and row[16] not in _STATES)
+               for row in rows)
+
+
+def _view_columns(status: RunStatus, records: list[Record]) -> tuple[Any, ...]:
+    """The `replay_runs` columns a run in `status` should have."""
+    output_json = None
+    if status.output is not None:
+        # The JSON rendering recorded with the very value the fold took as the output.
+        output_json = next(record.value_json for record in reversed(records)
+                           if record.run_state is not None and record.value == status.output)
+    return (status.state.value, status.waiting_for, status.wake_at, status.status_text,
+            status.error_type, status.error, output_json)
+
+
+def _checked_close(close: Callable[[Store], None]) -> Callable[[Store], None]:
+    def checked(store: Store) -> None:
+        if store.path == ":memory:":
+            close(store)
+            return
+        began = time.perf_counter()
+        try:
+            runs, problems = view_disagreements(store._con, store.path)
+        except (duckdb.Error, DatabaseError):
+            runs, problems = 0, []  # a file the test broke: there is nothing to compare
+        except Exception as error:  # a bug in this check: say so, and close the file anyway
+            runs, problems = 0, [f"{store.path}: comparing replay_runs with the fold "
+                                 f"raised {error!r}"]
+        with _fold_lock:
+            _fold_disagreements.extend(problems)
+            _fold_checks["files"] += 1
+            _fold_checks["runs"] += runs
+            _fold_checks["seconds"] += time.perf_counter() - began
+        close(store)
+    return checked
+
+
+def _fail_on_disagreements() -> None:
+    with _fold_lock:
+        found = list(_fold_disagreements)
+        _fold_disagreements.clear()
+    if found:
+        pytest.fail("the replay_runs view disagrees with replay._core._state.fold:\n"
+                    + "\n".join(found), pytrace=False)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fold_check_on_close() -> Iterator[None]:
+    """Wrap `Store.close` for the session: each closed file is compared first."""
+    patch = pytest.MonkeyPatch()
+    patch.setattr(Store, "close", _checked_close(Store.close))
+    try:
+        yield
+    finally:
+        patch.undo()
+    _fail_on_disagreements()  # files closed after the last test
+
+
+@pytest.fixture(autouse=True)
+def _view_agrees_with_fold(_fold_check_on_close: None) -> Iterator[None]:
+    """Fail the test during which a closed file's view and fold disagreed."""
+    yield
+    _fail_on_disagreements()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _fold_checks["files"]:
+        terminalreporter.write_line(
+            f"replay_runs view vs fold: {_fold_checks['runs']:.0f} runs in "
+            f"{_fold_checks['files']:.0f} closed files compared "
+            f"(checking took {_fold_checks['seconds']:.2f} s)")
