@@ -174,6 +174,20 @@ async def test_a_key_takes_one_signal(db: str) -> None:
             await engine.signal("nobody", "approval:v1", 1)
 
 
+async def test_a_key_takes_one_signal_in_an_engine_that_cannot_run_the_workflow(
+        db: str) -> None:
+    # Regression: the engine without the workflow took a second signal for the key.
+    async with replay.open_engine(db, workflows=[approval]) as engine:
+        await (await engine.start(approval, run_id="a1")).wait()
+    async with replay.open_engine(db, workflows=[napper]) as engine:
+        await engine.signal("a1", "approval:v1", "first")
+        assert engine.status("a1").state is RunState.SUSPENDED  # left for its engine
+        with pytest.raises(replay.SignalRejected, match="already has a signal"):
+            await engine.signal("a1", "approval:v1", "second")
+    async with replay.open_engine(db, workflows=[approval]) as engine:
+        assert await engine.get_run("a1").result() == "first"
+
+
 async def test_a_signal_for_a_key_recorded_as_a_step_is_rejected(db: str) -> None:
     async with replay.open_engine(db, workflows=[approval]) as engine:
         run = await engine.start(approval, run_id="a1")

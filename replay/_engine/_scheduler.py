@@ -199,34 +199,34 @@ class Scheduler:
             if slot.letting_go:
                 return False
             status = slot.status
-            parked_here = (status.state is RunState.SUSPENDED and status.waiting_for == key
-                           and not slot.active)
-            history = await self._mailbox(slot, parked_here)
-            check_signal(slot.run_id, status.state, history, key, parked_here)
-            # A run whose workflow is not registered here is left as it is: the signal
-            # waits in its mailbox for an engine that can run it.
-            parked_here = parked_here and slot.workflow in self._registry.functions
-            if parked_here:
+            # It wakes the run if the run is parked on this key and this engine can run
+            # it; a run whose workflow is not registered here is left as it is, and the
+            # signal waits in its mailbox for an engine that can run it.
+            wakes = (status.state is RunState.SUSPENDED and status.waiting_for == key
+                     and not slot.active and slot.workflow in self._registry.functions)
+            history = await self._mailbox(slot, wakes)
+            check_signal(slot.run_id, status.state, history, key, wakes)
+            if wakes:
                 self._claim(slot)  # claimed now: no timer or resume may start it meanwhile
             record = Run(slot.run_id, slot.workflow).signalled(
-                key, payload, RunState.RUNNING if parked_here else None)
+                key, payload, RunState.RUNNING if wakes else None)
             try:
                 await self._committer.commit(record, slot.apply)
             except BaseException:
-                if parked_here:
+                if wakes:
                     self._unclaim(slot)
                 raise
-            if parked_here:
+            if wakes:
                 self._wake(slot)
         return True
 
-    async def _mailbox(self, slot: RunSlot, parked_here: bool) -> RunHistory:
+    async def _mailbox(self, slot: RunSlot, wakes: bool) -> RunHistory:
         """The history a signal is checked against (under the run's lock)."""
         if slot.machine is not None:
             return slot.machine.history
-        if parked_here:
-            # A run parked on this very key has no value for it yet, and its mailbox
-            # limit does not apply: no need to load its history to decide.
+        if wakes:
+            # A run parked on this very key (and woken by this signal) has no value for
+            # it yet, and its mailbox limit does not apply: no need to load its history.
             return RunHistory()
         return RunHistory(await self._load(slot))
 
