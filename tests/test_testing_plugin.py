@@ -201,7 +201,7 @@ def test_failures_skips_and_parameters_behave_as_in_any_test(pytester: pytest.Py
 
 
 def test_a_sync_test_cannot_use_the_engine(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(test_sync='''
+    pytester.makepyfile(test_plain='''
         def test_sync(replay_engine):
             pass
     ''')

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import threading
 from collections.abc import Callable
 from os import PathLike
 
@@ -22,6 +23,7 @@ from replay._retry import Retry
 from replay._store import Store, checked_timeout, file_keys
 
 _OPEN_HERE: set[str] = set()
+_OPEN_LOCK = threading.Lock()
 _LOCK_POLL_SECONDS = 0.05
 
 
@@ -105,30 +107,39 @@ async def open_store(
     deadline = trio.current_time() + lock_timeout
     while True:
         try:
-            store = await _try_open(path, durability)
+            store, claimed = await _try_open(path, durability)
         except DatabaseLocked:
             if trio.current_time() >= deadline:
                 raise
             await trio.sleep(_LOCK_POLL_SECONDS)
             continue
-        # The file exists now: also claim its inode, so hard links find it taken.
-        claimed = file_keys(path)
-        _OPEN_HERE.update(claimed)
-        return store, functools.partial(_OPEN_HERE.difference_update, claimed)
+        return store, functools.partial(_release, claimed)
 
 
-async def _try_open(path: str, durability: str) -> Store:
+async def _try_open(path: str, durability: str) -> tuple[Store, set[str]]:
     keys = file_keys(path)
-    if keys & _OPEN_HERE:
-        raise DatabaseLocked(
-            f"database {path!r} is already open by another engine in this process "
-            f"(PID {os.getpid()}); use that engine, or close it before opening another",
-            pid=os.getpid(),
-        )
-    _OPEN_HERE.update(keys)
+    with _OPEN_LOCK:  # engines of several threads (replay.sync, replay.run) may race
+        if keys & _OPEN_HERE:
+            raise DatabaseLocked(
+                f"database {path!r} is already open by another engine in this process "
+                f"(PID {os.getpid()}); use that engine, or close it before opening another",
+                pid=os.getpid(),
+            )
+        _OPEN_HERE.update(keys)
     try:
-        return await in_thread(Store, path, durability)
-    finally:
+        store = await in_thread(Store, path, durability)
+    except BaseException:
+        _release(keys)
+        raise
+    # The file exists now: also claim its inode, so hard links find it taken.
+    inode = file_keys(path) - keys
+    with _OPEN_LOCK:
+        _OPEN_HERE.update(inode)
+    return store, keys | inode
+
+
+def _release(keys: set[str]) -> None:
+    with _OPEN_LOCK:
         _OPEN_HERE.difference_update(keys)
 
 
