@@ -175,14 +175,17 @@ class Scheduler:
                 history = RunHistory(records)
                 resumed = resumed_record(Run(slot.run_id, slot.workflow), slot.status,
                                          history, CODEC)
-                await self._committer.commit(resumed, slot.apply)
+                # The replay sees it at once and runs while it commits (they share a
+                # group commit); it is durable before anything the replay records.
                 history.apply(resumed)
+                durable = self._committer.enqueue(resumed, slot.apply)
                 machine = self._machine(slot, history, input_of(records))
         except BaseException:
             self._unclaim(slot)
             self.runs.forget_if_idle(slot)
             raise
         self._spawn(slot, machine)
+        await durable.wait()
 
     async def signal(self, slot: RunSlot, key: str, payload: Encoded) -> None:
         """Commit a signal into the run's mailbox, waking the run if it waits for it.
