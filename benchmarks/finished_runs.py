@@ -33,9 +33,9 @@ big file (so the schema and storage settings are the engine's own) and one DuckD
 increasing with ``seq``) and the order id inside every value (msgpack and JSON). Every
 1,001st run is the suspended one. A few generated rows are checked against
 `replay._codec.encode`. The file is cached under ``/tmp/replay-bench-cache/`` (keyed
-by its size, the schema, the template rows and this script) and copied to a scratch
-file for the measurement, so the cache never changes; ``--smoke`` builds a small one
-afresh.
+by its size, the schema and storage format, the template rows and this script) and
+copied to a scratch file for the measurement, so the cache never changes; ``--smoke``
+builds a small one afresh.
 
     python benchmarks/finished_runs.py [--smoke] [--durability fsync|none] [--repeat N]
                                        [--top K] [--frames F]
@@ -317,7 +317,9 @@ def short(filename: str) -> str:
 
 
 def template_rows(directory: Path) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    """The rows an engine records for one run of each workflow, and its file's schema.
+    """The rows an engine records for one run of each workflow, and its file's make.
+
+    The make is the schema, the storage version and the DuckDB version.
 
     Each row is (template, ord, workflow, ..., status_text) with template 0 for the
     finished run and 1 for the suspended one.
@@ -347,6 +349,9 @@ def template_rows(directory: Path) -> tuple[list[tuple[Any, ...]], list[tuple[An
             "ORDER BY table_name, ordinal_position").fetchall()
         schema += con.execute("SELECT name, value FROM replay_meta ORDER BY name").fetchall()
         schema += con.execute("SELECT sql FROM duckdb_indexes() ORDER BY index_name").fetchall()
+        # The storage format the engine creates files in, and the DuckDB writing them.
+        schema += con.execute("SELECT tags FROM duckdb_databases() WHERE NOT internal").fetchall()
+        schema.append((duckdb.__version__,))
     finally:
         con.close()
     for template, final in ((0, "completed"), (1, "suspended")):
@@ -424,6 +429,7 @@ def generate(path: Path, finished_runs: int, unfinished_runs: int,
     con = duckdb.connect(str(path))
     try:
         con.execute("SET fsync_mode = 'NONE'")
+        con.execute("SET enable_progress_bar = false")
         con.execute(_TEMPLATE_TABLE)
         rows = split_values(templates)
         marks = ", ".join("?" * len(rows[0]))
@@ -463,8 +469,8 @@ def big_file(directory: Path, finished_runs: int, unfinished_runs: int,
              cached: bool) -> tuple[Path, float | None]:
     """A scratch copy of the big file, and the seconds generating it took (None: cached).
 
-    The cached file's name holds the sizes and a hash of the schema a fresh engine
-    creates, the rows it records for the templates (but the columns that differ from
+    The cached file's name holds the sizes and a hash of the schema and storage format
+    a fresh engine creates, the rows it records for the templates (but the columns that differ from
     one recording to the next) and this script, so a change to any makes a new file.
     """
     templates, schema = template_rows(directory)
