@@ -68,7 +68,7 @@ def at(seconds: float) -> datetime:
 
 
 def enc(value: object, key: str = "value") -> Encoded:
-    return Encoded(CODEC.encode(value, key), CODEC.to_json(value))
+    return Encoded(CODEC.encode(value, key=key), CODEC.to_json(value))
 
 
 def error_text(error: BaseException) -> ErrorText:
@@ -90,7 +90,7 @@ def machine(function: Callable[..., Any], *records: Record, arguments: tuple[Any
     """A machine over `records` (a run/started record is added first)."""
     if history is None:
         history = RunHistory([started(*arguments), *records])
-    return RunMachine(RUN, function, CODEC.encode(list(arguments), "input"), history, CODEC,
+    return RunMachine(RUN, function, CODEC.encode(list(arguments), key="input"), history, CODEC,
                       policy, state=state, mark_first_attempt=mark, frontier=frontier)
 
 

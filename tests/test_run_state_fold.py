@@ -38,7 +38,7 @@ def at(seconds: float) -> datetime:
 
 
 def enc(value: object) -> Encoded:
-    return Encoded(CODEC.encode(value, "value"), CODEC.to_json(value))
+    return Encoded(CODEC.encode(value, key="value"), CODEC.to_json(value))
 
 
 def write_file(path: str, records: list[Record]) -> None:
@@ -184,7 +184,7 @@ def hand_written() -> dict[str, tuple[list[Record], RunStatus]]:
     add("completed", RunStatus(RunState.COMPLETED, output=output.value),
         done.step_completed("a", 1, "m.f", enc(1), 1.0, None), output)
     big = Run("no-json", "wf")
-    unrendered = big.completed(Encoded(CODEC.encode("x" * 10, "output"), None))
+    unrendered = big.completed(Encoded(CODEC.encode("x" * 10, key="output"), None))
     add("no-json", RunStatus(RunState.COMPLETED, output=unrendered.value), unrendered)
     again = Run("completed-again", "wf")
     add("completed-again", RunStatus(RunState.RUNNING),

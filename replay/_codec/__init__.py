@@ -36,22 +36,14 @@ __all__ = [
 
 
 class MachineCodec:
-    """The codec as the run machine (`replay._core`) takes it: msgpack plus JSON."""
+    """The codec as the run machine (`replay._core`) takes it: msgpack plus JSON.
 
-    @staticmethod
-    def encode(value: object, key: str) -> bytes:
-        """Encode `value`, the value of `key`."""
-        return encode(value, key=key)
+    The functions themselves, not wrappers: they run once or twice per step.
+    """
 
-    @staticmethod
-    def decode(data: bytes) -> object:
-        """Decode recorded bytes into a fresh object."""
-        return decode(data)
-
-    @staticmethod
-    def to_json(value: object) -> str | None:
-        """Render `value` as JSON text for SQL."""
-        return to_json(value)
+    encode = staticmethod(encode)
+    decode = staticmethod(decode)
+    to_json = staticmethod(to_json)
 
 
 CODEC = MachineCodec()

@@ -8,6 +8,7 @@ attempt's `Outcome`, or a wake-up (a deadline passed, a signal came).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -16,8 +17,17 @@ from replay._commands import Step
 from replay._core._records import Record
 from replay._retry import Retry
 
+# The current time, or a function that reads it: the engine passes its clock, read only
+# by the decisions that need the time (a retry, a sleep, a suspend), not on every step.
+Now = datetime | Callable[[], datetime]
 
-@dataclass(frozen=True, slots=True)
+
+def at(now: Now) -> datetime:
+    """Return the time `now` gives."""
+    return now if isinstance(now, datetime) else now()
+
+
+@dataclass(slots=True)
 class Decision:
     """Commit `records`, log `warnings`, then act as the subclass says."""
 
@@ -25,7 +35,7 @@ class Decision:
     warnings: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Attempt(Decision):
     """Make attempt `number` of `step`, then report its `Outcome`.
 
@@ -38,7 +48,7 @@ class Attempt(Decision):
     start: Record | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class WaitUntil(Decision):
     """Park the run until `at` (a sleep or a retry back-off), then wake it."""
 
@@ -46,7 +56,7 @@ class WaitUntil(Decision):
     at: datetime
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class WaitForSignal(Decision):
     """The run waits for a signal for `key`, until `deadline` (if any).
 
@@ -61,7 +71,7 @@ class WaitForSignal(Decision):
     settled: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Ended(Decision):
     """The run completed or failed: its last record is among `records`."""
 
@@ -69,7 +79,7 @@ class Ended(Decision):
 Action = Attempt | WaitUntil | WaitForSignal | Ended
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Outcome:
     """How an attempt ended: `value` is what it returned, or the exception it raised.
 
@@ -87,7 +97,7 @@ class Outcome:
 class Codec(Protocol):
     """How the machine turns values into recorded bytes and back (msgpack, in the engine)."""
 
-    def encode(self, value: object, key: str) -> bytes:
+    def encode(self, value: object, *, key: str) -> bytes:
         """Encode `value` (the value of `key`); raise `EncodingError` if it cannot be."""
 
     def decode(self, data: bytes) -> Any:
@@ -97,7 +107,7 @@ class Codec(Protocol):
         """Render `value` as JSON text for SQL (None if it has no rendering)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Policy:
     """The engine-wide rules: the default `Retry` and the interruptions a step may cause."""
 

@@ -30,7 +30,7 @@ that ended a failed run is voided, so that step runs again with fresh budgets.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from replay._commands import Command, Sleep, Step, Suspend
@@ -39,10 +39,12 @@ from replay._core._decisions import (
     Attempt,
     Codec,
     Ended,
+    Now,
     Outcome,
     Policy,
     WaitForSignal,
     WaitUntil,
+    at,
 )
 from replay._core._history import Failure, KeyRecord, RunHistory
 from replay._core._interpreter import (
@@ -119,7 +121,7 @@ class RunMachine:
 
     # -- inputs --
 
-    def start(self, now: datetime) -> Action:
+    def start(self, now: Now) -> Action:
         """Create the generator and run it to its first decision."""
         generator = self._generator()
         if isinstance(generator, Fail):
@@ -128,7 +130,7 @@ class RunMachine:
                                         self._history, self._codec.decode, self._frontier)
         return self._decide(self._interpreter.start(), now)
 
-    def attempt_ended(self, attempt: Attempt, outcome: Outcome, now: datetime) -> Action:
+    def attempt_ended(self, attempt: Attempt, outcome: Outcome, now: Now) -> Action:
         """Record how `attempt` ended and decide what comes next."""
         step, number = attempt.step, attempt.number
         if outcome.ok:
@@ -145,7 +147,8 @@ class RunMachine:
         policy = step.retry or self._policy.default_retry
         error: BaseException = outcome.value
         if used < policy.attempts and policy.retries(error_types_of(error)):
-            wake_at = now + timedelta(seconds=policy.delay(self.run.run_id, step.key, used))
+            delay = timedelta(seconds=policy.delay(self.run.run_id, step.key, used))
+            wake_at = at(now) + delay
             self._emit(self.run.step_retrying(step.key, number, step.name, _text(error),
                                               outcome.duration_ms, wake_at))
             return self._wait(WaitUntil, step, key=step.key, at=wake_at)
@@ -156,7 +159,7 @@ class RunMachine:
         step = attempt.step
         return self.run.step_abandoned(step.key, attempt.number, step.name)
 
-    def wake(self, now: datetime) -> Action:
+    def wake(self, now: Now) -> Action:
         """Decide again about the command the run waits on (a deadline, a signal).
 
         Only here is a `Suspend` decided (taken from the mailbox, recorded as waited
@@ -199,7 +202,7 @@ class RunMachine:
 
     # -- deciding --
 
-    def _decide(self, result: Result, now: datetime) -> Action:
+    def _decide(self, result: Result, now: Now) -> Action:
         """Act on the interpreter's results until one needs the engine."""
         while True:
             self._take_notes()
@@ -220,13 +223,13 @@ class RunMachine:
             result = self._resume().send(value) if ok else self._resume().throw(value)
 
     def _step(self, step: Step, record: KeyRecord | None,
-              now: datetime) -> Action | tuple[bool, Any]:
+              now: Now) -> Action | tuple[bool, Any]:
         if record is not None and record.started is not None:
             failed = self._interrupted(step, record, record.started)
             if failed is not None:
                 return False, failed
             record = self._history.get(step.key)
-        if record is not None and record.wake_at is not None and record.wake_at > now:
+        if record is not None and record.wake_at is not None and record.wake_at > at(now):
             return self._wait(WaitUntil, step, key=step.key, at=record.wake_at)
         number = (record.attempts if record else 0) + 1
         start = None
@@ -251,14 +254,14 @@ class RunMachine:
             run_id=self.run.run_id, key=step.key)
         return self._failure(step, attempt, error, None)
 
-    def _sleep(self, pending: Pending, sleep: Sleep, now: datetime) -> Action | tuple[bool, Any]:
+    def _sleep(self, pending: Pending, sleep: Sleep, now: Now) -> Action | tuple[bool, Any]:
         record = pending.record
         if record is None or record.wake_at is None:
-            wake_at = sleep.until or now + (sleep.duration or timedelta(0))
+            wake_at = sleep.until or at(now) + (sleep.duration or timedelta(0))
             self._emit(self.run.sleep_scheduled(sleep.key, wake_at))
         else:
             wake_at = record.wake_at
-        if wake_at > now:
+        if wake_at > at(now):
             return self._wait(WaitUntil, pending, key=sleep.key, at=wake_at)
         self._emit(self.run.sleep_fired(sleep.key, wake_at))
         return True, None
@@ -270,14 +273,14 @@ class RunMachine:
         return WaitForSignal(*self._flush(), key=suspend.key, deadline=deadline, settled=False)
 
     def _suspended(self, suspend: Suspend, record: KeyRecord | None,
-                   now: datetime) -> Action | SuspendTimeout:
+                   now: Now) -> Action | SuspendTimeout:
         """Wait for the signal (recorded the first time), or time out: the error to throw."""
         key = suspend.key
         if record is None:
-            deadline = None if suspend.timeout is None else now + suspend.timeout
+            deadline = None if suspend.timeout is None else at(now) + suspend.timeout
             self._emit(self.run.suspended(key, deadline, suspend.status))
             return self._wait(WaitForSignal, suspend, key=key, deadline=deadline, settled=False)
-        if record.wake_at is None or record.wake_at > now:
+        if record.wake_at is None or record.wake_at > at(now):
             return self._wait(WaitForSignal, suspend, key=key, deadline=record.wake_at,
                               settled=True)
         timeout = SuspendTimeout(self.run.run_id, key)
@@ -286,7 +289,7 @@ class RunMachine:
         return timeout
 
     def _step_failed(self, step: Step, attempt: int, error: BaseException,
-                     duration_ms: float | None, now: datetime) -> Action:
+                     duration_ms: float | None, now: Now) -> Action:
         failed = self._failure(step, attempt, error, duration_ms)
         return self._decide(self._resume().throw(failed), now)
 
@@ -361,7 +364,7 @@ class RunMachine:
         return None if self._state is RunState.RUNNING else RunState.RUNNING
 
     def _encoded(self, value: Any, key: str) -> Encoded:
-        return Encoded(self._codec.encode(value, key), self._codec.to_json(value))
+        return Encoded(self._codec.encode(value, key=key), self._codec.to_json(value))
 
     def _resume(self) -> Interpreter:
         assert self._interpreter is not None, "the machine was not started"
@@ -398,5 +401,6 @@ def resumed_record(run: Run, status: RunStatus, history: RunHistory, codec: Code
         voided = history.unhandled_failure()
     detail = {"retried_step": voided}
     state = RunState.RUNNING if status.finished else None
-    return run.resumed(voided, Encoded(codec.encode(detail, "resumed"), codec.to_json(detail)),
+    return run.resumed(voided, Encoded(codec.encode(detail, key="resumed"),
+                                       codec.to_json(detail)),
                        state)

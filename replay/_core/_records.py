@@ -53,7 +53,7 @@ class Record:
     seq: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Encoded:
     """A value as it is recorded: msgpack bytes and their JSON rendering."""
 
@@ -61,7 +61,7 @@ class Encoded:
     json: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ErrorText:
     """An error as it is recorded: its class, its classes for `Retry.on`, its text."""
 

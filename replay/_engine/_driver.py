@@ -80,11 +80,11 @@ class Driver:
     async def _perform(self, slot: RunSlot, machine: RunMachine, woken: bool) -> Parked | None:
         action: Action
         if not woken:
-            action = machine.start(self._clock.now())
+            action = machine.start(self._clock.now)
         elif machine.waits_for_signal:
             action = await self._suspend(slot, machine, None)
         else:
-            action = machine.wake(self._clock.now())
+            action = machine.wake(self._clock.now)
         while True:
             for warning in action.warnings:
                 log.warning(warning)
@@ -119,7 +119,7 @@ class Driver:
         async with slot.lock:
             while True:
                 await self._commit(slot, records)
-                action = machine.wake(self._clock.now())
+                action = machine.wake(self._clock.now)
                 if not isinstance(action, WaitForSignal) or (action.settled
                                                              and not action.records):
                     return action
@@ -129,12 +129,12 @@ class Driver:
         """Make the attempt and return the machine's next decision."""
         if attempt.start is None:
             outcome = await self._call(slot, machine, attempt, ())
-            return machine.attempt_ended(attempt, outcome, self._clock.now())
+            return machine.attempt_ended(attempt, outcome, self._clock.now)
         # The run's first attempt since the open runs alone, its start and its end
         # durable, so that a process death is charged to this step only.
         async with self._first_attempts:
             outcome = await self._call(slot, machine, attempt, (attempt.start,))
-            after = machine.attempt_ended(attempt, outcome, self._clock.now())
+            after = machine.attempt_ended(attempt, outcome, self._clock.now)
             await self._commit(slot, after.records)
         slot.needs_start_mark = False
         return dataclasses.replace(after, records=())

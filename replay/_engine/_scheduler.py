@@ -369,4 +369,4 @@ def input_of(records: list[Record]) -> bytes:
     for record in records:
         if record.kind == "run" and record.event == "started" and record.value is not None:
             return record.value
-    return CODEC.encode((), "input")
+    return CODEC.encode((), key="input")
