@@ -142,7 +142,8 @@ class Driver:
     async def _call(self, slot: RunSlot, machine: RunMachine, attempt: Attempt,
                     start: Sequence[Record]) -> Outcome:
         try:
-            await self._commit(slot, start)
+            if start:
+                await self._commit(slot, start)
             return await self._steps.call(slot.run_id, attempt.step, attempt.number)
         except BaseException:
             # The engine is stopping: a clean stop charges nothing. Queued, not awaited
