@@ -105,6 +105,20 @@ def _clean(text: str | None) -> str | None:
     return None if text is None else clean_text(text)
 
 
+def summary_of(rows: list[tuple[Any, ...]]) -> tuple[Any, ...] | None:
+    """Return one run's `RUN_SUMMARY` row from its rows of `COLUMNS`, in `seq` order.
+
+    None if the summary query would leave the run out (no start, no state).
+    """
+    started = next((r for r in rows if r[4] == "run" and r[5] == "started"), None)
+    latest = next((r for r in reversed(rows) if r[16] is not None), None)
+    if started is None or latest is None:
+        return None
+    times = [r[11] for r in rows if r[11] is not None]
+    return (started[1], started[2], latest[16], started[11], max(times) if times else None,
+            latest[3], latest[13], latest[17], latest[9], latest[10], latest[7], started[0])
+
+
 def row_record(row: tuple[Any, ...]) -> Record:
     (seq, run_id, workflow, key, kind, event, attempt, value, value_json, error_type, error,
      recorded_at, duration_ms, wake_at, name, error_types, run_state, status_text) = row

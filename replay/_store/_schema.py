@@ -65,24 +65,22 @@ MEMO_COLUMNS = (
 )
 
 
-def run_summary(runs: str = "TRUE", scope: str = "") -> str:
-    """Return the query of the state of the runs the SQL condition `runs` selects.
+def run_summary(source: str = "replay_event_log", scope: str = "") -> str:
+    """Return the query of the state of every run in `source`.
 
-    It is the ``replay_runs`` view's logic, with the encoded value. The condition is
-    applied inside each part, so that a query about a few runs reads only their rows
-    (by the run_id index). `scope` may define CTEs the condition uses.
+    It is the ``replay_runs`` view's logic, with the encoded value; `scope` may define
+    the CTE that `source` names.
     """
     return f"""
     WITH {scope} latest AS (
         SELECT run_id, run_state, key, wake_at, status_text, error_type, error, value
-        FROM replay_event_log WHERE run_state IS NOT NULL AND {runs}
+        FROM {source} WHERE run_state IS NOT NULL
         QUALIFY row_number() OVER (PARTITION BY run_id ORDER BY seq DESC) = 1
     ), started AS (
-        SELECT run_id, workflow, recorded_at, seq FROM replay_event_log
-        WHERE kind = 'run' AND event = 'started' AND {runs}
+        SELECT run_id, workflow, recorded_at, seq FROM {source}
+        WHERE kind = 'run' AND event = 'started'
     ), touched AS (
-        SELECT run_id, max(recorded_at) AS updated_at FROM replay_event_log
-        WHERE {runs} GROUP BY run_id
+        SELECT run_id, max(recorded_at) AS updated_at FROM {source} GROUP BY run_id
     )
     SELECT s.run_id, s.workflow, l.run_state, s.recorded_at, t.updated_at, l.key,
            l.wake_at, l.status_text, l.error_type, l.error, l.value, s.seq
@@ -93,27 +91,24 @@ def run_summary(runs: str = "TRUE", scope: str = "") -> str:
 # Every run's state (the CLI's listing, `engine.runs()`).
 RUN_SUMMARY = run_summary()
 
-# One run's state (parameter: the run id).
-ONE_RUN = run_summary("run_id = $1")
+# One run's state (parameter: the run id). Its rows are read once, by the run_id index:
+# a condition on run_id combined with others inside each part makes DuckDB scan.
+ONE_RUN = run_summary(
+    "one", "one AS MATERIALIZED (SELECT * FROM replay_event_log WHERE run_id = $1),")
 
-# The runs that have not finished: the newest state-carrying record of each run says so.
-# One aggregate over the state-carrying rows (a few per run), so opening a file with a
-# million finished runs reads none of their other rows.
-_OPEN = """open_runs AS MATERIALIZED (
+# Every record of every run that has not finished, grouped by run, in order. The newest
+# state-carrying record of each run says whether it has finished: one aggregate over
+# those rows (a few per run), so opening a file with a million finished runs reads none
+# of their other rows.
+OPEN_RUN_ROWS = f"""
+    WITH open_runs AS (
         SELECT run_id FROM replay_event_log WHERE run_state IS NOT NULL GROUP BY run_id
         HAVING arg_max(run_state, seq) NOT IN ('completed', 'failed', 'cancelled')
-    ),"""
-_IS_OPEN = "run_id IN (SELECT run_id FROM open_runs)"
-
-# The state of every unfinished run.
-OPEN_RUNS = run_summary(_IS_OPEN, _OPEN)
-
-# The memo rows of every unfinished run, grouped by run, in order.
-OPEN_RUN_MEMOS = f"""
-    WITH {_OPEN.rstrip(",")}
-    SELECT run_id, workflow, {MEMO_COLUMNS} FROM replay_event_log WHERE {_IS_OPEN}
+    )
+    SELECT {COLUMNS} FROM replay_event_log WHERE run_id IN (SELECT run_id FROM open_runs)
     ORDER BY run_id, seq
 """
+
 
 # The workflow of a run, if the run exists.
 RUN_WORKFLOW = """

@@ -21,13 +21,20 @@ from replay._core._records import Record
 from replay._errors import EngineClosed
 from replay._store._connect import connect, damaged, private_wal, unusable
 from replay._store._queries import OpenQueries, ReadQuery
-from replay._store._rows import RunRow, history_records, memo_record, run_row, utc_or_none
+from replay._store._rows import (
+    RunRow,
+    history_records,
+    memo_record,
+    row_record,
+    run_row,
+    summary_of,
+    utc_or_none,
+)
 from replay._store._schema import (
     COLUMNS,
     MEMO_COLUMNS,
     ONE_RUN,
-    OPEN_RUN_MEMOS,
-    OPEN_RUNS,
+    OPEN_RUN_ROWS,
     RUN_SUMMARY,
     RUN_WORKFLOW,
     check_schema,
@@ -69,15 +76,21 @@ class Store:
     # -- reads (each on its own cursor: a DuckDB connection is single-threaded) --
 
     def load_open_runs(self) -> list[tuple[RunRow, list[Record]]]:
-        """Return every unfinished run's state and memo records (two queries).
+        """Return every unfinished run's state and records (one query).
 
         A damaged run is returned as failed (see `run_row`), with no records.
         """
-        memos: dict[str, list[Record]] = {}
-        for run_id, workflow, *row in self._read(OPEN_RUN_MEMOS, []):
-            memos.setdefault(run_id, []).append(memo_record(run_id, workflow, tuple(row)))
-        return [(row, memos.get(row.run_id, []) if row.state != "failed" else [])
-                for row in (run_row(raw, self.path) for raw in self._read(OPEN_RUNS, []))]
+        runs: dict[str, list[tuple[Any, ...]]] = {}
+        for row in self._read(OPEN_RUN_ROWS, []):
+            runs.setdefault(row[1], []).append(row)
+        found = []
+        for rows in runs.values():
+            summary = summary_of(rows)
+            if summary is not None:
+                state = run_row(summary, self.path)
+                found.append((state, [] if state.state == "failed" else
+                              [row_record(row) for row in rows]))
+        return found
 
     def run_row(self, run_id: str) -> RunRow | None:
         """Return one run's state (by the run_id index), or None if there is no such run."""
