@@ -164,8 +164,8 @@ class Engine:
         """Return the run's current durable state.
 
         Unfinished runs and the last 1,000 runs to finish are answered from memory. An
-        older finished run is read from the file (its events, by the run's index: about
-        a millisecond, on the calling task, which blocks the loop that long).
+        older finished run is read from the file (its rows, by the run's index: a few
+        milliseconds, on the calling task, which blocks the loop that long).
 
         Raises:
             RunNotFound: No such run.
