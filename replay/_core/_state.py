@@ -18,6 +18,7 @@ from replay._core._records import Record
 from replay._types import FINISHED, RunState
 
 _WAITING = frozenset({RunState.SLEEPING, RunState.SUSPENDED})
+_STATES = frozenset(state.value for state in RunState)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,3 +88,25 @@ def fold(records: Iterable[Record]) -> RunStatus | None:
         if record.run_state is not None:
             status = status_of(record)
     return status
+
+
+def run_problem(workflow: str | None, state: str | None, created_at: datetime | None
+                ) -> str | None:
+    """Return what is wrong with a run whose records say this, or None if nothing.
+
+    A run with an unknown newest state, or a start with no workflow name or time, was
+    damaged by hand: it cannot be folded, and fails alone instead.
+    """
+    if state not in _STATES:
+        return f"its newest run state is {state!r}, which is not a run state"
+    if workflow is None:
+        return "its run/started event has no workflow name"
+    if created_at is None:
+        return "its run/started event has no recorded_at"
+    return None
+
+
+def damaged_message(run_id: str, path: str, problem: str) -> str:
+    """Return the error a damaged run fails with (nothing is written to the file)."""
+    return (f"run {run_id!r} is damaged in {path!r}: {problem}; repair its rows in "
+            "replay_event_log, or restore the file from a backup, and open it again")

@@ -32,7 +32,7 @@ class RunTable:
 
     def __init__(self, store: Store, opened_at: int) -> None:
         self._store = store
-        self._opened_at = opened_at
+        self.opened_at = opened_at  # the newest `seq` in the file when it opened
         self.live: dict[str, RunSlot] = {}  # unfinished runs, and finished ones owned
         self._finished: OrderedDict[str, RunSlot] = OrderedDict()  # the newest finished
         self._reading: dict[str, trio.Event] = {}  # runs being read from the file
@@ -52,7 +52,7 @@ class RunTable:
 
     def restored(self, row: RunRow) -> RunSlot:
         """Return the slot of a run as the file has it."""
-        return RunSlot.restored(row, self._opened_at)
+        return RunSlot.restored(row, self.opened_at)
 
     def slot(self, run_id: str, closed: bool) -> RunSlot:
         """Return the run's slot (a finished run's may be read from the file, blocking).

@@ -97,8 +97,11 @@ class Scheduler:
     async def recover(self, runs: trio.Nursery) -> None:
         """Load every unfinished run and pick up whatever was pending, in `runs`."""
         self._nursery = runs
-        for row, records in await in_thread(self._store.load_open_runs):
-            slot = self.runs.add(self.runs.restored(row))
+        for records in await in_thread(self._store.load_open_runs):
+            folded = RunSlot.folded(records, self._store.path, self.runs.opened_at)
+            if folded is None:
+                continue
+            slot = self.runs.add(folded)
             if slot.status.finished:
                 continue  # damaged: failed with the reason, and left alone
             if slot.workflow not in self._registry.functions:

@@ -11,16 +11,19 @@ cleared by the scheduler when the run's task lets go.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import trio
 
+from replay._codec import encode
 from replay._core._machine import RunMachine
 from replay._core._records import Record
-from replay._core._state import RunStatus
+from replay._core._state import RunStatus, damaged_message, fold, run_problem
 from replay._store import RunRow
 from replay._types import RunInfo, RunState
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class RunSlot:
@@ -74,6 +77,32 @@ class RunSlot:
         slot = cls(row.run_id, row.workflow, status, row.created_at)
         slot.updated_at = row.updated_at
         slot.needs_start_mark = row.started_seq <= opened_at
+        slot.mark_durable()
+        return slot
+
+    @classmethod
+    def folded(cls, records: list[Record], path: str, opened_at: int) -> RunSlot | None:
+        """Return the slot of a run from its records in order (the core's fold).
+
+        A run damaged by hand (see `run_problem`) fails alone with a `DatabaseError`
+        saying what is wrong; nothing is written. None: the records hold no run.
+        """
+        started = next((r for r in records if r.kind == "run" and r.event == "started"), None)
+        latest = next((r for r in reversed(records) if r.run_state is not None), None)
+        if started is None or latest is None:
+            return None
+        times = [r.recorded_at for r in records if r.recorded_at is not None]
+        created = started.recorded_at or (max(times) if times else _EPOCH)
+        problem = run_problem(started.workflow, latest.run_state, started.recorded_at)
+        if problem is None:
+            status = fold(records) or RunStatus(RunState.RUNNING)
+        else:
+            text = damaged_message(started.run_id, path, problem)
+            status = RunStatus(RunState.FAILED, error=text, error_type="replay.DatabaseError",
+                               message=encode(text, key="error"))
+        slot = cls(started.run_id, started.workflow or "", status, created)
+        slot.updated_at = max(times) if times else created
+        slot.needs_start_mark = started.seq <= opened_at
         slot.mark_durable()
         return slot
 

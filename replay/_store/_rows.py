@@ -8,9 +8,8 @@ from typing import Any
 
 from replay._codec import encode
 from replay._core._records import Record
+from replay._core._state import damaged_message, run_problem
 from replay._errors import DatabaseError
-
-RUN_STATES = frozenset({"running", "sleeping", "suspended", "completed", "failed", "cancelled"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,28 +39,16 @@ def run_row(row: tuple[Any, ...], path: str) -> RunRow:
     """
     (run_id, workflow, state, created_at, updated_at, key, wake_at, status_text, error_type,
      error, value, started_seq) = row
-    problem = _run_problem(workflow, state, created_at)
+    problem = run_problem(workflow, state, created_at)
     if problem is None:
         return RunRow(run_id, workflow, state, utc(created_at), utc(updated_at), key,
                       utc_or_none(wake_at), status_text, error_type, error, value,
                       started_seq or 0)
-    message = (f"run {run_id!r} is damaged in {path!r}: {problem}; repair its rows in "
-               "replay_event_log, or restore the file from a backup, and open it again")
+    message = damaged_message(run_id, path, problem)
     at = utc(created_at or updated_at or _EPOCH)
     return RunRow(run_id, workflow or "", "failed", at, utc(updated_at or at), None, None,
                   None, "replay.DatabaseError", message, encode(message, key="error"),
                   started_seq or 0)
-
-
-def _run_problem(workflow: str | None, state: str | None, created_at: datetime | None
-                 ) -> str | None:
-    if state not in RUN_STATES:
-        return f"its newest run state is {state!r}, which is not a run state"
-    if workflow is None:
-        return "its run/started event has no workflow name"
-    if created_at is None:
-        return "its run/started event has no recorded_at"
-    return None
 
 
 def history_records(rows: list[tuple[Any, ...]], path: str) -> list[Record]:
@@ -105,20 +92,6 @@ def _clean(text: str | None) -> str | None:
     return None if text is None else clean_text(text)
 
 
-def summary_of(rows: list[tuple[Any, ...]]) -> tuple[Any, ...] | None:
-    """Return one run's `RUN_SUMMARY` row from its rows of `COLUMNS`, in `seq` order.
-
-    None if the summary query would leave the run out (no start, no state).
-    """
-    started = next((r for r in rows if r[4] == "run" and r[5] == "started"), None)
-    latest = next((r for r in reversed(rows) if r[16] is not None), None)
-    if started is None or latest is None:
-        return None
-    times = [r[11] for r in rows if r[11] is not None]
-    return (started[1], started[2], latest[16], started[11], max(times) if times else None,
-            latest[3], latest[13], latest[17], latest[9], latest[10], latest[7], started[0])
-
-
 def row_record(row: tuple[Any, ...]) -> Record:
     (seq, run_id, workflow, key, kind, event, attempt, value, value_json, error_type, error,
      recorded_at, duration_ms, wake_at, name, error_types, run_state, status_text) = row
@@ -126,7 +99,8 @@ def row_record(row: tuple[Any, ...]) -> Record:
         run_id=run_id, workflow=workflow, kind=kind, event=event, key=key, attempt=attempt,
         value=value, value_json=value_json, error_type=error_type, error=error,
         error_types=tuple(error_types.split(",")) if error_types else (), name=name,
-        recorded_at=utc(recorded_at), duration_ms=duration_ms, wake_at=utc_or_none(wake_at),
+        recorded_at=utc_or_none(recorded_at), duration_ms=duration_ms,
+        wake_at=utc_or_none(wake_at),
         run_state=run_state, status_text=status_text, seq=seq,
     )
 

@@ -27,7 +27,6 @@ from replay._store._rows import (
     memo_record,
     row_record,
     run_row,
-    summary_of,
     utc_or_none,
 )
 from replay._store._schema import (
@@ -75,22 +74,15 @@ class Store:
 
     # -- reads (each on its own cursor: a DuckDB connection is single-threaded) --
 
-    def load_open_runs(self) -> list[tuple[RunRow, list[Record]]]:
-        """Return every unfinished run's state and records (one query).
+    def load_open_runs(self) -> list[list[Record]]:
+        """Return the records of every unfinished run, a list per run (one query).
 
-        A damaged run is returned as failed (see `run_row`), with no records.
+        Rows are not checked: a run damaged by hand is the caller's to fail.
         """
-        runs: dict[str, list[tuple[Any, ...]]] = {}
+        runs: dict[str, list[Record]] = {}
         for row in self._read(OPEN_RUN_ROWS, []):
-            runs.setdefault(row[1], []).append(row)
-        found = []
-        for rows in runs.values():
-            summary = summary_of(rows)
-            if summary is not None:
-                state = run_row(summary, self.path)
-                found.append((state, [] if state.state == "failed" else
-                              [row_record(row) for row in rows]))
-        return found
+            runs.setdefault(row[1], []).append(row_record(row))
+        return list(runs.values())
 
     def run_row(self, run_id: str) -> RunRow | None:
         """Return one run's state (by the run_id index), or None if there is no such run."""
