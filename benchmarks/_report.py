@@ -14,8 +14,10 @@ import os
 import platform
 import statistics
 import sys
+import tracemalloc
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -184,3 +186,43 @@ def last_json(text: str) -> dict[str, Any] | None:
 
 def warn(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def allocation_sites(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot, runs: int,
+                     top: int, by_traceback: bool = True, script: str = ""
+                     ) -> dict[str, list[dict[str, Any]]]:
+    """The biggest growths between two tracemalloc snapshots, per run.
+
+    By allocating line, and by traceback when `by_traceback` (the snapshots must then
+    hold more than one frame); a traceback keeps replay's frames and those of `script`.
+    """
+    noise = [tracemalloc.Filter(False, tracemalloc.__file__)]
+    before, after = before.filter_traces(noise), after.filter_traces(noise)
+    sites: dict[str, list[dict[str, Any]]] = {}
+    for key_type in ("lineno", "traceback") if by_traceback else ("lineno",):
+        stats = after.compare_to(before, key_type)
+        stats.sort(key=lambda stat: stat.size_diff, reverse=True)
+        sites[key_type] = [
+            {"bytes_per_run": stat.size_diff / runs, "blocks_per_run": stat.count_diff / runs,
+             "where": _describe(stat.traceback, key_type, script)}
+            for stat in stats[:top]
+        ]
+    return sites
+
+
+def _describe(traceback: tracemalloc.Traceback, key_type: str, script: str) -> list[str]:
+    """The allocating line, or the frames of a traceback that are replay's or the script's."""
+    frames = list(traceback)[::-1]  # most recent call first: the allocating line
+    if key_type == "lineno":
+        frames = frames[:1]
+    else:
+        here = [f for f in frames[1:] if "/replay/" in f.filename or f.filename == script]
+        frames = frames[:1] + here[:4]
+    return [f"{_short(frame.filename)}:{frame.lineno}" for frame in frames]
+
+
+def _short(filename: str) -> str:
+    for marker in ("/site-packages/", "/replay/", "/lib/python", "/benchmarks/"):
+        if marker in filename:
+            return filename[filename.index(marker) + 1:]
+    return Path(filename).name

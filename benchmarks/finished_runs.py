@@ -64,7 +64,18 @@ from typing import Any
 import duckdb
 import trio
 from _floor import scratch_dir
-from _report import Figure, Target, fmt, json_line, median, percentile, repeats, table, warn
+from _report import (
+    Figure,
+    Target,
+    allocation_sites,
+    fmt,
+    json_line,
+    median,
+    percentile,
+    repeats,
+    table,
+    warn,
+)
 
 import replay
 from replay import Step, Suspend
@@ -196,7 +207,7 @@ async def heap_child(runs: int, warm_up: int, top: int, frames: int) -> dict[str
         "runs": runs, "warm_up": warm_up, "frames": frames, "seconds": seconds,
         "bytes": after_bytes - before_bytes, "peak_bytes": peak_bytes - before_bytes,
         "per_run": (after_bytes - before_bytes) / runs, "state_of_one": state,
-        "sites": allocation_sites(before, after, runs, top, frames),
+        "sites": allocation_sites(before, after, runs, top, frames > 1, __file__),
     }
 
 
@@ -276,41 +287,6 @@ async def open_child(path: str, durability: str, opens: int, unfinished_runs: in
     return {"opened": opened, "status": status_seconds, "get_run": get_seconds,
             "floor_opens": floor_opens, "floor_queries": floor_queries,
             "suspended": suspended, "wrong": wrong[:10]}
-
-
-def allocation_sites(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot, runs: int,
-                     top: int, frames: int) -> dict[str, list[dict[str, Any]]]:
-    """The biggest growths between the snapshots, by line (and by traceback if traced)."""
-    noise = [tracemalloc.Filter(False, tracemalloc.__file__)]
-    before, after = before.filter_traces(noise), after.filter_traces(noise)
-    sites: dict[str, list[dict[str, Any]]] = {}
-    for key_type in ("lineno", "traceback") if frames > 1 else ("lineno",):
-        stats = after.compare_to(before, key_type)
-        stats.sort(key=lambda stat: stat.size_diff, reverse=True)
-        sites[key_type] = [
-            {"bytes_per_run": stat.size_diff / runs, "blocks_per_run": stat.count_diff / runs,
-             "where": describe(stat.traceback, key_type)}
-            for stat in stats[:top]
-        ]
-    return sites
-
-
-def describe(traceback: tracemalloc.Traceback, key_type: str) -> list[str]:
-    """The allocating line, or the frames of a traceback that are replay's or ours."""
-    frames = list(traceback)[::-1]  # most recent call first: the allocating line
-    if key_type == "lineno":
-        frames = frames[:1]
-    else:
-        here = [f for f in frames[1:] if "/replay/" in f.filename or f.filename == __file__]
-        frames = frames[:1] + here[:4]
-    return [f"{short(frame.filename)}:{frame.lineno}" for frame in frames]
-
-
-def short(filename: str) -> str:
-    for marker in ("/site-packages/", "/replay/", "/lib/python", "/benchmarks/"):
-        if marker in filename:
-            return filename[filename.index(marker) + 1:]
-    return Path(filename).name
 
 
 # --- the big file --------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from _report import allocation_sites
 
 import replay
 from replay import Step, Suspend
@@ -141,41 +142,6 @@ async def measure(n: int, cache_size: int, db: str, traced: bool, top: int) -> d
             after = tracemalloc.take_snapshot()
             result["sites"] = allocation_sites(before, after, n, top)
     return result
-
-
-def allocation_sites(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot, n: int,
-                     top: int) -> dict[str, list[dict[str, Any]]]:
-    """The biggest growths between the snapshots, by line and by traceback."""
-    noise = [tracemalloc.Filter(False, tracemalloc.__file__)]
-    before, after = before.filter_traces(noise), after.filter_traces(noise)
-    sites: dict[str, list[dict[str, Any]]] = {}
-    for key_type in ("lineno", "traceback"):
-        stats = after.compare_to(before, key_type)
-        stats.sort(key=lambda stat: stat.size_diff, reverse=True)
-        sites[key_type] = [
-            {"bytes_per_run": stat.size_diff / n, "blocks_per_run": stat.count_diff / n,
-             "where": describe(stat.traceback, key_type)}
-            for stat in stats[:top]
-        ]
-    return sites
-
-
-def describe(traceback: tracemalloc.Traceback, key_type: str) -> list[str]:
-    """The allocating line, or the frames of a traceback that are replay's or ours."""
-    frames = list(traceback)[::-1]  # most recent call first: the allocating line
-    if key_type == "lineno":
-        frames = frames[:1]
-    else:
-        here = [f for f in frames[1:] if "/replay/" in f.filename]
-        frames = frames[:1] + here[:4]
-    return [f"{short(frame.filename)}:{frame.lineno}" for frame in frames]
-
-
-def short(filename: str) -> str:
-    for marker in ("/site-packages/", "/replay/", "/lib/python"):
-        if marker in filename:
-            return filename[filename.index(marker) + 1:]
-    return Path(filename).name
 
 
 def child(args: argparse.Namespace) -> None:
