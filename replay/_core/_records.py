@@ -17,6 +17,7 @@ msgpack bytes and ``value_json`` their JSON rendering.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -51,6 +52,11 @@ class Record:
     run_state: str | None = None
     status_text: str | None = None
     seq: int = 0
+
+
+def started_record(records: Iterable[Record]) -> Record | None:
+    """Return a run's ``run/started`` record (its workflow, input and start), if any."""
+    return next((r for r in records if r.kind == "run" and r.event == "started"), None)
 
 
 @dataclass(slots=True)

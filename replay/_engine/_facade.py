@@ -19,7 +19,7 @@ from replay._checks import checked_key, checked_run_id, checked_state
 from replay._codec import decode, encode, to_json
 from replay._codec._export import event_of, write_history
 from replay._core._decisions import Policy
-from replay._core._records import Encoded
+from replay._core._records import Encoded, Record, started_record
 from replay._core._signals import misdirected_signal
 from replay._engine._clock import EngineClock, busy_thread, in_thread
 from replay._engine._committer import Committer
@@ -223,9 +223,7 @@ class Engine:
             EngineClosed: The engine is closed.
         """
         self._check_open(allow_closing=True)
-        if await self._scheduler.runs.workflow_of(run_id) is None:
-            raise RunNotFound(run_id)
-        records = await in_thread(self._store.load_history, run_id)
+        _, records = await self._history_of(run_id)
         return [event_of(record) for record in records]
 
     async def sql(self, query: str, params: Sequence[Any] | dict[str, Any] | None = None,
@@ -265,10 +263,7 @@ class Engine:
             EngineClosed: The engine is closed.
         """
         self._check_open(allow_closing=True)
-        workflow = await self._scheduler.runs.workflow_of(run_id)
-        if workflow is None:
-            raise RunNotFound(run_id)
-        records = await in_thread(self._store.load_history, run_id)
+        workflow, records = await self._history_of(run_id)
         await in_thread(write_history, Path(path), run_id, workflow, records)
 
     async def serve_forever(self, signals: Iterable[int] = STOP_SIGNALS) -> int:
@@ -370,6 +365,18 @@ class Engine:
                 run_id=run_id,
             )
         return Run(self._scheduler, run_id, name)
+
+    async def _history_of(self, run_id: str) -> tuple[str, list[Record]]:
+        """Return a run's workflow and every record (one read, by the run's index).
+
+        Raises:
+            RunNotFound: No such run (or its start is not durable yet).
+        """
+        records = await in_thread(self._store.load_history, run_id)
+        started = started_record(records)
+        if started is None or started.workflow is None:
+            raise RunNotFound(run_id)
+        return started.workflow, records
 
     def _check_open(self, allow_closing: bool = False) -> None:
         self._scheduler.check_open(allow_closing)

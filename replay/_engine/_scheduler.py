@@ -23,7 +23,7 @@ from replay._codec import CODEC, decode
 from replay._core._decisions import Policy
 from replay._core._history import RunHistory
 from replay._core._machine import RunMachine, resumed_record
-from replay._core._records import Encoded, Record, Run
+from replay._core._records import Encoded, Record, Run, started_record
 from replay._core._signals import check_signal
 from replay._core._state import RunStatus
 from replay._engine._clock import EngineClock, in_thread
@@ -369,7 +369,7 @@ class Scheduler:
 
 def input_of(records: list[Record]) -> bytes:
     """Return the encoded input of a run, from its ``run/started`` record."""
-    for record in records:
-        if record.kind == "run" and record.event == "started" and record.value is not None:
-            return record.value
+    started = started_record(records)
+    if started is not None and started.value is not None:
+        return started.value
     return CODEC.encode((), key="input")

@@ -18,7 +18,7 @@ import trio
 
 from replay._codec import encode
 from replay._core._machine import RunMachine
-from replay._core._records import Record
+from replay._core._records import Record, started_record
 from replay._core._state import RunStatus, damaged_message, fold, run_problem
 from replay._store import RunRow
 from replay._types import RunInfo, RunState
@@ -87,7 +87,7 @@ class RunSlot:
         A run damaged by hand (see `run_problem`) fails alone with a `DatabaseError`
         saying what is wrong; nothing is written. None: the records hold no run.
         """
-        started = next((r for r in records if r.kind == "run" and r.event == "started"), None)
+        started = started_record(records)
         latest = next((r for r in reversed(records) if r.run_state is not None), None)
         if started is None or latest is None:
             return None

@@ -33,7 +33,7 @@ from replay._codec._export import read_history
 from replay._commands import Command
 from replay._core._history import KeyRecord, RunHistory
 from replay._core._interpreter import Fail, Finish, Interpreter, Pending, Result, format_failure
-from replay._core._records import Record
+from replay._core._records import Record, started_record
 from replay._core._state import RunStatus, fold
 from replay._errors import (
     DuplicateKeyError,
@@ -209,13 +209,13 @@ def _recorded(records: list[Record]) -> RunStatus:
 def _interpreter(workflow: Callable[..., Any], run_id: str, name: str,
                  records: list[Record], history: RunHistory) -> Interpreter | Fail:
     """Create the generator from the recorded input, as the engine does."""
-    started = [r for r in records if r.kind == "run" and r.event == "started"]
-    if not started or started[0].value is None:
+    started = started_record(records)
+    if started is None or started.value is None:
         raise ValueError(
             f"the history of run {run_id!r} has no run/started record with the run's "
             "input; export the whole history with engine.export_history"
         )
-    args: Any = decode(started[0].value)
+    args: Any = decode(started.value)
     try:
         generator = workflow(*args)  # a generator function: this only binds arguments
     except Exception as error:
