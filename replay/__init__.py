@@ -15,6 +15,8 @@ from replay._engine._lifecycle import open_engine
 from replay._engine._script import run
 from replay._engine._steps import current_step
 from replay._errors import (
+    Cancelled,
+    ChildFailed,
     DatabaseError,
     DatabaseLocked,
     DuplicateKeyError,
@@ -25,6 +27,7 @@ from replay._errors import (
     ReplayError,
     ReplayInternalError,
     RunIdConflict,
+    RunFinished,
     RunNotFound,
     RunSuspended,
     SignalRejected,
@@ -35,14 +38,19 @@ from replay._errors import (
     WorkflowFailed,
     WorkflowNotRegistered,
 )
+from replay._parallel import All, Child, Gather, Gathered, Race
 from replay._retry import Retry
 from replay._types import Event, RunInfo, RunState
 from replay._version import __version__
 from replay._workflows import workflow
 
 __all__ = [
+    "All",
     "AsyncClient",
     "AsyncRemoteRun",
+    "Cancelled",
+    "Child",
+    "ChildFailed",
     "Client",
     "DatabaseError",
     "DatabaseLocked",
@@ -51,13 +59,17 @@ __all__ = [
     "Engine",
     "EngineClosed",
     "Event",
+    "Gather",
+    "Gathered",
     "NondeterminismError",
     "QueryError",
+    "Race",
     "RemoteRun",
     "ReplayError",
     "ReplayInternalError",
     "Retry",
     "Run",
+    "RunFinished",
     "RunIdConflict",
     "RunInfo",
     "RunNotFound",

@@ -9,6 +9,7 @@ its type, and what to do instead.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 
 class ReplayError(Exception):
@@ -76,6 +77,39 @@ class StepFailed(ReplayError):
         )
 
 
+class ChildFailed(StepFailed):
+    """A child run failed or was cancelled; thrown into the parent at the `Child`'s `yield`.
+
+    Attributes:
+        child_run_id: The child run's id (`run_id` and `key` are the parent's).
+    """
+
+    def __init__(self, run_id: str, key: str, error_type: str, message: str,
+                 child_run_id: str, error_types: Sequence[str] = ()) -> None:
+        super().__init__(run_id, key, error_type, message, 1, error_types)
+        self.child_run_id = child_run_id
+        self.args = (f"child run {child_run_id!r} (key {key!r} of run {run_id!r}) ended "
+                     f"with {error_type}: {message}",)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.run_id, self.key, self.error_type, self.message,
+                             self.child_run_id, self.error_types))
+
+
+class RunFinished(ReplayError):
+    """The run is already finished: it cannot be cancelled or terminated.
+
+    Attributes:
+        run_id: The run.
+        state: Its final state's name.
+    """
+
+    def __init__(self, message: str, *, run_id: str, state: str) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.state = state
+
+
 class StepTimeout(ReplayError):
     """A step attempt exceeded its `timeout`; recorded as a failed attempt.
 
@@ -122,6 +156,29 @@ class SuspendTimeout(ReplayError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.run_id, self.key))
+
+
+class Cancelled(ReplayError):
+    """The run was cancelled; thrown into the workflow at the command it waits on.
+
+    The workflow may catch it and yield compensation commands, which execute normally;
+    if it escapes, the run ends ``cancelled``. On replay it is thrown at the same key.
+
+    Attributes:
+        run_id: The cancelled run.
+        key: The key of the command it was thrown in at (None: the run was terminated).
+        reason: The reason given to `cancel`, if any.
+    """
+
+    def __init__(self, run_id: str, key: str | None, reason: Any = None) -> None:
+        self.run_id = run_id
+        self.key = key
+        self.reason = reason
+        why = "" if reason is None else f": {reason}"
+        super().__init__(f"run {run_id!r} was cancelled{why}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.run_id, self.key, self.reason))
 
 
 class WorkflowFailed(ReplayError):

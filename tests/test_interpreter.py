@@ -101,7 +101,7 @@ def test_interpreter_throws_type_error_for_a_non_command() -> None:
     )
 
 
-def test_interpreter_names_parallel_commands_as_unsupported() -> None:
+def test_interpreter_points_a_list_of_commands_to_groups() -> None:
     def parallel():  # type: ignore[no-untyped-def]
         yield [Step("a:v1", fetch, 1), Step("b:v1", fetch, 2)]
 
@@ -109,8 +109,8 @@ def test_interpreter_names_parallel_commands_as_unsupported() -> None:
     assert isinstance(decision, Fail)
     assert isinstance(decision.error, TypeError)
     assert re.fullmatch(
-        r"workflow 'wf' yielded \[.*\] \(list\); parallel commands are not supported yet: "
-        r"yield one command at a time",
+        r"workflow 'wf' yielded \[.*\] \(list\); to run commands at once, yield a group "
+        r"with its own key, e\.g\. All\('fetch-all:v1', \[\.\.\.\], limit=8\)",
         str(decision.error),
     )
 

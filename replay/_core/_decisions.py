@@ -72,11 +72,24 @@ class WaitForSignal(Decision):
 
 
 @dataclass(slots=True)
+class Attempts(Decision):
+    """A group is under way: make the attempts in `start` alongside those under way.
+
+    Report each attempt's outcome (`attempt_ended`); `wake` the machine (under the
+    run's lock) at `wake_at` or when a signal or a cancellation is committed; and
+    stop the attempts the machine cancels (`take_stopped`) after every decision.
+    """
+
+    start: tuple[Attempt, ...]
+    wake_at: datetime | None
+
+
+@dataclass(slots=True)
 class Ended(Decision):
-    """The run completed or failed: its last record is among `records`."""
+    """The run completed, failed or was cancelled: its last record is among `records`."""
 
 
-Action = Attempt | WaitUntil | WaitForSignal | Ended
+Action = Attempt | Attempts | WaitUntil | WaitForSignal | Ended
 
 
 @dataclass(slots=True)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from replay._core._records import Record
+from replay._errors import StepFailed
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +47,11 @@ class KeyRecord:
         renamed_to: Step names already recorded in a ``renamed`` event.
         timed_out: A `Suspend` whose timeout fired before its signal arrived.
         status_text: The `Suspend`'s status, as recorded.
+        cancelled: The command was cancelled before its outcome (a lost race, a
+            cancelled run): it has none.
+        thrown: The encoded reason when the run's cancellation was thrown in here.
+        detail: A group's encoded members, as recorded when it started.
+        failed_member: The key of the member whose failure failed a group.
     """
 
     kind: str
@@ -61,18 +67,28 @@ class KeyRecord:
     renamed_to: set[str] = field(default_factory=set)
     timed_out: bool = False
     status_text: str | None = None
+    cancelled: bool = False
+    thrown: bytes | None = None
+    detail: bytes | None = None
+    failed_member: str | None = None
 
 
 class RunHistory:
     """The per-key memo of one run, built by folding its records in order."""
 
-    __slots__ = ("keys", "last_step_key", "last_was_step_failure", "signals")
+    __slots__ = ("cancel_pending", "cancel_reason", "keys", "last_step_key",
+                 "last_was_step_failure", "signal_seqs", "signals")
 
     def __init__(self, records: list[Record] | None = None) -> None:
         self.keys: dict[str, KeyRecord] = {}
         # The mailbox: signal payloads (encoded) by key. Only `Suspend` reads it, so a
         # signal never becomes the outcome of a step or sleep with the same key.
         self.signals: dict[str, bytes | None] = {}
+        self.signal_seqs: dict[str, int] = {}  # when each signal was recorded
+        # The run's cancellation: its encoded reason once requested, and whether it
+        # still waits to be thrown in at the next command the run waits on.
+        self.cancel_reason: bytes | None = None
+        self.cancel_pending = False
         # Whether the newest key-level event is an unhandled step failure: `resume`
         # gives that step a fresh budget instead of replaying the failure.
         self.last_step_key: str | None = None
@@ -91,19 +107,35 @@ class RunHistory:
             # column: run-level events have no key.
             if record.event == "resumed" and record.name is not None:
                 self._void_failure(record.name)
+            elif record.event == "cancel_requested" and self.cancel_reason is None:
+                self.cancel_reason, self.cancel_pending = record.value, True
             return
         if record.key is None:
             return
         if record.kind == "signal":
             self.signals[record.key] = record.value
+            self.signal_seqs[record.key] = record.seq
             return
         entry = self.keys.get(record.key)
         if entry is None:
             entry = self.keys[record.key] = KeyRecord(kind=record.kind)
-        if record.event != "renamed":
+        if record.event not in ("renamed", "waiting", "running"):
             self.last_step_key = record.key
-            self.last_was_step_failure = record.kind == "step" and record.event == "failed"
-        if record.kind == "step":
+            self.last_was_step_failure = (record.event == "failed"
+                                          and record.kind in ("step", "group"))
+        if record.event == "cancelled":
+            # A cancelled command has no outcome: it starts afresh if its group runs
+            # again after a resume. Where the run's cancellation was thrown in, the
+            # `Cancelled` is its outcome.
+            entry.cancelled, entry.wake_at, entry.started = True, None, None
+            entry.attempts = max(entry.attempts, record.attempt or 0)
+            if record.value is not None:
+                entry.done, entry.thrown, self.cancel_pending = True, record.value, False
+            return
+        entry.cancelled = False
+        if record.kind == "group":
+            self._apply_group(entry, record)
+        elif record.kind == "step":
             self._apply_step(entry, record)
         elif record.kind == "sleep":
             entry.wake_at = record.wake_at or entry.wake_at
@@ -112,6 +144,17 @@ class RunHistory:
             entry.wake_at = record.wake_at if record.event == "suspended" else entry.wake_at
             entry.status_text = record.status_text or entry.status_text
             entry.timed_out = entry.done = record.event == "timed_out"
+
+    def awaits_signal(self, key: str) -> bool:
+        """Whether `key` is a `Suspend` recorded as waiting that no signal answered yet."""
+        entry = self.keys.get(key)
+        return (entry is not None and entry.kind == "suspend" and not entry.done
+                and key not in self.signals)
+
+    def signal_awaited(self) -> bool:
+        """Whether a signal in the mailbox answers a `Suspend` recorded as waiting."""
+        return any(self.keys.get(key) is not None and not self.keys[key].done
+                   and self.keys[key].kind == "suspend" for key in self.signals)
 
     def undelivered(self) -> int:
         """Count signals in the mailbox whose key the run has not suspended on yet."""
@@ -163,9 +206,31 @@ class RunHistory:
                 attempts=attempt,
             )
 
+    @staticmethod
+    def _apply_group(entry: KeyRecord, record: Record) -> None:
+        if record.event == "started":
+            entry.detail, entry.name = record.value, record.name
+        elif record.event in ("completed", "failed"):
+            entry.done, entry.value = True, record.value
+            if record.event == "failed":
+                entry.failed_member = record.name
+                entry.failure = Failure(
+                    error_type=record.error_type or "builtins.Exception",
+                    error_types=record.error_types or (record.error_type or "",),
+                    message=record.error or "", attempts=record.attempt or 0)
+
     def _void_failure(self, key: str) -> None:
         entry = self.keys.get(key)
         if entry is not None and entry.failure is not None:
             entry.done, entry.failure = False, None
             entry.charged = entry.interruptions = 0
+            if entry.failed_member is not None:  # a group: its member runs again too
+                self._void_failure(entry.failed_member)
+                entry.failed_member = None
         self.last_was_step_failure = False
+
+
+def step_failed(run_id: str, key: str, failure: Failure) -> StepFailed:
+    """Return the `StepFailed` a recorded step failure throws into the workflow."""
+    return StepFailed(run_id, key, failure.error_type, failure.message, failure.attempts,
+                      failure.error_types)

@@ -33,9 +33,11 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
-from replay._commands import COMMAND_TYPES, Command, Step, Suspend, command_kind
-from replay._core._history import Failure, KeyRecord, RunHistory
+from replay._commands import COMMAND_TYPES, Step, Suspend
+from replay._core._groups import check_members, recorded_outcome
+from replay._core._history import KeyRecord, RunHistory, step_failed
 from replay._errors import (
+    Cancelled,
     DuplicateKeyError,
     EncodingError,
     NondeterminismError,
@@ -45,12 +47,16 @@ from replay._errors import (
     safe_repr,
     same_name,
 )
+from replay._parallel import GROUP_TYPES, Member, kind_of, walk
 
 Workflow = Generator[Any, Any, Any]
 
 # Non-commands a workflow may yield in a row (catching each TypeError) before its run
 # fails: past this, it is spinning on the engine's loop and stalling every other run.
 MAX_NON_COMMANDS = 1000
+# What a workflow may yield: commands and groups of them.
+YIELDABLE: tuple[type, ...] = COMMAND_TYPES + GROUP_TYPES
+Command = Member
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +178,7 @@ class Interpreter:
                 return Finish(stop.value)
             except Exception as error:
                 return Fail(error, format_failure(error))
-            if type(yielded) not in COMMAND_TYPES:
+            if type(yielded) not in YIELDABLE:
                 strays += 1
                 if strays >= MAX_NON_COMMANDS:
                     return self._fail_for_deployment(self._spinning(yielded))
@@ -200,6 +206,16 @@ class Interpreter:
         self, command: Command, record: KeyRecord | None
     ) -> tuple[Callable[[Any], Any], Any] | None:
         """Return how to answer `command` from the history, or None if it needs I/O."""
+        if record is not None and record.thrown is not None:
+            # The run's cancellation was thrown in here: it is, again, on replay.
+            reason = self._value(record.thrown)
+            return self._generator.throw, Cancelled(self.run_id, command.key, reason)
+        if isinstance(command, GROUP_TYPES):
+            outcome = recorded_outcome(command, self._history, self._decode, self.run_id)
+            if outcome is None:
+                return None
+            ok, value = outcome
+            return (self._generator.send if ok else self._generator.throw), value
         if type(command) is Suspend:
             if record is not None and record.timed_out:
                 return self._generator.throw, SuspendTimeout(self.run_id, command.key)
@@ -221,17 +237,16 @@ class Interpreter:
     def _check(self, command: Command, record: KeyRecord | None) -> Exception | None:
         key = command.key
         if key in self._seen:
-            return DuplicateKeyError(
-                f"workflow {self.workflow!r} yielded key {key!r} twice in one execution "
-                f"of run {self.run_id!r}; a key may be yielded once per execution: make "
-                f"it unique, e.g. f\"{key}:{{i}}\" for the i-th item",
-                run_id=self.run_id,
-                key=key,
-            )
+            return self._duplicate(key)
         self._seen.add(key)
+        if isinstance(command, GROUP_TYPES):
+            for member in walk(command.members):
+                if member.key in self._seen:
+                    return self._duplicate(member.key)
+                self._seen.add(member.key)
         if record is None:
             return None
-        kind = command_kind(command)
+        kind = kind_of(command)
         if record.kind != kind:
             return NondeterminismError(
                 f"run {self.run_id!r} of workflow {self.workflow!r} recorded key {key!r} "
@@ -244,7 +259,19 @@ class Interpreter:
         if isinstance(command, Step) and record.done:
             # Only a recorded outcome is reused; a step that runs again takes its new name.
             self._check_name(command, record)
+        if isinstance(command, GROUP_TYPES):
+            return check_members(command, self._history, self._decode, self.run_id,
+                                 self.workflow)
         return None
+
+    def _duplicate(self, key: str) -> DuplicateKeyError:
+        return DuplicateKeyError(
+            f"workflow {self.workflow!r} yielded key {key!r} twice in one execution "
+            f"of run {self.run_id!r}; a key may be yielded once per execution: make "
+            f"it unique, e.g. f\"{key}:{{i}}\" for the i-th item",
+            run_id=self.run_id,
+            key=key,
+        )
 
     def _check_name(self, step: Step, record: KeyRecord) -> None:
         recorded = record.name
@@ -277,10 +304,10 @@ class Interpreter:
                 f"`yield from {yielded.__name__}(...)`"
             )
         items: tuple[object, ...] = tuple(yielded) if isinstance(yielded, list | tuple) else ()
-        if items and all(type(item) in COMMAND_TYPES for item in items):
+        if items and all(type(item) in YIELDABLE for item in items):
             return TypeError(
-                f"workflow {self.workflow!r} yielded {shown}; parallel commands are not "
-                f"supported yet: yield one command at a time"
+                f"workflow {self.workflow!r} yielded {shown}; to run commands at once, "
+                f"yield a group with its own key, e.g. All('fetch-all:v1', [...], limit=8)"
             )
         return TypeError(
             f"workflow {self.workflow!r} yielded {shown}; expected a command such as "
@@ -313,12 +340,6 @@ class Interpreter:
             f"{where}{type(error).__module__}.{type(error).__qualname__}: {error}\n"
         )
         return Fail(error, text)
-
-
-def step_failed(run_id: str, key: str, failure: Failure) -> StepFailed:
-    """Return the `StepFailed` a recorded step failure throws into the workflow."""
-    return StepFailed(run_id, key, failure.error_type, failure.message, failure.attempts,
-                      failure.error_types)
 
 
 def yield_stack(generator: Workflow) -> traceback.StackSummary:

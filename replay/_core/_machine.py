@@ -30,13 +30,14 @@ that ended a failed run is voided, so that step runs again with fresh budgets.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from replay._commands import Command, Sleep, Step, Suspend
+from replay._commands import Sleep, Step, Suspend
 from replay._core._decisions import (
     Action,
     Attempt,
+    Attempts,
     Codec,
     Ended,
     Now,
@@ -46,19 +47,21 @@ from replay._core._decisions import (
     WaitUntil,
     at,
 )
-from replay._core._history import Failure, KeyRecord, RunHistory
+from replay._core._groups import GroupRun
+from replay._core._history import Failure, KeyRecord, RunHistory, step_failed
 from replay._core._interpreter import (
+    Command,
     Fail,
     Finish,
     Interpreter,
     Pending,
     Result,
     format_failure,
-    step_failed,
 )
 from replay._core._records import Encoded, ErrorText, Record, Run
 from replay._core._state import RunStatus
 from replay._errors import (
+    Cancelled,
     EncodingError,
     ReplayInternalError,
     StepInterrupted,
@@ -68,7 +71,10 @@ from replay._errors import (
     message_of,
     qualified_name,
 )
+from replay._parallel import GROUP_TYPES, Group, kind_of
 from replay._types import RunState
+
+_CANCELLED = "the run was cancelled"
 
 
 class RunMachine:
@@ -88,8 +94,9 @@ class RunMachine:
     """
 
     __slots__ = (
-        "_arguments", "_codec", "_frontier", "_function", "_history", "_interpreter",
-        "_mark", "_out", "_policy", "_state", "_waiting", "_warnings", "run",
+        "_arguments", "_codec", "_flight", "_frontier", "_function", "_group",
+        "_group_pending", "_history", "_interpreter", "_mark", "_out", "_parked_until",
+        "_policy", "_state", "_stopped", "_waiting", "_warnings", "run",
     )
 
     def __init__(self, run: Run, function: Callable[..., Any], arguments: bytes,
@@ -108,11 +115,30 @@ class RunMachine:
         self._waiting: Pending | None = None  # the command a parked run waits on
         self._out: list[Record] = []  # records decided since the last decision
         self._warnings: list[str] = []
+        # A group under way, the `Pending` it answers, its attempts under way by key,
+        # attempts it cancelled (for the engine to stop), and its park's deadline.
+        self._group: GroupRun | None = None
+        self._group_pending: Pending | None = None
+        self._flight: dict[str, Attempt] = {}
+        self._stopped: list[Attempt] = []
+        self._parked_until: datetime | None = None
 
     @property
     def waits_for_signal(self) -> bool:
         """Whether the run waits on a `Suspend` (`wake` must then run under its lock)."""
+        if self._group is not None:
+            return self._group.waits_for_signal()
         return self._waiting is not None and isinstance(self._waiting.command, Suspend)
+
+    @property
+    def cancel_pending(self) -> bool:
+        """Whether a committed cancellation waits to be thrown in (see `cancel`)."""
+        return self._history.cancel_pending
+
+    def take_stopped(self) -> list[Attempt]:
+        """Return (and forget) the attempts under way that the machine cancelled."""
+        stopped, self._stopped = self._stopped, []
+        return stopped
 
     @property
     def history(self) -> RunHistory:
@@ -132,16 +158,28 @@ class RunMachine:
 
     def attempt_ended(self, attempt: Attempt, outcome: Outcome, now: Now) -> Action:
         """Record how `attempt` ended and decide what comes next."""
+        if self._group is not None:
+            return self._member_ended(attempt, outcome, now)
+        settled = self._settle(attempt, outcome, now, grouped=False)
+        if isinstance(settled, Encoded):
+            return self._decide(self._resume().send(self._codec.decode(settled.data)), now)
+        if isinstance(settled, datetime):
+            return self._wait(WaitUntil, attempt.step, key=attempt.step.key, at=settled)
+        return self._decide(self._resume().throw(settled), now)
+
+    def _settle(self, attempt: Attempt, outcome: Outcome, now: Now,
+                grouped: bool) -> Encoded | datetime | BaseException:
+        """Record how an attempt ended: its value, its back-off's end, or its failure."""
         step, number = attempt.step, attempt.number
         if outcome.ok:
             try:
                 value = self._encoded(outcome.value, step.key)
             except EncodingError as unencodable:
                 # An unencodable value is a bug in the step, not bad luck: not retried.
-                return self._step_failed(step, number, unencodable, outcome.duration_ms, now)
+                return self._failure(step, number, unencodable, outcome.duration_ms)
             self._emit(self.run.step_completed(step.key, number, step.name, value,
                                                outcome.duration_ms, self._running_unless()))
-            return self._decide(self._resume().send(self._codec.decode(value.data)), now)
+            return value
         record = self._history.get(step.key)
         used = (record.charged if record else 0) + 1
         policy = step.retry or self._policy.default_retry
@@ -149,10 +187,11 @@ class RunMachine:
         if used < policy.attempts and policy.retries(error_types_of(error)):
             delay = timedelta(seconds=policy.delay(self.run.run_id, step.key, used))
             wake_at = at(now) + delay
-            self._emit(self.run.step_retrying(step.key, number, step.name, _text(error),
-                                              outcome.duration_ms, wake_at))
-            return self._wait(WaitUntil, step, key=step.key, at=wake_at)
-        return self._step_failed(step, number, error, outcome.duration_ms, now)
+            self._emit(self.run.step_retrying(
+                step.key, number, step.name, _text(error), outcome.duration_ms, wake_at,
+                state=None if grouped else RunState.SLEEPING))
+            return wake_at
+        return self._failure(step, number, error, outcome.duration_ms)
 
     def attempt_abandoned(self, attempt: Attempt) -> Record:
         """Return the record of an attempt the engine stopped: it runs again, uncharged."""
@@ -167,6 +206,11 @@ class RunMachine:
         which a signal holds until it is committed, so a signal is never missed and a
         signal and a timeout never both win.
         """
+        if self._history.cancel_pending:
+            return self.cancel(now, None)
+        if self._group is not None:
+            self._group.advance(at(now), may_time_out=True)
+            return self._group_next(now)
         assert self._waiting is not None, "wake() of a run that waits on nothing"
         pending, self._waiting = self._waiting, None
         result = self._resume().reconsider(pending)
@@ -176,6 +220,30 @@ class RunMachine:
                 return action
             result = self._resume().throw(action)
         return self._decide(result, now)
+
+    def cancel(self, now: Now, attempt: Attempt | None) -> Action:
+        """Throw the run's committed cancellation in at the command it waits on.
+
+        `attempt` is the step attempt under way outside any group, if any (the engine
+        stopped it). A group's members under way are cancelled with it.
+        """
+        reason = self._reason()
+        if self._group is not None:
+            group, self._group = self._group, None
+            self._group_pending = None
+            group.cancel(_CANCELLED, reason)
+            key = group.key
+        elif attempt is not None:
+            key = attempt.step.key
+            self._emit(self.run.step_cancelled(key, attempt.number, attempt.step.name,
+                                               _CANCELLED, reason))
+        else:
+            assert self._waiting is not None, "cancel() of a run that waits on nothing"
+            pending, self._waiting = self._waiting, None
+            key = pending.command.key
+            self._cancelled_at(pending.command, pending.record, reason)
+        cancelled = Cancelled(self.run.run_id, key, self._codec.decode(reason.data))
+        return self._decide(self._resume().throw(cancelled), now)
 
     def deliver(self, record: Record) -> None:
         """Take a committed signal into the mailbox (the engine recorded it)."""
@@ -211,6 +279,13 @@ class RunMachine:
             if isinstance(result, Fail):
                 return self._failed(result)
             command = result.command
+            if self._history.cancel_pending:
+                self._cancelled_at(command, result.record, self._reason())
+                result = self._resume().throw(Cancelled(
+                    self.run.run_id, command.key, self._codec.decode(self._reason().data)))
+                continue
+            if isinstance(command, GROUP_TYPES):
+                return self._begin_group(result, command, now)
             if isinstance(command, Step):
                 action = self._step(command, result.record, now)
             elif isinstance(command, Sleep):
@@ -288,11 +363,6 @@ class RunMachine:
             qualified_name(SuspendTimeout), (), str(timeout))))
         return timeout
 
-    def _step_failed(self, step: Step, attempt: int, error: BaseException,
-                     duration_ms: float | None, now: Now) -> Action:
-        failed = self._failure(step, attempt, error, duration_ms)
-        return self._decide(self._resume().throw(failed), now)
-
     def _failure(self, step: Step, attempt: int, error: BaseException,
                  duration_ms: float | None) -> BaseException:
         """Record the step's final failure; return the `StepFailed` to throw in."""
@@ -313,10 +383,87 @@ class RunMachine:
         return Ended(*self._flush())
 
     def _failed(self, failure: Fail) -> Ended:
+        if isinstance(failure.error, Cancelled) and self._history.cancel_reason is not None:
+            self._emit(self.run.cancelled(self._reason(), clip(failure.traceback)))
+            return Ended(*self._flush())
         message = message_of(failure.error)
         self._emit(self.run.failed(qualified_name(type(failure.error)),
                                    clip(failure.traceback), self._encoded(message, "error")))
         return Ended(*self._flush())
+
+    # -- groups --
+
+    def _begin_group(self, pending: Pending, group: Group, now: Now) -> Action:
+        self._group = GroupRun(group, self, self._flight, self._stopped)
+        self._group_pending = pending
+        self._group.advance(at(now), may_time_out=False)
+        return self._group_next(now)
+
+    def _member_ended(self, attempt: Attempt, outcome: Outcome, now: Now) -> Action:
+        assert self._group is not None
+        key = attempt.step.key
+        if self._flight.get(key) is attempt:  # else: cancelled meanwhile, its outcome dropped
+            self._settle(attempt, outcome, now, grouped=True)
+            self._group.attempt_ended(key, at(now))
+        return self._group_next(now)
+
+    def _group_next(self, now: Now) -> Action:
+        """Decide what the group under way needs: attempts, a park, or its value."""
+        group, pending = self._group, self._group_pending
+        assert group is not None and pending is not None
+        if group.decided:
+            self._group = self._group_pending = None
+            return self._decide(self._resume().reconsider(pending), now)
+        starts = tuple(group.new_attempts)
+        group.new_attempts.clear()
+        if self._flight:
+            if self._state is not RunState.RUNNING:
+                self._emit(self.run.group_running(group.key))
+            return Attempts(*self._flush(), start=starts, wake_at=group.next_wake())
+        wake_at = group.next_wake()
+        state = RunState.SUSPENDED if group.waits_for_signal() else RunState.SLEEPING
+        if self._state is not state or self._parked_until != wake_at:
+            self._emit(self.run.group_waiting(group.key, state, wake_at, group.status_text()))
+            self._parked_until = wake_at
+        records, warnings = self._flush()
+        if state is RunState.SUSPENDED:
+            return WaitForSignal(records, warnings, key=group.key, deadline=wake_at,
+                                 settled=not records)
+        assert wake_at is not None, f"group {group.key!r} waits on nothing"
+        return WaitUntil(records, warnings, key=group.key, at=wake_at)
+
+    # -- the host of groups (see `_groups.Host`) --
+
+    def emit(self, record: Record) -> None:
+        """Record `record`: applied to the history now, committed with the decision."""
+        self._emit(record)
+
+    def encoded(self, value: Any, key: str) -> Encoded:
+        """Encode `value` (of `key`) for a record."""
+        return self._encoded(value, key)
+
+    def running_unless(self) -> RunState | None:
+        """The run state a record that makes progress carries (see `_running_unless`)."""
+        return self._running_unless()
+
+    # -- cancellation --
+
+    def _reason(self) -> Encoded:
+        data = self._history.cancel_reason
+        assert data is not None, "no cancellation was requested"
+        return Encoded(data, self._codec.to_json(self._codec.decode(data)))
+
+    def _cancelled_at(self, command: Command, record: KeyRecord | None,
+                      reason: Encoded) -> None:
+        """Record that the run's cancellation is thrown in at `command`."""
+        key = command.key
+        if isinstance(command, Step):
+            number = (record.attempts if record else 0) + 1
+            self._emit(self.run.step_cancelled(key, number, command.name, _CANCELLED, reason))
+        elif isinstance(command, GROUP_TYPES):
+            self._emit(self.run.group_cancelled(key, _CANCELLED, reason))
+        else:
+            self._emit(self.run.waiting_cancelled(kind_of(command), key, _CANCELLED, reason))
 
     # -- bookkeeping --
 

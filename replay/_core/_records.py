@@ -8,11 +8,20 @@ msgpack bytes and ``value_json`` their JSON rendering.
 
 | kind    | events                                                                |
 |---------|-----------------------------------------------------------------------|
-| run     | started, completed, failed, resumed                                   |
-| step    | started, completed, retrying, failed, abandoned, interrupted, renamed |
-| sleep   | scheduled, fired                                                      |
-| suspend | suspended, signalled (an early signal taken), timed_out               |
+| run     | started, completed, failed, resumed, cancel_requested, cancelled      |
+| step    | started, completed, retrying, failed, abandoned, interrupted, renamed, |
+|         | cancelled                                                             |
+| sleep   | scheduled, fired, cancelled                                           |
+| suspend | suspended, signalled (an early signal taken), timed_out, cancelled    |
 | signal  | signalled                                                             |
+| group   | started, completed, failed, cancelled, waiting, running               |
+| child   | started, completed, failed, cancelled                                 |
+
+A child run's ``run/started`` names its parent: the parent's run id in the internal
+`name` column and the parent's key for it in `key`.
+
+A command inside a group records no run state of its own (other members may be under
+way): the group's ``waiting`` record parks the run, its ``running`` record wakes it.
 """
 
 from __future__ import annotations
@@ -85,9 +94,17 @@ class Run:
 
     # -- the run as a whole --
 
-    def started(self, arguments: Encoded) -> Record:
-        """The run began with these arguments."""
-        return self._record("run", "started", value=arguments, run_state=RUNNING)
+    def started(self, arguments: Encoded, parent: tuple[str, str] | None = None,
+                deadline: datetime | None = None) -> Record:
+        """The run began with these arguments (as `parent`'s ``(run_id, key)`` child).
+
+        `deadline`: when the run is cancelled if it has not finished (`wake_at`).
+        """
+        record = self._record("run", "started", value=arguments, run_state=RUNNING,
+                              wake_at=deadline)
+        if parent is not None:
+            record.name, record.key = parent
+        return record
 
     def completed(self, output: Encoded) -> Record:
         """The workflow returned `output`."""
@@ -101,6 +118,15 @@ class Run:
     def resumed(self, voided: str | None, detail: Encoded, state: RunState | None) -> Record:
         """`resume`: `voided` names the step whose failure runs again (internal `name`)."""
         return self._record("run", "resumed", value=detail, name=voided, run_state=state)
+
+    def cancel_requested(self, reason: Encoded, state: RunState | None) -> Record:
+        """`cancel`: `Cancelled` is thrown in at the command the run waits on next."""
+        return self._record("run", "cancel_requested", value=reason, run_state=state)
+
+    def cancelled(self, reason: Encoded, error: str) -> Record:
+        """`Cancelled` escaped the workflow, or the run was terminated."""
+        return self._record("run", "cancelled", value=reason, error_type="replay.Cancelled",
+                            error=error, run_state=RunState.CANCELLED)
 
     # -- steps --
 
@@ -116,10 +142,11 @@ class Run:
                             value=value, duration_ms=duration_ms, run_state=state)
 
     def step_retrying(self, key: str, attempt: int, name: str, error: ErrorText,
-                      duration_ms: float | None, wake_at: datetime) -> Record:
+                      duration_ms: float | None, wake_at: datetime,
+                      state: RunState | None = SLEEPING) -> Record:
         """An attempt failed and the next one waits out its back-off until `wake_at`."""
         return self._failure("retrying", key, attempt, name, error, duration_ms,
-                             wake_at=wake_at, state=SLEEPING)
+                             wake_at=wake_at, state=state)
 
     def step_failed(self, key: str, attempt: int, name: str, error: ErrorText,
                     duration_ms: float | None, state: RunState | None) -> Record:
@@ -130,6 +157,16 @@ class Run:
     def step_abandoned(self, key: str, attempt: int, name: str) -> Record:
         """The engine stopped while the attempt ran: it runs again, charged nothing."""
         return self._record("step", "abandoned", key=key, attempt=attempt, name=name)
+
+    def step_cancelled(self, key: str, attempt: int, name: str, why: str,
+                       reason: Encoded | None) -> Record:
+        """The attempt under way (or due) was cancelled: a race lost, a run cancelled.
+
+        With `reason`, the run's cancellation was thrown into the workflow here, and
+        is again on every replay.
+        """
+        return self._record("step", "cancelled", key=key, attempt=attempt, name=name,
+                            error=why, value=reason)
 
     def step_interrupted(self, key: str, attempt: int, name: str, count: int,
                          limit: int, error_type: str) -> Record:
@@ -147,28 +184,100 @@ class Run:
 
     # -- sleeps and suspends --
 
-    def sleep_scheduled(self, key: str, wake_at: datetime) -> Record:
+    def sleep_scheduled(self, key: str, wake_at: datetime,
+                        state: RunState | None = SLEEPING) -> Record:
         """The run sleeps until `wake_at`."""
-        return self._record("sleep", "scheduled", key=key, wake_at=wake_at, run_state=SLEEPING)
+        return self._record("sleep", "scheduled", key=key, wake_at=wake_at, run_state=state)
 
     def sleep_fired(self, key: str, wake_at: datetime) -> Record:
         """The sleep's deadline passed: the run goes on."""
         return self._record("sleep", "fired", key=key, wake_at=wake_at, run_state=RUNNING)
 
-    def suspended(self, key: str, deadline: datetime | None, status: str | None) -> Record:
+    def suspended(self, key: str, deadline: datetime | None, status: str | None,
+                  state: RunState | None = SUSPENDED) -> Record:
         """The run waits for a signal for `key` (until `deadline`, if any)."""
         return self._record("suspend", "suspended", key=key, wake_at=deadline,
-                            status_text=status, run_state=SUSPENDED)
+                            status_text=status, run_state=state)
 
     def signal_taken(self, key: str, status: str | None) -> Record:
         """A `Suspend` found its signal already in the mailbox (it came early)."""
         return self._record("suspend", "signalled", key=key, status_text=status)
 
-    def suspend_timed_out(self, key: str, deadline: datetime, error: ErrorText) -> Record:
+    def suspend_timed_out(self, key: str, deadline: datetime, error: ErrorText,
+                          state: RunState | None = RUNNING) -> Record:
         """No signal came for `key` before its deadline: `SuspendTimeout` is thrown in."""
         return self._record("suspend", "timed_out", key=key, wake_at=deadline,
                             error_type=error.error_type, error=error.message,
-                            run_state=RUNNING)
+                            run_state=state)
+
+    def waiting_cancelled(self, kind: str, key: str, why: str,
+                          reason: Encoded | None) -> Record:
+        """A sleep or suspend was cancelled (a later signal for a suspend is rejected)."""
+        return self._record(kind, "cancelled", key=key, error=why, value=reason)
+
+    # -- groups --
+
+    def group_started(self, key: str, group: str, members: Encoded) -> Record:
+        """A group (`group`: all, gather or race) began with these members' keys."""
+        return self._record("group", "started", key=key, name=group, value=members)
+
+    def group_completed(self, key: str, group: str, detail: Encoded,
+                        state: RunState | None) -> Record:
+        """The group was decided: every member done (a race: its winner)."""
+        return self._record("group", "completed", key=key, name=group, value=detail,
+                            run_state=state)
+
+    def group_failed(self, key: str, member: str, detail: Encoded, error: ErrorText,
+                     attempts: int, state: RunState | None) -> Record:
+        """`member`'s failure decided the group (fail-fast, or a race's winner failed).
+
+        The member's key goes in the internal `name` column, for `resume` to void.
+        """
+        return Record(self.run_id, self.workflow, "group", "failed", key=key,
+                      attempt=attempts, value=detail.data, value_json=detail.json,
+                      error_type=error.error_type, error=error.message,
+                      error_types=error.error_types, name=member,
+                      run_state=None if state is None else state.value)
+
+    def group_cancelled(self, key: str, why: str, reason: Encoded | None) -> Record:
+        """The group was cancelled with its members under way (see `step_cancelled`)."""
+        return self._record("group", "cancelled", key=key, error=why, value=reason)
+
+    def group_waiting(self, key: str, state: RunState, wake_at: datetime | None,
+                      status: str | None) -> Record:
+        """Nothing in the group is under way: the run parks until `wake_at` or a signal."""
+        return self._record("group", "waiting", key=key, wake_at=wake_at,
+                            status_text=status, run_state=state)
+
+    def group_running(self, key: str) -> Record:
+        """The parked group has work under way again."""
+        return self._record("group", "running", key=key, run_state=RUNNING)
+
+    # -- child runs --
+
+    def child_started(self, key: str, workflow: str, detail: Encoded,
+                      state: RunState | None) -> Record:
+        """A child run of `workflow` began (committed with its own ``run/started``)."""
+        return self._record("child", "started", key=key, name=workflow, value=detail,
+                            run_state=state)
+
+    def child_completed(self, key: str, output: bytes, output_json: str | None,
+                        state: RunState | None) -> Record:
+        """The child run completed (committed with its own last record)."""
+        return Record(self.run_id, self.workflow, "child", "completed", key=key,
+                      value=output, value_json=output_json,
+                      run_state=None if state is None else state.value)
+
+    def child_failed(self, key: str, child_run_id: str, error: ErrorText,
+                     state: RunState | None) -> Record:
+        """The child run failed or was cancelled (committed with its own last record).
+
+        The child's run id goes in the internal `name` column.
+        """
+        return Record(self.run_id, self.workflow, "child", "failed", key=key,
+                      error_type=error.error_type, error=error.message,
+                      error_types=error.error_types, name=child_run_id,
+                      run_state=None if state is None else state.value)
 
     # -- the mailbox --
 

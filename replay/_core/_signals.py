@@ -37,6 +37,11 @@ def check_signal(run_id: str, state: RunState, history: RunHistory, key: str,
         raise SignalRejected(
             f"run {run_id!r} recorded key {key!r} as a {entry.kind}, not a Suspend; a "
             "signal can only answer a Suspend", run_id=run_id, key=key)
+    if entry is not None and entry.cancelled:
+        raise SignalRejected(
+            f"key {key!r} of run {run_id!r} was cancelled (it lost a race, or its run "
+            "was cancelled); nothing waits for this signal, so it is rejected",
+            run_id=run_id, key=key)
     if key in history.signals or (entry is not None and entry.timed_out):
         why = "timed out" if entry is not None and entry.timed_out else "already has a signal"
         raise SignalRejected(

@@ -16,13 +16,23 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import trio
 
-from replay._core._decisions import Action, Attempt, Ended, Outcome, WaitForSignal, WaitUntil
+from replay._core._decisions import (
+    Action,
+    Attempt,
+    Attempts,
+    Ended,
+    Outcome,
+    WaitForSignal,
+    WaitUntil,
+)
 from replay._core._machine import RunMachine
 from replay._core._records import Record
 from replay._engine._clock import EngineClock
@@ -32,6 +42,8 @@ from replay._engine._steps import StepCaller
 log = logging.getLogger("replay")
 
 Enqueue = Callable[[RunSlot, Record], trio.Event]
+# Put in a group's outcome channel when a signal or a cancellation is committed.
+_WAKE = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +106,11 @@ class Driver:
                     machine.close()  # start no new attempt: the run continues at the next open
                     return None
                 action = await self._attempt(slot, machine, action)
+            elif isinstance(action, Attempts):
+                next_action = await self._concurrently(slot, machine, action)
+                if next_action is None:
+                    return None
+                action = next_action
             elif isinstance(action, Ended):
                 await self._commit(slot, action.records)
                 return None
@@ -127,28 +144,141 @@ class Driver:
 
     async def _attempt(self, slot: RunSlot, machine: RunMachine, attempt: Attempt) -> Action:
         """Make the attempt and return the machine's next decision."""
+        if machine.cancel_pending:  # committed while the attempt's records were
+            return machine.cancel(self._clock.now, attempt)
         if attempt.start is None:
             outcome = await self._call(slot, machine, attempt, ())
+            if outcome is None:
+                return machine.cancel(self._clock.now, attempt)
             return machine.attempt_ended(attempt, outcome, self._clock.now)
         # The run's first attempt since the open runs alone, its start and its end
         # durable, so that a process death is charged to this step only.
         async with self._first_attempts:
             outcome = await self._call(slot, machine, attempt, (attempt.start,))
-            after = machine.attempt_ended(attempt, outcome, self._clock.now)
+            if outcome is None:
+                after = machine.cancel(self._clock.now, attempt)
+            else:
+                after = machine.attempt_ended(attempt, outcome, self._clock.now)
             await self._commit(slot, after.records)
         slot.needs_start_mark = False
         return dataclasses.replace(after, records=())
 
     async def _call(self, slot: RunSlot, machine: RunMachine, attempt: Attempt,
-                    start: Sequence[Record]) -> Outcome:
+                    start: Sequence[Record]) -> Outcome | None:
+        """Make the attempt; None: the run's cancellation stopped it."""
+        stop = trio.CancelScope()
+
+        def listen(record: Record) -> None:
+            if record.event == "cancel_requested":
+                stop.cancel()
+
+        slot.listener = listen
         try:
-            if start:
-                await self._commit(slot, start)
-            return await self._steps.call(slot.run_id, attempt.step, attempt.number)
+            with stop:
+                if start:
+                    await self._commit(slot, start)
+                return await self._steps.call(slot.run_id, attempt.step, attempt.number)
+            return None
         except BaseException:
             # The engine is stopping: a clean stop charges nothing. Queued, not awaited
             # (this task is being cancelled); the committer commits it before closing.
             self._enqueue(slot, machine.attempt_abandoned(attempt))
+            raise
+        finally:
+            slot.listener = None
+
+    # -- groups: attempts at once --
+
+    async def _concurrently(self, slot: RunSlot, machine: RunMachine,
+                            action: Attempts) -> Action | None:
+        """Make a group's attempts at once until the machine decides something else.
+
+        Returns:
+            The machine's next decision, or None if the engine is stopping.
+        """
+        send, receive = trio.open_memory_channel[Any](math.inf)
+        slot.listener = lambda record: send.send_nowait(_WAKE)
+        scopes: dict[int, trio.CancelScope] = {}
+        try:
+            async with trio.open_nursery() as nursery:
+                try:
+                    return await self._group_rounds(slot, machine, action, nursery, scopes,
+                                                    receive, send)
+                finally:
+                    for scope in scopes.values():
+                        scope.cancel()
+        finally:
+            slot.listener = None
+
+    async def _group_rounds(self, slot: RunSlot, machine: RunMachine, action: Action,
+                            nursery: trio.Nursery, scopes: dict[int, trio.CancelScope],
+                            receive: trio.MemoryReceiveChannel[Any],
+                            send: trio.MemorySendChannel[Any]) -> Action | None:
+        while isinstance(action, Attempts):
+            stopped = self._stop(machine, scopes)
+            await self._commit(slot, action.records)
+            if self._stopping():
+                machine.close()
+                return None
+            for attempt in action.start:
+                if id(attempt) not in stopped:
+                    scope = scopes[id(attempt)] = trio.CancelScope()
+                    nursery.start_soon(self._member, slot, machine, attempt, scope, send)
+            action = await self._next_round(slot, machine, action.wake_at, scopes, receive)
+        self._stop(machine, scopes)
+        return action
+
+    async def _next_round(self, slot: RunSlot, machine: RunMachine, wake_at: datetime | None,
+                          scopes: dict[int, trio.CancelScope],
+                          receive: trio.MemoryReceiveChannel[Any]) -> Action:
+        """Wait for an outcome, a deadline or a wake-up; feed the machine everything ready.
+
+        Outcomes that are ready together are fed together, so their records share a
+        commit and the attempts they start begin together.
+        """
+        deadline = math.inf if wake_at is None else self._clock.trio_deadline(wake_at)
+        items: list[Any] = [_WAKE]
+        with trio.move_on_at(deadline):
+            items = [await receive.receive()]
+        while True:
+            try:
+                items.append(receive.receive_nowait())
+            except trio.WouldBlock:
+                break
+        decisions: list[Action] = []
+        woken = False
+        for item in items:
+            if item is _WAKE:
+                woken = True
+            elif scopes.pop(id(item[0]), None) is not None:  # else: it was stopped
+                attempt, outcome = item
+                decisions.append(machine.attempt_ended(attempt, outcome, self._clock.now))
+                if not isinstance(decisions[-1], Attempts):
+                    break  # the group is decided: later outcomes are for stopped attempts
+        if woken or not decisions:
+            if not decisions or isinstance(decisions[-1], Attempts):
+                async with slot.lock:  # a suspend is decided only under the run's lock
+                    decisions.append(machine.wake(self._clock.now))
+        return _merged(decisions)
+
+    def _stop(self, machine: RunMachine, scopes: dict[int, trio.CancelScope]) -> set[int]:
+        """Cancel the attempts the machine cancelled; return their ids."""
+        stopped = {id(attempt) for attempt in machine.take_stopped()}
+        for attempt_id in stopped:
+            scope = scopes.pop(attempt_id, None)
+            if scope is not None:
+                scope.cancel()
+        return stopped
+
+    async def _member(self, slot: RunSlot, machine: RunMachine, attempt: Attempt,
+                      scope: trio.CancelScope, send: trio.MemorySendChannel[Any]) -> None:
+        """One group member's attempt; a stopped one reports nothing."""
+        try:
+            with scope:
+                outcome = await self._steps.call(slot.run_id, attempt.step, attempt.number)
+                send.send_nowait((attempt, outcome))
+        except BaseException:
+            self._enqueue(slot, machine.attempt_abandoned(attempt))  # the engine is stopping
             raise
 
     async def _commit(self, slot: RunSlot, records: Sequence[Record]) -> None:
@@ -158,3 +288,16 @@ class Driver:
         for record in records:
             durable = self._enqueue(slot, record)
         await durable.wait()  # batches commit in order: the last one durable means all are
+
+
+def _merged(decisions: list[Action]) -> Action:
+    """One decision that commits every decision's records in order, then acts as the last."""
+    last = decisions[-1]
+    if len(decisions) == 1:
+        return last
+    records = tuple(r for decision in decisions for r in decision.records)
+    warnings = tuple(w for decision in decisions for w in decision.warnings)
+    if isinstance(last, Attempts):
+        starts = tuple(a for d in decisions if isinstance(d, Attempts) for a in d.start)
+        return Attempts(records, warnings, start=starts, wake_at=last.wake_at)
+    return dataclasses.replace(last, records=records, warnings=warnings)

@@ -30,8 +30,9 @@ class RunSlot:
     """The engine's record of one run (internal)."""
 
     __slots__ = (
-        "_changed", "_durable", "_lock", "active", "created_at", "durable", "machine",
-        "needs_start_mark", "run_id", "settling", "status", "updated_at", "workflow",
+        "_changed", "_durable", "_lock", "active", "created_at", "durable", "listener",
+        "machine", "needs_start_mark", "run_id", "settling", "status", "updated_at",
+        "workflow",
     )
 
     def __init__(self, run_id: str, workflow: str, status: RunStatus, created_at: datetime):
@@ -58,6 +59,9 @@ class RunSlot:
         # True once the run's start is committed (at once for runs loaded from the file).
         self.durable = False
         self._durable: trio.Event | None = None
+        # Told of each signal and cancellation committed while the run's task waits on
+        # its step attempts (set by the driver).
+        self.listener: Callable[[Record], None] | None = None
 
     @classmethod
     def restored(cls, row: RunRow, opened_at: int = 0) -> RunSlot:
@@ -153,8 +157,11 @@ class RunSlot:
         """Take a committed record into account (a signal goes into the machine's mailbox)."""
         if record.recorded_at is not None:
             self.updated_at = record.recorded_at
-        if record.kind == "signal" and self.machine is not None:
-            self.machine.deliver(record)
+        if record.kind == "signal" or record.event == "cancel_requested":
+            if self.machine is not None:
+                self.machine.deliver(record)
+            if self.listener is not None:
+                self.listener(record)
         if record.run_state is None:
             return
         self.status = self.status.after(record)

@@ -1,0 +1,452 @@
+"""Groups under way: which members started, which are done, and how a group is decided.
+
+A `GroupRun` is one `All`, `Gather` or `Race` being executed. The run's history is
+the source of truth for every member (a step's outcome, a sleep fired, a signal taken,
+a nested group decided); the group adds what is not recorded: which attempts are
+under way. Members start in list order, at most `limit` at once; a member counts
+against the limit from its start to its outcome.
+
+A group is decided by the first member outcome it observes that decides it (a race's
+first outcome, an `All`'s first failure, the last member of an `All` or `Gather`),
+and records that decision (``group/completed`` or ``group/failed``) in the same commit
+as the member's outcome: on replay the group's value comes from its records alone
+(`recorded_outcome`), so a race replays to the same winner in any process. The only
+outcomes that become durable on their own are signals; among those, the earliest
+recorded (`seq`) is observed first. Members still under way when a group is decided
+are cancelled and recorded as ``cancelled``; members not started never start.
+
+Pure: no I/O. The run machine (`_machine`) hosts groups: it records their members'
+step outcomes and turns their state into decisions for the engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from replay._commands import Sleep, Step, Suspend
+from replay._core._decisions import Attempt
+from replay._core._history import KeyRecord, RunHistory, step_failed
+from replay._core._records import Encoded, ErrorText, Record, Run
+from replay._errors import NondeterminismError, ReplayError, SuspendTimeout, qualified_name
+from replay._parallel import GROUP_TYPES, Gathered, Group, Member, Race, kind_of, walk
+from replay._types import RunState
+
+_TIMED_OUT = qualified_name(SuspendTimeout)
+_ZERO = timedelta(0)
+
+
+class Host(Protocol):
+    """What a group needs from the run machine that hosts it."""
+
+    run: Run
+
+    @property
+    def history(self) -> RunHistory:
+        """The run's memo."""
+
+    def emit(self, record: Record) -> None:
+        """Record `record` (applied to the history at once, committed with the decision)."""
+
+    def encoded(self, value: Any, key: str) -> Encoded:
+        """Encode a value for a record."""
+
+    def running_unless(self) -> RunState | None:
+        """The run state a record that makes progress carries."""
+
+
+class GroupRun:
+    """One group under way.
+
+    Args:
+        group: The group command.
+        host: The run machine.
+        flight: Attempts under way by step key, shared by a group and its nested groups.
+        stopped: Where the attempts under way that the group cancels go (shared too).
+        parent: The enclosing group, for a nested one.
+    """
+
+    def __init__(self, group: Group, host: Host, flight: dict[str, Attempt],
+                 stopped: list[Attempt], parent: GroupRun | None = None) -> None:
+        self.group = group
+        self._host = host
+        self._flight = flight
+        self._stopped = stopped
+        self._parent = parent
+        self._started: dict[str, Member] = {}  # started, outcome not observed yet
+        self._nested: dict[str, GroupRun] = {}
+        self._next = 0  # the next member to start, in list order
+        self.decided = False
+        self.new_attempts: list[Attempt] = []  # attempts to make (top group only)
+
+    @property
+    def key(self) -> str:
+        """The group's key."""
+        return self.group.key
+
+    # -- inputs --
+
+    def advance(self, now: datetime, may_time_out: bool) -> None:
+        """Start members up to the limit and decide every started member that is due.
+
+        Members a signal answered are observed first, the earliest recorded first (a
+        signal is the only outcome that is durable before its group observes it);
+        then the others, in list order. A suspend's deadline is decided only when
+        `may_time_out` (under the run's lock, which a signal holds until it commits).
+        """
+        history = self._host.history
+        record = history.get(self.key)
+        if record is not None and record.done and not record.cancelled:
+            self.decided = True  # decided before: its records say how
+            return
+        if record is None:
+            self._record_start()
+        self._fill()
+        while not self.decided:
+            for member in self._by_signal_order():
+                if self.decided:
+                    return
+                if member.key in self._started:
+                    self._decide_member(member, now, may_time_out)
+            if self.decided or not self._fill():
+                return
+
+    def refill(self, now: datetime) -> None:
+        """Start and decide new members while there is room (a member just finished)."""
+        while not self.decided and self._room() and self._next < len(self.group.members):
+            member = self.group.members[self._next]
+            self._next += 1
+            self._started[member.key] = member
+            self._decide_member(member, now, may_time_out=False)
+
+    def attempt_ended(self, key: str, now: datetime) -> None:
+        """A member step's attempt ended; its records are in the history now."""
+        owner = self.owner_of(key)
+        if owner is None:
+            return
+        self._flight.pop(key, None)
+        member = owner._started.get(key)
+        if member is not None and owner._done(member):
+            owner._member_finished(member)
+        group: GroupRun | None = owner
+        while group is not None:
+            group.refill(now)
+            group = group._parent
+
+    def cancel(self, why: str, reason: Encoded | None = None) -> None:
+        """Cancel every member under way; record the group cancelled (thrown in with `reason`)."""
+        for member in list(self._started.values()):
+            self._cancel_member(member, why)
+        self._started.clear()
+        self.decided = True
+        self._host.emit(self._host.run.group_cancelled(self.key, why, reason))
+
+    # -- what the machine asks --
+
+    def owner_of(self, key: str) -> GroupRun | None:
+        """Return the group (this or a nested one) whose started member has `key`."""
+        if key in self._started:
+            return self
+        for nested in self._nested.values():
+            owner = nested.owner_of(key)
+            if owner is not None:
+                return owner
+        return None
+
+    def next_wake(self) -> datetime | None:
+        """Return the earliest deadline of a waiting member (a sleep, back-off, timeout)."""
+        deadlines = [entry.wake_at for _, entry in self._waiting() if entry.wake_at]
+        return min(deadlines, default=None)
+
+    def waits_for_signal(self) -> bool:
+        """Whether a member waits for a signal."""
+        return any(entry.kind == "suspend" for _, entry in self._waiting())
+
+    def status_text(self) -> str | None:
+        """The status of the first member suspend that waits."""
+        return next((entry.status_text for _, entry in self._waiting()
+                     if entry.kind == "suspend" and entry.status_text), None)
+
+    # -- members --
+
+    def _record_start(self) -> None:
+        members: dict[str, Any] = {"group": self.group.kind, "members": self.group.keys()}
+        if isinstance(self.group, Race):
+            members["names"] = list(self.group.names)
+        self._host.emit(self._host.run.group_started(
+            self.key, self.group.kind, self._host.encoded(members, self.key)))
+
+    def _fill(self) -> bool:
+        """Start members in list order while there is room; tell whether any started."""
+        started = False
+        while self._room() and self._next < len(self.group.members):
+            member = self.group.members[self._next]
+            self._next += 1
+            self._started[member.key] = member
+            started = True
+        return started
+
+    def _room(self) -> bool:
+        limit = self.group.limit
+        return limit is None or len(self._started) < limit
+
+    def _by_signal_order(self) -> list[Member]:
+        """Started members, those a signal answered first (earliest recorded first)."""
+        seqs = self._host.history.signal_seqs
+        started = list(self._started.values())
+        return sorted(started, key=lambda m: seqs.get(m.key, 0) if isinstance(m, Suspend)
+                      and m.key in seqs else float("inf"))
+
+    def _decide_member(self, member: Member, now: datetime, may_time_out: bool) -> None:
+        """Decide a started member: start its attempt, record its wait, or its outcome."""
+        if isinstance(member, GROUP_TYPES):
+            nested = self._nested.get(member.key)
+            if nested is None:
+                nested = self._nested[member.key] = GroupRun(
+                    member, self._host, self._flight, self._stopped, self)
+            nested.advance(now, may_time_out)
+        elif member.key not in self._flight:
+            if isinstance(member, Step):
+                self._step(member, now)
+            elif isinstance(member, Sleep):
+                self._sleep(member, now)
+            else:
+                self._suspend(member, now, may_time_out)
+        if member.key in self._started and self._done(member):
+            self._member_finished(member)
+
+    def _step(self, step: Step, now: datetime) -> None:
+        record = self._host.history.get(step.key)
+        if record is not None and (record.done or (record.wake_at and record.wake_at > now)):
+            return
+        number = (record.attempts if record else 0) + 1
+        attempt = Attempt((), (), step=step, number=number, start=None)
+        self._flight[step.key] = attempt
+        self._top().new_attempts.append(attempt)
+
+    def _sleep(self, sleep: Sleep, now: datetime) -> None:
+        host, record = self._host, self._host.history.get(sleep.key)
+        if record is None or record.wake_at is None:
+            wake_at = sleep.until or now + (sleep.duration or _ZERO)
+            host.emit(host.run.sleep_scheduled(sleep.key, wake_at, state=None))
+        elif record.done:
+            return
+        else:
+            wake_at = record.wake_at
+        if wake_at <= now:
+            host.emit(host.run.sleep_fired(sleep.key, wake_at))
+
+    def _suspend(self, suspend: Suspend, now: datetime, may_time_out: bool) -> None:
+        host, key = self._host, suspend.key
+        record = host.history.get(key)
+        if key in host.history.signals:
+            if record is None:
+                host.emit(host.run.signal_taken(key, suspend.status))
+            return
+        if record is None:
+            deadline = None if suspend.timeout is None else now + suspend.timeout
+            host.emit(host.run.suspended(key, deadline, suspend.status, state=None))
+        elif (may_time_out and not record.done and record.wake_at is not None
+              and record.wake_at <= now):
+            error = SuspendTimeout(host.run.run_id, key)
+            host.emit(host.run.suspend_timed_out(
+                key, record.wake_at, ErrorText(_TIMED_OUT, (), str(error)),
+                state=host.running_unless()))
+
+    def _done(self, member: Member) -> bool:
+        if isinstance(member, GROUP_TYPES):
+            nested = self._nested.get(member.key)
+            return nested is not None and nested.decided and not _cancelled(
+                self._host.history.get(member.key))
+        if member.key in self._flight:
+            return False
+        record = self._host.history.get(member.key)
+        if isinstance(member, Suspend):
+            return member.key in self._host.history.signals or (
+                record is not None and record.timed_out)
+        return record is not None and record.done and not record.cancelled
+
+    def _failure(self, member: Member) -> tuple[str, KeyRecord] | None:
+        """Return ``(leaf key, record)`` of a finished member's failure, if it failed."""
+        record = self._host.history.get(member.key)
+        if record is None:
+            return None
+        if isinstance(member, GROUP_TYPES):
+            if record.failure is None or record.failed_member is None:
+                return None
+            leaf = self._host.history.get(record.failed_member)
+            return (record.failed_member, record) if leaf is not None else None
+        if record.failure is not None or record.timed_out:
+            return member.key, record
+        return None
+
+    def _member_finished(self, member: Member) -> None:
+        """Observe a member's outcome: it may decide the group."""
+        del self._started[member.key]
+        failure = self._failure(member)
+        group = self.group
+        if isinstance(group, Race):
+            name = group.names[group.members.index(member)]
+            self._decide(member, failure, {"winner": name})
+        elif failure is not None and group.kind == "all":
+            self._decide(member, failure, {"member": failure[0]})
+        elif not self._started and self._next >= len(group.members):
+            self._decide(None, None, {})
+        if self.decided and self._parent is not None:
+            self._parent._nested_decided(self)
+
+    def _nested_decided(self, nested: GroupRun) -> None:
+        member = self._started.get(nested.key)
+        if member is not None:
+            self._member_finished(member)
+
+    def _decide(self, member: Member | None, failure: tuple[str, KeyRecord] | None,
+                detail: dict[str, Any]) -> None:
+        host = self._host
+        self.decided = True
+        why = (f"group {self.key!r} was decided by {member.key!r}" if member is not None
+               else f"group {self.key!r} was decided")
+        for other in list(self._started.values()):
+            self._cancel_member(other, why)
+        self._started.clear()
+        state = host.running_unless()
+        encoded = host.encoded(detail, self.key)
+        if failure is None:
+            host.emit(host.run.group_completed(self.key, self.group.kind, encoded, state))
+            return
+        leaf, record = failure
+        error = _failure_text(record)
+        attempts = record.failure.attempts if record.failure is not None else 0
+        host.emit(host.run.group_failed(self.key, leaf, encoded, error, attempts, state))
+
+    def _cancel_member(self, member: Member, why: str) -> None:
+        host, key = self._host, member.key
+        if isinstance(member, GROUP_TYPES):
+            nested = self._nested.get(key)
+            if nested is not None and not nested.decided:
+                nested.cancel(why)
+            return
+        attempt = self._flight.pop(key, None)
+        record = host.history.get(key)
+        if attempt is not None:
+            self._stopped.append(attempt)
+            host.emit(host.run.step_cancelled(key, attempt.number, attempt.step.name, why,
+                                              None))
+        elif isinstance(member, Step):
+            if record is not None and not record.done:
+                host.emit(host.run.step_cancelled(key, record.attempts, member.name, why,
+                                                  None))
+        elif record is not None and not record.done and key not in host.history.signals:
+            host.emit(host.run.waiting_cancelled(kind_of(member), key, why, None))
+
+    def _waiting(self) -> Iterator[tuple[str, KeyRecord]]:
+        """Every started leaf that waits (a deadline or a signal), nested ones included."""
+        history = self._host.history
+        for member in self._started.values():
+            if isinstance(member, GROUP_TYPES):
+                nested = self._nested.get(member.key)
+                if nested is not None:
+                    yield from nested._waiting()
+                continue
+            record = history.get(member.key)
+            if member.key in self._flight or record is None or record.done:
+                continue
+            if record.kind == "suspend" and member.key in history.signals:
+                continue
+            yield member.key, record
+
+    def _top(self) -> GroupRun:
+        return self if self._parent is None else self._parent._top()
+
+
+def _cancelled(record: KeyRecord | None) -> bool:
+    return record is not None and record.cancelled
+
+
+def _failure_text(record: KeyRecord) -> ErrorText:
+    failure = record.failure
+    if failure is not None:
+        return ErrorText(failure.error_type, failure.error_types, failure.message)
+    return ErrorText(_TIMED_OUT, (_TIMED_OUT,), "no signal before its timeout")
+
+
+# -- replaying a decided group --
+
+def recorded_outcome(group: Group, history: RunHistory, decode: Callable[[bytes], Any],
+                     run_id: str) -> tuple[bool, Any] | None:
+    """Return ``(ok, value)`` of a decided group from its records, or None if undecided.
+
+    ``ok`` False: `value` is the failure to throw in (the deciding member's).
+    """
+    record = history.get(group.key)
+    if record is None or not record.done or record.cancelled:
+        return None
+    if record.failure is not None:
+        return False, _member_failure_from(group.key, record, history, run_id)
+    if isinstance(group, Race):
+        detail = decode(record.value) if record.value is not None else {}
+        name = detail.get("winner")
+        member = group.members[group.names.index(name)]
+        ok, value = _member_outcome(member, history, decode, run_id)
+        return (True, (name, value)) if ok else (False, value)
+    outcomes = [_member_outcome(m, history, decode, run_id) for m in group.members]
+    if group.kind == "gather":
+        return True, Gathered(value for _, value in outcomes)
+    return True, [value for _, value in outcomes]
+
+
+def _member_outcome(member: Member, history: RunHistory, decode: Callable[[bytes], Any],
+                    run_id: str) -> tuple[bool, Any]:
+    record = history.get(member.key)
+    if isinstance(member, GROUP_TYPES):
+        outcome = recorded_outcome(member, history, decode, run_id)
+        assert outcome is not None, f"group {member.key!r} is not decided"
+        return outcome
+    if isinstance(member, Suspend):
+        if record is not None and record.timed_out:
+            return False, SuspendTimeout(run_id, member.key)
+        data = history.signals.get(member.key)
+        return True, None if data is None else decode(data)
+    assert record is not None, f"member {member.key!r} has no outcome"
+    if record.failure is not None:
+        return False, step_failed(run_id, member.key, record.failure)
+    return True, None if record.value is None else decode(record.value)
+
+
+def _member_failure_from(key: str, record: KeyRecord, history: RunHistory,
+                         run_id: str) -> ReplayError:
+    leaf = record.failed_member or key
+    failure = record.failure
+    assert failure is not None
+    if failure.error_type == _TIMED_OUT:
+        return SuspendTimeout(run_id, leaf)
+    return step_failed(run_id, leaf, failure)
+
+
+def check_members(group: Group, history: RunHistory, decode: Callable[[bytes], Any],
+                  run_id: str, workflow: str) -> NondeterminismError | None:
+    """Check a group against its records: the same members, each of the same kind."""
+    record = history.get(group.key)
+    if record is None:
+        return None
+    recorded = None
+    if record.detail is not None:
+        members = decode(record.detail).get("members")
+        recorded = list(members) if isinstance(members, list | tuple) else None
+    if recorded is not None and recorded != group.keys():
+        return NondeterminismError(
+            f"run {run_id!r} of workflow {workflow!r} recorded group {group.key!r} with "
+            f"members {recorded!r} but the workflow now yields it with {group.keys()!r}; "
+            "restore the code that recorded it, or give the group a new key (e.g. bump "
+            "':v1' to ':v2') and resume the run", run_id=run_id, key=group.key)
+    for member in walk(group.members):
+        entry = history.get(member.key)
+        kind = kind_of(member)
+        if entry is not None and entry.kind != kind:
+            return NondeterminismError(
+                f"run {run_id!r} of workflow {workflow!r} recorded key {member.key!r} as "
+                f"a {entry.kind} but group {group.key!r} now has it as a {kind}; restore "
+                "the code that recorded it, or give the member a new key and resume the "
+                "run", run_id=run_id, key=member.key)
+    return None
