@@ -242,8 +242,8 @@ class Race(Frozen):
 
 
 Group: TypeAlias = All | Gather | Race
-GROUP_TYPES: tuple[type, ...] = (All, Gather, Race)
-MEMBER_TYPES: tuple[type, ...] = (Step, Sleep, Suspend, Child, All, Gather, Race)
+GROUP_TYPES = (All, Gather, Race)
+MEMBER_TYPES = (Step, Sleep, Suspend, Child, All, Gather, Race)
 
 
 class Gathered(list[Any]):

@@ -39,12 +39,14 @@ class RunInfo:
         created_at: When the run was started (engine clock).
         updated_at: When anything last happened to it (engine clock).
         output: The workflow's return value, once completed.
-        error: The traceback text of the failure, once failed.
-        error_type: The qualified name of the exception that failed the run.
+        error: The traceback text of the failure, once failed (or cancelled).
+        error_type: The qualified name of the exception that failed the run
+            (``replay.Cancelled`` once cancelled).
         waiting_for: The key the run sleeps or is suspended on, else None.
         wake_at: When a waiting run wakes: the deadline of its sleep or retry back-off,
             or of its `Suspend`'s timeout.
         status_text: The `status` of the `Suspend` the run waits on, else None.
+        parent_run_id: The parent's run id, for a child run started by `Child`.
     """
 
     run_id: str
@@ -58,6 +60,7 @@ class RunInfo:
     waiting_for: str | None = None
     wake_at: datetime | None = None
     status_text: str | None = None
+    parent_run_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

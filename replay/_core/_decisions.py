@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from replay._commands import Step
-from replay._core._records import Record
+from replay._core._records import Encoded, Record
 from replay._retry import Retry
 
 # The current time, or a function that reads it: the engine passes its clock, read only
@@ -25,6 +25,16 @@ Now = datetime | Callable[[], datetime]
 def at(now: Now) -> datetime:
     """Return the time `now` gives."""
     return now if isinstance(now, datetime) else now()
+
+
+@dataclass(frozen=True, slots=True)
+class ChildStart:
+    """A child run to start, committed with the parent's record of it (`take_children`)."""
+
+    run_id: str
+    workflow: str
+    arguments: Encoded
+    parent_key: str
 
 
 @dataclass(slots=True)
@@ -122,7 +132,9 @@ class Codec(Protocol):
 
 @dataclass(slots=True)
 class Policy:
-    """The engine-wide rules: the default `Retry` and the interruptions a step may cause."""
+    """The engine-wide rules: the default `Retry`, the interruptions a step may cause,
+    and the workflows a `Child` may start."""
 
     default_retry: Retry
     max_interruptions: int
+    workflows: frozenset[str] = frozenset()

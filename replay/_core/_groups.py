@@ -27,10 +27,10 @@ from typing import Any, Protocol
 
 from replay._commands import Sleep, Step, Suspend
 from replay._core._decisions import Attempt
-from replay._core._history import KeyRecord, RunHistory, step_failed
+from replay._core._history import KeyRecord, RunHistory, outcome_failure, step_failed
 from replay._core._records import Encoded, ErrorText, Record, Run
 from replay._errors import NondeterminismError, ReplayError, SuspendTimeout, qualified_name
-from replay._parallel import GROUP_TYPES, Gathered, Group, Member, Race, kind_of, walk
+from replay._parallel import GROUP_TYPES, Child, Gathered, Group, Member, Race, kind_of, walk
 from replay._types import RunState
 
 _TIMED_OUT = qualified_name(SuspendTimeout)
@@ -54,6 +54,12 @@ class Host(Protocol):
 
     def running_unless(self) -> RunState | None:
         """The run state a record that makes progress carries."""
+
+    def start_child(self, child: Child, state: RunState | None) -> None:
+        """Record a child's start; the engine starts the run with the commit."""
+
+    def stop_child(self, child: Child) -> None:
+        """The engine cancels the child's run after the commit."""
 
 
 class GroupRun:
@@ -160,8 +166,8 @@ class GroupRun:
         return min(deadlines, default=None)
 
     def waits_for_signal(self) -> bool:
-        """Whether a member waits for a signal."""
-        return any(entry.kind == "suspend" for _, entry in self._waiting())
+        """Whether a member waits for a signal (or a child run's end, which comes alike)."""
+        return any(entry.kind in ("suspend", "child") for _, entry in self._waiting())
 
     def status_text(self) -> str | None:
         """The status of the first member suspend that waits."""
@@ -211,6 +217,9 @@ class GroupRun:
                 self._step(member, now)
             elif isinstance(member, Sleep):
                 self._sleep(member, now)
+            elif isinstance(member, Child):
+                if self._host.history.get(member.key) is None:
+                    self._host.start_child(member, None)
             else:
                 self._suspend(member, now, may_time_out)
         if member.key in self._started and self._done(member):
@@ -339,6 +348,8 @@ class GroupRun:
                                                   None))
         elif record is not None and not record.done and key not in host.history.signals:
             host.emit(host.run.waiting_cancelled(kind_of(member), key, why, None))
+            if isinstance(member, Child):
+                host.stop_child(member)
 
     def _waiting(self) -> Iterator[tuple[str, KeyRecord]]:
         """Every started leaf that waits (a deadline or a signal), nested ones included."""
@@ -410,7 +421,7 @@ def _member_outcome(member: Member, history: RunHistory, decode: Callable[[bytes
         return True, None if data is None else decode(data)
     assert record is not None, f"member {member.key!r} has no outcome"
     if record.failure is not None:
-        return False, step_failed(run_id, member.key, record.failure)
+        return False, outcome_failure(run_id, member.key, record)
     return True, None if record.value is None else decode(record.value)
 
 
@@ -421,6 +432,9 @@ def _member_failure_from(key: str, record: KeyRecord, history: RunHistory,
     assert failure is not None
     if failure.error_type == _TIMED_OUT:
         return SuspendTimeout(run_id, leaf)
+    leaf_record = history.get(leaf)
+    if leaf_record is not None and leaf_record.kind == "child":
+        return outcome_failure(run_id, leaf, leaf_record)
     return step_failed(run_id, leaf, failure)
 
 

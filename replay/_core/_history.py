@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from replay._core._records import Record
-from replay._errors import StepFailed
+from replay._errors import ChildFailed, StepFailed
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +122,7 @@ class RunHistory:
         if record.event not in ("renamed", "waiting", "running"):
             self.last_step_key = record.key
             self.last_was_step_failure = (record.event == "failed"
-                                          and record.kind in ("step", "group"))
+                                          and record.kind in ("step", "group", "child"))
         if record.event == "cancelled":
             # A cancelled command has no outcome: it starts afresh if its group runs
             # again after a resume. Where the run's cancellation was thrown in, the
@@ -133,7 +133,7 @@ class RunHistory:
                 entry.done, entry.thrown, self.cancel_pending = True, record.value, False
             return
         entry.cancelled = False
-        if record.kind == "group":
+        if record.kind in ("group", "child"):
             self._apply_group(entry, record)
         elif record.kind == "step":
             self._apply_step(entry, record)
@@ -145,16 +145,25 @@ class RunHistory:
             entry.status_text = record.status_text or entry.status_text
             entry.timed_out = entry.done = record.event == "timed_out"
 
-    def awaits_signal(self, key: str) -> bool:
-        """Whether `key` is a `Suspend` recorded as waiting that no signal answered yet."""
+    def awaits(self, key: str) -> bool:
+        """Whether `key` is recorded as waiting for an outcome from outside the run.
+
+        That is a `Suspend` no signal answered yet, or a `Child` that has not ended.
+        """
         entry = self.keys.get(key)
-        return (entry is not None and entry.kind == "suspend" and not entry.done
-                and key not in self.signals)
+        if entry is None or entry.done or entry.cancelled:
+            return False
+        return entry.kind == "child" or (entry.kind == "suspend" and key not in self.signals)
 
     def signal_awaited(self) -> bool:
         """Whether a signal in the mailbox answers a `Suspend` recorded as waiting."""
         return any(self.keys.get(key) is not None and not self.keys[key].done
                    and self.keys[key].kind == "suspend" for key in self.signals)
+
+    def children(self) -> list[tuple[str, bytes | None]]:
+        """Return ``(key, encoded details)`` of every child started that has not ended."""
+        return [(key, entry.detail) for key, entry in self.keys.items()
+                if entry.kind == "child" and not entry.done and not entry.cancelled]
 
     def undelivered(self) -> int:
         """Count signals in the mailbox whose key the run has not suspended on yet."""
@@ -208,12 +217,14 @@ class RunHistory:
 
     @staticmethod
     def _apply_group(entry: KeyRecord, record: Record) -> None:
+        """Fold a group's or a child's record (started, then completed or failed)."""
         if record.event == "started":
             entry.detail, entry.name = record.value, record.name
         elif record.event in ("completed", "failed"):
             entry.done, entry.value = True, record.value
-            if record.event == "failed":
+            if record.event == "failed" and record.kind == "group":
                 entry.failed_member = record.name
+            if record.event == "failed":
                 entry.failure = Failure(
                     error_type=record.error_type or "builtins.Exception",
                     error_types=record.error_types or (record.error_type or "",),
@@ -234,3 +245,17 @@ def step_failed(run_id: str, key: str, failure: Failure) -> StepFailed:
     """Return the `StepFailed` a recorded step failure throws into the workflow."""
     return StepFailed(run_id, key, failure.error_type, failure.message, failure.attempts,
                       failure.error_types)
+
+
+def child_failed(run_id: str, key: str, failure: Failure) -> ChildFailed:
+    """Return the `ChildFailed` a recorded child failure throws into the parent."""
+    return ChildFailed(run_id, key, failure.error_type, failure.message, f"{run_id}/{key}",
+                       failure.error_types)
+
+
+def outcome_failure(run_id: str, key: str, record: KeyRecord) -> StepFailed:
+    """Return the failure a recorded step or child failure throws into the workflow."""
+    assert record.failure is not None
+    if record.kind == "child":
+        return child_failed(run_id, key, record.failure)
+    return step_failed(run_id, key, record.failure)

@@ -35,7 +35,7 @@ from typing import Any
 
 from replay._commands import COMMAND_TYPES, Step, Suspend
 from replay._core._groups import check_members, recorded_outcome
-from replay._core._history import KeyRecord, RunHistory, step_failed
+from replay._core._history import KeyRecord, RunHistory, outcome_failure
 from replay._errors import (
     Cancelled,
     DuplicateKeyError,
@@ -47,7 +47,7 @@ from replay._errors import (
     safe_repr,
     same_name,
 )
-from replay._parallel import GROUP_TYPES, Member, kind_of, walk
+from replay._parallel import GROUP_TYPES, Child, Member, kind_of, walk
 
 Workflow = Generator[Any, Any, Any]
 
@@ -55,7 +55,7 @@ Workflow = Generator[Any, Any, Any]
 # fails: past this, it is spinning on the engine's loop and stalling every other run.
 MAX_NON_COMMANDS = 1000
 # What a workflow may yield: commands and groups of them.
-YIELDABLE: tuple[type, ...] = COMMAND_TYPES + GROUP_TYPES
+YIELDABLE = (*COMMAND_TYPES, *GROUP_TYPES, Child)
 Command = Member
 
 
@@ -228,7 +228,7 @@ class Interpreter:
         if record is None or not record.done:
             return None
         if record.failure is not None:
-            return self._generator.throw, step_failed(self.run_id, command.key, record.failure)
+            return self._generator.throw, outcome_failure(self.run_id, command.key, record)
         return self._generator.send, self._value(record.value)
 
     def _value(self, data: bytes | None) -> Any:

@@ -38,6 +38,7 @@ from replay._core._decisions import (
     Action,
     Attempt,
     Attempts,
+    ChildStart,
     Codec,
     Ended,
     Now,
@@ -66,15 +67,18 @@ from replay._errors import (
     ReplayInternalError,
     StepInterrupted,
     SuspendTimeout,
+    WorkflowNotRegistered,
     clip,
     error_types_of,
     message_of,
     qualified_name,
 )
-from replay._parallel import GROUP_TYPES, Group, kind_of
+from replay._parallel import GROUP_TYPES, Child, Group, kind_of
 from replay._types import RunState
 
 _CANCELLED = "the run was cancelled"
+# The run failures `resume` voids: a step's (or a group member's) and a child run's.
+_VOIDABLE = ("replay.StepFailed", "replay.ChildFailed")
 
 
 class RunMachine:
@@ -94,7 +98,7 @@ class RunMachine:
     """
 
     __slots__ = (
-        "_arguments", "_codec", "_flight", "_frontier", "_function", "_group",
+        "_arguments", "_child_stops", "_children", "_codec", "_flight", "_frontier", "_function", "_group",
         "_group_pending", "_history", "_interpreter", "_mark", "_out", "_parked_until",
         "_policy", "_state", "_stopped", "_waiting", "_warnings", "run",
     )
@@ -122,6 +126,8 @@ class RunMachine:
         self._flight: dict[str, Attempt] = {}
         self._stopped: list[Attempt] = []
         self._parked_until: datetime | None = None
+        self._children: list[ChildStart] = []  # child runs to start with the next commit
+        self._child_stops: list[str] = []  # child runs to cancel after it
 
     @property
     def waits_for_signal(self) -> bool:
@@ -134,6 +140,16 @@ class RunMachine:
     def cancel_pending(self) -> bool:
         """Whether a committed cancellation waits to be thrown in (see `cancel`)."""
         return self._history.cancel_pending
+
+    def take_children(self) -> list[ChildStart]:
+        """Return (and forget) the child runs to start with the decision's records."""
+        children, self._children = self._children, []
+        return children
+
+    def take_child_stops(self) -> list[str]:
+        """Return (and forget) the ids of child runs to cancel once the records commit."""
+        stops, self._child_stops = self._child_stops, []
+        return stops
 
     def take_stopped(self) -> list[Attempt]:
         """Return (and forget) the attempts under way that the machine cancelled."""
@@ -242,6 +258,9 @@ class RunMachine:
             pending, self._waiting = self._waiting, None
             key = pending.command.key
             self._cancelled_at(pending.command, pending.record, reason)
+            command = pending.command
+            if isinstance(command, Child) and command.on_parent_close == "cancel":
+                self.stop_child(command)
         cancelled = Cancelled(self.run.run_id, key, self._codec.decode(reason.data))
         return self._decide(self._resume().throw(cancelled), now)
 
@@ -286,6 +305,8 @@ class RunMachine:
                 continue
             if isinstance(command, GROUP_TYPES):
                 return self._begin_group(result, command, now)
+            if isinstance(command, Child):
+                return self._child(result, command)
             if isinstance(command, Step):
                 action = self._step(command, result.record, now)
             elif isinstance(command, Sleep):
@@ -390,6 +411,32 @@ class RunMachine:
         self._emit(self.run.failed(qualified_name(type(failure.error)),
                                    clip(failure.traceback), self._encoded(message, "error")))
         return Ended(*self._flush())
+
+    def _child(self, pending: Pending, child: Child) -> Action:
+        """Start the child run (recorded the first time), then wait for its end."""
+        if pending.record is None:
+            if child.workflow not in self._policy.workflows:
+                self.close()
+                return self._failed(Fail(*_unregistered(self.run.run_id, child)))
+            self.start_child(child, RunState.SUSPENDED)
+        self._waiting = pending
+        return WaitForSignal(*self._flush(), key=child.key, deadline=None,
+                             settled=pending.record is not None)
+
+    def start_child(self, child: Child, state: RunState | None) -> None:
+        """Record a child's start; the engine starts the run in the same commit."""
+        run_id = f"{self.run.run_id}/{child.key}"
+        detail = {"run_id": run_id, "workflow": child.workflow,
+                  "on_parent_close": child.on_parent_close}
+        self._emit(self.run.child_started(child.key, child.workflow,
+                                          self._encoded(detail, child.key), state))
+        arguments = Encoded(self._codec.encode(child.args, key="input"),
+                            self._codec.to_json(list(child.args)))
+        self._children.append(ChildStart(run_id, child.workflow, arguments, child.key))
+
+    def stop_child(self, child: Child) -> None:
+        """The child's run is cancelled once the decision's records commit."""
+        self._child_stops.append(f"{self.run.run_id}/{child.key}")
 
     # -- groups --
 
@@ -532,6 +579,14 @@ class RunMachine:
         return generator
 
 
+def _unregistered(run_id: str, child: Child) -> tuple[WorkflowNotRegistered, str]:
+    error = WorkflowNotRegistered(
+        f"run {run_id!r} starts child {child.key!r} of workflow {child.workflow!r}, which is "
+        "not registered with this engine; pass it in open_engine(workflows=[...]) and "
+        "resume the run")
+    return error, f"{qualified_name(WorkflowNotRegistered)}: {error}\n"
+
+
 def _text(error: BaseException) -> ErrorText:
     return ErrorText(qualified_name(type(error)), error_types_of(error), message_of(error))
 
@@ -544,7 +599,7 @@ def resumed_record(run: Run, status: RunStatus, history: RunHistory, codec: Code
     again; a parked one keeps its state until the replay records a new one.
     """
     voided = None
-    if status.state is RunState.FAILED and status.error_type == "replay.StepFailed":
+    if status.state is RunState.FAILED and status.error_type in _VOIDABLE:
         voided = history.unhandled_failure()
     detail = {"retried_step": voided}
     state = RunState.RUNNING if status.finished else None

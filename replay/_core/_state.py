@@ -31,9 +31,10 @@ class RunStatus:
         wake_at: When a waiting run wakes (its sleep, back-off or suspend deadline).
         status_text: The `status` of the `Suspend` a suspended run waits on.
         output: The encoded output of a completed run.
-        error: The traceback text of a failed run.
-        error_type: The qualified name of the exception that failed the run.
-        message: The encoded message of that exception.
+        error: The traceback text of a failed (or cancelled) run.
+        error_type: The qualified name of the exception that failed the run
+            (``replay.Cancelled`` for a cancelled one).
+        message: The encoded message of that exception (a cancelled run's reason).
     """
 
     state: RunState
@@ -75,7 +76,8 @@ def status_of(record: Record) -> RunStatus:
                          else None)
     if state is RunState.COMPLETED:
         return RunStatus(state, output=record.value)
-    if state is RunState.FAILED:
+    if state in (RunState.FAILED, RunState.CANCELLED):
+        # A cancelled run's "message" is the reason given to `cancel`.
         return RunStatus(state, error=record.error, error_type=record.error_type,
                          message=record.value)
     return RunStatus(state)

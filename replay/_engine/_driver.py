@@ -36,6 +36,7 @@ from replay._core._decisions import (
 from replay._core._machine import RunMachine
 from replay._core._records import Record
 from replay._engine._clock import EngineClock
+from replay._engine._family import Family
 from replay._engine._slots import RunSlot
 from replay._engine._steps import StepCaller
 
@@ -62,14 +63,16 @@ class Driver:
         clock: The engine clock (the machine's `now`).
         steps: Calls step functions.
         stopping: Tells whether the engine is stopping.
+        family: Starts and ends child runs with their parents' records.
     """
 
     def __init__(self, enqueue: Enqueue, clock: EngineClock, steps: StepCaller,
-                 stopping: Callable[[], bool]) -> None:
+                 stopping: Callable[[], bool], family: Family) -> None:
         self._enqueue = enqueue
         self._clock = clock
         self._steps = steps
         self._stopping = stopping
+        self._family = family
         # Held by each run's first attempt since the engine opened: those run one at a time.
         self._first_attempts = trio.Lock()
 
@@ -86,7 +89,8 @@ class Driver:
             return await self._perform(slot, machine, woken)
         except Exception as error:
             # A bug in replay must fail only this run, never the engine.
-            await self._commit(slot, machine.failed_internally(error).records)
+            ended = machine.failed_internally(error)
+            await self._family.end(slot, ended.records, machine.history)
             return None
 
     async def _perform(self, slot: RunSlot, machine: RunMachine, woken: bool) -> Parked | None:
@@ -101,7 +105,7 @@ class Driver:
             for warning in action.warnings:
                 log.warning(warning)
             if isinstance(action, Attempt):
-                await self._commit(slot, action.records)
+                await self._commit(slot, action.records, machine)
                 if self._stopping():
                     machine.close()  # start no new attempt: the run continues at the next open
                     return None
@@ -112,12 +116,12 @@ class Driver:
                     return None
                 action = next_action
             elif isinstance(action, Ended):
-                await self._commit(slot, action.records)
+                await self._family.end(slot, action.records, machine.history)
                 return None
             elif isinstance(action, WaitUntil):
                 # Parked even if `at` has passed: the timers wake it at once, and the
                 # run never executes in a state that says it waits.
-                await self._commit(slot, action.records)
+                await self._commit(slot, action.records, machine)
                 return Parked(action.at)
             else:
                 action = await self._suspend(slot, machine, action)
@@ -135,7 +139,7 @@ class Driver:
         records = () if wait is None else wait.records
         async with slot.lock:
             while True:
-                await self._commit(slot, records)
+                await self._commit(slot, records, machine)
                 action = machine.wake(self._clock.now)
                 if not isinstance(action, WaitForSignal) or (action.settled
                                                              and not action.records):
@@ -159,7 +163,10 @@ class Driver:
                 after = machine.cancel(self._clock.now, attempt)
             else:
                 after = machine.attempt_ended(attempt, outcome, self._clock.now)
-            await self._commit(slot, after.records)
+            if isinstance(after, Ended):
+                await self._family.end(slot, after.records, machine.history)
+                after = dataclasses.replace(after, records=())
+            await self._commit(slot, after.records, machine)
         slot.needs_start_mark = False
         return dataclasses.replace(after, records=())
 
@@ -216,7 +223,7 @@ class Driver:
                             send: trio.MemorySendChannel[Any]) -> Action | None:
         while isinstance(action, Attempts):
             stopped = self._stop(machine, scopes)
-            await self._commit(slot, action.records)
+            await self._commit(slot, action.records, machine)
             if self._stopping():
                 machine.close()
                 return None
@@ -281,8 +288,18 @@ class Driver:
             self._enqueue(slot, machine.attempt_abandoned(attempt))  # the engine is stopping
             raise
 
-    async def _commit(self, slot: RunSlot, records: Sequence[Record]) -> None:
-        """Make `records` durable, in order, in the next group commit."""
+    async def _commit(self, slot: RunSlot, records: Sequence[Record],
+                      machine: RunMachine | None = None) -> None:
+        """Make `records` durable, in order, in the next group commit.
+
+        With `machine`: the child runs its decision starts are committed with them, and
+        those it stopped are cancelled once they are durable.
+        """
+        if machine is not None:
+            starts, stops = machine.take_children(), machine.take_child_stops()
+            if starts or stops:
+                await self._family.commit(slot, records, starts, stops)
+                return
         if not records:
             return
         for record in records:

@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from os import PathLike
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
-from replay._checks import checked_key, checked_run_id, checked_state
+from replay._checks import checked_duration, checked_key, checked_run_id, checked_state
 from replay._codec import decode, encode, to_json
 from replay._codec._export import event_of, write_history
 from replay._core._decisions import Policy
@@ -52,7 +52,8 @@ class Engine:
         self._readers = Readers(busy_thread, query_timeout)
         self._registry = registry
         self._workers = WorkerPool(max_threads)
-        policy = Policy(default_retry or ONE_ATTEMPT, max_interruptions)
+        policy = Policy(default_retry or ONE_ATTEMPT, max_interruptions,
+                        frozenset(registry.functions))
         self._scheduler = Scheduler(
             store, registry, clock, Committer(store, clock, last_seq),
             StepCaller(self._workers), policy, cache_size, strict_replay=always_replay,
@@ -61,7 +62,8 @@ class Engine:
     # -- public API --
 
     async def start(self, workflow: Callable[..., Any] | str, *args: Any,
-                    run_id: str | None = None) -> Run:
+                    run_id: str | None = None, timeout: float | timedelta | None = None
+                    ) -> Run:
         """Start a run of `workflow` with `args` as its input (idempotent by `run_id`).
 
         Starting an existing `run_id` of the same workflow returns the existing run
@@ -72,6 +74,8 @@ class Engine:
             workflow: A registered workflow function, or its name.
             *args: The run's input; must be encodable.
             run_id: The run's id; a unique one is generated when omitted.
+            timeout: The run's deadline, from now (seconds or a `timedelta`): if it has
+                not finished by then it is cancelled, as by `cancel`.
 
         Returns:
             A `Run` handle.
@@ -80,11 +84,14 @@ class Engine:
             WorkflowNotRegistered: `workflow` is not registered with this engine.
             RunIdConflict: `run_id` belongs to a run of another workflow.
             EncodingError: An argument cannot be recorded; nothing is recorded.
-            TypeError: `run_id` is not a str.
-            ValueError: `run_id` is empty.
+            TypeError: `run_id` is not a str, or `timeout` is not a duration.
+            ValueError: `run_id` is empty, or `timeout` is not a finite duration > 0.
             EngineClosed: The engine is closed or closing.
         """
         self._check_open()
+        if timeout is not None:
+            timeout = checked_duration("engine.start(..., timeout=...)", "timeout", timeout,
+                                       positive=True)
         name = self._registry.name_of(workflow)
         run_id_given = run_id is not None
         run_id = uuid.uuid4().hex if run_id is None else checked_run_id(run_id)
@@ -99,7 +106,8 @@ class Engine:
             if existing is not None:
                 return await self._existing(existing, name)
         arguments = Encoded(encode(args, key="input"), to_json(list(args)))
-        await self._scheduler.start(run_id, name, arguments)
+        deadline = None if timeout is None else self._scheduler.clock.now() + timeout
+        await self._scheduler.start(run_id, name, arguments, deadline)
         return Run(self._scheduler, run_id, name)
 
     async def resume(self, run_id: str) -> Run:
@@ -124,6 +132,62 @@ class Engine:
             self._scheduler.runs.forget_if_idle(slot)
             raise
         await self._scheduler.resume(slot)
+        return Run(self._scheduler, run_id, slot.workflow)
+
+    async def cancel(self, run_id: str, reason: Any = None) -> Run:
+        """Cancel the run: `Cancelled` is thrown in at the command it waits on.
+
+        The request is durable when this returns, and a parked run wakes to take it.
+        The workflow may catch `Cancelled` and yield compensation commands, which run
+        normally; if `Cancelled` escapes, the run ends ``cancelled``. Work under way at
+        that command is cancelled as for a race's losing member. A second `cancel`
+        changes nothing. When the run ends, its child runs still running follow their
+        ``on_parent_close``.
+
+        Args:
+            run_id: The run.
+            reason: Why; any encodable value, passed on as `Cancelled.reason`.
+
+        Raises:
+            RunNotFound: No such run.
+            RunFinished: The run is finished.
+            EncodingError: `reason` cannot be recorded; nothing is recorded.
+            EngineClosed: The engine is closed or closing.
+        """
+        self._check_open()
+        encoded = Encoded(encode(reason, key="reason"), to_json(reason))
+        slot = await self._scheduler.runs.adopt(run_id, keep_finished=True)
+        try:
+            await self._scheduler.cancel(slot, encoded)
+        finally:
+            self._scheduler.runs.forget_if_idle(slot)
+        return Run(self._scheduler, run_id, slot.workflow)
+
+    async def terminate(self, run_id: str, reason: Any = None) -> Run:
+        """End the run ``cancelled`` at once, running none of its workflow code.
+
+        For a run whose compensation hangs: its step attempt under way is abandoned
+        (a thread cannot be stopped: it finishes, its result dropped), its generator
+        is closed, and ``run/cancelled`` is recorded. Its child runs follow their
+        ``on_parent_close``.
+
+        Args:
+            run_id: The run.
+            reason: Why; any encodable value, recorded with the end.
+
+        Raises:
+            RunNotFound: No such run.
+            RunFinished: The run is finished.
+            EncodingError: `reason` cannot be recorded; nothing is recorded.
+            EngineClosed: The engine is closed or closing.
+        """
+        self._check_open()
+        encoded = Encoded(encode(reason, key="reason"), to_json(reason))
+        slot = await self._scheduler.runs.adopt(run_id, keep_finished=True)
+        try:
+            await self._scheduler.terminate(slot, encoded)
+        finally:
+            self._scheduler.runs.forget_if_idle(slot)
         return Run(self._scheduler, run_id, slot.workflow)
 
     async def signal(self, run_id: str, key: str, payload: Any = None) -> Run:

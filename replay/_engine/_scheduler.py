@@ -15,7 +15,9 @@ is sent back again.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
+from typing import Any
 
 import trio
 
@@ -29,14 +31,15 @@ from replay._core._state import RunStatus
 from replay._engine._clock import EngineClock, in_thread
 from replay._engine._committer import Committer
 from replay._engine._driver import Driver, Parked
+from replay._engine._family import Family
 from replay._engine._parking import ParkedCache
 from replay._engine._runs import RunTable
 from replay._engine._slots import RunSlot
 from replay._engine._steps import StepCaller
 from replay._engine._timers import Timers
-from replay._errors import EngineClosed
+from replay._errors import EngineClosed, ReplayError, RunFinished
 from replay._store import Store
-from replay._types import RunInfo, RunState
+from replay._types import FINISHED, RunInfo, RunState
 from replay._workflows import Registry
 
 log = logging.getLogger("replay")
@@ -69,7 +72,9 @@ class Scheduler:
         self.runs = RunTable(store, opened_at)
         self.parked = ParkedCache(cache_size, self._evicted)
         self._timers = Timers(clock, self._on_timer)
-        self._driver = Driver(self._enqueue, clock, steps, lambda: self.closing)
+        self._deadlines = Timers(clock, self._on_deadline)  # runs' own deadlines
+        self.family = Family(self)
+        self._driver = Driver(self.enqueue, clock, steps, lambda: self.closing, self.family)
         self._nursery: trio.Nursery | None = None
         self.closing = False
         self.closed = False
@@ -93,6 +98,7 @@ class Scheduler:
         """Start the group-commit flusher and the timers in `services`."""
         await services.start(self._committer.run)
         await services.start(self._timers.run)
+        await services.start(self._deadlines.run)
 
     async def recover(self, runs: trio.Nursery) -> None:
         """Load every unfinished run and pick up whatever was pending, in `runs`."""
@@ -109,10 +115,10 @@ class Scheduler:
                             "registered with this engine", slot.run_id, slot.workflow)
                 continue
             history = RunHistory(records)
-            # A signal stored while no engine held the file wakes its suspended run.
-            signalled = (slot.state is RunState.SUSPENDED
-                         and slot.status.waiting_for in history.signals)
-            if slot.state is RunState.RUNNING or signalled:
+            started = started_record(records)
+            if started is not None and started.wake_at is not None:
+                self._deadlines.add(slot.run_id, started.wake_at)
+            if slot.state is RunState.RUNNING or _news_for_parked(slot, history, records):
                 self._claim(slot)
                 self._spawn(slot, self._machine(slot, history, input_of(records)))
             elif slot.status.wake_at is not None:
@@ -144,17 +150,15 @@ class Scheduler:
 
     # -- what the engine's API asks --
 
-    async def start(self, run_id: str, workflow: str, arguments: Encoded) -> None:
+    async def start(self, run_id: str, workflow: str, arguments: Encoded,
+                    deadline: datetime | None = None) -> None:
         """Record a new run's start and spawn its task.
 
         Raises:
             Exception: Whatever the commit raised; nothing is kept of the run then.
         """
-        slot = RunSlot(run_id, workflow, RunStatus(RunState.RUNNING), self.clock.now())
-        self._claim(slot)
-        slot.needs_start_mark = False  # no earlier process ran it
-        self.runs.add(slot)
-        record = Run(run_id, workflow).started(arguments)
+        slot = self.new_slot(run_id, workflow)
+        record = Run(run_id, workflow).started(arguments, deadline=deadline)
         try:
             await self._committer.commit(record, slot.apply)
         except BaseException:
@@ -162,7 +166,20 @@ class Scheduler:
             raise
         slot.created_at = record.recorded_at or slot.created_at
         slot.mark_durable()
-        self._spawn(slot, self._machine(slot, RunHistory(), arguments.data))
+        if deadline is not None:
+            self._deadlines.add(run_id, deadline)
+        self.spawn_new(slot, arguments.data)
+
+    def new_slot(self, run_id: str, workflow: str) -> RunSlot:
+        """Add a new run's slot, claimed (its start is about to be committed)."""
+        slot = RunSlot(run_id, workflow, RunStatus(RunState.RUNNING), self.clock.now())
+        self._claim(slot)
+        slot.needs_start_mark = False  # no earlier process ran it
+        return self.runs.add(slot)
+
+    def spawn_new(self, slot: RunSlot, arguments: bytes) -> None:
+        """Spawn the task of a run whose start is durable."""
+        self._spawn(slot, self._machine(slot, RunHistory(), arguments))
 
     async def resume(self, slot: RunSlot) -> None:
         """Record a resume of the run and replay it (a completed or busy run: nothing)."""
@@ -181,7 +198,7 @@ class Scheduler:
                 # The replay sees it at once and runs while it commits (they share a
                 # group commit); it is durable before anything the replay records.
                 history.apply(resumed)
-                durable = self._committer.enqueue(resumed, slot.apply)
+                durable = self.enqueue(slot, resumed)
                 machine = self._machine(slot, history, input_of(records))
         except BaseException:
             self._unclaim(slot)
@@ -189,6 +206,19 @@ class Scheduler:
             raise
         self._spawn(slot, machine)
         await durable.wait()
+        voided = resumed.name
+        if voided is not None and history.get(voided) is not None and \
+                history.get(voided).kind == "child":  # type: ignore[union-attr]
+            await self._resume_child(f"{slot.run_id}/{voided}")
+
+    async def _resume_child(self, run_id: str) -> None:
+        """Resume the failed child whose failure a parent's `resume` voided."""
+        try:
+            child = await self.runs.adopt(run_id)
+        except ReplayError:
+            return
+        if child.state is not RunState.COMPLETED:
+            await self.resume(child)
 
     async def signal(self, slot: RunSlot, key: str, payload: Encoded) -> None:
         """Commit a signal into the run's mailbox, waking the run if it waits for it.
@@ -205,12 +235,13 @@ class Scheduler:
             if slot.letting_go:
                 return False
             status = slot.status
-            # It wakes the run if the run is parked on this key and this engine can run
-            # it; a run whose workflow is not registered here is left as it is, and the
-            # signal waits in its mailbox for an engine that can run it.
-            wakes = (status.state is RunState.SUSPENDED and status.waiting_for == key
-                     and not slot.active and slot.workflow in self._registry.functions)
+            # It wakes the run if the run is parked on this key (or in a group with a
+            # member suspended on it) and this engine can run it; a run whose workflow
+            # is not registered here is left as it is, and the signal waits in its
+            # mailbox for an engine that can run it.
+            wakes = self._parkable(slot) and status.waiting_for == key
             history = await self._mailbox(slot, wakes)
+            wakes = wakes or self.parked_on(slot, key, history)
             check_signal(slot.run_id, status.state, history, key, wakes)
             if wakes:
                 self._claim(slot)  # claimed now: no timer or resume may start it meanwhile
@@ -226,6 +257,19 @@ class Scheduler:
                 self._wake(slot)
         return True
 
+    def parked_on(self, slot: RunSlot, key: str, history: RunHistory) -> bool:
+        """Whether the run is parked waiting for `key`'s outcome (a signal, a child's end)."""
+        return self._parkable(slot) and history.awaits(key)
+
+    def _parkable(self, slot: RunSlot) -> bool:
+        """Whether the run is parked for something from outside and this engine runs it."""
+        return (slot.state is RunState.SUSPENDED and not slot.active
+                and slot.workflow in self._registry.functions)
+
+    async def mailbox(self, slot: RunSlot) -> RunHistory:
+        """The run's memo, for deciding about an outcome from outside (under its lock)."""
+        return await self._mailbox(slot, False)
+
     async def _mailbox(self, slot: RunSlot, wakes: bool) -> RunHistory:
         """The history a signal is checked against (under the run's lock)."""
         if slot.machine is not None:
@@ -235,6 +279,57 @@ class Scheduler:
             # it yet, and its mailbox limit does not apply: no need to load its history.
             return RunHistory()
         return RunHistory(await self._load(slot))
+
+    async def cancel(self, slot: RunSlot, reason: Encoded) -> bool:
+        """Record the run's cancellation, waking it if it is parked.
+
+        Returns:
+            False if its cancellation was requested before (nothing is recorded).
+
+        Raises:
+            RunFinished: The run is finished.
+        """
+        while True:
+            await self.let_go(slot)
+            async with slot.lock:
+                if slot.letting_go:
+                    continue  # it began to park again meanwhile: wait for it, then decide
+                _check_unfinished(slot, "cancelled")
+                history = await self._mailbox(slot, False)
+                if history.cancel_reason is not None:
+                    return False
+                wakes = (slot.status.waiting and not slot.active
+                         and slot.workflow in self._registry.functions)
+                record = Run(slot.run_id, slot.workflow).cancel_requested(
+                    reason, RunState.RUNNING if wakes else None)
+                await self.commit_together(slot, (), slot, record, wakes)
+                return True
+
+    async def terminate(self, slot: RunSlot, reason: Encoded) -> None:
+        """End the run ``cancelled`` at once; no more of its workflow code runs.
+
+        Raises:
+            RunFinished: The run is finished.
+        """
+        _check_unfinished(slot, "terminated")
+        while slot.active:
+            if slot.task_scope is not None:
+                slot.task_scope.cancel()
+            await slot.wait_changed()
+        async with slot.lock:
+            _check_unfinished(slot, "terminated")
+            self._claim(slot)  # no timer, signal or resume may start it meanwhile
+            self.parked.drop(slot.run_id)
+            history = await self._mailbox(slot, False)
+            record = Run(slot.run_id, slot.workflow).cancelled(
+                reason, "terminated: the run was ended without running its workflow code")
+            try:
+                await self.family.end(slot, (record,), history)
+            finally:
+                self._unclaim(slot)
+                slot.machine = None
+                self.runs.forget_if_idle(slot)
+                slot.notify()
 
     async def let_go(self, slot: RunSlot) -> None:
         """Wait while the run's task has recorded a park or an end but not let go yet.
@@ -280,6 +375,50 @@ class Scheduler:
         """Return the trio clock reading at which the engine clock reads `moment`."""
         return self.clock.trio_deadline(moment)
 
+    # -- committing for the run's neighbours (children and parents) --
+
+    def enqueue(self, slot: RunSlot, record: Record) -> trio.Event:
+        """Queue `record` for the next group commit (applied to `slot` once durable)."""
+        return self._committer.enqueue(record, slot.apply)
+
+    @property
+    def committer(self) -> Committer:
+        """The group-commit flusher."""
+        return self._committer
+
+    async def commit(self, slot: RunSlot, records: Sequence[Record]) -> None:
+        """Make `records` of `slot`'s run durable, in order."""
+        durable = None
+        for record in records:
+            durable = self.enqueue(slot, record)
+        if durable is not None:
+            await durable.wait()
+
+    async def commit_together(self, slot: RunSlot, records: Sequence[Record], other: RunSlot,
+                              record: Record, wakes: bool) -> None:
+        """Commit `records` and `other`'s `record` in one batch; then wake `other` if `wakes`.
+
+        Under `other`'s lock: claimed before the commit, so no timer or resume starts it
+        meanwhile.
+        """
+        if wakes:
+            self._claim(other)
+        try:
+            for mine in records:
+                self.enqueue(slot, mine)
+            await self.enqueue(other, record).wait()
+        except BaseException:
+            if wakes:
+                self._unclaim(other)
+            raise
+        if wakes:
+            self._wake(other)
+
+    def in_background(self, function: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run `function(*args)` in a task of its own (cancelled when the engine stops)."""
+        assert self._nursery is not None
+        self._nursery.start_soon(function, *args)
+
     # -- ownership: the only writers of `active` --
 
     def _claim(self, slot: RunSlot) -> None:
@@ -302,11 +441,13 @@ class Scheduler:
         """A run's task: drive its machine, then let the run go (parked or ended)."""
         parked: Parked | None = None
         try:
-            if machine is None:
-                machine = await self._loaded(slot, replaying=woken)
-                woken = False  # a loaded machine replays from the top
-            parked = await self._driver.drive(slot, machine, woken)
+            with trio.CancelScope() as slot.task_scope:  # `terminate` cancels it
+                if machine is None:
+                    machine = await self._loaded(slot, replaying=woken)
+                    woken = False  # a loaded machine replays from the top
+                parked = await self._driver.drive(slot, machine, woken)
         finally:
+            slot.task_scope = None
             self._release(slot, machine, parked)
 
     def _release(self, slot: RunSlot, machine: RunMachine | None, parked: Parked | None) -> None:
@@ -331,6 +472,19 @@ class Scheduler:
         if wake_at is None or wake_at > self.clock.now():
             return  # an old entry: the run has moved on since
         self._wake(slot)
+
+    def _on_deadline(self, run_id: str) -> None:
+        slot = self.runs.live.get(run_id)
+        if slot is None or slot.status.finished or self.closing:
+            return
+        self.in_background(self._cancel_at_deadline, slot)
+
+    async def _cancel_at_deadline(self, slot: RunSlot) -> None:
+        why = "the run's deadline passed"
+        try:
+            await self.cancel(slot, Encoded(CODEC.encode(why, key="reason"), CODEC.to_json(why)))
+        except ReplayError:
+            pass  # it finished meanwhile, or the engine is closing
 
     def _evicted(self, run_id: str) -> None:
         """The cache dropped (and closed) a parked run's machine."""
@@ -363,8 +517,6 @@ class Scheduler:
         """Load a run's records for its memo (not for `history`: no timestamps)."""
         return await in_thread(self._store.load_memo, slot.run_id, slot.workflow)
 
-    def _enqueue(self, slot: RunSlot, record: Record) -> trio.Event:
-        return self._committer.enqueue(record, slot.apply)
 
 
 def input_of(records: list[Record]) -> bytes:
@@ -373,3 +525,29 @@ def input_of(records: list[Record]) -> bytes:
     if started is not None and started.value is not None:
         return started.value
     return CODEC.encode((), key="input")
+
+
+def _check_unfinished(slot: RunSlot, what: str) -> None:
+    if slot.state in FINISHED:
+        raise RunFinished(
+            f"run {slot.run_id!r} is {slot.state.value}; a finished run cannot be {what}",
+            run_id=slot.run_id, state=slot.state.value)
+
+
+def _news_for_parked(slot: RunSlot, history: RunHistory, records: list[Record]) -> bool:
+    """Whether a parked run found at open has news: it must run to take them.
+
+    A signal stored while no engine held the file, a child's end or a cancellation
+    recorded while the run's engine could not act on it.
+    """
+    if not slot.status.waiting:
+        return False
+    if history.cancel_pending:
+        return True
+    if slot.state is not RunState.SUSPENDED:
+        return False
+    if slot.status.waiting_for in history.signals or history.signal_awaited():
+        return True
+    parked_at = max((r.seq for r in records if r.run_state is not None), default=0)
+    return any(r.seq > parked_at and r.kind == "child" and r.event in ("completed", "failed")
+               for r in records)

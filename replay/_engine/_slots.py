@@ -24,6 +24,7 @@ from replay._store import RunRow
 from replay._types import RunInfo, RunState
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ENDED_BADLY = (RunState.FAILED, RunState.CANCELLED)
 
 
 class RunSlot:
@@ -31,8 +32,8 @@ class RunSlot:
 
     __slots__ = (
         "_changed", "_durable", "_lock", "active", "created_at", "durable", "listener",
-        "machine", "needs_start_mark", "run_id", "settling", "status", "updated_at",
-        "workflow",
+        "machine", "needs_start_mark", "parent", "run_id", "settling", "status",
+        "task_scope", "updated_at", "workflow",
     )
 
     def __init__(self, run_id: str, workflow: str, status: RunStatus, created_at: datetime):
@@ -62,6 +63,10 @@ class RunSlot:
         # Told of each signal and cancellation committed while the run's task waits on
         # its step attempts (set by the driver).
         self.listener: Callable[[Record], None] | None = None
+        # A child run's parent: its run id and its key for this run.
+        self.parent: tuple[str, str] | None = None
+        # The scope of the run's task while one drives it (`terminate` cancels it).
+        self.task_scope: trio.CancelScope | None = None
 
     @classmethod
     def restored(cls, row: RunRow, opened_at: int = 0) -> RunSlot:
@@ -75,10 +80,12 @@ class RunSlot:
             state, waiting_for=row.waiting_for, wake_at=row.wake_at,
             status_text=row.status_text,
             output=row.value if state is RunState.COMPLETED else None,
-            error=row.error if state is RunState.FAILED else None,
-            error_type=row.error_type if state is RunState.FAILED else None,
-            message=row.value if state is RunState.FAILED else None)
+            error=row.error if state in _ENDED_BADLY else None,
+            error_type=row.error_type if state in _ENDED_BADLY else None,
+            message=row.value if state in _ENDED_BADLY else None)
         slot = cls(row.run_id, row.workflow, status, row.created_at)
+        if row.parent_run_id is not None:
+            slot.parent = (row.parent_run_id, row.run_id[len(row.parent_run_id) + 1:])
         slot.updated_at = row.updated_at
         slot.needs_start_mark = row.started_seq <= opened_at
         slot.mark_durable()
@@ -105,6 +112,8 @@ class RunSlot:
             status = RunStatus(RunState.FAILED, error=text, error_type="replay.DatabaseError",
                                message=encode(text, key="error"))
         slot = cls(started.run_id, started.workflow or "", status, created)
+        if started.name is not None and started.key is not None:
+            slot.parent = (started.name, started.key)
         slot.updated_at = max(times) if times else created
         slot.needs_start_mark = started.seq <= opened_at
         slot.mark_durable()
@@ -157,7 +166,8 @@ class RunSlot:
         """Take a committed record into account (a signal goes into the machine's mailbox)."""
         if record.recorded_at is not None:
             self.updated_at = record.recorded_at
-        if record.kind == "signal" or record.event == "cancel_requested":
+        if record.kind == "signal" or record.event == "cancel_requested" or (
+                record.kind == "child" and record.event in ("completed", "failed")):
             if self.machine is not None:
                 self.machine.deliver(record)
             if self.listener is not None:
@@ -189,4 +199,5 @@ class RunSlot:
             waiting_for=status.waiting_for,
             wake_at=status.wake_at,
             status_text=status.status_text,
+            parent_run_id=None if self.parent is None else self.parent[0],
         )

@@ -16,7 +16,7 @@ from replay._store._connect import unusable
 SCHEMA_VERSION = 1
 
 
-_SCHEMA = """
+_TABLES = """
 CREATE TABLE IF NOT EXISTS replay_meta (name VARCHAR, value VARCHAR);
 CREATE TABLE IF NOT EXISTS replay_event_log (
     seq BIGINT, run_id VARCHAR, workflow VARCHAR, key VARCHAR, kind VARCHAR,
@@ -25,6 +25,11 @@ CREATE TABLE IF NOT EXISTS replay_event_log (
     name VARCHAR, error_types VARCHAR, run_state VARCHAR, status_text VARCHAR
 );
 CREATE INDEX IF NOT EXISTS replay_event_log_run_id ON replay_event_log (run_id);
+"""
+
+# The public views. Derived from the table alone, so a writer re-creates them on every
+# open: a file written by an earlier release gains the columns added since.
+_VIEWS = """
 CREATE OR REPLACE VIEW replay_events AS
     SELECT seq, run_id, workflow, key, kind, event, attempt, value, value_json,
            error_type, error, recorded_at, duration_ms, wake_at
@@ -35,7 +40,7 @@ CREATE OR REPLACE VIEW replay_runs AS
         FROM replay_event_log WHERE run_state IS NOT NULL
         QUALIFY row_number() OVER (PARTITION BY run_id ORDER BY seq DESC) = 1
     ), started AS (
-        SELECT run_id, workflow, recorded_at, value_json
+        SELECT run_id, workflow, recorded_at, value_json, name AS parent_run_id
         FROM replay_event_log WHERE kind = 'run' AND event = 'started'
     ), touched AS (
         SELECT run_id, max(recorded_at) AS updated_at FROM replay_event_log GROUP BY run_id
@@ -43,11 +48,12 @@ CREATE OR REPLACE VIEW replay_runs AS
     SELECT s.run_id, s.workflow, l.run_state AS state, s.recorded_at AS created_at,
            t.updated_at, s.value_json AS input_json,
            CASE WHEN l.run_state = 'completed' THEN l.value_json END AS output_json,
-           CASE WHEN l.run_state = 'failed' THEN l.error_type END AS error_type,
-           CASE WHEN l.run_state = 'failed' THEN l.error END AS error,
+           CASE WHEN l.run_state IN ('failed', 'cancelled') THEN l.error_type END AS error_type,
+           CASE WHEN l.run_state IN ('failed', 'cancelled') THEN l.error END AS error,
            CASE WHEN l.run_state IN ('sleeping', 'suspended') THEN l.key END AS waiting_for,
            CASE WHEN l.run_state IN ('sleeping', 'suspended') THEN l.wake_at END AS wake_at,
-           CASE WHEN l.run_state = 'suspended' THEN l.status_text END AS status_text
+           CASE WHEN l.run_state = 'suspended' THEN l.status_text END AS status_text,
+           s.parent_run_id
     FROM started s JOIN latest l USING (run_id) JOIN touched t USING (run_id);
 """
 
@@ -77,13 +83,13 @@ def run_summary(source: str = "replay_event_log", scope: str = "") -> str:
         FROM {source} WHERE run_state IS NOT NULL
         QUALIFY row_number() OVER (PARTITION BY run_id ORDER BY seq DESC) = 1
     ), started AS (
-        SELECT run_id, workflow, recorded_at, seq FROM {source}
+        SELECT run_id, workflow, recorded_at, seq, name FROM {source}
         WHERE kind = 'run' AND event = 'started'
     ), touched AS (
         SELECT run_id, max(recorded_at) AS updated_at FROM {source} GROUP BY run_id
     )
     SELECT s.run_id, s.workflow, l.run_state, s.recorded_at, t.updated_at, l.key,
-           l.wake_at, l.status_text, l.error_type, l.error, l.value, s.seq
+           l.wake_at, l.status_text, l.error_type, l.error, l.value, s.seq, s.name
     FROM started s JOIN latest l USING (run_id) JOIN touched t USING (run_id)
     """
 
@@ -130,10 +136,11 @@ def check_schema(con: duckdb.DuckDBPyConnection, path: str) -> None:
     try:
         if "replay_meta" in _objects(con):
             _check_version(con, path)
+            con.execute(_VIEWS)
             return
         _check_not_foreign(con, path)
         con.execute("BEGIN TRANSACTION")
-        con.execute(_SCHEMA)
+        con.execute(_TABLES + _VIEWS)
         con.execute("INSERT INTO replay_meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
         con.execute("COMMIT")
     except ReplayError:

@@ -30,7 +30,7 @@ from typing import Any
 
 from replay._codec import decode, encode
 from replay._codec._export import read_history
-from replay._commands import Command
+from replay._parallel import Member as Command
 from replay._core._history import KeyRecord, RunHistory
 from replay._core._interpreter import Fail, Finish, Interpreter, Pending, Result, format_failure
 from replay._core._records import Record, started_record
