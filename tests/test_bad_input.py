@@ -183,7 +183,8 @@ def non_command_message(workflow: str, which: str) -> str:
     value = non_command(which)
     shown = f"workflow {workflow!r} yielded {value!r} ({type(value).__name__})"
     if which in ("list", "tuple"):
-        return f"{shown}; parallel commands are not supported yet: yield one command at a time"
+        return (f"{shown}; to run commands at once, yield a group with its own key, e.g. "
+                "All('fetch-all:v1', [...], limit=8)")
     return f"{shown}; expected a command such as Step, Sleep or Suspend"
 
 

@@ -113,7 +113,7 @@ def test_runs_json_has_the_view_columns_with_json_embedded(
     (c1,) = rows
     assert list(c1) == ["run_id", "workflow", "state", "created_at", "updated_at",
                         "input_json", "output_json", "error_type", "error", "waiting_for",
-                        "wake_at", "status_text"]
+                        "wake_at", "status_text", "parent_run_id"]
     assert c1["input_json"] == [3]
     assert c1["output_json"] == {"n": 3, "approved": "yes"}
     assert datetime.fromisoformat(c1["created_at"]).tzinfo is not None
