@@ -132,8 +132,7 @@ class Codec(Protocol):
 
 @dataclass(slots=True)
 class Policy:
-    """The engine-wide rules: the default `Retry`, the interruptions a step may cause,
-    and the workflows a `Child` may start."""
+    """The engine-wide rules: retries, interruptions, and the workflows a `Child` may start."""
 
     default_retry: Retry
     max_interruptions: int

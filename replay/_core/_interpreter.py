@@ -42,7 +42,6 @@ from replay._errors import (
     EncodingError,
     NondeterminismError,
     ReplayError,
-    StepFailed,
     SuspendTimeout,
     safe_repr,
     same_name,

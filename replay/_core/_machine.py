@@ -59,6 +59,7 @@ from replay._core._interpreter import (
     Result,
     format_failure,
 )
+from replay._core._recorder import CANCELLED, Recorder
 from replay._core._records import Encoded, ErrorText, Record, Run
 from replay._core._state import RunStatus
 from replay._errors import (
@@ -73,10 +74,9 @@ from replay._errors import (
     message_of,
     qualified_name,
 )
-from replay._parallel import GROUP_TYPES, Child, Group, kind_of
+from replay._parallel import GROUP_TYPES, Child, Group
 from replay._types import RunState
 
-_CANCELLED = "the run was cancelled"
 # The run failures `resume` voids: a step's (or a group member's) and a child run's.
 _VOIDABLE = ("replay.StepFailed", "replay.ChildFailed")
 
@@ -98,9 +98,9 @@ class RunMachine:
     """
 
     __slots__ = (
-        "_arguments", "_child_stops", "_children", "_codec", "_flight", "_frontier", "_function", "_group",
-        "_group_pending", "_history", "_interpreter", "_mark", "_out", "_parked_until",
-        "_policy", "_state", "_stopped", "_waiting", "_warnings", "run",
+        "_arguments", "_codec", "_flight", "_frontier", "_function", "_group",
+        "_group_pending", "_history", "_interpreter", "_mark", "_parked_until", "_policy",
+        "_rec", "_waiting", "run",
     )
 
     def __init__(self, run: Run, function: Callable[..., Any], arguments: bytes,
@@ -112,22 +112,17 @@ class RunMachine:
         self._history = history
         self._codec = codec
         self._policy = policy
-        self._state = state
+        self._rec = Recorder(run, history, codec, state)
         self._mark = mark_first_attempt
         self._frontier = frontier
         self._interpreter: Interpreter | None = None
         self._waiting: Pending | None = None  # the command a parked run waits on
-        self._out: list[Record] = []  # records decided since the last decision
-        self._warnings: list[str] = []
         # A group under way, the `Pending` it answers, its attempts under way by key,
-        # attempts it cancelled (for the engine to stop), and its park's deadline.
+        # and the deadline its park recorded.
         self._group: GroupRun | None = None
         self._group_pending: Pending | None = None
         self._flight: dict[str, Attempt] = {}
-        self._stopped: list[Attempt] = []
         self._parked_until: datetime | None = None
-        self._children: list[ChildStart] = []  # child runs to start with the next commit
-        self._child_stops: list[str] = []  # child runs to cancel after it
 
     @property
     def waits_for_signal(self) -> bool:
@@ -143,17 +138,17 @@ class RunMachine:
 
     def take_children(self) -> list[ChildStart]:
         """Return (and forget) the child runs to start with the decision's records."""
-        children, self._children = self._children, []
+        children, self._rec.children = self._rec.children, []
         return children
 
     def take_child_stops(self) -> list[str]:
         """Return (and forget) the ids of child runs to cancel once the records commit."""
-        stops, self._child_stops = self._child_stops, []
+        stops, self._rec.child_stops = self._rec.child_stops, []
         return stops
 
     def take_stopped(self) -> list[Attempt]:
         """Return (and forget) the attempts under way that the machine cancelled."""
-        stopped, self._stopped = self._stopped, []
+        stopped, self._rec.stopped = self._rec.stopped, []
         return stopped
 
     @property
@@ -189,12 +184,12 @@ class RunMachine:
         step, number = attempt.step, attempt.number
         if outcome.ok:
             try:
-                value = self._encoded(outcome.value, step.key)
+                value = self._rec.encoded(outcome.value, step.key)
             except EncodingError as unencodable:
                 # An unencodable value is a bug in the step, not bad luck: not retried.
                 return self._failure(step, number, unencodable, outcome.duration_ms)
-            self._emit(self.run.step_completed(step.key, number, step.name, value,
-                                               outcome.duration_ms, self._running_unless()))
+            self._rec.emit(self.run.step_completed(step.key, number, step.name, value,
+                                               outcome.duration_ms, self._rec.running_unless()))
             return value
         record = self._history.get(step.key)
         used = (record.charged if record else 0) + 1
@@ -203,7 +198,7 @@ class RunMachine:
         if used < policy.attempts and policy.retries(error_types_of(error)):
             delay = timedelta(seconds=policy.delay(self.run.run_id, step.key, used))
             wake_at = at(now) + delay
-            self._emit(self.run.step_retrying(
+            self._rec.emit(self.run.step_retrying(
                 step.key, number, step.name, _text(error), outcome.duration_ms, wake_at,
                 state=None if grouped else RunState.SLEEPING))
             return wake_at
@@ -243,24 +238,21 @@ class RunMachine:
         `attempt` is the step attempt under way outside any group, if any (the engine
         stopped it). A group's members under way are cancelled with it.
         """
-        reason = self._reason()
+        reason = self._rec.reason()
         if self._group is not None:
             group, self._group = self._group, None
             self._group_pending = None
-            group.cancel(_CANCELLED, reason)
+            group.cancel(CANCELLED, reason)
             key = group.key
         elif attempt is not None:
             key = attempt.step.key
-            self._emit(self.run.step_cancelled(key, attempt.number, attempt.step.name,
-                                               _CANCELLED, reason))
+            self._rec.emit(self.run.step_cancelled(key, attempt.number, attempt.step.name,
+                                                   CANCELLED, reason))
         else:
             assert self._waiting is not None, "cancel() of a run that waits on nothing"
             pending, self._waiting = self._waiting, None
             key = pending.command.key
-            self._cancelled_at(pending.command, pending.record, reason)
-            command = pending.command
-            if isinstance(command, Child) and command.on_parent_close == "cancel":
-                self.stop_child(command)
+            self._rec.cancelled_at(pending.command, pending.record)
         cancelled = Cancelled(self.run.run_id, key, self._codec.decode(reason.data))
         return self._decide(self._resume().throw(cancelled), now)
 
@@ -268,7 +260,7 @@ class RunMachine:
         """Take a committed signal into the mailbox (the engine recorded it)."""
         self._history.apply(record)
         if record.run_state is not None:
-            self._state = RunState(record.run_state)
+            self._rec.state = RunState(record.run_state)
 
     def failed_internally(self, error: Exception) -> Ended:
         """The engine hit a bug while driving this run: fail the run with it."""
@@ -299,9 +291,9 @@ class RunMachine:
                 return self._failed(result)
             command = result.command
             if self._history.cancel_pending:
-                self._cancelled_at(command, result.record, self._reason())
-                result = self._resume().throw(Cancelled(
-                    self.run.run_id, command.key, self._codec.decode(self._reason().data)))
+                reason = self._codec.decode(self._rec.reason().data)
+                self._rec.cancelled_at(command, result.record)
+                result = self._resume().throw(Cancelled(self.run.run_id, command.key, reason))
                 continue
             if isinstance(command, GROUP_TYPES):
                 return self._begin_group(result, command, now)
@@ -331,16 +323,16 @@ class RunMachine:
         start = None
         if self._mark:
             self._mark = False
-            start = self.run.step_started(step.key, number, step.name, self._running_unless())
-            self._history.apply(start)
-            self._note_state(start)
-        return Attempt(*self._flush(), step=step, number=number, start=start)
+            start = self.run.step_started(step.key, number, step.name,
+                                          self._rec.running_unless())
+            self._rec.apply(start)  # committed by the engine before the attempt, alone
+        return Attempt(*self._rec.flush(), step=step, number=number, start=start)
 
     def _interrupted(self, step: Step, record: KeyRecord, attempt: int) -> BaseException | None:
         """Record that `attempt` died with the process; fail the step at the limit."""
         count, limit = record.interruptions + 1, self._policy.max_interruptions
         if count < limit:
-            self._emit(self.run.step_interrupted(step.key, attempt, step.name, count, limit,
+            self._rec.emit(self.run.step_interrupted(step.key, attempt, step.name, count, limit,
                                                  qualified_name(StepInterrupted)))
             return None
         error = StepInterrupted(
@@ -354,19 +346,19 @@ class RunMachine:
         record = pending.record
         if record is None or record.wake_at is None:
             wake_at = sleep.until or at(now) + (sleep.duration or timedelta(0))
-            self._emit(self.run.sleep_scheduled(sleep.key, wake_at))
+            self._rec.emit(self.run.sleep_scheduled(sleep.key, wake_at))
         else:
             wake_at = record.wake_at
         if wake_at > at(now):
             return self._wait(WaitUntil, pending, key=sleep.key, at=wake_at)
-        self._emit(self.run.sleep_fired(sleep.key, wake_at))
+        self._rec.emit(self.run.sleep_fired(sleep.key, wake_at))
         return True, None
 
     def _suspend(self, pending: Pending, suspend: Suspend) -> Action:
         # Decided by `wake`, under the run's lock: a signal may be on its way.
         self._waiting = pending
         deadline = None if pending.record is None else pending.record.wake_at
-        return WaitForSignal(*self._flush(), key=suspend.key, deadline=deadline, settled=False)
+        return WaitForSignal(*self._rec.flush(), key=suspend.key, deadline=deadline, settled=False)
 
     def _suspended(self, suspend: Suspend, record: KeyRecord | None,
                    now: Now) -> Action | SuspendTimeout:
@@ -374,13 +366,13 @@ class RunMachine:
         key = suspend.key
         if record is None:
             deadline = None if suspend.timeout is None else at(now) + suspend.timeout
-            self._emit(self.run.suspended(key, deadline, suspend.status))
+            self._rec.emit(self.run.suspended(key, deadline, suspend.status))
             return self._wait(WaitForSignal, suspend, key=key, deadline=deadline, settled=False)
         if record.wake_at is None or record.wake_at > at(now):
             return self._wait(WaitForSignal, suspend, key=key, deadline=record.wake_at,
                               settled=True)
         timeout = SuspendTimeout(self.run.run_id, key)
-        self._emit(self.run.suspend_timed_out(key, record.wake_at, ErrorText(
+        self._rec.emit(self.run.suspend_timed_out(key, record.wake_at, ErrorText(
             qualified_name(SuspendTimeout), (), str(timeout))))
         return timeout
 
@@ -388,8 +380,8 @@ class RunMachine:
                  duration_ms: float | None) -> BaseException:
         """Record the step's final failure; return the `StepFailed` to throw in."""
         text = _text(error)
-        self._emit(self.run.step_failed(step.key, attempt, step.name, text, duration_ms,
-                                        self._running_unless()))
+        self._rec.emit(self.run.step_failed(step.key, attempt, step.name, text, duration_ms,
+                                        self._rec.running_unless()))
         failed = step_failed(self.run.run_id, step.key, Failure(
             text.error_type, text.error_types, text.message, attempt))
         failed.__cause__ = error
@@ -397,20 +389,20 @@ class RunMachine:
 
     def _completed(self, output: Any) -> Action:
         try:
-            value = self._encoded(output, "output")
+            value = self._rec.encoded(output, "output")
         except EncodingError as error:
             return self._failed(Fail(error, format_failure(error)))
-        self._emit(self.run.completed(value))
-        return Ended(*self._flush())
+        self._rec.emit(self.run.completed(value))
+        return Ended(*self._rec.flush())
 
     def _failed(self, failure: Fail) -> Ended:
         if isinstance(failure.error, Cancelled) and self._history.cancel_reason is not None:
-            self._emit(self.run.cancelled(self._reason(), clip(failure.traceback)))
-            return Ended(*self._flush())
+            self._rec.emit(self.run.cancelled(self._rec.reason(), clip(failure.traceback)))
+            return Ended(*self._rec.flush())
         message = message_of(failure.error)
-        self._emit(self.run.failed(qualified_name(type(failure.error)),
-                                   clip(failure.traceback), self._encoded(message, "error")))
-        return Ended(*self._flush())
+        self._rec.emit(self.run.failed(qualified_name(type(failure.error)),
+                                   clip(failure.traceback), self._rec.encoded(message, "error")))
+        return Ended(*self._rec.flush())
 
     def _child(self, pending: Pending, child: Child) -> Action:
         """Start the child run (recorded the first time), then wait for its end."""
@@ -418,30 +410,15 @@ class RunMachine:
             if child.workflow not in self._policy.workflows:
                 self.close()
                 return self._failed(Fail(*_unregistered(self.run.run_id, child)))
-            self.start_child(child, RunState.SUSPENDED)
+            self._rec.start_child(child, RunState.SUSPENDED)
         self._waiting = pending
-        return WaitForSignal(*self._flush(), key=child.key, deadline=None,
+        return WaitForSignal(*self._rec.flush(), key=child.key, deadline=None,
                              settled=pending.record is not None)
-
-    def start_child(self, child: Child, state: RunState | None) -> None:
-        """Record a child's start; the engine starts the run in the same commit."""
-        run_id = f"{self.run.run_id}/{child.key}"
-        detail = {"run_id": run_id, "workflow": child.workflow,
-                  "on_parent_close": child.on_parent_close}
-        self._emit(self.run.child_started(child.key, child.workflow,
-                                          self._encoded(detail, child.key), state))
-        arguments = Encoded(self._codec.encode(child.args, key="input"),
-                            self._codec.to_json(list(child.args)))
-        self._children.append(ChildStart(run_id, child.workflow, arguments, child.key))
-
-    def stop_child(self, child: Child) -> None:
-        """The child's run is cancelled once the decision's records commit."""
-        self._child_stops.append(f"{self.run.run_id}/{child.key}")
 
     # -- groups --
 
     def _begin_group(self, pending: Pending, group: Group, now: Now) -> Action:
-        self._group = GroupRun(group, self, self._flight, self._stopped)
+        self._group = GroupRun(group, self._rec, self._flight, self._rec.stopped)
         self._group_pending = pending
         self._group.advance(at(now), may_time_out=False)
         return self._group_next(now)
@@ -464,53 +441,20 @@ class RunMachine:
         starts = tuple(group.new_attempts)
         group.new_attempts.clear()
         if self._flight:
-            if self._state is not RunState.RUNNING:
-                self._emit(self.run.group_running(group.key))
-            return Attempts(*self._flush(), start=starts, wake_at=group.next_wake())
+            if self._rec.state is not RunState.RUNNING:
+                self._rec.emit(self.run.group_running(group.key))
+            return Attempts(*self._rec.flush(), start=starts, wake_at=group.next_wake())
         wake_at = group.next_wake()
         state = RunState.SUSPENDED if group.waits_for_signal() else RunState.SLEEPING
-        if self._state is not state or self._parked_until != wake_at:
-            self._emit(self.run.group_waiting(group.key, state, wake_at, group.status_text()))
+        if self._rec.state is not state or self._parked_until != wake_at:
+            self._rec.emit(self.run.group_waiting(group.key, state, wake_at, group.status_text()))
             self._parked_until = wake_at
-        records, warnings = self._flush()
+        records, warnings = self._rec.flush()
         if state is RunState.SUSPENDED:
             return WaitForSignal(records, warnings, key=group.key, deadline=wake_at,
                                  settled=not records)
         assert wake_at is not None, f"group {group.key!r} waits on nothing"
         return WaitUntil(records, warnings, key=group.key, at=wake_at)
-
-    # -- the host of groups (see `_groups.Host`) --
-
-    def emit(self, record: Record) -> None:
-        """Record `record`: applied to the history now, committed with the decision."""
-        self._emit(record)
-
-    def encoded(self, value: Any, key: str) -> Encoded:
-        """Encode `value` (of `key`) for a record."""
-        return self._encoded(value, key)
-
-    def running_unless(self) -> RunState | None:
-        """The run state a record that makes progress carries (see `_running_unless`)."""
-        return self._running_unless()
-
-    # -- cancellation --
-
-    def _reason(self) -> Encoded:
-        data = self._history.cancel_reason
-        assert data is not None, "no cancellation was requested"
-        return Encoded(data, self._codec.to_json(self._codec.decode(data)))
-
-    def _cancelled_at(self, command: Command, record: KeyRecord | None,
-                      reason: Encoded) -> None:
-        """Record that the run's cancellation is thrown in at `command`."""
-        key = command.key
-        if isinstance(command, Step):
-            number = (record.attempts if record else 0) + 1
-            self._emit(self.run.step_cancelled(key, number, command.name, _CANCELLED, reason))
-        elif isinstance(command, GROUP_TYPES):
-            self._emit(self.run.group_cancelled(key, _CANCELLED, reason))
-        else:
-            self._emit(self.run.waiting_cancelled(kind_of(command), key, _CANCELLED, reason))
 
     # -- bookkeeping --
 
@@ -519,46 +463,20 @@ class RunMachine:
         if not isinstance(pending, Pending):
             pending = Pending(pending, self._history.get(pending.key))
         self._waiting = pending
-        return kind(*self._flush(), **where)
+        return kind(*self._rec.flush(), **where)
 
     def _take_notes(self) -> None:
         """Record the suspends answered from the mailbox and the renamed steps."""
         interpreter = self._resume()
         while interpreter.taken:
             suspend = interpreter.taken.pop(0)
-            self._emit(self.run.signal_taken(suspend.key, suspend.status))
+            self._rec.emit(self.run.signal_taken(suspend.key, suspend.status))
         while interpreter.renames:
             rename = interpreter.renames.pop(0)
             names = {"recorded": rename.recorded, "current": rename.current}
-            self._emit(self.run.step_renamed(rename.key, rename.recorded, rename.current,
-                                             self._encoded(names, rename.key), rename.message))
-            self._warnings.append(rename.message)
-
-    def _emit(self, record: Record) -> None:
-        self._history.apply(record)
-        self._note_state(record)
-        self._out.append(record)
-
-    def _note_state(self, record: Record) -> None:
-        if record.run_state is not None:
-            self._state = RunState(record.run_state)
-
-    def _flush(self) -> tuple[tuple[Record, ...], tuple[str, ...]]:
-        records, warnings = tuple(self._out), tuple(self._warnings)
-        self._out.clear()
-        self._warnings.clear()
-        return records, warnings
-
-    def _running_unless(self) -> RunState | None:
-        """Mark the run ``running`` only when that changes its state.
-
-        Most step records leave a running run running; leaving their state empty keeps
-        the state-carrying rows few, which keeps opening a large file fast.
-        """
-        return None if self._state is RunState.RUNNING else RunState.RUNNING
-
-    def _encoded(self, value: Any, key: str) -> Encoded:
-        return Encoded(self._codec.encode(value, key=key), self._codec.to_json(value))
+            self._rec.emit(self.run.step_renamed(rename.key, rename.recorded, rename.current,
+                                             self._rec.encoded(names, rename.key), rename.message))
+            self._rec.warn(rename.message)
 
     def _resume(self) -> Interpreter:
         assert self._interpreter is not None, "the machine was not started"

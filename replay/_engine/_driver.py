@@ -262,10 +262,9 @@ class Driver:
                 decisions.append(machine.attempt_ended(attempt, outcome, self._clock.now))
                 if not isinstance(decisions[-1], Attempts):
                     break  # the group is decided: later outcomes are for stopped attempts
-        if woken or not decisions:
-            if not decisions or isinstance(decisions[-1], Attempts):
-                async with slot.lock:  # a suspend is decided only under the run's lock
-                    decisions.append(machine.wake(self._clock.now))
+        if not decisions or (woken and isinstance(decisions[-1], Attempts)):
+            async with slot.lock:  # a suspend is decided only under the run's lock
+                decisions.append(machine.wake(self._clock.now))
         return _merged(decisions)
 
     def _stop(self, machine: RunMachine, scopes: dict[int, trio.CancelScope]) -> set[int]:

@@ -14,6 +14,7 @@ is sent back again.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
@@ -481,10 +482,8 @@ class Scheduler:
 
     async def _cancel_at_deadline(self, slot: RunSlot) -> None:
         why = "the run's deadline passed"
-        try:
+        with contextlib.suppress(ReplayError):  # it finished meanwhile, or the engine closes
             await self.cancel(slot, Encoded(CODEC.encode(why, key="reason"), CODEC.to_json(why)))
-        except ReplayError:
-            pass  # it finished meanwhile, or the engine is closing
 
     def _evicted(self, run_id: str) -> None:
         """The cache dropped (and closed) a parked run's machine."""

@@ -30,7 +30,6 @@ from typing import Any
 
 from replay._codec import decode, encode
 from replay._codec._export import read_history
-from replay._parallel import Member as Command
 from replay._core._history import KeyRecord, RunHistory
 from replay._core._interpreter import Fail, Finish, Interpreter, Pending, Result, format_failure
 from replay._core._records import Record, started_record
@@ -43,6 +42,7 @@ from replay._errors import (
     qualified_name,
     safe_repr,
 )
+from replay._parallel import Member as Command
 from replay._types import RunState
 from replay._workflows import check_workflow, workflow_name
 
