@@ -10,7 +10,7 @@ A group is decided by the first member outcome it observes that decides it (a ra
 first outcome, an `All`'s first failure, the last member of an `All` or `Gather`),
 and records that decision (``group/completed`` or ``group/failed``) in the same commit
 as the member's outcome: on replay the group's value comes from its records alone
-(`recorded_outcome`), so a race replays to the same winner in any process. The only
+(`_group_replay`), so a race replays to the same winner in any process. The only
 outcomes that become durable on their own are signals; among those, the earliest
 recorded (`seq`) is observed first. Members still under way when a group is decided
 are cancelled and recorded as ``cancelled``; members not started never start.
@@ -21,16 +21,16 @@ step outcomes and turns their state into decisions for the engine.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from replay._commands import Sleep, Step, Suspend
 from replay._core._decisions import Attempt
-from replay._core._history import KeyRecord, RunHistory, outcome_failure, step_failed
+from replay._core._history import KeyRecord, RunHistory
 from replay._core._records import Encoded, ErrorText, Record, Run
-from replay._errors import NondeterminismError, ReplayError, SuspendTimeout, qualified_name
-from replay._parallel import GROUP_TYPES, Child, Gathered, Group, Member, Race, kind_of, walk
+from replay._errors import SuspendTimeout, qualified_name
+from replay._parallel import GROUP_TYPES, Child, Group, Member, Race, kind_of
 from replay._types import RunState
 
 _TIMED_OUT = qualified_name(SuspendTimeout)
@@ -380,87 +380,3 @@ def _failure_text(record: KeyRecord) -> ErrorText:
     if failure is not None:
         return ErrorText(failure.error_type, failure.error_types, failure.message)
     return ErrorText(_TIMED_OUT, (_TIMED_OUT,), "no signal before its timeout")
-
-
-# -- replaying a decided group --
-
-def recorded_outcome(group: Group, history: RunHistory, decode: Callable[[bytes], Any],
-                     run_id: str) -> tuple[bool, Any] | None:
-    """Return ``(ok, value)`` of a decided group from its records, or None if undecided.
-
-    ``ok`` False: `value` is the failure to throw in (the deciding member's).
-    """
-    record = history.get(group.key)
-    if record is None or not record.done or record.cancelled:
-        return None
-    if record.failure is not None:
-        return False, _member_failure_from(group.key, record, history, run_id)
-    if isinstance(group, Race):
-        detail = decode(record.value) if record.value is not None else {}
-        name = detail.get("winner")
-        member = group.members[group.names.index(name)]
-        ok, value = _member_outcome(member, history, decode, run_id)
-        return (True, (name, value)) if ok else (False, value)
-    outcomes = [_member_outcome(m, history, decode, run_id) for m in group.members]
-    if group.kind == "gather":
-        return True, Gathered(value for _, value in outcomes)
-    return True, [value for _, value in outcomes]
-
-
-def _member_outcome(member: Member, history: RunHistory, decode: Callable[[bytes], Any],
-                    run_id: str) -> tuple[bool, Any]:
-    record = history.get(member.key)
-    if isinstance(member, GROUP_TYPES):
-        outcome = recorded_outcome(member, history, decode, run_id)
-        assert outcome is not None, f"group {member.key!r} is not decided"
-        return outcome
-    if isinstance(member, Suspend):
-        if record is not None and record.timed_out:
-            return False, SuspendTimeout(run_id, member.key)
-        data = history.signals.get(member.key)
-        return True, None if data is None else decode(data)
-    assert record is not None, f"member {member.key!r} has no outcome"
-    if record.failure is not None:
-        return False, outcome_failure(run_id, member.key, record)
-    return True, None if record.value is None else decode(record.value)
-
-
-def _member_failure_from(key: str, record: KeyRecord, history: RunHistory,
-                         run_id: str) -> ReplayError:
-    leaf = record.failed_member or key
-    failure = record.failure
-    assert failure is not None
-    if failure.error_type == _TIMED_OUT:
-        return SuspendTimeout(run_id, leaf)
-    leaf_record = history.get(leaf)
-    if leaf_record is not None and leaf_record.kind == "child":
-        return outcome_failure(run_id, leaf, leaf_record)
-    return step_failed(run_id, leaf, failure)
-
-
-def check_members(group: Group, history: RunHistory, decode: Callable[[bytes], Any],
-                  run_id: str, workflow: str) -> NondeterminismError | None:
-    """Check a group against its records: the same members, each of the same kind."""
-    record = history.get(group.key)
-    if record is None:
-        return None
-    recorded = None
-    if record.detail is not None:
-        members = decode(record.detail).get("members")
-        recorded = list(members) if isinstance(members, list | tuple) else None
-    if recorded is not None and recorded != group.keys():
-        return NondeterminismError(
-            f"run {run_id!r} of workflow {workflow!r} recorded group {group.key!r} with "
-            f"members {recorded!r} but the workflow now yields it with {group.keys()!r}; "
-            "restore the code that recorded it, or give the group a new key (e.g. bump "
-            "':v1' to ':v2') and resume the run", run_id=run_id, key=group.key)
-    for member in walk(group.members):
-        entry = history.get(member.key)
-        kind = kind_of(member)
-        if entry is not None and entry.kind != kind:
-            return NondeterminismError(
-                f"run {run_id!r} of workflow {workflow!r} recorded key {member.key!r} as "
-                f"a {entry.kind} but group {group.key!r} now has it as a {kind}; restore "
-                "the code that recorded it, or give the member a new key and resume the "
-                "run", run_id=run_id, key=member.key)
-    return None

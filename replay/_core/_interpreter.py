@@ -34,7 +34,7 @@ from types import FrameType
 from typing import Any
 
 from replay._commands import COMMAND_TYPES, Step, Suspend
-from replay._core._groups import check_members, recorded_outcome
+from replay._core._group_replay import check_members, recorded_outcome
 from replay._core._history import KeyRecord, RunHistory, outcome_failure
 from replay._errors import (
     Cancelled,
