@@ -354,18 +354,21 @@ class GroupRun:
     def _waiting(self) -> Iterator[tuple[str, KeyRecord]]:
         """Every started leaf that waits (a deadline or a signal), nested ones included."""
         history = self._host.history
-        for member in self._started.values():
+        flight, records = self._flight, history.keys
+        for key, member in self._started.items():
+            if key in flight:
+                continue  # the common case in a fan-out: an attempt under way
             if isinstance(member, GROUP_TYPES):
-                nested = self._nested.get(member.key)
+                nested = self._nested.get(key)
                 if nested is not None:
                     yield from nested._waiting()
                 continue
-            record = history.get(member.key)
-            if member.key in self._flight or record is None or record.done:
+            record = records.get(key)
+            if record is None or record.done:
                 continue
-            if record.kind == "suspend" and member.key in history.signals:
+            if record.kind == "suspend" and key in history.signals:
                 continue
-            yield member.key, record
+            yield key, record
 
     def _top(self) -> GroupRun:
         return self if self._parent is None else self._parent._top()

@@ -189,7 +189,7 @@ class Interpreter:
             problem = self._check(command, record)
             if problem is not None:
                 return self._fail_for_deployment(problem)
-            if command.key == self._frontier:
+            if self._frontier is not None and self._reaches_frontier(command):
                 self._frontier = None
             try:
                 outcome = self._recorded_outcome(command, record)
@@ -200,6 +200,13 @@ class Interpreter:
                     return self._fail_for_deployment(self._diverged(command))
                 return Pending(command, record)
             resume, argument = outcome
+
+    def _reaches_frontier(self, command: Command) -> bool:
+        """Whether `command` is (or, for a group, contains) where the last execution stopped."""
+        if command.key == self._frontier:
+            return True
+        return isinstance(command, GROUP_TYPES) and any(
+            member.key == self._frontier for member in walk(command.members))
 
     def _recorded_outcome(
         self, command: Command, record: KeyRecord | None
