@@ -253,7 +253,7 @@ class GroupRun:
             if record is None:
                 host.emit(host.run.signal_taken(key, suspend.status))
             return
-        if record is None:
+        if record is None or record.cancelled:  # a cancelled one waits again after a resume
             deadline = None if suspend.timeout is None else now + suspend.timeout
             host.emit(host.run.suspended(key, deadline, suspend.status, state=None))
         elif (may_time_out and not record.done and record.wake_at is not None
