@@ -15,6 +15,7 @@ import errno
 import os
 import socket
 from collections.abc import Callable, Generator
+from datetime import timedelta
 from os import PathLike
 from typing import Any
 
@@ -123,16 +124,27 @@ class AsyncClient:
         self._closed = True
 
     async def start(self, workflow: Callable[..., Any] | str, *args: Any,
-                    run_id: str | None = None) -> AsyncRemoteRun:
+                    run_id: str | None = None, timeout: float | timedelta | None = None
+                    ) -> AsyncRemoteRun:
         """Start a run of `workflow` in the engine (see `Client.start`).
+
+        Args:
+            workflow: A workflow function, or its registered name.
+            *args: The run's input, encoded here as the engine records it.
+            run_id: The run's id; the engine generates one when omitted.
+            timeout: The run's deadline, from now on the engine's clock (seconds or a
+                `timedelta`): if it has not finished by then it is cancelled.
 
         Raises:
             WorkflowNotRegistered: The engine does not have `workflow`.
             RunIdConflict: `run_id` belongs to a run of another workflow.
             EncodingError: An argument cannot be recorded; nothing is sent.
+            TypeError: `workflow` or `run_id` has the wrong type, or `timeout` is not a
+                duration.
+            ValueError: `timeout` is not a finite duration > 0.
             EngineClosed: No engine serves the file, or it stopped.
         """
-        header, _ = await self._ask(calls.start(workflow, args, run_id))
+        header, _ = await self._ask(calls.start(workflow, args, run_id, timeout))
         return AsyncRemoteRun(self, str(header["run_id"]), str(header["workflow"]))
 
     async def signal(self, run_id: str, key: str, payload: Any = None) -> AsyncRemoteRun:
@@ -156,6 +168,36 @@ class AsyncClient:
             EngineClosed: No engine serves the file, or it stopped.
         """
         header, _ = await self._ask(calls.on_run("resume", "resuming", run_id))
+        return AsyncRemoteRun(self, run_id, str(header["workflow"]))
+
+    async def cancel(self, run_id: str, reason: Any = None) -> AsyncRemoteRun:
+        """Cancel the run: `Cancelled` is thrown in at the command it waits on.
+
+        See `Client.cancel`.
+
+        Raises:
+            RunNotFound: No such run.
+            RunFinished: The run is finished.
+            EncodingError: `reason` cannot be recorded; nothing is sent.
+            TypeError: `run_id` is not a str.
+            EngineClosed: No engine serves the file, or it stopped.
+        """
+        header, _ = await self._ask(calls.ending("cancel", run_id, reason))
+        return AsyncRemoteRun(self, run_id, str(header["workflow"]))
+
+    async def terminate(self, run_id: str, reason: Any = None) -> AsyncRemoteRun:
+        """End the run ``cancelled`` at once, running none of its workflow code.
+
+        See `Client.terminate`.
+
+        Raises:
+            RunNotFound: No such run.
+            RunFinished: The run is finished.
+            EncodingError: `reason` cannot be recorded; nothing is sent.
+            TypeError: `run_id` is not a str.
+            EngineClosed: No engine serves the file, or it stopped.
+        """
+        header, _ = await self._ask(calls.ending("terminate", run_id, reason))
         return AsyncRemoteRun(self, run_id, str(header["workflow"]))
 
     async def get_run(self, run_id: str) -> AsyncRemoteRun:

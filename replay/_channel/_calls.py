@@ -2,16 +2,18 @@
 
 Shared by the blocking client (`_connect`) and the asyncio one (`_aio`); no I/O here.
 A client's request is the channel operation ``call`` with a ``method`` (``start``,
-``status``, ``wait``, ``result``, ``runs``, ``signal``, ``resume``, ``hello``), or the
+``status``, ``wait``, ``result``, ``runs``, ``signal``, ``resume``, ``cancel``,
+``terminate``, ``hello``), or the
 ``query`` operation the `replay` command uses, for `sql`. One connection carries one
 request, as for the command.
 
-Values travel as the engine records them: the client encodes a run's input and a
-signal's payload with the project codec (``replay._codec``: msgpack, tuples, sets,
-registered types, the same size and depth limits) and sends the bytes as a ``$bytes``
-wire value; outputs come back the same way. So ``client.result(run_id)`` returns what
-``await run.result()`` returns inside the engine. Errors come back as their class name,
-message and attributes, and are raised again as the same class (`error_of`).
+Values travel as the engine records them: the client encodes a run's input, a
+signal's payload and a cancellation's reason with the project codec (``replay._codec``:
+msgpack, tuples, sets, registered types, the same size and depth limits) and sends the
+bytes as a ``$bytes`` wire value; outputs come back the same way. So
+``client.result(run_id)`` returns what ``await run.result()`` returns inside the engine.
+Errors come back as their class name, message and attributes, and are raised again as
+the same class (`error_of`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import replay._errors as _errors
@@ -83,12 +86,16 @@ def call(method: str, doing: str, *, waits: bool = False, chunks: str | None = N
     return Call("call", {"method": method, **fields}, doing, waits, chunks)
 
 
-def start(workflow: Callable[..., Any] | str, args: tuple[Any, ...], run_id: str | None
-          ) -> Call:
+def start(workflow: Callable[..., Any] | str, args: tuple[Any, ...], run_id: str | None,
+          timeout: float | timedelta | None = None) -> Call:
     """Return the request that starts a run (its input encoded here, as the engine would).
 
+    `timeout` travels as it is (seconds or a `timedelta`): the engine checks it and
+    counts the run's deadline from its own clock.
+
     Raises:
-        TypeError: `workflow` is neither a workflow function nor a name.
+        TypeError: `workflow` is neither a workflow function nor a name, or `timeout`
+            is not a duration.
         EncodingError: An argument cannot be recorded.
     """
     if isinstance(workflow, str):
@@ -100,8 +107,13 @@ def start(workflow: Callable[..., Any] | str, args: tuple[Any, ...], run_id: str
                         f"registered name, got {workflow!r} ({type(workflow).__name__})")
     if run_id is not None:
         checked("run_id", run_id)
+    if timeout is not None and (isinstance(timeout, bool)
+                                or not isinstance(timeout, int | float | timedelta)):
+        # The engine's words; a value the wire cannot carry as itself must not reach it.
+        raise TypeError("engine.start(..., timeout=...): timeout must be a timedelta or a "
+                        f"number of seconds, got {timeout!r} ({type(timeout).__name__})")
     return call("start", f"starting a run of {name!r}", workflow=name, run_id=run_id,
-                args=encode(args, key="input"))
+                args=encode(args, key="input"), timeout=timeout)
 
 
 def signal(run_id: str, key: str, payload: Any) -> Call:
@@ -115,6 +127,19 @@ def signal(run_id: str, key: str, payload: Any) -> Call:
     checked("key", key)
     return call("signal", f"signalling {key!r} of run {run_id!r}", run_id=run_id, key=key,
                 value=encode(payload, key=key))
+
+
+def ending(method: str, run_id: str, reason: Any) -> Call:
+    """Return the request that cancels or terminates a run (the reason encoded here).
+
+    Raises:
+        TypeError: `run_id` is not a str.
+        EncodingError: The reason cannot be recorded.
+    """
+    checked("run_id", run_id)
+    doing = "cancelling" if method == "cancel" else "terminating"
+    return call(method, f"{doing} run {run_id!r}", run_id=run_id,
+                value=encode(reason, key="reason"))
 
 
 def on_run(method: str, doing: str, run_id: str, *, waits: bool = False) -> Call:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable
+from datetime import timedelta
 from os import PathLike
 from typing import Any, BinaryIO
 
@@ -108,7 +109,8 @@ class Client:
         self._closed = True
 
     def start(self, workflow: Callable[..., Any] | str, *args: Any,
-              run_id: str | None = None) -> RemoteRun:
+              run_id: str | None = None, timeout: float | timedelta | None = None
+              ) -> RemoteRun:
         """Start a run of `workflow` in the engine (idempotent by `run_id`).
 
         Args:
@@ -116,6 +118,9 @@ class Client:
                 have it registered.
             *args: The run's input, encoded here as the engine records it.
             run_id: The run's id; the engine generates one when omitted.
+            timeout: The run's deadline, from now on the engine's clock (seconds or a
+                `timedelta`): if it has not finished by then it is cancelled, as by
+                `cancel` (see `Engine.start`).
 
         Returns:
             A handle to the run.
@@ -125,10 +130,12 @@ class Client:
                 names the engine's process and command).
             RunIdConflict: `run_id` belongs to a run of another workflow.
             EncodingError: An argument cannot be recorded; nothing is sent.
-            TypeError: `workflow` or `run_id` has the wrong type.
+            TypeError: `workflow` or `run_id` has the wrong type, or `timeout` is not a
+                duration.
+            ValueError: `timeout` is not a finite duration > 0.
             EngineClosed: No engine serves the file, or it stopped.
         """
-        header, _ = self._ask(calls.start(workflow, args, run_id))
+        header, _ = self._ask(calls.start(workflow, args, run_id, timeout))
         return RemoteRun(self, str(header["run_id"]), str(header["workflow"]))
 
     def signal(self, run_id: str, key: str, payload: Any = None) -> RemoteRun:
@@ -154,6 +161,47 @@ class Client:
             EngineClosed: No engine serves the file, or it stopped.
         """
         header, _ = self._ask(calls.on_run("resume", "resuming", run_id))
+        return RemoteRun(self, run_id, str(header["workflow"]))
+
+    def cancel(self, run_id: str, reason: Any = None) -> RemoteRun:
+        """Cancel the run: `Cancelled` is thrown in at the command it waits on.
+
+        As `Engine.cancel`: the request is durable when this returns, a parked run
+        wakes to take it, the workflow may catch `Cancelled` and compensate, and a
+        second `cancel` changes nothing.
+
+        Args:
+            run_id: The run.
+            reason: Why; any encodable value (encoded here), passed on as
+                `Cancelled.reason`.
+
+        Raises:
+            RunNotFound: No such run.
+            RunFinished: The run is finished.
+            EncodingError: `reason` cannot be recorded; nothing is sent.
+            TypeError: `run_id` is not a str.
+            EngineClosed: No engine serves the file, or it stopped.
+        """
+        header, _ = self._ask(calls.ending("cancel", run_id, reason))
+        return RemoteRun(self, run_id, str(header["workflow"]))
+
+    def terminate(self, run_id: str, reason: Any = None) -> RemoteRun:
+        """End the run ``cancelled`` at once, running none of its workflow code.
+
+        As `Engine.terminate`: for a run whose compensation hangs.
+
+        Args:
+            run_id: The run.
+            reason: Why; any encodable value (encoded here), recorded with the end.
+
+        Raises:
+            RunNotFound: No such run.
+            RunFinished: The run is finished.
+            EncodingError: `reason` cannot be recorded; nothing is sent.
+            TypeError: `run_id` is not a str.
+            EngineClosed: No engine serves the file, or it stopped.
+        """
+        header, _ = self._ask(calls.ending("terminate", run_id, reason))
         return RemoteRun(self, run_id, str(header["workflow"]))
 
     def get_run(self, run_id: str) -> RemoteRun:

@@ -12,12 +12,15 @@ and its answer. The request names the protocol version and an operation::
     {"protocol": 1, "op": "query", "sql": "SELECT ...", "params": [...]}
     {"protocol": 1, "op": "signal", "run_id": "r", "key": "k", "payload": ...}
     {"protocol": 1, "op": "resume", "run_id": "r"}
+    {"protocol": 1, "op": "cancel", "run_id": "r", "reason": ...}
+    {"protocol": 1, "op": "terminate", "run_id": "r", "reason": ...}
     {"protocol": 1, "op": "hello"}
 
 The answer starts with a header, ``{"ok": true, ...}`` or
 ``{"ok": false, "error": {"type": "RunNotFound", "message": "..."}}``. A query's header
 carries ``columns`` and ``types`` (DuckDB type names); ``hello``'s carries ``pid``,
-``version`` and ``now`` (the engine clock). Then a query's answer has
+``version`` and ``now`` (the engine clock); ``cancel``'s carries ``requested`` (false
+when the run's cancellation was requested before) and ``state``. Then a query's answer has
 ``{"rows": [...]}`` messages and a final ``{"end": true, "rows": N}`` (or an error
 message, if the query fails half-way).
 

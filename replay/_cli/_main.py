@@ -5,8 +5,8 @@ command talks to it over the live channel (`replay._channel._protocol`); otherwi
 file itself for the length of one command (`replay._cli._source`), and `resume
 --workflows` runs an engine of its own (`replay._cli._resume`). `serve` runs the file's
 engine as a service for other processes (`replay._cli._serve`). Exit status: 0 on
-success, 1 on a user error (unknown run, rejected signal, refused query, no database),
-2 on a usage error (bad arguments).
+success, 1 on a user error (unknown run, rejected signal, finished run, refused query,
+no database), 2 on a usage error (bad arguments).
 """
 
 from __future__ import annotations
@@ -110,7 +110,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="replay",
         description="Inspect and steer a replay database: list runs, show one run's "
-        "timeline, query the history with SQL, signal or resume runs, export the views. "
+        "timeline, query the history with SQL, signal, resume, cancel or terminate runs, "
+        "export the views. "
         "Works on a stopped database file and, through the engine, on one in use.",
         epilog="Exit status: 0 success, 1 user error (unknown run, rejected signal or "
         "query), 2 usage error. See docs/cli.md.",
@@ -154,6 +155,20 @@ def _parser() -> argparse.ArgumentParser:
                         metavar="MODULE[,MODULE...]",
                         help="when no engine holds the file: import these modules (as for "
                         "python -m) and resume the run with the workflows they define")
+
+    cancel = _command(commands, "cancel", _cancel, "cancel a run: Cancelled is thrown in "
+                      "at the command it waits on, and its workflow may compensate (through "
+                      "the running engine, or stored in the file for the next engine)")
+    cancel.add_argument("run_id", metavar="RUN_ID")
+    cancel.add_argument("--reason", metavar="TEXT", default=None,
+                        help="why, passed on to the workflow as Cancelled.reason")
+
+    terminate = _command(commands, "terminate", _terminate, "end a run cancelled at once, "
+                         "running none of its workflow code (through the running engine "
+                         "only)")
+    terminate.add_argument("run_id", metavar="RUN_ID")
+    terminate.add_argument("--reason", metavar="TEXT", default=None,
+                           help="why, recorded with the run's end")
 
     serve = commands.add_parser(
         "serve", help="run the engine of DB in this process until SIGTERM or Ctrl-C; other "
@@ -391,6 +406,43 @@ def _resume(args: argparse.Namespace, out: TextIO) -> int:
     else:
         print(f"run {args.run_id!r} was {before}; resume changes nothing (it is {after} "
               "now)", file=out)
+    return 0
+
+
+def _cancel(args: argparse.Namespace, out: TextIO) -> int:
+    source = _session(args, write=True)
+    try:
+        state, requested = source.cancel(args.run_id, args.reason)
+    finally:
+        source.close()
+    if args.json:
+        print(fmt.dumps({"run_id": args.run_id, "live": source.live, "requested": requested,
+                         "state": state}), file=out)
+    elif not requested:
+        print(f"run {args.run_id!r} was already asked to cancel; cancel changes nothing "
+              f"(the run is {state})", file=out)
+    elif source.live:
+        print(f"cancellation of run {args.run_id!r} recorded by {source.description}; the "
+              f"run is {state}", file=out)
+    else:
+        print(f"cancellation of run {args.run_id!r} stored in {args.db!r}; no engine holds "
+              "the file, so the run takes it when an engine next opens the file (it is "
+              f"{state} until then)", file=out)
+    return 0
+
+
+def _terminate(args: argparse.Namespace, out: TextIO) -> int:
+    source = _session(args)
+    try:
+        state = source.terminate(args.run_id, args.reason)
+    finally:
+        source.close()
+    if args.json:
+        print(fmt.dumps({"run_id": args.run_id, "live": source.live, "state": state}),
+              file=out)
+    else:
+        print(f"run {args.run_id!r} terminated by {source.description}; it is {state}",
+              file=out)
     return 0
 
 

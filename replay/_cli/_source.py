@@ -2,13 +2,15 @@
 
 `open_source(path)` first looks for an engine serving the file (its socket next to the
 database); if there is none, the command opens the file itself, read-only unless it
-stores a signal, and closes it when the command ends. Both sources answer the same
-read-only queries, so every subcommand is written once, against `Source`.
+stores a signal or a cancellation, and closes it when the command ends. Both sources
+answer the same read-only queries, so every subcommand is written once, against
+`Source`.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,10 +22,10 @@ from replay._channel._protocol import socket_path
 from replay._checks import checked_key
 from replay._codec import encode, to_json
 from replay._core._history import RunHistory
-from replay._core._records import Encoded, Run
+from replay._core._records import Encoded, Record, Run
 from replay._core._signals import check_signal, misdirected_signal
 from replay._core._state import RunStatus, fold
-from replay._errors import DatabaseLocked, ReplayError, RunNotFound
+from replay._errors import DatabaseLocked, ReplayError, RunFinished, RunNotFound
 from replay._store import FileAccess, ReadQuery
 from replay._types import RunInfo, RunState
 
@@ -72,6 +74,12 @@ class Source(Protocol):
 
     def resume(self, run_id: str) -> tuple[str, str]:
         """Resume a run; return its state before and after."""
+
+    def cancel(self, run_id: str, reason: str | None) -> tuple[str, bool]:
+        """Cancel a run; return its state afterwards and whether this request counted."""
+
+    def terminate(self, run_id: str, reason: str | None) -> str:
+        """Terminate a run; return its state afterwards."""
 
     def close(self) -> None:
         """Let go of the database."""
@@ -174,6 +182,18 @@ class LiveSource:
             answer = connection.request("resume", run_id=run_id)
         return str(answer["before"]), str(answer["state"])
 
+    def cancel(self, run_id: str, reason: str | None) -> tuple[str, bool]:
+        """Cancel a run through the engine, which wakes it if it is parked."""
+        with self._connect() as connection:
+            answer = connection.request("cancel", run_id=run_id, reason=reason)
+        return str(answer["state"]), bool(answer["requested"])
+
+    def terminate(self, run_id: str, reason: str | None) -> str:
+        """End a run ``cancelled`` through the engine (which stops its task)."""
+        with self._connect() as connection:
+            answer = connection.request("terminate", run_id=run_id, reason=reason)
+        return str(answer["state"])
+
     def close(self) -> None:
         """Nothing to let go of: every request had its own connection."""
 
@@ -231,6 +251,66 @@ class FileSource:
         info = RunInfo(run_id, row.workflow, status.state, row.created_at, row.updated_at,
                        waiting_for=status.waiting_for)
         return status.state.value, misdirected_signal(info, key)
+
+    def cancel(self, run_id: str, reason: str | None) -> tuple[str, bool]:
+        """Record the run's cancellation in the file, exactly as an engine records one.
+
+        The record carries no run state: the next engine to open the file wakes a
+        parked run with a pending cancellation, and a running one meets it at the
+        next command it waits on. A second cancellation records nothing.
+
+        Returns:
+            The run's state (unchanged until an engine opens the file), and False if
+            its cancellation was requested before.
+
+        Raises:
+            RunNotFound: No such run.
+            RunFinished: The run is finished.
+        """
+        workflow, status, records = self._unfinished(run_id, "cancelled")
+        if RunHistory(records).cancel_reason is not None:
+            return status.state.value, False
+        encoded = Encoded(encode(reason, key="reason"), to_json(reason))
+        seq, _ = self._access.last_seq_and_time()
+        record = Run(run_id, workflow).cancel_requested(encoded, None)
+        record.seq, record.recorded_at = seq + 1, self.now()
+        self._access.append(record)
+        return status.state.value, True
+
+    def terminate(self, run_id: str, reason: str | None) -> str:
+        """Refuse: ending a run must stop its task and settle its parent and children.
+
+        Raises:
+            RunNotFound: No such run.
+            RunFinished: The run is finished.
+            CliError: Always, otherwise.
+        """
+        self._unfinished(run_id, "terminated")
+        raise CliError(
+            f"terminate needs the engine, and no engine holds {self.path!r}: ending a run "
+            "at once must stop whatever of it still runs and tell its parent and child "
+            "runs, which only the engine can do; run the command while an engine holds "
+            f"the file, or use `replay cancel {shlex.quote(self.path)} {shlex.quote(run_id)}`, "
+            "which is stored in the file and taken when an engine next opens it")
+
+    def _unfinished(self, run_id: str, what: str
+                    ) -> tuple[str, RunStatus, list[Record]]:
+        """Return an unfinished run's workflow, state and records.
+
+        Raises:
+            RunNotFound: No such run.
+            RunFinished: The run is finished (the engine's words).
+        """
+        row = self._access.run_row(run_id)
+        if row is None:
+            raise RunNotFound(run_id)
+        records = self._access.load_history(run_id)
+        status = fold(records) or RunStatus(RunState.RUNNING)
+        if status.finished:
+            raise RunFinished(
+                f"run {run_id!r} is {status.state.value}; a finished run cannot be {what}",
+                run_id=run_id, state=status.state.value)
+        return row.workflow, status, records
 
     def workflow_of(self, run_id: str) -> str:
         """Return the name of the run's workflow.

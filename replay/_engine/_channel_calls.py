@@ -1,9 +1,11 @@
 """The engine's answers to `replay.connect` clients: the channel operation ``call``.
 
 A client in another process asks for one of the engine's API methods (``start``,
-``status``, ``wait``, ``result``, ``runs``, ``signal``, ``resume``, or ``hello``), and
+``status``, ``wait``, ``result``, ``runs``, ``signal``, ``resume``, ``cancel``,
+``terminate``, or ``hello``), and
 the engine runs it with its public API. Recorded values travel as codec bytes
-(``replay._codec``: a run's input, a signal's payload, an output), so a client gets
+(``replay._codec``: a run's input, a signal's payload, a cancellation's reason, an
+output), so a client gets
 exactly what in-process code gets; everything else travels as wire values
 (`replay._channel._protocol`). An error answer carries the error's class name, message
 and attributes, which the client raises again as the same class.
@@ -99,7 +101,8 @@ async def _start(call: _Call) -> None:
         raise BadRequest("the request's 'args' must be a recorded tuple")
     name = text(call.request, "workflow")
     try:
-        run = await call.engine.start(name, *args, run_id=value(call.request, "run_id"))
+        run = await call.engine.start(name, *args, run_id=value(call.request, "run_id"),
+                                      timeout=value(call.request, "timeout"))
     except WorkflowNotRegistered as error:
         raise WorkflowNotRegistered(
             f"{error}; asked of the engine serving {call.database!r}, process "
@@ -156,9 +159,22 @@ async def _resume(call: _Call) -> None:
                       state=call.engine.status(run.run_id).state.value)
 
 
+async def _cancel(call: _Call) -> None:
+    run = await call.engine.cancel(call.run_id, recorded(call.request, "value"))
+    await call.answer(run_id=run.run_id, workflow=run.workflow,
+                      state=call.engine.status(run.run_id).state.value)
+
+
+async def _terminate(call: _Call) -> None:
+    run = await call.engine.terminate(call.run_id, recorded(call.request, "value"))
+    await call.answer(run_id=run.run_id, workflow=run.workflow,
+                      state=call.engine.status(run.run_id).state.value)
+
+
 _METHODS: dict[str, Callable[[_Call], Awaitable[None]]] = {
     "hello": _hello, "start": _start, "status": _status, "wait": _wait, "result": _result,
-    "runs": _runs, "signal": _signal, "resume": _resume,
+    "runs": _runs, "signal": _signal, "resume": _resume, "cancel": _cancel,
+    "terminate": _terminate,
 }
 
 

@@ -5,10 +5,10 @@ it binds ``<database>.sock`` with mode 0600 (bound inside a fresh private direct
 then renamed into place, so it is never reachable with wider permissions), serves
 each connection in its own task, refuses peers of another user id, and removes the
 socket when the engine closes. What it may do is what the engine's API allows: read
-only queries (the same check as `engine.sql`), `signal` and `resume` for the `replay`
-command, and the ``call`` operation of `replay.connect` clients (start, status, wait,
-result, runs, signal, resume: `_channel_calls`). The protocol is in
-`replay._channel._protocol`.
+only queries (the same check as `engine.sql`), `signal`, `resume`, `cancel` and
+`terminate` for the `replay` command, and the ``call`` operation of `replay.connect`
+clients (start, status, wait, result, runs, signal, resume, cancel, terminate:
+`_channel_calls`). The protocol is in `replay._channel._protocol`.
 
 Handlers never time out: under a mock clock a timeout would fire at once (autojump),
 and a connection costs only a task, open to the engine's own user only.
@@ -43,6 +43,7 @@ from replay._channel._protocol import (
     socket_path,
     to_wire,
 )
+from replay._core._history import RunHistory
 from replay._core._signals import misdirected_signal
 from replay._engine._channel_calls import BadRequest as _BadRequest
 from replay._engine._channel_calls import send as _send
@@ -229,8 +230,26 @@ class ChannelServer:
             await engine.resume(run_id)
             await _send(stream, {"ok": True, "before": before,
                                  "state": engine.status(run_id).state.value})
+        elif op == "cancel":
+            run_id = _text(request, "run_id")
+            # Whether this request is the one that counts: a second cancel changes
+            # nothing, and the command says so. (Two cancels at the same moment may
+            # both be told that theirs counted; the run takes one.)
+            requested_before = await self._cancel_requested(run_id)
+            await engine.cancel(run_id, _value(request, "reason"))
+            await _send(stream, {"ok": True, "requested": not requested_before,
+                                 "state": engine.status(run_id).state.value})
+        elif op == "terminate":
+            run_id = _text(request, "run_id")
+            await engine.terminate(run_id, _value(request, "reason"))
+            await _send(stream, {"ok": True, "state": engine.status(run_id).state.value})
         else:
             raise _BadRequest(f"unknown operation {short_repr(op)}")
+
+    async def _cancel_requested(self, run_id: str) -> bool:
+        """Whether the run's cancellation is recorded already (False: no such run)."""
+        records = await in_thread(self._store.load_history, run_id)
+        return RunHistory(records).cancel_reason is not None
 
     async def _query(self, stream: trio.SocketStream, sql: str, params: Any,
                      timeout: object) -> None:

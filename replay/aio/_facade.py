@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from os import PathLike
 from typing import Any
 
@@ -86,7 +87,8 @@ class Engine:
         return Run(run, self._calls)
 
     async def start(self, workflow: Callable[..., Any] | str, *args: Any,
-                    run_id: str | None = None) -> Run:
+                    run_id: str | None = None, timeout: float | timedelta | None = None
+                    ) -> Run:
         """Start a run of `workflow` with `args` as its input (idempotent by `run_id`).
 
         As `replay.Engine.start`: the input and the ``run/started`` event are
@@ -96,6 +98,8 @@ class Engine:
             workflow: A registered workflow function, or its name.
             *args: The run's input; must be encodable.
             run_id: The run's id; a unique one is generated when omitted.
+            timeout: The run's deadline, from now (seconds or a `timedelta`): if it has
+                not finished by then it is cancelled, as by `cancel`.
 
         Returns:
             A `Run` handle.
@@ -104,11 +108,12 @@ class Engine:
             WorkflowNotRegistered: `workflow` is not registered with this engine.
             RunIdConflict: `run_id` belongs to a run of another workflow.
             EncodingError: An argument cannot be recorded; nothing is recorded.
-            TypeError: `run_id` is not a str.
-            ValueError: `run_id` is empty.
+            TypeError: `run_id` is not a str, or `timeout` is not a duration.
+            ValueError: `run_id` is empty, or `timeout` is not a finite duration > 0.
             EngineClosed: The engine is closed or closing.
         """
-        start = functools.partial(self._engine.start, workflow, *args, run_id=run_id)
+        start = functools.partial(self._engine.start, workflow, *args, run_id=run_id,
+                                  timeout=timeout)
         return self._run(await self._calls.call(start))
 
     async def signal(self, run_id: str, key: str, payload: Any = None) -> Run:
@@ -138,6 +143,44 @@ class Engine:
         """
         resume = functools.partial(self._engine.resume, run_id)
         return self._run(await self._calls.call(resume))
+
+    async def cancel(self, run_id: str, reason: Any = None) -> Run:
+        """Cancel the run: `Cancelled` is thrown in at the command it waits on.
+
+        As `replay.Engine.cancel`: the request is durable when this returns, a parked
+        run wakes to take it, the workflow may catch `Cancelled` and compensate, and a
+        second `cancel` changes nothing.
+
+        Args:
+            run_id: The run.
+            reason: Why; any encodable value, passed on as `Cancelled.reason`.
+
+        Raises:
+            RunNotFound: No such run.
+            RunFinished: The run is finished.
+            EncodingError: `reason` cannot be recorded; nothing is recorded.
+            EngineClosed: The engine is closed or closing.
+        """
+        cancel = functools.partial(self._engine.cancel, run_id, reason)
+        return self._run(await self._calls.call(cancel))
+
+    async def terminate(self, run_id: str, reason: Any = None) -> Run:
+        """End the run ``cancelled`` at once; as `replay.Engine.terminate`.
+
+        Runs none of its workflow code: for a run whose compensation hangs.
+
+        Args:
+            run_id: The run.
+            reason: Why; any encodable value, recorded with the end.
+
+        Raises:
+            RunNotFound: No such run.
+            RunFinished: The run is finished.
+            EncodingError: `reason` cannot be recorded; nothing is recorded.
+            EngineClosed: The engine is closed or closing.
+        """
+        terminate = functools.partial(self._engine.terminate, run_id, reason)
+        return self._run(await self._calls.call(terminate))
 
     async def get_run(self, run_id: str) -> Run:
         """Return a handle to an existing run.

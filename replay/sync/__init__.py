@@ -1,8 +1,9 @@
 """replay.sync: use replay from synchronous code (Flask, Django, scripts, threads).
 
 `open_engine` runs the trio engine on a background thread of its own and returns an
-`Engine` whose calls (`start`, `signal`, `resume`, `status`, `get_run`, `runs`,
-`history`, `sql`, `export_history`) block until the engine has answered, and whose
+`Engine` whose calls (`start`, `signal`, `resume`, `cancel`, `terminate`, `status`,
+`get_run`, `runs`, `history`, `sql`, `export_history`) block until the engine has
+answered, and whose
 `Run` handles have blocking `wait(timeout=...)` and `result(timeout=...)`. Any number
 of threads may call one engine at once; errors are the same `replay` exceptions.
 

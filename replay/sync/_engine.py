@@ -5,7 +5,7 @@ from __future__ import annotations
 import atexit
 import threading
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from os import PathLike
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -119,7 +119,7 @@ class Engine:
     # -- the engine's calls --
 
     def start(self, workflow: Callable[..., Any] | str, *args: Any,
-              run_id: str | None = None) -> Run:
+              run_id: str | None = None, timeout: float | timedelta | None = None) -> Run:
         """Start a run of `workflow` with `args` as its input (idempotent by `run_id`).
 
         Returns once the run is recorded, as `replay.Engine.start` does.
@@ -128,6 +128,8 @@ class Engine:
             workflow: A registered workflow function, or its name.
             *args: The run's input; must be encodable.
             run_id: The run's id; a unique one is generated when omitted.
+            timeout: The run's deadline, from now (seconds or a `timedelta`): if it has
+                not finished by then it is cancelled, as by `cancel`.
 
         Returns:
             A `Run` handle.
@@ -136,11 +138,11 @@ class Engine:
             WorkflowNotRegistered: `workflow` is not registered with this engine.
             RunIdConflict: `run_id` belongs to a run of another workflow.
             EncodingError: An argument cannot be recorded; nothing is recorded.
-            TypeError: `run_id` is not a str.
-            ValueError: `run_id` is empty.
+            TypeError: `run_id` is not a str, or `timeout` is not a duration.
+            ValueError: `run_id` is empty, or `timeout` is not a finite duration > 0.
             EngineClosed: The engine is closed or closing.
         """
-        return self._handle(self._host_call(_start, workflow, args, run_id))
+        return self._handle(self._host_call(_start, workflow, args, run_id, timeout))
 
     def signal(self, run_id: str, key: str, payload: Any = None) -> Run:
         """Deliver `payload` to the run's `Suspend(key)`; return once it is durable.
@@ -165,6 +167,42 @@ class Engine:
             EngineClosed: The engine is closed or closing.
         """
         return self._handle(self._host_call(_resume, run_id))
+
+    def cancel(self, run_id: str, reason: Any = None) -> Run:
+        """Cancel the run: `Cancelled` is thrown in at the command it waits on.
+
+        As `replay.Engine.cancel`: the request is durable when this returns, a parked
+        run wakes to take it, the workflow may catch `Cancelled` and compensate, and a
+        second `cancel` changes nothing.
+
+        Args:
+            run_id: The run.
+            reason: Why; any encodable value, passed on as `Cancelled.reason`.
+
+        Raises:
+            RunNotFound: No such run.
+            RunFinished: The run is finished.
+            EncodingError: `reason` cannot be recorded; nothing is recorded.
+            EngineClosed: The engine is closed or closing.
+        """
+        return self._handle(self._host_call(_cancel, run_id, reason))
+
+    def terminate(self, run_id: str, reason: Any = None) -> Run:
+        """End the run ``cancelled`` at once, as `replay.Engine.terminate`.
+
+        Runs none of its workflow code: for a run whose compensation hangs.
+
+        Args:
+            run_id: The run.
+            reason: Why; any encodable value, recorded with the end.
+
+        Raises:
+            RunNotFound: No such run.
+            RunFinished: The run is finished.
+            EncodingError: `reason` cannot be recorded; nothing is recorded.
+            EngineClosed: The engine is closed or closing.
+        """
+        return self._handle(self._host_call(_terminate, run_id, reason))
 
     def get_run(self, run_id: str) -> Run:
         """Return a handle to an existing run.
@@ -340,8 +378,9 @@ class Engine:
 
 
 async def _start(engine: AsyncEngine, workflow: Callable[..., Any] | str,
-                 args: tuple[Any, ...], run_id: str | None) -> AsyncRun:
-    return await engine.start(workflow, *args, run_id=run_id)
+                 args: tuple[Any, ...], run_id: str | None,
+                 timeout: float | timedelta | None) -> AsyncRun:
+    return await engine.start(workflow, *args, run_id=run_id, timeout=timeout)
 
 
 async def _signal(engine: AsyncEngine, run_id: str, key: str, payload: Any) -> AsyncRun:
@@ -350,6 +389,14 @@ async def _signal(engine: AsyncEngine, run_id: str, key: str, payload: Any) -> A
 
 async def _resume(engine: AsyncEngine, run_id: str) -> AsyncRun:
     return await engine.resume(run_id)
+
+
+async def _cancel(engine: AsyncEngine, run_id: str, reason: Any) -> AsyncRun:
+    return await engine.cancel(run_id, reason)
+
+
+async def _terminate(engine: AsyncEngine, run_id: str, reason: Any) -> AsyncRun:
+    return await engine.terminate(run_id, reason)
 
 
 def _get_run(engine: AsyncEngine, run_id: str) -> AsyncRun:

@@ -18,7 +18,8 @@ class Run:
     """A handle to one run of a `replay.sync.Engine`; its calls block.
 
     Any thread may use it, and several at once. Get one from `Engine.start`,
-    `Engine.signal`, `Engine.resume` or `Engine.get_run`.
+    `Engine.signal`, `Engine.resume`, `Engine.cancel`, `Engine.terminate` or
+    `Engine.get_run`.
 
     Attributes:
         run_id: The run's id.
