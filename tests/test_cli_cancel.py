@@ -176,7 +176,8 @@ def test_cancel_is_stored_and_the_next_engine_compensates(
     # takes Cancelled at the command it waits on, compensates and ends cancelled.
     assert reopen(copy, ["o1", "n1"]) == {
         "o1": (RunState.CANCELLED, "replay.Cancelled", "customer asked"),
-        "n1": (RunState.CANCELLED, "replay.Cancelled", "None")}
+        "n1": (RunState.CANCELLED, "replay.Cancelled",
+               "the run was cancelled (no reason given)")}
     assert sorted(COMPENSATED) == ["n-1", "o-1"]
     assert rows(copy, "SELECT key, kind, event, value_json FROM replay_events "
                       "WHERE run_id = 'n1' AND seq > ? ORDER BY seq", last + 2) == [

@@ -251,7 +251,8 @@ class Client:
             timeout: Seconds to wait at most (default: no limit).
 
         Raises:
-            WorkflowFailed: The run failed.
+            WorkflowFailed: The run failed, or was cancelled (its `error_type` is then
+                ``"replay.Cancelled"`` and its message is the reason).
             RunNotFound: No such run.
             TimeoutError: `timeout` passed first (the run goes on).
             EngineClosed: No engine serves the file, or it stopped or died meanwhile.
@@ -406,7 +407,8 @@ class RemoteRun:
         """Wait for the run to finish and return its output (see `Client.result`).
 
         Raises:
-            WorkflowFailed: The run failed.
+            WorkflowFailed: The run failed, or was cancelled (its `error_type` is then
+                ``"replay.Cancelled"`` and its message is the reason).
             TimeoutError: `timeout` passed first.
             EngineClosed: No engine serves the file, or it stopped or died meanwhile.
         """

@@ -45,14 +45,19 @@ class Run:
         finish.
 
         Raises:
-            WorkflowFailed: The run failed.
+            WorkflowFailed: The run failed, or was cancelled (its `error_type` is then
+                ``"replay.Cancelled"`` and its message is the reason).
             EngineClosed: The engine closed first.
         """
         info = await self._scheduler.wait_for(self.run_id, FINISHED)
         if info.state is RunState.COMPLETED:
             return info.output
         encoded = self._scheduler.slot(self.run_id).status.message
-        message = "" if encoded is None else str(decode(encoded))
+        detail = None if encoded is None else decode(encoded)
+        if info.state is RunState.CANCELLED and detail is None:
+            message = "the run was cancelled (no reason given)"
+        else:
+            message = "" if detail is None else str(detail)
         raise WorkflowFailed(
             self.run_id, info.error_type or "builtins.Exception", message, info.error or ""
         )

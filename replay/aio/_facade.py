@@ -57,7 +57,8 @@ class Run:
             The workflow's return value.
 
         Raises:
-            WorkflowFailed: The run failed.
+            WorkflowFailed: The run failed, or was cancelled (its `error_type` is then
+                ``"replay.Cancelled"`` and its message is the reason).
             EngineClosed: The engine closed first.
         """
         return await self._calls.call(self._run.result)

@@ -70,7 +70,8 @@ class Run:
             The workflow's return value.
 
         Raises:
-            WorkflowFailed: The run failed.
+            WorkflowFailed: The run failed, or was cancelled (its `error_type` is then
+                ``"replay.Cancelled"`` and its message is the reason).
             TimeoutError: `timeout` passed first; the run is unchanged and goes on.
             TypeError: `timeout` is not a number or None.
             ValueError: `timeout` is negative or NaN.
