@@ -203,6 +203,117 @@ def test_reminders_sleep_for_days_and_survive_a_restart(tmp_path: Path) -> None:
     assert again["sends"] == result["sends"]
 
 
+def test_parallel_fetch_caps_concurrency_and_keeps_order(tmp_path: Path) -> None:
+    example = load_example("parallel_fetch")
+    db = tmp_path / "fetch.duckdb"
+
+    result = run_main(example, db)
+    assert result["state"] == "completed"
+    assert result["executed"] == {"fetch": 40, "summarise": 1}
+    # Eight at once, never more; they finished out of order, the values came in order.
+    assert result["most_in_flight"] == example.LIMIT == 8
+    assert sorted(result["finished"]) == example.URLS
+    assert result["finished"] != example.URLS
+    prices = {url: example.price(url) for url in example.URLS}
+    assert result["output"] == {
+        "pages": 40, "cheapest": min(prices, key=prices.__getitem__),
+        "mean_cents": sum(prices.values()) // 40}
+    rows = {(key, event): (count, first, last)
+            for key, event, count, first, last in result["events"]}
+    assert [(key, event) for key, event, *_ in result["events"]] == [
+        ("", "run/started"), ("fetch-pages:v1", "group/started"),
+        ("fetch:<url>", "step/completed"), ("fetch-pages:v1", "group/completed"),
+        ("summarise:v1", "step/completed"), ("", "run/completed")]
+    count, first, last = rows[("fetch:<url>", "step/completed")]
+    assert count == 40
+    assert first == min(example.latency(url) for url in example.URLS[:8])
+    # In virtual time: eight fetches at once take at least 1/8 of one-at-a-time.
+    one_by_one = sum(example.latency(url) for url in example.URLS)
+    assert one_by_one / 8 <= last < one_by_one / 6
+
+    # Same file again: every page is recorded, nothing is fetched.
+    again = run_main(example, db)
+    assert again["output"] == result["output"]
+    assert again["executed"] == {}
+    assert again["most_in_flight"] == 0
+    assert again["events"] == result["events"]
+
+
+def test_order_saga_cancelled_mid_way_compensates_in_reverse(tmp_path: Path) -> None:
+    example = load_example("order_saga")
+    db = tmp_path / "saga.duckdb"
+    approval = "shipping-approval:v1"
+    reason = "the customer changed their mind"
+
+    result = run_main(example, db)
+    assert result["states"] == {"order-2001": "completed", "order-2002": "cancelled"}
+    assert result["outcomes"] == {
+        "order-2001": {"order": "2001", "state": "shipped",
+                       "charge": "ch-order-2001-charge:v1", "tracking": "trk-2001"},
+        "order-2002": "replay.Cancelled",
+    }
+    # Only the cancelled order was refunded and released, once each; it never shipped.
+    assert result["executed"] == {"reserve_stock": 2, "charge_card": 2, "ship": 1,
+                                  "refund": 1, "release_stock": 1}
+    assert result["rejected"] == ["order-2002"]  # the warehouse's late approval
+    hour = timedelta(hours=1)
+    assert result["history"] == [
+        (None, "run/started", timedelta(0), ("2002", "chair-9", 12_500)),
+        ("reserve:v1", "step/completed", timedelta(0), "rsv-2002-chair-9"),
+        ("charge:v1", "step/completed", timedelta(0), "ch-order-2002-charge:v1"),
+        (approval, "suspend/suspended", timedelta(0), None),
+        (None, "run/cancel_requested", hour, reason),
+        (approval, "suspend/cancelled", hour, reason),
+        # The compensations, newest first.
+        ("refund:v1", "step/completed", hour, "rf-ch-order-2002-charge:v1"),
+        ("release:v1", "step/completed", hour, True),
+        (None, "run/cancelled", hour, reason),
+    ]
+
+    # Same file again: both runs are finished; nothing runs, nothing is cancelled.
+    again = run_main(example, db)
+    assert again["outcomes"] == result["outcomes"]
+    assert again["states"] == result["states"]
+    assert again["executed"] == {}
+    assert again["rejected"] == []
+    assert again["history"] == result["history"]
+
+
+def test_batch_children_gathers_failures_of_child_runs(tmp_path: Path) -> None:
+    example = load_example("batch_children")
+    db = tmp_path / "batch.duckdb"
+
+    result = run_main(example, db)
+    assert result["state"] == "completed"
+    output = result["output"]
+    assert output["failed"] == ["INV-104", "INV-107"]
+    assert output["booked"] == [invoice["id"] for invoice in example.INVOICES
+                                if invoice["id"] not in output["failed"]]
+    assert output["report"].splitlines() == [
+        "batch-2024-06: 8 booked, 2 failed",
+        "  INV-104: step 'parse:v1' of run 'batch-2024-06/item:3' failed after 1 attempt: "
+        "builtins.ValueError: invoice INV-104 has no amount",
+        "  INV-107: step 'convert:v1' of run 'batch-2024-06/item:6' failed after 1 attempt: "
+        "builtins.LookupError: no exchange rate for XXX",
+    ]
+    # INV-104 stopped at parse, INV-107 at convert; the others were booked.
+    assert result["executed"] == {"parse": 10, "to_euro_cents": 9, "book": 8,
+                                  "send_report": 1}
+    failed = {"batch-2024-06/item:3", "batch-2024-06/item:6"}
+    assert sorted(result["children"]) == sorted(
+        (f"batch-2024-06/item:{i}", "process-item:v1",
+         "failed" if f"batch-2024-06/item:{i}" in failed else "completed", "batch-2024-06",
+         "replay.StepFailed" if f"batch-2024-06/item:{i}" in failed else None)
+        for i in range(10))
+    assert result["most_under_way"] == example.LIMIT == 4
+
+    # Same file again: the batch and its children are recorded; nothing runs.
+    again = run_main(example, db)
+    assert again["output"] == output
+    assert again["executed"] == {}
+    assert again["children"] == result["children"]
+
+
 # What each script prints when run again on the same file: nothing executes.
 SECOND_RUN = {
     "order_pipeline": "step functions executed this time: 0 {}",
@@ -210,6 +321,9 @@ SECOND_RUN = {
     "approval": "step functions executed this time: {}",
     "reminders": "emails sent by this process: 0",
     "threads_app": "step functions executed this time: {}",
+    "parallel_fetch": "step functions executed this time: {}",
+    "order_saga": "step functions executed this time: {}",
+    "batch_children": "step functions executed this time: {}",
 }
 # What the first run prints besides its states (the virtual-time examples' timelines).
 FIRST_RUN = {
@@ -218,6 +332,9 @@ FIRST_RUN = {
     "approval": "exp-2   manager-approval:v1   suspend/timed_out +2d 00:00",
     "reminders": "10 days, 0:00:00 of campaign",
     "threads_app": "16 threads filed 16 requests: {'suspended': 16}",
+    "parallel_fetch": "fetches under way at once: at most 8 (limit=8)",
+    "order_saga": "order-2002: signal rejected",
+    "batch_children": "10 child runs, at most 4 under way at once (limit=4)",
 }
 
 
