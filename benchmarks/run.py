@@ -7,7 +7,7 @@ line with every figure. Usage:
 
     python benchmarks/run.py                 # the full suite, a few minutes
     python benchmarks/run.py --smoke         # tiny sizes: checks the scripts work
-    python benchmarks/run.py --only wakeup   # some scripts only
+    python benchmarks/run.py --only groups   # some scripts only
     python benchmarks/run.py --strict        # exit 1 when a target is missed
 
 Exit status: 0 when every script ran and reported its figures (targets missed or
@@ -38,6 +38,7 @@ SCRIPTS: dict[str, tuple[str, ...]] = {
     "wakeup": ("wakeup",),
     "parked_memory": ("parked_memory", "parked_memory_rss"),
     "big_file": ("history_1m", "open_1m"),
+    "groups": ("group_all_1000", "children_1000"),
 }
 PARKED_TARGET = Target("value", "<=", 5.0, "<= 5 KB")
 

@@ -21,7 +21,7 @@ FIGURES = {
     "concurrent_10_sync", "concurrent_100_sync", "concurrent_1000_sync",
     "concurrent_10_async", "concurrent_100_async", "concurrent_1000_async",
     "replay_step", "resume", "wakeup", "parked_memory", "parked_memory_rss",
-    "history_1m", "open_1m",
+    "history_1m", "open_1m", "group_all_1000", "children_1000",
 }
 
 
