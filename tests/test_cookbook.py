@@ -1,11 +1,15 @@
-"""Every query of docs/cookbook.md, run against a database with known content (issue 7).
+"""Every query of docs/cookbook.md, run against a database with known content.
 
 The database is built in virtual time from a fixed start, so every timestamp and
 duration is exact: nine orders of workflow ``order:v1`` (steps ``reserve:v1``,
 ``charge:v1`` retried up to three attempts, ``ship:v1``; orders of 10000 cents or more
-wait for ``approval:v1``), one a minute from 2026-03-02 09:00 UTC, then two more two
-days later. Each query runs through ``replay sql DB QUERY --json`` and, to show that no
-replay code is needed to read the file, through a plain DuckDB connection.
+wait for ``approval:v1``, and release their stock with ``release:v1`` if cancelled
+meanwhile), one a minute from 2026-03-02 09:00 UTC, then two more two days later. In
+between: ``o-10`` cancelled on the first day; on the second day three ``quote:v1``
+races, a ``basket:v1`` that places ``o-13`` and ``o-14`` as child runs, ``o-11``
+cancelled by its customer, ``o-12`` cancelled by its deadline, and a ``restock:v1``
+whose ``All`` fails fast. Each query runs through ``replay sql DB QUERY --json`` and, to
+show that no replay code is needed to read the file, through a plain DuckDB connection.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import trio
 import trio.testing
 
 import replay
-from replay import Retry, Step, Suspend
+from replay import All, Child, Gather, Race, Retry, Sleep, Step, Suspend
 from replay._cli import main
 from replay._engine._clock import set_virtual_start
 
@@ -33,7 +37,14 @@ FIRST = {"o-1": (1200, 20, 0), "o-2": (800, 40, 1), "o-3": (4500, 60, 2),
          "o-4": (990, 80, 0), "o-5": (2300, 100, 3), "o-6": (15000, 120, 0),
          "o-7": (25000, 140, 0)}
 LATER = {"o-8": (1500, 160, 3), "o-9": (700, 180, 0)}
-PLAN = FIRST | LATER
+CANCELLED = {"o-10": (20000, 200, 0), "o-11": (12000, 220, 0), "o-12": (30000, 240, 0)}
+CHILDREN = {"o-13": (900, 260, 0), "o-14": (1800, 280, 3)}
+PLAN = FIRST | LATER | CANCELLED | CHILDREN
+# carrier: seconds its quote takes, per quote run (the race gives up after 2 s)
+QUOTES = {"q-1": {"dhl": 0.3, "ups": 0.5}, "q-2": {"dhl": 0.9, "ups": 0.4},
+          "q-3": {"dhl": 5.0, "ups": 5.0}}
+# warehouse: seconds its reservation takes; south has no stock
+WAREHOUSES = {"north": 0.2, "south": 0.05, "east": 0.1}
 failures: dict[str, int] = {}
 
 
@@ -55,12 +66,33 @@ async def ship(order_id: str) -> str:
     return f"trk-{order_id}"
 
 
+async def release(order_id: str) -> str:
+    await trio.sleep(0.05)
+    return f"released {order_id}"
+
+
+async def quote_from(carrier: str, quote_id: str) -> dict[str, Any]:
+    await trio.sleep(QUOTES[quote_id][carrier])
+    return {"carrier": carrier, "cents": 490 if carrier == "dhl" else 520}
+
+
+async def reserve_at(warehouse: str, sku: str) -> str:
+    await trio.sleep(WAREHOUSES[warehouse])
+    if warehouse == "south":
+        raise LookupError(f"no {sku} in stock at {warehouse}")
+    return f"{warehouse}:{sku}"
+
+
 @replay.workflow(name="order:v1")
 def order(order_id: str, cents: int):  # type: ignore[no-untyped-def]
     yield Step("reserve:v1", reserve, order_id, PLAN[order_id][1])
     approved_by = None
     if cents >= 10000:
-        approved_by = yield Suspend("approval:v1", status="waiting for a manager")
+        try:
+            approved_by = yield Suspend("approval:v1", status="waiting for a manager")
+        except replay.Cancelled:
+            yield Step("release:v1", release, order_id)
+            raise
     receipt = yield Step("charge:v1", charge, order_id, cents,
                          retry=Retry(attempts=3, initial=1.0, backoff=2.0, jitter=0))
     tracking = yield Step("ship:v1", ship, order_id)
@@ -68,21 +100,70 @@ def order(order_id: str, cents: int):  # type: ignore[no-untyped-def]
             "approved_by": approved_by}
 
 
+@replay.workflow(name="quote:v1")
+def quote(quote_id: str):  # type: ignore[no-untyped-def]
+    winner, offer = yield Race("carrier:v1", {
+        "dhl": Step("dhl:v1", quote_from, "dhl", quote_id),
+        "ups": Step("ups:v1", quote_from, "ups", quote_id),
+        "none": Sleep("give-up:v1", timedelta(seconds=2))})
+    return {"quote": quote_id, "carrier": winner, "offer": offer}
+
+
+@replay.workflow(name="basket:v1")
+def basket(basket_id: str, orders: list[list[Any]]):  # type: ignore[no-untyped-def]
+    placed = yield Gather("orders:v1", [Child(f"order:{order_id}", order, order_id, cents)
+                                        for order_id, cents in orders])
+    return {"basket": basket_id, "placed": len(placed.values()),
+            "failed": len(placed.failures)}
+
+
+@replay.workflow(name="restock:v1")
+def restock(sku: str):  # type: ignore[no-untyped-def]
+    reserved = yield All("warehouses:v1", [Step(f"reserve:{w}", reserve_at, w, sku)
+                                           for w in WAREHOUSES], limit=2)
+    return reserved
+
+
 async def build(db: str) -> None:
     set_virtual_start(START)
     zero = trio.current_time()
     failures.update({order_id: plan[2] for order_id, plan in PLAN.items()})
-    async with replay.open_engine(db, workflows=[order], durability="none",
-                                  serve_cli=False) as engine:
+    async with replay.open_engine(db, workflows=[order, quote, basket, restock],
+                                  durability="none", serve_cli=False) as engine:
         async def place(orders: dict[str, tuple[int, int, int]], at: float) -> None:
             for i, (order_id, (cents, _, _)) in enumerate(orders.items()):
                 await trio.sleep_until(zero + at + 60 * i)
                 await (await engine.start(order, order_id, cents, run_id=order_id)).wait()
 
+        async def cancelled(order_id: str, at: float, reason: str | None = None,
+                            deadline: float | None = None) -> None:
+            await trio.sleep_until(zero + at)
+            run = await engine.start(order, order_id, PLAN[order_id][0], run_id=order_id,
+                                     timeout=deadline)
+            await run.wait()
+            if reason is not None:
+                await trio.sleep(1800)
+                await engine.cancel(order_id, reason)
+            with pytest.raises(replay.WorkflowFailed):
+                await run.result()
+
         await place(FIRST, 0)
         await trio.sleep_until(zero + 2 * 3600)
         await engine.signal("o-6", "approval:v1", "maria")
         await engine.get_run("o-6").result()
+        await cancelled("o-10", 3 * 3600, reason="duplicate of o-7")
+        day2 = 86400
+        for i, quote_id in enumerate(QUOTES):
+            await trio.sleep_until(zero + day2 + 6 * 3600 + 60 * i)
+            await (await engine.start(quote, quote_id, run_id=quote_id)).result()
+        await trio.sleep_until(zero + day2 + 7 * 3600)
+        await (await engine.start(basket, "b-1", [[o, PLAN[o][0]] for o in CHILDREN],
+                                  run_id="b-1")).result()
+        await cancelled("o-11", day2 + 8 * 3600, reason="customer changed their mind")
+        await cancelled("o-12", day2 + 9 * 3600, deadline=4 * 3600)
+        await trio.sleep_until(zero + day2 + 14 * 3600)
+        with pytest.raises(replay.WorkflowFailed):
+            await (await engine.start(restock, "A-1", run_id="r-1")).result()
         await place(LATER, 2 * 86400 + 2 * 3600)
 
 
@@ -120,10 +201,14 @@ def when(text: str) -> datetime:
 
 
 EXPECTED: dict[str, list[dict[str, Any]]] = {
-    "p95 duration per step key": [
-        {"key": "ship:v1", "attempts": 6, "p95_ms": 500.0},
-        {"key": "reserve:v1", "attempts": 9, "p95_ms": 172.0},  # 20, 40, ... 180 ms
-        {"key": "charge:v1", "attempts": 15, "p95_ms": 30.0},
+    "p95 duration per step key": [  # cancelled attempts have no duration
+        {"key": "ship:v1", "attempts": 7, "p95_ms": 500.0},
+        {"key": "ups:v1", "attempts": 1, "p95_ms": 400.0},
+        {"key": "dhl:v1", "attempts": 1, "p95_ms": 300.0},
+        {"key": "reserve:v1", "attempts": 14, "p95_ms": 267.0},  # 20, 40, ... 280 ms
+        {"key": "release:v1", "attempts": 3, "p95_ms": 50.0},
+        {"key": "reserve:south", "attempts": 1, "p95_ms": 50.0},
+        {"key": "charge:v1", "attempts": 19, "p95_ms": 30.0},
     ],
     "Runs failed in the last hour, with their error": [  # o-5 failed two days earlier
         {"run_id": "o-8", "error_type": "replay.StepFailed",
@@ -134,7 +219,7 @@ EXPECTED: dict[str, list[dict[str, Any]]] = {
         {"run_id": "o-7", "status_text": "waiting for a manager",
          "waiting_since": START + timedelta(minutes=6, milliseconds=140)},
     ],
-    "Retry count per key": [{"key": "charge:v1", "retries": 7, "gave_up": 2}],
+    "Retry count per key": [{"key": "charge:v1", "retries": 9, "gave_up": 3}],
     "Everything that happened to one run, in order": [
         {"what": "run/started", "key": None, "attempt": None, "ms": None,
          "value_json": ["o-3", 4500], "error_type": None},
@@ -153,57 +238,110 @@ EXPECTED: dict[str, list[dict[str, Any]]] = {
                         "approved_by": None}, "error_type": None},
     ],
     "Step latency percentiles": [
-        {"key": "charge:v1", "n": 6, "p50_ms": 30.0, "p90_ms": 30.0, "p99_ms": 30.0,
+        {"key": "charge:v1", "n": 7, "p50_ms": 30.0, "p90_ms": 30.0, "p99_ms": 30.0,
          "max_ms": 30.0},
-        {"key": "reserve:v1", "n": 9, "p50_ms": 100.0, "p90_ms": 164.0, "p99_ms": 178.4,
-         "max_ms": 180.0},
-        {"key": "ship:v1", "n": 6, "p50_ms": 500.0, "p90_ms": 500.0, "p99_ms": 500.0,
+        {"key": "dhl:v1", "n": 1, "p50_ms": 300.0, "p90_ms": 300.0, "p99_ms": 300.0,
+         "max_ms": 300.0},
+        {"key": "release:v1", "n": 3, "p50_ms": 50.0, "p90_ms": 50.0, "p99_ms": 50.0,
+         "max_ms": 50.0},
+        {"key": "reserve:v1", "n": 14, "p50_ms": 150.0, "p90_ms": 254.0, "p99_ms": 277.4,
+         "max_ms": 280.0},
+        {"key": "ship:v1", "n": 7, "p50_ms": 500.0, "p90_ms": 500.0, "p99_ms": 500.0,
          "max_ms": 500.0},
+        {"key": "ups:v1", "n": 1, "p50_ms": 400.0, "p90_ms": 400.0, "p99_ms": 400.0,
+         "max_ms": 400.0},
     ],
     "Retry histogram": [
-        {"key": "charge:v1", "attempts_needed": 1, "steps": 4},
+        {"key": "charge:v1", "attempts_needed": 1, "steps": 5},
         {"key": "charge:v1", "attempts_needed": 2, "steps": 1},
         {"key": "charge:v1", "attempts_needed": 3, "steps": 1},
-        {"key": "reserve:v1", "attempts_needed": 1, "steps": 9},
-        {"key": "ship:v1", "attempts_needed": 1, "steps": 6},
+        {"key": "dhl:v1", "attempts_needed": 1, "steps": 1},
+        {"key": "release:v1", "attempts_needed": 1, "steps": 3},
+        {"key": "reserve:v1", "attempts_needed": 1, "steps": 14},
+        {"key": "ship:v1", "attempts_needed": 1, "steps": 7},
+        {"key": "ups:v1", "attempts_needed": 1, "steps": 1},
     ],
-    "Failure rate per step key": [
-        {"key": "charge:v1", "attempts": 15, "failed_attempts": 9, "failure_pct": 60.0},
-        {"key": "reserve:v1", "attempts": 9, "failed_attempts": 0, "failure_pct": 0.0},
-        {"key": "ship:v1", "attempts": 6, "failed_attempts": 0, "failure_pct": 0.0},
+    "Failure rate per step key": [  # a race's losers are cancelled, not failed
+        {"key": "reserve:south", "attempts": 1, "failed_attempts": 1, "failure_pct": 100.0},
+        {"key": "charge:v1", "attempts": 19, "failed_attempts": 12, "failure_pct": 63.2},
+        {"key": "dhl:v1", "attempts": 1, "failed_attempts": 0, "failure_pct": 0.0},
+        {"key": "release:v1", "attempts": 3, "failed_attempts": 0, "failure_pct": 0.0},
+        {"key": "reserve:v1", "attempts": 14, "failed_attempts": 0, "failure_pct": 0.0},
+        {"key": "ship:v1", "attempts": 7, "failed_attempts": 0, "failure_pct": 0.0},
+        {"key": "ups:v1", "attempts": 1, "failed_attempts": 0, "failure_pct": 0.0},
     ],
     "Errors by type": [
-        {"error_type": "builtins.ConnectionError", "attempts": 9, "runs": 4,
+        {"error_type": "builtins.ConnectionError", "attempts": 12, "runs": 5,
          "example": "bank timeout"},
+        {"error_type": "builtins.LookupError", "attempts": 1, "runs": 1,
+         "example": "no A-1 in stock at south"},
     ],
     "Slowest runs": [  # o-6 waited for its approval from 09:05 to 11:00
         {"run_id": "o-6", "state": "completed", "seconds": 6900.53},
         {"run_id": "o-3", "state": "completed", "seconds": 3.65},  # back-offs of 1 s, 2 s
+        # the basket lasts as long as its slower child: o-14's 3 attempts, 1 s + 2 s apart
+        {"run_id": "b-1", "state": "completed", "seconds": 3.37},
+        {"run_id": "b-1/order:o-14", "state": "failed", "seconds": 3.37},
         {"run_id": "o-8", "state": "failed", "seconds": 3.25},
-        {"run_id": "o-5", "state": "failed", "seconds": 3.19},
-        {"run_id": "o-2", "state": "completed", "seconds": 1.6},
     ],
     "Runs stuck waiting": [
         {"run_id": "o-7", "state": "suspended", "waiting_for": "approval:v1",
          "status_text": "waiting for a manager", "idle_hours": 49.9},
     ],
     "Runs per workflow and state": [
-        {"workflow": "order:v1", "runs": 9, "completed": 6, "failed": 2, "in_flight": 1},
+        {"workflow": "basket:v1", "runs": 1, "completed": 1, "failed": 0, "cancelled": 0,
+         "in_flight": 0},
+        {"workflow": "order:v1", "runs": 14, "completed": 7, "failed": 3, "cancelled": 3,
+         "in_flight": 1},
+        {"workflow": "quote:v1", "runs": 3, "completed": 3, "failed": 0, "cancelled": 0,
+         "in_flight": 0},
+        {"workflow": "restock:v1", "runs": 1, "completed": 0, "failed": 1, "cancelled": 0,
+         "in_flight": 0},
     ],
     "Runs started per day": [
-        {"day": "2026-03-02", "started": 7, "completed": 5},
+        {"day": "2026-03-02", "started": 8, "completed": 5},
+        {"day": "2026-03-03", "started": 9, "completed": 5},  # child runs count too
         {"day": "2026-03-04", "started": 2, "completed": 1},
     ],
     "Fields of inputs and outputs": [
-        {"run_id": f"o-{n}", "order_id": f"o-{n}", "cents": cents, "tracking": f"trk-o-{n}",
-         "approved_by": "maria" if n == 6 else None}
-        for n, cents in ((6, 15000), (3, 4500), (1, 1200), (4, 990), (2, 800), (9, 700))
+        {"run_id": run_id, "order_id": run_id.split(":")[-1], "cents": cents,
+         "tracking": f"trk-{run_id.split(':')[-1]}",
+         "approved_by": "maria" if run_id == "o-6" else None}
+        for run_id, cents in (("o-6", 15000), ("o-3", 4500), ("o-1", 1200), ("o-4", 990),
+                              ("b-1/order:o-13", 900), ("o-2", 800), ("o-9", 700))
     ],
     "Signals and how long runs waited for them": [
         {"run_id": "o-6", "key": "approval:v1", "payload": "maria", "waited_minutes": 115.0},
     ],
     "Step results of one kind across runs": [
-        {"sku": "A-1", "reservations": 7}, {"sku": "B-2", "reservations": 2},
+        {"sku": "A-1", "reservations": 12}, {"sku": "B-2", "reservations": 2},
+    ],
+    "Children of run `b-1` and their states": [
+        {"run_id": "b-1/order:o-13", "workflow": "order:v1", "state": "completed",
+         "waiting_for": None, "error_type": None, "seconds": 0.79},  # 280 + 30 + 500 ms
+        {"run_id": "b-1/order:o-14", "workflow": "order:v1", "state": "failed",
+         "waiting_for": None, "error_type": "replay.StepFailed", "seconds": 3.37},
+    ],
+    "Groups whose fail-fast tripped, and why": [  # limit=2: east was still held back
+        {"run_id": "r-1", "group_key": "warehouses:v1", "failed_member": "reserve:south",
+         "error_type": "builtins.LookupError", "error": "no A-1 in stock at south",
+         "cancelled": "reserve:north", "never_started": "reserve:east"},
+    ],
+    "Races and their winners": [
+        {"run_id": "q-1", "race": "carrier:v1", "winner": "dhl", "winner_key": "dhl:v1",
+         "outcome": "completed", "decided_after_s": 0.3},
+        {"run_id": "q-2", "race": "carrier:v1", "winner": "ups", "winner_key": "ups:v1",
+         "outcome": "completed", "decided_after_s": 0.4},
+        {"run_id": "q-3", "race": "carrier:v1", "winner": "none",  # both quotes took 5 s
+         "winner_key": "give-up:v1", "outcome": "completed", "decided_after_s": 2.0},
+    ],
+    "Runs cancelled in the last day, with their reason": [  # o-10's was two days earlier
+        {"run_id": "o-12", "workflow": "order:v1", "reason": "the run's deadline passed",
+         "thrown_in_at": "approval:v1",
+         "cancelled_at": START + timedelta(days=1, hours=13, milliseconds=50)},
+        {"run_id": "o-11", "workflow": "order:v1", "reason": "customer changed their mind",
+         "thrown_in_at": "approval:v1",
+         "cancelled_at": START + timedelta(days=1, hours=8, minutes=30, milliseconds=270)},
     ],
 }
 
@@ -218,7 +356,7 @@ def test_cookbook_query_answers_its_question(capsys: pytest.CaptureFixture[str],
     rows = run_sql(capsys, shop, recipes()[title])
     for row in rows:
         row.pop("seq", None)  # global order: its values are not the point
-        for column in ("waiting_since",):
+        for column in ("waiting_since", "cancelled_at"):
             if column in row:
                 row[column] = when(row[column])
     assert rows == EXPECTED[title]

@@ -13,12 +13,14 @@ from __future__ import annotations
 import base64
 import json
 import math
+import shlex
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
+from replay._cli._tree import Children, Group, Placed, Scope, json_of, nest, scope_of
 from replay._types import RunState
 
 MAX_CELL = 60
@@ -198,7 +200,7 @@ def run_detail(run: dict[str, Any]) -> str:
             verb = "until" if state == RunState.SLEEPING else "times out"
             text += f" ({verb} {stamp(run['wake_at'])})"
         return cut(text, MAX_DETAIL)
-    if state == RunState.FAILED:
+    if state in (RunState.FAILED, RunState.CANCELLED):
         text = last_line(run.get("error") or run.get("error_type") or "")
         return cut(text.replace(f" of run {run['run_id']!r}", ""), MAX_DETAIL)
     if state == RunState.COMPLETED and run.get("output_json") is not None:
@@ -222,55 +224,80 @@ def runs_table(runs: Sequence[dict[str, Any]]) -> str:
 # -- one run's timeline (`replay show`) --
 
 TIMELINE_HEADERS = ("AT", "EVENT", "KEY", "ATTEMPT", "TOOK", "DETAIL")
+CHILD_HEADERS = ("CHILD RUN", "KEY", "WORKFLOW", "STATE", "SHOW IT WITH")
+CROSS = "✗"
 
 
-def show_text(run: dict[str, Any], events: Sequence[dict[str, Any]]) -> str:
-    """Render `replay show`: the run's summary, then one line per event."""
+def show_text(run: dict[str, Any], events: Sequence[dict[str, Any]], *,
+              children: Children | None = None, db: str | None = None) -> str:
+    """Render `replay show`: the run's summary, then one line per event.
+
+    A group's members are indented under it (`_tree`), and a run with child runs ends
+    with a table of them. `children` (from `_children.load_children`): child runs whose
+    own lines are nested under their ``child/started`` line; `db`: the database path,
+    for the command that shows a child run on its own.
+    """
     start: datetime = run["created_at"]
+    placed = nest(events, children)
+    scope = scope_of(events)
     lines = [f"run       {run['run_id']}", f"workflow  {run['workflow']}",
-             f"state     {_state_line(run, start)}",
+             f"state     {_state_line(run, start, scope)}",
              f"created   {stamp(start, millis=True)} UTC",
              f"updated   {stamp(run['updated_at'], millis=True)} UTC "
              f"(+{span((run['updated_at'] - start).total_seconds())})",
              f"input     {cut(str(run['input_json']), MAX_DETAIL)}"]
+    if run.get("parent_run_id") is not None:
+        lines.append(f"parent    {run['parent_run_id']}")
     if run.get("output_json") is not None:
         lines.append(f"output    {cut(str(run['output_json']), MAX_DETAIL)}")
-    rows = _timeline_rows(events, start)
+    rows = _timeline_rows(placed, start)
     lines += ["", table(TIMELINE_HEADERS, rows, right=(False, False, False, True, True))]
+    if scope.children:
+        lines += ["", _children_table(scope, children or {}, db)]
     if run.get("error"):
         lines += ["", "error:", *("  " + line for line in str(run["error"]).splitlines())]
     return "\n".join(lines)
 
 
-def _state_line(run: dict[str, Any], start: datetime) -> str:
+def _state_line(run: dict[str, Any], start: datetime, scope: Scope) -> str:
     state = str(run["state"])
     if run.get("waiting_for") is not None:
-        state += f" on {run['waiting_for']}"
+        group = run["waiting_for"] in scope.groups
+        state += f" on {'group ' if group else ''}{run['waiting_for']}"
         if run.get("status_text"):
             state += f" ({run['status_text']})"
         if run.get("wake_at") is not None:
-            verb = "wakes" if run["state"] == RunState.SLEEPING else "times out"
+            verb = ("next deadline" if group
+                    else "wakes" if run["state"] == RunState.SLEEPING else "times out")
             state += f", {verb} at +{span((run['wake_at'] - start).total_seconds())}"
     elif run.get("error_type"):
         state += f": {run['error_type']}"
     return state
 
 
-def _timeline_rows(events: Sequence[dict[str, Any]], start: datetime) -> list[list[str]]:
-    parked: dict[str, datetime] = {}  # key -> when the run began to wait on it
+def _timeline_rows(placed: Sequence[Placed], start: datetime) -> list[list[str]]:
+    parked: dict[tuple[str, str], datetime] = {}  # (run, key) -> when it began to wait
     rows = []
-    for event in events:
+    for line in placed:
+        event = line.event
         at: datetime = event["recorded_at"]
         key = event["key"] or ""
         name = f"{event['kind']}/{event['event']}"
+        where = (str(event.get("run_id")), key)
         if name in ("sleep/scheduled", "suspend/suspended"):
-            parked.setdefault(key, at)
-        waited = parked.pop(key, None) if name in (
+            parked.setdefault(where, at)
+        waited = parked.pop(where, None) if name in (
             "sleep/fired", "signal/signalled", "suspend/timed_out") else None
         detail = _detail(name, event, start, None if waited is None else at - waited)
+        if event["kind"] in ("group", "child") or event["event"] in ("cancelled",
+                                                                      "cancel_requested"):
+            detail = _nested_detail(name, event, line.scope, start) or detail
         attempt = "" if event["attempt"] is None else str(event["attempt"])
-        rows.append([f"+{span((at - start).total_seconds())}", name, cut(key, 30), attempt,
-                     took(event["duration_ms"]), cut(detail, MAX_DETAIL)])
+        if name == "group/failed":
+            attempt = ""  # the deciding member's attempts: its own line shows them
+        rows.append([f"+{span((at - start).total_seconds())}", line.indent + name,
+                     cut(key, 30), attempt, took(event["duration_ms"]),
+                     cut(detail, MAX_DETAIL)])
     return rows
 
 
@@ -298,6 +325,85 @@ def _detail(name: str, event: dict[str, Any], start: datetime,
         "signal/signalled": f"{value}" + (f" (delivered{after})" if after else ""),
     }
     return details.get(name, error or value)
+
+
+def _nested_detail(name: str, event: dict[str, Any], scope: Scope, start: datetime) -> str:
+    """Say what a group, child or cancellation record means, in its run's terms."""
+    value = json_of(event["value_json"])
+    error = f"{event['error_type']}: {last_line(event['error'] or '')}" if event[
+        "error_type"] else ""
+    group = scope.groups.get(event["key"] or "")
+    if name == "group/started" and group is not None:
+        if group.kind == "race":
+            members = [f"{n}={k}" for n, k in zip(group.names, group.members, strict=False)]
+        else:
+            members = group.members
+        return f"{group.kind} of {len(group.members)}: {', '.join(members)}"
+    if name == "group/completed" and group is not None:
+        if group.kind == "race":
+            return _won(group, value)
+        failed = [key for key in group.members if key in scope.failed]
+        if failed:
+            return f"every member ended; {len(failed)} failed: {', '.join(failed)}"
+        return f"every member completed ({len(group.members)})"
+    if name == "group/failed" and group is not None:
+        if group.kind == "race":
+            return f"{_won(group, value)}, which failed: {error}"
+        member = value.get("member") if isinstance(value, dict) else None
+        text = f"fail-fast: {member} failed: {error}"
+        never = scope.not_started(group)
+        return text + (f"; never started: {', '.join(never)}" if never else "")
+    if name == "group/waiting":
+        wake = event["wake_at"]
+        return "the run waits for its members" + (
+            "" if wake is None else f"; next deadline +{span((wake - start).total_seconds())}")
+    if name == "group/running":
+        return "a member is under way again"
+    if name == "child/started" and isinstance(value, dict):
+        text = f"child run {value.get('run_id')} ({value.get('workflow')})"
+        if value.get("on_parent_close") == "abandon":
+            text += "; runs on if this run ends first"
+        return text
+    reason = "" if value is None else f": {_reason(value)}"
+    if name == "run/cancel_requested":
+        return f"cancellation requested{reason}"
+    if name == "run/cancelled":
+        text = f"{event['error_type']}{reason}"
+        raised = str(event["error"] or "")
+        return text if not raised or raised.startswith("Traceback") else f"{text}; {raised}"
+    if event["event"] == "cancelled":  # a member, or the command the run waited on
+        text = f"{CROSS} cancelled: {last_line(event['error'] or '')}"
+        if event["value_json"] is not None:  # the run's cancellation was thrown in here
+            text += f" (Cancelled thrown in here{reason})"
+        return text
+    return ""
+
+
+def _reason(value: Any) -> str:
+    """Render a cancellation's reason: a text as it is, anything else as JSON."""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def _won(group: Group, value: Any) -> str:
+    winner = value.get("winner") if isinstance(value, dict) else None
+    key = group.member_of(str(winner)) if winner is not None else None
+    return f"won by {winner}" + (f" ({key})" if key else "")
+
+
+def _children_table(scope: Scope, children: Children, db: str | None) -> str:
+    where = "DB" if db is None else shlex.quote(db)
+    rows = []
+    for child in scope.children.values():
+        known = children.get(child.run_id)
+        state = child.state()
+        if known is not None:
+            actual = str(known[0]["state"])
+            if state in ("completed", "failed", "cancelled") and actual != state:
+                actual += f" (this run recorded it {state})"
+            state = actual
+        rows.append([child.run_id, child.key, child.workflow, state,
+                     f"replay show {where} {shlex.quote(child.run_id)}"])
+    return table(CHILD_HEADERS, rows)
 
 
 def _text(value_json: str) -> str:
