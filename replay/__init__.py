@@ -44,6 +44,10 @@ from replay._types import Event, RunInfo, RunState
 from replay._version import __version__
 from replay._workflows import workflow
 
+# A `Gather`'s result may be returned or passed on as it is (its values, when no member
+# failed: a failure is not data, and recording one is an `EncodingError`).
+register_type(Gathered, tag="replay.Gathered", encode=list, decode=Gathered)
+
 __all__ = [
     "All",
     "AsyncClient",

@@ -553,11 +553,6 @@ def waits_first(kind: str) -> Flow:
     return "waited"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a cancel committed while the run is executing, just before it parks on a "
-    "sleep or a retry back-off, is not taken until that deadline: Scheduler.cancel does "
-    "not wake the run (it was active), and the driver parks on the WaitUntil without "
-    "checking machine.cancel_pending once the park's records are durable"))
 @pytest.mark.parametrize("kind", ["sleep", "backoff"])
 async def test_a_cancel_right_after_start_is_taken_at_once(db: str, kind: str) -> None:
     async with replay.open_engine(db, workflows=[waits_first]) as engine:
@@ -1033,16 +1028,6 @@ async def test_a_bad_run_timeout_is_rejected_and_nothing_recorded(
 
 # == 7. cancellation and children ==
 
-BUG_STOPS = pytest.mark.xfail(strict=True, reason=(
-    "BUG: a parent whose Cancelled ends it at once (it escapes, or the workflow returns "
-    "without yielding another command) never cancels the child it waited on: "
-    "RunMachine.cancel queues the child's stop (stop_child), but the driver commits an "
-    "Ended decision with Family.end, which never calls machine.take_child_stops(), and "
-    "close_children skips the child because its key is recorded child/cancelled"))
-BUG_ABANDON = pytest.mark.xfail(strict=True, reason=(
-    "BUG: on_parent_close='abandon' is ignored for a child in a group: cancelling the "
-    "parent cancels the group, GroupRun._cancel_member calls stop_child for every child "
-    "member whatever its on_parent_close, so a parent that compensates cancels them"))
 
 
 def children_cases() -> list[Any]:
@@ -1050,14 +1035,8 @@ def children_cases() -> list[Any]:
     for group in (False, True):
         for on_parent_close in ("cancel", "abandon"):
             for then in ("escape", "return", "compensate"):
-                marks: list[Any] = []
-                if on_parent_close == "cancel" and then != "compensate":
-                    marks.append(BUG_STOPS)
-                if on_parent_close == "abandon" and group and then == "compensate":
-                    marks.append(BUG_ABANDON)
                 ident = f"{'group' if group else 'child'}-{on_parent_close}-{then}"
-                cases.append(pytest.param(group, on_parent_close, then, marks=marks,
-                                          id=ident))
+                cases.append(pytest.param(group, on_parent_close, then, id=ident))
     return cases
 
 
@@ -1136,7 +1115,6 @@ async def test_terminating_a_child_fails_its_parent_with_child_failed(db: str) -
         assert engine.status("p/kid:v1").state is RunState.CANCELLED
 
 
-@BUG_STOPS
 async def test_a_parents_deadline_cancels_it_and_its_child(db: str) -> None:
     async with replay.open_engine(db, workflows=ALL) as engine:
         began = engine.now()

@@ -438,13 +438,7 @@ async def test_gather_of_children_collects_their_failures(db: str) -> None:
                       for i in range(6)}
 
 
-BUG_STOPS = pytest.mark.xfail(strict=True, reason=(
-    "BUG: a group decided against a child member (All fail-fast, a lost Race) "
-    "records the child cancelled and queues its stop (stop_child), but when the parent "
-    "then ends at once (returns without yielding another command) the driver commits "
-    "the Ended decision with Family.end, which never takes machine.take_child_stops(): "
-    "the child run is never cancelled and runs on"))
-THEN = [pytest.param("return", marks=BUG_STOPS), "step"]
+THEN = ["return", "step"]
 
 
 @pytest.mark.parametrize("then", THEN)
@@ -704,16 +698,9 @@ async def test_a_parent_cancelled_while_its_child_is_suspended_compensates(
 # == 6. resume ==
 
 
-BUG_RESUME = pytest.mark.xfail(strict=True, reason=(
-    "BUG: engine.resume(parent) of a parent failed by a child resumes the child, but "
-    "the parent's replay parks on the Child (WaitForSignal, settled, no records) "
-    "without recording a waiting state: it stays 'running' with no task, so the "
-    "child's end is committed into it (child/completed) without waking it "
-    "(Scheduler.parked_on needs state suspended); it never finishes in this engine"))
 PATIENCE = DAY.total_seconds()  # virtual: a run that is stuck fails the test at once
 
 
-@BUG_RESUME
 async def test_resuming_a_parent_failed_by_a_child_resumes_the_child(db: str) -> None:
     TRACK.broken.add("pack 9")
     async with replay.open_engine(db, workflows=ALL) as engine:
@@ -761,7 +748,6 @@ async def test_resuming_a_parent_failed_by_a_child_resumes_the_child_and_records
     assert TRACK.calls == {"pack 9": 2, "notify": 1}
 
 
-@BUG_RESUME
 async def test_resuming_a_parent_failed_by_a_child_after_reopening(db: str) -> None:
     TRACK.broken.add("pack 9")
     async with replay.open_engine(db, workflows=ALL) as engine:
@@ -776,7 +762,6 @@ async def test_resuming_a_parent_failed_by_a_child_after_reopening(db: str) -> N
     assert TRACK.calls == {"pack 9": 2, "notify": 1}
 
 
-@BUG_RESUME
 async def test_resuming_a_parent_whose_child_failed_in_its_own_code(db: str) -> None:
     """The child's failure is its workflow code's: resuming replays it (and it fails
     again) until the code changes; the parent fails again with it."""

@@ -748,11 +748,6 @@ async def test_a_suspend_timeout_in_an_all_fails_it_and_cancels_the_rest(db: str
     assert rows[-1][3].endswith("SuspendTimeout")  # see the test below for its exact name
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: _core/_groups.py (and _group_replay.py) compute _TIMED_OUT = "
-    "qualified_name(SuspendTimeout) at import, before replay/__init__ renames the module to "
-    "'replay': group members record 'replay._errors.SuspendTimeout' where a plain Suspend "
-    "records 'replay.SuspendTimeout'"))
 async def test_a_suspend_timeout_in_a_group_records_the_public_error_type(db: str) -> None:
     @replay.workflow(name="groups.timeout_error_type")
     def flow() -> Flow:
@@ -860,15 +855,8 @@ async def test_resuming_a_run_failed_fast_runs_the_failed_and_cancelled_members_
     assert TRACK.calls == Counter({"ok": 1, "bad": 2, "slow": 2, "later": 2})
 
 
-KIND_UNCHECKED = (
-    "BUG: replaying a decided group whose kind or race member names changed (same key, "
-    "same member keys) fails the run with ReplayInternalError ('tuple.index(x): x not in "
-    "tuple ... this is a bug in replay') from _group_replay.recorded_outcome's "
-    "group.names.index(); check_members compares only member keys, not the recorded group "
-    "kind or race names")
 
 
-@pytest.mark.xfail(strict=True, reason=KIND_UNCHECKED)
 @pytest.mark.parametrize("change", ["race names", "all to race"])
 async def test_a_decided_group_replayed_as_another_shape_is_nondeterminism(
         db: str, change: str) -> None:
@@ -1399,8 +1387,8 @@ async def test_a_group_yielded_with_other_members_after_a_restart_fails_the_run(
         info = engine.status("r")
     assert failed.value.error_type == "replay.NondeterminismError"
     assert info.error is not None
-    assert ("recorded group 'all:v1' with members ['a:v1', 'nap:v1'] but the workflow now "
-            "yields it with ['a:v1', 'b:v1', 'nap:v1']") in info.error
+    assert ("recorded group 'all:v1' as all of members ['a:v1', 'nap:v1'] but the workflow "
+            "now yields it as all of members ['a:v1', 'b:v1', 'nap:v1']") in info.error
     assert "b:v1" not in TRACK.calls  # nothing of the new code ran
     assert TRACK.calls["a:v1"] == 1
 
@@ -1542,10 +1530,6 @@ async def test_a_signal_stored_while_closed_wakes_the_group_at_open(db: str, how
 # == 10. bad input ==
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: an empty All or Gather is never decided (GroupRun.advance only decides a group "
-    "when a member finishes); RunMachine._group_next then asserts 'group ... waits on "
-    "nothing' and the run fails with ReplayInternalError instead of getting []"))
 @pytest.mark.parametrize("kind", [All, Gather])
 async def test_an_empty_all_or_gather_returns_an_empty_list(db: str, kind: type) -> None:
     @replay.workflow(name="groups.empty")
@@ -1933,11 +1917,6 @@ def test_a_sigkill_in_the_middle_of_a_limited_all_loses_and_reruns_nothing(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a group member that kills its process restarts the run for ever: GroupRun._step "
-    "makes every member Attempt with start=None, so after an open no member's start is "
-    "recorded first, a death is never found as an interruption, and max_interruptions "
-    "never ends the loop (a plain Step is bounded: see test_kill_step.py)"))
 def test_a_member_that_kills_its_process_fails_after_bounded_restarts(tmp_path: Path) -> None:
     db, side = tmp_path / "killer.duckdb", tmp_path / "side.txt"
     for _ in range(5):  # bounded: the first death, one charged death, then it fails

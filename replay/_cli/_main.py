@@ -24,6 +24,7 @@ from typing import Any, TextIO
 from replay._channel._client import ChannelError
 from replay._channel._protocol import MAX_DEPTH, WireError, to_wire
 from replay._cli import _format as fmt
+from replay._cli._children import load_children
 from replay._cli._resume import resume
 from replay._cli._serve import serve
 from replay._cli._source import CliError, Source, open_source
@@ -304,6 +305,8 @@ def _show(args: argparse.Namespace, out: TextIO) -> int:
         events = source.query("SELECT * EXCLUDE (value) FROM replay_events "
                               "WHERE run_id = ? ORDER BY seq", [args.run_id])
         event_rows = events.rows()
+        event_dicts = [dict(zip(events.columns, row, strict=True)) for row in event_rows]
+        children = {} if args.json else load_children(source, event_dicts)
     finally:
         source.close()
     if args.json:
@@ -312,8 +315,7 @@ def _show(args: argparse.Namespace, out: TextIO) -> int:
                                                             event_rows)}), file=out)
         return 0
     run_dict = dict(zip(run.columns, run_rows[0], strict=True))
-    event_dicts = [dict(zip(events.columns, row, strict=True)) for row in event_rows]
-    print(fmt.show_text(run_dict, event_dicts), file=out)
+    print(fmt.show_text(run_dict, event_dicts, children=children, db=args.db), file=out)
     return 0
 
 

@@ -15,10 +15,12 @@ from typing import Any
 
 from replay._commands import Suspend
 from replay._core._history import KeyRecord, RunHistory, outcome_failure, step_failed
-from replay._errors import NondeterminismError, ReplayError, SuspendTimeout, qualified_name
+from replay._errors import NondeterminismError, ReplayError, SuspendTimeout
 from replay._parallel import GROUP_TYPES, Gathered, Group, Member, Race, kind_of, walk
 
-_TIMED_OUT = qualified_name(SuspendTimeout)
+# Recorded as the public name (`replay.SuspendTimeout`), as `qualified_name` gives it once
+# `replay` has been imported.
+_TIMED_OUT = "replay.SuspendTimeout"
 
 
 def recorded_outcome(group: Group, history: RunHistory, decode: Callable[[bytes], Any],
@@ -81,16 +83,17 @@ def check_members(group: Group, history: RunHistory, decode: Callable[[bytes], A
     record = history.get(group.key)
     if record is None:
         return None
-    recorded = None
-    if record.detail is not None:
-        members = decode(record.detail).get("members")
-        recorded = list(members) if isinstance(members, list | tuple) else None
-    if recorded is not None and recorded != group.keys():
+    detail = decode(record.detail) if record.detail is not None else {}
+    if not isinstance(detail, dict):
+        detail = {}
+    shape = shape_of(group)
+    recorded = {name: detail.get(name) for name in shape}
+    if any(value is not None and value != shape[name] for name, value in recorded.items()):
         return NondeterminismError(
-            f"run {run_id!r} of workflow {workflow!r} recorded group {group.key!r} with "
-            f"members {recorded!r} but the workflow now yields it with {group.keys()!r}; "
-            "restore the code that recorded it, or give the group a new key (e.g. bump "
-            "':v1' to ':v2') and resume the run", run_id=run_id, key=group.key)
+            f"run {run_id!r} of workflow {workflow!r} recorded group {group.key!r} as "
+            f"{_shown(recorded)} but the workflow now yields it as {_shown(shape)}; restore "
+            "the code that recorded it, or give the group a new key (e.g. bump ':v1' to "
+            "':v2') and resume the run", run_id=run_id, key=group.key)
     for member in walk(group.members):
         entry = history.get(member.key)
         kind = kind_of(member)
@@ -101,3 +104,16 @@ def check_members(group: Group, history: RunHistory, decode: Callable[[bytes], A
                 "the code that recorded it, or give the member a new key and resume the "
                 "run", run_id=run_id, key=member.key)
     return None
+
+
+def shape_of(group: Group) -> dict[str, Any]:
+    """What a group's ``group/started`` record says about it: its kind and members."""
+    shape: dict[str, Any] = {"group": group.kind, "members": group.keys()}
+    if isinstance(group, Race):
+        shape["names"] = list(group.names)
+    return shape
+
+
+def _shown(shape: dict[str, Any]) -> str:
+    names = f" named {shape['names']!r}" if shape.get("names") is not None else ""
+    return f"{shape.get('group')} of members {shape.get('members')!r}{names}"

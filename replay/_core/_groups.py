@@ -27,13 +27,16 @@ from typing import Any, Protocol
 
 from replay._commands import Sleep, Step, Suspend
 from replay._core._decisions import Attempt
+from replay._core._group_replay import shape_of
 from replay._core._history import KeyRecord, RunHistory
 from replay._core._records import Encoded, ErrorText, Record, Run
-from replay._errors import SuspendTimeout, qualified_name
+from replay._errors import StepFailed, SuspendTimeout
 from replay._parallel import GROUP_TYPES, Child, Group, Member, Race, kind_of
 from replay._types import RunState
 
-_TIMED_OUT = qualified_name(SuspendTimeout)
+# Recorded as the public name (`replay.SuspendTimeout`), as `qualified_name` gives it once
+# `replay` has been imported.
+_TIMED_OUT = "replay.SuspendTimeout"
 _ZERO = timedelta(0)
 
 
@@ -54,6 +57,16 @@ class Host(Protocol):
 
     def running_unless(self) -> RunState | None:
         """The run state a record that makes progress carries."""
+
+    @property
+    def mark(self) -> bool:
+        """Whether the next attempt is the run's first since the engine opened."""
+
+    @mark.setter
+    def mark(self, value: bool) -> None: ...
+
+    def interrupted(self, step: Step, record: KeyRecord, attempt: int) -> StepFailed | None:
+        """Record that `attempt` died with the process (the step fails at the limit)."""
 
     def start_child(self, child: Child, state: RunState | None) -> None:
         """Record a child's start; the engine starts the run with the commit."""
@@ -85,6 +98,7 @@ class GroupRun:
         self._next = 0  # the next member to start, in list order
         self.decided = False
         self.new_attempts: list[Attempt] = []  # attempts to make (top group only)
+        self.alone: Attempt | None = None  # a start-marked attempt under way (top only)
 
     @property
     def key(self) -> str:
@@ -108,6 +122,9 @@ class GroupRun:
             return
         if record is None:
             self._record_start()
+        if not self.group.members:
+            self._decide(None, None, {})  # an empty group: nothing to wait for
+            return
         self._fill()
         while not self.decided:
             for member in self._by_signal_order():
@@ -132,6 +149,13 @@ class GroupRun:
         if owner is None:
             return
         self._flight.pop(key, None)
+        if self.alone is not None and self.alone.step.key == key:
+            self.alone = None  # the members held back start now
+            owner_member = owner._started.get(key)
+            if owner_member is not None and owner._done(owner_member):
+                owner._member_finished(owner_member)
+            self.advance(now, may_time_out=False)
+            return
         member = owner._started.get(key)
         if member is not None and owner._done(member):
             owner._member_finished(member)
@@ -140,10 +164,14 @@ class GroupRun:
             group.refill(now)
             group = group._parent
 
-    def cancel(self, why: str, reason: Encoded | None = None) -> None:
-        """Cancel every member under way; record the group cancelled (thrown in with `reason`)."""
+    def cancel(self, why: str, reason: Encoded | None = None, *, by_run: bool = False) -> None:
+        """Cancel every member under way; record the group cancelled (thrown in with `reason`).
+
+        `by_run`: the run's cancellation, which child members follow as their
+        ``on_parent_close`` says (a decided group cancels its losing children).
+        """
         for member in list(self._started.values()):
-            self._cancel_member(member, why)
+            self._cancel_member(member, why, by_run)
         self._started.clear()
         self.decided = True
         self._host.emit(self._host.run.group_cancelled(self.key, why, reason))
@@ -177,11 +205,8 @@ class GroupRun:
     # -- members --
 
     def _record_start(self) -> None:
-        members: dict[str, Any] = {"group": self.group.kind, "members": self.group.keys()}
-        if isinstance(self.group, Race):
-            members["names"] = list(self.group.names)
         self._host.emit(self._host.run.group_started(
-            self.key, self.group.kind, self._host.encoded(members, self.key)))
+            self.key, self.group.kind, self._host.encoded(shape_of(self.group), self.key)))
 
     def _fill(self) -> bool:
         """Start members in list order while there is room; tell whether any started."""
@@ -226,13 +251,27 @@ class GroupRun:
             self._member_finished(member)
 
     def _step(self, step: Step, now: datetime) -> None:
-        record = self._host.history.get(step.key)
+        host, top = self._host, self._top()
+        record = host.history.get(step.key)
+        if record is not None and record.started is not None:
+            # Its attempt was under way when the process died: charged, or failed.
+            host.interrupted(step, record, record.started)
+            record = host.history.get(step.key)
         if record is not None and (record.done or (record.wake_at and record.wake_at > now)):
             return
+        if top.alone is not None:
+            return  # the run's first attempt since the open runs alone; this one waits
         number = (record.attempts if record else 0) + 1
         attempt = Attempt((), (), step=step, number=number, start=None)
+        if host.mark:
+            # The run's first attempt since the engine opened: its start is recorded
+            # and it runs alone, so that a process death is charged to it only.
+            host.mark = False
+            host.emit(host.run.step_started(step.key, number, step.name,
+                                            host.running_unless()))
+            top.alone = attempt
         self._flight[step.key] = attempt
-        self._top().new_attempts.append(attempt)
+        top.new_attempts.append(attempt)
 
     def _sleep(self, sleep: Sleep, now: datetime) -> None:
         host, record = self._host, self._host.history.get(sleep.key)
@@ -325,30 +364,33 @@ class GroupRun:
             host.emit(host.run.group_completed(self.key, self.group.kind, encoded, state))
             return
         leaf, record = failure
-        error = _failure_text(record)
-        attempts = record.failure.attempts if record.failure is not None else 0
+        error = _failure_text(host.run.run_id, leaf, record)
+        attempts = record.failure.attempts if record.failure is not None else None
         host.emit(host.run.group_failed(self.key, leaf, encoded, error, attempts, state))
 
-    def _cancel_member(self, member: Member, why: str) -> None:
+    def _cancel_member(self, member: Member, why: str, by_run: bool = False) -> None:
         host, key = self._host, member.key
         if isinstance(member, GROUP_TYPES):
             nested = self._nested.get(key)
             if nested is not None and not nested.decided:
-                nested.cancel(why)
+                nested.cancel(why, by_run=by_run)
             return
         attempt = self._flight.pop(key, None)
         record = host.history.get(key)
         if attempt is not None:
+            top = self._top()
+            if top.alone is attempt:
+                top.alone = None
             self._stopped.append(attempt)
             host.emit(host.run.step_cancelled(key, attempt.number, attempt.step.name, why,
                                               None))
         elif isinstance(member, Step):
-            if record is not None and not record.done:
-                host.emit(host.run.step_cancelled(key, record.attempts, member.name, why,
+            if record is not None and not record.done:  # waiting out a back-off
+                host.emit(host.run.step_cancelled(key, record.attempts + 1, member.name, why,
                                                   None))
         elif record is not None and not record.done and key not in host.history.signals:
             host.emit(host.run.waiting_cancelled(kind_of(member), key, why, None))
-            if isinstance(member, Child):
+            if isinstance(member, Child) and not (by_run and member.on_parent_close == "abandon"):
                 host.stop_child(member)
 
     def _waiting(self) -> Iterator[tuple[str, KeyRecord]]:
@@ -378,8 +420,8 @@ def _cancelled(record: KeyRecord | None) -> bool:
     return record is not None and record.cancelled
 
 
-def _failure_text(record: KeyRecord) -> ErrorText:
+def _failure_text(run_id: str, key: str, record: KeyRecord) -> ErrorText:
     failure = record.failure
     if failure is not None:
         return ErrorText(failure.error_type, failure.error_types, failure.message)
-    return ErrorText(_TIMED_OUT, (_TIMED_OUT,), "no signal before its timeout")
+    return ErrorText(_TIMED_OUT, (_TIMED_OUT,), str(SuspendTimeout(run_id, key)))

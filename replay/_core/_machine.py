@@ -49,7 +49,7 @@ from replay._core._decisions import (
     at,
 )
 from replay._core._groups import GroupRun
-from replay._core._history import Failure, KeyRecord, RunHistory, step_failed
+from replay._core._history import KeyRecord, RunHistory
 from replay._core._interpreter import (
     Command,
     Fail,
@@ -59,14 +59,13 @@ from replay._core._interpreter import (
     Result,
     format_failure,
 )
-from replay._core._recorder import CANCELLED, Recorder
+from replay._core._recorder import CANCELLED, Recorder, error_text
 from replay._core._records import Encoded, ErrorText, Record, Run
 from replay._core._state import RunStatus
 from replay._errors import (
     Cancelled,
     EncodingError,
     ReplayInternalError,
-    StepInterrupted,
     SuspendTimeout,
     WorkflowNotRegistered,
     clip,
@@ -99,7 +98,7 @@ class RunMachine:
 
     __slots__ = (
         "_arguments", "_codec", "_flight", "_frontier", "_function", "_group",
-        "_group_pending", "_history", "_interpreter", "_mark", "_parked_until", "_policy",
+        "_group_pending", "_history", "_interpreter", "_parked_until", "_policy",
         "_rec", "_waiting", "run",
     )
 
@@ -112,8 +111,8 @@ class RunMachine:
         self._history = history
         self._codec = codec
         self._policy = policy
-        self._rec = Recorder(run, history, codec, state)
-        self._mark = mark_first_attempt
+        self._rec = Recorder(run, history, codec, state, policy.max_interruptions,
+                             mark_first_attempt)
         self._frontier = frontier
         self._interpreter: Interpreter | None = None
         self._waiting: Pending | None = None  # the command a parked run waits on
@@ -187,7 +186,7 @@ class RunMachine:
                 value = self._rec.encoded(outcome.value, step.key)
             except EncodingError as unencodable:
                 # An unencodable value is a bug in the step, not bad luck: not retried.
-                return self._failure(step, number, unencodable, outcome.duration_ms)
+                return self._rec.step_failure(step, number, unencodable, outcome.duration_ms)
             self._rec.emit(self.run.step_completed(step.key, number, step.name, value,
                                                outcome.duration_ms, self._rec.running_unless()))
             return value
@@ -199,10 +198,10 @@ class RunMachine:
             delay = timedelta(seconds=policy.delay(self.run.run_id, step.key, used))
             wake_at = at(now) + delay
             self._rec.emit(self.run.step_retrying(
-                step.key, number, step.name, _text(error), outcome.duration_ms, wake_at,
+                step.key, number, step.name, error_text(error), outcome.duration_ms, wake_at,
                 state=None if grouped else RunState.SLEEPING))
             return wake_at
-        return self._failure(step, number, error, outcome.duration_ms)
+        return self._rec.step_failure(step, number, error, outcome.duration_ms)
 
     def attempt_abandoned(self, attempt: Attempt) -> Record:
         """Return the record of an attempt the engine stopped: it runs again, uncharged."""
@@ -242,7 +241,7 @@ class RunMachine:
         if self._group is not None:
             group, self._group = self._group, None
             self._group_pending = None
-            group.cancel(CANCELLED, reason)
+            group.cancel(CANCELLED, reason, by_run=True)
             key = group.key
         elif attempt is not None:
             key = attempt.step.key
@@ -313,7 +312,7 @@ class RunMachine:
     def _step(self, step: Step, record: KeyRecord | None,
               now: Now) -> Action | tuple[bool, Any]:
         if record is not None and record.started is not None:
-            failed = self._interrupted(step, record, record.started)
+            failed = self._rec.interrupted(step, record, record.started)
             if failed is not None:
                 return False, failed
             record = self._history.get(step.key)
@@ -321,26 +320,12 @@ class RunMachine:
             return self._wait(WaitUntil, step, key=step.key, at=record.wake_at)
         number = (record.attempts if record else 0) + 1
         start = None
-        if self._mark:
-            self._mark = False
+        if self._rec.mark:
+            self._rec.mark = False
             start = self.run.step_started(step.key, number, step.name,
                                           self._rec.running_unless())
             self._rec.apply(start)  # committed by the engine before the attempt, alone
         return Attempt(*self._rec.flush(), step=step, number=number, start=start)
-
-    def _interrupted(self, step: Step, record: KeyRecord, attempt: int) -> BaseException | None:
-        """Record that `attempt` died with the process; fail the step at the limit."""
-        count, limit = record.interruptions + 1, self._policy.max_interruptions
-        if count < limit:
-            self._rec.emit(self.run.step_interrupted(step.key, attempt, step.name, count, limit,
-                                                 qualified_name(StepInterrupted)))
-            return None
-        error = StepInterrupted(
-            f"step {step.key!r} of run {self.run.run_id!r} was running when the process "
-            f"died {count} times (max_interruptions={limit}); find what kills the process "
-            "(a crash, the OOM killer), fix it and resume the run",
-            run_id=self.run.run_id, key=step.key)
-        return self._failure(step, attempt, error, None)
 
     def _sleep(self, pending: Pending, sleep: Sleep, now: Now) -> Action | tuple[bool, Any]:
         record = pending.record
@@ -369,23 +354,16 @@ class RunMachine:
             self._rec.emit(self.run.suspended(key, deadline, suspend.status))
             return self._wait(WaitForSignal, suspend, key=key, deadline=deadline, settled=False)
         if record.wake_at is None or record.wake_at > at(now):
+            if self._rec.state is not RunState.SUSPENDED:  # waiting again after a resume
+                self._rec.emit(self.run.suspended(key, record.wake_at, suspend.status))
+                return self._wait(WaitForSignal, suspend, key=key, deadline=record.wake_at,
+                                  settled=False)
             return self._wait(WaitForSignal, suspend, key=key, deadline=record.wake_at,
                               settled=True)
         timeout = SuspendTimeout(self.run.run_id, key)
         self._rec.emit(self.run.suspend_timed_out(key, record.wake_at, ErrorText(
             qualified_name(SuspendTimeout), (), str(timeout))))
         return timeout
-
-    def _failure(self, step: Step, attempt: int, error: BaseException,
-                 duration_ms: float | None) -> BaseException:
-        """Record the step's final failure; return the `StepFailed` to throw in."""
-        text = _text(error)
-        self._rec.emit(self.run.step_failed(step.key, attempt, step.name, text, duration_ms,
-                                        self._rec.running_unless()))
-        failed = step_failed(self.run.run_id, step.key, Failure(
-            text.error_type, text.error_types, text.message, attempt))
-        failed.__cause__ = error
-        return failed
 
     def _completed(self, output: Any) -> Action:
         try:
@@ -411,9 +389,13 @@ class RunMachine:
                 self.close()
                 return self._failed(Fail(*_unregistered(self.run.run_id, child)))
             self._rec.start_child(child, RunState.SUSPENDED)
+        elif self._rec.state is not RunState.SUSPENDED:
+            # Waiting again (a resume voided the child's failure): the run parks on it.
+            self._rec.emit(self.run.child_waiting(child.key))
         self._waiting = pending
-        return WaitForSignal(*self._rec.flush(), key=child.key, deadline=None,
-                             settled=pending.record is not None)
+        records, warnings = self._rec.flush()
+        return WaitForSignal(records, warnings, key=child.key, deadline=None,
+                             settled=not records)
 
     # -- groups --
 
@@ -503,10 +485,6 @@ def _unregistered(run_id: str, child: Child) -> tuple[WorkflowNotRegistered, str
         "not registered with this engine; pass it in open_engine(workflows=[...]) and "
         "resume the run")
     return error, f"{qualified_name(WorkflowNotRegistered)}: {error}\n"
-
-
-def _text(error: BaseException) -> ErrorText:
-    return ErrorText(qualified_name(type(error)), error_types_of(error), message_of(error))
 
 
 def resumed_record(run: Run, status: RunStatus, history: RunHistory, codec: Codec) -> Record:

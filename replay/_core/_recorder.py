@@ -15,8 +15,15 @@ from typing import Any
 
 from replay._commands import Step
 from replay._core._decisions import Attempt, ChildStart, Codec
-from replay._core._history import KeyRecord, RunHistory
-from replay._core._records import Encoded, Record, Run
+from replay._core._history import Failure, KeyRecord, RunHistory, step_failed
+from replay._core._records import Encoded, ErrorText, Record, Run
+from replay._errors import (
+    StepFailed,
+    StepInterrupted,
+    error_types_of,
+    message_of,
+    qualified_name,
+)
 from replay._parallel import GROUP_TYPES, Child, Member, kind_of
 from replay._types import RunState
 
@@ -31,13 +38,21 @@ class Recorder:
         history: The run's memo; every record is applied to it as it is made.
         codec: Encodes values for records.
         state: The run's current state.
+        max_interruptions: How many process deaths an attempt may cause before its step
+            fails.
+        mark: Whether the next attempt is the run's first since the engine opened.
     """
 
-    __slots__ = ("_codec", "_out", "_warnings", "child_stops", "children", "history", "run",
-                 "state", "stopped")
+    __slots__ = ("_codec", "_max_interruptions", "_out", "_warnings", "child_stops",
+                 "children", "history", "mark", "run", "state", "stopped")
 
-    def __init__(self, run: Run, history: RunHistory, codec: Codec, state: RunState) -> None:
+    def __init__(self, run: Run, history: RunHistory, codec: Codec, state: RunState,
+                 max_interruptions: int, mark: bool) -> None:
         self.run = run
+        self._max_interruptions = max_interruptions
+        # Whether the next attempt is the run's first since the engine opened: its start
+        # is recorded first, so that a process death is charged to it.
+        self.mark = mark
         self.history = history
         self._codec = codec
         self.state = state
@@ -85,6 +100,37 @@ class Recorder:
         """
         return None if self.state is RunState.RUNNING else RunState.RUNNING
 
+    # -- step failures --
+
+    def step_failure(self, step: Step, attempt: int, error: BaseException,
+                     duration_ms: float | None) -> StepFailed:
+        """Record the step's final failure; return the `StepFailed` to throw in."""
+        text = error_text(error)
+        self.emit(self.run.step_failed(step.key, attempt, step.name, text, duration_ms,
+                                       self.running_unless()))
+        failed = step_failed(self.run.run_id, step.key, Failure(
+            text.error_type, text.error_types, text.message, attempt))
+        failed.__cause__ = error
+        return failed
+
+    def interrupted(self, step: Step, record: KeyRecord, attempt: int) -> StepFailed | None:
+        """Record that `attempt` died with the process; fail the step at the limit.
+
+        Returns:
+            The `StepFailed` to throw in at the limit, else None (the step runs again).
+        """
+        count, limit = record.interruptions + 1, self._max_interruptions
+        if count < limit:
+            self.emit(self.run.step_interrupted(step.key, attempt, step.name, count, limit,
+                                                qualified_name(StepInterrupted)))
+            return None
+        error = StepInterrupted(
+            f"step {step.key!r} of run {self.run.run_id!r} was running when the process "
+            f"died {count} times (max_interruptions={limit}); find what kills the process "
+            "(a crash, the OOM killer), fix it and resume the run",
+            run_id=self.run.run_id, key=step.key)
+        return self.step_failure(step, attempt, error, None)
+
     # -- child runs --
 
     def start_child(self, child: Child, state: RunState | None) -> None:
@@ -122,3 +168,8 @@ class Recorder:
             self.emit(self.run.waiting_cancelled(kind_of(command), key, CANCELLED, reason))
             if isinstance(command, Child) and command.on_parent_close == "cancel":
                 self.stop_child(command)
+
+
+def error_text(error: BaseException) -> ErrorText:
+    """Return how `error` is recorded: its class, its classes for `Retry.on`, its text."""
+    return ErrorText(qualified_name(type(error)), error_types_of(error), message_of(error))

@@ -15,7 +15,7 @@ msgpack bytes and ``value_json`` their JSON rendering.
 | suspend | suspended, signalled (an early signal taken), timed_out, cancelled    |
 | signal  | signalled                                                             |
 | group   | started, completed, failed, cancelled, waiting, running               |
-| child   | started, completed, failed, cancelled                                 |
+| child   | started, waiting, completed, failed, cancelled                        |
 
 A child run's ``run/started`` names its parent: the parent's run id in the internal
 `name` column and the parent's key for it in `key`.
@@ -228,7 +228,7 @@ class Run:
                             run_state=state)
 
     def group_failed(self, key: str, member: str, detail: Encoded, error: ErrorText,
-                     attempts: int, state: RunState | None) -> Record:
+                     attempts: int | None, state: RunState | None) -> Record:
         """`member`'s failure decided the group (fail-fast, or a race's winner failed).
 
         The member's key goes in the internal `name` column, for `resume` to void.
@@ -260,6 +260,10 @@ class Run:
         """A child run of `workflow` began (committed with its own ``run/started``)."""
         return self._record("child", "started", key=key, name=workflow, value=detail,
                             run_state=state)
+
+    def child_waiting(self, key: str) -> Record:
+        """The run parks on a child already started (after a `resume`)."""
+        return self._record("child", "waiting", key=key, run_state=SUSPENDED)
 
     def child_completed(self, key: str, output: bytes, output_json: str | None,
                         state: RunState | None) -> Record:

@@ -90,7 +90,8 @@ class Driver:
         except Exception as error:
             # A bug in replay must fail only this run, never the engine.
             ended = machine.failed_internally(error)
-            await self._family.end(slot, ended.records, machine.history)
+            await self._family.end(slot, ended.records, machine.history,
+                                   machine.take_child_stops())
             return None
 
     async def _perform(self, slot: RunSlot, machine: RunMachine, woken: bool) -> Parked | None:
@@ -116,7 +117,8 @@ class Driver:
                     return None
                 action = next_action
             elif isinstance(action, Ended):
-                await self._family.end(slot, action.records, machine.history)
+                await self._family.end(slot, action.records, machine.history,
+                                       machine.take_child_stops())
                 return None
             elif isinstance(action, WaitUntil):
                 # Parked even if `at` has passed: the timers wake it at once, and the
@@ -164,7 +166,8 @@ class Driver:
             else:
                 after = machine.attempt_ended(attempt, outcome, self._clock.now)
             if isinstance(after, Ended):
-                await self._family.end(slot, after.records, machine.history)
+                await self._family.end(slot, after.records, machine.history,
+                                       machine.take_child_stops())
                 after = dataclasses.replace(after, records=())
             await self._commit(slot, after.records, machine)
         slot.needs_start_mark = False

@@ -74,13 +74,18 @@ class Family:
                                     f"its parent {slot.run_id!r} no longer waits for it")
 
     async def end(self, slot: RunSlot, records: Sequence[Record],
-                  history: RunHistory | None) -> None:
+                  history: RunHistory | None, stops: Sequence[str] = ()) -> None:
         """Commit a run's last records (a child's with its parent's record of the end).
 
-        Then close the run's children that are still running (`history`: its memo).
+        Then cancel the children its last decision stopped (`stops`: a race's losing
+        child, the child it waited on when it was cancelled) and close those still
+        running (`history`: its memo).
         """
         if records:
             await self._commit_end(slot, records)
+        for run_id in stops:
+            self._scheduler.in_background(self._cancel_child, run_id,
+                                          f"its parent {slot.run_id!r} no longer waits for it")
         if history is not None:
             self.close_children(slot, history)
 

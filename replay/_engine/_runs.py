@@ -113,6 +113,12 @@ class RunTable:
             return slot.workflow if slot.durable else None
         return await in_thread(self._store.workflow_of, run_id)
 
+    def keep(self, slot: RunSlot) -> None:
+        """Hold `slot` among the live runs again (a finished run about to run again)."""
+        if self._finished.get(slot.run_id) is slot:
+            del self._finished[slot.run_id]
+        self.live.setdefault(slot.run_id, slot)
+
     def forget_if_idle(self, slot: RunSlot) -> None:
         """Keep a finished run no task owns among the recently finished ones only."""
         if slot.status.finished and not slot.active and self.live.get(slot.run_id) is slot:

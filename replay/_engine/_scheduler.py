@@ -188,6 +188,7 @@ class Scheduler:
         if slot.state is RunState.COMPLETED or slot.active:
             self.runs.forget_if_idle(slot)
             return
+        self.runs.keep(slot)  # its task may have let it go to the finished ones meanwhile
         self._claim(slot)
         self.parked.drop(slot.run_id)
         try:
@@ -304,7 +305,13 @@ class Scheduler:
                 record = Run(slot.run_id, slot.workflow).cancel_requested(
                     reason, RunState.RUNNING if wakes else None)
                 await self.commit_together(slot, (), slot, record, wakes)
+                if not wakes and self._parked_idle(slot):
+                    self._wake(slot)  # it parked while the request was being committed
                 return True
+
+    def _parked_idle(self, slot: RunSlot) -> bool:
+        return (slot.status.waiting and not slot.active and not self.closing
+                and slot.workflow in self._registry.functions)
 
     async def terminate(self, slot: RunSlot, reason: Encoded) -> None:
         """End the run ``cancelled`` at once; no more of its workflow code runs.
@@ -455,7 +462,9 @@ class Scheduler:
         slot.active = slot.settling = False
         if parked is not None and machine is not None:
             self.parked.put(slot.run_id, machine)
-            if parked.wake_at is not None:
+            if machine.cancel_pending and not self.closing:
+                self._wake(slot)  # a cancellation came as it parked: take it now
+            elif parked.wake_at is not None:
                 self._timers.add(slot.run_id, parked.wake_at)
             slot.drop_idle_lock()
         else:
