@@ -191,8 +191,9 @@ class Race(Frozen):
 
     The `yield` returns ``(name, value)`` of the winner, or throws its failure
     (`StepFailed`, `SuspendTimeout`). Losers are cancelled: an async step's scope is
-    cancelled, a sync step's thread is abandoned (its result is dropped), a sleep's
-    timer is dropped, and a suspend is closed (a later signal for it is rejected).
+    cancelled, a sync step's thread is abandoned (its late outcome is recorded as
+    ``step/late``, never delivered), a sleep's timer is dropped, and a suspend is closed
+    (a later signal for it is rejected).
 
     Args:
         key: The race's identity inside its run, e.g. ``"pay-or-expire:v1"``.

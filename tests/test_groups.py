@@ -502,7 +502,8 @@ async def test_an_unhandled_fail_fast_fails_the_run_with_the_members_step_failed
     assert "never" not in TRACK.calls
 
 
-async def test_fail_fast_abandons_a_running_sync_member_and_drops_its_result(db: str) -> None:
+async def test_fail_fast_abandons_a_running_sync_member_and_records_its_late_result(
+        db: str) -> None:
     TRACK.gates["stuck"] = threading.Event()
 
     @replay.workflow(name="groups.fail_fast_sync")
@@ -521,9 +522,14 @@ async def test_fail_fast_abandons_a_running_sync_member_and_drops_its_result(db:
         await trio.to_thread.run_sync(wait_for_end, "stuck")
         await settle()
         events = await events_of(engine, "r")
+        late = await engine.sql("SELECT attempt, value_json FROM replay_events "
+                                "WHERE run_id = 'r' AND event = 'late'")
+        assert engine.status("r").output == "bad:v1"  # the late value changed nothing
     assert ("step", "cancelled", "stuck:v1") in events
     assert ("step", "completed", "stuck:v1") not in events
-    assert events[-1] == ("run", "completed", None)
+    # What the thread returned is recorded for the history, after the run's end.
+    assert events[-2:] == [("run", "completed", None), ("step", "late", "stuck:v1")]
+    assert late == [(1, '"stuck"')]
 
 
 async def test_gather_collects_every_failure_and_runs_every_member(db: str) -> None:
@@ -1927,3 +1933,17 @@ def test_a_member_that_kills_its_process_fails_after_bounded_restarts(tmp_path: 
     assert done.returncode == 0, f"still dying after 5 opens (status {done.returncode})"
     last = done.stdout.strip().splitlines()[-1]
     assert json.loads(last.removeprefix("done ")) == ["calm", "failed replay.StepInterrupted"]
+
+
+def test_a_late_outcome_changes_nothing_in_the_memo() -> None:
+    from replay._core._history import RunHistory
+    from replay._core._records import Encoded, Run
+
+    run = Run("r", "wf")
+    cancelled = run.step_cancelled("slow:v1", 1, "m.slow", "group 'g' was decided", None)
+    late = run.step_late("slow:v1", 1, "m.slow", Encoded(b"\xa1x", '"x"'), None, 5.0)
+    history = RunHistory([cancelled, late])
+    entry = history.get("slow:v1")
+    assert entry is not None
+    assert (entry.done, entry.cancelled, entry.value) == (False, True, None)
+    assert history.last_key() == "slow:v1"

@@ -102,6 +102,8 @@ class RunHistory:
 
     def apply(self, record: Record) -> None:
         """Fold one record into the memo."""
+        if record.event == "late":
+            return  # a cancelled attempt's outcome, for the record only
         if record.kind == "run":
             # `resume` names the step whose failure it voids in the internal `name`
             # column: run-level events have no key.

@@ -203,6 +203,23 @@ class RunMachine:
             return wake_at
         return self._rec.step_failure(step, number, error, outcome.duration_ms)
 
+    def late_record(self, attempt: Attempt, outcome: Outcome) -> Record:
+        """Return the record of a cancelled attempt's outcome that came after all.
+
+        It is recorded for the history only: the attempt's group was decided without it.
+        """
+        step = attempt.step
+        if outcome.ok:
+            try:
+                value = self._rec.encoded(outcome.value, step.key)
+            except EncodingError as error:
+                return self.run.step_late(step.key, attempt.number, step.name, None,
+                                          error_text(error), outcome.duration_ms)
+            return self.run.step_late(step.key, attempt.number, step.name, value, None,
+                                      outcome.duration_ms)
+        return self.run.step_late(step.key, attempt.number, step.name, None,
+                                  error_text(outcome.value), outcome.duration_ms)
+
     def attempt_abandoned(self, attempt: Attempt) -> Record:
         """Return the record of an attempt the engine stopped: it runs again, uncharged."""
         step = attempt.step

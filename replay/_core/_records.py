@@ -10,7 +10,7 @@ msgpack bytes and ``value_json`` their JSON rendering.
 |---------|-----------------------------------------------------------------------|
 | run     | started, completed, failed, resumed, cancel_requested, cancelled      |
 | step    | started, completed, retrying, failed, abandoned, interrupted, renamed, |
-|         | cancelled                                                             |
+|         | cancelled, late                                                       |
 | sleep   | scheduled, fired, cancelled                                           |
 | suspend | suspended, signalled (an early signal taken), timed_out, cancelled    |
 | signal  | signalled                                                             |
@@ -175,6 +175,16 @@ class Run:
             "step", "interrupted", key=key, attempt=attempt, name=name, error_type=error_type,
             error=f"the process died while attempt {attempt} ran "
                   f"(interruption {count} of at most {limit})")
+
+    def step_late(self, key: str, attempt: int, name: str, value: Encoded | None,
+                  error: ErrorText | None, duration_ms: float | None) -> Record:
+        """A cancelled sync attempt's thread finished after all: recorded, never used."""
+        if error is not None:
+            return Record(self.run_id, self.workflow, "step", "late", key=key,
+                          attempt=attempt, error_type=error.error_type, error=error.message,
+                          error_types=error.error_types, name=name, duration_ms=duration_ms)
+        return self._record("step", "late", key=key, attempt=attempt, name=name,
+                            value=value, duration_ms=duration_ms)
 
     def step_renamed(self, key: str, recorded: str, current: str, names: Encoded,
                      message: str) -> Record:

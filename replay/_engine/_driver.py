@@ -282,9 +282,15 @@ class Driver:
     async def _member(self, slot: RunSlot, machine: RunMachine, attempt: Attempt,
                       scope: trio.CancelScope, send: trio.MemorySendChannel[Any]) -> None:
         """One group member's attempt; a stopped one reports nothing."""
+        def late(outcome: Outcome) -> None:
+            # A sync attempt that lost: its thread finished after all. Recorded, not used.
+            if scope.cancel_called and not self._stopping():
+                self._enqueue(slot, machine.late_record(attempt, outcome))
+
         try:
             with scope:
-                outcome = await self._steps.call(slot.run_id, attempt.step, attempt.number)
+                outcome = await self._steps.call(slot.run_id, attempt.step, attempt.number,
+                                                 late)
                 send.send_nowait((attempt, outcome))
         except BaseException:
             self._enqueue(slot, machine.attempt_abandoned(attempt))  # the engine is stopping

@@ -10,6 +10,7 @@ which run, key and attempt it serves.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
 
@@ -53,16 +54,19 @@ class StepCaller:
     def __init__(self, workers: WorkerPool) -> None:
         self._workers = workers
 
-    async def call(self, run_id: str, step: Step, attempt: int) -> Outcome:
+    async def call(self, run_id: str, step: Step, attempt: int,
+                   late: Callable[[Outcome], None] | None = None) -> Outcome:
         """Make attempt `attempt` of `step`; return how it ended.
 
-        A `trio.Cancelled` that the engine sent (it is stopping) propagates; one that
-        escaped the step function on its own is the attempt's failure.
+        A `trio.Cancelled` that the engine sent (it is stopping, or the attempt lost a
+        race) propagates; one that escaped the step function on its own is the attempt's
+        failure. `late` is told the outcome of a sync attempt whose thread was abandoned
+        that way, once the thread finishes.
         """
         began = trio.current_time()
         token = _CURRENT_STEP.set((run_id, step.key, attempt))
         try:
-            value = await self._call(run_id, step, attempt)
+            value = await self._call(run_id, step, attempt, _late(late, began))
         except trio.Cancelled as cancelled:
             if trio.current_effective_deadline() == -math.inf:
                 raise  # the engine cancelled this task: it is stopping
@@ -73,13 +77,15 @@ class StepCaller:
             _CURRENT_STEP.reset(token)
         return Outcome(True, value, _elapsed_ms(began))
 
-    async def _call(self, run_id: str, step: Step, attempt: int) -> Any:
+    async def _call(self, run_id: str, step: Step, attempt: int,
+                    late: Callable[[bool, Any], None] | None) -> Any:
         if not step.is_async:
             # A thread cannot be stopped: on timeout it is abandoned, still running.
             # The timeout counts from when a thread starts the call, not from the queue.
             with busy_thread():
                 try:
-                    return await self._workers.run(step.fn, *step.args, timeout=step.timeout)
+                    return await self._workers.run(step.fn, *step.args, timeout=step.timeout,
+                                                   late=late)
                 except WorkerTimeout:
                     raise _timeout(run_id, step, attempt) from None
         if step.timeout is None:
@@ -106,6 +112,13 @@ def _stray(run_id: str, step: Step, attempt: int, cancelled: trio.Cancelled) -> 
         "Cancelled escape the cancel scope that caught it")
     error.__cause__ = cancelled
     return error
+
+
+def _late(late: Callable[[Outcome], None] | None, began: float
+          ) -> Callable[[bool, Any], None] | None:
+    if late is None:
+        return None
+    return lambda ok, value: late(Outcome(ok, value, _elapsed_ms(began)))
 
 
 def _elapsed_ms(began: float) -> float:

@@ -6,11 +6,12 @@ long-lived threads and returns finished calls to the loop in batches: one
 `run_sync_soon` wakes every call that finished since the last one. Threads start
 lazily, up to the pool's size (`open_engine(max_threads=...)`).
 
-A call whose waiter is cancelled (an engine that stops) before a thread took it never
-starts. A call already running when its waiter gives up (a step timeout, a stopping
-engine) is abandoned: the thread cannot be stopped, finishes it, and its result is
-dropped. A call's timeout counts from when a thread starts it, not from when it was
-queued, so a busy pool never times out calls that have not run.
+A call whose waiter is cancelled (an engine that stops, a race lost) before a thread
+took it never starts. A call already running when its waiter gives up (a step timeout,
+a stopping engine, a race lost) is abandoned: the thread cannot be stopped, finishes
+it, and its result goes to the call's `late` callback if it has one, else nowhere. A
+call's timeout counts from when a thread starts it, not from when it was queued, so a
+busy pool never times out calls that have not run.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class WorkerTimeout(Exception):
 class _Job:
     """One call: the function and its arguments, where its outcome goes, and its state."""
 
-    __slots__ = ("args", "box", "cancelled", "context", "done", "function", "started")
+    __slots__ = ("args", "box", "cancelled", "context", "done", "function", "late", "started")
 
     def __init__(self, function: Callable[..., Any], args: tuple[Any, ...],
                  started: trio.Event | None) -> None:
@@ -46,6 +47,8 @@ class _Job:
         self.started = started
         # None: queued; False: a thread took it; True: its waiter gave up while queued.
         self.cancelled: bool | None = None
+        # Told the outcome of a call whose waiter gave up while it ran (on the loop).
+        self.late: Callable[[bool, Any], None] | None = None
 
 
 class WorkerPool:
@@ -72,13 +75,16 @@ class WorkerPool:
         self._token: trio.lowlevel.TrioToken | None = None
 
     async def run(self, function: Callable[..., Any], *args: Any,
-                  timeout: float | None = None) -> Any:
+                  timeout: float | None = None,
+                  late: Callable[[bool, Any], None] | None = None) -> Any:
         """Run `function(*args)` in a worker thread and return its result.
 
         Args:
             function: The sync function.
             *args: Its arguments.
             timeout: Seconds the call may run once a thread has started it.
+            late: Called on the loop with ``(ok, value)`` when a call whose waiter was
+                cancelled while it ran finishes.
 
         Raises:
             WorkerTimeout: The call ran longer than `timeout` (it is abandoned).
@@ -99,7 +105,7 @@ class WorkerPool:
             else:
                 await job.done.wait()
         except BaseException:
-            self._give_up(job)
+            self._give_up(job, late)
             raise
         ok, value = job.box[0]
         if ok:
@@ -136,10 +142,15 @@ class WorkerPool:
             job.cancelled = False
             return True
 
-    def _give_up(self, job: _Job) -> None:
+    def _give_up(self, job: _Job, late: Callable[[bool, Any], None] | None = None) -> None:
         with self._claim_lock:
             if job.cancelled is None:
                 job.cancelled = True
+                return
+        if late is not None and job.box:
+            late(*job.box[0])  # it finished as its waiter gave up
+        else:
+            job.late = late  # a thread runs it: its outcome comes later
 
     def _next_job(self) -> _Job | None:
         with self._idle_lock:
@@ -170,3 +181,5 @@ class WorkerPool:
         for job, outcome in finished:
             job.box.append(outcome)
             job.done.set()
+            if job.late is not None:
+                job.late(*outcome)
