@@ -245,9 +245,9 @@ def test_child_runs_show_their_ids_states_and_how_to_show_them(
     (children,) = shown.rest
     assert [line.split() for line in children.splitlines()] == [
         ["CHILD", "RUN", "KEY", "WORKFLOW", "STATE", "SHOW", "IT", "WITH"],
-        ["par-1/ship:a", "ship:a", "ship:v1", "completed", "replay", "show", "DB",
+        ["par-1/ship:a", "ship:a", "ship:v1", "completed", "replay", "show", db,
          "par-1/ship:a"],
-        ["par-1/ship:bad", "ship:bad", "ship:v1", "failed", "replay", "show", "DB",
+        ["par-1/ship:bad", "ship:bad", "ship:v1", "failed", "replay", "show", db,
          "par-1/ship:bad"]]
     # The hint works: the child run's own timeline, which names its parent.
     child = show(capsys, db, "par-1/ship:bad")
