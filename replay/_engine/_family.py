@@ -44,12 +44,9 @@ class Family:
                      starts: Sequence[ChildStart], stops: Sequence[str]) -> None:
         """Commit a parent's records with its new children's starts; then run them."""
         scheduler = self._scheduler
-        fresh, existing = [], []
-        for start in starts:
-            if await self._exists(start.run_id):
-                existing.append(start)
-            else:
-                fresh.append(start)
+        found = await scheduler.runs.existing([start.run_id for start in starts])
+        fresh = [start for start in starts if start.run_id not in found]
+        existing = [start for start in starts if start.run_id in found]
         durable = None
         for record in records:
             durable = scheduler.enqueue(slot, record)
@@ -113,14 +110,18 @@ class Family:
                     continue  # the parent began to park meanwhile: wait for it, then decide
                 history = await scheduler.mailbox(parent)
                 if not history.awaits(key):
-                    await scheduler.commit(slot, records)  # it no longer waits for this child
-                    return
+                    break  # it no longer waits for this child
                 wakes = scheduler.parked_on(parent, key, history)
                 record = _outcome_record(Run(parent.run_id, parent.workflow), key,
                                          slot.run_id, status,
                                          RunState.RUNNING if wakes else None)
-                await scheduler.commit_together(slot, records, parent, record, wakes)
-                return
+                # Queued under the parent's lock, so that the parent's decision to park
+                # comes before or after it; waited for outside it, so that many children
+                # ending at once share commits instead of taking turns.
+                durable = scheduler.enqueue_together(slot, records, parent, record, wakes)
+            await scheduler.durable_together(durable, parent, wakes)
+            return
+        await scheduler.commit(slot, records)
 
     async def _existing(self, parent: RunSlot, start: ChildStart) -> None:
         """A child that exists already: if it has ended, its end goes to the parent now."""
@@ -142,10 +143,6 @@ class Family:
             record = _outcome_record(Run(parent.run_id, parent.workflow), key, child.run_id,
                                      child.status, RunState.RUNNING if wakes else None)
             await scheduler.commit_together(parent, (), parent, record, wakes)
-
-    async def _exists(self, run_id: str) -> bool:
-        runs = self._scheduler.runs
-        return runs.find(run_id) is not None or await runs.workflow_of(run_id) is not None
 
     async def _cancel_child(self, run_id: str, why: str) -> None:
         try:

@@ -106,6 +106,14 @@ class RunTable:
             raise RunNotFound(run_id)
         return slot
 
+    async def existing(self, run_ids: list[str]) -> set[str]:
+        """Return which of `run_ids` exist (in memory or in the file; one read for all)."""
+        found = {run_id for run_id in run_ids if self.find(run_id) is not None}
+        rest = [run_id for run_id in run_ids if run_id not in found]
+        if rest:
+            found |= await in_thread(self._store.existing, rest)
+        return found
+
     async def workflow_of(self, run_id: str) -> str | None:
         """Return the workflow of run `run_id` (in memory or in the file), or None."""
         slot = self.find(run_id)

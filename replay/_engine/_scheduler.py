@@ -305,8 +305,6 @@ class Scheduler:
                 record = Run(slot.run_id, slot.workflow).cancel_requested(
                     reason, RunState.RUNNING if wakes else None)
                 await self.commit_together(slot, (), slot, record, wakes)
-                if not wakes and self._parked_idle(slot):
-                    self._wake(slot)  # it parked while the request was being committed
                 return True
 
     def _parked_idle(self, slot: RunSlot) -> bool:
@@ -409,17 +407,35 @@ class Scheduler:
         Under `other`'s lock: claimed before the commit, so no timer or resume starts it
         meanwhile.
         """
+        durable = self.enqueue_together(slot, records, other, record, wakes)
+        await self.durable_together(durable, other, wakes)
+
+    def enqueue_together(self, slot: RunSlot, records: Sequence[Record], other: RunSlot,
+                         record: Record, wakes: bool) -> trio.Event:
+        """Queue `records` and `other`'s `record` for one batch (claiming `other` if `wakes`).
+
+        Called under `other`'s lock; `durable_together` waits for the batch, outside it.
+        """
         if wakes:
             self._claim(other)
+        for mine in records:
+            self.enqueue(slot, mine)
+        return self.enqueue(other, record)
+
+    async def durable_together(self, durable: trio.Event, other: RunSlot, wakes: bool) -> None:
+        """Wait for a batch from `enqueue_together`; then wake `other` if it waits for it.
+
+        `other` is woken if it was claimed for it (`wakes`), or if it parked while the
+        batch was in flight: its record then said nothing about the run's state, and
+        the parked run holds it in its mailbox.
+        """
         try:
-            for mine in records:
-                self.enqueue(slot, mine)
-            await self.enqueue(other, record).wait()
+            await durable.wait()
         except BaseException:
             if wakes:
                 self._unclaim(other)
             raise
-        if wakes:
+        if wakes or self._parked_idle(other):
             self._wake(other)
 
     def in_background(self, function: Callable[..., Awaitable[Any]], *args: Any) -> None:

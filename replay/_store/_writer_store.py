@@ -99,6 +99,15 @@ class Store:
         rows = self._read(RUN_WORKFLOW, [run_id])
         return rows[0][0] if rows else None
 
+    def existing(self, run_ids: Sequence[str]) -> set[str]:
+        """Return which of `run_ids` have a run in the file (one read, by the index)."""
+        if not run_ids:
+            return set()
+        rows = self._read("SELECT DISTINCT run_id FROM replay_event_log "
+                          "WHERE run_id IN (SELECT unnest($1::VARCHAR[])) "
+                          "AND kind = 'run' AND event = 'started'", [list(run_ids)])
+        return {row[0] for row in rows}
+
     def list_runs(self, state: str | None, workflow: str | None, limit: int) -> list[RunRow]:
         """Return runs newest first (by creation), filtered by state and workflow."""
         rows = self._read(
