@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from replay._commands import Sleep, Step, Suspend
-from replay._core._decisions import Attempt
+from replay._core._decisions import Attempt, Now, at
 from replay._core._group_replay import shape_of
 from replay._core._history import KeyRecord, RunHistory
 from replay._core._records import Encoded, ErrorText, Record, Run
@@ -107,7 +107,7 @@ class GroupRun:
 
     # -- inputs --
 
-    def advance(self, now: datetime, may_time_out: bool) -> None:
+    def advance(self, now: Now, may_time_out: bool) -> None:
         """Start members up to the limit and decide every started member that is due.
 
         Members a signal answered are observed first, the earliest recorded first (a
@@ -135,7 +135,7 @@ class GroupRun:
             if self.decided or not self._fill():
                 return
 
-    def refill(self, now: datetime) -> None:
+    def refill(self, now: Now) -> None:
         """Start and decide new members while there is room (a member just finished)."""
         while not self.decided and self._room() and self._next < len(self.group.members):
             member = self.group.members[self._next]
@@ -143,7 +143,7 @@ class GroupRun:
             self._started[member.key] = member
             self._decide_member(member, now, may_time_out=False)
 
-    def attempt_ended(self, key: str, now: datetime) -> None:
+    def attempt_ended(self, key: str, now: Now) -> None:
         """A member step's attempt ended; its records are in the history now."""
         owner = self.owner_of(key)
         if owner is None:
@@ -229,7 +229,7 @@ class GroupRun:
         return sorted(started, key=lambda m: seqs.get(m.key, 0) if isinstance(m, Suspend)
                       and m.key in seqs else float("inf"))
 
-    def _decide_member(self, member: Member, now: datetime, may_time_out: bool) -> None:
+    def _decide_member(self, member: Member, now: Now, may_time_out: bool) -> None:
         """Decide a started member: start its attempt, record its wait, or its outcome."""
         if isinstance(member, GROUP_TYPES):
             nested = self._nested.get(member.key)
@@ -250,14 +250,14 @@ class GroupRun:
         if member.key in self._started and self._done(member):
             self._member_finished(member)
 
-    def _step(self, step: Step, now: datetime) -> None:
+    def _step(self, step: Step, now: Now) -> None:
         host, top = self._host, self._top()
         record = host.history.get(step.key)
         if record is not None and record.started is not None:
             # Its attempt was under way when the process died: charged, or failed.
             host.interrupted(step, record, record.started)
             record = host.history.get(step.key)
-        if record is not None and (record.done or (record.wake_at and record.wake_at > now)):
+        if record is not None and (record.done or (record.wake_at and record.wake_at > at(now))):
             return
         if top.alone is not None:
             return  # the run's first attempt since the open runs alone; this one waits
@@ -273,19 +273,19 @@ class GroupRun:
         self._flight[step.key] = attempt
         top.new_attempts.append(attempt)
 
-    def _sleep(self, sleep: Sleep, now: datetime) -> None:
+    def _sleep(self, sleep: Sleep, now: Now) -> None:
         host, record = self._host, self._host.history.get(sleep.key)
         if record is None or record.wake_at is None:
-            wake_at = sleep.until or now + (sleep.duration or _ZERO)
+            wake_at = sleep.until or at(now) + (sleep.duration or _ZERO)
             host.emit(host.run.sleep_scheduled(sleep.key, wake_at, state=None))
         elif record.done:
             return
         else:
             wake_at = record.wake_at
-        if wake_at <= now:
+        if wake_at <= at(now):
             host.emit(host.run.sleep_fired(sleep.key, wake_at))
 
-    def _suspend(self, suspend: Suspend, now: datetime, may_time_out: bool) -> None:
+    def _suspend(self, suspend: Suspend, now: Now, may_time_out: bool) -> None:
         host, key = self._host, suspend.key
         record = host.history.get(key)
         if key in host.history.signals:
@@ -293,10 +293,10 @@ class GroupRun:
                 host.emit(host.run.signal_taken(key, suspend.status))
             return
         if record is None or record.cancelled:  # a cancelled one waits again after a resume
-            deadline = None if suspend.timeout is None else now + suspend.timeout
+            deadline = None if suspend.timeout is None else at(now) + suspend.timeout
             host.emit(host.run.suspended(key, deadline, suspend.status, state=None))
         elif (may_time_out and not record.done and record.wake_at is not None
-              and record.wake_at <= now):
+              and record.wake_at <= at(now)):
             error = SuspendTimeout(host.run.run_id, key)
             host.emit(host.run.suspend_timed_out(
                 key, record.wake_at, ErrorText(_TIMED_OUT, (), str(error)),

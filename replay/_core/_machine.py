@@ -236,7 +236,7 @@ class RunMachine:
         if self._history.cancel_pending:
             return self.cancel(now, None)
         if self._group is not None:
-            self._group.advance(at(now), may_time_out=True)
+            self._group.advance(now, may_time_out=True)
             return self._group_next(now)
         assert self._waiting is not None, "wake() of a run that waits on nothing"
         pending, self._waiting = self._waiting, None
@@ -419,7 +419,7 @@ class RunMachine:
     def _begin_group(self, pending: Pending, group: Group, now: Now) -> Action:
         self._group = GroupRun(group, self._rec, self._flight, self._rec.stopped)
         self._group_pending = pending
-        self._group.advance(at(now), may_time_out=False)
+        self._group.advance(now, may_time_out=False)
         return self._group_next(now)
 
     def _member_ended(self, attempt: Attempt, outcome: Outcome, now: Now) -> Action:
@@ -427,7 +427,7 @@ class RunMachine:
         key = attempt.step.key
         if self._flight.get(key) is attempt:  # else: cancelled meanwhile, its outcome dropped
             self._settle(attempt, outcome, now, grouped=True)
-            self._group.attempt_ended(key, at(now))
+            self._group.attempt_ended(key, now)
         return self._group_next(now)
 
     def _group_next(self, now: Now) -> Action:

@@ -11,7 +11,7 @@ timer: one record for a lone sequential run, hundreds when hundreds of runs step
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import trio
@@ -62,6 +62,25 @@ class Committer:
             record.recorded_at = self._clock.now()
         self._rows.append(record_row(record))
         self._applies.append((apply, record))
+        done = trio.Event()
+        self._waiters.append(done)
+        self._wakeup.set()
+        return done
+
+    def enqueue_all(self, records: Sequence[Record],
+                    apply: Callable[[Record], None]) -> trio.Event:
+        """Add `records` of one run, in order, to the next batch (see `enqueue`).
+
+        They share one timestamp and one event, set once all of them are durable.
+        """
+        now = self._clock.now()
+        for record in records:
+            self._seq += 1
+            record.seq = self._seq
+            if record.recorded_at is None:
+                record.recorded_at = now
+            self._rows.append(record_row(record))
+            self._applies.append((apply, record))
         done = trio.Event()
         self._waiters.append(done)
         self._wakeup.set()

@@ -43,6 +43,7 @@ from replay._engine._steps import StepCaller
 log = logging.getLogger("replay")
 
 Enqueue = Callable[[RunSlot, Record], trio.Event]
+EnqueueAll = Callable[[RunSlot, Sequence[Record]], trio.Event]
 # Put in a group's outcome channel when a signal or a cancellation is committed.
 _WAKE = object()
 
@@ -60,15 +61,17 @@ class Driver:
     Args:
         enqueue: Queues a record for the next group commit (applied to its slot once
             durable); returns an event set then.
+        enqueue_all: The same for a run's records, in order, with one event.
         clock: The engine clock (the machine's `now`).
         steps: Calls step functions.
         stopping: Tells whether the engine is stopping.
         family: Starts and ends child runs with their parents' records.
     """
 
-    def __init__(self, enqueue: Enqueue, clock: EngineClock, steps: StepCaller,
-                 stopping: Callable[[], bool], family: Family) -> None:
+    def __init__(self, enqueue: Enqueue, enqueue_all: EnqueueAll, clock: EngineClock,
+                 steps: StepCaller, stopping: Callable[[], bool], family: Family) -> None:
         self._enqueue = enqueue
+        self._enqueue_all = enqueue_all
         self._clock = clock
         self._steps = steps
         self._stopping = stopping
@@ -308,11 +311,8 @@ class Driver:
             if starts or stops:
                 await self._family.commit(slot, records, starts, stops)
                 return
-        if not records:
-            return
-        for record in records:
-            durable = self._enqueue(slot, record)
-        await durable.wait()  # batches commit in order: the last one durable means all are
+        if records:
+            await self._enqueue_all(slot, records).wait()
 
 
 def _merged(decisions: list[Action]) -> Action:

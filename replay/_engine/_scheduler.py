@@ -75,7 +75,8 @@ class Scheduler:
         self._timers = Timers(clock, self._on_timer)
         self._deadlines = Timers(clock, self._on_deadline)  # runs' own deadlines
         self.family = Family(self)
-        self._driver = Driver(self.enqueue, clock, steps, lambda: self.closing, self.family)
+        self._driver = Driver(self.enqueue, self.enqueue_all, clock, steps,
+                              lambda: self.closing, self.family)
         self._nursery: trio.Nursery | None = None
         self.closing = False
         self.closed = False
@@ -386,6 +387,10 @@ class Scheduler:
     def enqueue(self, slot: RunSlot, record: Record) -> trio.Event:
         """Queue `record` for the next group commit (applied to `slot` once durable)."""
         return self._committer.enqueue(record, slot.apply)
+
+    def enqueue_all(self, slot: RunSlot, records: Sequence[Record]) -> trio.Event:
+        """Queue `records` of `slot`'s run, in order, for the next group commit."""
+        return self._committer.enqueue_all(records, slot.apply)
 
     @property
     def committer(self) -> Committer:
