@@ -119,7 +119,9 @@ class Family:
                 # comes before or after it; waited for outside it, so that many children
                 # ending at once share commits instead of taking turns.
                 durable = scheduler.enqueue_together(slot, records, parent, record, wakes)
-            await scheduler.durable_together(durable, parent, wakes)
+            # The parent may have parked on this child meanwhile (its own lock let it
+            # decide while the batch was in flight): then it is woken now.
+            await scheduler.durable_together(durable, parent, wakes, recheck=True)
             return
         await scheduler.commit(slot, records)
 

@@ -10,11 +10,15 @@ A parked run holds no task: at most its paused machine in `ParkedCache`. Waking 
 cached machine continues the same generator; an evicted one is loaded from the file
 and replayed from the top, which gives the same result because every recorded outcome
 is sent back again.
+
+Two helpers act through it: `Deliveries` (`_deliveries`) brings what comes from outside
+a run (signals, cancellations, terminations, deadlines), and `Family` (`_family`)
+starts child runs with their parents' records and ends them with their parents'
+records of the end.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
@@ -27,10 +31,10 @@ from replay._core._decisions import Policy
 from replay._core._history import RunHistory
 from replay._core._machine import RunMachine, resumed_record
 from replay._core._records import Encoded, Record, Run, started_record
-from replay._core._signals import check_signal
 from replay._core._state import RunStatus
 from replay._engine._clock import EngineClock, in_thread
 from replay._engine._committer import Committer
+from replay._engine._deliveries import Deliveries
 from replay._engine._driver import Driver, Parked
 from replay._engine._family import Family
 from replay._engine._parking import ParkedCache
@@ -38,9 +42,9 @@ from replay._engine._runs import RunTable
 from replay._engine._slots import RunSlot
 from replay._engine._steps import StepCaller
 from replay._engine._timers import Timers
-from replay._errors import EngineClosed, ReplayError, RunFinished
+from replay._errors import EngineClosed, ReplayError
 from replay._store import Store
-from replay._types import FINISHED, RunInfo, RunState
+from replay._types import RunInfo, RunState
 from replay._workflows import Registry
 
 log = logging.getLogger("replay")
@@ -73,8 +77,9 @@ class Scheduler:
         self.runs = RunTable(store, opened_at)
         self.parked = ParkedCache(cache_size, self._evicted)
         self._timers = Timers(clock, self._on_timer)
-        self._deadlines = Timers(clock, self._on_deadline)  # runs' own deadlines
         self.family = Family(self)
+        self._deliveries = Deliveries(self)
+        self._deadlines = Timers(clock, self._deliveries.on_deadline)  # runs' own deadlines
         self._driver = Driver(self.enqueue, self.enqueue_all, clock, steps,
                               lambda: self.closing, self.family)
         self._nursery: trio.Nursery | None = None
@@ -229,62 +234,25 @@ class Scheduler:
         Raises:
             SignalRejected: The run may not take it.
         """
-        while not await self._signal_now(slot, key, payload):
-            pass  # the run began to park again meanwhile: wait for it, then decide
-
-    async def _signal_now(self, slot: RunSlot, key: str, payload: Encoded) -> bool:
-        await self.let_go(slot)
-        async with slot.lock:
-            if slot.letting_go:
-                return False
-            status = slot.status
-            # It wakes the run if the run is parked on this key (or in a group with a
-            # member suspended on it) and this engine can run it; a run whose workflow
-            # is not registered here is left as it is, and the signal waits in its
-            # mailbox for an engine that can run it.
-            wakes = self._parkable(slot) and status.waiting_for == key
-            history = await self._mailbox(slot, wakes)
-            wakes = wakes or self.parked_on(slot, key, history)
-            check_signal(slot.run_id, status.state, history, key, wakes)
-            if wakes:
-                self._claim(slot)  # claimed now: no timer or resume may start it meanwhile
-            record = Run(slot.run_id, slot.workflow).signalled(
-                key, payload, RunState.RUNNING if wakes else None)
-            try:
-                await self._committer.commit(record, slot.apply)
-            except BaseException:
-                if wakes:
-                    self._unclaim(slot)
-                raise
-            if wakes:
-                self._wake(slot)
-        return True
+        await self._deliveries.signal(slot, key, payload)
 
     def parked_on(self, slot: RunSlot, key: str, history: RunHistory) -> bool:
         """Whether the run is parked waiting for `key`'s outcome (a signal, a child's end)."""
-        return self._parkable(slot) and history.awaits(key)
+        return self.parkable(slot) and history.awaits(key)
 
-    def _parkable(self, slot: RunSlot) -> bool:
+    def parkable(self, slot: RunSlot) -> bool:
         """Whether the run is parked for something from outside and this engine runs it."""
         return (slot.state is RunState.SUSPENDED and not slot.active
                 and slot.workflow in self._registry.functions)
 
     async def mailbox(self, slot: RunSlot) -> RunHistory:
         """The run's memo, for deciding about an outcome from outside (under its lock)."""
-        return await self._mailbox(slot, False)
-
-    async def _mailbox(self, slot: RunSlot, wakes: bool) -> RunHistory:
-        """The history a signal is checked against (under the run's lock)."""
         if slot.machine is not None:
             return slot.machine.history
-        if wakes:
-            # A run parked on this very key (and woken by this signal) has no value for
-            # it yet, and its mailbox limit does not apply: no need to load its history.
-            return RunHistory()
         return RunHistory(await self._load(slot))
 
     async def cancel(self, slot: RunSlot, reason: Encoded) -> bool:
-        """Record the run's cancellation, waking it if it is parked.
+        """Record the run's cancellation, waking it if it is parked (see `Deliveries`).
 
         Returns:
             False if its cancellation was requested before (nothing is recorded).
@@ -292,51 +260,20 @@ class Scheduler:
         Raises:
             RunFinished: The run is finished.
         """
-        while True:
-            await self.let_go(slot)
-            async with slot.lock:
-                if slot.letting_go:
-                    continue  # it began to park again meanwhile: wait for it, then decide
-                _check_unfinished(slot, "cancelled")
-                history = await self._mailbox(slot, False)
-                if history.cancel_reason is not None:
-                    return False
-                wakes = (slot.status.waiting and not slot.active
-                         and slot.workflow in self._registry.functions)
-                record = Run(slot.run_id, slot.workflow).cancel_requested(
-                    reason, RunState.RUNNING if wakes else None)
-                await self.commit_together(slot, (), slot, record, wakes)
-                return True
-
-    def _parked_idle(self, slot: RunSlot) -> bool:
-        return (slot.status.waiting and not slot.active and not self.closing
-                and slot.workflow in self._registry.functions)
+        return await self._deliveries.cancel(slot, reason)
 
     async def terminate(self, slot: RunSlot, reason: Encoded) -> None:
-        """End the run ``cancelled`` at once; no more of its workflow code runs.
+        """End the run ``cancelled`` at once (see `Deliveries`).
 
         Raises:
             RunFinished: The run is finished.
         """
-        _check_unfinished(slot, "terminated")
-        while slot.active:
-            if slot.task_scope is not None:
-                slot.task_scope.cancel()
-            await slot.wait_changed()
-        async with slot.lock:
-            _check_unfinished(slot, "terminated")
-            self._claim(slot)  # no timer, signal or resume may start it meanwhile
-            self.parked.drop(slot.run_id)
-            history = await self._mailbox(slot, False)
-            record = Run(slot.run_id, slot.workflow).cancelled(
-                reason, "terminated: the run was ended without running its workflow code")
-            try:
-                await self.family.end(slot, (record,), history)
-            finally:
-                self._unclaim(slot)
-                slot.machine = None
-                self.runs.forget_if_idle(slot)
-                slot.notify()
+        await self._deliveries.terminate(slot, reason)
+
+    def parked_here(self, slot: RunSlot) -> bool:
+        """Whether the run is parked, no task owns it, and this engine can run it."""
+        return (slot.status.waiting and not slot.active and not self.closing
+                and slot.workflow in self._registry.functions)
 
     async def let_go(self, slot: RunSlot) -> None:
         """Wait while the run's task has recorded a park or an end but not let go yet.
@@ -406,20 +343,20 @@ class Scheduler:
             await durable.wait()
 
     async def commit_together(self, slot: RunSlot, records: Sequence[Record], other: RunSlot,
-                              record: Record, wakes: bool) -> None:
+                              record: Record, wakes: bool, *, recheck: bool = False) -> None:
         """Commit `records` and `other`'s `record` in one batch; then wake `other` if `wakes`.
 
         Under `other`'s lock: claimed before the commit, so no timer or resume starts it
-        meanwhile.
+        meanwhile. `recheck`: see `durable_together`.
         """
         durable = self.enqueue_together(slot, records, other, record, wakes)
-        await self.durable_together(durable, other, wakes)
+        await self.durable_together(durable, other, wakes, recheck=recheck)
 
     def enqueue_together(self, slot: RunSlot, records: Sequence[Record], other: RunSlot,
                          record: Record, wakes: bool) -> trio.Event:
         """Queue `records` and `other`'s `record` for one batch (claiming `other` if `wakes`).
 
-        Called under `other`'s lock; `durable_together` waits for the batch, outside it.
+        Called under `other`'s lock; `durable_together` waits for the batch.
         """
         if wakes:
             self._claim(other)
@@ -427,12 +364,13 @@ class Scheduler:
             self.enqueue(slot, mine)
         return self.enqueue(other, record)
 
-    async def durable_together(self, durable: trio.Event, other: RunSlot, wakes: bool) -> None:
-        """Wait for a batch from `enqueue_together`; then wake `other` if it waits for it.
+    async def durable_together(self, durable: trio.Event, other: RunSlot, wakes: bool, *,
+                               recheck: bool = False) -> None:
+        """Wait for a batch from `enqueue_together`; then wake `other` if it was claimed.
 
-        `other` is woken if it was claimed for it (`wakes`), or if it parked while the
-        batch was in flight: its record then said nothing about the run's state, and
-        the parked run holds it in its mailbox.
+        With `recheck`, `other` is also woken if it parked while the batch was in flight
+        (a decision made without its lock): its record then said nothing about the run's
+        state, and the parked run holds it in its mailbox.
         """
         try:
             await durable.wait()
@@ -440,7 +378,7 @@ class Scheduler:
             if wakes:
                 self._unclaim(other)
             raise
-        if wakes or self._parked_idle(other):
+        if wakes or (recheck and self.parked_here(other)):
             self._wake(other)
 
     def in_background(self, function: Callable[..., Awaitable[Any]], *args: Any) -> None:
@@ -455,6 +393,9 @@ class Scheduler:
 
     def _unclaim(self, slot: RunSlot) -> None:
         slot.active = False
+
+    # Signals, cancellations and terminations (`_deliveries`) claim through these.
+    claim, unclaim = _claim, _unclaim
 
     def _spawn(self, slot: RunSlot, machine: RunMachine | None, woken: bool = False) -> None:
         assert self._nursery is not None and slot.active
@@ -504,17 +445,6 @@ class Scheduler:
             return  # an old entry: the run has moved on since
         self._wake(slot)
 
-    def _on_deadline(self, run_id: str) -> None:
-        slot = self.runs.live.get(run_id)
-        if slot is None or slot.status.finished or self.closing:
-            return
-        self.in_background(self._cancel_at_deadline, slot)
-
-    async def _cancel_at_deadline(self, slot: RunSlot) -> None:
-        why = "the run's deadline passed"
-        with contextlib.suppress(ReplayError):  # it finished meanwhile, or the engine closes
-            await self.cancel(slot, Encoded(CODEC.encode(why, key="reason"), CODEC.to_json(why)))
-
     def _evicted(self, run_id: str) -> None:
         """The cache dropped (and closed) a parked run's machine."""
         slot = self.runs.live.get(run_id)
@@ -554,13 +484,6 @@ def input_of(records: list[Record]) -> bytes:
     if started is not None and started.value is not None:
         return started.value
     return CODEC.encode((), key="input")
-
-
-def _check_unfinished(slot: RunSlot, what: str) -> None:
-    if slot.state in FINISHED:
-        raise RunFinished(
-            f"run {slot.run_id!r} is {slot.state.value}; a finished run cannot be {what}",
-            run_id=slot.run_id, state=slot.state.value)
 
 
 def _news_for_parked(slot: RunSlot, history: RunHistory, records: list[Record]) -> bool:
