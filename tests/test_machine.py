@@ -35,8 +35,9 @@ from replay._core._decisions import (
     WaitUntil,
 )
 from replay._core._history import RunHistory
-from replay._core._machine import RunMachine, resumed_record
+from replay._core._machine import RunMachine
 from replay._core._records import Encoded, ErrorText, Record, Run
+from replay._core._resume import resumed_record
 from replay._core._signals import MAX_UNDELIVERED_SIGNALS, check_signal, misdirected_signal
 from replay._core._state import RunStatus, fold, status_of
 from replay._errors import EncodingError, error_types_of

@@ -23,8 +23,7 @@ What happens when the workflow yields a command:
   throws `SuspendTimeout` in (decided by `wake` only, which the engine calls under the
   run's lock, so that a signal being committed and the timeout never both win).
 
-`resumed_record` decides what `Engine.resume` records: the unhandled step failure
-that ended a failed run is voided, so that step runs again with fresh budgets.
+`_resume.resumed_record` decides what `Engine.resume` records.
 """
 
 from __future__ import annotations
@@ -61,7 +60,6 @@ from replay._core._interpreter import (
 )
 from replay._core._recorder import CANCELLED, Recorder, error_text
 from replay._core._records import Encoded, ErrorText, Record, Run
-from replay._core._state import RunStatus
 from replay._errors import (
     Cancelled,
     EncodingError,
@@ -75,9 +73,6 @@ from replay._errors import (
 )
 from replay._parallel import GROUP_TYPES, Child, Group
 from replay._types import RunState
-
-# The run failures `resume` voids: a step's (or a group member's) and a child run's.
-_VOIDABLE = ("replay.StepFailed", "replay.ChildFailed")
 
 
 class RunMachine:
@@ -502,20 +497,3 @@ def _unregistered(run_id: str, child: Child) -> tuple[WorkflowNotRegistered, str
         "not registered with this engine; pass it in open_engine(workflows=[...]) and "
         "resume the run")
     return error, f"{qualified_name(WorkflowNotRegistered)}: {error}\n"
-
-
-def resumed_record(run: Run, status: RunStatus, history: RunHistory, codec: Codec) -> Record:
-    """Return what `Engine.resume` records for a run in `status` with `history`.
-
-    The unhandled step failure that ended a failed run is voided (folding the record
-    gives that step fresh budgets); every other outcome replays. A finished run runs
-    again; a parked one keeps its state until the replay records a new one.
-    """
-    voided = None
-    if status.state is RunState.FAILED and status.error_type in _VOIDABLE:
-        voided = history.unhandled_failure()
-    detail = {"retried_step": voided}
-    state = RunState.RUNNING if status.finished else None
-    return run.resumed(voided, Encoded(codec.encode(detail, key="resumed"),
-                                       codec.to_json(detail)),
-                       state)

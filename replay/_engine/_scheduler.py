@@ -29,8 +29,9 @@ import trio
 from replay._codec import CODEC, decode
 from replay._core._decisions import Policy
 from replay._core._history import RunHistory
-from replay._core._machine import RunMachine, resumed_record
+from replay._core._machine import RunMachine
 from replay._core._records import Encoded, Record, Run, started_record
+from replay._core._resume import resumed_record
 from replay._core._state import RunStatus
 from replay._engine._clock import EngineClock, in_thread
 from replay._engine._committer import Committer
