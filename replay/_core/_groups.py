@@ -190,6 +190,8 @@ class GroupRun:
 
     def next_wake(self) -> datetime | None:
         """Return the earliest deadline of a waiting member (a sleep, back-off, timeout)."""
+        if not self._nested and len(self._flight) >= len(self._started):
+            return None  # a fan-out's common case: every started member has an attempt
         deadlines = [entry.wake_at for _, entry in self._waiting() if entry.wake_at]
         return min(deadlines, default=None)
 

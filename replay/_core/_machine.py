@@ -130,6 +130,11 @@ class RunMachine:
         """Whether a committed cancellation waits to be thrown in (see `cancel`)."""
         return self._history.cancel_pending
 
+    @property
+    def involves_children(self) -> bool:
+        """Whether the decision's records start or stop child runs (`take_children`)."""
+        return bool(self._rec.children or self._rec.child_stops)
+
     def take_children(self) -> list[ChildStart]:
         """Return (and forget) the child runs to start with the decision's records."""
         children, self._rec.children = self._rec.children, []

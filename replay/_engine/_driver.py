@@ -227,19 +227,48 @@ class Driver:
                             nursery: trio.Nursery, scopes: dict[int, trio.CancelScope],
                             receive: trio.MemoryReceiveChannel[Any],
                             send: trio.MemorySendChannel[Any]) -> Action | None:
+        """Perform a group's decisions round after round.
+
+        A round's attempts start once its records are durable, but the driver does not
+        wait for that commit to take the next outcomes: deciding them overlaps the
+        commit, and their records follow in the next batch.
+        """
         while isinstance(action, Attempts):
             stopped = self._stop(machine, scopes)
-            await self._commit(slot, action.records, machine)
             if self._stopping():
                 machine.close()
                 return None
-            for attempt in action.start:
-                if id(attempt) not in stopped:
-                    scope = scopes[id(attempt)] = trio.CancelScope()
-                    nursery.start_soon(self._member, slot, machine, attempt, scope, send)
+            starts = [a for a in action.start if id(a) not in stopped]
+            for attempt in starts:
+                scopes[id(attempt)] = trio.CancelScope()
+            if machine.involves_children or not action.records:
+                # Child runs start (or stop) with these records: the family commits them.
+                await self._commit(slot, action.records, machine)
+                self._start(slot, machine, starts, scopes, nursery, send)
+            else:
+                durable = self._enqueue_all(slot, action.records)
+                nursery.start_soon(self._start_when_durable, durable, slot, machine, starts,
+                                   scopes, nursery, send)
             action = await self._next_round(slot, machine, action.wake_at, scopes, receive)
         self._stop(machine, scopes)
         return action
+
+    async def _start_when_durable(self, durable: trio.Event, slot: RunSlot,
+                                  machine: RunMachine, starts: list[Attempt],
+                                  scopes: dict[int, trio.CancelScope], nursery: trio.Nursery,
+                                  send: trio.MemorySendChannel[Any]) -> None:
+        await durable.wait()
+        if not self._stopping():
+            self._start(slot, machine, starts, scopes, nursery, send)
+
+    def _start(self, slot: RunSlot, machine: RunMachine, starts: list[Attempt],
+               scopes: dict[int, trio.CancelScope], nursery: trio.Nursery,
+               send: trio.MemorySendChannel[Any]) -> None:
+        """Start the attempts of a round whose records are durable (not those stopped)."""
+        for attempt in starts:
+            scope = scopes.get(id(attempt))
+            if scope is not None and not scope.cancel_called:
+                nursery.start_soon(self._member, slot, machine, attempt, scope, send)
 
     async def _next_round(self, slot: RunSlot, machine: RunMachine, wake_at: datetime | None,
                           scopes: dict[int, trio.CancelScope],
