@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from os import PathLike
 from pathlib import Path
@@ -154,14 +154,7 @@ class Engine:
             EncodingError: `reason` cannot be recorded; nothing is recorded.
             EngineClosed: The engine is closed or closing.
         """
-        self._check_open()
-        encoded = Encoded(encode(reason, key="reason"), to_json(reason))
-        slot = await self._scheduler.runs.adopt(run_id, keep_finished=True)
-        try:
-            await self._scheduler.cancel(slot, encoded)
-        finally:
-            self._scheduler.runs.forget_if_idle(slot)
-        return Run(self._scheduler, run_id, slot.workflow)
+        return await self._stop(run_id, reason, self._scheduler.cancel)
 
     async def terminate(self, run_id: str, reason: Any = None) -> Run:
         """End the run ``cancelled`` at once, running none of its workflow code.
@@ -181,13 +174,18 @@ class Engine:
             EncodingError: `reason` cannot be recorded; nothing is recorded.
             EngineClosed: The engine is closed or closing.
         """
+        return await self._stop(run_id, reason, self._scheduler.terminate)
+
+    async def _stop(self, run_id: str, reason: Any,
+                    how: Callable[[RunSlot, Encoded], Awaitable[object]]) -> Run:
+        """Cancel or terminate a run (`how`), with `reason` recorded."""
         self._check_open()
         encoded = Encoded(encode(reason, key="reason"), to_json(reason))
         slot = await self._scheduler.runs.adopt(run_id, keep_finished=True)
         try:
-            await self._scheduler.terminate(slot, encoded)
+            await how(slot, encoded)
         finally:
-            self._scheduler.runs.forget_if_idle(slot)
+            self._scheduler.runs.forget_if_idle(slot)  # a finished run read to say so
         return Run(self._scheduler, run_id, slot.workflow)
 
     async def signal(self, run_id: str, key: str, payload: Any = None) -> Run:
