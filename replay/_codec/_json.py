@@ -151,6 +151,11 @@ def to_json(value: object) -> str | None:
     Raises:
         EncodingError: If the part of the value rendered holds an unsupported object.
     """
+    t = type(value)
+    if t is int and -_JS_SAFE <= value <= _JS_SAFE:  # type: ignore[operator]
+        return str(value)  # the most common step values render without the renderer
+    if value is None or t is bool:
+        return "null" if value is None else ("true" if value else "false")
     try:
         text = _dumps(_Renderer().render(value))
     except _TooLong:

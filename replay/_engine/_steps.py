@@ -66,7 +66,8 @@ class StepCaller:
         began = trio.current_time()
         token = _CURRENT_STEP.set((run_id, step.key, attempt))
         try:
-            value = await self._call(run_id, step, attempt, _late(late, began))
+            value = await self._call(run_id, step, attempt,
+                                     None if step.is_async else _late(late, began))
         except trio.Cancelled as cancelled:
             if trio.current_effective_deadline() == -math.inf:
                 raise  # the engine cancelled this task: it is stopping
