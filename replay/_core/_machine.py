@@ -36,7 +36,6 @@ from replay._commands import Sleep, Step, Suspend
 from replay._core._decisions import (
     Action,
     Attempt,
-    Attempts,
     ChildStart,
     Codec,
     Ended,
@@ -47,7 +46,7 @@ from replay._core._decisions import (
     WaitUntil,
     at,
 )
-from replay._core._groups import GroupRun
+from replay._core._group_host import GroupHost
 from replay._core._history import KeyRecord, RunHistory
 from replay._core._interpreter import (
     Command,
@@ -71,7 +70,7 @@ from replay._errors import (
     message_of,
     qualified_name,
 )
-from replay._parallel import GROUP_TYPES, Child, Group
+from replay._parallel import GROUP_TYPES, Child
 from replay._types import RunState
 
 
@@ -92,8 +91,8 @@ class RunMachine:
     """
 
     __slots__ = (
-        "_arguments", "_codec", "_flight", "_frontier", "_function", "_group",
-        "_group_pending", "_history", "_interpreter", "_parked_until", "_policy",
+        "_arguments", "_codec", "_frontier", "_function", "_groups", "_history",
+        "_interpreter", "_policy",
         "_rec", "_waiting", "run",
     )
 
@@ -111,18 +110,14 @@ class RunMachine:
         self._frontier = frontier
         self._interpreter: Interpreter | None = None
         self._waiting: Pending | None = None  # the command a parked run waits on
-        # A group under way, the `Pending` it answers, its attempts under way by key,
-        # and the deadline its park recorded.
-        self._group: GroupRun | None = None
-        self._group_pending: Pending | None = None
-        self._flight: dict[str, Attempt] = {}
-        self._parked_until: datetime | None = None
+        self._groups = GroupHost(self._rec, lambda attempt, outcome, now: self._settle(
+            attempt, outcome, now, grouped=True))
 
     @property
     def waits_for_signal(self) -> bool:
         """Whether the run waits on a `Suspend` (`wake` must then run under its lock)."""
-        if self._group is not None:
-            return self._group.waits_for_signal()
+        if self._groups.group is not None:
+            return self._groups.group.waits_for_signal()
         return self._waiting is not None and isinstance(self._waiting.command, Suspend)
 
     @property
@@ -168,8 +163,8 @@ class RunMachine:
 
     def attempt_ended(self, attempt: Attempt, outcome: Outcome, now: Now) -> Action:
         """Record how `attempt` ended and decide what comes next."""
-        if self._group is not None:
-            return self._member_ended(attempt, outcome, now)
+        if self._groups.group is not None:
+            return self._grouped(self._groups.attempt_ended(attempt, outcome, now), now)
         settled = self._settle(attempt, outcome, now, grouped=False)
         if isinstance(settled, Encoded):
             return self._decide(self._resume().send(self._codec.decode(settled.data)), now)
@@ -204,21 +199,8 @@ class RunMachine:
         return self._rec.step_failure(step, number, error, outcome.duration_ms)
 
     def late_record(self, attempt: Attempt, outcome: Outcome) -> Record:
-        """Return the record of a cancelled attempt's outcome that came after all.
-
-        It is recorded for the history only: the attempt's group was decided without it.
-        """
-        step = attempt.step
-        if outcome.ok:
-            try:
-                value = self._rec.encoded(outcome.value, step.key)
-            except EncodingError as error:
-                return self.run.step_late(step.key, attempt.number, step.name, None,
-                                          error_text(error), outcome.duration_ms)
-            return self.run.step_late(step.key, attempt.number, step.name, value, None,
-                                      outcome.duration_ms)
-        return self.run.step_late(step.key, attempt.number, step.name, None,
-                                  error_text(outcome.value), outcome.duration_ms)
+        """Return the record of a cancelled attempt's outcome that came after all."""
+        return self._rec.late(attempt, outcome)
 
     def attempt_abandoned(self, attempt: Attempt) -> Record:
         """Return the record of an attempt the engine stopped: it runs again, uncharged."""
@@ -235,9 +217,8 @@ class RunMachine:
         """
         if self._history.cancel_pending:
             return self.cancel(now, None)
-        if self._group is not None:
-            self._group.advance(now, may_time_out=True)
-            return self._group_next(now)
+        if self._groups.group is not None:
+            return self._grouped(self._groups.wake(now), now)
         assert self._waiting is not None, "wake() of a run that waits on nothing"
         pending, self._waiting = self._waiting, None
         result = self._resume().reconsider(pending)
@@ -255,11 +236,8 @@ class RunMachine:
         stopped it). A group's members under way are cancelled with it.
         """
         reason = self._rec.reason()
-        if self._group is not None:
-            group, self._group = self._group, None
-            self._group_pending = None
-            group.cancel(CANCELLED, reason, by_run=True)
-            key = group.key
+        if self._groups.group is not None:
+            key = self._groups.cancel(reason)
         elif attempt is not None:
             key = attempt.step.key
             self._rec.emit(self.run.step_cancelled(key, attempt.number, attempt.step.name,
@@ -312,7 +290,7 @@ class RunMachine:
                 result = self._resume().throw(Cancelled(self.run.run_id, command.key, reason))
                 continue
             if isinstance(command, GROUP_TYPES):
-                return self._begin_group(result, command, now)
+                return self._grouped(self._groups.begin(result, command, now), now)
             if isinstance(command, Child):
                 return self._child(result, command)
             if isinstance(command, Step):
@@ -416,44 +394,11 @@ class RunMachine:
 
     # -- groups --
 
-    def _begin_group(self, pending: Pending, group: Group, now: Now) -> Action:
-        self._group = GroupRun(group, self._rec, self._flight, self._rec.stopped)
-        self._group_pending = pending
-        self._group.advance(now, may_time_out=False)
-        return self._group_next(now)
-
-    def _member_ended(self, attempt: Attempt, outcome: Outcome, now: Now) -> Action:
-        assert self._group is not None
-        key = attempt.step.key
-        if self._flight.get(key) is attempt:  # else: cancelled meanwhile, its outcome dropped
-            self._settle(attempt, outcome, now, grouped=True)
-            self._group.attempt_ended(key, now)
-        return self._group_next(now)
-
-    def _group_next(self, now: Now) -> Action:
-        """Decide what the group under way needs: attempts, a park, or its value."""
-        group, pending = self._group, self._group_pending
-        assert group is not None and pending is not None
-        if group.decided:
-            self._group = self._group_pending = None
-            return self._decide(self._resume().reconsider(pending), now)
-        starts = tuple(group.new_attempts)
-        group.new_attempts.clear()
-        if self._flight:
-            if self._rec.state is not RunState.RUNNING:
-                self._rec.emit(self.run.group_running(group.key))
-            return Attempts(*self._rec.flush(), start=starts, wake_at=group.next_wake())
-        wake_at = group.next_wake()
-        state = RunState.SUSPENDED if group.waits_for_signal() else RunState.SLEEPING
-        if self._rec.state is not state or self._parked_until != wake_at:
-            self._rec.emit(self.run.group_waiting(group.key, state, wake_at, group.status_text()))
-            self._parked_until = wake_at
-        records, warnings = self._rec.flush()
-        if state is RunState.SUSPENDED:
-            return WaitForSignal(records, warnings, key=group.key, deadline=wake_at,
-                                 settled=not records)
-        assert wake_at is not None, f"group {group.key!r} waits on nothing"
-        return WaitUntil(records, warnings, key=group.key, at=wake_at)
+    def _grouped(self, action: Action | Pending, now: Now) -> Action:
+        """The group host's decision; a decided group's `Pending` is answered from it."""
+        if isinstance(action, Pending):
+            return self._decide(self._resume().reconsider(action), now)
+        return action
 
     # -- bookkeeping --
 

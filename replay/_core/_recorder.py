@@ -14,10 +14,11 @@ from __future__ import annotations
 from typing import Any
 
 from replay._commands import Step
-from replay._core._decisions import Attempt, ChildStart, Codec
+from replay._core._decisions import Attempt, ChildStart, Codec, Outcome
 from replay._core._history import Failure, KeyRecord, RunHistory, step_failed
 from replay._core._records import Encoded, ErrorText, Record, Run
 from replay._errors import (
+    EncodingError,
     StepFailed,
     StepInterrupted,
     error_types_of,
@@ -130,6 +131,24 @@ class Recorder:
             "(a crash, the OOM killer), fix it and resume the run",
             run_id=self.run.run_id, key=step.key)
         return self.step_failure(step, attempt, error, None)
+
+    def late(self, attempt: Attempt, outcome: Outcome) -> Record:
+        """Return the record of a cancelled attempt's outcome that came after all.
+
+        It is for the history only (not emitted): the attempt's group was decided
+        without it, and replay ignores it.
+        """
+        step = attempt.step
+        value, error = None, None
+        if outcome.ok:
+            try:
+                value = self.encoded(outcome.value, step.key)
+            except EncodingError as unencodable:
+                error = error_text(unencodable)
+        else:
+            error = error_text(outcome.value)
+        return self.run.step_late(step.key, attempt.number, step.name, value, error,
+                                  outcome.duration_ms)
 
     # -- child runs --
 
