@@ -1,12 +1,15 @@
-"""Signal admission: whether a signal for a key may be taken, and when to warn.
+"""Signals: whether one may be taken, when to warn, and news for a run parked at open.
 
-The same rules hold whoever records the signal: the engine, or the `replay` command
-writing into a file no engine holds.
+`news_for_parked` says whether a parked run found at open has a signal, a child's end
+or a cancellation to take. The same rules hold whoever records the signal: the engine,
+or the `replay` command writing into a file no engine holds.
 """
 
 from __future__ import annotations
 
 from replay._core._history import RunHistory
+from replay._core._records import Record
+from replay._core._state import RunStatus
 from replay._errors import SignalRejected
 from replay._types import FINISHED, RunInfo, RunState
 
@@ -65,3 +68,22 @@ def misdirected_signal(info: RunInfo, key: str) -> str | None:
     return (f"run {info.run_id!r} waits for a signal for {info.waiting_for!r}, not "
             f"{key!r}; the signal for {key!r} is kept in its mailbox until the run "
             f"suspends on {key!r}. Did you mean {info.waiting_for!r}?")
+
+
+def news_for_parked(status: RunStatus, history: RunHistory, records: list[Record]) -> bool:
+    """Whether a parked run found at open has news: it must run to take them.
+
+    A signal stored while no engine held the file, a child's end or a cancellation
+    recorded while the run's engine could not act on it.
+    """
+    if not status.waiting:
+        return False
+    if history.cancel_pending:
+        return True
+    if status.state is not RunState.SUSPENDED:
+        return False
+    if status.waiting_for in history.signals or history.signal_awaited():
+        return True
+    parked_at = max((r.seq for r in records if r.run_state is not None), default=0)
+    return any(r.seq > parked_at and r.kind == "child" and r.event in ("completed", "failed")
+               for r in records)

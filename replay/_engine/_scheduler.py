@@ -32,6 +32,7 @@ from replay._core._history import RunHistory
 from replay._core._machine import RunMachine
 from replay._core._records import Encoded, Record, Run, started_record
 from replay._core._resume import resumed_record
+from replay._core._signals import news_for_parked
 from replay._core._state import RunStatus
 from replay._engine._clock import EngineClock, in_thread
 from replay._engine._committer import Committer
@@ -126,7 +127,7 @@ class Scheduler:
             started = started_record(records)
             if started is not None and started.wake_at is not None:
                 self._deadlines.add(slot.run_id, started.wake_at)
-            if slot.state is RunState.RUNNING or _news_for_parked(slot, history, records):
+            if slot.state is RunState.RUNNING or news_for_parked(slot.status, history, records):
                 self._claim(slot)
                 self._spawn(slot, self._machine(slot, history, input_of(records)))
             elif slot.status.wake_at is not None:
@@ -485,22 +486,3 @@ def input_of(records: list[Record]) -> bytes:
     if started is not None and started.value is not None:
         return started.value
     return CODEC.encode((), key="input")
-
-
-def _news_for_parked(slot: RunSlot, history: RunHistory, records: list[Record]) -> bool:
-    """Whether a parked run found at open has news: it must run to take them.
-
-    A signal stored while no engine held the file, a child's end or a cancellation
-    recorded while the run's engine could not act on it.
-    """
-    if not slot.status.waiting:
-        return False
-    if history.cancel_pending:
-        return True
-    if slot.state is not RunState.SUSPENDED:
-        return False
-    if slot.status.waiting_for in history.signals or history.signal_awaited():
-        return True
-    parked_at = max((r.seq for r in records if r.run_state is not None), default=0)
-    return any(r.seq > parked_at and r.kind == "child" and r.event in ("completed", "failed")
-               for r in records)
