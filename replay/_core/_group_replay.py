@@ -20,7 +20,7 @@ from replay._parallel import GROUP_TYPES, Gathered, Group, Member, Race, kind_of
 
 # Recorded as the public name (`replay.SuspendTimeout`), as `qualified_name` gives it once
 # `replay` has been imported.
-_TIMED_OUT = "replay.SuspendTimeout"
+TIMED_OUT = "replay.SuspendTimeout"
 
 
 def recorded_outcome(group: Group, history: RunHistory, decode: Callable[[bytes], Any],
@@ -69,7 +69,7 @@ def _member_failure_from(key: str, record: KeyRecord, history: RunHistory,
     leaf = record.failed_member or key
     failure = record.failure
     assert failure is not None
-    if failure.error_type == _TIMED_OUT:
+    if failure.error_type == TIMED_OUT:
         return SuspendTimeout(run_id, leaf)
     leaf_record = history.get(leaf)
     if leaf_record is not None and leaf_record.kind == "child":

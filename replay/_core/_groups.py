@@ -27,16 +27,13 @@ from typing import Any, Protocol
 
 from replay._commands import Sleep, Step, Suspend
 from replay._core._decisions import Attempt, Now, at
-from replay._core._group_replay import shape_of
+from replay._core._group_replay import TIMED_OUT, shape_of
 from replay._core._history import KeyRecord, RunHistory
 from replay._core._records import Encoded, ErrorText, Record, Run
 from replay._errors import StepFailed, SuspendTimeout
 from replay._parallel import GROUP_TYPES, Child, Group, Member, Race, kind_of
 from replay._types import RunState
 
-# Recorded as the public name (`replay.SuspendTimeout`), as `qualified_name` gives it once
-# `replay` has been imported.
-_TIMED_OUT = "replay.SuspendTimeout"
 _ZERO = timedelta(0)
 
 
@@ -301,7 +298,7 @@ class GroupRun:
               and record.wake_at <= at(now)):
             error = SuspendTimeout(host.run.run_id, key)
             host.emit(host.run.suspend_timed_out(
-                key, record.wake_at, ErrorText(_TIMED_OUT, (), str(error)),
+                key, record.wake_at, ErrorText(TIMED_OUT, (), str(error)),
                 state=host.running_unless()))
 
     def _done(self, member: Member) -> bool:
@@ -426,4 +423,4 @@ def _failure_text(run_id: str, key: str, record: KeyRecord) -> ErrorText:
     failure = record.failure
     if failure is not None:
         return ErrorText(failure.error_type, failure.error_types, failure.message)
-    return ErrorText(_TIMED_OUT, (_TIMED_OUT,), str(SuspendTimeout(run_id, key)))
+    return ErrorText(TIMED_OUT, (TIMED_OUT,), str(SuspendTimeout(run_id, key)))

@@ -66,9 +66,7 @@ class Family:
             scheduler.spawn_new(child, start.arguments.data)
         for start in existing:  # a resumed parent: the child ran already
             await self._existing(slot, start)
-        for run_id in stops:
-            scheduler.in_background(self._cancel_child, run_id,
-                                    f"its parent {slot.run_id!r} no longer waits for it")
+        self._stop_children(slot, stops)
 
     async def end(self, slot: RunSlot, records: Sequence[Record],
                   history: RunHistory | None, stops: Sequence[str] = ()) -> None:
@@ -80,9 +78,7 @@ class Family:
         """
         if records:
             await self._commit_end(slot, records)
-        for run_id in stops:
-            self._scheduler.in_background(self._cancel_child, run_id,
-                                          f"its parent {slot.run_id!r} no longer waits for it")
+        self._stop_children(slot, stops)
         if history is not None:
             self.close_children(slot, history)
 
@@ -96,13 +92,19 @@ class Family:
                     f"its parent {slot.run_id!r} ended")
 
     async def _commit_end(self, slot: RunSlot, records: Sequence[Record]) -> None:
+        parent = self._scheduler.runs.live.get(slot.parent[0]) if slot.parent else None
+        if parent is None or slot.parent is None or not await self._to_parent(
+                parent, slot.parent[1], slot, records, _final_status(records)):
+            await self._scheduler.commit(slot, records)
+
+    async def _to_parent(self, parent: RunSlot, key: str, child: RunSlot,
+                         records: Sequence[Record], status: RunStatus) -> bool:
+        """Commit `child`'s last `records` with the parent's record of its end (`status`).
+
+        Returns:
+            False if the parent no longer waits for this child: nothing was committed.
+        """
         scheduler = self._scheduler
-        parent = scheduler.runs.live.get(slot.parent[0]) if slot.parent else None
-        if parent is None or slot.parent is None:
-            await scheduler.commit(slot, records)
-            return
-        key = slot.parent[1]
-        status = _final_status(records)
         while True:
             await scheduler.let_go(parent)
             async with parent.lock:
@@ -110,41 +112,34 @@ class Family:
                     continue  # the parent began to park meanwhile: wait for it, then decide
                 history = await scheduler.mailbox(parent)
                 if not history.awaits(key):
-                    break  # it no longer waits for this child
+                    return False
                 wakes = scheduler.parked_on(parent, key, history)
                 record = _outcome_record(Run(parent.run_id, parent.workflow), key,
-                                         slot.run_id, status,
+                                         child.run_id, status,
                                          RunState.RUNNING if wakes else None)
                 # Queued under the parent's lock, so that the parent's decision to park
                 # comes before or after it; waited for outside it, so that many children
                 # ending at once share commits instead of taking turns.
-                durable = scheduler.enqueue_together(slot, records, parent, record, wakes)
+                durable = scheduler.enqueue_together(child, records, parent, record, wakes)
             # The parent may have parked on this child meanwhile (its own lock let it
             # decide while the batch was in flight): then it is woken now.
             await scheduler.durable_together(durable, parent, wakes, recheck=True)
-            return
-        await scheduler.commit(slot, records)
+            return True
 
     async def _existing(self, parent: RunSlot, start: ChildStart) -> None:
         """A child that exists already: if it has ended, its end goes to the parent now."""
-        scheduler = self._scheduler
         try:
-            child = await scheduler.runs.adopt(start.run_id)
+            child = await self._scheduler.runs.adopt(start.run_id)
         except ReplayError:
             return
         if child.status.finished:
-            await self._deliver(parent, start.parent_key, child)
+            await self._to_parent(parent, start.parent_key, child, (), child.status)
 
-    async def _deliver(self, parent: RunSlot, key: str, child: RunSlot) -> None:
-        scheduler = self._scheduler
-        async with parent.lock:
-            history = await scheduler.mailbox(parent)
-            if not history.awaits(key):
-                return
-            wakes = scheduler.parked_on(parent, key, history)
-            record = _outcome_record(Run(parent.run_id, parent.workflow), key, child.run_id,
-                                     child.status, RunState.RUNNING if wakes else None)
-            await scheduler.commit_together(parent, (), parent, record, wakes)
+    def _stop_children(self, parent: RunSlot, run_ids: Sequence[str]) -> None:
+        """Cancel the child runs the parent's decision stopped waiting for."""
+        for run_id in run_ids:
+            self._scheduler.in_background(
+                self._cancel_child, run_id, f"its parent {parent.run_id!r} no longer waits for it")
 
     async def _cancel_child(self, run_id: str, why: str) -> None:
         try:
