@@ -113,7 +113,10 @@ class Driver:
                 if self._stopping():
                     machine.close()  # start no new attempt: the run continues at the next open
                     return None
-                action = await self._attempt(slot, machine, action)
+                after = await self._attempt(slot, machine, action)
+                if after is None:
+                    return None  # the run ended with its first attempt: already committed
+                action = after
             elif isinstance(action, Attempts):
                 next_action = await self._concurrently(slot, machine, action)
                 if next_action is None:
@@ -151,8 +154,12 @@ class Driver:
                     return action
                 records = action.records
 
-    async def _attempt(self, slot: RunSlot, machine: RunMachine, attempt: Attempt) -> Action:
-        """Make the attempt and return the machine's next decision."""
+    async def _attempt(self, slot: RunSlot, machine: RunMachine,
+                       attempt: Attempt) -> Action | None:
+        """Make the attempt and return the machine's next decision.
+
+        None: a start-marked attempt ended the run, and the end is committed.
+        """
         if machine.cancel_pending:  # committed while the attempt's records were
             return machine.cancel(self._clock.now, attempt)
         if attempt.start is None:
@@ -171,10 +178,10 @@ class Driver:
             if isinstance(after, Ended):
                 await self._family.end(slot, after.records, machine.history,
                                        machine.take_child_stops())
-                after = dataclasses.replace(after, records=())
-            await self._commit(slot, after.records, machine)
+            else:
+                await self._commit(slot, after.records, machine)
         slot.needs_start_mark = False
-        return dataclasses.replace(after, records=())
+        return None if isinstance(after, Ended) else dataclasses.replace(after, records=())
 
     async def _call(self, slot: RunSlot, machine: RunMachine, attempt: Attempt,
                     start: Sequence[Record]) -> Outcome | None:
