@@ -20,6 +20,7 @@ from typing import Any, TypeAlias
 from replay._checks import Frozen, check_key, shown
 from replay._commands import Sleep, Step, Suspend, command_kind
 from replay._errors import DuplicateKeyError, ReplayError, StepFailed, SuspendTimeout
+from replay._flow import Note
 from replay._workflows import workflow_name
 
 Member: TypeAlias = "Step | Sleep | Suspend | Child | All | Gather | Race"
@@ -285,10 +286,12 @@ def _listed(name: str, members: Iterable[Member]) -> tuple[Any, ...]:
     return tuple(members)
 
 
-def kind_of(command: Member) -> str:
+def kind_of(command: Member | Note) -> str:
     """Return the recorded kind of a command or group (``"group"`` for a group)."""
     if isinstance(command, GROUP_TYPES):
         return "group"
+    if isinstance(command, Note):
+        return "note"
     return "child" if isinstance(command, Child) else command_kind(command)
 
 

@@ -45,8 +45,11 @@ class RunInfo:
         waiting_for: The key the run sleeps or is suspended on, else None.
         wake_at: When a waiting run wakes: the deadline of its sleep or retry back-off,
             or of its `Suspend`'s timeout.
-        status_text: The `status` of the `Suspend` the run waits on, else None.
+        status_text: The run's status: the `status` of the `Suspend` it waits on,
+            else the text of its newest `Note`, else None.
         parent_run_id: The parent's run id, for a child run started by `Child`.
+        status_value: The value of the run's newest `Note` (kept once it finishes).
+        generation: How many times the run continued as new (`ContinueAsNew`).
     """
 
     run_id: str
@@ -61,6 +64,8 @@ class RunInfo:
     wake_at: datetime | None = None
     status_text: str | None = None
     parent_run_id: str | None = None
+    status_value: Any = None
+    generation: int = 0
 
 
 @dataclass(frozen=True, slots=True)

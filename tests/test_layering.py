@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "replay"
 
 PURE = {"replay._errors", "replay._version", "replay._types", "replay._checks",
         "replay._retry", "replay._commands", "replay._parallel", "replay._workflows",
-        "replay._core"}
+        "replay._flow", "replay._core"}
 # What each part may import (besides itself and the standard library).
 ALLOWED: dict[str, set[str]] = {
     "replay._errors": set(),
@@ -29,10 +29,11 @@ ALLOWED: dict[str, set[str]] = {
     "replay._retry": {"replay._errors", "replay._types", "replay._checks"},
     "replay._commands": {"replay._errors", "replay._types", "replay._checks", "replay._retry"},
     "replay._workflows": {"replay._errors"},
+    "replay._flow": {"replay._errors", "replay._checks"},
     "replay._parallel": {"replay._errors", "replay._checks", "replay._commands",
-                         "replay._workflows"},
+                         "replay._workflows", "replay._flow"},
     "replay._core": {"replay._errors", "replay._types", "replay._commands", "replay._retry",
-                     "replay._checks", "replay._parallel"},
+                     "replay._checks", "replay._parallel", "replay._flow"},
     "replay._codec": {"replay._errors", "replay._types", "replay._core"},
     "replay._store": {"replay._errors", "replay._types", "replay._core", "replay._codec"},
     # The wire protocol and the command's client are standard library only; replay.connect's

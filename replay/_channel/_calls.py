@@ -239,6 +239,10 @@ def recorded(message: dict[str, Any], name: str, path: str) -> Any:
     return decode(data)
 
 
+# The `RunInfo` fields that travel as codec bytes (any value a workflow records).
+_RECORDED = ("output", "status_value")
+
+
 def info_of(data: Any, path: str) -> RunInfo:
     """Return the `RunInfo` an answer carries.
 
@@ -249,10 +253,10 @@ def info_of(data: Any, path: str) -> RunInfo:
     if not isinstance(data, dict):
         raise ReplayError(f"malformed answer from the engine serving {path!r}: no run info")
     fields = {name: value(data, name, path) for name in RunInfo.__dataclass_fields__
-              if name != "output"}
+              if name not in _RECORDED}
     try:
         fields["state"] = RunState(fields["state"])
-        return RunInfo(**fields, output=recorded(data, "output", path))
+        return RunInfo(**fields, **{name: recorded(data, name, path) for name in _RECORDED})
     except (TypeError, ValueError) as error:
         raise ReplayError(f"malformed answer from the engine serving {path!r}: {error}"
                           ) from None

@@ -39,10 +39,14 @@ _JSON_TEXT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_n
 # its base64 bytes).
 _FIELDS = ("seq", "run_id", "workflow", "kind", "event", "key", "attempt", "name",
            "value_json", "value", "error_type", "error_types", "error", "recorded_at",
-           "wake_at", "duration_ms", "run_state", "status_text")
+           "wake_at", "duration_ms", "run_state", "status_text", "generation", "code_version")
 assert set(_FIELDS) == {field.name for field in dataclasses.fields(Record)}
+# Written only when set: a history of one generation and no code version reads as
+# files written before these fields existed.
+_UNLESS_DEFAULT = {"generation": 0, "code_version": None}
 _TEXT = ("run_id", "workflow", "kind", "event")
-_OPTIONAL_TEXT = ("key", "error_type", "error", "name", "run_state", "status_text")
+_OPTIONAL_TEXT = ("key", "error_type", "error", "name", "run_state", "status_text",
+                  "code_version")
 _TIMES = ("recorded_at", "wake_at")
 
 
@@ -110,6 +114,9 @@ def _record_data(record: Record) -> dict[str, Any]:
     for name in _TIMES:
         moment = getattr(record, name)
         data[name] = None if moment is None else moment.isoformat()
+    for name, default in _UNLESS_DEFAULT.items():
+        if data[name] == default:
+            del data[name]
     return data
 
 
@@ -146,7 +153,7 @@ def _record(data: object, where: str, index: int) -> Record:
                          f"{sorted(unknown)!r}")
     fields: dict[str, Any] = {}
     for name in _FIELDS:
-        fields[name] = _field(name, data.get(name), where, index)
+        fields[name] = _field(name, data.get(name, _UNLESS_DEFAULT.get(name)), where, index)
     if fields["value"] is None or "value_json" not in data:
         fields["value_json"] = None
     return Record(**fields)
@@ -176,7 +183,7 @@ def _parse_field(name: str, value: Any) -> Any:
     if name == "error_types":
         items = [] if value is None else _typed(value, list, "a list of strings")
         return tuple(_typed(item, str, "a list of strings") for item in items)
-    if name in ("seq", "attempt"):
+    if name in ("seq", "attempt", "generation"):
         if value is None and name == "attempt":
             return None
         return _typed(value, int, "an integer")

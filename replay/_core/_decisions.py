@@ -132,8 +132,12 @@ class Codec(Protocol):
 
 @dataclass(slots=True)
 class Policy:
-    """The engine-wide rules: retries, interruptions, and the workflows a `Child` may start."""
+    """The engine-wide rules: retries, interruptions, the workflows a `Child` may start.
+
+    `code_version` is the version of the code the engine runs, stamped on what it starts.
+    """
 
     default_retry: Retry
     max_interruptions: int
     workflows: frozenset[str] = frozenset()
+    code_version: str | None = None

@@ -76,8 +76,8 @@ class KeyRecord:
 class RunHistory:
     """The per-key memo of one run, built by folding its records in order."""
 
-    __slots__ = ("cancel_pending", "cancel_reason", "keys", "last_step_key",
-                 "last_was_step_failure", "signal_seqs", "signals")
+    __slots__ = ("arguments", "cancel_pending", "cancel_reason", "code_version", "generation",
+                 "keys", "last_step_key", "last_was_step_failure", "signal_seqs", "signals")
 
     def __init__(self, records: list[Record] | None = None) -> None:
         self.keys: dict[str, KeyRecord] = {}
@@ -93,6 +93,11 @@ class RunHistory:
         # gives that step a fresh budget instead of replaying the failure.
         self.last_step_key: str | None = None
         self.last_was_step_failure = False
+        # The current generation (see `ContinueAsNew`), its encoded arguments when it is
+        # not the first, and the code version the run last ran under.
+        self.generation = 0
+        self.arguments: bytes | None = None
+        self.code_version: str | None = None
         for record in records or ():
             self.apply(record)
 
@@ -111,6 +116,10 @@ class RunHistory:
                 self._void_failure(record.name)
             elif record.event == "cancel_requested" and self.cancel_reason is None:
                 self.cancel_reason, self.cancel_pending = record.value, True
+            elif record.event == "continued":
+                self._next_generation(record)
+            if record.code_version is not None:
+                self.code_version = record.code_version
             return
         if record.key is None:
             return
@@ -135,7 +144,9 @@ class RunHistory:
                 entry.done, entry.thrown, self.cancel_pending = True, record.value, False
             return
         entry.cancelled = False
-        if record.kind in ("group", "child"):
+        if record.kind == "note":
+            entry.done, entry.value = True, record.value
+        elif record.kind in ("group", "child"):
             self._apply_group(entry, record)
         elif record.kind == "step":
             self._apply_step(entry, record)
@@ -231,6 +242,20 @@ class RunHistory:
                     error_type=record.error_type or "builtins.Exception",
                     error_types=record.error_types or (record.error_type or "",),
                     message=record.error or "", attempts=record.attempt or 0)
+
+    def _next_generation(self, record: Record) -> None:
+        """Start a new generation: an empty memo, and the mailbox's signals not taken.
+
+        A signal whose key the ending generation used was taken (or refused) there; any
+        other waits in the mailbox for a `Suspend` of a later generation.
+        """
+        self.signals = {key: value for key, value in self.signals.items()
+                        if key not in self.keys}
+        self.signal_seqs = {key: seq for key, seq in self.signal_seqs.items()
+                            if key in self.signals}
+        self.keys = {}
+        self.last_step_key, self.last_was_step_failure = None, False
+        self.generation, self.arguments = record.generation, record.value
 
     def _void_failure(self, key: str) -> None:
         entry = self.keys.get(key)

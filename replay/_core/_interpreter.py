@@ -31,7 +31,7 @@ import traceback
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any
+from typing import Any, TypeAlias
 
 from replay._commands import COMMAND_TYPES, Step, Suspend
 from replay._core._group_replay import check_members, recorded_outcome
@@ -46,6 +46,7 @@ from replay._errors import (
     safe_repr,
     same_name,
 )
+from replay._flow import Note
 from replay._parallel import GROUP_TYPES, Child, Member, kind_of, walk
 
 Workflow = Generator[Any, Any, Any]
@@ -54,8 +55,8 @@ Workflow = Generator[Any, Any, Any]
 # fails: past this, it is spinning on the engine's loop and stalling every other run.
 MAX_NON_COMMANDS = 1000
 # What a workflow may yield: commands and groups of them.
-YIELDABLE = (*COMMAND_TYPES, *GROUP_TYPES, Child)
-Command = Member
+YIELDABLE = (*COMMAND_TYPES, *GROUP_TYPES, Child, Note)
+Command: TypeAlias = "Member | Note"
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +234,8 @@ class Interpreter:
             return None
         if record is None or not record.done:
             return None
+        if type(command) is Note:
+            return self._generator.send, None  # recorded: replayed silently
         if record.failure is not None:
             return self._generator.throw, outcome_failure(self.run_id, command.key, record)
         return self._generator.send, self._value(record.value)

@@ -59,6 +59,7 @@ from replay._core._interpreter import (
 )
 from replay._core._recorder import CANCELLED, Recorder, error_text
 from replay._core._records import Encoded, ErrorText, Record, Run
+from replay._flow import ContinueAsNew, Note
 from replay._errors import (
     Cancelled,
     EncodingError,
@@ -154,6 +155,9 @@ class RunMachine:
 
     def start(self, now: Now) -> Action:
         """Create the generator and run it to its first decision."""
+        version = self._policy.code_version
+        if version is not None and version != self._history.code_version:
+            self._rec.emit(self.run.code_changed(self._history.code_version, version))
         generator = self._generator()
         if isinstance(generator, Fail):
             return self._failed(generator)
@@ -280,10 +284,15 @@ class RunMachine:
         while True:
             self._take_notes()
             if isinstance(result, Finish):
+                if type(result.output) is ContinueAsNew:
+                    return self._continued(result.output, now)
                 return self._completed(result.output)
             if isinstance(result, Fail):
                 return self._failed(result)
             command = result.command
+            if type(command) is Note:
+                result = self._note(command)
+                continue
             if self._history.cancel_pending:
                 reason = self._codec.decode(self._rec.reason().data)
                 self._rec.cancelled_at(command, result.record)
@@ -367,6 +376,28 @@ class RunMachine:
             return self._failed(Fail(error, format_failure(error)))
         self._rec.emit(self.run.completed(value))
         return Ended(*self._rec.flush())
+
+    def _continued(self, output: ContinueAsNew, now: Now) -> Action:
+        """Start the run's next generation: the new arguments, an empty memo."""
+        try:
+            arguments = self._rec.encoded(output.args, "input")
+        except EncodingError as error:
+            return self._failed(Fail(error, format_failure(error)))
+        self._rec.emit(self.run.continued(arguments, self._history.generation + 1))
+        self._arguments, self._frontier, self._waiting = arguments.data, None, None
+        return self.start(now)
+
+    def _note(self, note: Note) -> Result:
+        """Record the workflow's status note and go on (the `yield` returns None)."""
+        try:
+            value = self._rec.encoded(note.value, note.key)
+        except EncodingError as error:
+            return self._resume().throw(error)
+        text = note.text
+        if text is None:
+            text = note.value if isinstance(note.value, str) else (value.json or "")
+        self._rec.emit(self.run.note(note.key, value, text))
+        return self._resume().send(None)
 
     def _failed(self, failure: Fail) -> Ended:
         if isinstance(failure.error, Cancelled) and self._history.cancel_reason is not None:

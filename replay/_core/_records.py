@@ -8,17 +8,23 @@ msgpack bytes and ``value_json`` their JSON rendering.
 
 | kind    | events                                                                |
 |---------|-----------------------------------------------------------------------|
-| run     | started, completed, failed, resumed, cancel_requested, cancelled      |
+| run     | started, completed, failed, resumed, cancel_requested, cancelled,     |
+|         | continued (a new generation), code_changed                            |
 | step    | started, completed, retrying, failed, abandoned, interrupted, renamed, |
 |         | cancelled, late                                                       |
 | sleep   | scheduled, fired, cancelled                                           |
 | suspend | suspended, signalled (an early signal taken), timed_out, cancelled    |
 | signal  | signalled                                                             |
+| note    | recorded                                                              |
 | group   | started, completed, failed, cancelled, waiting, running               |
 | child   | started, waiting, completed, failed, cancelled                        |
 
 A child run's ``run/started`` names its parent: the parent's run id in the internal
 `name` column and the parent's key for it in `key`.
+
+Every record carries its run's `generation` (0 until the first ``run/continued``,
+which is the first record of the next generation), stamped as it is committed.
+``run/started`` and ``run/code_changed`` carry the engine's `code_version`.
 
 A command inside a group records no run state of its own (other members may be under
 way): the group's ``waiting`` record parks the run, its ``running`` record wakes it.
@@ -61,6 +67,8 @@ class Record:
     run_state: str | None = None
     status_text: str | None = None
     seq: int = 0
+    generation: int = 0
+    code_version: str | None = None
 
 
 def started_record(records: Iterable[Record]) -> Record | None:
@@ -95,16 +103,34 @@ class Run:
     # -- the run as a whole --
 
     def started(self, arguments: Encoded, parent: tuple[str, str] | None = None,
-                deadline: datetime | None = None) -> Record:
+                deadline: datetime | None = None, code_version: str | None = None) -> Record:
         """The run began with these arguments (as `parent`'s ``(run_id, key)`` child).
 
-        `deadline`: when the run is cancelled if it has not finished (`wake_at`).
+        `deadline`: when the run is cancelled if it has not finished (`wake_at`);
+        `code_version`: the version of the code that started it.
         """
         record = self._record("run", "started", value=arguments, run_state=RUNNING,
                               wake_at=deadline)
+        record.code_version = code_version
         if parent is not None:
             record.name, record.key = parent
         return record
+
+    def continued(self, arguments: Encoded, generation: int) -> Record:
+        """The workflow returned `ContinueAsNew`: generation `generation` begins afresh."""
+        record = self._record("run", "continued", value=arguments, run_state=RUNNING)
+        record.generation = generation
+        return record
+
+    def code_changed(self, recorded: str | None, current: str) -> Record:
+        """An execution runs under another code version than the run's last one."""
+        record = self._record("run", "code_changed", name=recorded)
+        record.code_version = current
+        return record
+
+    def note(self, key: str, value: Encoded, text: str) -> Record:
+        """The workflow noted its status: `value` (structured) and `text`."""
+        return self._record("note", "recorded", key=key, value=value, status_text=text)
 
     def completed(self, output: Encoded) -> Record:
         """The workflow returned `output`."""

@@ -11,7 +11,7 @@ folds golden histories with it, and the ``replay_runs`` view computes the same i
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from replay._core._records import Record
@@ -35,6 +35,8 @@ class RunStatus:
         error_type: The qualified name of the exception that failed the run
             (``replay.Cancelled`` for a cancelled one).
         message: The encoded message of that exception (a cancelled run's reason).
+        note_text: The text of the run's newest `Note` (kept whatever its state).
+        note_value: The encoded value of that note.
     """
 
     state: RunState
@@ -45,6 +47,13 @@ class RunStatus:
     error: str | None = None
     error_type: str | None = None
     message: bytes | None = None
+    note_text: str | None = None
+    note_value: bytes | None = None
+
+    @property
+    def shown_status(self) -> str | None:
+        """The run's status text: its `Suspend`'s status while suspended, else its note's."""
+        return self.status_text or self.note_text
 
     @property
     def finished(self) -> bool:
@@ -58,7 +67,14 @@ class RunStatus:
 
     def after(self, record: Record) -> RunStatus:
         """Return the status once `record` is recorded (itself if it changes nothing)."""
-        return self if record.run_state is None else status_of(record)
+        if record.run_state is None:
+            if record.kind == "note":
+                return replace(self, note_text=record.status_text, note_value=record.value)
+            return self
+        status = status_of(record)
+        if self.note_text is None:
+            return status
+        return replace(status, note_text=self.note_text, note_value=self.note_value)
 
 
 def status_of(record: Record) -> RunStatus:
@@ -86,10 +102,15 @@ def status_of(record: Record) -> RunStatus:
 def fold(records: Iterable[Record]) -> RunStatus | None:
     """Fold a run's records, in order, into its status (None: nothing carried one)."""
     status: RunStatus | None = None
+    note: Record | None = None
     for record in records:
         if record.run_state is not None:
             status = status_of(record)
-    return status
+        elif record.kind == "note":
+            note = record
+    if status is None or note is None:
+        return status
+    return replace(status, note_text=note.status_text, note_value=note.value)
 
 
 def run_problem(workflow: str | None, state: str | None, created_at: datetime | None

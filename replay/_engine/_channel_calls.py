@@ -236,6 +236,7 @@ def info_wire(info: RunInfo) -> dict[str, Any]:
     """Return a `RunInfo` as wire values, its output as codec bytes."""
     fields = {name: to_wire(getattr(info, name)) for name in RunInfo.__dataclass_fields__}
     fields["output"] = to_wire(encode(info.output, key="output"))
+    fields["status_value"] = to_wire(encode(info.status_value, key="status_value"))
     return fields
 
 

@@ -29,12 +29,17 @@ class Committer:
         store: The open store whose writer thread commits.
         clock: The engine clock that stamps records.
         last_seq: The largest `seq` already in the file.
+        generations: The current generation of each run that has continued as new.
     """
 
-    def __init__(self, store: Store, clock: EngineClock, last_seq: int) -> None:
+    def __init__(self, store: Store, clock: EngineClock, last_seq: int,
+                 generations: dict[str, int] | None = None) -> None:
         self._store = store
         self._clock = clock
         self._seq = last_seq
+        # Stamped on each record in `seq` order, so a record committed after a run's
+        # `run/continued` (a signal, say) belongs to the new generation.
+        self._generations = generations or {}
         self._rows: list[tuple[Any, ...]] = []
         self._waiters: list[trio.Event] = []
         self._applies: list[tuple[Callable[[Record], None], Record]] = []
@@ -60,6 +65,7 @@ class Committer:
         record.seq = self._seq
         if record.recorded_at is None:
             record.recorded_at = self._clock.now()
+        self._stamp_generation(record)
         self._rows.append(record_row(record))
         self._applies.append((apply, record))
         done = trio.Event()
@@ -79,12 +85,19 @@ class Committer:
             record.seq = self._seq
             if record.recorded_at is None:
                 record.recorded_at = now
+            self._stamp_generation(record)
             self._rows.append(record_row(record))
             self._applies.append((apply, record))
         done = trio.Event()
         self._waiters.append(done)
         self._wakeup.set()
         return done
+
+    def _stamp_generation(self, record: Record) -> None:
+        if record.event == "continued" and record.kind == "run":
+            self._generations[record.run_id] = record.generation
+        elif self._generations:
+            record.generation = self._generations.get(record.run_id, 0)
 
     # Ctrl-C is delivered to the main task, never in the middle of a batch.
     @trio.lowlevel.enable_ki_protection

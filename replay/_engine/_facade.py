@@ -47,15 +47,16 @@ class Engine:
     def __init__(self, store: Store, registry: Registry, clock: EngineClock, last_seq: int,
                  default_retry: Retry | None, max_threads: int, cache_size: int,
                  always_replay: bool = False, max_interruptions: int = 3,
-                 query_timeout: float | None = 30.0) -> None:
+                 query_timeout: float | None = 30.0, code_version: str | None = None,
+                 generations: dict[str, int] | None = None) -> None:
         self._store = store
         self._readers = Readers(busy_thread, query_timeout)
         self._registry = registry
         self._workers = WorkerPool(max_threads)
         policy = Policy(default_retry or ONE_ATTEMPT, max_interruptions,
-                        frozenset(registry.functions))
+                        frozenset(registry.functions), code_version)
         self._scheduler = Scheduler(
-            store, registry, clock, Committer(store, clock, last_seq),
+            store, registry, clock, Committer(store, clock, last_seq, generations),
             StepCaller(self._workers), policy, cache_size, strict_replay=always_replay,
             opened_at=last_seq)
 

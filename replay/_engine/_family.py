@@ -55,7 +55,8 @@ class Family:
             child = scheduler.new_slot(start.run_id, start.workflow)
             child.parent = (slot.run_id, start.parent_key)
             record = Run(start.run_id, start.workflow).started(
-                start.arguments, parent=(slot.run_id, start.parent_key))
+                start.arguments, parent=(slot.run_id, start.parent_key),
+                code_version=scheduler.code_version)
             durable = scheduler.committer.enqueue(record, child.apply)
             children.append((child, record, start))
         if durable is not None:

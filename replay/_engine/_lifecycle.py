@@ -24,7 +24,13 @@ from replay._channel._protocol import channel_supported
 from replay._engine._channel_server import ChannelServer
 from replay._engine._clock import EngineClock, in_thread
 from replay._engine._facade import Engine, internals
-from replay._engine._options import database_path, open_store, validate_count, validate_options
+from replay._engine._options import (
+    checked_code_version,
+    database_path,
+    open_store,
+    validate_count,
+    validate_options,
+)
 from replay._errors import ReplayError
 from replay._retry import Retry
 from replay._workflows import Registry
@@ -45,6 +51,7 @@ async def open_engine(
     serve_cli: bool = True,
     max_interruptions: int = 3,
     query_timeout: float | None = 30.0,
+    code_version: str | None = None,
 ) -> AsyncIterator[Engine]:
     """Open an engine on a DuckDB database and run it for the `async with` body.
 
@@ -78,6 +85,11 @@ async def open_engine(
             dies before it fails with `StepInterrupted` (a clean stop never counts).
         query_timeout: Seconds an `engine.sql` query (or `replay sql` through this
             engine) may take before it is stopped with `QueryError`; None: no limit.
+        code_version: The version of your code (e.g. a release tag), stamped on each
+            run's start; an execution of a run under another version records a
+            ``run/code_changed`` event. Default: the ``REPLAY_CODE_VERSION``
+            environment variable, else none. It never blocks a run: keys decide
+            compatibility.
 
     Yields:
         The open `Engine`.
@@ -97,14 +109,17 @@ async def open_engine(
         raise TypeError(
             f"serve_cli must be a bool, got {serve_cli!r} ({type(serve_cli).__name__})"
         )
+    code_version = checked_code_version(code_version)
     registry = Registry(workflows)
     store, release = await open_store(database_path(path), durability, lock_timeout)
     engine: Engine | None = None
     try:
         last_seq, last_time = await in_thread(store.last_seq_and_time)
+        generations = await in_thread(store.generations)
         engine = Engine(store, registry, EngineClock(last_time), last_seq, default_retry,
                         max_threads, 0 if always_replay else cache_size, always_replay,
-                        max_interruptions, query_timeout=query_timeout)
+                        max_interruptions, query_timeout=query_timeout,
+                        code_version=code_version, generations=generations)
         scheduler = internals(engine).scheduler
         async with _single_errors(), trio.open_nursery() as services:
             try:

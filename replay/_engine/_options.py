@@ -77,6 +77,25 @@ def validate_count(name: str, value: object) -> None:
         raise ValueError(f"{name} must be >= 1, got {value!r}")
 
 
+def checked_code_version(code_version: object) -> str | None:
+    """Return the code version to stamp: the argument, else ``REPLAY_CODE_VERSION``.
+
+    Raises:
+        TypeError: It is not a string.
+        ValueError: It is empty or longer than 200 characters.
+    """
+    if code_version is None:
+        code_version = os.environ.get("REPLAY_CODE_VERSION") or None
+        if code_version is None:
+            return None
+    if not isinstance(code_version, str):
+        raise TypeError(f"code_version must be a string or None, got {_show(code_version)}")
+    if not code_version.strip() or len(code_version) > 200:
+        raise ValueError(f"code_version must be a non-empty string of at most 200 "
+                         f"characters, e.g. '2026.12.06', got {_show(code_version)}")
+    return code_version
+
+
 def database_path(path: object) -> str:
     """Return `path` as the string DuckDB opens.
 

@@ -167,7 +167,8 @@ class Scheduler:
             Exception: Whatever the commit raised; nothing is kept of the run then.
         """
         slot = self.new_slot(run_id, workflow)
-        record = Run(run_id, workflow).started(arguments, deadline=deadline)
+        record = Run(run_id, workflow).started(arguments, deadline=deadline,
+                                               code_version=self.code_version)
         try:
             await self._committer.commit(record, slot.apply)
         except BaseException:
@@ -186,9 +187,16 @@ class Scheduler:
         slot.needs_start_mark = False  # no earlier process ran it
         return self.runs.add(slot)
 
+    @property
+    def code_version(self) -> str | None:
+        """The version of the code this engine runs (stamped on each run's start)."""
+        return self._policy.code_version
+
     def spawn_new(self, slot: RunSlot, arguments: bytes) -> None:
         """Spawn the task of a run whose start is durable."""
-        self._spawn(slot, self._machine(slot, RunHistory(), arguments))
+        history = RunHistory()
+        history.code_version = self.code_version  # as its run/started record says
+        self._spawn(slot, self._machine(slot, history, arguments))
 
     async def resume(self, slot: RunSlot) -> None:
         """Record a resume of the run and replay it (a completed or busy run: nothing)."""
@@ -481,7 +489,14 @@ class Scheduler:
 
 
 def input_of(records: list[Record]) -> bytes:
-    """Return the encoded input of a run, from its ``run/started`` record."""
+    """Return the encoded input of a run's current generation.
+
+    That is the arguments of its newest ``run/continued`` record, else of its
+    ``run/started`` record.
+    """
+    for record in reversed(records):
+        if record.kind == "run" and record.event == "continued" and record.value is not None:
+            return record.value
     started = started_record(records)
     if started is not None and started.value is not None:
         return started.value

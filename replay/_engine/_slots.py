@@ -31,7 +31,8 @@ class RunSlot:
     """The engine's record of one run (internal)."""
 
     __slots__ = (
-        "_changed", "_durable", "_lock", "active", "created_at", "durable", "listener",
+        "_changed", "_durable", "_lock", "active", "created_at", "durable", "generation",
+        "listener",
         "machine", "needs_start_mark", "parent", "run_id", "settling", "status",
         "task_scope", "updated_at", "workflow",
     )
@@ -67,6 +68,8 @@ class RunSlot:
         self.parent: tuple[str, str] | None = None
         # The scope of the run's task while one drives it (`terminate` cancels it).
         self.task_scope: trio.CancelScope | None = None
+        # How many times the run continued as new (its current generation).
+        self.generation = 0
 
     @classmethod
     def restored(cls, row: RunRow, opened_at: int = 0) -> RunSlot:
@@ -78,7 +81,8 @@ class RunSlot:
         state = RunState(row.state)
         status = RunStatus(
             state, waiting_for=row.waiting_for, wake_at=row.wake_at,
-            status_text=row.status_text,
+            status_text=row.status_text if state is RunState.SUSPENDED else None,
+            note_text=row.note_text, note_value=row.note_value,
             output=row.value if state is RunState.COMPLETED else None,
             error=row.error if state in _ENDED_BADLY else None,
             error_type=row.error_type if state in _ENDED_BADLY else None,
@@ -87,6 +91,7 @@ class RunSlot:
         if row.parent_run_id is not None:
             slot.parent = (row.parent_run_id, row.run_id[len(row.parent_run_id) + 1:])
         slot.updated_at = row.updated_at
+        slot.generation = row.generation
         slot.needs_start_mark = row.started_seq <= opened_at
         slot.mark_durable()
         return slot
@@ -115,6 +120,7 @@ class RunSlot:
         if started.name is not None and started.key is not None:
             slot.parent = (started.name, started.key)
         slot.updated_at = max(times) if times else created
+        slot.generation = max((r.generation for r in records), default=0)
         slot.needs_start_mark = started.seq <= opened_at
         slot.mark_durable()
         return slot
@@ -173,7 +179,12 @@ class RunSlot:
             if self.listener is not None:
                 self.listener(record)
         if record.run_state is None:
+            if record.kind == "note":
+                self.status = self.status.after(record)
+                self.notify()
             return
+        if record.event == "continued":
+            self.generation = record.generation
         self.status = self.status.after(record)
         self.settling = self.active and self.status.state is not RunState.RUNNING
         self.notify()
@@ -198,6 +209,8 @@ class RunSlot:
             error_type=status.error_type,
             waiting_for=status.waiting_for,
             wake_at=status.wake_at,
-            status_text=status.status_text,
+            status_text=status.shown_status,
             parent_run_id=None if self.parent is None else self.parent[0],
+            status_value=None if status.note_value is None else decode(status.note_value),
+            generation=self.generation,
         )

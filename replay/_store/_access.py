@@ -20,7 +20,15 @@ from replay._store._connect import connect, damaged, private_wal
 from replay._store._queries import ReadQuery
 from replay._store._readers import CLI_ADVICE, timed_out_message
 from replay._store._rows import RunRow, history_records, record_row, run_row, utc_or_none
-from replay._store._schema import COLUMNS, RUN_SUMMARY, check_existing_schema
+from replay._store._schema import (
+    COLUMNS,
+    RUN_SUMMARY,
+    SCHEMA_VERSION,
+    TABLE_COLUMNS,
+    check_existing_schema,
+    stored_version,
+    upgrade,
+)
 
 
 class FileAccess:
@@ -43,12 +51,34 @@ class FileAccess:
         if not os.path.isfile(path):
             raise FileNotFoundError(path)
         self.path = path
-        self._con = connect(path, read_only=not write, lock_advice="")
+        self._con = self._opened(write)
+
+    def _opened(self, write: bool) -> duckdb.DuckDBPyConnection:
+        """Open the file; one written by an earlier release is upgraded first.
+
+        An upgrade needs to write: the file is opened for writing once, upgraded,
+        and opened again as asked.
+        """
+        con = connect(self.path, read_only=not write, lock_advice="")
         try:
-            check_existing_schema(self._con, path)
+            if write or stored_version(con) in (None, str(SCHEMA_VERSION)):
+                if write:
+                    upgrade(con)
+                check_existing_schema(con, self.path)
+                return con
+        except duckdb.Error as error:
+            con.close()
+            raise damaged(self.path, error) from error
         except BaseException:
-            self._con.close()
+            con.close()
             raise
+        con.close()
+        upgrading = connect(self.path, lock_advice="")
+        try:
+            upgrade(upgrading)
+        finally:
+            upgrading.close()
+        return self._opened(write=False)
 
     def query(self, sql: str, params: Sequence[Any] | dict[str, Any] | None,
               timeout: float | None = None) -> ReadQuery:
@@ -89,10 +119,16 @@ class FileAccess:
         return history_records(rows, self.path)
 
     def append(self, record: Record) -> None:
-        """Commit one record (its `seq` and `recorded_at` set by the caller)."""
-        marks = ", ".join("?" * len(COLUMNS.split(",")))
+        """Commit one record (its `seq` and `recorded_at` set by the caller).
+
+        It joins the run's current generation, as the engine's records do.
+        """
+        found = self._read("SELECT max(coalesce(generation, 0)) FROM replay_event_log "
+                           "WHERE run_id = ?", [record.run_id])
+        record.generation = int(found[0][0] or 0)
+        marks = ", ".join("?" * len(TABLE_COLUMNS.split(",")))
         private_wal(self.path)
-        self._read(f"INSERT INTO replay_event_log ({COLUMNS}) VALUES ({marks})",
+        self._read(f"INSERT INTO replay_event_log ({TABLE_COLUMNS}) VALUES ({marks})",
                    list(record_row(record)))
 
     def _read(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:

@@ -29,6 +29,9 @@ class RunRow:
     value: bytes | None
     started_seq: int = 0
     parent_run_id: str | None = None
+    note_text: str | None = None
+    note_value: bytes | None = None
+    generation: int = 0
 
 
 def run_row(row: tuple[Any, ...], path: str) -> RunRow:
@@ -39,12 +42,12 @@ def run_row(row: tuple[Any, ...], path: str) -> RunRow:
     does not keep the others from running; nothing is written.
     """
     (run_id, workflow, state, created_at, updated_at, key, wake_at, status_text, error_type,
-     error, value, started_seq, parent_run_id) = row
+     error, value, started_seq, parent_run_id, note_text, note_value, generation) = row
     problem = run_problem(workflow, state, created_at)
     if problem is None:
         return RunRow(run_id, workflow, state, utc(created_at), utc(updated_at), key,
                       utc_or_none(wake_at), status_text, error_type, error, value,
-                      started_seq or 0, parent_run_id)
+                      started_seq or 0, parent_run_id, note_text, note_value, generation or 0)
     message = damaged_message(run_id, path, problem)
     at = utc(created_at or updated_at or _EPOCH)
     return RunRow(run_id, workflow or "", "failed", at, utc(updated_at or at), None, None,
@@ -85,7 +88,7 @@ def record_row(record: Record) -> tuple[Any, ...]:
         record.attempt, record.value, _clean(record.value_json), _clean(record.error_type),
         _clean(record.error), record.recorded_at, record.duration_ms, record.wake_at,
         _clean(record.name), _clean(",".join(record.error_types) or None), record.run_state,
-        _clean(record.status_text),
+        _clean(record.status_text), record.generation, _clean(record.code_version),
     )
 
 
@@ -95,14 +98,16 @@ def _clean(text: str | None) -> str | None:
 
 def row_record(row: tuple[Any, ...]) -> Record:
     (seq, run_id, workflow, key, kind, event, attempt, value, value_json, error_type, error,
-     recorded_at, duration_ms, wake_at, name, error_types, run_state, status_text) = row
+     recorded_at, duration_ms, wake_at, name, error_types, run_state, status_text, generation,
+     code_version) = row
     return Record(
         run_id=run_id, workflow=workflow, kind=kind, event=event, key=key, attempt=attempt,
         value=value, value_json=value_json, error_type=error_type, error=error,
         error_types=tuple(error_types.split(",")) if error_types else (), name=name,
         recorded_at=utc_or_none(recorded_at), duration_ms=duration_ms,
         wake_at=utc_or_none(wake_at),
-        run_state=run_state, status_text=status_text, seq=seq,
+        run_state=run_state, status_text=status_text, seq=seq, generation=generation,
+        code_version=code_version,
     )
 
 
@@ -112,13 +117,13 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 def memo_record(run_id: str, workflow: str, row: tuple[Any, ...]) -> Record:
     """Turn a row of `MEMO_COLUMNS` into a record for the memo (no `recorded_at`)."""
     (seq, key, kind, event, attempt, value, error_type, error, wake_us, name, error_types,
-     status_text) = row
+     status_text, generation, code_version) = row
     return Record(
         run_id=run_id, workflow=workflow, kind=kind, event=event, key=key, attempt=attempt,
         value=value, error_type=error_type, error=error,
         error_types=tuple(error_types.split(",")) if error_types else (), name=name,
         wake_at=None if wake_us is None else _EPOCH + timedelta(microseconds=wake_us),
-        status_text=status_text, seq=seq,
+        status_text=status_text, seq=seq, generation=generation, code_version=code_version,
     )
 
 

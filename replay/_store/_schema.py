@@ -13,7 +13,14 @@ import duckdb
 from replay._errors import DatabaseError, ReplayError
 from replay._store._connect import unusable
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+# What each schema version added to `replay_event_log`, applied in order to an older file
+# when a writer opens it (columns are appended: the Appender writes rows by position).
+_MIGRATIONS = {
+    2: ("ALTER TABLE replay_event_log ADD COLUMN generation INTEGER;"
+        "ALTER TABLE replay_event_log ADD COLUMN code_version VARCHAR;"),
+}
 
 
 _TABLES = """
@@ -22,7 +29,8 @@ CREATE TABLE IF NOT EXISTS replay_event_log (
     seq BIGINT, run_id VARCHAR, workflow VARCHAR, key VARCHAR, kind VARCHAR,
     event VARCHAR, attempt INTEGER, value BLOB, value_json JSON, error_type VARCHAR,
     error VARCHAR, recorded_at TIMESTAMPTZ, duration_ms DOUBLE, wake_at TIMESTAMPTZ,
-    name VARCHAR, error_types VARCHAR, run_state VARCHAR, status_text VARCHAR
+    name VARCHAR, error_types VARCHAR, run_state VARCHAR, status_text VARCHAR,
+    generation INTEGER, code_version VARCHAR
 );
 CREATE INDEX IF NOT EXISTS replay_event_log_run_id ON replay_event_log (run_id);
 """
@@ -32,18 +40,28 @@ CREATE INDEX IF NOT EXISTS replay_event_log_run_id ON replay_event_log (run_id);
 _VIEWS = """
 CREATE OR REPLACE VIEW replay_events AS
     SELECT seq, run_id, workflow, key, kind, event, attempt, value, value_json,
-           error_type, error, recorded_at, duration_ms, wake_at
+           error_type, error, recorded_at, duration_ms, wake_at,
+           coalesce(generation, 0) AS generation
     FROM replay_event_log;
 CREATE OR REPLACE VIEW replay_runs AS
     WITH latest AS (
-        SELECT run_id, run_state, key, wake_at, status_text, error_type, error, value_json
+        SELECT run_id, run_state, key, wake_at, status_text, error_type, error, value_json,
+               generation
         FROM replay_event_log WHERE run_state IS NOT NULL
         QUALIFY row_number() OVER (PARTITION BY run_id ORDER BY seq DESC) = 1
     ), started AS (
-        SELECT run_id, workflow, recorded_at, value_json, name AS parent_run_id
+        SELECT run_id, workflow, recorded_at, value_json, name AS parent_run_id, code_version
         FROM replay_event_log WHERE kind = 'run' AND event = 'started'
     ), touched AS (
         SELECT run_id, max(recorded_at) AS updated_at FROM replay_event_log GROUP BY run_id
+    ), notes AS (
+        SELECT run_id, status_text AS note_text, value_json AS note_json
+        FROM replay_event_log WHERE kind = 'note'
+        QUALIFY row_number() OVER (PARTITION BY run_id ORDER BY seq DESC) = 1
+    ), versions AS (
+        SELECT run_id, code_version AS last_code_version
+        FROM replay_event_log WHERE kind = 'run' AND code_version IS NOT NULL
+        QUALIFY row_number() OVER (PARTITION BY run_id ORDER BY seq DESC) = 1
     )
     SELECT s.run_id, s.workflow, l.run_state AS state, s.recorded_at AS created_at,
            t.updated_at, s.value_json AS input_json,
@@ -52,22 +70,34 @@ CREATE OR REPLACE VIEW replay_runs AS
            CASE WHEN l.run_state IN ('failed', 'cancelled') THEN l.error END AS error,
            CASE WHEN l.run_state IN ('sleeping', 'suspended') THEN l.key END AS waiting_for,
            CASE WHEN l.run_state IN ('sleeping', 'suspended') THEN l.wake_at END AS wake_at,
-           CASE WHEN l.run_state = 'suspended' THEN l.status_text END AS status_text,
-           s.parent_run_id
-    FROM started s JOIN latest l USING (run_id) JOIN touched t USING (run_id);
+           coalesce(CASE WHEN l.run_state = 'suspended' THEN l.status_text END, n.note_text)
+               AS status_text,
+           s.parent_run_id, n.note_json AS status_json,
+           coalesce(l.generation, 0) AS generation, s.code_version, v.last_code_version
+    FROM started s JOIN latest l USING (run_id) JOIN touched t USING (run_id)
+         LEFT JOIN notes n USING (run_id) LEFT JOIN versions v USING (run_id);
 """
 
 
+# The table's columns in order (rows are written by position).
+TABLE_COLUMNS = (
+    "seq, run_id, workflow, key, kind, event, attempt, value, value_json, error_type, "
+    "error, recorded_at, duration_ms, wake_at, name, error_types, run_state, status_text, "
+    "generation, code_version"
+)
+
+# What a history load reads (a row of an older release's file has no generation).
 COLUMNS = (
     "seq, run_id, workflow, key, kind, event, attempt, value, value_json, error_type, "
-    "error, recorded_at, duration_ms, wake_at, name, error_types, run_state, status_text"
+    "error, recorded_at, duration_ms, wake_at, name, error_types, run_state, status_text, "
+    "coalesce(generation, 0), code_version"
 )
 
 # What the memo needs, cheap to fetch: converting TIMESTAMPTZ values costs more than
 # everything else in a history load, and the fold reads only `wake_at`.
 MEMO_COLUMNS = (
     "seq, key, kind, event, attempt, value, error_type, error, epoch_us(wake_at), name, "
-    "error_types, status_text"
+    "error_types, status_text, coalesce(generation, 0), code_version"
 )
 
 
@@ -79,7 +109,8 @@ def run_summary(source: str = "replay_event_log", scope: str = "") -> str:
     """
     return f"""
     WITH {scope} latest AS (
-        SELECT run_id, run_state, key, wake_at, status_text, error_type, error, value
+        SELECT run_id, run_state, key, wake_at, status_text, error_type, error, value,
+               generation
         FROM {source} WHERE run_state IS NOT NULL
         QUALIFY row_number() OVER (PARTITION BY run_id ORDER BY seq DESC) = 1
     ), started AS (
@@ -87,10 +118,16 @@ def run_summary(source: str = "replay_event_log", scope: str = "") -> str:
         WHERE kind = 'run' AND event = 'started'
     ), touched AS (
         SELECT run_id, max(recorded_at) AS updated_at FROM {source} GROUP BY run_id
+    ), notes AS (
+        SELECT run_id, status_text AS note_text, value AS note_value FROM {source}
+        WHERE kind = 'note'
+        QUALIFY row_number() OVER (PARTITION BY run_id ORDER BY seq DESC) = 1
     )
     SELECT s.run_id, s.workflow, l.run_state, s.recorded_at, t.updated_at, l.key,
-           l.wake_at, l.status_text, l.error_type, l.error, l.value, s.seq, s.name
+           l.wake_at, l.status_text, l.error_type, l.error, l.value, s.seq, s.name,
+           n.note_text, n.note_value, coalesce(l.generation, 0)
     FROM started s JOIN latest l USING (run_id) JOIN touched t USING (run_id)
+         LEFT JOIN notes n USING (run_id)
     """
 
 
@@ -135,6 +172,7 @@ def check_schema(con: duckdb.DuckDBPyConnection, path: str) -> None:
     """
     try:
         if "replay_meta" in _objects(con):
+            upgrade(con)
             _check_version(con, path)
             con.execute(_VIEWS)
             return
@@ -147,6 +185,39 @@ def check_schema(con: duckdb.DuckDBPyConnection, path: str) -> None:
         raise
     except duckdb.Error as error:
         raise unusable(path, error) from error
+
+
+def upgrade(con: duckdb.DuckDBPyConnection) -> bool:
+    """Bring a replay database written by an earlier release to this schema version.
+
+    One transaction: the columns added since, and the new version number. A file of
+    an unknown (newer) version is left for `_check_version` to refuse.
+
+    Returns:
+        Whether the file was upgraded.
+    """
+    version = stored_version(con)
+    if version is None or not version.isdigit() or not 0 < int(version) < SCHEMA_VERSION:
+        return False
+    con.execute("BEGIN TRANSACTION")
+    try:
+        for step in range(int(version) + 1, SCHEMA_VERSION + 1):
+            con.execute(_MIGRATIONS[step])
+        con.execute("UPDATE replay_meta SET value = ? WHERE name = 'schema_version'",
+                    [str(SCHEMA_VERSION)])
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return True
+
+
+def stored_version(con: duckdb.DuckDBPyConnection) -> str | None:
+    """Return the schema version a replay database records, or None if none."""
+    if "replay_meta" not in _objects(con):
+        return None
+    found = con.execute("SELECT value FROM replay_meta WHERE name = 'schema_version'").fetchall()
+    return found[0][0] if found else None
 
 
 def check_existing_schema(con: duckdb.DuckDBPyConnection, path: str) -> None:
@@ -188,8 +259,7 @@ def _check_version(con: duckdb.DuckDBPyConnection, path: str) -> None:
             f"{path!r} is a DuckDB file but not a replay database (it has no replay "
             "tables); pass the path your application gives replay.open_engine()"
         )
-    found = con.execute("SELECT value FROM replay_meta WHERE name = 'schema_version'").fetchall()
-    version = found[0][0] if found else None
+    version = stored_version(con)
     if version != str(SCHEMA_VERSION):
         raise DatabaseError(
             f"database {path!r} has replay schema version {version!r}, but this version of "

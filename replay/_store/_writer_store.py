@@ -94,6 +94,12 @@ class Store:
         seq, at = self._read("SELECT max(seq), max(recorded_at) FROM replay_event_log", [])[0]
         return int(seq or 0), utc_or_none(at)
 
+    def generations(self) -> dict[str, int]:
+        """Return the current generation of every run that has continued as new."""
+        rows = self._read("SELECT run_id, max(generation) FROM replay_event_log "
+                          "WHERE generation > 0 GROUP BY run_id", [])
+        return {run_id: int(generation) for run_id, generation in rows}
+
     def workflow_of(self, run_id: str) -> str | None:
         """Return the workflow of run `run_id`, or None if there is no such run."""
         rows = self._read(RUN_WORKFLOW, [run_id])
