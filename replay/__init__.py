@@ -13,7 +13,7 @@ from replay._engine._facade import Engine
 from replay._engine._handle import Run
 from replay._engine._lifecycle import open_engine
 from replay._engine._script import run
-from replay._engine._steps import current_step
+from replay._engine._steps import StepContext, current_step
 from replay._errors import (
     Cancelled,
     ChildFailed,
@@ -38,9 +38,10 @@ from replay._errors import (
     WorkflowFailed,
     WorkflowNotRegistered,
 )
+from replay._flow import ContinueAsNew, Note
 from replay._parallel import All, Child, Gather, Gathered, Race
 from replay._retry import Retry
-from replay._types import Event, RunInfo, RunState
+from replay._types import Event, PurgeReport, RunInfo, RunState, RunUpdate
 from replay._version import __version__
 from replay._workflows import workflow
 
@@ -56,6 +57,7 @@ __all__ = [
     "Child",
     "ChildFailed",
     "Client",
+    "ContinueAsNew",
     "DatabaseError",
     "DatabaseLocked",
     "DuplicateKeyError",
@@ -66,6 +68,8 @@ __all__ = [
     "Gather",
     "Gathered",
     "NondeterminismError",
+    "Note",
+    "PurgeReport",
     "QueryError",
     "Race",
     "RemoteRun",
@@ -79,10 +83,12 @@ __all__ = [
     "RunNotFound",
     "RunState",
     "RunSuspended",
+    "RunUpdate",
     "SignalRejected",
     "Sleep",
     "Step",
     "StepFailed",
+    "StepContext",
     "StepInterrupted",
     "StepTimeout",
     "Suspend",

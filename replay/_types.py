@@ -87,6 +87,7 @@ class Event:
         recorded_at: When it was recorded, on the engine clock.
         duration_ms: How long the attempt took, for completed and failed attempts.
         wake_at: The deadline of a back-off, sleep or suspend timeout.
+        generation: The run's generation it belongs to (see `ContinueAsNew`).
     """
 
     seq: int
@@ -103,3 +104,56 @@ class Event:
     recorded_at: datetime
     duration_ms: float | None
     wake_at: datetime | None
+    generation: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RunUpdate:
+    """One update a watcher gets (`Run.watch`, `Engine.watch`).
+
+    Attributes:
+        kind: ``"snapshot"`` (the run as it is now: first, and after falling behind),
+            ``"event"`` (a recorded event, in `seq` order), ``"progress"`` (what a
+            running step published with `StepContext.progress`; not recorded) or
+            ``"missed"`` (an engine-wide watcher fell behind: `missed` updates were
+            dropped; snapshots of the unfinished runs follow).
+        run_id: The run (empty for ``"missed"``).
+        info: The run's state after this update (None for ``"missed"``).
+        seq: The `seq` of the newest event this update reflects: pass it as
+            `after_seq` to watch again from here.
+        event: The recorded event, for ``"event"``.
+        progress: The published value, for ``"progress"``.
+        key: The key of the step that published it, for ``"progress"``.
+        missed: How many updates were dropped before this one because the watcher
+            fell behind (a ``"snapshot"`` or ``"missed"``), else 0.
+    """
+
+    kind: str
+    run_id: str
+    info: RunInfo | None
+    seq: int
+    event: Event | None = None
+    progress: Any = None
+    key: str | None = None
+    missed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeReport:
+    """What one `Engine.purge` deleted.
+
+    Attributes:
+        runs_purged: How many finished runs were deleted (child runs included).
+        events_deleted: How many events were deleted, those of earlier generations
+            of runs that continued as new included.
+        generations_purged: How many earlier generations lost their events.
+        archive: The Parquet file the deleted events were written to first, else None.
+        cutoff: The moment on the engine clock before which runs had to finish (and
+            later generations to start) to be deleted: now minus `older_than`.
+    """
+
+    runs_purged: int
+    events_deleted: int
+    generations_purged: int
+    archive: str | None
+    cutoff: datetime

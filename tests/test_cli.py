@@ -113,7 +113,8 @@ def test_runs_json_has_the_view_columns_with_json_embedded(
     (c1,) = rows
     assert list(c1) == ["run_id", "workflow", "state", "created_at", "updated_at",
                         "input_json", "output_json", "error_type", "error", "waiting_for",
-                        "wake_at", "status_text", "parent_run_id"]
+                        "wake_at", "status_text", "parent_run_id", "status_json",
+                        "generation", "code_version", "last_code_version"]
     assert c1["input_json"] == [3]
     assert c1["output_json"] == {"n": 3, "approved": "yes"}
     assert datetime.fromisoformat(c1["created_at"]).tzinfo is not None
@@ -394,7 +395,7 @@ def test_a_newer_schema_exits_1(capsys: pytest.CaptureFixture[str], copy: str) -
     con.close()
     assert cli(capsys, "show", copy, "a1") == (
         1, "", f"replay show: database {copy!r} has replay schema version '99', but this "
-               "version of replay reads schema version 1; upgrade replay-workflows to open "
+               "version of replay reads schema version 2; upgrade replay-workflows to open "
                "it\n")
 
 

@@ -156,6 +156,10 @@ PUBLIC = [
     "run", "workflow",
     # parallel groups, child runs and cancellation
     "All", "Gather", "Gathered", "Race", "Child", "Cancelled", "ChildFailed", "RunFinished",
+    # status notes, watching, continue-as-new
+    "Note", "ContinueAsNew", "RunUpdate", "StepContext",
+    # retention
+    "PurgeReport",
 ]
 
 

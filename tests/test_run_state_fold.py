@@ -26,7 +26,7 @@ from replay._codec._export import read_history
 from replay._core._records import Encoded, ErrorText, Record, Run
 from replay._core._state import RunStatus, fold
 from replay._store import Store, record_row, utc_or_none
-from replay._store._schema import COLUMNS
+from replay._store._schema import COLUMNS, TABLE_COLUMNS
 from replay._types import RunState
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
@@ -261,8 +261,8 @@ def test_the_hook_records_a_disagreement_when_a_store_closes(tmp_path: Path) -> 
     run = Run("r1", "wf")
     started = run.started(enc([]))
     started.seq, started.recorded_at = 1, T0
-    marks = ", ".join("?" * len(COLUMNS.split(",")))
-    con.execute(f"INSERT INTO replay_event_log ({COLUMNS}) VALUES ({marks})",
+    marks = ", ".join("?" * len(TABLE_COLUMNS.split(",")))
+    con.execute(f"INSERT INTO replay_event_log ({TABLE_COLUMNS}) VALUES ({marks})",
                 list(record_row(started)))
     # A view that calls every run completed.
     con.execute("CREATE OR REPLACE VIEW replay_runs AS SELECT run_id, 'completed' AS state, "

@@ -215,5 +215,5 @@ def event_of(record: Record) -> Event:
         value=None if record.value is None else decode(record.value),
         value_json=record.value_json, error_type=record.error_type, error=record.error,
         recorded_at=record.recorded_at,  # type: ignore[arg-type]
-        duration_ms=record.duration_ms, wake_at=record.wake_at,
+        duration_ms=record.duration_ms, wake_at=record.wake_at, generation=record.generation,
     )

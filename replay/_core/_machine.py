@@ -59,7 +59,6 @@ from replay._core._interpreter import (
 )
 from replay._core._recorder import CANCELLED, Recorder, error_text
 from replay._core._records import Encoded, ErrorText, Record, Run
-from replay._flow import ContinueAsNew, Note
 from replay._errors import (
     Cancelled,
     EncodingError,
@@ -71,6 +70,7 @@ from replay._errors import (
     message_of,
     qualified_name,
 )
+from replay._flow import ContinueAsNew, Note
 from replay._parallel import GROUP_TYPES, Child
 from replay._types import RunState
 
@@ -250,6 +250,7 @@ class RunMachine:
             assert self._waiting is not None, "cancel() of a run that waits on nothing"
             pending, self._waiting = self._waiting, None
             key = pending.command.key
+            assert not isinstance(pending.command, Note), "a note is never waited on"
             self._rec.cancelled_at(pending.command, pending.record)
         cancelled = Cancelled(self.run.run_id, key, self._codec.decode(reason.data))
         return self._decide(self._resume().throw(cancelled), now)
@@ -290,7 +291,7 @@ class RunMachine:
             if isinstance(result, Fail):
                 return self._failed(result)
             command = result.command
-            if type(command) is Note:
+            if isinstance(command, Note):
                 result = self._note(command)
                 continue
             if self._history.cancel_pending:

@@ -24,15 +24,23 @@ from replay._core._signals import misdirected_signal
 from replay._engine._clock import EngineClock, busy_thread, in_thread
 from replay._engine._committer import Committer
 from replay._engine._handle import Run
+from replay._engine._retention import (
+    DEFAULT_OLDER_THAN,
+    DEFAULT_STATES,
+    Retention,
+    checked_request,
+)
 from replay._engine._scheduler import Scheduler
 from replay._engine._serving import STOP_SIGNALS, wait_for_stop_signal
 from replay._engine._slots import RunSlot
 from replay._engine._steps import StepCaller
+from replay._engine._watch import Watch, checked_buffer, checked_states
+from replay._engine._watching import DEFAULT_BUFFER
 from replay._engine._workers import WorkerPool
 from replay._errors import EncodingError, RunIdConflict, RunNotFound
 from replay._retry import Retry
 from replay._store import ENGINE_ADVICE, Readers, ReadQuery, Store, TimedQuery
-from replay._types import Event, RunInfo, RunState
+from replay._types import Event, PurgeReport, RunInfo, RunState
 from replay._workflows import Registry
 
 log = logging.getLogger("replay")
@@ -55,10 +63,12 @@ class Engine:
         self._workers = WorkerPool(max_threads)
         policy = Policy(default_retry or ONE_ATTEMPT, max_interruptions,
                         frozenset(registry.functions), code_version)
+        steps = StepCaller(self._workers)
         self._scheduler = Scheduler(
             store, registry, clock, Committer(store, clock, last_seq, generations),
-            StepCaller(self._workers), policy, cache_size, strict_replay=always_replay,
+            steps, policy, cache_size, strict_replay=always_replay,
             opened_at=last_seq)
+        steps.on_progress = self._scheduler.publish_progress
 
     # -- public API --
 
@@ -189,6 +199,46 @@ class Engine:
             self._scheduler.runs.forget_if_idle(slot)  # a finished run read to say so
         return Run(self._scheduler, run_id, slot.workflow)
 
+    async def purge(self, *, older_than: timedelta | float = DEFAULT_OLDER_THAN,
+                    states: Iterable[RunState | str] = DEFAULT_STATES,
+                    workflow: Callable[..., Any] | str | None = None,
+                    archive_to: str | PathLike[str] | None = None) -> PurgeReport:
+        """Delete finished runs that ended more than `older_than` ago.
+
+        A run is deleted whole, with its child runs (a child only with its parent,
+        and a parent only once all its children have finished); a run that has not
+        finished is never deleted. Runs that continued as new also lose the events of
+        generations replaced more than `older_than` ago, except what the run still
+        needs (its start, its newest generation's start, signals still in its mailbox,
+        its newest note). Deletes run in batches between the engine's own commits, so
+        runs keep executing meanwhile; a run resumed before its batch is deleted stays.
+
+        Args:
+            older_than: How long ago a run must have finished (a `timedelta` or
+                seconds, >= 0).
+            states: Which finished states to delete: any of ``"completed"``,
+                ``"failed"``, ``"cancelled"``.
+            workflow: Only runs of this workflow (a function or its name).
+            archive_to: A new Parquet file to write the deleted events to first
+                (the columns of ``replay_events``); nothing is deleted if it cannot be
+                written. No file is written when there is nothing to delete.
+
+        Returns:
+            A `PurgeReport` of what was deleted.
+
+        Raises:
+            TypeError: An argument has the wrong type.
+            ValueError: `older_than` is negative, `states` is empty or names an
+                unknown or unfinished state, or `archive_to` exists or cannot be
+                written.
+            OSError: Writing the archive failed (nothing was deleted).
+            DatabaseError: A delete failed; the batches before it stay deleted.
+            EngineClosed: The engine is closed or closing.
+        """
+        self._check_open()
+        request = checked_request(older_than, states, workflow, archive_to)
+        return await Retention(self._scheduler, self._store).purge(request)
+
     async def signal(self, run_id: str, key: str, payload: Any = None) -> Run:
         """Deliver `payload` to the run's `Suspend(key)`; return once it is durable.
 
@@ -277,6 +327,36 @@ class Engine:
         rows = await in_thread(self._store.list_runs, None if wanted is None else wanted.value,
                                workflow, limit)
         return [self._listed(RunSlot.restored(row)) for row in rows]
+
+    def watch(self, workflow: str | Callable[..., Any] | None = None,
+              states: Iterable[RunState | str] | None = None,
+              buffer: int = DEFAULT_BUFFER) -> Watch:
+        """Watch every run: a snapshot of each unfinished run, then every update.
+
+        Use it as ``async for update in engine.watch(): ...`` (it runs until you
+        stop: ``break``, or ``async with engine.watch() as updates:``).
+
+        Args:
+            workflow: Only runs of this workflow (a registered function or its name).
+            states: Only updates that leave a run in one of these states.
+            buffer: How many unread updates to keep; a watcher that falls behind
+                gets a ``"missed"`` update with the count, then fresh snapshots.
+
+        Returns:
+            An async iterator of `RunUpdate`.
+
+        Raises:
+            WorkflowNotRegistered: `workflow` is not registered with this engine.
+            ValueError: A state is not a `RunState` name, or `buffer` < 1.
+            TypeError: An argument has the wrong type.
+            EngineClosed: The engine is closed (or closes while watching).
+        """
+        self._check_open(allow_closing=True)
+        name = None if workflow is None else self._registry.name_of(workflow)
+        chosen = checked_states("engine.watch(states=...)", states)
+        return Watch(self._scheduler.watchers, self._store, run_id=None,
+                     unfinished=lambda: list(self._scheduler.runs.live.values()),
+                     buffer=checked_buffer(buffer), workflow=name, states=chosen)
 
     async def history(self, run_id: str) -> list[Event]:
         """Return every event of one run in order, values decoded.

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from os import PathLike
 from typing import Any
 
@@ -26,11 +27,13 @@ from replay._engine._clock import EngineClock, in_thread
 from replay._engine._facade import Engine, internals
 from replay._engine._options import (
     checked_code_version,
+    checked_retention,
     database_path,
     open_store,
     validate_count,
     validate_options,
 )
+from replay._engine._retention import Retention
 from replay._errors import ReplayError
 from replay._retry import Retry
 from replay._workflows import Registry
@@ -52,6 +55,7 @@ async def open_engine(
     max_interruptions: int = 3,
     query_timeout: float | None = 30.0,
     code_version: str | None = None,
+    retention: timedelta | float | None = None,
 ) -> AsyncIterator[Engine]:
     """Open an engine on a DuckDB database and run it for the `async with` body.
 
@@ -90,6 +94,10 @@ async def open_engine(
             ``run/code_changed`` event. Default: the ``REPLAY_CODE_VERSION``
             environment variable, else none. It never blocks a run: keys decide
             compatibility.
+        retention: Keep finished runs this long (a `timedelta` or seconds): the engine
+            purges older ones, as `Engine.purge(older_than=retention)` does, a minute
+            after it opens and then every hour, logging what it deleted (a failed
+            purge is logged and tried again the next hour). None: keep everything.
 
     Yields:
         The open `Engine`.
@@ -110,6 +118,7 @@ async def open_engine(
             f"serve_cli must be a bool, got {serve_cli!r} ({type(serve_cli).__name__})"
         )
     code_version = checked_code_version(code_version)
+    retention = checked_retention(retention)
     registry = Registry(workflows)
     store, release = await open_store(database_path(path), durability, lock_timeout)
     engine: Engine | None = None
@@ -128,6 +137,8 @@ async def open_engine(
                     await scheduler.recover(runs)
                     if serve_cli and store.path != ":memory:" and channel_supported():
                         await services.start(ChannelServer(engine, store).run)
+                    if retention is not None:
+                        await services.start(Retention(scheduler, store).service, retention)
                     try:
                         yield engine
                     except BaseException:

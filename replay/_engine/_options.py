@@ -13,10 +13,12 @@ import math
 import os
 import threading
 from collections.abc import Callable
+from datetime import timedelta
 from os import PathLike
 
 import trio
 
+from replay._checks import checked_duration
 from replay._engine._clock import in_thread
 from replay._errors import DatabaseLocked
 from replay._retry import Retry
@@ -94,6 +96,19 @@ def checked_code_version(code_version: object) -> str | None:
         raise ValueError(f"code_version must be a non-empty string of at most 200 "
                          f"characters, e.g. '2026.12.06', got {_show(code_version)}")
     return code_version
+
+
+def checked_retention(retention: object) -> timedelta | None:
+    """Return `open_engine`'s `retention` as a `timedelta` (None: no periodic purge).
+
+    Raises:
+        TypeError: It is not a `timedelta`, a number of seconds or None.
+        ValueError: It is negative or longer than 100 years.
+    """
+    if retention is None:
+        return None
+    return checked_duration("open_engine(retention=...)", "retention", retention,
+                            positive=False)
 
 
 def database_path(path: object) -> str:

@@ -10,11 +10,13 @@ them and reads the file.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 
 import trio
 
 from replay._engine._clock import in_thread
 from replay._engine._slots import RunSlot
+from replay._engine._watching import Watchers
 from replay._errors import EngineClosed, RunNotFound
 from replay._store import RunRow, Store
 
@@ -30,12 +32,16 @@ class RunTable:
         opened_at: The newest `seq` in the file when the engine opened it.
     """
 
-    def __init__(self, store: Store, opened_at: int) -> None:
+    def __init__(self, store: Store, opened_at: int, watchers: Watchers) -> None:
         self._store = store
+        self.watchers = watchers  # told of each record every slot in memory commits
         self.opened_at = opened_at  # the newest `seq` in the file when it opened
         self.live: dict[str, RunSlot] = {}  # unfinished runs, and finished ones owned
         self._finished: OrderedDict[str, RunSlot] = OrderedDict()  # the newest finished
         self._reading: dict[str, trio.Event] = {}  # runs being read from the file
+        # Finished runs a purge is deleting (`hold_for_purge`): `adopt` waits for them.
+        self._purging: set[str] = set()
+        self._purged = trio.Event()
 
     def find(self, run_id: str) -> RunSlot | None:
         """Return the slot of a run in memory (its start may not be durable yet), or None."""
@@ -47,6 +53,7 @@ class RunTable:
 
     def add(self, slot: RunSlot) -> RunSlot:
         """Hold `slot` in memory (a new run, or one read from the file)."""
+        slot.watchers = self.watchers
         self.live[slot.run_id] = slot
         return slot
 
@@ -83,6 +90,9 @@ class RunTable:
         Raises:
             RunNotFound: No such run (or its start is not durable yet).
         """
+        # No checkpoint between a check that the run is not being purged and the return
+        # (or the start of a read, during which it cannot be held for a purge).
+        await self._not_purging(run_id)
         if keep_finished and run_id in self._finished:
             self.add(self._finished.pop(run_id))
         slot = self.find(run_id)
@@ -90,6 +100,7 @@ class RunTable:
             reading = self._reading.get(run_id)
             if reading is not None:
                 await reading.wait()
+                await self._not_purging(run_id)
                 slot = self.find(run_id)
                 continue
             reading = self._reading[run_id] = trio.Event()
@@ -105,6 +116,42 @@ class RunTable:
         if slot is None or not slot.durable:
             raise RunNotFound(run_id)
         return slot
+
+    def hold_for_purge(self, run_ids: Sequence[str]) -> dict[str, RunSlot | None] | None:
+        """Hold finished runs (a run and its children) for a purge, unless one is in use.
+
+        In use: being read from the file, or in memory and unfinished or owned by a task
+        (a `resume` under way). Until `release_purged`, `adopt` waits for held runs, so
+        nothing can start to use one while its delete is on its way.
+
+        Returns:
+            Each run's slot in memory (None if it is not in memory), or None if a run
+            is in use (nothing is held then).
+        """
+        held: dict[str, RunSlot | None] = {}
+        for run_id in run_ids:
+            slot = self.find(run_id)
+            if run_id in self._reading or run_id in self._purging or (
+                    slot is not None and (slot.active or not slot.status.finished)):
+                return None
+            held[run_id] = slot
+        self._purging.update(held)
+        return held
+
+    def release_purged(self, held: dict[str, RunSlot | None], deleted: set[str]) -> None:
+        """Forget the `deleted` runs held for a purge, and let `adopt` go on for all."""
+        for run_id, slot in held.items():
+            if run_id in deleted and slot is not None and self.find(run_id) is slot:
+                self.live.pop(run_id, None)
+                self._finished.pop(run_id, None)
+        self._purging.difference_update(held)
+        self._purged.set()
+        self._purged = trio.Event()
+
+    async def _not_purging(self, run_id: str) -> None:
+        """Wait while a purge holds the run (no checkpoint if it does not)."""
+        while run_id in self._purging:
+            await self._purged.wait()
 
     async def existing(self, run_ids: list[str]) -> set[str]:
         """Return which of `run_ids` exist (in memory or in the file; one read for all)."""

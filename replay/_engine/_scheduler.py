@@ -44,6 +44,7 @@ from replay._engine._runs import RunTable
 from replay._engine._slots import RunSlot
 from replay._engine._steps import StepCaller
 from replay._engine._timers import Timers
+from replay._engine._watching import Watchers
 from replay._errors import EngineClosed, ReplayError
 from replay._store import Store
 from replay._types import RunInfo, RunState
@@ -76,7 +77,8 @@ class Scheduler:
         self._committer = committer
         self._policy = policy
         self._strict_replay = strict_replay
-        self.runs = RunTable(store, opened_at)
+        self.watchers = Watchers()
+        self.runs = RunTable(store, opened_at, self.watchers)
         self.parked = ParkedCache(cache_size, self._evicted)
         self._timers = Timers(clock, self._on_timer)
         self.family = Family(self)
@@ -145,6 +147,7 @@ class Scheduler:
         """The engine is closed: drop parked machines and wake every waiter."""
         self.closed = True
         self.parked.clear()
+        self.watchers.close()
         for slot in self.runs.live.values():
             slot.notify()
 
@@ -324,6 +327,17 @@ class Scheduler:
         while slot.active and not self.closed:
             await slot.wait_changed()
         return slot.info(decode)
+
+    def publish_progress(self, run_id: str, key: str, value: Any) -> None:
+        """Tell the run's watchers of a value its running step published (not recorded)."""
+        slot = self.runs.find(run_id)
+        if slot is not None and self.watchers.active:
+            self.watchers.progress(slot, key, value)
+
+    @property
+    def store(self) -> Store:
+        """The open database."""
+        return self._store
 
     def trio_deadline(self, moment: datetime) -> float:
         """Return the trio clock reading at which the engine clock reads `moment`."""

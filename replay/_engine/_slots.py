@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -23,6 +23,9 @@ from replay._core._state import RunStatus, damaged_message, fold, run_problem
 from replay._store import RunRow
 from replay._types import RunInfo, RunState
 
+if TYPE_CHECKING:
+    from replay._engine._watching import Watchers
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ENDED_BADLY = (RunState.FAILED, RunState.CANCELLED)
 
@@ -31,10 +34,25 @@ class RunSlot:
     """The engine's record of one run (internal)."""
 
     __slots__ = (
-        "_changed", "_durable", "_lock", "active", "created_at", "durable", "generation",
+        "_changed",
+        "_durable",
+        "_lock",
+        "active",
+        "created_at",
+        "durable",
+        "generation",
         "listener",
-        "machine", "needs_start_mark", "parent", "run_id", "settling", "status",
-        "task_scope", "updated_at", "workflow",
+        "machine",
+        "needs_start_mark",
+        "parent",
+        "run_id",
+        "seq",
+        "settling",
+        "status",
+        "task_scope",
+        "updated_at",
+        "watchers",
+        "workflow",
     )
 
     def __init__(self, run_id: str, workflow: str, status: RunStatus, created_at: datetime):
@@ -70,6 +88,9 @@ class RunSlot:
         self.task_scope: trio.CancelScope | None = None
         # How many times the run continued as new (its current generation).
         self.generation = 0
+        # The newest committed record's `seq`, and who is told of each record.
+        self.seq = 0
+        self.watchers: Watchers | None = None
 
     @classmethod
     def restored(cls, row: RunRow, opened_at: int = 0) -> RunSlot:
@@ -91,7 +112,7 @@ class RunSlot:
         if row.parent_run_id is not None:
             slot.parent = (row.parent_run_id, row.run_id[len(row.parent_run_id) + 1:])
         slot.updated_at = row.updated_at
-        slot.generation = row.generation
+        slot.generation, slot.seq = row.generation, row.last_seq
         slot.needs_start_mark = row.started_seq <= opened_at
         slot.mark_durable()
         return slot
@@ -121,6 +142,7 @@ class RunSlot:
             slot.parent = (started.name, started.key)
         slot.updated_at = max(times) if times else created
         slot.generation = max((r.generation for r in records), default=0)
+        slot.seq = records[-1].seq
         slot.needs_start_mark = started.seq <= opened_at
         slot.mark_durable()
         return slot
@@ -170,6 +192,7 @@ class RunSlot:
 
     def apply(self, record: Record) -> None:
         """Take a committed record into account (a signal goes into the machine's mailbox)."""
+        self.seq = record.seq
         if record.recorded_at is not None:
             self.updated_at = record.recorded_at
         if record.kind == "signal" or record.event == "cancel_requested" or (
@@ -178,16 +201,18 @@ class RunSlot:
                 self.machine.deliver(record)
             if self.listener is not None:
                 self.listener(record)
-        if record.run_state is None:
-            if record.kind == "note":
-                self.status = self.status.after(record)
-                self.notify()
-            return
-        if record.event == "continued":
-            self.generation = record.generation
-        self.status = self.status.after(record)
-        self.settling = self.active and self.status.state is not RunState.RUNNING
-        self.notify()
+        if record.run_state is not None:
+            if record.event == "continued":
+                self.generation = record.generation
+            self.status = self.status.after(record)
+            self.settling = self.active and self.status.state is not RunState.RUNNING
+            self.notify()
+        elif record.kind == "note":
+            self.status = self.status.after(record)
+            self.notify()
+        watchers = self.watchers
+        if watchers is not None and watchers.active:
+            watchers.published(self, record)
 
     def notify(self) -> None:
         """Wake everything waiting for this run to change."""
@@ -195,15 +220,16 @@ class RunSlot:
             self._changed.set()
             self._changed = None
 
-    def info(self, decode: Callable[[bytes], Any]) -> RunInfo:
-        """Return a `RunInfo` snapshot."""
-        status = self.status
+    def info(self, decode: Callable[[bytes], Any], status: RunStatus | None = None,
+             updated_at: datetime | None = None) -> RunInfo:
+        """Return a `RunInfo` snapshot (of `status`, when given: an earlier one)."""
+        status = status or self.status
         return RunInfo(
             run_id=self.run_id,
             workflow=self.workflow,
             state=status.state,
             created_at=self.created_at,
-            updated_at=self.updated_at,
+            updated_at=updated_at or self.updated_at,
             output=None if status.output is None else decode(status.output),
             error=status.error,
             error_type=status.error_type,

@@ -9,28 +9,67 @@ which run, key and attempt it serves.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, NamedTuple
 
 import trio
 
+from replay._codec import encode
 from replay._commands import Step
 from replay._core._decisions import Outcome
 from replay._engine._clock import busy_thread
 from replay._engine._workers import WorkerPool, WorkerTimeout
 from replay._errors import ReplayError, StepTimeout
 
-_CURRENT_STEP: ContextVar[tuple[str, str, int] | None] = ContextVar(
-    "replay_current_step", default=None
-)
 
-def current_step() -> tuple[str, str, int]:
-    """Return ``(run_id, key, attempt)`` of the step whose function is running.
+class StepContext(NamedTuple):
+    """The step whose function is running: ``run_id, key, attempt = current_step()``.
+
+    Attributes:
+        run_id: The run the step belongs to.
+        key: The step's key.
+        attempt: The attempt number (1 for the first).
+    """
+
+    run_id: str
+    key: str
+    attempt: int
+
+    def progress(self, value: Any) -> None:
+        """Publish how far the step has got, e.g. ``{"rows": 1200, "of": 5000}``.
+
+        Watchers of the run (`Run.watch`, `replay watch`) get it at once as a
+        ``"progress"`` update. It is *not* recorded: a replay does not see it, and
+        nothing of it survives a restart; record a status with `Note` instead.
+        Callable from sync steps (in their worker thread) and async ones.
+
+        Raises:
+            EncodingError: `value` is not a value replay can record (remote watchers
+                receive it encoded).
+            ReplayError: Called after the step's function returned.
+        """
+        publish = _PUBLISH.get()
+        if publish is None or _CURRENT_STEP.get() != self:
+            raise ReplayError(
+                f"StepContext.progress() of step {self.key!r} was called outside its "
+                "step function; call it while the function runs")
+        publish(self.run_id, self.key, value)
+
+
+_CURRENT_STEP: ContextVar[StepContext | None] = ContextVar("replay_current_step", default=None)
+_PUBLISH: ContextVar[Callable[[str, str, Any], None] | None] = ContextVar(
+    "replay_publish_progress", default=None)
+
+
+def current_step() -> StepContext:
+    """Return the `StepContext` (``run_id, key, attempt``) of the running step function.
 
     Use it inside a step function (sync or async) to build idempotency keys for
-    outside systems, e.g. ``f"{run_id}:{key}"``.
+    outside systems, e.g. ``f"{run_id}:{key}"``, or to publish progress
+    (``current_step().progress(...)``).
 
     Raises:
         ReplayError: Called outside a step function.
@@ -53,6 +92,10 @@ class StepCaller:
 
     def __init__(self, workers: WorkerPool) -> None:
         self._workers = workers
+        # Where `StepContext.progress` values go (set by the engine), and the function
+        # that hands them over from any thread (made on the loop, on first use).
+        self.on_progress: Callable[[str, str, Any], None] | None = None
+        self._publish: Callable[[str, str, Any], None] | None = None
 
     async def call(self, run_id: str, step: Step, attempt: int,
                    late: Callable[[Outcome], None] | None = None) -> Outcome:
@@ -64,7 +107,10 @@ class StepCaller:
         that way, once the thread finishes.
         """
         began = trio.current_time()
-        token = _CURRENT_STEP.set((run_id, step.key, attempt))
+        token = _CURRENT_STEP.set(StepContext(run_id, step.key, attempt))
+        if self._publish is None:
+            self._publish = self._publisher()
+        publishing = _PUBLISH.set(self._publish)
         try:
             value = await self._call(run_id, step, attempt,
                                      None if step.is_async else _late(late, began))
@@ -76,7 +122,21 @@ class StepCaller:
             return Outcome(False, error, _elapsed_ms(began))
         finally:
             _CURRENT_STEP.reset(token)
+            _PUBLISH.reset(publishing)
         return Outcome(True, value, _elapsed_ms(began))
+
+    def _publisher(self) -> Callable[[str, str, Any], None]:
+        """Return the function that hands a progress value to the loop, from any thread."""
+        token = trio.lowlevel.current_trio_token()
+
+        def publish(run_id: str, key: str, value: Any) -> None:
+            encode(value, key="progress")  # what remote watchers will need
+            target = self.on_progress
+            if target is not None:
+                with contextlib.suppress(trio.RunFinishedError):
+                    token.run_sync_soon(target, run_id, key, value)
+
+        return publish
 
     async def _call(self, run_id: str, step: Step, attempt: int,
                     late: Callable[[bool, Any], None] | None) -> Any:

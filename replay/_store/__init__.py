@@ -3,14 +3,23 @@
 Everything here is synchronous but `_readers`; the engine calls it from worker threads
 (reads) or hands batches to its writer thread. `_schema` holds the tables and public
 views, `_rows` the conversion of records to rows and back, `_connect` opening files
-(owner-only), `_writer_store` the engine's store with its group-commit writer, and
-`_access` what the `replay` command uses on a file no engine holds. User queries:
-`_readonly` decides what may run, `_queries` runs one on its own stoppable cursor, and
+(owner-only), `_writer_store` the engine's store with its group-commit writer,
+`_access` what the `replay` command uses on a file no engine holds, `_purge` retention
+(which records a purge deletes, the deletes, the archive), and `_compact` the rewrite
+of a file into a fresh one. User queries: `_readonly` decides what may run, `_queries` runs one on its own stoppable cursor, and
 `_readers` runs them from trio in threads of their own, under a time limit.
 """
 
 from replay._store._access import FileAccess, write_export
 from replay._store._connect import damaged, file_keys
+from replay._store._purge import (
+    FINISHED,
+    GenerationRows,
+    PurgePlan,
+    check_archive_path,
+    delete_generations,
+    delete_runs,
+)
 from replay._store._queries import ReadQuery
 from replay._store._readers import (
     CLI_ADVICE,
@@ -27,16 +36,22 @@ from replay._store._writer_store import Store
 __all__ = [
     "CLI_ADVICE",
     "ENGINE_ADVICE",
+    "FINISHED",
     "SCHEMA_VERSION",
     "FileAccess",
+    "GenerationRows",
+    "PurgePlan",
     "ReadQuery",
     "Readers",
     "RunRow",
     "Store",
     "TimedQuery",
+    "check_archive_path",
     "checked_timeout",
     "clean_text",
     "damaged",
+    "delete_generations",
+    "delete_runs",
     "file_keys",
     "timed_out_message",
     "record_row",

@@ -23,9 +23,9 @@ from replay._store._rows import RunRow, history_records, record_row, run_row, ut
 from replay._store._schema import (
     COLUMNS,
     RUN_SUMMARY,
-    SCHEMA_VERSION,
     TABLE_COLUMNS,
     check_existing_schema,
+    older,
     stored_version,
     upgrade,
 )
@@ -61,7 +61,7 @@ class FileAccess:
         """
         con = connect(self.path, read_only=not write, lock_advice="")
         try:
-            if write or stored_version(con) in (None, str(SCHEMA_VERSION)):
+            if write or not older(stored_version(con)):
                 if write:
                     upgrade(con)
                 check_existing_schema(con, self.path)

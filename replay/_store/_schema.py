@@ -117,7 +117,8 @@ def run_summary(source: str = "replay_event_log", scope: str = "") -> str:
         SELECT run_id, workflow, recorded_at, seq, name FROM {source}
         WHERE kind = 'run' AND event = 'started'
     ), touched AS (
-        SELECT run_id, max(recorded_at) AS updated_at FROM {source} GROUP BY run_id
+        SELECT run_id, max(recorded_at) AS updated_at, max(seq) AS last_seq FROM {source}
+        GROUP BY run_id
     ), notes AS (
         SELECT run_id, status_text AS note_text, value AS note_value FROM {source}
         WHERE kind = 'note'
@@ -125,7 +126,7 @@ def run_summary(source: str = "replay_event_log", scope: str = "") -> str:
     )
     SELECT s.run_id, s.workflow, l.run_state, s.recorded_at, t.updated_at, l.key,
            l.wake_at, l.status_text, l.error_type, l.error, l.value, s.seq, s.name,
-           n.note_text, n.note_value, coalesce(l.generation, 0)
+           n.note_text, n.note_value, coalesce(l.generation, 0), t.last_seq
     FROM started s JOIN latest l USING (run_id) JOIN touched t USING (run_id)
          LEFT JOIN notes n USING (run_id)
     """
@@ -196,8 +197,7 @@ def upgrade(con: duckdb.DuckDBPyConnection) -> bool:
     Returns:
         Whether the file was upgraded.
     """
-    version = stored_version(con)
-    if version is None or not version.isdigit() or not 0 < int(version) < SCHEMA_VERSION:
+    if not older(stored_version(con)):
         return False
     con.execute("BEGIN TRANSACTION")
     try:
@@ -210,6 +210,11 @@ def upgrade(con: duckdb.DuckDBPyConnection) -> bool:
         con.execute("ROLLBACK")
         raise
     return True
+
+
+def older(version: str | None) -> bool:
+    """Whether `version` names a schema version this release upgrades from."""
+    return version is not None and version.isdigit() and 0 < int(version) < SCHEMA_VERSION
 
 
 def stored_version(con: duckdb.DuckDBPyConnection) -> str | None:

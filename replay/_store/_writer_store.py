@@ -13,13 +13,14 @@ import queue
 import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 
 from replay._core._records import Record
 from replay._errors import EngineClosed
 from replay._store._connect import connect, damaged, private_wal, unusable
+from replay._store._purge import PurgePlan, plan, write_archive
 from replay._store._queries import OpenQueries, ReadQuery
 from replay._store._rows import (
     RunRow,
@@ -38,6 +39,8 @@ from replay._store._schema import (
     RUN_WORKFLOW,
     check_schema,
 )
+
+T = TypeVar("T")
 
 
 class Store:
@@ -68,7 +71,8 @@ class Store:
             self._con.close()
             raise
         self._queries = OpenQueries()
-        self._queue: queue.SimpleQueue[tuple[list[tuple[Any, ...]], Callable[..., None]] | None]
+        self._queue: queue.SimpleQueue[
+            tuple[list[tuple[Any, ...]], Callable[..., None]] | _Job | None]
         self._queue = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
 
@@ -142,6 +146,32 @@ class Store:
         )
         return [memo_record(run_id, workflow, row) for row in rows]
 
+    def purge_plan(self, cutoff: datetime, states: Sequence[str],
+                   workflow: str | None) -> PurgePlan:
+        """Return what a purge would delete now (see `replay._store._purge`).
+
+        Raises:
+            DatabaseError: The file cannot be read.
+        """
+        return self._on_cursor(plan, cutoff, states, workflow)
+
+    def write_archive(self, path: str, planned: PurgePlan) -> int:
+        """Write the records `planned` deletes to a new Parquet file; return how many.
+
+        Raises:
+            OSError: The file cannot be written.
+        """
+        return self._on_cursor(write_archive, path, planned)
+
+    def _on_cursor(self, function: Callable[..., T], *args: Any) -> T:
+        cursor = self._con.cursor()
+        try:
+            return function(cursor, *args)
+        except duckdb.Error as error:
+            raise damaged(self.path, error) from error
+        finally:
+            cursor.close()
+
     def read_query(self, sql: str, params: Sequence[Any] | dict[str, Any] | None) -> ReadQuery:
         """Return one user query on its own cursor, not started yet (see `ReadQuery`).
 
@@ -177,8 +207,22 @@ class Store:
         """
         self._queue.put((rows, done))
 
+    def submit_job(self, job: Callable[[duckdb.DuckDBPyConnection], Any],
+                   done: Callable[[Any, BaseException | None], None]) -> None:
+        """Run `job` on the writer thread between two batches, then call `done`.
+
+        For work that writes other than appending records (a purge's deletes): `job`
+        gets a cursor of its own and makes its own transaction. `done` runs on the
+        writer thread with the job's result and None, or None and the error it raised;
+        a failed job does not stop the writer.
+        """
+        self._queue.put(_Job(job, done))
+
     def _write_loop(self) -> None:
         while (item := self._queue.get()) is not None:
+            if isinstance(item, _Job):
+                self._run_job(item)
+                continue
             rows, done = item
             try:
                 private_wal(self.path)  # a checkpoint may have deleted it
@@ -190,6 +234,19 @@ class Store:
             else:
                 done(None)
 
+    def _run_job(self, job: _Job) -> None:
+        try:
+            private_wal(self.path)
+            cursor = self._con.cursor()
+            try:
+                result = job.run(cursor)
+            finally:
+                cursor.close()
+        except BaseException as error:  # the job's caller decides
+            job.done(None, error)
+        else:
+            job.done(result, None)
+
     def close(self) -> None:
         """Stop user queries and the writer (after what it was given), close the file."""
         self._queries.close_all(_closed)
@@ -197,6 +254,17 @@ class Store:
             self._queue.put(None)
             self._writer.join()
         self._con.close()
+
+
+class _Job:
+    """Work for the writer thread other than a batch of records (see `Store.submit_job`)."""
+
+    __slots__ = ("done", "run")
+
+    def __init__(self, run: Callable[[duckdb.DuckDBPyConnection], Any],
+                 done: Callable[[Any, BaseException | None], None]) -> None:
+        self.run = run
+        self.done = done
 
 
 def _closed() -> EngineClosed:

@@ -31,7 +31,15 @@ from typing import Any
 from replay._codec import decode, encode
 from replay._codec._export import read_history
 from replay._core._history import KeyRecord, RunHistory
-from replay._core._interpreter import Fail, Finish, Interpreter, Pending, Result, format_failure
+from replay._core._interpreter import (
+    Command,
+    Fail,
+    Finish,
+    Interpreter,
+    Pending,
+    Result,
+    format_failure,
+)
 from replay._core._records import Record, started_record
 from replay._core._state import RunStatus, fold
 from replay._errors import (
@@ -42,7 +50,6 @@ from replay._errors import (
     qualified_name,
     safe_repr,
 )
-from replay._parallel import Member as Command
 from replay._types import RunState
 from replay._workflows import check_workflow, workflow_name
 
@@ -215,7 +222,8 @@ def _interpreter(workflow: Callable[..., Any], run_id: str, name: str,
             f"the history of run {run_id!r} has no run/started record with the run's "
             "input; export the whole history with engine.export_history"
         )
-    args: Any = decode(started.value)
+    # A run that continued as new replays its current generation, from its arguments.
+    args: Any = decode(history.arguments if history.arguments is not None else started.value)
     try:
         generator = workflow(*args)  # a generator function: this only binds arguments
     except Exception as error:
