@@ -973,7 +973,7 @@ async def test_database_with_newer_schema_raises_database_error(tmp_path: Path) 
     con.execute("UPDATE replay_meta SET value = '2' WHERE name = 'schema_version'")
     con.close()
     message = (f"database {str(path)!r} has replay schema version '2', but this version of "
-               "replay reads schema version 1; upgrade replay-workflows to open it")
+               "replay reads schema version 2; upgrade replay-workflows to open it")
     async with serving(tmp_path / "other.duckdb", echo) as (engine, bystander):
         with pytest.raises(DatabaseError, match=msg(message)):
             async with replay.open_engine(path, workflows=[echo], durability="none"):
