@@ -970,9 +970,9 @@ async def test_database_with_newer_schema_raises_database_error(tmp_path: Path) 
     path = tmp_path / "newer.duckdb"
     await make_database(path)
     con = duckdb.connect(str(path))
-    con.execute("UPDATE replay_meta SET value = '2' WHERE name = 'schema_version'")
+    con.execute("UPDATE replay_meta SET value = '3' WHERE name = 'schema_version'")
     con.close()
-    message = (f"database {str(path)!r} has replay schema version '2', but this version of "
+    message = (f"database {str(path)!r} has replay schema version '3', but this version of "
                "replay reads schema version 2; upgrade replay-workflows to open it")
     async with serving(tmp_path / "other.duckdb", echo) as (engine, bystander):
         with pytest.raises(DatabaseError, match=msg(message)):
@@ -980,7 +980,7 @@ async def test_database_with_newer_schema_raises_database_error(tmp_path: Path) 
                 pytest.fail("the engine opened a database of a newer schema")
         await bystander.check(engine)
     con = duckdb.connect(str(path), read_only=True)
-    assert con.execute("SELECT value FROM replay_meta").fetchall() == [("2",)]
+    assert con.execute("SELECT value FROM replay_meta").fetchall() == [("3",)]
     # Three events per run: run/started, step/completed, run/completed.
     assert con.execute("SELECT count(*) FROM replay_events").fetchall() == [(9,)]
     con.close()
