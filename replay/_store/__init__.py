@@ -6,8 +6,9 @@ views, `_rows` the conversion of records to rows and back, `_connect` opening fi
 (owner-only), `_writer_store` the engine's store with its group-commit writer,
 `_access` what the `replay` command uses on a file no engine holds, `_purge` retention
 (which records a purge deletes, the deletes, the archive), and `_compact` the rewrite
-of a file into a fresh one. User queries: `_readonly` decides what may run, `_queries` runs one on its own stoppable cursor, and
-`_readers` runs them from trio in threads of their own, under a time limit.
+of a file into a fresh one. User queries: `_readonly` decides what may run, `_queries`
+runs one on its own stoppable cursor, and `_readers` runs them from trio in threads of
+their own, under a time limit.
 """
 
 from replay._store._access import FileAccess, write_export
