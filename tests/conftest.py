@@ -70,7 +70,7 @@ def db(tmp_path: object) -> Iterator[str]:
 # `recorded_at`, an unknown state): the fold refuses those by design.
 
 _VIEW_ROWS = ("SELECT run_id, state, waiting_for, wake_at, status_text, error_type, error, "
-              "output_json FROM replay_runs ORDER BY run_id")
+              "output_json, status_json, generation FROM replay_runs ORDER BY run_id")
 _STATES = frozenset(state.value for state in RunState)
 _fold_disagreements: list[str] = []
 _fold_checks: dict[str, float] = {"files": 0, "runs": 0, "seconds": 0.0}
@@ -108,7 +108,8 @@ def view_disagreements(con: duckdb.DuckDBPyConnection, path: str) -> tuple[int, 
         expected = None if status is None else _view_columns(status, records)
         if shown != expected:
             problems.append(f"{path}: run {run_id!r}: replay_runs has (state, waiting_for, "
-                            f"wake_at, status_text, error_type, error, output_json) = "
+                            f"wake_at, status_text, error_type, error, output_json, "
+                            f"status_json, generation) = "
                             f"{shown!r}, the fold of its {len(records)} records gives "
                             f"{expected!r}")
     for run_id, run_rows in by_run.items():
@@ -137,8 +138,14 @@ def _view_columns(status: RunStatus, records: list[Record]) -> tuple[Any, ...]:
         # The JSON rendering recorded with the very value the fold took as the output.
         output_json = next(record.value_json for record in reversed(records)
                            if record.run_state is not None and record.value == status.output)
-    return (status.state.value, status.waiting_for, status.wake_at, status.status_text,
-            status.error_type, status.error, output_json)
+    status_json = None
+    if status.note_value is not None:
+        # The newest note's JSON rendering (its status value).
+        status_json = next(record.value_json for record in reversed(records)
+                           if record.kind == "note")
+    generation = max((record.generation for record in records), default=0)
+    return (status.state.value, status.waiting_for, status.wake_at, status.shown_status,
+            status.error_type, status.error, output_json, status_json, generation)
 
 
 def _checked_close(close: Callable[[Store], None]) -> Callable[[Store], None]:
