@@ -207,9 +207,10 @@ def test_export_while_the_engine_holds_the_file(capsys: pytest.CaptureFixture[st
 def test_the_protocol_refuses_what_it_does_not_know(live: Live) -> None:
     hello = request(live.db, {"protocol": 1, "op": "hello"})
     assert hello["ok"] is True and hello["pid"] == live.process.pid
-    assert request(live.db, {"protocol": 2, "op": "hello"})["error"] == {
+    assert request(live.db, {"protocol": 2, "op": "hello"})["ok"] is True  # with watch
+    assert request(live.db, {"protocol": 3, "op": "hello"})["error"] == {
         "type": "ProtocolError",
-        "message": "this engine speaks channel protocol 1, the command sent 2; use the same "
+        "message": "this engine speaks channel protocol 2, the command sent 3; use the same "
                    f"version of replay-workflows ({hello['version']}) for both"}
     assert request(live.db, {"protocol": 1, "op": "drop"})["error"] == {
         "type": "ProtocolError", "message": "unknown operation 'drop'"}

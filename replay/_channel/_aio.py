@@ -14,12 +14,13 @@ import asyncio
 import errno
 import os
 import socket
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Collection, Generator
 from datetime import timedelta
 from os import PathLike
 from typing import Any
 
 from replay._channel import _calls as calls
+from replay._channel import _watching as watching
 from replay._channel._calls import DEFAULT_TIMEOUT, Call
 from replay._channel._client import (
     CONNECT_BACKOFF_SECONDS,
@@ -27,6 +28,7 @@ from replay._channel._client import (
     REFUSED_TRIES,
 )
 from replay._channel._protocol import MAX_MESSAGE_BYTES, peer_uid, short_address, socket_path
+from replay._channel._watching import AsyncRemoteWatch
 from replay._errors import EngineClosed, ReplayError
 from replay._types import RunInfo, RunState
 
@@ -254,6 +256,25 @@ class AsyncClient:
                                               state=state, workflow=workflow, limit=limit))
         return calls.infos(items, self.database)
 
+    def watch(self, run_id: str | None = None, *, after_seq: int | None = None,
+              workflow: Callable[..., Any] | str | None = None,
+              states: Collection[RunState | str] | None = None,
+              buffer: int = watching.DEFAULT_BUFFER) -> AsyncRemoteWatch:
+        """Watch one run, or every run (see `Client.watch`), as an async iterator.
+
+        ``async for update in client.watch(run_id):``; cancelling the loop, or
+        leaving ``async with client.watch() as updates:``, hangs up.
+
+        Raises:
+            RunNotFound: No such run (raised by the first step).
+            TypeError: An argument has the wrong type.
+            ValueError: `after_seq` < 0 or without `run_id`, `buffer` < 1, or a state
+                is unknown.
+            EngineClosed: No engine serves the file, or it stopped while watching.
+        """
+        call = watching.request(run_id, after_seq, workflow, states, buffer)
+        return AsyncRemoteWatch(self, call)
+
     async def sql(self, query: str, params: Any = None, *, timeout: float | None = None
                   ) -> list[tuple[Any, ...]]:
         """Run one read-only query in the engine (see `Engine.sql`).
@@ -389,14 +410,43 @@ class AsyncRemoteRun:
         """
         return await self._client.status(self.run_id)
 
-    async def wait(self, timeout: float | None = None) -> RunInfo:
-        """Wait until the run settles (see `Client.wait`).
+    async def wait(self, timeout: float | None = None, *,
+                   until: Callable[[RunInfo], bool] | RunState | str | None = None
+                   ) -> RunInfo:
+        """Wait until the run settles, or until `until` holds (see `RemoteRun.wait`).
 
         Raises:
+            RunFinished: With `until`, the run finished without the condition holding.
             TimeoutError: `timeout` passed first.
+            TypeError: `until` is neither callable nor a state.
+            ValueError: `until` is a string that is not a state's name.
             EngineClosed: No engine serves the file, or it stopped or died meanwhile.
         """
-        return await self._client.wait(self.run_id, timeout)
+        if until is None:
+            return await self._client.wait(self.run_id, timeout)
+        holds = watching.condition(until)
+        limit = None if timeout is None else calls.checked_timeout(timeout)
+        last = None
+        try:
+            async with asyncio.timeout(limit), self.watch() as updates:
+                async for update in updates:
+                    last = update.info or last
+                    if update.info is not None and holds(update.info):
+                        return update.info
+        except TimeoutError:
+            raise calls.no_answer(self._client.database, f"waiting for run {self.run_id!r}",
+                                  limit or 0.0) from None
+        raise watching.not_reached(self.run_id, last)
+
+    def watch(self, after_seq: int | None = None, buffer: int = watching.DEFAULT_BUFFER
+              ) -> AsyncRemoteWatch:
+        """Watch the run until it finishes (see `AsyncClient.watch`).
+
+        Raises:
+            RunNotFound: No such run (raised by the first step).
+            EngineClosed: No engine serves the file, or it stopped while watching.
+        """
+        return self._client.watch(self.run_id, after_seq=after_seq, buffer=buffer)
 
     async def result(self, timeout: float | None = None) -> Any:
         """Wait for the run to finish and return its output (see `Client.result`).

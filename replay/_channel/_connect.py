@@ -11,22 +11,25 @@ Plain blocking sockets, one connection per call: a client holds no connection be
 calls, so it is safe to share between threads, costs nothing while idle, and keeps
 working when the engine restarts (calls in between fail with `EngineClosed`). `wait` and
 `result` are waits on the engine's side: the engine answers when the run settles, and
-stops waiting if the client goes away.
+stops waiting if the client goes away. `watch` holds one connection for as long as it
+lasts (`replay._channel._watching`).
 """
 
 from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import timedelta
 from os import PathLike
 from typing import Any, BinaryIO
 
 from replay._channel import _calls as calls
+from replay._channel import _watching as watching
 from replay._channel._calls import DEFAULT_TIMEOUT, Call
 from replay._channel._client import CONNECT_TRIES, _connected
 from replay._channel._protocol import MAX_MESSAGE_BYTES, peer_uid, socket_path
+from replay._channel._watching import RemoteWatch
 from replay._errors import EngineClosed, ReplayError
 from replay._types import RunInfo, RunState
 
@@ -273,6 +276,38 @@ class Client:
                                         workflow=workflow, limit=limit))
         return calls.infos(items, self.database)
 
+    def watch(self, run_id: str | None = None, *, after_seq: int | None = None,
+              workflow: Callable[..., Any] | str | None = None,
+              states: Collection[RunState | str] | None = None,
+              buffer: int = watching.DEFAULT_BUFFER) -> RemoteWatch:
+        """Watch one run, or every run, as `Run.watch` and `Engine.watch` do in the engine.
+
+        ``for update in client.watch(run_id):`` blocks for each `RunUpdate`: the run's
+        state first (or the events after `after_seq`), then every change, until it
+        finishes. Without `run_id`, every run matching `workflow` and `states`, until
+        you stop. ``with client.watch() as updates:`` hangs up when the block ends.
+
+        Args:
+            run_id: The run to watch; None for every run.
+            after_seq: Start with the run's recorded events after this `seq` (an
+                update's `seq`: how a watcher reconnects).
+            workflow: Every run's watch: only runs of this workflow.
+            states: Every run's watch: only updates leaving a run in these states.
+            buffer: Updates the engine keeps for this watcher; one that falls behind
+                gets a snapshot saying how many it missed.
+
+        Returns:
+            A `RemoteWatch`, a blocking iterator (it connects on the first ``next``).
+
+        Raises:
+            RunNotFound: No such run (raised by the first ``next``).
+            TypeError: An argument has the wrong type.
+            ValueError: `after_seq` < 0 or without `run_id`, `buffer` < 1, or a state
+                is unknown.
+            EngineClosed: No engine serves the file, or it stopped while watching.
+        """
+        return RemoteWatch(self, watching.request(run_id, after_seq, workflow, states, buffer))
+
     def sql(self, query: str, params: Any = None, *, timeout: float | None = None
             ) -> list[tuple[Any, ...]]:
         """Run one read-only query in the engine (see `Engine.sql`).
@@ -394,14 +429,43 @@ class RemoteRun:
         """
         return self._client.status(self.run_id)
 
-    def wait(self, timeout: float | None = None) -> RunInfo:
-        """Wait until the run settles (see `Client.wait`).
+    def wait(self, timeout: float | None = None, *,
+             until: Callable[[RunInfo], bool] | RunState | str | None = None) -> RunInfo:
+        """Wait until the run settles (see `Client.wait`), or until `until` holds.
+
+        With `until` (a condition on `RunInfo`, or a state such as ``"suspended"``),
+        wait for the first state, present or coming, that satisfies it, as
+        `Run.wait` does: every change is checked, through a watch.
 
         Raises:
+            RunFinished: With `until`, the run finished without the condition holding.
             TimeoutError: `timeout` passed first.
+            TypeError: `until` is neither callable nor a state.
+            ValueError: `until` is a string that is not a state's name.
             EngineClosed: No engine serves the file, or it stopped or died meanwhile.
         """
-        return self._client.wait(self.run_id, timeout)
+        if until is None:
+            return self._client.wait(self.run_id, timeout)
+        holds = watching.condition(until)
+        limit = None if timeout is None else calls.checked_timeout(timeout)
+        last = None
+        call = watching.request(self.run_id, None, None, None, watching.DEFAULT_BUFFER)
+        with RemoteWatch(self._client, call, limit) as updates:
+            for update in updates:
+                last = update.info or last
+                if update.info is not None and holds(update.info):
+                    return update.info
+        raise watching.not_reached(self.run_id, last)
+
+    def watch(self, after_seq: int | None = None, buffer: int = watching.DEFAULT_BUFFER
+              ) -> RemoteWatch:
+        """Watch the run until it finishes (see `Client.watch`).
+
+        Raises:
+            RunNotFound: No such run (raised by the first ``next``).
+            EngineClosed: No engine serves the file, or it stopped while watching.
+        """
+        return self._client.watch(self.run_id, after_seq=after_seq, buffer=buffer)
 
     def result(self, timeout: float | None = None) -> Any:
         """Wait for the run to finish and return its output (see `Client.result`).

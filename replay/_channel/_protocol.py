@@ -9,6 +9,7 @@ engine of its own user). It is never a TCP socket.
 Messages are JSON objects, one per line (UTF-8). A connection carries one request
 and its answer. The request names the protocol version and an operation::
 
+    {"protocol": 2, "op": "watch", "run_id": "r", "after_seq": 12}
     {"protocol": 1, "op": "query", "sql": "SELECT ...", "params": [...]}
     {"protocol": 1, "op": "signal", "run_id": "r", "key": "k", "payload": ...}
     {"protocol": 1, "op": "resume", "run_id": "r"}
@@ -23,6 +24,14 @@ carries ``columns`` and ``types`` (DuckDB type names); ``hello``'s carries ``pid
 when the run's cancellation was requested before) and ``state``. Then a query's answer has
 ``{"rows": [...]}`` messages and a final ``{"end": true, "rows": N}`` (or an error
 message, if the query fails half-way).
+
+``watch`` (protocol 2; ``run_id`` or null for every run, ``after_seq``, ``workflow``,
+``states``, ``buffer``) streams: after the header, one ``{"update": {...}}`` message per
+`RunUpdate` (its `RunInfo` as ``call``'s ``info``, its event's fields, recorded values
+as codec bytes), until ``{"end": true}`` once the watched run finished, an error
+message (``EngineClosed`` when the engine stops), or the client hangs up. A client that
+reads slowly never holds the engine up: it is told how many updates it ``missed``.
+An engine accepts every version in `ACCEPTED_PROTOCOLS`; version 1 lacks ``watch``.
 
 Values that JSON cannot carry exactly travel as one-key objects tagged with ``$``:
 ``{"$datetime": iso}``, ``{"$bytes": base64}``, ``{"$map": [[k, v], ...]}`` (every
@@ -48,7 +57,9 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-PROTOCOL = 1
+PROTOCOL = 2
+# What an engine accepts: version 1 clients (no ``watch``) keep working.
+ACCEPTED_PROTOCOLS = frozenset({1, 2})
 SUFFIX = ".sock"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 # sun_path holds 108 bytes on Linux, 104 on macOS; longer paths go through a directory fd.

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from replay._channel._protocol import (
+    ACCEPTED_PROTOCOLS,
     PROTOCOL,
     dump_message,
     load_message,
@@ -51,6 +52,7 @@ from replay._engine._channel_calls import send_error as _send_error
 from replay._engine._channel_calls import serve_call
 from replay._engine._channel_calls import text as _text
 from replay._engine._channel_calls import value as _value
+from replay._engine._channel_watch import serve_watch
 from replay._engine._clock import in_thread
 from replay._errors import ReplayError
 from replay._store import CLI_ADVICE, ReadQuery, Store
@@ -196,7 +198,7 @@ class ChannelServer:
             return
         try:
             request = await _receive(stream)
-            if request.get("protocol") != PROTOCOL:
+            if request.get("protocol") not in ACCEPTED_PROTOCOLS:
                 raise _BadRequest(
                     f"this engine speaks channel protocol {PROTOCOL}, the command sent "
                     f"{short_repr(request.get('protocol'))}; use the same version of "
@@ -224,6 +226,8 @@ class ChannelServer:
                                  "warning": misdirected_signal(info, key)})
         elif op == "call":
             await serve_call(engine, stream, request, self._store.path)
+        elif op == "watch":
+            await serve_watch(engine, stream, request, self._store.path)
         elif op == "resume":
             run_id = _text(request, "run_id")
             before = engine.status(run_id).state.value
