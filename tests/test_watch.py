@@ -429,10 +429,6 @@ async def test_watches_across_a_resume_of_a_failed_run(db: str) -> None:
         assert after[-1].info is not None and after[-1].info.state == "completed"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Run.watch(after_seq=N) on a run that failed after N and was resumed stops at the "
-    "recorded run/failed event (ends_watch looks at each replayed event's state), so a "
-    "reconnecting client never sees the resume and the completion"))
 async def test_a_reconnect_from_before_a_failure_of_a_resumed_run_goes_on(db: str) -> None:
     async with replay.open_engine(db, workflows=WORKFLOWS) as engine:
         run = await engine.start(flaky_flow, run_id="f")

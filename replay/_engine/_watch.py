@@ -76,12 +76,21 @@ class Watch:
                     continue  # already yielded from the file
                 if update.kind != "progress":
                     self._last = max(self._last, update.seq)
-                if self._watcher.run_id is not None and ends_watch(update):
+                if (self._watcher.run_id is not None and ends_watch(update)
+                        and self._is_last(update)):
                     self._finish()
                 return update
         except BaseException:
             self._finish()
             raise
+
+    def _is_last(self, update: RunUpdate) -> bool:
+        """Whether a finishing `update` is still the run's newest (no resume followed it).
+
+        A reconnect with `after_seq` replays events from the file: a ``run/failed``
+        there may have been followed by a resume, whose events come next.
+        """
+        return update.kind != "event" or self._slot is None or update.seq >= self._slot.seq
 
     async def _start(self) -> None:
         """Register first, then read the start: nothing committed in between is lost."""
