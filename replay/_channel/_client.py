@@ -169,7 +169,21 @@ class Connection:
                 return
             yield [tuple(row) for row in message["rows"]]
 
-    def _receive(self) -> dict[str, Any]:
+    def stream(self) -> Iterator[dict[str, Any]]:
+        """Yield the messages of a streaming answer (``watch``) after `request`, to its end.
+
+        No time limit: a watched run may be quiet for days. The messages are as sent
+        (wire values inside, e.g. each field of an update's ``info``).
+
+        Raises:
+            ChannelError: The engine answered an error (``EngineClosed`` when it
+                stopped), or went away.
+        """
+        self._sock.settimeout(None)
+        while not (message := self._receive(raw=True)).get("end"):
+            yield message
+
+    def _receive(self, raw: bool = False) -> dict[str, Any]:
         try:
             line = self._file.readline(MAX_MESSAGE_BYTES + 1)
         except OSError as error:
@@ -184,6 +198,8 @@ class Connection:
         if message.get("ok") is False:
             failure = message.get("error") or {}
             raise ChannelError(str(failure.get("type")), str(failure.get("message")))
+        if raw:
+            return message
         try:
             return {key: from_wire(value) for key, value in message.items()}
         except WireError as error:

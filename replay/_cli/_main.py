@@ -28,6 +28,8 @@ from replay._cli._children import load_children
 from replay._cli._resume import resume
 from replay._cli._serve import serve
 from replay._cli._source import CliError, Source, open_source
+from replay._cli._watch import add_arguments as _watch_arguments
+from replay._cli._watch import watch as _watch
 from replay._errors import ReplayError, RunNotFound
 from replay._store import write_export
 from replay._types import RunState
@@ -170,6 +172,9 @@ def _parser() -> argparse.ArgumentParser:
     terminate.add_argument("run_id", metavar="RUN_ID")
     terminate.add_argument("--reason", metavar="TEXT", default=None,
                            help="why, recorded with the run's end")
+
+    _watch_arguments(_command(commands, "watch", _watch, "print a run's updates live as "
+                              "they happen (through the running engine), until it finishes"))
 
     serve = commands.add_parser(
         "serve", help="run the engine of DB in this process until SIGTERM or Ctrl-C; other "
