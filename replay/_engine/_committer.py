@@ -65,7 +65,8 @@ class Committer:
         record.seq = self._seq
         if record.recorded_at is None:
             record.recorded_at = self._clock.now()
-        self._stamp_generation(record)
+        if self._generations or record.event == "continued":
+            self._stamp_generation(record)
         self._rows.append(record_row(record))
         self._applies.append((apply, record))
         done = trio.Event()
@@ -85,7 +86,8 @@ class Committer:
             record.seq = self._seq
             if record.recorded_at is None:
                 record.recorded_at = now
-            self._stamp_generation(record)
+            if self._generations or record.event == "continued":
+                self._stamp_generation(record)
             self._rows.append(record_row(record))
             self._applies.append((apply, record))
         done = trio.Event()

@@ -84,6 +84,7 @@ class Scheduler:
         self.family = Family(self)
         self._deliveries = Deliveries(self)
         self._deadlines = Timers(clock, self._deliveries.on_deadline)  # runs' own deadlines
+        self._steps = steps
         self._driver = Driver(self.enqueue, self.enqueue_all, clock, steps,
                               lambda: self.closing, self.family)
         self._nursery: trio.Nursery | None = None
@@ -434,6 +435,7 @@ class Scheduler:
     async def _execute(self, slot: RunSlot, machine: RunMachine | None, woken: bool) -> None:
         """A run's task: drive its machine, then let the run go (parked or ended)."""
         parked: Parked | None = None
+        self._steps.publishing()
         try:
             with trio.CancelScope() as slot.task_scope:  # `terminate` cancels it
                 if machine is None:

@@ -107,10 +107,8 @@ class StepCaller:
         that way, once the thread finishes.
         """
         began = trio.current_time()
-        token = _CURRENT_STEP.set(StepContext(run_id, step.key, attempt))
-        if self._publish is None:
-            self._publish = self._publisher()
-        publishing = _PUBLISH.set(self._publish)
+        # tuple.__new__: no Python-level frame on every step's hot path.
+        token = _CURRENT_STEP.set(tuple.__new__(StepContext, (run_id, step.key, attempt)))
         try:
             value = await self._call(run_id, step, attempt,
                                      None if step.is_async else _late(late, began))
@@ -122,8 +120,17 @@ class StepCaller:
             return Outcome(False, error, _elapsed_ms(began))
         finally:
             _CURRENT_STEP.reset(token)
-            _PUBLISH.reset(publishing)
         return Outcome(True, value, _elapsed_ms(began))
+
+    def publishing(self) -> None:
+        """Let the step functions the current task calls publish progress.
+
+        Set once per run task, not per step (a context variable is inherited by the
+        task's group members and copied into the worker threads of its sync steps).
+        """
+        if self._publish is None:
+            self._publish = self._publisher()
+        _PUBLISH.set(self._publish)
 
     def _publisher(self) -> Callable[[str, str, Any], None]:
         """Return the function that hands a progress value to the loop, from any thread."""

@@ -90,7 +90,8 @@ def record_row(record: Record) -> tuple[Any, ...]:
         record.attempt, record.value, _clean(record.value_json), _clean(record.error_type),
         _clean(record.error), record.recorded_at, record.duration_ms, record.wake_at,
         _clean(record.name), _clean(",".join(record.error_types) or None), record.run_state,
-        _clean(record.status_text), record.generation, _clean(record.code_version),
+        _clean(record.status_text), record.generation,
+        record.code_version and clean_text(record.code_version),
     )
 
 
