@@ -8,13 +8,14 @@ exception object (class, message and attributes unchanged).
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import timedelta
 from os import PathLike
 from typing import Any
 
 import replay
 from replay.aio._guest import Calls
+from replay.aio._watch import Watch
 
 
 class Run:
@@ -36,19 +37,41 @@ class Run:
     def __repr__(self) -> str:
         return f"replay.aio.Run(run_id={self.run_id!r}, workflow={self.workflow!r})"
 
-    async def wait(self) -> replay.RunInfo:
+    async def wait(self, until: Callable[[replay.RunInfo], bool] | replay.RunState | str
+                   | None = None) -> replay.RunInfo:
         """Wait until the run completes, fails, is cancelled or is suspended.
 
-        Sleeps and retry back-offs are waited through. Cancelling the caller stops
-        the wait, not the run.
+        Sleeps and retry back-offs are waited through. With `until`, wait instead for
+        the first state that satisfies it, as `replay.Run.wait` does. Cancelling the
+        caller stops the wait, not the run.
+
+        Args:
+            until: A condition on the run's `RunInfo`, or a state (``"sleeping"``).
 
         Returns:
             The run's state then.
 
         Raises:
+            RunFinished: With `until`, the run finished without the condition holding.
+            TypeError: `until` is neither callable nor a state.
+            ValueError: `until` is a string that is not a state's name.
             EngineClosed: The engine closed first.
         """
-        return await self._calls.call(self._run.wait)
+        return await self._calls.call(functools.partial(self._run.wait, until))
+
+    def watch(self, after_seq: int | None = None, buffer: int = 1000) -> Watch:
+        """Watch the run until it finishes, as `replay.Run.watch`: an async iterator.
+
+        ``async for update in run.watch():`` yields `replay.RunUpdate`: a snapshot
+        (or the recorded events after `after_seq`), then every change.
+
+        Raises:
+            RunNotFound: No such run (raised by the first step).
+            TypeError: An argument has the wrong type (raised by the first step).
+            ValueError: `after_seq` < 0 or `buffer` < 1 (raised by the first step).
+            EngineClosed: The engine is closed, or closes while watching.
+        """
+        return Watch(self._calls, functools.partial(self._run.watch, after_seq, buffer))
 
     async def result(self) -> Any:
         """Wait for the run to finish and return its output (suspensions waited through).
@@ -191,6 +214,19 @@ class Engine:
         """
         return self._run(await self._calls.call_sync(
             functools.partial(self._engine.get_run, run_id)))
+
+    def watch(self, workflow: Callable[..., Any] | str | None = None,
+              states: Collection[replay.RunState | str] | None = None,
+              buffer: int = 1000) -> Watch:
+        """Watch every run (filtered), as `replay.Engine.watch`: an async iterator.
+
+        Raises:
+            TypeError: An argument has the wrong type (raised by the first step).
+            ValueError: A state is unknown, or `buffer` < 1 (raised by the first step).
+            EngineClosed: The engine is closed, or closes while watching.
+        """
+        return Watch(self._calls, functools.partial(self._engine.watch, workflow, states,
+                                                    buffer))
 
     async def status(self, run_id: str) -> replay.RunInfo:
         """Return the run's current durable state.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import atexit
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from datetime import datetime, timedelta
 from os import PathLike
 from types import TracebackType
@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import replay
 from replay.sync._host import EngineHost
 from replay.sync._run import Run
+from replay.sync._watch import Watch
 
 if TYPE_CHECKING:
     from replay import Engine as AsyncEngine
@@ -290,6 +291,18 @@ class Engine:
             EngineClosed: The engine is closed.
         """
         self._host_call(_export_history, run_id, path)
+
+    def watch(self, workflow: Callable[..., Any] | str | None = None,
+              states: Collection[replay.RunState | str] | None = None,
+              buffer: int = 1000) -> Watch:
+        """Watch every run (filtered), as `replay.Engine.watch`: a blocking iterator.
+
+        Raises:
+            TypeError: An argument has the wrong type (raised by the first ``next``).
+            ValueError: A state is unknown, or `buffer` < 1 (raised by the first ``next``).
+            EngineClosed: The engine is closed, or closes while watching.
+        """
+        return Watch(self, lambda engine: engine.watch(workflow, states, buffer))
 
     def now(self) -> datetime:
         """Return the engine clock's current time (aware, UTC).

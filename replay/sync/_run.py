@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 import replay
+from replay.sync._watch import Watch
 
 if TYPE_CHECKING:
     from replay import Engine as AsyncEngine
@@ -36,26 +38,49 @@ class Run:
     def __repr__(self) -> str:
         return f"replay.sync.Run(run_id={self.run_id!r}, workflow={self.workflow!r})"
 
-    def wait(self, timeout: float | None = None) -> replay.RunInfo:
+    def wait(self, timeout: float | None = None, *,
+             until: Callable[[replay.RunInfo], bool] | replay.RunState | str | None = None
+             ) -> replay.RunInfo:
         """Block until the run completes, fails, is cancelled or is suspended.
 
-        Sleeps and retry back-offs are waited through, as by `replay.Run.wait`.
+        Sleeps and retry back-offs are waited through, as by `replay.Run.wait`. With
+        `until`, wait instead for the first state that satisfies it (the condition is
+        called in the engine's thread).
 
         Args:
             timeout: Seconds to wait at most; None: as long as it takes.
+            until: A condition on the run's `RunInfo`, or a state (``"sleeping"``).
 
         Returns:
             The run's state at that moment.
 
         Raises:
+            RunFinished: With `until`, the run finished without the condition holding.
             TimeoutError: `timeout` passed first; the run is unchanged and goes on.
-            TypeError: `timeout` is not a number or None.
-            ValueError: `timeout` is negative or NaN.
+            TypeError: `timeout` is not a number or None, or `until` is neither
+                callable nor a state.
+            ValueError: `timeout` is negative or NaN, or `until` is not a state's name.
             EngineClosed: The engine is closed, or closed while waiting.
         """
         limit = checked_timeout(timeout)
-        info: replay.RunInfo = self._engine._host_call(_wait, self.run_id, limit, False)
+        info: replay.RunInfo = self._engine._host_call(_wait, self.run_id, limit, False, until)
         return info
+
+    def watch(self, after_seq: int | None = None, buffer: int = 1000) -> Watch:
+        """Watch the run until it finishes, as `replay.Run.watch`: a blocking iterator.
+
+        ``for update in run.watch():`` yields `replay.RunUpdate`: a snapshot (or the
+        recorded events after `after_seq`), then every change.
+
+        Raises:
+            RunNotFound: No such run (raised by the first ``next``).
+            TypeError: An argument has the wrong type (raised by the first ``next``).
+            ValueError: `after_seq` < 0 or `buffer` < 1 (raised by the first ``next``).
+            EngineClosed: The engine is closed, or closes while watching.
+        """
+        run_id = self.run_id
+        return Watch(self._engine,
+                     lambda engine: engine.get_run(run_id).watch(after_seq, buffer))
 
     def result(self, timeout: float | None = None) -> Any:
         """Block until the run finishes and return its output.
@@ -108,15 +133,16 @@ def checked_timeout(timeout: object) -> float:
     return float(timeout)
 
 
-async def _wait(engine: AsyncEngine, run_id: str, timeout: float, finished: bool) -> Any:
-    """`Run.wait()` (or `result()` when `finished`) of the run, within `timeout`.
+async def _wait(engine: AsyncEngine, run_id: str, timeout: float, finished: bool,
+                until: Any = None) -> Any:
+    """`Run.wait(until)` (or `result()` when `finished`) of the run, within `timeout`.
 
     The limit is kept inside the engine's trio run: only this wait is cancelled when
     it passes, never the run itself.
     """
     run = engine.get_run(run_id)
     with trio.move_on_after(timeout):
-        return await (run.result() if finished else run.wait())
+        return await (run.result() if finished else run.wait(until))
     state = engine.status(run_id).state
     goal = "finish" if finished else "finish or suspend"
     raise TimeoutError(
