@@ -122,10 +122,9 @@ def _offline(source: Source, args: argparse.Namespace, out: TextIO) -> int:
         params.extend(args.state)
     runs = _dicts(source.query(f"SELECT * FROM replay_runs WHERE {' AND '.join(where)} "
                                "ORDER BY created_at, run_id", params))
-    if args.run_id is not None and not runs:
-        if not _dicts(source.query("SELECT run_id FROM replay_runs WHERE run_id = ?",
-                                   [args.run_id])):
-            raise RunNotFound(args.run_id)
+    if args.run_id is not None and not runs and not _dicts(source.query(
+            "SELECT run_id FROM replay_runs WHERE run_id = ?", [args.run_id])):
+        raise RunNotFound(args.run_id)
     if args.after_seq is not None:
         events = _dicts(source.query("SELECT * EXCLUDE (value) FROM replay_events WHERE "
                                      "run_id = ? AND seq > ? ORDER BY seq",
