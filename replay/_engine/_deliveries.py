@@ -64,12 +64,21 @@ class Deliveries:
             # mailbox limit does not apply: its history need not be loaded.
             history = RunHistory() if on_key and slot.machine is None else (
                 await scheduler.mailbox(slot))
-            wakes = on_key or scheduler.parked_on(slot, key, history)
-            check_signal(slot.run_id, slot.status.state, history, key, wakes)
-            record = Run(slot.run_id, slot.workflow).signalled(
-                key, payload, RunState.RUNNING if wakes else None)
-            await scheduler.commit_together(slot, (), slot, record, wakes)
-        return True
+            switching = history.generation > slot.generation
+            if not switching:
+                wakes = on_key or scheduler.parked_on(slot, key, history)
+                check_signal(slot.run_id, slot.status.state, history, key, wakes)
+                record = Run(slot.run_id, slot.workflow).signalled(
+                    key, payload, RunState.RUNNING if wakes else None)
+                await scheduler.commit_together(slot, (), slot, record, wakes)
+                return True
+        # The run's machine has continued as new, but its ``run/continued`` is not
+        # durable yet: a signal checked against the new generation's memo and committed
+        # now would land before that record in the file, in the ending generation (a
+        # reload would then drop it from the mailbox if that generation used its key).
+        if history.generation > slot.generation:
+            await slot.wait_changed()
+        return False
 
     async def cancel(self, slot: RunSlot, reason: Encoded) -> bool:
         """Record the run's cancellation, waking it if it is parked.
