@@ -5,10 +5,8 @@ end) is older than the cutoff, each with its child runs: a child run goes only w
 parent (unless its parent no longer exists), and a parent only once every run under it
 has finished. **Earlier generations** of runs that continued as new, once the
 generation that replaced them started before the cutoff, minus what the run's state
-still reads: its ``run/started``, its newest ``run/continued``, its cancellation
-requests, its newest note and newest code-version stamp, and each signal still in its
-mailbox (one whose key no generation from the signal's own up to the current one used:
-the history fold drops a signal at the end of a generation that used its key).
+still reads (see `_generation_rows`): folding what is left gives the same mailbox,
+arguments, code version, cancellation and status as folding everything.
 
 Every delete checks again, in its own WHERE, that what it deletes is still deletable
 (a run resumed since it was chosen is running again and stays), so a plan read
@@ -94,7 +92,18 @@ def _generation_rows(runs: str) -> str:
     """The query of the deletable records of earlier generations (parameter $1: cutoff).
 
     `runs` restricts it to some runs (a condition on `run_id`, or TRUE). It returns
-    each record's `seq`, `run_id` and generation.
+    each record's `seq`, `run_id` and generation. What the run's state reads stays:
+
+    - ``run/started``, the newest ``run/continued`` and the newest record that stamps
+      a code version;
+    - each signal still in the mailbox: one whose key no generation from its own up to
+      the one before the current used (the fold drops a signal at the end of a
+      generation that used its key);
+    - the newest note, the run's status;
+    - every earlier generation of a run whose cancellation was requested in one (its
+      request, and where it was thrown in, decide whether it is still pending), or
+      whose newest note is followed by a signal kept with the note's key (kept, the
+      note's key would drop that signal from the mailbox at the next generation).
     """
     return f"""
     WITH gens AS (
@@ -102,28 +111,38 @@ def _generation_rows(runs: str) -> str:
                max(CASE WHEN kind = 'run' AND event = 'continued' AND recorded_at < $1
                         THEN generation END) AS purge_below
         FROM replay_event_log WHERE {runs} GROUP BY run_id
-        HAVING purge_below > 0
     ), rows AS (
         SELECT e.seq, e.run_id, e.kind, e.event, e.key, e.code_version,
                coalesce(e.generation, 0) AS g, gens.current, gens.purge_below
         FROM replay_event_log e JOIN gens USING (run_id)
+        WHERE gens.purge_below > 0
+    ), used AS (
+        SELECT DISTINCT run_id, key, g FROM rows
+        WHERE key IS NOT NULL AND kind NOT IN ('run', 'signal') AND event <> 'late'
+    ), waiting AS (
+        SELECT r.seq, r.run_id, r.key FROM rows r
+        WHERE r.kind = 'signal' AND r.g < r.purge_below AND NOT EXISTS (
+            SELECT 1 FROM used u WHERE u.run_id = r.run_id AND u.key = r.key
+               AND u.g >= r.g AND u.g < r.current)
     ), newest AS (
         SELECT run_id, max(seq) FILTER (WHERE kind = 'note') AS note_seq,
                max(seq) FILTER (WHERE kind = 'run' AND code_version IS NOT NULL)
                    AS version_seq
         FROM rows GROUP BY run_id
-    ), used AS (
-        SELECT DISTINCT run_id, key, g FROM rows
-        WHERE key IS NOT NULL AND kind NOT IN ('run', 'signal') AND event <> 'late'
+    ), kept_whole AS (
+        SELECT run_id FROM rows
+        WHERE kind = 'run' AND event = 'cancel_requested' AND g < purge_below
+        UNION
+        SELECT r.run_id FROM newest n JOIN rows r ON r.seq = n.note_seq
+        JOIN waiting w ON w.run_id = r.run_id AND w.key = r.key AND w.seq > r.seq
     )
     SELECT r.seq, r.run_id, r.g FROM rows r JOIN newest n USING (run_id)
     WHERE r.g < r.purge_below
-      AND NOT (r.kind = 'run' AND r.event IN ('started', 'cancel_requested'))
+      AND r.run_id NOT IN (SELECT run_id FROM kept_whole)
+      AND NOT (r.kind = 'run' AND r.event = 'started')
       AND NOT (r.kind = 'run' AND r.event = 'continued' AND r.g = r.current)
-      AND r.seq IS DISTINCT FROM n.note_seq AND r.seq IS DISTINCT FROM n.version_seq
-      AND (r.kind <> 'signal' OR EXISTS (
-          SELECT 1 FROM used u WHERE u.run_id = r.run_id AND u.key = r.key
-             AND u.g >= r.g AND u.g < r.current))
+      AND r.seq IS DISTINCT FROM n.version_seq AND r.seq IS DISTINCT FROM n.note_seq
+      AND r.seq NOT IN (SELECT seq FROM waiting)
     """
 
 
