@@ -191,18 +191,20 @@ def check_schema(con: duckdb.DuckDBPyConnection, path: str) -> None:
 def upgrade(con: duckdb.DuckDBPyConnection) -> bool:
     """Bring a replay database written by an earlier release to this schema version.
 
-    One transaction: the columns added since, and the new version number. A file of
-    an unknown (newer) version is left for `_check_version` to refuse.
+    One transaction: the columns added since, the views, and the new version number.
+    A file of an unknown (newer) version is left for `_check_version` to refuse.
 
     Returns:
         Whether the file was upgraded.
     """
-    if not older(stored_version(con)):
+    version = stored_version(con)
+    if version is None or not older(version):
         return False
     con.execute("BEGIN TRANSACTION")
     try:
         for step in range(int(version) + 1, SCHEMA_VERSION + 1):
             con.execute(_MIGRATIONS[step])
+        con.execute(_VIEWS)  # a read-only open (the replay command) re-creates none
         con.execute("UPDATE replay_meta SET value = ? WHERE name = 'schema_version'",
                     [str(SCHEMA_VERSION)])
         con.execute("COMMIT")
