@@ -26,7 +26,7 @@ from replay._codec._export import read_history
 from replay._core._records import Encoded, ErrorText, Record, Run
 from replay._core._state import RunStatus, fold
 from replay._store import Store, record_row, utc_or_none
-from replay._store._schema import COLUMNS, TABLE_COLUMNS
+from replay._store._schema import TABLE_COLUMNS
 from replay._types import RunState
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
@@ -241,7 +241,8 @@ def test_the_check_catches_a_view_that_disagrees(tmp_path: Path) -> None:
                     "'sleeping' AS state, NULL AS created_at, NULL AS updated_at, "
                     "NULL AS input_json, NULL AS output_json, NULL AS error_type, "
                     "NULL AS error, 'nap' AS waiting_for, NULL::TIMESTAMPTZ AS wake_at, "
-                    "NULL AS status_text FROM replay_event_log WHERE event = 'started'")
+                    "NULL AS status_text, NULL AS status_json, 0 AS generation "
+                    "FROM replay_event_log WHERE event = 'started'")
         compared, problems = view_disagreements(con, path)
     finally:
         con.close()
@@ -249,9 +250,9 @@ def test_the_check_catches_a_view_that_disagrees(tmp_path: Path) -> None:
     (problem,) = problems
     assert problem == (
         f"{path}: run 'r1': replay_runs has (state, waiting_for, wake_at, status_text, "
-        "error_type, error, output_json) = ('sleeping', 'nap', None, None, None, None, None), "
-        f"the fold of its 2 records gives ('sleeping', 'nap', {at(60)!r}, None, None, None, "
-        "None)")
+        "error_type, error, output_json, status_json, generation) = ('sleeping', 'nap', "
+        "None, None, None, None, None, None, 0), the fold of its 2 records gives "
+        f"('sleeping', 'nap', {at(60)!r}, None, None, None, None, None, 0)")
 
 
 def test_the_hook_records_a_disagreement_when_a_store_closes(tmp_path: Path) -> None:
@@ -267,12 +268,14 @@ def test_the_hook_records_a_disagreement_when_a_store_closes(tmp_path: Path) -> 
     # A view that calls every run completed.
     con.execute("CREATE OR REPLACE VIEW replay_runs AS SELECT run_id, 'completed' AS state, "
                 "NULL AS waiting_for, NULL::TIMESTAMPTZ AS wake_at, NULL AS status_text, "
-                "NULL AS error_type, NULL AS error, NULL AS output_json FROM replay_event_log")
+                "NULL AS error_type, NULL AS error, NULL AS output_json, NULL AS status_json, "
+                "0 AS generation FROM replay_event_log")
     store.close()
     with _fold_lock:
         found = list(_fold_disagreements)
         _fold_disagreements.clear()  # this test made them on purpose
     (problem,) = found
     assert problem.startswith(f"{path}: run 'r1': replay_runs has (state, ")
-    assert problem.endswith("= ('completed', None, None, None, None, None, None), the fold of "
-                            "its 1 records gives ('running', None, None, None, None, None, None)")
+    assert problem.endswith("= ('completed', None, None, None, None, None, None, None, 0), the "
+                            "fold of its 1 records gives ('running', None, None, None, None, "
+                            "None, None, None, 0)")
