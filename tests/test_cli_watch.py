@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import select
+import queue
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +26,28 @@ HERE = Path(__file__).resolve().parent
 LINE_TIMEOUT = 30.0
 
 
+_LINES: dict[int, queue.Queue[str]] = {}
+_PUMPS: dict[int, threading.Thread] = {}
+
+
 def next_line(process: subprocess.Popen[str]) -> str:
-    assert process.stdout is not None
-    ready, _, _ = select.select([process.stdout], [], [], LINE_TIMEOUT)
-    assert ready, f"nothing printed within {LINE_TIMEOUT} s"
-    return process.stdout.readline().rstrip("\n")
+    """The process's next stdout line (read by a thread: lines may arrive together)."""
+    if process.pid not in _LINES:
+        lines = _LINES[process.pid] = queue.Queue()
+        stdout = process.stdout
+        assert stdout is not None
+
+        def pump() -> None:
+            for line in iter(stdout.readline, ""):
+                lines.put(line)
+            lines.put("")  # the end of its output
+
+        _PUMPS[process.pid] = threading.Thread(target=pump, daemon=True)
+        _PUMPS[process.pid].start()
+    try:
+        return _LINES[process.pid].get(timeout=LINE_TIMEOUT).rstrip("\n")
+    except queue.Empty:
+        pytest.fail(f"nothing printed within {LINE_TIMEOUT} s")
 
 
 @dataclass
@@ -55,9 +73,7 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
     finally:
         process.kill()
         process.wait()
-        for stream in (process.stdin, process.stdout):
-            if stream is not None:
-                stream.close()
+        close(process)
 
 
 def watching(db: str, *args: str) -> subprocess.Popen[str]:
@@ -67,8 +83,24 @@ def watching(db: str, *args: str) -> subprocess.Popen[str]:
 
 
 def finish(process: subprocess.Popen[str]) -> tuple[int, str, str]:
-    out, err = process.communicate(timeout=LINE_TIMEOUT)
-    return process.returncode, out, err
+    """Wait for `replay watch` to end: its status, the lines not read yet, its stderr."""
+    assert process.stderr is not None
+    err = process.stderr.read()
+    code = process.wait(timeout=LINE_TIMEOUT)
+    rest = []
+    while (line := next_line(process)) != "":
+        rest.append(line)
+    close(process)
+    return code, "".join(f"{line}\n" for line in rest), err
+
+
+def close(process: subprocess.Popen[str]) -> None:
+    """Close the pipes of an ended process, once its stdout's reader is done."""
+    if process.pid in _PUMPS:
+        _PUMPS.pop(process.pid).join(LINE_TIMEOUT)
+    for stream in (process.stdin, process.stdout, process.stderr):
+        if stream is not None:
+            stream.close()
 
 
 def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
