@@ -314,6 +314,67 @@ def test_batch_children_gathers_failures_of_child_runs(tmp_path: Path) -> None:
     assert again["children"] == result["children"]
 
 
+def test_progress_batch_watches_notes_and_progress(tmp_path: Path) -> None:
+    example = load_example("progress_batch")
+    db = tmp_path / "import.duckdb"
+
+    result = run_main(example, db)
+    assert result["output"] == {"files": 6, "rows": sum(example.FILES.values())}
+    assert result["executed"] == {"import_file": 6}
+    updates = result["updates"]
+    # A snapshot first, the run's end last, every recorded event in seq order between.
+    assert updates[0].kind == "snapshot" and updates[0].info.state == "running"
+    assert updates[-1].kind == "event" and updates[-1].event.event == "completed"
+    events = [u for u in updates if u.kind == "event"]
+    assert [u.seq for u in events] == sorted(u.seq for u in events)
+    assert [f"{u.event.kind}/{u.event.event}" for u in events] == [
+        "step/completed", "note/recorded"] * 6 + ["run/completed"]
+    # One progress update per chunk of 500 rows, each with the step's key.
+    progress = [(u.key, u.progress["rows"]) for u in updates if u.kind == "progress"]
+    assert progress == [(f"import:{name}", min(rows, done))
+                        for name, rows in example.FILES.items()
+                        for done in range(500, rows + 500, 500)]
+    # A note is the run's status from the event that records it on.
+    for update in events:
+        if update.event.kind == "note":
+            done = update.event.value["done"]
+            assert update.info.status_value == {"done": done, "of": 6}
+            assert update.info.status_text == f"{done} of 6 files imported"
+    assert result["notes"] == [(f"progress:{i}", f'{{"done":{i},"of":6}}') for i in range(1, 7)]
+    assert result["status"] == ("completed", "6 of 6 files imported", '{"done":6,"of":6}')
+
+    # Same file again: one snapshot of the finished run, nothing executed or recorded.
+    again = run_main(example, db)
+    assert [u.kind for u in again["updates"]] == ["snapshot"]
+    assert again["updates"][0].info.status_value == {"done": 6, "of": 6}
+    assert again["executed"] == {}
+    assert again["notes"] == result["notes"]
+
+
+def test_subscription_renews_for_a_year_then_cancels(tmp_path: Path) -> None:
+    example = load_example("subscription")
+    db = tmp_path / "subscription.duckdb"
+
+    result = run_main(example, db)
+    assert result["output"] == {"customer": "ada", "months": 13, "reason": "moving abroad"}
+    assert result["info"].generation == 12
+    assert result["executed"] == {"bill": 13, "say_goodbye": 1}
+    # One renewal per generation, thirty days apart, from the virtual start.
+    assert [(g, invoice) for g, _, invoice in result["renewals"]] == [
+        (g, f"inv-ada-{g + 1:02d}") for g in range(13)]
+    assert [at - example.START for _, at, _ in result["renewals"]] == [
+        g * example.MONTH for g in range(13)]
+    # Every generation records the same ten events; the last adds the signal and goodbye.
+    assert result["per_generation"] == [(g, 10) for g in range(12)] + [(12, 12)]
+    assert result["wall_seconds"] < 5  # a year of virtual time; in fact well under a second
+
+    # Same file again: the run is finished; nothing runs, nothing is signalled.
+    again = run_main(example, db)
+    assert again["output"] == result["output"]
+    assert again["executed"] == {}
+    assert again["per_generation"] == result["per_generation"]
+
+
 # What each script prints when run again on the same file: nothing executes.
 SECOND_RUN = {
     "order_pipeline": "step functions executed this time: 0 {}",
@@ -324,6 +385,8 @@ SECOND_RUN = {
     "parallel_fetch": "step functions executed this time: {}",
     "order_saga": "step functions executed this time: {}",
     "batch_children": "step functions executed this time: {}",
+    "progress_batch": "step functions executed this time: {}",
+    "subscription": "step functions executed this time: {}",
 }
 # What the first run prints besides its states (the virtual-time examples' timelines).
 FIRST_RUN = {
@@ -335,6 +398,8 @@ FIRST_RUN = {
     "parallel_fetch": "fetches under way at once: at most 8 (limit=8)",
     "order_saga": "order-2002: signal rejected",
     "batch_children": "10 child runs, at most 4 under way at once (limit=4)",
+    "progress_batch": "event     note/recorded progress:6  status: 6 of 6 files imported",
+    "subscription": "sub-ada: completed after 13 generations",
 }
 
 
