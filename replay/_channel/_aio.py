@@ -14,14 +14,14 @@ import asyncio
 import errno
 import os
 import socket
-from collections.abc import Callable, Collection, Generator
+from collections.abc import Callable, Collection, Generator, Iterable
 from datetime import timedelta
 from os import PathLike
 from typing import Any
 
 from replay._channel import _calls as calls
 from replay._channel import _watching as watching
-from replay._channel._calls import DEFAULT_TIMEOUT, Call
+from replay._channel._calls import DEFAULT_TIMEOUT, FINISHED_STATES, Call
 from replay._channel._client import (
     CONNECT_BACKOFF_SECONDS,
     CONNECT_TRIES,
@@ -30,7 +30,7 @@ from replay._channel._client import (
 from replay._channel._protocol import MAX_MESSAGE_BYTES, peer_uid, short_address, socket_path
 from replay._channel._watching import AsyncRemoteWatch
 from replay._errors import EngineClosed, ReplayError
-from replay._types import RunInfo, RunState
+from replay._types import PurgeReport, RunInfo, RunState
 
 
 def connect_async(database: str | PathLike[str], *, timeout: float = DEFAULT_TIMEOUT
@@ -186,6 +186,30 @@ class AsyncClient:
         """
         header, _ = await self._ask(calls.ending("cancel", run_id, reason))
         return AsyncRemoteRun(self, run_id, str(header["workflow"]))
+
+    async def purge(self, *, older_than: timedelta | float = timedelta(days=30),
+                    states: Iterable[RunState | str] = FINISHED_STATES,
+                    workflow: Callable[..., Any] | str | None = None,
+                    archive_to: str | PathLike[str] | None = None) -> PurgeReport:
+        """Delete finished runs that ended more than `older_than` ago, in the engine.
+
+        As `Engine.purge`, with the same arguments, result and errors. `archive_to` is
+        a path on the engine's machine (made absolute here). The answer's time limit
+        counts from the engine's last message: it reports after each batch.
+
+        Returns:
+            A `PurgeReport` of what was deleted.
+
+        Raises:
+            TypeError: An argument has the wrong type.
+            ValueError: An argument has a wrong value, or `archive_to` exists or cannot
+                be written.
+            DatabaseError: A delete failed; the batches before it stay deleted.
+            ReplayError: Writing the archive failed (nothing was deleted).
+            EngineClosed: No engine serves the file, or it stopped.
+        """
+        _, items = await self._ask(calls.purge(older_than, states, workflow, archive_to))
+        return calls.report_of(items, self.database)
 
     async def terminate(self, run_id: str, reason: Any = None) -> AsyncRemoteRun:
         """End the run ``cancelled`` at once, running none of its workflow code.

@@ -3,9 +3,8 @@
 Shared by the blocking client (`_connect`) and the asyncio one (`_aio`); no I/O here.
 A client's request is the channel operation ``call`` with a ``method`` (``start``,
 ``status``, ``wait``, ``result``, ``runs``, ``signal``, ``resume``, ``cancel``,
-``terminate``, ``hello``), or the
-``query`` operation the `replay` command uses, for `sql`. One connection carries one
-request, as for the command.
+``terminate``, ``hello``), the ``query`` operation the `replay` command uses (for
+`sql`), or ``purge``. One connection carries one request, as for the command.
 
 Values travel as the engine records them: the client encodes a run's input, a
 signal's payload and a cancellation's reason with the project codec (``replay._codec``:
@@ -21,7 +20,8 @@ from __future__ import annotations
 import builtins
 import logging
 import math
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -38,12 +38,14 @@ from replay._channel._protocol import (
 )
 from replay._codec import decode, encode
 from replay._errors import EngineClosed, ReplayError
-from replay._types import RunInfo, RunState
+from replay._types import PurgeReport, RunInfo, RunState
 from replay._workflows import workflow_name
 
 log = logging.getLogger("replay")
 
 DEFAULT_TIMEOUT = 60.0
+# What a purge deletes by default (as `Engine.purge`).
+FINISHED_STATES = ("completed", "failed", "cancelled")
 # The builtin errors the engine's API raises for bad arguments, raised again as themselves.
 _BUILTIN_ERRORS = frozenset({"TypeError", "ValueError", "KeyError", "PermissionError"})
 
@@ -150,6 +152,37 @@ def on_run(method: str, doing: str, run_id: str, *, waits: bool = False) -> Call
     """
     return call(method, f"{doing} run {checked('run_id', run_id)!r}", waits=waits,
                 run_id=run_id)
+
+
+def purge(older_than: Any, states: Any, workflow: Any, archive_to: Any) -> Call:
+    """Return the request of a purge (the engine checks the arguments).
+
+    A workflow function travels as its name, and an archive path as an absolute one:
+    the engine's process may have another working directory.
+    """
+    if callable(workflow):
+        workflow = workflow_name(workflow)
+    if isinstance(archive_to, str | os.PathLike):
+        archive_to = os.path.abspath(os.fspath(archive_to))
+    if isinstance(states, set | frozenset | Iterator):
+        states = list(states)
+    return Call("purge", {"older_than": older_than, "states": states, "workflow": workflow,
+                          "archive_to": archive_to}, "purging", chunks="progress")
+
+
+def report_of(items: list[Any], path: str) -> PurgeReport:
+    """Return the `PurgeReport` of a purge's answer (its last ``progress`` message).
+
+    Raises:
+        ReplayError: It is malformed.
+    """
+    try:
+        data = items[-1]
+        fields = {name: value(data, name, path) for name in PurgeReport.__dataclass_fields__}
+        return PurgeReport(**fields)
+    except (IndexError, TypeError, AttributeError) as error:
+        raise ReplayError(f"malformed answer from the engine serving {path!r}: {error}"
+                          ) from None
 
 
 def checked(name: str, text: object) -> str:

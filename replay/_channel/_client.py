@@ -169,6 +169,18 @@ class Connection:
                 return
             yield [tuple(row) for row in message["rows"]]
 
+    def receive(self, timeout: float | None = TIMEOUT_SECONDS) -> dict[str, Any]:
+        """Read the next message of an answer in several (``purge``), as sent.
+
+        `timeout`: seconds to wait for it (None: no limit). Its values are still wire
+        values (`from_wire` decodes each).
+
+        Raises:
+            ChannelError: It is an error answer, or the engine went away.
+        """
+        self._sock.settimeout(timeout)
+        return self._receive(raw=True)
+
     def stream(self) -> Iterator[dict[str, Any]]:
         """Yield the messages of a streaming answer (``watch``) after `request`, to its end.
 

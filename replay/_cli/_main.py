@@ -24,6 +24,7 @@ from typing import Any, TextIO
 from replay._channel._client import ChannelError
 from replay._channel._protocol import MAX_DEPTH, WireError, to_wire
 from replay._cli import _format as fmt
+from replay._cli import _retention as retention
 from replay._cli._children import load_children
 from replay._cli._resume import resume
 from replay._cli._serve import serve
@@ -175,6 +176,11 @@ def _parser() -> argparse.ArgumentParser:
 
     _watch_arguments(_command(commands, "watch", _watch, "print a run's updates live as "
                               "they happen (through the running engine), until it finishes"))
+    retention.add_purge_arguments(_command(
+        commands, "purge", retention.purge, "delete finished runs that ended long enough ago "
+        "(through the running engine, or in the file)"))
+    _command(commands, "compact", retention.compact, "rewrite the file into a fresh one to "
+             "give back the space deleted runs took (no engine may hold it)")
 
     serve = commands.add_parser(
         "serve", help="run the engine of DB in this process until SIGTERM or Ctrl-C; other "

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from replay._channel._client import ChannelError, Connection, connect
-from replay._channel._protocol import socket_path
+from replay._channel._protocol import WireError, from_wire, socket_path
 from replay._checks import checked_key
 from replay._codec import encode, to_json
 from replay._core._history import RunHistory
@@ -80,6 +80,9 @@ class Source(Protocol):
 
     def terminate(self, run_id: str, reason: str | None) -> str:
         """Terminate a run; return its state afterwards."""
+
+    def purge(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Purge (see `replay._cli._retention`); return the report's fields."""
 
     def close(self) -> None:
         """Let go of the database."""
@@ -193,6 +196,22 @@ class LiveSource:
         with self._connect() as connection:
             answer = connection.request("terminate", run_id=run_id, reason=reason)
         return str(answer["state"])
+
+    def purge(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Purge through the engine, which reports after each batch; return its report.
+
+        No time limit: a large purge reads its plan and writes its archive before the
+        first batch. Ctrl-C stops it after the batch under way.
+        """
+        report: dict[str, Any] = {}
+        with self._connect() as connection:
+            connection.request("purge", **request)
+            while not (message := connection.receive(timeout=None)).get("end"):
+                report = message["progress"][-1]
+        try:
+            return {name: from_wire(item) for name, item in report.items()}
+        except WireError as error:
+            raise CliError(f"malformed answer from the engine: {error}") from None
 
     def close(self) -> None:
         """Nothing to let go of: every request had its own connection."""
@@ -339,6 +358,16 @@ class FileSource:
             f"modules that define workflow {workflow!r} with --workflows MODULE[,MODULE...] "
             "to resume the run in this command, or run the command while your "
             "application's engine holds the file, or call engine.resume(run_id) in it")
+
+    def purge(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Purge the file as an engine would (no engine holds it: nothing races).
+
+        `request` holds `Engine.purge`'s arguments, checked, and ``dry_run``.
+        """
+        report = self._access.purge(self.now() - request["older_than"], request["states"],
+                                    request["workflow"], request["archive_to"],
+                                    request["dry_run"])
+        return {name: getattr(report, name) for name in report.__dataclass_fields__}
 
     def close(self) -> None:
         """Close the file."""

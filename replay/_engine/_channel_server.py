@@ -8,7 +8,8 @@ socket when the engine closes. What it may do is what the engine's API allows: r
 only queries (the same check as `engine.sql`), `signal`, `resume`, `cancel` and
 `terminate` for the `replay` command, and the ``call`` operation of `replay.connect`
 clients (start, status, wait, result, runs, signal, resume, cancel, terminate:
-`_channel_calls`). The protocol is in `replay._channel._protocol`.
+`_channel_calls`), ``watch`` (`_channel_watch`) and ``purge`` (`_channel_purge`), for
+both. The protocol is in `replay._channel._protocol`.
 
 Handlers never time out: under a mock clock a timeout would fire at once (autojump),
 and a connection costs only a task, open to the engine's own user only.
@@ -52,6 +53,7 @@ from replay._engine._channel_calls import send_error as _send_error
 from replay._engine._channel_calls import serve_call
 from replay._engine._channel_calls import text as _text
 from replay._engine._channel_calls import value as _value
+from replay._engine._channel_purge import serve_purge
 from replay._engine._channel_watch import serve_watch
 from replay._engine._clock import in_thread
 from replay._errors import ReplayError
@@ -228,6 +230,8 @@ class ChannelServer:
             await serve_call(engine, stream, request, self._store.path)
         elif op == "watch":
             await serve_watch(engine, stream, request, self._store.path)
+        elif op == "purge":
+            await serve_purge(engine, stream, request)
         elif op == "resume":
             run_id = _text(request, "run_id")
             before = engine.status(run_id).state.value

@@ -17,6 +17,7 @@ import duckdb
 
 from replay._core._records import Record
 from replay._store._connect import connect, damaged, private_wal
+from replay._store._purge import purge_file
 from replay._store._queries import ReadQuery
 from replay._store._readers import CLI_ADVICE, timed_out_message
 from replay._store._rows import RunRow, history_records, record_row, run_row, utc_or_none
@@ -29,6 +30,7 @@ from replay._store._schema import (
     stored_version,
     upgrade,
 )
+from replay._types import PurgeReport
 
 
 class FileAccess:
@@ -130,6 +132,21 @@ class FileAccess:
         private_wal(self.path)
         self._read(f"INSERT INTO replay_event_log ({TABLE_COLUMNS}) VALUES ({marks})",
                    list(record_row(record)))
+
+    def purge(self, cutoff: datetime, states: Sequence[str], workflow: str | None,
+              archive_to: str | None, dry_run: bool) -> PurgeReport:
+        """Purge the file as an engine does (see `replay._store._purge`).
+
+        Raises:
+            ValueError: `archive_to` exists or cannot be written (nothing is deleted).
+            OSError: Writing the archive failed (nothing is deleted).
+            DatabaseError: The file cannot be read or written.
+        """
+        try:
+            return purge_file(self._con, self.path, cutoff, states, workflow, archive_to,
+                              dry_run, batch_runs=1000)
+        except duckdb.Error as error:
+            raise damaged(self.path, error) from error
 
     def _read(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
         try:

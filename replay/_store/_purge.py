@@ -25,6 +25,9 @@ from datetime import datetime
 
 import duckdb
 
+from replay._store._connect import private_wal
+from replay._types import PurgeReport
+
 FINISHED = ("completed", "failed", "cancelled")
 
 # Every run: its workflow, parent, state and when it reached that state (its end, once
@@ -267,6 +270,36 @@ def _in_transaction(con: duckdb.DuckDBPyConnection, sql: str, params: list[objec
         raise
     con.execute("COMMIT")
     return rows
+
+
+def purge_file(con: duckdb.DuckDBPyConnection, path: str, cutoff: datetime,
+               states: Sequence[str], workflow: str | None, archive_to: str | None,
+               dry_run: bool, batch_runs: int) -> PurgeReport:
+    """Purge a file no engine holds, as an engine's purge does, in the same batches.
+
+    Raises:
+        ValueError: `archive_to` exists or cannot be written (nothing is deleted).
+        OSError: Writing the archive failed (nothing is deleted).
+    """
+    if archive_to is not None:
+        check_archive_path(archive_to)
+    planned = plan(con, cutoff, states, workflow)
+    if dry_run:
+        return PurgeReport(planned.runs, planned.events + planned.generation_events,
+                           planned.generation_count, None, cutoff)
+    if not (planned.trees or planned.generations):
+        return PurgeReport(0, 0, 0, None, cutoff)
+    if archive_to is not None:
+        write_archive(con, archive_to, planned)
+    runs = events = 0
+    for start in range(0, len(planned.trees), batch_runs):
+        private_wal(path)
+        deleted, count = delete_runs(con, planned.trees[start:start + batch_runs], states,
+                                     cutoff)
+        runs, events = runs + len(deleted), events + count
+    private_wal(path)
+    generations, count = delete_generations(con, planned.generations, cutoff)
+    return PurgeReport(runs, events + count, generations, archive_to, cutoff)
 
 
 # -- the archive --

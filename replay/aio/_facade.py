@@ -188,6 +188,32 @@ class Engine:
         cancel = functools.partial(self._engine.cancel, run_id, reason)
         return self._run(await self._calls.call(cancel))
 
+    async def purge(self, *, older_than: timedelta | float = timedelta(days=30),
+                    states: Collection[replay.RunState | str] = ("completed", "failed",
+                                                                 "cancelled"),
+                    workflow: Callable[..., Any] | str | None = None,
+                    archive_to: str | PathLike[str] | None = None) -> replay.PurgeReport:
+        """Delete finished runs that ended more than `older_than` ago.
+
+        As `replay.Engine.purge`: in batches, while runs keep executing.
+
+        Returns:
+            A `replay.PurgeReport` of what was deleted.
+
+        Raises:
+            TypeError: An argument has the wrong type.
+            ValueError: `older_than` is negative, `states` is empty or names an
+                unknown or unfinished state, or `archive_to` exists or cannot be
+                written.
+            OSError: Writing the archive failed (nothing was deleted).
+            DatabaseError: A delete failed; the batches before it stay deleted.
+            EngineClosed: The engine is closed or closing.
+        """
+        purge = functools.partial(self._engine.purge, older_than=older_than, states=states,
+                                  workflow=workflow, archive_to=archive_to)
+        report: replay.PurgeReport = await self._calls.call(purge)
+        return report
+
     async def terminate(self, run_id: str, reason: Any = None) -> Run:
         """End the run ``cancelled`` at once; as `replay.Engine.terminate`.
 

@@ -14,6 +14,7 @@ import asyncio
 import functools
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from datetime import timedelta
 from os import PathLike
 from typing import Any
 
@@ -163,6 +164,8 @@ async def open_engine(
     serve_cli: bool = True,
     max_interruptions: int = 3,
     query_timeout: float | None = 30.0,
+    code_version: str | None = None,
+    retention: timedelta | float | None = None,
     clock: None = None,
 ) -> AsyncIterator[Engine]:
     """Open an engine on a DuckDB database from asyncio, for the `async with` body.
@@ -187,6 +190,9 @@ async def open_engine(
         serve_cli: As in `replay.open_engine`.
         max_interruptions: As in `replay.open_engine`.
         query_timeout: As in `replay.open_engine`.
+        code_version: As in `replay.open_engine`.
+        retention: As in `replay.open_engine` (finished runs older than this are
+            purged every hour).
         clock: Must be None: the engine runs on the real clock (see Raises).
 
     Yields:
@@ -209,7 +215,8 @@ async def open_engine(
         durability=durability, always_replay=always_replay,
         shutdown_timeout=shutdown_timeout, lock_timeout=lock_timeout,
         max_threads=max_threads, cache_size=cache_size, serve_cli=serve_cli,
-        max_interruptions=max_interruptions, query_timeout=query_timeout)
+        max_interruptions=max_interruptions, query_timeout=query_timeout,
+        code_version=code_version, retention=retention)
     guest = await GuestRun.join()
     calls = Calls(guest)
     try:

@@ -36,6 +36,8 @@ def open_engine(
     serve_cli: bool = True,
     max_interruptions: int = 3,
     query_timeout: float | None = 30.0,
+    code_version: str | None = None,
+    retention: timedelta | float | None = None,
 ) -> Engine:
     """Open an engine for synchronous code; it runs on a background thread of its own.
 
@@ -61,6 +63,9 @@ def open_engine(
         serve_cli: As for `replay.open_engine`.
         max_interruptions: As for `replay.open_engine`.
         query_timeout: As for `replay.open_engine`.
+        code_version: As for `replay.open_engine`.
+        retention: As for `replay.open_engine` (finished runs older than this are
+            purged every hour).
 
     Returns:
         The open `Engine`.
@@ -76,7 +81,8 @@ def open_engine(
         "always_replay": always_replay, "shutdown_timeout": shutdown_timeout,
         "lock_timeout": lock_timeout, "max_threads": max_threads, "cache_size": cache_size,
         "serve_cli": serve_cli, "max_interruptions": max_interruptions,
-        "query_timeout": query_timeout,
+        "query_timeout": query_timeout, "code_version": code_version,
+        "retention": retention,
     }
     engine = Engine(EngineHost(path, options))
     engine._open()
@@ -204,6 +210,26 @@ class Engine:
             EngineClosed: The engine is closed or closing.
         """
         return self._handle(self._host_call(_terminate, run_id, reason))
+
+    def purge(self, *, older_than: timedelta | float = timedelta(days=30),
+              states: Collection[replay.RunState | str] = ("completed", "failed", "cancelled"),
+              workflow: Callable[..., Any] | str | None = None,
+              archive_to: str | PathLike[str] | None = None) -> replay.PurgeReport:
+        """Delete finished runs that ended more than `older_than` ago, as `replay.Engine.purge`.
+
+        Returns:
+            A `replay.PurgeReport` of what was deleted.
+
+        Raises:
+            TypeError: An argument has the wrong type.
+            ValueError: `older_than` is negative, `states` is empty or names an
+                unknown or unfinished state, or `archive_to` exists or cannot be
+                written.
+            OSError: Writing the archive failed (nothing was deleted).
+            DatabaseError: A delete failed; the batches before it stay deleted.
+            EngineClosed: The engine is closed or closing.
+        """
+        return self._host_call(_purge, older_than, states, workflow, archive_to)
 
     def get_run(self, run_id: str) -> Run:
         """Return a handle to an existing run.
@@ -410,6 +436,13 @@ async def _cancel(engine: AsyncEngine, run_id: str, reason: Any) -> AsyncRun:
 
 async def _terminate(engine: AsyncEngine, run_id: str, reason: Any) -> AsyncRun:
     return await engine.terminate(run_id, reason)
+
+
+async def _purge(engine: AsyncEngine, older_than: timedelta | float,
+                 states: Collection[replay.RunState | str], workflow: Any,
+                 archive_to: str | PathLike[str] | None) -> replay.PurgeReport:
+    return await engine.purge(older_than=older_than, states=states, workflow=workflow,
+                              archive_to=archive_to)
 
 
 def _get_run(engine: AsyncEngine, run_id: str) -> AsyncRun:
