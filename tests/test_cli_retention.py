@@ -110,8 +110,7 @@ def test_a_dry_run_counts_and_changes_nothing(capsys: pytest.CaptureFixture[str]
     before = rows(copy, "SELECT * FROM replay_event_log ORDER BY seq")
     code, out, err = cli(capsys, "purge", copy, "--older-than", "30d", "--dry-run")
     assert (code, err) == (0, "")
-    assert out.startswith("would purge 4 finished runs and 0 earlier generations of runs "
-                          "that continued as new (12 events) from before ")
+    assert out.startswith("would purge 4 finished runs (12 events) from before ")
     assert out.endswith("; nothing was deleted (--dry-run)\n")
     assert rows(copy, "SELECT * FROM replay_event_log ORDER BY seq") == before
     code, out, _ = cli(capsys, "purge", copy, "--older-than", "30d", "--dry-run", "--json",
@@ -129,9 +128,8 @@ def test_purge_in_the_file(capsys: pytest.CaptureFixture[str], copy: str,
                          "completed", "--workflow", "quick", "--archive",
                          str(tmp_path / "old.parquet"))
     assert (code, err) == (0, "")
-    assert out.startswith("purged 3 finished runs and 0 earlier generations of runs that "
-                          "continued as new (9 events) from before ")
-    assert out.endswith(f", by the file {copy!r}; their events are in "
+    assert out.startswith("purged 3 finished runs (9 events) from before ")
+    assert out.endswith(f", in the file {copy!r}; their events are in "
                         f"{str(tmp_path / 'old.parquet')!r}\n")
     assert run_ids(copy) == ["o", "recent", "w"]
     with duckdb.connect() as con:
@@ -230,8 +228,9 @@ async def test_purge_through_the_engine_while_it_runs(
         code, out, err = await live_cli(capsys, "purge", db, "--older-than", "30d",
                                         "--archive", str(archive))
         assert (code, err) == (0, "")
-        assert out.endswith(f", by the engine in process {os.getpid()}; their events are "
-                            f"in {str(archive)!r}\n")
+        assert out.startswith("purged 3 finished runs (9 events) from before ")
+        assert out.endswith(f", through the engine in process {os.getpid()}; their events "
+                            f"are in {str(archive)!r}\n")
         with pytest.raises(replay.RunNotFound):
             engine.status("q0")
         # The engine goes on: the waiting run takes its signal.

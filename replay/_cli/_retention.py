@@ -19,9 +19,10 @@ from typing import Any, TextIO
 
 from replay._cli import _format as fmt
 from replay._cli._source import CliError, open_source
-from replay._engine._retention import DEFAULT_STATES, checked_request
+from replay._engine._retention import DEFAULT_STATES, checked_request, described
 from replay._store import FINISHED
 from replay._store._compact import compact as compact_file
+from replay._types import PurgeReport
 
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -82,20 +83,16 @@ def purge(args: argparse.Namespace, out: TextIO) -> int:
                          "cutoff": cutoff.isoformat() if isinstance(cutoff, datetime)
                          else cutoff}), file=out)
     else:
-        print(_said(report, args.dry_run, source.description), file=out)
+        print(_said(report, args.dry_run, source.live, source.description), file=out)
     return 0
 
 
-def _said(report: dict[str, Any], dry_run: bool, where: str) -> str:
-    cutoff = report["cutoff"]
-    when = cutoff.isoformat(timespec="seconds") if isinstance(cutoff, datetime) else cutoff
-    what = (f"{report['runs_purged']} finished runs and {report['generations_purged']} "
-            f"earlier generations of runs that continued as new ({report['events_deleted']} "
-            f"events) from before {when}")
+def _said(report: dict[str, Any], dry_run: bool, live: bool, where: str) -> str:
+    what = described(PurgeReport(**report))
     if dry_run:
         return f"would purge {what}; nothing was deleted (--dry-run)"
     archived = f"; their events are in {report['archive']!r}" if report["archive"] else ""
-    return f"purged {what}, by {where}{archived}"
+    return f"purged {what}, {'through' if live else 'in'} {where}{archived}"
 
 
 def compact(args: argparse.Namespace, out: TextIO) -> int:

@@ -209,9 +209,7 @@ class Retention:
                         "%g s", request.older_than, error, PURGE_PERIOD_SECONDS)
             return
         if report.runs_purged or report.events_deleted:
-            log.info("purged %d finished runs and %d earlier generations (%d events) "
-                     "older than %s", report.runs_purged, report.generations_purged,
-                     report.events_deleted, report.cutoff.isoformat())
+            log.info("purged %s", described(report))
 
     async def _delete_runs(self, planned: PurgePlan, states: Sequence[str], totals: _Totals,
                            progress: Progress | None) -> None:
@@ -274,6 +272,20 @@ class Retention:
                 "(the batches before it stay deleted) and the engine goes on; fix the "
                 "cause and purge again") from error
         return result  # type: ignore[no-any-return]
+
+
+def described(report: PurgeReport) -> str:
+    """Say what a purge deleted (or would): runs, generations, events, the cutoff."""
+    what = _counted(report.runs_purged, "finished run")
+    if report.generations_purged:
+        what += (f" and {_counted(report.generations_purged, 'earlier generation')} of "
+                 "runs that continued as new")
+    when = report.cutoff.isoformat(timespec="seconds")
+    return f"{what} ({_counted(report.events_deleted, 'event')}) from before {when}"
+
+
+def _counted(count: int, thing: str) -> str:
+    return f"{count} {thing}" if count == 1 else f"{count} {thing}s"
 
 
 @dataclass(slots=True)

@@ -4,8 +4,8 @@ Deleting rows (a purge) does not shrink a DuckDB file: the space is reused by la
 writes, never returned. A compaction copies what is left into a new file next to the
 old one, in `seq` order, then atomically puts it in the old one's place.
 
-It needs the file to itself, from the first read to the rename: an engine holding the
-file makes it fail at once (the file lock tells). The steps:
+It needs the file to itself, from the copy to the rename: an engine holding the file
+makes it fail at once (the file lock tells). The steps:
 
 1. Open the file for writing (so no engine holds it), bring an older release's file
    to this schema version, check it, and fold its write-ahead log in (CHECKPOINT).
@@ -115,6 +115,10 @@ def _copy(con: duckdb.DuckDBPyConnection, path: str) -> None:
         pid = int(held["pid"])
         raise DatabaseLocked(f"database {path!r} is locked by another process "
                              f"({describe_pid(pid)}){COMPACT_ADVICE}", pid=pid) from error
+    if os.path.exists(f"{path}.wal") and os.path.getsize(f"{path}.wal") > 0:
+        # A process wrote to the file after it was checkpointed: start again.
+        raise DatabaseError(f"cannot compact {path!r}: another process wrote to it while it "
+                            "was being compacted; run the command again once it stops")
     try:
         columns = ", ".join(row[0] for row in con.execute(
             "SELECT column_name FROM duckdb_columns() WHERE database_name = 'old' "
