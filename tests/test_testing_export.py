@@ -107,7 +107,10 @@ async def test_the_document_is_readable_json_with_format_and_version(tmp_path: P
         "seq", "run_id", "workflow", "kind", "event", "key", "attempt", "name", "value_json",
         "value", "error_type", "error_types", "error", "recorded_at", "wake_at",
         "duration_ms", "run_state", "status_text"]
-    assert {field.name for field in fields(Record)} == set(document["records"][1])
+    # generation and code_version are written only when set (a run that never continued
+    # as new, an engine without a code version): such files read as older ones.
+    assert {field.name for field in fields(Record)} - {"generation", "code_version"} == set(
+        document["records"][1])
     by_key = {(r["key"], r["event"]): r for r in document["records"]}
     nested = by_key[("echo:nested", "completed")]
     assert nested["value_json"] == {"a": [1, [2, 3]], "b": {"c": "AP8="}, "4": [5]}
