@@ -654,9 +654,6 @@ def twice(i: int) -> Flow:
     return ContinueAsNew(i + 1) if i < 2 else i
 
 
-@pytest.mark.xfail(strict=True, reason="the committer keeps stamping a purged run's "
-                   "generation on records of a new run with the same id (it needs a way "
-                   "to forget purged runs)")
 async def test_a_new_run_with_the_id_of_a_purged_one_starts_at_generation_0(db: str) -> None:
     async with replay.open_engine(db, workflows=[twice], durability="none") as engine:
         assert await (await engine.start(twice, 0, run_id="t")).result() == 2

@@ -96,9 +96,12 @@ class Committer:
         return done
 
     def _stamp_generation(self, record: Record) -> None:
-        if record.event == "continued" and record.kind == "run":
+        if record.kind == "run" and record.event == "continued":
             self._generations[record.run_id] = record.generation
-        elif self._generations:
+        elif record.kind == "run" and record.event == "started":
+            # A new run: one of the same id that was purged had its own generations.
+            self._generations.pop(record.run_id, None)
+        else:
             record.generation = self._generations.get(record.run_id, 0)
 
     # Ctrl-C is delivered to the main task, never in the middle of a batch.
