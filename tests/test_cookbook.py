@@ -8,8 +8,11 @@ meanwhile), one a minute from 2026-03-02 09:00 UTC, then two more two days later
 between: ``o-10`` cancelled on the first day; on the second day three ``quote:v1``
 races, a ``basket:v1`` that places ``o-13`` and ``o-14`` as child runs, ``o-11``
 cancelled by its customer, ``o-12`` cancelled by its deadline, and a ``restock:v1``
-whose ``All`` fails fast. Each query runs through ``replay sql DB QUERY --json`` and, to
-show that no replay code is needed to read the file, through a plain DuckDB connection.
+whose ``All`` fails fast. On the third day two ``sync:v1`` runs note their progress and
+continue as new each round; the engine is reopened under a new code version while
+``s-1`` sleeps, and ``s-2`` still sleeps at the end. Each query runs through
+``replay sql DB QUERY --json`` and, to show that no replay code is needed to read the
+file, through a plain DuckDB connection.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import trio
 import trio.testing
 
 import replay
-from replay import All, Child, Gather, Race, Retry, Sleep, Step, Suspend
+from replay import All, Child, ContinueAsNew, Gather, Note, Race, Retry, Sleep, Step, Suspend
 from replay._cli import main
 from replay._engine._clock import set_virtual_start
 
@@ -124,16 +127,32 @@ def restock(sku: str):  # type: ignore[no-untyped-def]
     return reserved
 
 
+@replay.workflow(name="sync:v1")
+def sync(feed: str, round_: int, pause: float):  # type: ignore[no-untyped-def]
+    yield Note(f"progress:{round_}", {"feed": feed, "round": round_},
+               text=f"{feed}: round {round_} of 3")
+    yield Sleep("pause:v1", pause)
+    if round_ < 3:
+        return ContinueAsNew(feed, round_ + 1, pause)
+    return {"feed": feed, "rounds": round_}
+
+
+WORKFLOWS = [order, quote, basket, restock, sync]
+
+
 async def build(db: str) -> None:
     set_virtual_start(START)
     zero = trio.current_time()
     failures.update({order_id: plan[2] for order_id, plan in PLAN.items()})
-    async with replay.open_engine(db, workflows=[order, quote, basket, restock],
-                                  durability="none", serve_cli=False) as engine:
-        async def place(orders: dict[str, tuple[int, int, int]], at: float) -> None:
-            for i, (order_id, (cents, _, _)) in enumerate(orders.items()):
-                await trio.sleep_until(zero + at + 60 * i)
-                await (await engine.start(order, order_id, cents, run_id=order_id)).wait()
+
+    async def place(engine: replay.Engine, orders: dict[str, tuple[int, int, int]],
+                    at: float) -> None:
+        for i, (order_id, (cents, _, _)) in enumerate(orders.items()):
+            await trio.sleep_until(zero + at + 60 * i)
+            await (await engine.start(order, order_id, cents, run_id=order_id)).wait()
+
+    async with replay.open_engine(db, workflows=WORKFLOWS, durability="none",
+                                  serve_cli=False, code_version="2026.03.02") as engine:
 
         async def cancelled(order_id: str, at: float, reason: str | None = None,
                             deadline: float | None = None) -> None:
@@ -147,7 +166,7 @@ async def build(db: str) -> None:
             with pytest.raises(replay.WorkflowFailed):
                 await run.result()
 
-        await place(FIRST, 0)
+        await place(engine, FIRST, 0)
         await trio.sleep_until(zero + 2 * 3600)
         await engine.signal("o-6", "approval:v1", "maria")
         await engine.get_run("o-6").result()
@@ -164,7 +183,16 @@ async def build(db: str) -> None:
         await trio.sleep_until(zero + day2 + 14 * 3600)
         with pytest.raises(replay.WorkflowFailed):
             await (await engine.start(restock, "A-1", run_id="r-1")).result()
-        await place(LATER, 2 * 86400 + 2 * 3600)
+        # Two feeds sync in rounds (continue-as-new); the engine is redeployed while
+        # s-1 sleeps in its second round, which then wakes under the new version.
+        await trio.sleep_until(zero + 2 * 86400 + 3600)
+        await engine.start(sync, "prices", 1, 0.5, run_id="s-1")
+        await engine.start(sync, "stock", 1, 86400.0, run_id="s-2")
+        await trio.sleep(0.7)
+    async with replay.open_engine(db, workflows=WORKFLOWS, durability="none",
+                                  serve_cli=False, code_version="2026.03.04") as engine:
+        await engine.get_run("s-1").result()
+        await place(engine, LATER, 2 * 86400 + 2 * 3600)
 
 
 @pytest.fixture(scope="module")
@@ -287,6 +315,8 @@ EXPECTED: dict[str, list[dict[str, Any]]] = {
     "Runs stuck waiting": [
         {"run_id": "o-7", "state": "suspended", "waiting_for": "approval:v1",
          "status_text": "waiting for a manager", "idle_hours": 49.9},
+        {"run_id": "s-2", "state": "sleeping", "waiting_for": "pause:v1",
+         "status_text": "stock: round 1 of 3", "idle_hours": 1.0},
     ],
     "Runs per workflow and state": [
         {"workflow": "basket:v1", "runs": 1, "completed": 1, "failed": 0, "cancelled": 0,
@@ -297,11 +327,13 @@ EXPECTED: dict[str, list[dict[str, Any]]] = {
          "in_flight": 0},
         {"workflow": "restock:v1", "runs": 1, "completed": 0, "failed": 1, "cancelled": 0,
          "in_flight": 0},
+        {"workflow": "sync:v1", "runs": 2, "completed": 1, "failed": 0, "cancelled": 0,
+         "in_flight": 1},
     ],
     "Runs started per day": [
         {"day": "2026-03-02", "started": 8, "completed": 5},
         {"day": "2026-03-03", "started": 9, "completed": 5},  # child runs count too
-        {"day": "2026-03-04", "started": 2, "completed": 1},
+        {"day": "2026-03-04", "started": 4, "completed": 2},  # o-8, o-9, s-1, s-2
     ],
     "Fields of inputs and outputs": [
         {"run_id": run_id, "order_id": run_id.split(":")[-1], "cents": cents,
@@ -343,6 +375,25 @@ EXPECTED: dict[str, list[dict[str, Any]]] = {
          "thrown_in_at": "approval:v1",
          "cancelled_at": START + timedelta(days=1, hours=8, minutes=30, milliseconds=270)},
     ],
+    "Latest progress of running runs": [  # s-1 finished; o-7 noted nothing
+        {"run_id": "s-2", "workflow": "sync:v1", "state": "sleeping", "generation": 0,
+         "status_text": "stock: round 1 of 3", "status_json": {"feed": "stock", "round": 1},
+         "noted_at": START + timedelta(days=2, hours=1)},
+    ],
+    "Runs whose code version changed": [  # s-2 slept through the redeploy: not executed
+        {"run_id": "s-1", "workflow": "sync:v1", "state": "completed",
+         "started_under": "2026.03.02", "last_ran_under": "2026.03.04", "changes": 1,
+         "changed_at": START + timedelta(days=2, hours=1, seconds=1)},
+    ],
+    "Events per generation of run `s-1`": [  # the version change is in generation 1
+        {"generation": 0, "events": 4, "began": START + timedelta(days=2, hours=1),
+         "input": ["prices", 1, 0.5]},
+        {"generation": 1, "events": 5,
+         "began": START + timedelta(days=2, hours=1, milliseconds=500),
+         "input": ["prices", 2, 0.5]},
+        {"generation": 2, "events": 5, "began": START + timedelta(days=2, hours=1, seconds=1),
+         "input": ["prices", 3, 0.5]},
+    ],
 }
 
 
@@ -356,7 +407,7 @@ def test_cookbook_query_answers_its_question(capsys: pytest.CaptureFixture[str],
     rows = run_sql(capsys, shop, recipes()[title])
     for row in rows:
         row.pop("seq", None)  # global order: its values are not the point
-        for column in ("waiting_since", "cancelled_at"):
+        for column in ("waiting_since", "cancelled_at", "noted_at", "changed_at", "began"):
             if column in row:
                 row[column] = when(row[column])
     assert rows == EXPECTED[title]
@@ -373,6 +424,7 @@ def test_any_duckdb_client_can_run_the_cookbook(shop: str) -> None:
             ("A-1",)]
         assert dict(con.execute("SELECT column_name, data_type FROM information_schema.columns "
                                 "WHERE table_name = 'replay_runs' AND column_name LIKE '%json'"
-                                ).fetchall()) == {"input_json": "JSON", "output_json": "JSON"}
+                                ).fetchall()) == {"input_json": "JSON", "output_json": "JSON",
+                                                  "status_json": "JSON"}
     finally:
         con.close()
