@@ -55,7 +55,8 @@ CACHE = Path("/tmp/replay-bench-cache")
 TEMPLATES = ("bench.order", "bench.waiting", "bench.napping")
 COLUMNS = (
     "seq, run_id, workflow, key, kind, event, attempt, value, value_json, error_type, "
-    "error, recorded_at, duration_ms, wake_at, name, error_types, run_state, status_text"
+    "error, recorded_at, duration_ms, wake_at, name, error_types, run_state, status_text, "
+    "generation, code_version"
 )
 
 
@@ -128,12 +129,12 @@ WITH runs AS (
     SELECT row_number() OVER (ORDER BY runs.block, t.ord, runs.n) AS seq, runs.run_id,
            t.workflow, t.key, t.kind, t.event, t.attempt, t.value, t.value_json,
            t.error_type, t.error, t.duration_ms, t.wake_at, t.name, t.error_types,
-           t.run_state, t.status_text
+           t.run_state, t.status_text, t.generation, t.code_version
     FROM runs JOIN template_rows t USING (template)
 )
 SELECT seq, run_id, workflow, key, kind, event, attempt, value, value_json, error_type,
        error, TIMESTAMPTZ '2025-01-01 00:00:00+00' + to_milliseconds(seq), duration_ms,
-       wake_at, name, error_types, run_state, status_text
+       wake_at, name, error_types, run_state, status_text, generation, code_version
 FROM laid_out ORDER BY seq
 """
 
