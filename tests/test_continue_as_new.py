@@ -380,3 +380,43 @@ def test_check_history_and_the_testing_runner_handle_generations(tmp_path: Path)
 
     with pytest.raises(replay.NondeterminismError):
         check_history(changed, tmp_path / "unfinished.json")
+
+
+@replay.workflow(name="cas_kid")
+def cas_kid(month: int) -> Generator[Any, Any, Any]:
+    yield Sleep("work:v1", timedelta(hours=1))
+    if month == 1:
+        raise ValueError("month 1 fails")
+    return month * 10
+
+
+@replay.workflow(name="cas_parent")
+def cas_parent(month: int) -> Generator[Any, Any, Any]:
+    try:
+        total = yield replay.Child("month:v1", cas_kid, month)
+    except replay.ChildFailed as failed:
+        total = failed.child_run_id
+    if month < 2:
+        return ContinueAsNew(month + 1)
+    return total
+
+
+async def test_each_generation_starts_its_own_child_at_a_reused_key(tmp_path: Path) -> None:
+    path = tmp_path / "children.duckdb"
+    async with replay.open_engine(path, workflows=[cas_parent, cas_kid],
+                                  durability="none") as engine:
+        run = await engine.start(cas_parent, 0, run_id="p")
+        assert await run.result() == 20
+        children = await engine.sql(
+            "SELECT run_id, state, parent_run_id, input_json FROM replay_runs "
+            "WHERE parent_run_id = 'p' ORDER BY run_id")
+        assert children == [("p/month:v1", "completed", "p", "[0]"),
+                            ("p/month:v1@1", "failed", "p", "[1]"),
+                            ("p/month:v1@2", "completed", "p", "[2]")]
+        events = await engine.history("p")
+        failed = [e for e in events if e.kind == "child" and e.event == "failed"]
+        assert [e.generation for e in failed] == [1]
+    # Reopened, a child's parent key comes from its own run/started record.
+    async with replay.open_engine(path, workflows=[cas_parent, cas_kid],
+                                  durability="none") as engine:
+        assert engine.status("p/month:v1@2").parent_run_id == "p"

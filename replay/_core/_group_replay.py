@@ -60,7 +60,7 @@ def _member_outcome(member: Member, history: RunHistory, decode: Callable[[bytes
         return True, None if data is None else decode(data)
     assert record is not None, f"member {member.key!r} has no outcome"
     if record.failure is not None:
-        return False, outcome_failure(run_id, member.key, record)
+        return False, outcome_failure(run_id, member.key, record, history.generation)
     return True, None if record.value is None else decode(record.value)
 
 
@@ -73,7 +73,7 @@ def _member_failure_from(key: str, record: KeyRecord, history: RunHistory,
         return SuspendTimeout(run_id, leaf)
     leaf_record = history.get(leaf)
     if leaf_record is not None and leaf_record.kind == "child":
-        return outcome_failure(run_id, leaf, leaf_record)
+        return outcome_failure(run_id, leaf, leaf_record, history.generation)
     return step_failed(run_id, leaf, failure)
 
 

@@ -274,15 +274,26 @@ def step_failed(run_id: str, key: str, failure: Failure) -> StepFailed:
                       failure.error_types)
 
 
-def child_failed(run_id: str, key: str, failure: Failure) -> ChildFailed:
+def child_run_id(parent_run_id: str, key: str, generation: int) -> str:
+    """Return the run id of the child a parent starts at `key` in its `generation`.
+
+    ``f"{parent}/{key}"``; after the parent continued as new, ``f"{parent}/{key}@{n}"``:
+    each generation's child at a key is a run of its own.
+    """
+    child = f"{parent_run_id}/{key}"
+    return child if generation == 0 else f"{child}@{generation}"
+
+
+def child_failed(run_id: str, key: str, failure: Failure, generation: int = 0) -> ChildFailed:
     """Return the `ChildFailed` a recorded child failure throws into the parent."""
-    return ChildFailed(run_id, key, failure.error_type, failure.message, f"{run_id}/{key}",
-                       failure.error_types)
+    return ChildFailed(run_id, key, failure.error_type, failure.message,
+                       child_run_id(run_id, key, generation), failure.error_types)
 
 
-def outcome_failure(run_id: str, key: str, record: KeyRecord) -> StepFailed:
+def outcome_failure(run_id: str, key: str, record: KeyRecord, generation: int = 0
+                    ) -> StepFailed:
     """Return the failure a recorded step or child failure throws into the workflow."""
     assert record.failure is not None
     if record.kind == "child":
-        return child_failed(run_id, key, record.failure)
+        return child_failed(run_id, key, record.failure, generation)
     return step_failed(run_id, key, record.failure)

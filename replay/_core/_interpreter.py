@@ -237,7 +237,8 @@ class Interpreter:
         if type(command) is Note:
             return self._generator.send, None  # recorded: replayed silently
         if record.failure is not None:
-            return self._generator.throw, outcome_failure(self.run_id, command.key, record)
+            return self._generator.throw, outcome_failure(self.run_id, command.key, record,
+                                                          self._history.generation)
         return self._generator.send, self._value(record.value)
 
     def _value(self, data: bytes | None) -> Any:

@@ -15,7 +15,7 @@ from typing import Any
 
 from replay._commands import Step
 from replay._core._decisions import Attempt, ChildStart, Codec, Outcome
-from replay._core._history import Failure, KeyRecord, RunHistory, step_failed
+from replay._core._history import Failure, KeyRecord, RunHistory, child_run_id, step_failed
 from replay._core._records import Encoded, ErrorText, Record, Run
 from replay._errors import (
     EncodingError,
@@ -154,7 +154,7 @@ class Recorder:
 
     def start_child(self, child: Child, state: RunState | None) -> None:
         """Record a child's start; the engine starts the run in the same commit."""
-        run_id = f"{self.run.run_id}/{child.key}"
+        run_id = child_run_id(self.run.run_id, child.key, self.history.generation)
         detail = {"run_id": run_id, "workflow": child.workflow,
                   "on_parent_close": child.on_parent_close}
         self.emit(self.run.child_started(child.key, child.workflow,
@@ -165,7 +165,8 @@ class Recorder:
 
     def stop_child(self, child: Child) -> None:
         """Cancel the child's run once the decision's records are durable."""
-        self.child_stops.append(f"{self.run.run_id}/{child.key}")
+        self.child_stops.append(child_run_id(self.run.run_id, child.key,
+                                             self.history.generation))
 
     # -- cancellation --
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from replay._codec import CODEC, decode
 from replay._core._decisions import ChildStart
-from replay._core._history import RunHistory
+from replay._core._history import RunHistory, child_run_id
 from replay._core._records import Encoded, ErrorText, Record, Run
 from replay._core._state import RunStatus
 from replay._engine._slots import RunSlot
@@ -89,7 +89,7 @@ class Family:
             details = decode(detail) if detail is not None else {}
             if not isinstance(details, dict) or details.get("on_parent_close") != "abandon":
                 self._scheduler.in_background(
-                    self._cancel_child, f"{slot.run_id}/{key}",
+                    self._cancel_child, child_run_id(slot.run_id, key, history.generation),
                     f"its parent {slot.run_id!r} ended")
 
     async def _commit_end(self, slot: RunSlot, records: Sequence[Record]) -> None:

@@ -28,7 +28,7 @@ import trio
 
 from replay._codec import CODEC, decode
 from replay._core._decisions import Policy
-from replay._core._history import RunHistory
+from replay._core._history import RunHistory, child_run_id
 from replay._core._machine import RunMachine
 from replay._core._records import Encoded, Record, Run, started_record
 from replay._core._resume import resumed_record
@@ -231,7 +231,7 @@ class Scheduler:
         voided = resumed.name
         if voided is not None and history.get(voided) is not None and \
                 history.get(voided).kind == "child":  # type: ignore[union-attr]
-            await self._resume_child(f"{slot.run_id}/{voided}")
+            await self._resume_child(child_run_id(slot.run_id, voided, history.generation))
 
     async def _resume_child(self, run_id: str) -> None:
         """Resume the failed child whose failure a parent's `resume` voided."""

@@ -110,7 +110,9 @@ class RunSlot:
             message=row.value if state in _ENDED_BADLY else None)
         slot = cls(row.run_id, row.workflow, status, row.created_at)
         if row.parent_run_id is not None:
-            slot.parent = (row.parent_run_id, row.run_id[len(row.parent_run_id) + 1:])
+            # The parent's key for this run, as its run/started records it.
+            slot.parent = (row.parent_run_id,
+                           row.parent_key or row.run_id[len(row.parent_run_id) + 1:])
         slot.updated_at = row.updated_at
         slot.generation, slot.seq = row.generation, row.last_seq
         slot.needs_start_mark = row.started_seq <= opened_at

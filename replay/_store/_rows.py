@@ -33,6 +33,7 @@ class RunRow:
     note_value: bytes | None = None
     generation: int = 0
     last_seq: int = 0
+    parent_key: str | None = None
 
 
 def run_row(row: tuple[Any, ...], path: str) -> RunRow:
@@ -43,13 +44,14 @@ def run_row(row: tuple[Any, ...], path: str) -> RunRow:
     does not keep the others from running; nothing is written.
     """
     (run_id, workflow, state, created_at, updated_at, key, wake_at, status_text, error_type,
-     error, value, started_seq, parent_run_id, note_text, note_value, generation, last_seq) = row
+     error, value, started_seq, parent_run_id, note_text, note_value, generation, last_seq,
+     parent_key) = row
     problem = run_problem(workflow, state, created_at)
     if problem is None:
         return RunRow(run_id, workflow, state, utc(created_at), utc(updated_at), key,
                       utc_or_none(wake_at), status_text, error_type, error, value,
                       started_seq or 0, parent_run_id, note_text, note_value, generation or 0,
-                      last_seq or 0)
+                      last_seq or 0, parent_key)
     message = damaged_message(run_id, path, problem)
     at = utc(created_at or updated_at or _EPOCH)
     return RunRow(run_id, workflow or "", "failed", at, utc(updated_at or at), None, None,

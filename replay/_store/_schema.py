@@ -114,7 +114,7 @@ def run_summary(source: str = "replay_event_log", scope: str = "") -> str:
         FROM {source} WHERE run_state IS NOT NULL
         QUALIFY row_number() OVER (PARTITION BY run_id ORDER BY seq DESC) = 1
     ), started AS (
-        SELECT run_id, workflow, recorded_at, seq, name FROM {source}
+        SELECT run_id, workflow, recorded_at, seq, name, key FROM {source}
         WHERE kind = 'run' AND event = 'started'
     ), touched AS (
         SELECT run_id, max(recorded_at) AS updated_at, max(seq) AS last_seq FROM {source}
@@ -126,7 +126,7 @@ def run_summary(source: str = "replay_event_log", scope: str = "") -> str:
     )
     SELECT s.run_id, s.workflow, l.run_state, s.recorded_at, t.updated_at, l.key,
            l.wake_at, l.status_text, l.error_type, l.error, l.value, s.seq, s.name,
-           n.note_text, n.note_value, coalesce(l.generation, 0), t.last_seq
+           n.note_text, n.note_value, coalesce(l.generation, 0), t.last_seq, s.key
     FROM started s JOIN latest l USING (run_id) JOIN touched t USING (run_id)
          LEFT JOIN notes n USING (run_id)
     """
