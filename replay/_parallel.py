@@ -106,6 +106,11 @@ class _Group(Frozen):
         sig = f"{type(self).__name__}(key, members)"
         check_key(sig, key)
         for index, member in enumerate(members):
+            if isinstance(member, Note):
+                raise TypeError(
+                    f"{sig}: member {index} of group {key!r} is {shown(member)}; a Note "
+                    "records the run's status at once and is not a group member: yield it "
+                    "before or after the group")
             if not isinstance(member, MEMBER_TYPES):
                 raise TypeError(
                     f"{sig}: member {index} of group {key!r} is {shown(member)}; members "

@@ -278,7 +278,7 @@ async def test_a_note_inside_a_group_is_refused_clearly(db: str) -> None:
     with pytest.raises((TypeError, replay.ReplayError)) as refused:
         replay.All("both:v1", [Step("a:v1", ident, 1), Note("n:v1", "x")])  # type: ignore[list-item]
     assert "Note" in str(refused.value)
-    assert "members must be commands" in str(refused.value)
+    assert "a Note records the run's status at once and is not a group member" in str(refused.value)
     async with replay.open_engine(db, workflows=WORKFLOWS) as engine:
         run = await engine.start(in_group, run_id="g")
         with pytest.raises(replay.WorkflowFailed) as failed:

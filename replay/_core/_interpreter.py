@@ -46,7 +46,7 @@ from replay._errors import (
     safe_repr,
     same_name,
 )
-from replay._flow import Note
+from replay._flow import ContinueAsNew, Note
 from replay._parallel import GROUP_TYPES, Child, Member, kind_of, walk
 
 Workflow = Generator[Any, Any, Any]
@@ -307,6 +307,10 @@ class Interpreter:
 
     def _not_a_command(self, yielded: object) -> TypeError:
         shown = f"{safe_repr(yielded)} ({type(yielded).__name__})"
+        if isinstance(yielded, ContinueAsNew):
+            return TypeError(
+                f"workflow {self.workflow!r} yielded {shown}; return it instead: "
+                "`return ContinueAsNew(...)` ends this generation and starts the next")
         if inspect.isgenerator(yielded):
             return TypeError(
                 f"workflow {self.workflow!r} yielded {shown}; expected a command such as "

@@ -157,7 +157,9 @@ class RunMachine:
         """Create the generator and run it to its first decision."""
         version = self._policy.code_version
         if version is not None and version != self._history.code_version:
-            self._rec.emit(self.run.code_changed(self._history.code_version, version))
+            recorded = self._history.code_version
+            versions = self._rec.encoded({"from": recorded, "to": version}, "code_version")
+            self._rec.emit(self.run.code_changed(recorded, version, versions))
         generator = self._generator()
         if isinstance(generator, Fail):
             return self._failed(generator)

@@ -122,9 +122,12 @@ class Run:
         record.generation = generation
         return record
 
-    def code_changed(self, recorded: str | None, current: str) -> Record:
-        """An execution runs under another code version than the run's last one."""
-        record = self._record("run", "code_changed", name=recorded)
+    def code_changed(self, recorded: str | None, current: str, versions: Encoded) -> Record:
+        """An execution runs under another code version than the run's last one.
+
+        `versions`: ``{"from": recorded, "to": current}``, for people reading the event.
+        """
+        record = self._record("run", "code_changed", name=recorded, value=versions)
         record.code_version = current
         return record
 
