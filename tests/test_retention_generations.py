@@ -67,7 +67,8 @@ def _random_records(rng: random.Random, run: Run, generation: int) -> list[Recor
     if choice < 0.85:
         return [run.step_late(key, 2, "f", enc("late"), None, 1.0)]
     if choice < 0.95:
-        return [run.code_changed("v1", f"v{generation + 2}")]
+        version = f"v{generation + 2}"
+        return [run.code_changed("v1", version, enc({"from": "v1", "to": version}))]
     if choice < 0.97:
         return [run.cancel_requested(enc("stop"), None)]
     return [run.step_failed(key, 1, "f", ErrorText("builtins.ValueError",
