@@ -356,7 +356,10 @@ async def test_cancelled_is_thrown_in_at_the_wait_and_the_compensation_runs(
         TRACK.gates["wait"].set()
         TRACK.gates["m-sync"].set()
         await trio.sleep(2 * DAY.total_seconds())
-        assert await events_of(engine, "r") == history
+        # A cancelled sync member's thread may still finish: its outcome is kept as
+        # step/late, for the record only (whenever the thread happens to end).
+        later = [e for e in await events_of(engine, "r") if e[1] != "late"]
+        assert later == history
         assert TRACK.calls["reserve"] == TRACK.calls["release"] == 1
         child = engine.status("r/wait:v1") if kind == "child" else None
     if kind == "backoff":
