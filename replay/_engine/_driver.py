@@ -322,8 +322,9 @@ class Driver:
                       scope: trio.CancelScope, send: trio.MemorySendChannel[Any]) -> None:
         """One group member's attempt; a stopped one reports nothing."""
         def late(outcome: Outcome) -> None:
-            # A sync attempt that lost: its thread finished after all. Recorded, not used.
-            if scope.cancel_called and not self._stopping():
+            # A sync attempt that lost: its thread finished after all. Recorded, not used
+            # (unless its run was purged meanwhile: a row of no run).
+            if scope.cancel_called and not self._stopping() and not slot.purged:
                 self._enqueue(slot, machine.late_record(attempt, outcome))
 
         try:

@@ -141,6 +141,8 @@ class RunTable:
     def release_purged(self, held: dict[str, RunSlot | None], deleted: set[str]) -> None:
         """Forget the `deleted` runs held for a purge, and let `adopt` go on for all."""
         for run_id, slot in held.items():
+            if run_id in deleted and slot is not None:
+                slot.purged = True
             if run_id in deleted and slot is not None and self.find(run_id) is slot:
                 self.live.pop(run_id, None)
                 self._finished.pop(run_id, None)

@@ -45,6 +45,7 @@ class RunSlot:
         "machine",
         "needs_start_mark",
         "parent",
+        "purged",
         "run_id",
         "seq",
         "settling",
@@ -88,6 +89,8 @@ class RunSlot:
         self.task_scope: trio.CancelScope | None = None
         # How many times the run continued as new (its current generation).
         self.generation = 0
+        # True once a purge deleted the run: nothing more may be written for it.
+        self.purged = False
         # The newest committed record's `seq`, and who is told of each record.
         self.seq = 0
         self.watchers: Watchers | None = None
