@@ -1,9 +1,11 @@
 """Figures, targets, the table and the JSON line every benchmark script prints.
 
 A `Figure` is one measured number with, where it applies, the raw-DuckDB floor it is
-compared with, the ratio of the two, and the target of issue 6. Each script prints its
-figures as a table for people and as one JSON line (the last line of its output) for
-`run.py` and for anyone tracking the numbers over time.
+compared with (the cheapest durable commit of a narrow row, see `_floor.py`), the ratio
+of the two, the wide floor beside it for information (replay's own row shape, same
+loop), and its target. Each script prints its figures as a table for people and as one
+JSON line (the last line of its output) for `run.py` and for anyone tracking the
+numbers over time.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ class Figure:
     target: Target | None = None
     floor: float | None = None
     note: str = ""
+    # For information: the same floor writing replay's wide event row (never judged).
+    wide_floor: float | None = None
     detail: dict[str, Any] = field(default_factory=dict)
     # False in smoke mode: tiny sizes say nothing about the targets.
     judged: bool = True
@@ -64,6 +68,12 @@ class Figure:
         return self.value / self.floor
 
     @property
+    def wide_ratio(self) -> float | None:
+        if self.wide_floor is None or self.wide_floor == 0:
+            return None
+        return self.value / self.wide_floor
+
+    @property
     def passed(self) -> bool | None:
         if self.target is None or not self.judged:
             return None
@@ -73,6 +83,7 @@ class Figure:
         return {
             "label": self.label, "value": self.value, "unit": self.unit,
             "floor": self.floor, "ratio": self.ratio,
+            "wide_floor": self.wide_floor, "wide_ratio": self.wide_ratio,
             "target": None if self.target is None else asdict(self.target),
             "pass": self.passed, "note": self.note, "detail": self.detail,
         }
@@ -141,7 +152,7 @@ def fmt(number: float | None) -> str:
 
 def table(figures: Sequence[Figure]) -> str:
     """The figures as a Markdown table."""
-    head = ["figure", "replay", "floor", "ratio", "target", "pass", "note"]
+    head = ["figure", "replay", "floor", "ratio", "wide floor", "target", "pass", "note"]
     rows = [head, ["---"] * len(head)]
     for figure in figures:
         passed = {None: "-", True: "PASS", False: "FAIL"}[figure.passed]
@@ -149,6 +160,8 @@ def table(figures: Sequence[Figure]) -> str:
             figure.label, f"{fmt(figure.value)} {figure.unit}",
             "-" if figure.floor is None else f"{fmt(figure.floor)} {figure.unit}",
             "-" if figure.ratio is None else f"{figure.ratio:.2f}x",
+            "-" if figure.wide_floor is None
+            else f"{fmt(figure.wide_floor)} {figure.unit} ({figure.wide_ratio:.2f}x)",
             "-" if figure.target is None else figure.target.text, passed, figure.note,
         ])
     return "\n".join("| " + " | ".join(row) + " |" for row in rows)

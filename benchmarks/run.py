@@ -2,8 +2,16 @@
 
 Each benchmark script runs in its own process (so one's memory and threads do not
 disturb the next) and ends its output with a JSON line; this script collects them,
-prints one Markdown table (figure, replay, floor, ratio, target, pass) and one JSON
-line with every figure. Usage:
+prints one Markdown table (figure, replay, floor, ratio, wide floor, target, pass) and
+one JSON line with every figure.
+
+The floor is the cheapest durable commit DuckDB offers for one small record: one
+autocommit INSERT of a 3-column row per step into a fresh file in the same scratch
+directory, with the same durability, measured by each script in the same process and
+minutes as replay (see `_floor.py`). Every ratio and target is computed against it.
+The wide floor, the same loop writing replay's own 13-column event row into its
+indexed table, is shown beside it for information. The JSON line carries both, per
+figure and (as ms per commit) for the whole run. Usage:
 
     python benchmarks/run.py                 # the full suite, a few minutes
     python benchmarks/run.py --smoke         # tiny sizes: checks the scripts work
@@ -24,7 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _report import Figure, Target, last_json, machine, table, warn
+from _floor import NARROW_LABEL, WIDE_LABEL
+from _report import Figure, Target, fmt, last_json, machine, table, warn
 
 HERE = Path(__file__).resolve().parent
 
@@ -70,12 +79,19 @@ def main() -> int:
             problems.append(f"{script}: no figure {', '.join(missing)}")
 
     shown = [as_figure(key, data) for key, data in figures.items()]
+    floors = floors_of(figures)
     after = machine()
     print(f"\nreplay benchmarks (durability={args.durability}"
           f"{', smoke: tiny sizes, targets not judged' if args.smoke else ''})")
     print(f"machine: {after['cpus']} CPUs ({after['cpu']}), Python {after['python']}, "
           f"DuckDB {after['duckdb']}, trio {after['trio']}, replay {after['replay']}; "
-          f"load average (1 min) {before['loadavg_1m']} before, {after['loadavg_1m']} after\n")
+          f"load average (1 min) {before['loadavg_1m']} before, {after['loadavg_1m']} after")
+    if floors:
+        print(f"floor: {fmt(floors['narrow_ms_per_commit'])} ms per durable commit "
+              f"({NARROW_LABEL}); wide floor, for information: "
+              f"{fmt(floors['wide_ms_per_commit'])} ms ({WIDE_LABEL}); "
+              f"from {floors['from']}")
+    print()
     print(table(shown))
     judged = [f for f in shown if f.passed is not None]
     missed = [f.key for f in judged if not f.passed]
@@ -86,7 +102,7 @@ def main() -> int:
     print(json.dumps({
         "suite": "replay", "smoke": args.smoke, "durability": args.durability,
         "machine": after, "loadavg_1m_before": before["loadavg_1m"],
-        "figures": figures, "problems": problems,
+        "floors": floors, "figures": figures, "problems": problems,
         "targets_met": len(judged) - len(missed), "targets_judged": len(judged),
     }), flush=True)
     if problems:
@@ -173,11 +189,31 @@ def _kb(value: Any) -> str:
     return f"{value / 1024:.2f} KB" if isinstance(value, int | float) else "?"
 
 
+def floors_of(figures: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """Both floors in ms per durable commit, from the first figure that carries them.
+
+    The sequential throughput figure comes first (its floor is measured with the most
+    commits); figures in steps per second are converted.
+    """
+    keys = sorted(figures, key=lambda key: key != "sequential_sync")
+    for key in keys:
+        data = figures[key]
+        narrow, wide, unit = data.get("floor"), data.get("wide_floor"), data.get("unit")
+        if not narrow or not wide:
+            continue
+        if unit == "steps/s":
+            narrow, wide = 1000 / narrow, 1000 / wide
+        elif unit not in ("ms/step", "ms"):
+            continue
+        return {"narrow_ms_per_commit": narrow, "wide_ms_per_commit": wide, "from": key}
+    return None
+
+
 def as_figure(key: str, data: dict[str, Any]) -> Figure:
     target = data.get("target")
     figure = Figure(key, data.get("label", key), float(data["value"]), data.get("unit", ""),
                     Target(**target) if target else None, floor=data.get("floor"),
-                    note=data.get("note", ""))
+                    note=data.get("note", ""), wide_floor=data.get("wide_floor"))
     figure.judged = data.get("pass") is not None
     return figure
 

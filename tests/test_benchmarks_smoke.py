@@ -35,6 +35,12 @@ def test_benchmarks_smoke_reports_every_figure() -> None:
     assert result["smoke"] is True
     assert result["problems"] == []
     assert set(result["figures"]) >= FIGURES
+    # Both floors: the narrow one every ratio uses, and replay's wide row beside it.
+    floors = result["floors"]
+    assert floors["narrow_ms_per_commit"] > 0 and floors["wide_ms_per_commit"] > 0, floors
+    for key in ("sequential_sync", "concurrent_100_async", "resume", "group_all_1000"):
+        figure = result["figures"][key]
+        assert figure["floor"] > 0 and figure["wide_floor"] > 0, (key, figure)
     for key in FIGURES:
         figure = result["figures"][key]
         assert isinstance(figure["value"], float), (key, figure)
