@@ -46,3 +46,17 @@ def test_benchmarks_smoke_reports_every_figure() -> None:
         assert isinstance(figure["value"], float), (key, figure)
         assert (figure["target"] is None) == (key in UNTARGETED), key
         assert figure["pass"] is None, key  # smoke sizes are never judged
+
+
+def test_peers_smoke_measures_the_floor_and_replay() -> None:
+    # --no-peer: no DBOS, so no virtual environment and no network (the peer is
+    # measured by running `benchmarks/peers.py` by hand).
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "peers.py"), "--smoke", "--no-peer"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["smoke"] is True
+    assert set(result["steps_per_second"]) == {"floor", "replay_sync", "replay_async"}
+    assert "| steps/s |" in done.stdout and "DBOS: not measured" in done.stdout
