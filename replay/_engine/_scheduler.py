@@ -39,6 +39,7 @@ from replay._engine._committer import Committer
 from replay._engine._deliveries import Deliveries
 from replay._engine._driver import Driver, Parked
 from replay._engine._family import Family
+from replay._engine._loading import MemoLoader
 from replay._engine._parking import ParkedCache
 from replay._engine._runs import RunTable
 from replay._engine._slots import RunSlot
@@ -85,6 +86,7 @@ class Scheduler:
         self._deliveries = Deliveries(self)
         self._deadlines = Timers(clock, self._deliveries.on_deadline)  # runs' own deadlines
         self._steps = steps
+        self._loader = MemoLoader(store)
         self._driver = Driver(self.enqueue, self.enqueue_all, clock, steps,
                               lambda: self.closing, self.family)
         self._nursery: trio.Nursery | None = None
@@ -109,6 +111,7 @@ class Scheduler:
     async def start_services(self, services: trio.Nursery) -> None:
         """Start the group-commit flusher and the timers in `services`."""
         await services.start(self._committer.run)
+        await services.start(self._loader.run)
         await services.start(self._timers.run)
         await services.start(self._deadlines.run)
 
@@ -499,8 +502,11 @@ class Scheduler:
         return machine
 
     async def _load(self, slot: RunSlot) -> list[Record]:
-        """Load a run's records for its memo (not for `history`: no timestamps)."""
-        return await in_thread(self._store.load_memo, slot.run_id, slot.workflow)
+        """Load a run's records for its memo (not for `history`: no timestamps).
+
+        Runs that load at the same moment share one query (`MemoLoader`).
+        """
+        return await self._loader.load(slot.run_id, slot.workflow)
 
 
 

@@ -146,6 +146,22 @@ class Store:
         )
         return [memo_record(run_id, workflow, row) for row in rows]
 
+    def load_memos(self, runs: dict[str, str]) -> dict[str, list[Record]]:
+        """Return several runs' memo records (`runs`: run id to workflow), one query."""
+        if len(runs) == 1:
+            (run_id, workflow), = runs.items()
+            return {run_id: self.load_memo(run_id, workflow)}
+        rows = self._read(
+            f"SELECT run_id, {MEMO_COLUMNS} FROM replay_event_log "
+            "WHERE run_id IN (SELECT unnest($1::VARCHAR[])) ORDER BY run_id, seq",
+            [list(runs)],
+        )
+        loaded: dict[str, list[Record]] = {}
+        for row in rows:
+            run_id = row[0]
+            loaded.setdefault(run_id, []).append(memo_record(run_id, runs[run_id], row[1:]))
+        return loaded
+
     def purge_plan(self, cutoff: datetime, states: Sequence[str],
                    workflow: str | None) -> PurgePlan:
         """Return what a purge would delete now (see `replay._store._purge`).
