@@ -60,3 +60,16 @@ def test_peers_smoke_measures_the_floor_and_replay() -> None:
     assert result["smoke"] is True
     assert set(result["steps_per_second"]) == {"floor", "replay_sync", "replay_async"}
     assert "| steps/s |" in done.stdout and "DBOS: not measured" in done.stdout
+
+
+def test_mass_wake_smoke_reports_both_figures() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "mass_wake.py"), "--smoke",
+         "--durability", "none"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["smoke"] is True
+    assert set(result["figures"]) == {"mass_wake", "open"}
+    assert all(figure["value"] > 0 for figure in result["figures"].values())
