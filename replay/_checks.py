@@ -7,12 +7,13 @@ instead. Pure: standard library only.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
 from dataclasses import FrozenInstanceError
 from datetime import datetime, timedelta
 from typing import Any
 
 from replay._errors import qualified_name
-from replay._types import RunState
+from replay._types import RunInfo, RunState
 
 # Durations (sleeps, timeouts, retry delays) stay below 100 years, so that a deadline
 # (now + duration, and a retry delay's jitter on top) is always a valid datetime.
@@ -200,3 +201,49 @@ def checked_state(state: RunState | str) -> RunState:
     except ValueError:
         names = ", ".join(s.value for s in RunState)
         raise ValueError(f"unknown run state {state!r}; expected one of {names}") from None
+
+
+def checked_states(sig: str, states: object) -> frozenset[RunState] | None:
+    """Return the run states `states` names (values or `RunState`s); None stays None.
+
+    Raises:
+        TypeError: `states` is a single string, or holds something else than states.
+        ValueError: A name is not a run state's.
+    """
+    if states is None:
+        return None
+    if isinstance(states, str) or not isinstance(states, Collection):
+        raise TypeError(f"{sig}: states must be a collection of states, e.g. "
+                        f"('suspended',), not {shown(states)}")
+    return frozenset(checked_state_name(sig, state) for state in states)
+
+
+def checked_state_name(sig: str, state: object) -> RunState:
+    """Return the `RunState` that `state` (a `RunState` or its name) is.
+
+    Raises:
+        TypeError: It is not a string.
+        ValueError: It names no run state.
+    """
+    if not isinstance(state, str):
+        raise TypeError(f"{sig}: each state must be a RunState or its name, got {shown(state)}")
+    if state not in {s.value for s in RunState}:
+        names = ", ".join(repr(s.value) for s in RunState)
+        raise ValueError(f"{sig}: unknown state {state!r}; use {names}")
+    return RunState(state)
+
+
+def checked_condition(until: object) -> Callable[[RunInfo], bool]:
+    """Return a `wait(until=...)` condition: `until` itself, or "the run is in that state".
+
+    Raises:
+        TypeError: `until` is neither callable nor a state.
+        ValueError: `until` is a string that is not a state's name.
+    """
+    if isinstance(until, str):
+        state = checked_state_name("wait(until=...)", until)
+        return lambda info: info.state is state
+    if not callable(until):
+        raise TypeError(f"wait(until=...): until must be a condition on RunInfo or a state, "
+                        f"got {shown(until)}")
+    return until

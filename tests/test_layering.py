@@ -38,7 +38,8 @@ ALLOWED: dict[str, set[str]] = {
     "replay._store": {"replay._errors", "replay._types", "replay._core", "replay._codec"},
     # The wire protocol and the command's client are standard library only; replay.connect's
     # clients also encode values with the codec and build the public value types.
-    "replay._channel": {"replay._errors", "replay._codec", "replay._types", "replay._workflows"},
+    "replay._channel": {"replay._errors", "replay._codec", "replay._types", "replay._workflows",
+                        "replay._checks"},
     "replay._engine": PURE | {"replay._codec", "replay._store", "replay._channel"},
     "replay._cli": PURE | {"replay._codec", "replay._store", "replay._channel",
                            "replay._engine"},

@@ -29,6 +29,7 @@ from replay._channel._client import (
 )
 from replay._channel._protocol import MAX_MESSAGE_BYTES, peer_uid, short_address, socket_path
 from replay._channel._watching import AsyncRemoteWatch
+from replay._checks import checked_condition
 from replay._errors import EngineClosed, ReplayError
 from replay._types import PurgeReport, RunInfo, RunState
 
@@ -448,7 +449,7 @@ class AsyncRemoteRun:
         """
         if until is None:
             return await self._client.wait(self.run_id, timeout)
-        holds = watching.condition(until)
+        holds = checked_condition(until)
         limit = None if timeout is None else calls.checked_timeout(timeout)
         last = None
         try:

@@ -30,6 +30,7 @@ from replay._channel._calls import DEFAULT_TIMEOUT, FINISHED_STATES, Call
 from replay._channel._client import CONNECT_TRIES, _connected
 from replay._channel._protocol import MAX_MESSAGE_BYTES, peer_uid, socket_path
 from replay._channel._watching import RemoteWatch
+from replay._checks import checked_condition
 from replay._errors import EngineClosed, ReplayError
 from replay._types import PurgeReport, RunInfo, RunState
 
@@ -470,7 +471,7 @@ class RemoteRun:
         """
         if until is None:
             return self._client.wait(self.run_id, timeout)
-        holds = watching.condition(until)
+        holds = checked_condition(until)
         limit = None if timeout is None else calls.checked_timeout(timeout)
         last = None
         call = watching.request(self.run_id, None, None, None, watching.DEFAULT_BUFFER)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from replay._channel import _calls as calls
 from replay._channel._calls import Call
 from replay._channel._protocol import MAX_MESSAGE_BYTES
+from replay._checks import checked_states
 from replay._errors import ReplayError, RunFinished
 from replay._types import Event, RunInfo, RunState, RunUpdate
 from replay._workflows import workflow_name
@@ -53,26 +54,11 @@ def request(run_id: str | None, after_seq: int | None, workflow: Callable[..., A
     if isinstance(buffer, bool) or not isinstance(buffer, int) or buffer < 1:
         raise ValueError(f"buffer must be an int of at least 1, got {buffer!r}")
     name = workflow if workflow is None or isinstance(workflow, str) else workflow_name(workflow)
-    chosen = None if states is None else [_state(state) for state in _collection(states)]
+    found = checked_states("watch(states=...)", states)
+    chosen = None if found is None else sorted(state.value for state in found)
     doing = "watching all runs" if run_id is None else f"watching run {run_id!r}"
     return Call("watch", {"run_id": run_id, "after_seq": after_seq, "workflow": name,
                           "states": chosen, "buffer": buffer}, doing, waits=True)
-
-
-def _collection(states: object) -> Collection[object]:
-    if isinstance(states, str) or not isinstance(states, Collection):
-        raise TypeError(f"states must be a collection of states, e.g. ('suspended',), not "
-                        f"{states!r}")
-    return states
-
-
-def _state(state: object) -> str:
-    if not isinstance(state, str):
-        raise TypeError(f"each state must be a RunState or its name, got {state!r}")
-    if state not in {s.value for s in RunState}:
-        names = ", ".join(repr(s.value) for s in RunState)
-        raise ValueError(f"unknown state {state!r}; use {names}")
-    return str(state)
 
 
 def update_of(data: Any, path: str) -> RunUpdate:
@@ -112,22 +98,6 @@ def event_of(data: Any, path: str) -> Event:
               if name != "value"}
     recorded = None if data.get("value") is None else calls.recorded(data, "value", path)
     return Event(**fields, value=recorded)
-
-
-def condition(until: Callable[[RunInfo], bool] | RunState | str) -> Callable[[RunInfo], bool]:
-    """Return a `wait(until=...)` condition: `until` itself, or "the run is in that state".
-
-    Raises:
-        TypeError: `until` is neither callable nor a state.
-        ValueError: `until` is a string that is not a state's name.
-    """
-    if isinstance(until, str):
-        state = RunState(_state(until))
-        return lambda info: info.state is state
-    if not callable(until):
-        raise TypeError(f"wait(until=...): until must be a condition on RunInfo or a state, "
-                        f"got {until!r} ({type(until).__name__})")
-    return until
 
 
 def not_reached(run_id: str, last: RunInfo | None) -> RunFinished:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from replay._checks import checked_condition
 from replay._codec import decode
 from replay._engine._scheduler import Scheduler
-from replay._engine._watch import Watch, checked_buffer, checked_states
+from replay._engine._watch import Watch, checked_buffer
 from replay._engine._watching import DEFAULT_BUFFER
 from replay._errors import RunFinished, WorkflowFailed
 from replay._types import FINISHED, SETTLED, RunInfo, RunState
@@ -54,7 +55,7 @@ class Run:
         """
         if until is None:
             return await self._scheduler.wait_for(self.run_id, SETTLED)
-        condition = _condition(until)
+        condition = checked_condition(until)
         last = None
         async with self.watch() as updates:
             async for update in updates:
@@ -129,13 +130,3 @@ class Run:
             self.run_id, info.error_type or "builtins.Exception", message, info.error or ""
         )
 
-
-def _condition(until: Callable[[RunInfo], bool] | RunState | str) -> Callable[[RunInfo], bool]:
-    """Return `Run.wait`'s condition: `until` itself, or "the run is in that state"."""
-    if isinstance(until, str):
-        states = checked_states("run.wait(until=...)", [until]) or frozenset()
-        return lambda info: info.state in states
-    if not callable(until):
-        raise TypeError(f"run.wait(until=...): until must be a condition on RunInfo or a "
-                        f"state, got {until!r} ({type(until).__name__})")
-    return until

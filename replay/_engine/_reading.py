@@ -13,14 +13,14 @@ from os import PathLike
 from pathlib import Path
 from typing import Any, TypeVar
 
-from replay._checks import checked_state
+from replay._checks import checked_state, checked_states
 from replay._codec import decode
 from replay._codec._export import event_of, write_history
 from replay._core._records import Record, started_record
 from replay._engine._clock import in_thread
 from replay._engine._scheduler import Scheduler
 from replay._engine._slots import RunSlot
-from replay._engine._watch import Watch, checked_buffer, checked_states
+from replay._engine._watch import Watch, checked_buffer
 from replay._engine._watching import DEFAULT_BUFFER
 from replay._errors import EncodingError, RunNotFound
 from replay._store import ENGINE_ADVICE, Readers, ReadQuery, Store, TimedQuery

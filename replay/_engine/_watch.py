@@ -11,7 +11,7 @@ update and a snapshot of each unfinished run), then goes on.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Awaitable, Callable, Collection, Iterable
+from collections.abc import Awaitable, Callable, Collection
 from types import TracebackType
 
 from replay._engine._slots import RunSlot
@@ -143,27 +143,3 @@ def checked_buffer(buffer: object) -> int:
         raise ValueError(f"buffer must be at least 1, got {buffer}")
     return buffer
 
-
-def checked_states(sig: str, states: Iterable[RunState | str] | None,
-                   allowed: Collection[RunState] = tuple(RunState)) -> frozenset[RunState] | None:
-    """Return run states given by value or name, checked; None stays None.
-
-    Raises:
-        TypeError: `states` is a single string, or holds something else than states.
-        ValueError: A name is not one of `allowed`.
-    """
-    if states is None:
-        return None
-    if isinstance(states, str | RunState):
-        raise TypeError(f"{sig}: states must be a collection of states, e.g. "
-                        f"('suspended',), not the single value {states!r}")
-    chosen = set()
-    for state in states:
-        if not isinstance(state, str):
-            raise TypeError(f"{sig}: each state must be a RunState or its name, got "
-                            f"{state!r} ({type(state).__name__})")
-        names = ", ".join(repr(s.value) for s in allowed)
-        if state not in {s.value for s in allowed}:
-            raise ValueError(f"{sig}: unknown state {state!r}; use {names}")
-        chosen.add(RunState(state))
-    return frozenset(chosen)

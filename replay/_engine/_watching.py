@@ -14,6 +14,7 @@ that one, read from the file) and ends after the event that finishes the run.
 
 from __future__ import annotations
 
+import dataclasses
 import weakref
 from collections import deque
 from collections.abc import Callable, Collection
@@ -161,12 +162,7 @@ def _event_or_raw(record: Record) -> Any:
     try:
         return event_of(record)
     except Exception:  # a hostile or unregistered value: the event still counts
-        record = Record(record.run_id, record.workflow, record.kind, record.event,
-                        key=record.key, attempt=record.attempt, value_json=record.value_json,
-                        error_type=record.error_type, error=record.error,
-                        recorded_at=record.recorded_at, duration_ms=record.duration_ms,
-                        wake_at=record.wake_at, seq=record.seq, generation=record.generation)
-        return event_of(record)
+        return event_of(dataclasses.replace(record, value=None))
 
 
 def snapshot(slot: RunSlot, missed: int = 0) -> RunUpdate:
