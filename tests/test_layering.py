@@ -40,9 +40,11 @@ ALLOWED: dict[str, set[str]] = {
     # clients also encode values with the codec and build the public value types.
     "replay._channel": {"replay._errors", "replay._codec", "replay._types", "replay._workflows",
                         "replay._checks"},
-    "replay._engine": PURE | {"replay._codec", "replay._store", "replay._channel"},
+    # The web view: pages over a backend that the engine or the command gives it.
+    "replay._ui": PURE | {"replay._channel"},
+    "replay._engine": PURE | {"replay._codec", "replay._store", "replay._channel", "replay._ui"},
     "replay._cli": PURE | {"replay._codec", "replay._store", "replay._channel",
-                           "replay._engine"},
+                           "replay._engine", "replay._ui"},
     "replay.testing": PURE | {"replay._codec", "replay._engine"},
     "replay.aio": {"replay"},  # asyncio hosting: through the public API only
     "replay.sync": {"replay"},  # hosting in threads: through the public API only
@@ -54,6 +56,7 @@ ALLOWED: dict[str, set[str]] = {
 HOMES = {
     "duckdb": {"replay._store"},
     "msgpack": {"replay._codec"},
+    "hypercorn": {"replay._ui"},
 }
 
 

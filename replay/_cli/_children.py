@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from replay._cli._source import Source
-from replay._cli._tree import Row, scope_of
+from replay._ui._tree import Row, scope_of
 
 MAX_RUNS = 20
 MAX_EVENTS = 200

@@ -20,8 +20,8 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-from replay._cli._tree import Children, Group, Placed, Scope, json_of, nest, scope_of
 from replay._types import RunState
+from replay._ui._tree import Children, Group, Placed, Scope, json_of, nest, scope_of
 
 MAX_CELL = 60
 MAX_DETAIL = 120
@@ -232,8 +232,8 @@ def show_text(run: dict[str, Any], events: Sequence[dict[str, Any]], *,
               children: Children | None = None, db: str | None = None) -> str:
     """Render `replay show`: the run's summary, then one line per event.
 
-    A group's members are indented under it (`_tree`), and a run with child runs ends
-    with a table of them. `children` (from `_children.load_children`): child runs whose
+    A group's members are indented under it (`replay._ui._tree`), and a run with child
+    runs ends with a table of them. `children` (from `_children.load_children`): child runs whose
     own lines are nested under their ``child/started`` line; `db`: the database path,
     for the command that shows a child run on its own.
     """

@@ -1,4 +1,4 @@
-"""How `replay show` nests a run's timeline: group members under their group, child runs.
+"""How a run's timeline nests: group members under their group, child runs beneath.
 
 A run's events stay in the order they were recorded; each line is indented by the
 groups around its key (``│ `` per group), so a group's members sit under the line
@@ -7,7 +7,9 @@ lines, when the command has them, follow its ``child/started`` line, indented wi
 ``┊ ``. Everything here is read from the recorded rows: which keys a group has (its
 ``group/started`` value), which members never started, which run a child is.
 
-Pure: standard library only; `_format` turns the placed lines into text.
+Pure: standard library only. `replay show` (`replay._cli._format`) turns the placed
+lines into text; the web view (`replay._ui._timeline`) reads the same `Scope` to draw
+its lanes. It lives here, below both, because the web view may not import the CLI.
 """
 
 from __future__ import annotations
