@@ -375,6 +375,41 @@ def test_subscription_renews_for_a_year_then_cancels(tmp_path: Path) -> None:
     assert again["per_generation"] == result["per_generation"]
 
 
+
+def test_stuck_orders_leaves_the_big_orders_waiting_for_a_manager(tmp_path: Path) -> None:
+    example = load_example("stuck_orders")
+    db = tmp_path / "shop.duckdb"
+
+    result = run_main(example, db)
+    big, failed = sorted(example.BIG), example.NO_POSTCODE
+    assert result["states"] == {order_id: "suspended" if order_id in big else
+                                "failed" if order_id == failed else "completed"
+                                for order_id, _, _ in example.orders()}
+    status = "waiting for a manager: {:.2f} EUR is over the limit"
+    assert result["waiting"] == [(order_id, "approval:v1", status.format(cents / 100))
+                                 for order_id, cents in sorted(example.BIG.items())]
+    # Every order but the failed one has its payment child; two holds were retried once.
+    assert result["children"] == 39
+    assert result["executed"] == {"reserve_stock": 40, "fraud_score": 40, "check_address": 40,
+                                  "hold_card": 41, "capture": 36, "ship": 36}
+
+    with duckdb.connect(str(db), read_only=True) as con:
+        retried = con.execute("SELECT run_id FROM replay_events WHERE event = 'retrying'"
+                              " ORDER BY run_id").fetchall()
+        deadlines = con.execute("SELECT wake_at - created_at FROM replay_runs "
+                                "WHERE state = 'suspended'").fetchall()
+    assert retried == [(f"{order_id}/payment:v1",) for order_id in sorted(example.FLAKY_HOLDS)]
+    # Each waits two days from its suspension, a few virtual seconds after it was placed.
+    assert all(example.APPROVAL_TIMEOUT < wait < example.APPROVAL_TIMEOUT + timedelta(seconds=10)
+               for (wait,) in deadlines)
+
+    # Same file again: every order is recorded; nothing runs and nothing changes.
+    again = run_main(example, db)
+    assert again["states"] == result["states"]
+    assert again["waiting"] == result["waiting"]
+    assert again["executed"] == {}
+
+
 # What each script prints when run again on the same file: nothing executes.
 SECOND_RUN = {
     "order_pipeline": "step functions executed this time: 0 {}",
@@ -387,6 +422,7 @@ SECOND_RUN = {
     "batch_children": "step functions executed this time: {}",
     "progress_batch": "step functions executed this time: {}",
     "subscription": "step functions executed this time: {}",
+    "stuck_orders": "step functions executed this time: {}",
 }
 # What the first run prints besides its states (the virtual-time examples' timelines).
 FIRST_RUN = {
@@ -400,6 +436,7 @@ FIRST_RUN = {
     "batch_children": "10 child runs, at most 4 under way at once (limit=4)",
     "progress_batch": "event     note/recorded progress:6  status: 6 of 6 files imported",
     "subscription": "sub-ada: completed after 13 generations",
+    "stuck_orders": "order-1026: suspended on approval:v1 (waiting for a manager: 1200.00 EUR",
 }
 
 
