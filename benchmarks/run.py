@@ -48,6 +48,7 @@ SCRIPTS: dict[str, tuple[str, ...]] = {
     "parked_memory": ("parked_memory", "parked_memory_rss"),
     "big_file": ("history_1m", "open_1m"),
     "groups": ("group_all_1000", "children_1000"),
+    "pure": ("pure_100_sync", "pure_100_async", "pure_1000_sync"),
 }
 PARKED_TARGET = Target("value", "<=", 5.0, "<= 5 KB")
 

@@ -112,8 +112,17 @@ class Step(Frozen):
     `fn` is a plain function (run in a worker thread) or an `async def` function (run on
     the engine's loop). Keyword arguments for `fn` go through `functools.partial`.
     Two steps are equal when their key, function (partials unwrapped), positional and
-    keyword arguments, retry, timeout and name are; so ``Step("k", partial(f, 1))``
-    equals ``Step("k", f, 1)``.
+    keyword arguments, retry, timeout, name and purity are; so
+    ``Step("k", partial(f, 1))`` equals ``Step("k", f, 1)``.
+
+    A `pure` step promises to be a deterministic computation with no outside effect
+    (a parse, a transformation of earlier values): called again with the same
+    arguments, it returns an equal value and changes nothing in the world. The
+    workflow then continues without waiting for its outcome to be committed: the
+    outcome rides the run's next commit, and if the process dies first the step simply
+    runs again. A sync pure function runs on the engine's loop, not in a worker
+    thread, so it must be quick. See docs/concepts.md, "Pure steps", for what goes
+    wrong when a step marked pure is not.
 
     Args:
         key: The step's identity inside its run, e.g. ``"charge:v1"``.
@@ -122,6 +131,8 @@ class Step(Frozen):
         retry: The retry policy; None uses the engine's default.
         timeout: Limit of one attempt, in seconds or as a `timedelta`; stored in seconds.
         name: The recorded name; defaults to ``f"{fn.__module__}.{fn.__qualname__}"``.
+        pure: Whether `fn` is a deterministic computation with no outside effect (see
+            above); it then takes no `timeout`.
 
     Attributes:
         fn: The callable as passed (a `functools.partial` stays one); `key`, `args` and
@@ -134,13 +145,13 @@ class Step(Frozen):
     Raises:
         TypeError: `key` is not a string; `fn` is not callable, is a coroutine or
             generator object, or is a generator function; `retry` is not a `Retry`;
-            `timeout` or `name` has the wrong type.
+            `timeout`, `name` or `pure` has the wrong type.
         ValueError: `key` or `name` is empty; `timeout` is not a finite duration > 0 of
-            at most 100 years.
+            at most 100 years, or is given with ``pure=True``.
     """
 
     __slots__ = ("_all_args", "_keywords", "_target", "args", "fn", "is_async", "key", "name",
-                 "retry", "timeout")
+                 "pure", "retry", "timeout")
     key: str
     fn: Callable[..., Any]
     args: tuple[Any, ...]
@@ -148,6 +159,7 @@ class Step(Frozen):
     timeout: float | None
     name: str
     is_async: bool
+    pure: bool
     _target: Any
     _all_args: tuple[Any, ...]
     _keywords: tuple[tuple[str, Any], ...]
@@ -160,6 +172,7 @@ class Step(Frozen):
         retry: Retry | None = None,
         timeout: float | timedelta | None = None,
         name: str | None = None,
+        pure: bool = False,
     ) -> None:
         check_key(_STEP, key)
         facts = _FUNCTION_FACTS.get(fn) if type(fn) is FunctionType else None
@@ -180,16 +193,18 @@ class Step(Frozen):
             error = ValueError if isinstance(name, str) else TypeError
             raise error(f"Step(key, fn, *args, name=...): name must be a non-empty string or "
                         f"None, got {shown(name)}")
+        if pure is not False:
+            _check_pure(pure, timeout)
         self._set(
             key=key, fn=fn, args=args, retry=retry, timeout=timeout,
-            name=name or described, is_async=is_async,
+            name=name or described, is_async=is_async, pure=pure,
             _target=target, _all_args=bound_args + args if bound_args else args,
             _keywords=keywords,
         )
 
     def _value(self) -> tuple[Any, ...]:
         return (self.key, self._target, self._all_args, self._keywords, self.retry,
-                self.timeout, self.name)
+                self.timeout, self.name, self.pure)
 
     def __hash__(self) -> int:
         try:
@@ -210,7 +225,19 @@ class Step(Frozen):
             parts.append(f"timeout={self.timeout!r}")
         if self.name != _describe(self._target):
             parts.append(f"name={self.name!r}")
+        if self.pure:
+            parts.append("pure=True")
         return f"Step({', '.join(parts)})"
+
+
+def _check_pure(pure: object, timeout: float | None) -> None:
+    if not isinstance(pure, bool):
+        raise TypeError(f"Step(key, fn, *args, pure=...): pure must be True or False, "
+                        f"got {shown(pure)}")
+    if timeout is not None:
+        raise ValueError(
+            "Step(key, fn, *args, pure=True, timeout=...): a pure step is a quick "
+            "computation and takes no timeout; drop timeout=, or make it an ordinary step")
 
 
 class Sleep(Frozen):

@@ -105,17 +105,19 @@ class Driver:
             action = await self._suspend(slot, machine, None)
         else:
             action = machine.wake(self._clock.now)
+        after_pure = False  # whether `action` follows a pure attempt
         while True:
             for warning in action.warnings:
                 log.warning(warning)
             if isinstance(action, Attempt):
-                await self._commit(slot, action.records, machine)
+                await self._before_attempt(slot, machine, action, after_pure)
                 if self._stopping():
                     machine.close()  # start no new attempt: the run continues at the next open
                     return None
                 after = await self._attempt(slot, machine, action)
                 if after is None:
                     return None  # the run ended with its first attempt: already committed
+                after_pure = action.step.pure
                 action = after
             elif isinstance(action, Attempts):
                 next_action = await self._concurrently(slot, machine, action)
@@ -135,6 +137,21 @@ class Driver:
                 action = await self._suspend(slot, machine, action)
                 if isinstance(action, WaitForSignal):
                     return Parked(action.deadline)
+
+    async def _before_attempt(self, slot: RunSlot, machine: RunMachine, attempt: Attempt,
+                              after_pure: bool) -> None:
+        """Commit what must be durable before `attempt` starts.
+
+        Every step waits for its own outcome to be durable, except a pure one: the
+        records that follow a pure attempt (its outcome, and what the workflow decided
+        with it) are recomputed, equal, after a crash, so they ride the run's next
+        commit, which every later decision waits for (commits keep their order).
+        """
+        if after_pure and attempt.start is None and not machine.involves_children:
+            if attempt.records:
+                self._enqueue_all(slot, attempt.records)
+            return
+        await self._commit(slot, attempt.records, machine)
 
     async def _suspend(self, slot: RunSlot, machine: RunMachine,
                        wait: WaitForSignal | None) -> Action:
@@ -163,6 +180,12 @@ class Driver:
         if machine.cancel_pending:  # committed while the attempt's records were
             return machine.cancel(self._clock.now, attempt)
         if attempt.start is None:
+            step = attempt.step
+            if step.pure and not step.is_async:
+                # No await: a cancellation committed meanwhile is seen at the next decision.
+                return machine.attempt_ended(
+                    attempt, self._steps.compute(slot.run_id, step, attempt.number),
+                    self._clock.now)
             outcome = await self._call(slot, machine, attempt, ())
             if outcome is None:
                 return machine.cancel(self._clock.now, attempt)

@@ -3,8 +3,9 @@
 `StepCaller.call` makes one attempt and returns its `Outcome`; what the outcome means
 (retry, fail, interruptions) is the run machine's business. Sync step functions run in
 worker threads (a timed-out thread is abandoned, still running: threads cannot be
-stopped); async ones run on the engine's loop. `current_step()` tells a step function
-which run, key and attempt it serves.
+stopped), except pure ones (quick computations, called on the loop); async ones run
+on the engine's loop. `current_step()` tells a step function which run, key and
+attempt it serves.
 """
 
 from __future__ import annotations
@@ -122,6 +123,22 @@ class StepCaller:
             _CURRENT_STEP.reset(token)
         return Outcome(True, value, _elapsed_ms(began))
 
+    def compute(self, run_id: str, step: Step, attempt: int) -> Outcome:
+        """Make attempt `attempt` of a sync pure `step` on the loop; return how it ended.
+
+        A pure step is a quick computation: no thread, no cancel scope (nothing could
+        stop it midway anyway), and no `await`.
+        """
+        began = trio.current_time()
+        token = _CURRENT_STEP.set(tuple.__new__(StepContext, (run_id, step.key, attempt)))
+        try:
+            value = step.fn(*step.args)
+        except Exception as error:
+            return Outcome(False, error, _elapsed_ms(began))
+        finally:
+            _CURRENT_STEP.reset(token)
+        return Outcome(True, value, _elapsed_ms(began))
+
     def publishing(self) -> None:
         """Let the step functions the current task calls publish progress.
 
@@ -147,6 +164,8 @@ class StepCaller:
 
     async def _call(self, run_id: str, step: Step, attempt: int,
                     late: Callable[[bool, Any], None] | None) -> Any:
+        if step.pure and not step.is_async:  # a group's member: see `compute`
+            return step.fn(*step.args)
         if not step.is_async:
             # A thread cannot be stopped: on timeout it is abandoned, still running.
             # The timeout counts from when a thread starts the call, not from the queue.
