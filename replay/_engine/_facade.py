@@ -67,6 +67,12 @@ class Engine(EngineReads):
             steps, policy, cache_size, strict_replay=always_replay,
             opened_at=last_seq)
         steps.on_progress = self._scheduler.publish_progress
+        self._ui_url: str | None = None  # set by open_engine(ui=...) once it listens
+
+    @property
+    def ui_url(self) -> str | None:
+        """The address of the engine's web view (``open_engine(ui=...)``), else None."""
+        return self._ui_url
 
     # -- public API --
 

@@ -28,12 +28,14 @@ from replay._engine._facade import Engine, internals
 from replay._engine._options import (
     checked_code_version,
     checked_retention,
+    checked_ui,
     database_path,
     open_store,
     validate_count,
     validate_options,
 )
 from replay._engine._retention import Retention
+from replay._engine._ui_backend import serve_ui
 from replay._errors import ReplayError
 from replay._retry import Retry
 from replay._workflows import Registry
@@ -56,6 +58,7 @@ async def open_engine(
     query_timeout: float | None = 30.0,
     code_version: str | None = None,
     retention: timedelta | float | None = None,
+    ui: tuple[str, int] | None = None,
 ) -> AsyncIterator[Engine]:
     """Open an engine on a DuckDB database and run it for the `async with` body.
 
@@ -98,6 +101,10 @@ async def open_engine(
             purges older ones, as `Engine.purge(older_than=retention)` does, a minute
             after it opens and then every hour, logging what it deleted (a failed
             purge is logged and tried again the next hour). None: keep everything.
+        ui: Serve the web view of runs at this ``(host, port)`` while the engine runs,
+            e.g. ``("127.0.0.1", 8077)`` (port 0: any free one); `Engine.ui_url` is its
+            address. Needs the ``ui`` extra (``pip install "replay-workflows[ui]"``).
+            None: no web view.
 
     Yields:
         The open `Engine`.
@@ -108,6 +115,8 @@ async def open_engine(
         TypeError: An option has the wrong type, or a workflow is not a generator function.
         ValueError: An option has a wrong value, or two workflows share a name.
         ReplayError: Called from asyncio code: use `replay.aio.open_engine` there.
+        ModuleNotFoundError: `ui` is given and hypercorn is not installed.
+        OSError: The `ui` address cannot be listened on (the port is taken, ...).
     """
     _refuse_asyncio()
     validate_options(durability, shutdown_timeout, lock_timeout, max_threads, default_retry,
@@ -119,6 +128,7 @@ async def open_engine(
         )
     code_version = checked_code_version(code_version)
     retention = checked_retention(retention)
+    ui = checked_ui(ui)
     registry = Registry(workflows)
     store, release = await open_store(database_path(path), durability, lock_timeout)
     engine: Engine | None = None
@@ -139,6 +149,8 @@ async def open_engine(
                         await services.start(ChannelServer(engine, store).run)
                     if retention is not None:
                         await services.start(Retention(scheduler, store).service, retention)
+                    if ui is not None:
+                        engine._ui_url = await services.start(serve_ui, engine, *ui)
                     try:
                         yield engine
                     except BaseException:

@@ -23,6 +23,7 @@ from replay._engine._clock import in_thread
 from replay._errors import DatabaseLocked
 from replay._retry import Retry
 from replay._store import Store, checked_timeout, file_keys
+from replay._ui import checked_address, require_hypercorn
 
 _OPEN_HERE: set[str] = set()
 _OPEN_LOCK = threading.Lock()
@@ -109,6 +110,21 @@ def checked_retention(retention: object) -> timedelta | None:
         return None
     return checked_duration("open_engine(retention=...)", "retention", retention,
                             positive=False)
+
+
+def checked_ui(ui: object) -> tuple[str, int] | None:
+    """Return `open_engine`'s `ui` address, once the web view is known to be installed.
+
+    Raises:
+        TypeError: It is not a (host, port) pair or None.
+        ValueError: The host is empty or the port is outside 0-65535.
+        ModuleNotFoundError: hypercorn (the ``ui`` extra) is not installed.
+    """
+    if ui is None:
+        return None
+    address = checked_address(ui)
+    require_hypercorn()
+    return address
 
 
 def database_path(path: object) -> str:

@@ -107,6 +107,11 @@ class Engine:
     def __repr__(self) -> str:
         return f"replay.aio.Engine({self._engine!r})"
 
+    @property
+    def ui_url(self) -> str | None:
+        """The address of the engine's web view (``open_engine(ui=...)``), else None."""
+        return self._engine.ui_url
+
     def _run(self, run: replay.Run) -> Run:
         return Run(run, self._calls)
 

@@ -166,6 +166,7 @@ async def open_engine(
     query_timeout: float | None = 30.0,
     code_version: str | None = None,
     retention: timedelta | float | None = None,
+    ui: tuple[str, int] | None = None,
     clock: None = None,
 ) -> AsyncIterator[Engine]:
     """Open an engine on a DuckDB database from asyncio, for the `async with` body.
@@ -193,6 +194,8 @@ async def open_engine(
         code_version: As in `replay.open_engine`.
         retention: As in `replay.open_engine` (finished runs older than this are
             purged every hour).
+        ui: As in `replay.open_engine` (the web view at this address; its pages run
+            in the engine's trio guest run).
         clock: Must be None: the engine runs on the real clock (see Raises).
 
     Yields:
@@ -216,7 +219,7 @@ async def open_engine(
         shutdown_timeout=shutdown_timeout, lock_timeout=lock_timeout,
         max_threads=max_threads, cache_size=cache_size, serve_cli=serve_cli,
         max_interruptions=max_interruptions, query_timeout=query_timeout,
-        code_version=code_version, retention=retention)
+        code_version=code_version, retention=retention, ui=ui)
     guest = await GuestRun.join()
     calls = Calls(guest)
     try:

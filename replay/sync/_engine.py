@@ -38,6 +38,7 @@ def open_engine(
     query_timeout: float | None = 30.0,
     code_version: str | None = None,
     retention: timedelta | float | None = None,
+    ui: tuple[str, int] | None = None,
 ) -> Engine:
     """Open an engine for synchronous code; it runs on a background thread of its own.
 
@@ -66,6 +67,8 @@ def open_engine(
         code_version: As for `replay.open_engine`.
         retention: As for `replay.open_engine` (finished runs older than this are
             purged every hour).
+        ui: As for `replay.open_engine` (the web view at this address, served by the
+            engine's thread).
 
     Returns:
         The open `Engine`.
@@ -82,7 +85,7 @@ def open_engine(
         "lock_timeout": lock_timeout, "max_threads": max_threads, "cache_size": cache_size,
         "serve_cli": serve_cli, "max_interruptions": max_interruptions,
         "query_timeout": query_timeout, "code_version": code_version,
-        "retention": retention,
+        "retention": retention, "ui": ui,
     }
     engine = Engine(EngineHost(path, options))
     engine._open()
@@ -108,6 +111,7 @@ class Engine:
 
     def __init__(self, host: EngineHost) -> None:
         self._host = host
+        self._ui_url: str | None = None
         self._lock = threading.Lock()
         self._closing = False  # close() was called: no new call is accepted
         self._closed = threading.Event()  # the engine has stopped and the file is closed
@@ -361,10 +365,16 @@ class Engine:
         """Whether the engine has stopped and closed its file."""
         return self._closed.is_set()
 
+    @property
+    def ui_url(self) -> str | None:
+        """The address of the engine's web view (``open_engine(ui=...)``), else None."""
+        return self._ui_url
+
     # -- internals --
 
     def _open(self) -> None:
         self._host.open()
+        self._ui_url = self._host_call_sync(_ui_url)
         # An engine nobody closed is closed cleanly at exit: its thread is a daemon
         # thread, which would otherwise die wherever it is when the interpreter ends.
         atexit.register(self._close_at_exit)
@@ -481,3 +491,7 @@ async def _export_history(engine: AsyncEngine, run_id: str, path: str | PathLike
 
 def _now(engine: AsyncEngine) -> datetime:
     return engine.now()
+
+
+def _ui_url(engine: AsyncEngine) -> str | None:
+    return engine.ui_url
