@@ -29,6 +29,8 @@ from replay._cli._children import load_children
 from replay._cli._resume import resume
 from replay._cli._serve import serve
 from replay._cli._source import CliError, Source, open_source
+from replay._cli._ui import add_arguments as ui_arguments
+from replay._cli._ui import ui
 from replay._cli._watch import add_arguments as _watch_arguments
 from replay._cli._watch import watch as _watch
 from replay._errors import ReplayError, RunNotFound
@@ -199,6 +201,16 @@ def _parser() -> argparse.ArgumentParser:
                        help="seconds to wait for another process to let go of the file "
                        "(default 0)")
     serve.set_defaults(handler=_serve)
+
+    web = commands.add_parser(
+        "ui", help="serve a local web page of the runs: timelines, live updates, SQL, and "
+        "signal, resume or cancel with a click (through the running engine, or the file)",
+        description="Serve a web page of DB's runs on this machine until Ctrl-C or "
+        "SIGTERM: the runs, each run's timeline and events (live while an engine runs), "
+        "a read-only SQL box, and signal, resume and cancel buttons. Needs the ui extra: "
+        'pip install "replay-workflows[ui]".')
+    ui_arguments(web)
+    web.set_defaults(handler=ui)
 
     export = _command(commands, "export", _export, "write replay_runs and replay_events "
                       "to Parquet, CSV or JSON files")

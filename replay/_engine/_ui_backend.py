@@ -18,14 +18,16 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from replay._core._history import RunHistory
 from replay._core._signals import misdirected_signal
+from replay._engine._clock import in_thread
+from replay._engine._facade import Engine, internals
 from replay._store import ENGINE_ADVICE, ReadQuery
 from replay._types import Event, RunInfo, RunUpdate
 from replay._ui import Facts, Outcome, Table, Update, serve
 from replay._ui._backend import cancelled, resumed, signalled
 
 if TYPE_CHECKING:
-    from replay._engine._facade import Engine
     from replay._engine._watch import Watch
 
 
@@ -108,8 +110,13 @@ class EngineBackend:
             RunFinished: The run is finished.
             EngineClosed: The engine closed.
         """
+        # Whether this request counts: a second cancel changes nothing, and the page
+        # says so, as the command does (the channel asks the same way).
+        records = await in_thread(internals(self._engine).store.load_history, run_id)
+        before = RunHistory(records).cancel_reason is not None
         await self._engine.cancel(run_id, reason)
-        return cancelled(run_id, self._engine.status(run_id).state.value, True, self.facts)
+        return cancelled(run_id, self._engine.status(run_id).state.value, not before,
+                         self.facts)
 
 
 class _Updates:
