@@ -57,7 +57,7 @@ def runs_html(data: RunsPage, facts: Facts, flash: Flash) -> str:
         f'<label>run id contains <input name="q" value="{esc(chosen.q)}"></label>'
         f'<label>created since <input name="since" placeholder="2026-03-02T09:00" '
         f'value="{esc(chosen.since_text)}"></label>'
-        '<button type="submit">Filter</button></form>')
+        '<button id="filter-submit" type="submit">Filter</button></form>')
     rows = "".join(_run_row(run) for run in data.runs)
     table = ('<table id="runs"><thead><tr><th>run id</th><th>workflow</th><th>state</th>'
              "<th>waiting for</th><th>status</th><th>created</th><th>updated</th></tr>"
