@@ -109,7 +109,7 @@ form.inline{display:inline-flex;gap:.5em;align-items:center;flex-wrap:wrap;margi
 dl{display:grid;grid-template-columns:max-content 1fr;gap:.2em 1em}dt{font-weight:bold}
 #timeline{background:#fff;border:1px solid var(--line);padding:.5em}
 .lane{display:flex;align-items:center;min-height:1.6em;border-bottom:1px dotted #eee}
-.label{width:16em;flex:none;overflow:hidden;text-overflow:ellipsis;white-space:nowrap;
+.label{width:20em;box-sizing:border-box;flex:none;overflow:hidden;text-overflow:ellipsis;white-space:nowrap;
 font-family:monospace;font-size:.9em}
 .track{position:relative;flex:1;height:1.1em;background:#f5f5f5}
 .segment{position:absolute;top:0;height:100%;min-width:3px;border-radius:2px;background:var(--off)}
@@ -123,9 +123,9 @@ font-family:monospace;font-size:.9em}
 .segment.wait[data-outcome=backoff]{background:#ffcc80}
 .segment.point{width:3px;min-width:3px}.segment[data-outcome=note]{background:var(--note)}
 .segment[data-outcome=signal]{background:#00838f}
-.group{border-left:3px solid #b0bec5;margin-left:.4em;padding-left:.4em}
+.group .label{border-left:3px solid #b0bec5}.group>.lane:first-child .label{font-weight:bold}
 .not-started .label{color:#999}.child-link{margin-left:.3em}
-.axis{display:flex;justify-content:space-between;font-size:.8em;color:#666;margin-left:16em}
+.axis{display:flex;justify-content:space-between;font-size:.8em;color:#666;margin-left:20em}
 .legend span{margin-right:1em;font-size:.85em}.legend i{display:inline-block;width:1em;
 height:.7em;margin-right:.3em;vertical-align:middle}
 textarea{width:100%;font-family:monospace}a.example{display:block;margin:.2em 0}
