@@ -95,8 +95,23 @@ async def test_ui_actions_refuse_a_missing_stale_or_foreign_token(db: str) -> No
         cross = await client.post("/run/cancel", data={"id": "a1", "csrf": token(page)},
                                   headers={"sec-fetch-site": "cross-site"})
         assert cross.status_code == 403
+        sandboxed = await client.post("/run/cancel", data={"id": "a1", "csrf": token(page)},
+                                      headers={"origin": "null"})
+        assert sandboxed.status_code == 403
         assert await events_of(engine, "a1") == before
         assert engine.status("a1").state.value == "suspended"
+
+
+async def test_ui_actions_take_a_browsers_own_form(db: str) -> None:
+    async with served(db) as (_, client, _app):
+        page = await client.get("/run", params={"id": "a1"})
+        assert page.headers["referrer-policy"] == "same-origin"
+        for n, headers in enumerate((
+                {"origin": "http://127.0.0.1", "sec-fetch-site": "same-origin"},
+                {"origin": "null", "sec-fetch-site": "same-origin"})):
+            answer = await client.post("/run/signal", headers=headers, data={
+                "csrf": token(page.text), "id": "a1", "key": f"other:{n}", "payload": "1"})
+            assert answer.status_code == 303, message(answer.text)
 
 
 async def test_ui_resume_retries_a_failed_run(db: str) -> None:

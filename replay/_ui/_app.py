@@ -38,7 +38,9 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 MAX_BODY = 1 << 20
 MAX_ROWS = 1000  # rows the SQL page shows
 _FLASHES = 200
-_SECURITY = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
+# same-origin, not no-referrer: under no-referrer a browser sends a form's Origin as
+# "null", and the origin check could not tell the page's own forms from a sandboxed one.
+_SECURITY = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"same-origin"),
              (b"cache-control", b"no-store"), (b"x-frame-options", b"DENY")]
 _ROUTES = {"/": ("GET",), "/run": ("GET",), "/run/timeline": ("GET",),
            "/run/events": ("GET",), "/run/signal": ("POST",), "/run/resume": ("POST",),
