@@ -146,6 +146,11 @@ async def test_ui_live_events_arrive_as_the_run_executes(db: str) -> None:
         assert got[-1]["event"]["cells"][2] == "run/completed"
         assert stream.events[-1] == {"id": None, "event": "end",
                                      "data": {"reason": "the run finished"}}
+        # The page of a finished run opens a stream too: it ends at once.
+        async with sse(app, "t1", after=got[-1]["seq"]) as later:
+            await later.until(ended)
+        assert [(u["kind"], u["info"]["state"]) for u in updates(later)] in (
+            [], [("snapshot", "completed")])
 
 
 async def test_ui_live_reconnect_with_last_event_id_has_no_gap_or_duplicate(db: str) -> None:
