@@ -310,3 +310,14 @@ async def test_ui_refuses_another_host_name(db: str) -> None:
                                            "'evil.example:8077': open the address that "
                                            "replay printed")
         assert (await client.get("/", headers={"host": "localhost"})).status_code == 200
+
+
+async def test_ui_page_of_a_closed_engine_says_so(db: str) -> None:
+    async with replay.open_engine(db, workflows=WORKFLOWS, durability="none") as engine:
+        app = App(EngineBackend(engine))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        answer = await client.get("/")
+    assert answer.status_code == 503
+    kind, text = message(answer.text)
+    assert kind == "error" and text.endswith("; reload the page once an engine runs")

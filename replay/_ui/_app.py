@@ -128,6 +128,8 @@ class App:
             await self._error(send, 500, f"reading the database failed: {error}")
         except Refused as error:
             await self._error(send, error.status, str(error))
+        except ReplayError as error:  # e.g. EngineClosed: the engine is stopping
+            await self._error(send, 503, f"{error}; reload the page once an engine runs")
 
     async def _route(self, request: Request, send: Send) -> None:
         allowed = _ROUTES.get(request.path)
