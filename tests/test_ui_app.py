@@ -230,9 +230,9 @@ async def test_ui_run_page_timeline_has_lanes_attempts_waits_groups_and_children
         assert ('<a class="child-link" href="/run?id=p1%2Fkid%3Av1">p1/kid:v1</a> '
                 '<span class="state" data-state="completed">completed</span>') in timeline
         nap = re.search(r'data-key="nap:v1".*?</div>', timeline).group(0)
-        assert 'class="segment wait" data-outcome="waiting"' in nap
+        assert 'class="segment wait open" data-outcome="waiting"' in nap  # hours to go
         suspended = timeline_of((await client.get("/run", params={"id": "a1"})).text)
-        assert re.search(r'data-key="approval:v1".*?class="segment wait" '
+        assert re.search(r'data-key="approval:v1".*?class="segment wait open" '
                          r'data-outcome="waiting"', suspended)
         assert re.search(r'data-key="note:v1".*?data-outcome="note"', suspended)
         fragment = (await client.get("/run/timeline", params={"id": "p1"})).text

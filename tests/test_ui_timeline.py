@@ -55,7 +55,10 @@ def test_timeline_waits_end_at_the_signal_or_run_to_their_deadline() -> None:
     assert outcomes(timeline, "approval:v1") == [("completed", "wait", 1, 60),
                                                  ("signal", "point", 60, 60)]
     assert outcomes(timeline, "nap:v1") == [("waiting", "wait", 61, 3600)]
-    assert timeline.end == T0 + timedelta(hours=1)
+    assert timeline.end == T0 + timedelta(seconds=90)  # now: the nap runs off the edge
+    nap = render(timeline)
+    assert re.search(r'class="segment wait open" data-outcome="waiting" data-event="scheduled"'
+                     r' style="left:67\.778%;width:32\.222%"', nap)
     pending = build(events[:2], T0 + timedelta(seconds=30), waiting_for="approval:v1")
     assert outcomes(pending, "approval:v1") == [("waiting", "wait", 1, 7200)]
 

@@ -157,7 +157,8 @@ async def run_page(backend: Backend, run_id: str) -> RunPage:
         f"LIMIT {MAX_EVENTS}) ORDER BY seq", [run_id], max_rows=MAX_EVENTS)
     events = table.dicts()
     total = int(events[0]["total"]) if events else 0
-    now = max(await backend.now(), run["updated_at"])
+    finished = run["state"] in ("completed", "failed", "cancelled")
+    now = run["updated_at"] if finished else max(await backend.now(), run["updated_at"])
     waiting = run["waiting_for"] if run["state"] in ("sleeping", "suspended") else None
     timeline = build(events, now, waiting)
     children = child_ids(timeline)[:MAX_CHILDREN]

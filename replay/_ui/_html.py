@@ -121,6 +121,8 @@ font-family:monospace;font-size:.9em}
 .segment[data-outcome=late]{background:#bcaaa4}
 .segment.wait{height:40%;top:30%;opacity:.8}.segment.wait[data-outcome=waiting]{background:var(--wait)}
 .segment.wait[data-outcome=backoff]{background:#ffcc80}
+.segment.open{border-right:3px dashed #fff8}
+#runs td:first-child{white-space:nowrap}
 .segment.point{width:3px;min-width:3px}.segment[data-outcome=note]{background:var(--note)}
 .segment[data-outcome=signal]{background:#00838f}
 .group .label{border-left:3px solid #b0bec5}.group>.lane:first-child .label{font-weight:bold}

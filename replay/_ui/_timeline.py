@@ -6,7 +6,8 @@ attempt's start is not recorded, except as ``step/started`` after a restart); a
 back-off runs from ``retrying`` to its ``wake_at``; a sleep from ``scheduled`` to
 ``fired``; a suspend from ``suspended`` to the signal, the timeout or the
 cancellation; a group and a child from ``started`` to their end. What has no end yet
-runs to `now` (a wait still pending: to its deadline when it has one). Groups and
+runs to `now`; a wait still pending runs to its deadline, and the axis ends at `now`,
+so a deadline days away runs off the right edge (its segment is marked ``open``). Groups and
 their members are read by `replay._ui._tree.scope_of`, as ``replay show`` reads them.
 
 Segments are positioned in percent of the run's span, so the HTML needs no script.
@@ -94,10 +95,12 @@ def build(events: Sequence[Row], now: datetime, waiting_for: str | None = None) 
                                            event="started"))
     for lane in lanes.values():
         _close_waits(lane, waiting_for)
-    times = [t for lane in lanes.values() for s in lane.segments for t in (s.start, s.end)]
-    times += [event["recorded_at"] for event in events]
-    start = min(times) if times else now
-    return Timeline(lanes, scope, start, max([*times, start]))
+    # The axis ends now (or at the last event): a wait until a deadline days away runs
+    # off the right edge rather than squeezing what happened into a sliver.
+    recorded = [event["recorded_at"] for event in events]
+    starts = [s.start for lane in lanes.values() for s in lane.segments]
+    start = min([*recorded, *starts]) if recorded or starts else now
+    return Timeline(lanes, scope, start, max([now, *recorded, start]))
 
 
 def _add(lane: Lane, event: Row, now: datetime, open_attempts: dict[str, Row],
@@ -267,6 +270,8 @@ def _segment(timeline: Timeline, segment: Segment) -> str:
     width = (segment.end - segment.start).total_seconds() / span * 100
     classes = "segment" + (" wait" if segment.wait else "") + (" point" if segment.point
                                                               else "")
+    if segment.end > timeline.end:
+        classes += " open"  # it goes on past the axis: a deadline still to come
     style = f"left:{min(max(left, 0.0), 99.7):.3f}%"
     if not segment.point:
         style += f";width:{min(max(width, 0.0), 100.0 - left):.3f}%"
