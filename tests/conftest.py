@@ -88,7 +88,7 @@ def view_disagreements(con: duckdb.DuckDBPyConnection, path: str) -> tuple[int, 
         cursor.execute("BEGIN TRANSACTION")  # both reads see the same records
         view = cursor.execute(_VIEW_ROWS).fetchall()
         rows = cursor.execute(
-            f"SELECT {COLUMNS} FROM replay_event_log ORDER BY run_id, seq").fetchall()
+            f"SELECT {COLUMNS} FROM replay_event_all ORDER BY run_id, seq").fetchall()
         cursor.execute("COMMIT")
     finally:
         cursor.close()

@@ -45,6 +45,7 @@ from replay import (
     WorkflowFailed,
     WorkflowNotRegistered,
 )
+from replay._store import SCHEMA_VERSION
 
 HERE = Path(__file__).parent
 MIB = 1024 * 1024
@@ -970,17 +971,19 @@ async def test_database_with_newer_schema_raises_database_error(tmp_path: Path) 
     path = tmp_path / "newer.duckdb"
     await make_database(path)
     con = duckdb.connect(str(path))
-    con.execute("UPDATE replay_meta SET value = '3' WHERE name = 'schema_version'")
+    newer = str(SCHEMA_VERSION + 1)
+    con.execute("UPDATE replay_meta SET value = ? WHERE name = 'schema_version'", [newer])
     con.close()
-    message = (f"database {str(path)!r} has replay schema version '3', but this version of "
-               "replay reads schema version 2; upgrade replay-workflows to open it")
+    message = (f"database {str(path)!r} has replay schema version '{newer}', but this "
+               f"version of replay reads schema version {SCHEMA_VERSION}; upgrade "
+               "replay-workflows to open it")
     async with serving(tmp_path / "other.duckdb", echo) as (engine, bystander):
         with pytest.raises(DatabaseError, match=msg(message)):
             async with replay.open_engine(path, workflows=[echo], durability="none"):
                 pytest.fail("the engine opened a database of a newer schema")
         await bystander.check(engine)
     con = duckdb.connect(str(path), read_only=True)
-    assert con.execute("SELECT value FROM replay_meta").fetchall() == [("3",)]
+    assert con.execute("SELECT value FROM replay_meta").fetchall() == [(newer,)]
     # Three events per run: run/started, step/completed, run/completed.
     assert con.execute("SELECT count(*) FROM replay_events").fetchall() == [(9,)]
     con.close()

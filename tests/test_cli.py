@@ -31,6 +31,7 @@ from replay._cli import _source as _cli_source
 from replay._cli import main
 from replay._cli._format import number, span, took
 from replay._engine._clock import set_virtual_start
+from replay._store import SCHEMA_VERSION
 
 HERE = Path(__file__).resolve().parent
 WORKFLOWS = [child.approval, child.flaky, child.napper]
@@ -395,8 +396,8 @@ def test_a_newer_schema_exits_1(capsys: pytest.CaptureFixture[str], copy: str) -
     con.close()
     assert cli(capsys, "show", copy, "a1") == (
         1, "", f"replay show: database {copy!r} has replay schema version '99', but this "
-               "version of replay reads schema version 2; upgrade replay-workflows to open "
-               "it\n")
+               f"version of replay reads schema version {SCHEMA_VERSION}; upgrade "
+               "replay-workflows to open it\n")
 
 
 def test_a_stale_socket_is_ignored(capsys: pytest.CaptureFixture[str], copy: str) -> None:

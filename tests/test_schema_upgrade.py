@@ -25,6 +25,7 @@ import replay
 from replay import Sleep, Step, Suspend
 from replay._cli import _source as _cli_source
 from replay._cli._main import main
+from replay._store import SCHEMA_VERSION
 from replay.testing import wait_for_state
 
 HERE = Path(__file__).parent
@@ -165,7 +166,7 @@ def test_an_engine_upgrades_a_version_1_file_and_its_runs_continue(v1_file: str)
 
     run_trio(use)
     version, table, events, runs = schema_of(v1_file)
-    assert version == "2"
+    assert version == str(SCHEMA_VERSION)
     assert table[-2:] == ["generation", "code_version"]
     assert "generation" in events
     assert {"status_json", "generation", "code_version", "last_code_version"} <= set(runs)
@@ -177,7 +178,7 @@ def test_an_engine_upgrades_a_version_1_file_and_its_runs_continue(v1_file: str)
                            ).fetchone()[0] > 0  # type: ignore[index]
         # Upgraded once: opening again changes nothing.
     run_trio(_open_and_close, v1_file)
-    assert schema_of(v1_file)[0] == "2"
+    assert schema_of(v1_file)[0] == str(SCHEMA_VERSION)
 
 
 async def _open_and_close(path: str) -> None:
@@ -193,7 +194,7 @@ def test_the_replay_command_upgrades_a_version_1_file_it_opens_read_only(
     listed = {run["run_id"]: run for run in json.loads(out)}
     assert {run_id: run["state"] for run_id, run in listed.items()} == {
         "done": "completed", "waiting": "suspended", "napping": "sleeping"}
-    assert schema_of(v1_file)[0] == "2"
+    assert schema_of(v1_file)[0] == str(SCHEMA_VERSION)
     code = main(["show", v1_file, "waiting"])
     out, err = capsys.readouterr()
     assert (code, err) == (0, "")

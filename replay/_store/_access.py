@@ -100,7 +100,7 @@ class FileAccess:
 
     def last_seq_and_time(self) -> tuple[int, datetime | None]:
         """Return the largest `seq` and `recorded_at` in the file."""
-        seq, at = self._read("SELECT max(seq), max(recorded_at) FROM replay_event_log", [])[0]
+        seq, at = self._read("SELECT max(seq), max(recorded_at) FROM replay_event_all", [])[0]
         return int(seq or 0), utc_or_none(at)
 
     def run_row(self, run_id: str) -> RunRow | None:
@@ -117,7 +117,7 @@ class FileAccess:
             DatabaseError: The run's rows are damaged.
         """
         rows = self._read(
-            f"SELECT {COLUMNS} FROM replay_event_log WHERE run_id = ? ORDER BY seq", [run_id])
+            f"SELECT {COLUMNS} FROM replay_event_all WHERE run_id = ? ORDER BY seq", [run_id])
         return history_records(rows, self.path)
 
     def append(self, record: Record) -> None:
@@ -125,7 +125,7 @@ class FileAccess:
 
         It joins the run's current generation, as the engine's records do.
         """
-        found = self._read("SELECT max(coalesce(generation, 0)) FROM replay_event_log "
+        found = self._read("SELECT max(coalesce(generation, 0)) FROM replay_event_all "
                            "WHERE run_id = ?", [record.run_id])
         record.generation = int(found[0][0] or 0)
         marks = ", ".join("?" * len(TABLE_COLUMNS.split(",")))

@@ -31,6 +31,7 @@ import duckdb
 
 from replay._errors import DatabaseError, DatabaseLocked
 from replay._store._connect import LOCK_HOLDER, _create_private, connect, describe_pid
+from replay._store._hot import settle
 from replay._store._purge import fsync_path
 from replay._store._schema import check_existing_schema, check_schema, upgrade
 
@@ -128,7 +129,9 @@ def _copy(con: duckdb.DuckDBPyConnection, path: str) -> None:
         con.execute("INSERT INTO replay_meta SELECT * FROM old.replay_meta")
         con.execute(f"INSERT INTO replay_event_log ({columns}) SELECT {columns} "
                     "FROM old.replay_event_log ORDER BY seq")
+        con.execute("INSERT INTO replay_event_hot SELECT * FROM old.replay_event_hot")
         con.execute("COMMIT")
+        settle(con)
         con.execute("CHECKPOINT")
     except duckdb.Error as error:
         raise DatabaseError(f"cannot compact {path!r}: copying it failed: {error}; the "

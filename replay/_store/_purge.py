@@ -26,6 +26,7 @@ from datetime import datetime
 import duckdb
 
 from replay._store._connect import private_wal
+from replay._store._hot import settle
 from replay._types import PurgeReport
 
 FINISHED = ("completed", "failed", "cancelled")
@@ -35,10 +36,10 @@ FINISHED = ("completed", "failed", "cancelled")
 _RUNS = """
     latest AS (
         SELECT run_id, arg_max(run_state, seq) AS state, arg_max(recorded_at, seq) AS ended_at
-        FROM replay_event_log WHERE run_state IS NOT NULL GROUP BY run_id
+        FROM replay_event_all WHERE run_state IS NOT NULL GROUP BY run_id
     ), runs AS (
         SELECT s.run_id, s.workflow, s.name AS parent, l.state, l.ended_at
-        FROM replay_event_log s JOIN latest l USING (run_id)
+        FROM replay_event_all s JOIN latest l USING (run_id)
         WHERE s.kind = 'run' AND s.event = 'started'
     )"""
 
@@ -73,7 +74,7 @@ _DELETE_RUNS = f"""
         ), latest AS (
             SELECT run_id, arg_max(run_state, seq) AS state,
                    arg_max(recorded_at, seq) AS ended_at
-            FROM replay_event_log
+            FROM replay_event_all
             WHERE run_state IS NOT NULL AND run_id IN (SELECT run_id FROM batch)
             GROUP BY run_id
         ), spoiled AS (
@@ -82,7 +83,7 @@ _DELETE_RUNS = f"""
                OR (b.run_id = b.root AND (l.ended_at >= $4
                    OR l.state NOT IN (SELECT unnest($3::VARCHAR[]))))
             UNION ALL
-            SELECT b.root FROM replay_event_log c JOIN batch b ON c.name = b.run_id
+            SELECT b.root FROM replay_event_all c JOIN batch b ON c.name = b.run_id
             WHERE c.kind = 'run' AND c.event = 'started'
               AND c.run_id NOT IN (SELECT run_id FROM batch)
         )
@@ -113,11 +114,11 @@ def _generation_rows(runs: str) -> str:
         SELECT run_id, max(coalesce(generation, 0)) AS current,
                max(CASE WHEN kind = 'run' AND event = 'continued' AND recorded_at < $1
                         THEN generation END) AS purge_below
-        FROM replay_event_log WHERE {runs} GROUP BY run_id
+        FROM replay_event_all WHERE {runs} GROUP BY run_id
     ), rows AS (
         SELECT e.seq, e.run_id, e.kind, e.event, e.key, e.code_version,
                coalesce(e.generation, 0) AS g, gens.current, gens.purge_below
-        FROM replay_event_log e JOIN gens USING (run_id)
+        FROM replay_event_all e JOIN gens USING (run_id)
         WHERE gens.purge_below > 0
     ), used AS (
         SELECT DISTINCT run_id, key, g FROM rows
@@ -213,7 +214,7 @@ def plan(con: duckdb.DuckDBPyConnection, cutoff: datetime, states: Sequence[str]
             else:
                 trees[-1] += (run_id,)
         run_ids = [run_id for _, run_id in pairs]
-        events = con.execute("SELECT count(*) FROM replay_event_log "
+        events = con.execute("SELECT count(*) FROM replay_event_all "
                              "WHERE run_id IN (SELECT unnest($1::VARCHAR[]))",
                              [run_ids]).fetchall()[0][0] if run_ids else 0
         rows = con.execute(_GENERATION_ROWS + " ORDER BY r.run_id, r.seq", [cutoff]).fetchall()
@@ -289,6 +290,8 @@ def purge_file(con: duckdb.DuckDBPyConnection, path: str, cutoff: datetime,
                            planned.generation_count, None, cutoff)
     if not (planned.trees or planned.generations):
         return PurgeReport(0, 0, 0, None, cutoff)
+    private_wal(path)
+    settle(con)  # the deletes work on the table alone
     if archive_to is not None:
         write_archive(con, archive_to, planned)
     runs = events = 0

@@ -1,9 +1,10 @@
 """The database schema: tables, the public views, and the schema-version check.
 
 The event table is append-only, has no primary key and no UPDATEs; a run's state is
-derived from its newest state-carrying event. A single-column index on `run_id` keeps
-loading one run's history fast in big files. The views `replay_events` and
-`replay_runs` are the public SQL contract (docs/sql.md).
+derived from its newest state-carrying event. Commits write narrow rows to the hot log
+first (`_hot`); every reader reads `replay_event_all`, the table and the hot rows. A
+single-column index on `run_id` keeps loading one run's history fast in big files.
+The views `replay_events` and `replay_runs` are the public SQL contract (docs/sql.md).
 """
 
 from __future__ import annotations
@@ -12,14 +13,16 @@ import duckdb
 
 from replay._errors import DatabaseError, ReplayError
 from replay._store._connect import unusable
+from replay._store._hot import ALL_VIEW, HOT_TABLE
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # What each schema version added to `replay_event_log`, applied in order to an older file
 # when a writer opens it (columns are appended: the Appender writes rows by position).
 _MIGRATIONS = {
     2: ("ALTER TABLE replay_event_log ADD COLUMN generation INTEGER;"
         "ALTER TABLE replay_event_log ADD COLUMN code_version VARCHAR;"),
+    3: HOT_TABLE,
 }
 
 
@@ -33,34 +36,34 @@ CREATE TABLE IF NOT EXISTS replay_event_log (
     generation INTEGER, code_version VARCHAR
 );
 CREATE INDEX IF NOT EXISTS replay_event_log_run_id ON replay_event_log (run_id);
-"""
+""" + HOT_TABLE
 
 # The public views. Derived from the table alone, so a writer re-creates them on every
 # open: a file written by an earlier release gains the columns added since.
-_VIEWS = """
+_VIEWS = ALL_VIEW + """
 CREATE OR REPLACE VIEW replay_events AS
     SELECT seq, run_id, workflow, key, kind, event, attempt, value, value_json,
            error_type, error, recorded_at, duration_ms, wake_at,
            coalesce(generation, 0) AS generation
-    FROM replay_event_log;
+    FROM replay_event_all;
 CREATE OR REPLACE VIEW replay_runs AS
     WITH latest AS (
         SELECT run_id, run_state, key, wake_at, status_text, error_type, error, value_json,
                generation
-        FROM replay_event_log WHERE run_state IS NOT NULL
+        FROM replay_event_all WHERE run_state IS NOT NULL
         QUALIFY row_number() OVER (PARTITION BY run_id ORDER BY seq DESC) = 1
     ), started AS (
         SELECT run_id, workflow, recorded_at, value_json, name AS parent_run_id, code_version
-        FROM replay_event_log WHERE kind = 'run' AND event = 'started'
+        FROM replay_event_all WHERE kind = 'run' AND event = 'started'
     ), touched AS (
-        SELECT run_id, max(recorded_at) AS updated_at FROM replay_event_log GROUP BY run_id
+        SELECT run_id, max(recorded_at) AS updated_at FROM replay_event_all GROUP BY run_id
     ), notes AS (
         SELECT run_id, status_text AS note_text, value_json AS note_json
-        FROM replay_event_log WHERE kind = 'note'
+        FROM replay_event_all WHERE kind = 'note'
         QUALIFY row_number() OVER (PARTITION BY run_id ORDER BY seq DESC) = 1
     ), versions AS (
         SELECT run_id, code_version AS last_code_version
-        FROM replay_event_log WHERE kind = 'run' AND code_version IS NOT NULL
+        FROM replay_event_all WHERE kind = 'run' AND code_version IS NOT NULL
         QUALIFY row_number() OVER (PARTITION BY run_id ORDER BY seq DESC) = 1
     )
     SELECT s.run_id, s.workflow, l.run_state AS state, s.recorded_at AS created_at,
@@ -101,7 +104,7 @@ MEMO_COLUMNS = (
 )
 
 
-def run_summary(source: str = "replay_event_log", scope: str = "") -> str:
+def run_summary(source: str = "replay_event_all", scope: str = "") -> str:
     """Return the query of the state of every run in `source`.
 
     It is the ``replay_runs`` view's logic, with the encoded value; `scope` may define
@@ -138,7 +141,7 @@ RUN_SUMMARY = run_summary()
 # One run's state (parameter: the run id). Its rows are read once, by the run_id index:
 # a condition on run_id combined with others inside each part makes DuckDB scan.
 ONE_RUN = run_summary(
-    "one", "one AS MATERIALIZED (SELECT * FROM replay_event_log WHERE run_id = $1),")
+    "one", "one AS MATERIALIZED (SELECT * FROM replay_event_all WHERE run_id = $1),")
 
 # Every record of every run that has not finished, grouped by run, in order. The newest
 # state-carrying record of each run says whether it has finished: one aggregate over
@@ -146,17 +149,17 @@ ONE_RUN = run_summary(
 # of their other rows.
 OPEN_RUN_ROWS = f"""
     WITH open_runs AS (
-        SELECT run_id FROM replay_event_log WHERE run_state IS NOT NULL GROUP BY run_id
+        SELECT run_id FROM replay_event_all WHERE run_state IS NOT NULL GROUP BY run_id
         HAVING arg_max(run_state, seq) NOT IN ('completed', 'failed', 'cancelled')
     )
-    SELECT {COLUMNS} FROM replay_event_log WHERE run_id IN (SELECT run_id FROM open_runs)
+    SELECT {COLUMNS} FROM replay_event_all WHERE run_id IN (SELECT run_id FROM open_runs)
     ORDER BY run_id, seq
 """
 
 
 # The workflow of a run, if the run exists.
 RUN_WORKFLOW = """
-    SELECT workflow FROM replay_event_log
+    SELECT workflow FROM replay_event_all
     WHERE run_id = ? AND kind = 'run' AND event = 'started' LIMIT 1
 """
 
@@ -281,7 +284,8 @@ def _check_version(con: duckdb.DuckDBPyConnection, path: str) -> None:
         raise damaged_schema(path, f"its table replay_event_log lacks columns ({error})") from error
 
 
-_REQUIRED = (("table", "replay_event_log"), ("view", "replay_events"), ("view", "replay_runs"))
+_REQUIRED = (("table", "replay_event_log"), ("table", "replay_event_hot"),
+             ("view", "replay_event_all"), ("view", "replay_events"), ("view", "replay_runs"))
 
 
 def damaged_schema(path: str, problem: str) -> DatabaseError:

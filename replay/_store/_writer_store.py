@@ -1,14 +1,17 @@
 """The engine's store: one connection, a group-commit writer thread, history loading.
 
-DuckDB's cost is per statement (measured, see docs/performance.md), so the hot path
-writes each batch of records as one Appender flush, which in autocommit mode is one
-transaction and one fsync of the WAL. Reads run on their own cursors in worker threads:
+DuckDB's cost is per statement and per column written (measured, see
+docs/performance.md), so the hot path writes each batch of records as one Appender
+flush of narrow rows to the hot log (`_hot`), which in autocommit mode is one
+transaction and one fsync of the WAL; the writer settles the hot log into the event
+table between batches. Reads run on their own cursors in worker threads:
 a DuckDB connection is single-threaded. User queries are `ReadQuery` objects, which
 `close` stops before it closes the file, so that no query can hold a shutdown.
 """
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections.abc import Callable, Sequence
@@ -20,6 +23,7 @@ import duckdb
 from replay._core._records import Record
 from replay._errors import EngineClosed
 from replay._store._connect import connect, damaged, private_wal, unusable
+from replay._store._hot import settle
 from replay._store._purge import PurgePlan, plan, write_archive
 from replay._store._queries import OpenQueries, ReadQuery
 from replay._store._rows import (
@@ -42,6 +46,12 @@ from replay._store._schema import (
 
 T = TypeVar("T")
 
+# When the writer settles the hot log (see `_hot`): after this many rows, or after
+# fewer once its queue is empty, or when it has been idle this long.
+SETTLE_ROWS = 2000
+SETTLE_IDLE_ROWS = 500
+SETTLE_IDLE_SECONDS = 0.5
+
 
 class Store:
     """One open database file: a writer connection and reader cursors.
@@ -63,7 +73,8 @@ class Store:
             self._con.execute(f"SET fsync_mode = '{fsync_mode}'")
             private_wal(path)
             check_schema(self._con, path)
-            self._appender = self._con.appender("replay_event_log")
+            settle(self._con)  # what a crash left in the hot log
+            self._appender = self._con.appender("replay_event_hot")
         except duckdb.Error as error:
             self._con.close()
             raise unusable(path, error) from error
@@ -75,6 +86,7 @@ class Store:
             tuple[list[tuple[Any, ...]], Callable[..., None]] | _Job | None]
         self._queue = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
+        self._hot_rows = 0  # committed to the hot log since it was last settled
 
     # -- reads (each on its own cursor: a DuckDB connection is single-threaded) --
 
@@ -95,12 +107,12 @@ class Store:
 
     def last_seq_and_time(self) -> tuple[int, datetime | None]:
         """Return the largest `seq` and `recorded_at` in the file."""
-        seq, at = self._read("SELECT max(seq), max(recorded_at) FROM replay_event_log", [])[0]
+        seq, at = self._read("SELECT max(seq), max(recorded_at) FROM replay_event_all", [])[0]
         return int(seq or 0), utc_or_none(at)
 
     def generations(self) -> dict[str, int]:
         """Return the current generation of every run that has continued as new."""
-        rows = self._read("SELECT run_id, max(generation) FROM replay_event_log "
+        rows = self._read("SELECT run_id, max(generation) FROM replay_event_all "
                           "WHERE generation > 0 GROUP BY run_id", [])
         return {run_id: int(generation) for run_id, generation in rows}
 
@@ -113,7 +125,7 @@ class Store:
         """Return which of `run_ids` have a run in the file (one read, by the index)."""
         if not run_ids:
             return set()
-        rows = self._read("SELECT DISTINCT run_id FROM replay_event_log "
+        rows = self._read("SELECT DISTINCT run_id FROM replay_event_all "
                           "WHERE run_id IN (SELECT unnest($1::VARCHAR[])) "
                           "AND kind = 'run' AND event = 'started'", [list(run_ids)])
         return {row[0] for row in rows}
@@ -134,14 +146,14 @@ class Store:
             DatabaseError: The run's rows are damaged.
         """
         rows = self._read(
-            f"SELECT {COLUMNS} FROM replay_event_log WHERE run_id = ? ORDER BY seq", [run_id]
+            f"SELECT {COLUMNS} FROM replay_event_all WHERE run_id = ? ORDER BY seq", [run_id]
         )
         return history_records(rows, self.path)
 
     def load_memo(self, run_id: str, workflow: str) -> list[Record]:
         """Return one run's records as the memo needs them (one query, no timestamps)."""
         rows = self._read(
-            f"SELECT {MEMO_COLUMNS} FROM replay_event_log WHERE run_id = ? ORDER BY seq",
+            f"SELECT {MEMO_COLUMNS} FROM replay_event_all WHERE run_id = ? ORDER BY seq",
             [run_id],
         )
         return [memo_record(run_id, workflow, row) for row in rows]
@@ -152,7 +164,7 @@ class Store:
             (run_id, workflow), = runs.items()
             return {run_id: self.load_memo(run_id, workflow)}
         rows = self._read(
-            f"SELECT run_id, {MEMO_COLUMNS} FROM replay_event_log "
+            f"SELECT run_id, {MEMO_COLUMNS} FROM replay_event_all "
             "WHERE run_id IN (SELECT unnest($1::VARCHAR[])) ORDER BY run_id, seq",
             [list(runs)],
         )
@@ -235,7 +247,7 @@ class Store:
         self._queue.put(_Job(job, done))
 
     def _write_loop(self) -> None:
-        while (item := self._queue.get()) is not None:
+        while (item := self._next_item()) is not None:
             if isinstance(item, _Job):
                 self._run_job(item)
                 continue
@@ -248,10 +260,38 @@ class Store:
                 self._appender.clear()
                 done(error)
             else:
+                self._hot_rows += len(rows)
                 done(None)
+            if self._hot_rows >= SETTLE_ROWS or (
+                    self._hot_rows >= SETTLE_IDLE_ROWS and self._queue.empty()):
+                self._settle()
+
+    def _next_item(self) -> tuple[list[tuple[Any, ...]], Callable[..., None]] | _Job | None:
+        """Return the next batch or job; settle the hot log when idle a moment."""
+        if not self._hot_rows:
+            return self._queue.get()
+        try:
+            return self._queue.get(timeout=SETTLE_IDLE_SECONDS)
+        except queue.Empty:
+            self._settle()
+            return self._queue.get()
+
+    def _settle(self) -> None:
+        """Settle the hot log; a failure leaves the rows there (still read, still safe)."""
+        try:
+            private_wal(self.path)
+            cursor = self._con.cursor()
+            try:
+                settle(cursor)
+            finally:
+                cursor.close()
+        except duckdb.Error:
+            return  # tried again after the next batch; readers see the hot rows meanwhile
+        self._hot_rows = 0
 
     def _run_job(self, job: _Job) -> None:
         try:
+            self._settle()  # jobs (purges) work on the table alone
             private_wal(self.path)
             cursor = self._con.cursor()
             try:
@@ -269,6 +309,9 @@ class Store:
         if self._writer is not None:
             self._queue.put(None)
             self._writer.join()
+        with contextlib.suppress(duckdb.Error):  # else the next open settles them
+            private_wal(self.path)
+            settle(self._con)
         self._con.close()
 
 
