@@ -33,8 +33,8 @@ _DECODED = """
     SELECT seq, d->>0 AS run_id, d->>1 AS workflow, d->>2 AS key, d->>3 AS kind,
            d->>4 AS event, (d->>5)::INTEGER AS attempt, from_base64(d->>6) AS value,
            (d->>7)::JSON AS value_json, d->>8 AS error_type, d->>9 AS error,
-           (d->>10)::TIMESTAMPTZ AS recorded_at, (d->>11)::DOUBLE AS duration_ms,
-           (d->>12)::TIMESTAMPTZ AS wake_at, d->>13 AS name, d->>14 AS error_types,
+           make_timestamptz((d->>10)::BIGINT) AS recorded_at,
+           (d->>11)::DOUBLE AS duration_ms, make_timestamptz((d->>12)::BIGINT) AS wake_at, d->>13 AS name, d->>14 AS error_types,
            d->>15 AS run_state, d->>16 AS status_text, (d->>17)::INTEGER AS generation,
            d->>18 AS code_version
     FROM (SELECT seq, data::JSON AS d FROM replay_event_hot)
@@ -63,14 +63,15 @@ def hot_row(record: Record) -> tuple[int, str]:
     seq = row.pop(0)
     if row[6] is not None:  # value
         row[6] = base64.b64encode(row[6]).decode("ascii")
-    for at in (10, 12):  # recorded_at, wake_at: ISO text with the offset, any time zone
+    for at in (10, 12):  # recorded_at, wake_at: microseconds since the epoch, in UTC
         if row[at] is not None:
-            row[at] = _iso(row[at])
+            row[at] = _micros(row[at])
     return seq, json.dumps(row)
 
 
-def _iso(at: datetime) -> str:
-    return at.isoformat()
+def _micros(at: datetime) -> int:
+    # Exact: below 2**53 microseconds (year 2255) a double holds every microsecond.
+    return round(at.timestamp() * 1_000_000)
 
 
 def settle(con: duckdb.DuckDBPyConnection) -> int:
