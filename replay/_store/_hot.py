@@ -34,7 +34,8 @@ _DECODED = """
            d->>4 AS event, (d->>5)::INTEGER AS attempt, from_base64(d->>6) AS value,
            (d->>7)::JSON AS value_json, d->>8 AS error_type, d->>9 AS error,
            make_timestamptz((d->>10)::BIGINT) AS recorded_at,
-           (d->>11)::DOUBLE AS duration_ms, make_timestamptz((d->>12)::BIGINT) AS wake_at, d->>13 AS name, d->>14 AS error_types,
+           (d->>11)::DOUBLE AS duration_ms, make_timestamptz((d->>12)::BIGINT) AS wake_at,
+           d->>13 AS name, d->>14 AS error_types,
            d->>15 AS run_state, d->>16 AS status_text, (d->>17)::INTEGER AS generation,
            d->>18 AS code_version
     FROM (SELECT seq, data::JSON AS d FROM replay_event_hot)
