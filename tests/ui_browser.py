@@ -75,21 +75,28 @@ def browser_context() -> Iterator[object]:
 
 
 class Server:
-    """A process serving the web view; `url` is the page's address it printed."""
+    """A process serving the web view, started at once; `ready` waits for its address."""
 
     def __init__(self, args: list[str], stderr: Path, pattern: re.Pattern[str]) -> None:
+        self.args = args
         self.child = ChildProcess(Path(args[0]), args[1:], stderr)
+        self.pattern = pattern
         self.lines: list[str] = []
         self.stderr = ""
-        while (line := self.child.line()) is not None:
+        self.found: re.Match[str] | None = None
+        self.url = ""
+
+    def ready(self) -> Server:
+        """Wait until the server prints where it serves; set `url` (and `found`)."""
+        while self.found is None:
+            line = self.child.line()
+            if line is None:
+                pytest.fail(f"{self.args} ended without serving; it printed {self.lines}; "
+                            f"{self.child.stderr()}")
             self.lines.append(line)
-            if found := pattern.match(line):
-                self.found = found
-                self.url = found["url"]
-                return
-        self.stderr = self.child.stderr()
-        self.child.close()
-        pytest.fail(f"{args} ended without serving; it printed {self.lines}; {self.stderr}")
+            self.found = self.pattern.match(line)
+        self.url = self.found["url"]
+        return self
 
     @property
     def pid(self) -> int:
@@ -102,7 +109,7 @@ class Server:
         while (line := self.child.line()) is not None:
             self.lines.append(line)
         status = self.child.exited()
-        self.stderr = self.child.stderr()  # for the test's message: read before closing
+        self.stderr = self.child.stderr()  # for the test's message: read it before closing
         self.child.close()
         return status
 
