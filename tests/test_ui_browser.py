@@ -24,6 +24,7 @@ With ``REPLAY_SCREENSHOTS=1`` the screenshots are also written to docs/images/.
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -51,8 +52,13 @@ from ui_browser import (
 
 import replay
 
-sync_api = pytest.importorskip("playwright.sync_api")
-expect = sync_api.expect
+try:
+    from playwright.sync_api import expect
+except ImportError:
+    if os.environ.get("CI"):  # CI must run these tests: a missing Playwright fails it
+        raise
+    pytest.skip('Playwright is not installed: pip install -e ".[dev]"',
+                allow_module_level=True)
 
 pytestmark = pytest.mark.slow
 

@@ -56,8 +56,9 @@ def chromium() -> str:
 @contextmanager
 def browser_context() -> Iterator[object]:
     """Open headless Chromium with a fresh profile; yield its Playwright BrowserContext."""
+    from playwright import sync_api  # the test module checked that it is installed
+
     executable = chromium()
-    sync_api = pytest.importorskip("playwright.sync_api")
     profile = tempfile.mkdtemp(prefix="replay-chromium-")
     try:
         with sync_api.sync_playwright() as playwright:
