@@ -25,7 +25,7 @@ from replay._codec import CODEC
 from replay._codec._export import read_history
 from replay._core._records import Encoded, ErrorText, Record, Run
 from replay._core._state import RunStatus, fold
-from replay._store import Store, hot_row, record_row, utc_or_none
+from replay._store import Store, record_row, utc_or_none
 from replay._store._schema import TABLE_COLUMNS
 from replay._types import RunState
 
@@ -53,7 +53,7 @@ def write_file(path: str, records: list[Record]) -> None:
         committed.set()
 
     try:
-        store.submit([hot_row(record) for record in records], done)
+        store.submit([record_row(record) for record in records], done)
         assert committed.wait(30)
     finally:
         store.close()

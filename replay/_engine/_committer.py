@@ -19,7 +19,7 @@ import trio
 from replay._core._records import Record
 from replay._engine._clock import EngineClock, busy_thread
 from replay._errors import DatabaseError
-from replay._store import Store, hot_row
+from replay._store import Store, record_row
 
 
 class Committer:
@@ -67,7 +67,7 @@ class Committer:
             record.recorded_at = self._clock.now()
         if self._generations or record.event == "continued":
             self._stamp_generation(record)
-        self._rows.append(hot_row(record))
+        self._rows.append(record_row(record))
         self._applies.append((apply, record))
         done = trio.Event()
         self._waiters.append(done)
@@ -88,7 +88,7 @@ class Committer:
                 record.recorded_at = now
             if self._generations or record.event == "continued":
                 self._stamp_generation(record)
-            self._rows.append(hot_row(record))
+            self._rows.append(record_row(record))
             self._applies.append((apply, record))
         done = trio.Event()
         self._waiters.append(done)

@@ -2,9 +2,11 @@
 
 DuckDB's cost of a commit grows with the number of columns it writes (measured on the
 project's machine: an Appender flush of one row costs about 1.2 ms for 3 columns and
-2.8 ms for replay's 20, whatever their values), so the acknowledgement path writes
-each record as a narrow row of ``replay_event_hot``: its `seq` and its event-table
-row as JSON text. Settling moves hot rows into ``replay_event_log`` (the columnar,
+2.8 ms for replay's 20, whatever their values), so a small batch (a lone run's step,
+a few runs') is written as narrow rows of ``replay_event_hot``: each record's `seq` and
+its event-table row as JSON text. A big batch shares one commit among many records and
+goes to ``replay_event_log`` directly: rendering JSON for it would cost more than the
+columns it saves. Settling moves hot rows into ``replay_event_log`` (the columnar,
 indexed table) in one transaction of many rows, off the acknowledgement path: on the
 writer thread between batches, when enough rows are waiting or the writer is idle,
 before every other writing job, and when the file closes or opens.
@@ -60,14 +62,18 @@ _SETTLE = f"INSERT INTO replay_event_log ({_LOG_COLUMNS}) {_DECODED} WHERE seq <
 
 def hot_row(record: Record) -> tuple[int, str]:
     """Turn a record into a row of ``replay_event_hot``, validated for storage."""
-    row: list[Any] = list(record_row(record))
-    seq = row.pop(0)
-    if row[6] is not None:  # value
-        row[6] = base64.b64encode(row[6]).decode("ascii")
+    return hot_from_row(record_row(record))
+
+
+def hot_from_row(row: tuple[Any, ...]) -> tuple[int, str]:
+    """Turn a row of ``replay_event_log`` into a row of ``replay_event_hot``."""
+    data: list[Any] = list(row[1:])
+    if data[6] is not None:  # value
+        data[6] = base64.b64encode(data[6]).decode("ascii")
     for at in (10, 12):  # recorded_at, wake_at: microseconds since the epoch, in UTC
-        if row[at] is not None:
-            row[at] = _micros(row[at])
-    return seq, json.dumps(row)
+        if data[at] is not None:
+            data[at] = _micros(data[at])
+    return row[0], json.dumps(data)
 
 
 def _micros(at: datetime) -> int:

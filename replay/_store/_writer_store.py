@@ -2,9 +2,9 @@
 
 DuckDB's cost is per statement and per column written (measured, see
 docs/performance.md), so the hot path writes each batch of records as one Appender
-flush of narrow rows to the hot log (`_hot`), which in autocommit mode is one
-transaction and one fsync of the WAL; the writer settles the hot log into the event
-table between batches. Reads run on their own cursors in worker threads:
+flush, which in autocommit mode is one transaction and one fsync of the WAL: a small
+batch as narrow rows of the hot log (`_hot`), settled into the event table between
+batches, a big one straight into the event table. Reads run on their own cursors in worker threads:
 a DuckDB connection is single-threaded. User queries are `ReadQuery` objects, which
 `close` stops before it closes the file, so that no query can hold a shutdown.
 """
@@ -23,7 +23,7 @@ import duckdb
 from replay._core._records import Record
 from replay._errors import EngineClosed
 from replay._store._connect import connect, damaged, private_wal, unusable
-from replay._store._hot import settle
+from replay._store._hot import hot_from_row, settle
 from replay._store._purge import PurgePlan, plan, write_archive
 from replay._store._queries import OpenQueries, ReadQuery
 from replay._store._rows import (
@@ -46,7 +46,9 @@ from replay._store._schema import (
 
 T = TypeVar("T")
 
-# When the writer settles the hot log (see `_hot`): after this many rows, or after
+# A batch of at most this many records is written to the hot log (see `_hot`).
+HOT_BATCH_ROWS = 32
+# When the writer settles the hot log: after this many rows, or after
 # fewer once its queue is empty, or when it has been idle this long.
 SETTLE_ROWS = 2000
 SETTLE_IDLE_ROWS = 500
@@ -74,7 +76,8 @@ class Store:
             private_wal(path)
             check_schema(self._con, path)
             settle(self._con)  # what a crash left in the hot log
-            self._appender = self._con.appender("replay_event_hot")
+            self._appender = self._con.appender("replay_event_log")
+            self._hot_appender = self._con.appender("replay_event_hot")
         except duckdb.Error as error:
             self._con.close()
             raise unusable(path, error) from error
@@ -252,15 +255,17 @@ class Store:
                 self._run_job(item)
                 continue
             rows, done = item
+            hot = len(rows) <= HOT_BATCH_ROWS
+            appender = self._hot_appender if hot else self._appender
             try:
                 private_wal(self.path)  # a checkpoint may have deleted it
-                self._appender.append_rows(rows)
-                self._appender.flush()
+                appender.append_rows([hot_from_row(row) for row in rows] if hot else rows)
+                appender.flush()
             except BaseException as error:  # reported to the engine, which stops
-                self._appender.clear()
+                appender.clear()
                 done(error)
             else:
-                self._hot_rows += len(rows)
+                self._hot_rows += len(rows) if hot else 0
                 done(None)
             if self._hot_rows >= SETTLE_ROWS or (
                     self._hot_rows >= SETTLE_IDLE_ROWS and self._queue.empty()):
