@@ -8,7 +8,7 @@ A morning of 40 orders. Each `order:v1` run reserves the stock, checks the custo
 (a fraud score and the address, side by side in an `All` group), has a `payment:v1`
 child run put a hold on the card, and ships. An order of 500 EUR or more also waits
 for a manager on ``Suspend("approval:v1", timeout=2 days)`` before the hold is
-captured; four of them are still waiting when the script ends. One customer's
+captured; five of them are still waiting when the script ends. One customer's
 address has no postcode, so that order fails; two card holds time out once and are
 retried.
 
@@ -18,7 +18,7 @@ timeline. With ``--ui`` the script keeps its engine open on the real clock and s
 the same page itself (``open_engine(ui=("127.0.0.1", PORT))``, port 8077 by default,
 0 for any free port) until Ctrl-C: approve a waiting order on its page (key
 ``approval:v1``, payload ``{"approved": true, "by": "maria"}``) and watch it capture
-the payment and ship.
+the payment and ship, or cancel one and watch it release the hold on the card.
 
 The orders are placed under trio's fake clock (`MockClock`), so the retry back-offs
 take no real time. Run it again on the same file: every order is recorded, nothing
@@ -47,7 +47,7 @@ CUSTOMERS = ["ana", "ben", "cid", "dee", "eli", "fay", "gus", "hal"]
 NO_POSTCODE = "order-1024"  # this order's address has no postcode: its check fails
 FLAKY_HOLDS = {"order-1007", "order-1038"}  # the card gateway times out once for these
 BIG = {"order-1012": 64_000, "order-1019": 52_500, "order-1026": 120_000,  # cents
-       "order-1038": 89_900}
+       "order-1033": 75_000, "order-1038": 89_900}
 
 
 def orders() -> list[tuple[str, str, int]]:
@@ -135,6 +135,9 @@ def order(order_id: str, customer: str, cents: int):
                 status=f"waiting for a manager: {cents / 100:.2f} EUR is over the limit")
         except replay.SuspendTimeout:
             decision = {"approved": False, "by": None, "reason": "no answer within 2 days"}
+        except replay.Cancelled:  # the order is cancelled while it waits: free the card
+            yield Step("release:v1", release, hold)
+            raise
         if not decision.get("approved"):
             yield Step("release:v1", release, hold)
             return {"order": order_id, "state": "refused", "by": decision.get("by")}

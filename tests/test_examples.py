@@ -391,7 +391,7 @@ def test_stuck_orders_leaves_the_big_orders_waiting_for_a_manager(tmp_path: Path
     # Every order but the failed one has its payment child; two holds were retried once.
     assert result["children"] == 39
     assert result["executed"] == {"reserve_stock": 40, "fraud_score": 40, "check_address": 40,
-                                  "hold_card": 41, "capture": 35, "ship": 35}
+                                  "hold_card": 41, "capture": 34, "ship": 34}
 
     with duckdb.connect(str(db), read_only=True) as con:
         retried = con.execute("SELECT run_id FROM replay_events WHERE event = 'retrying'"

@@ -12,6 +12,7 @@ tests do not depend on each other's order:
 * order-1012 is approved from the page;
 * order-1019 is approved from the page ``replay ui`` serves through the live channel;
 * order-1026 is approved from outside while its page is open (the live update);
+* order-1033 is cancelled from the page, and releases the hold on the card;
 * order-1024, the failed one, is resumed from the page and fails again;
 * order-1038 never changes: the bad input and the screenshots.
 
@@ -396,6 +397,27 @@ def test_resume_from_the_page_runs_the_failed_step_again(page: Any, engine: Serv
     assert failures == [1, 2]
     page.reload()
     assert outcomes(page, "address:v1") == ["failed", "failed"]
+
+
+def test_cancel_from_the_page_lets_the_workflow_compensate(page: Any, engine: Server,
+                                                           client: replay.Client) -> None:
+    page.goto(run_page(engine, "order-1033"))
+    expect(page.locator("#run-state")).to_have_text("suspended")
+    page.locator("form#cancel [name=reason]").fill("the customer called to cancel")
+    page.once("dialog", lambda dialog: dialog.accept())
+    with page.expect_navigation():
+        page.locator("#cancel-submit").click()
+    expect(page.locator("#message.ok")).to_be_visible()
+    expect(page.locator("#run-state")).to_have_text("cancelled", timeout=30_000)
+
+    info = client.wait("order-1033", timeout=30)
+    assert (info.state, info.error_type) == ("cancelled", "replay.Cancelled")
+    events = [row[:2] for row in events_of(client, "order-1033") if row[0] != "step/started"]
+    assert events[-4:] == [("run/cancel_requested", None), ("suspend/cancelled", "approval:v1"),
+                           ("step/completed", "release:v1"), ("run/cancelled", None)]
+    page.reload()
+    assert outcomes(page, "release:v1") == ["completed"]
+    expect(page.locator("form#signal, form#resume, form#cancel")).to_have_count(0)
 
 
 # -- bad input: a clear message, and nothing changes --
