@@ -76,7 +76,7 @@ async def test_hot_rows_read_exactly_as_settled_rows(tmp_path: Any) -> None:
     hot = str(tmp_path / "hot.duckdb")
     Store(hot, "none").close()
     with duckdb.connect(hot) as con:
-        con.executemany("INSERT INTO replay_event_hot VALUES (?, ?)",
+        con.executemany("INSERT INTO replay_event_hot VALUES (?, ?, ?)",
                         [list(hot_row(record)) for record in records])
     assert count(hot, "replay_event_log") == 0
     assert events(hot) == events(settled)

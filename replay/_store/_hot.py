@@ -1,10 +1,11 @@
-"""The hot log: each commit writes one narrow row per record, settled into the table later.
+"""The hot log: small commits write narrow rows, settled into the event table later.
 
 DuckDB's cost of a commit grows with the number of columns it writes (measured on the
 project's machine: an Appender flush of one row costs about 1.2 ms for 3 columns and
 2.8 ms for replay's 20, whatever their values), so a small batch (a lone run's step,
-a few runs') is written as narrow rows of ``replay_event_hot``: each record's `seq` and
-its event-table row as JSON text. A big batch shares one commit among many records and
+a few runs') is written as narrow rows of ``replay_event_hot``: each record's `seq`,
+its run id (a column of its own, for the queries of one run) and the rest of its
+event-table row as JSON text. A big batch shares one commit among many records and
 goes to ``replay_event_log`` directly: rendering JSON for it would cost more than the
 columns it saves. Settling moves hot rows into ``replay_event_log`` (the columnar,
 indexed table) in one transaction of many rows, off the acknowledgement path: on the
@@ -28,19 +29,21 @@ import duckdb
 from replay._core._records import Record
 from replay._store._rows import record_row
 
-HOT_TABLE = "CREATE TABLE IF NOT EXISTS replay_event_hot (seq BIGINT, data VARCHAR);"
+HOT_TABLE = ("CREATE TABLE IF NOT EXISTS replay_event_hot "
+             "(seq BIGINT, run_id VARCHAR, data VARCHAR);")
 
-# The hot rows as rows of `replay_event_log` (the JSON array holds the row without seq).
+# The hot rows as rows of `replay_event_log` (the JSON array holds the row from its
+# third column on). `run_id` is a column of its own, so that a query for one run's
+# records (loading a memo, a run's state) filters before any JSON is parsed.
 _DECODED = """
-    SELECT seq, d->>0 AS run_id, d->>1 AS workflow, d->>2 AS key, d->>3 AS kind,
-           d->>4 AS event, (d->>5)::INTEGER AS attempt, from_base64(d->>6) AS value,
-           (d->>7)::JSON AS value_json, d->>8 AS error_type, d->>9 AS error,
-           make_timestamptz((d->>10)::BIGINT) AS recorded_at,
-           (d->>11)::DOUBLE AS duration_ms, make_timestamptz((d->>12)::BIGINT) AS wake_at,
-           d->>13 AS name, d->>14 AS error_types,
-           d->>15 AS run_state, d->>16 AS status_text, (d->>17)::INTEGER AS generation,
-           d->>18 AS code_version
-    FROM (SELECT seq, data::JSON AS d FROM replay_event_hot)
+    SELECT seq, run_id, d->>0 AS workflow, d->>1 AS key, d->>2 AS kind, d->>3 AS event,
+           (d->>4)::INTEGER AS attempt, from_base64(d->>5) AS value,
+           (d->>6)::JSON AS value_json, d->>7 AS error_type, d->>8 AS error,
+           make_timestamptz((d->>9)::BIGINT) AS recorded_at,
+           (d->>10)::DOUBLE AS duration_ms, make_timestamptz((d->>11)::BIGINT) AS wake_at,
+           d->>12 AS name, d->>13 AS error_types, d->>14 AS run_state,
+           d->>15 AS status_text, (d->>16)::INTEGER AS generation, d->>17 AS code_version
+    FROM (SELECT seq, run_id, data::JSON AS d FROM replay_event_hot)
 """
 
 _LOG_COLUMNS = (
@@ -60,20 +63,20 @@ CREATE OR REPLACE VIEW replay_event_all AS
 _SETTLE = f"INSERT INTO replay_event_log ({_LOG_COLUMNS}) {_DECODED} WHERE seq <= $1"
 
 
-def hot_row(record: Record) -> tuple[int, str]:
+def hot_row(record: Record) -> tuple[int, str, str]:
     """Turn a record into a row of ``replay_event_hot``, validated for storage."""
     return hot_from_row(record_row(record))
 
 
-def hot_from_row(row: tuple[Any, ...]) -> tuple[int, str]:
+def hot_from_row(row: tuple[Any, ...]) -> tuple[int, str, str]:
     """Turn a row of ``replay_event_log`` into a row of ``replay_event_hot``."""
-    data: list[Any] = list(row[1:])
-    if data[6] is not None:  # value
-        data[6] = base64.b64encode(data[6]).decode("ascii")
-    for at in (10, 12):  # recorded_at, wake_at: microseconds since the epoch, in UTC
+    data: list[Any] = list(row[2:])
+    if data[5] is not None:  # value
+        data[5] = base64.b64encode(data[5]).decode("ascii")
+    for at in (9, 11):  # recorded_at, wake_at: microseconds since the epoch, in UTC
         if data[at] is not None:
             data[at] = _micros(data[at])
-    return row[0], json.dumps(data)
+    return row[0], row[1], json.dumps(data)
 
 
 def _micros(at: datetime) -> int:
