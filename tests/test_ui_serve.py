@@ -13,6 +13,7 @@ import os
 import re
 import select
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Generator, Iterator
@@ -242,3 +243,28 @@ def test_ui_command_without_a_database(tmp_path: Path,
     assert main(["ui", missing, "--port", "0"]) == 1
     assert capsys.readouterr().err.startswith(f"replay ui: no database at {missing!r}")
     assert main(["ui", missing, "--port", "99999"]) == 2
+
+
+def test_ui_command_on_a_taken_port_says_so_in_one_line(
+        db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    make_file(db)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["ui", db, "--port", str(port)]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith(f"replay ui: cannot serve at 127.0.0.1:{port}: ")
+    assert err.endswith("pick another --port (0: any free one)\n")
+    assert err.count("\n") == 1
+
+
+async def test_open_engine_on_a_taken_port_raises_os_error(db: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError):
+            async with replay.open_engine(db, workflows=[approval], ui=("127.0.0.1", port)):
+                pass

@@ -30,6 +30,7 @@ from replay._errors import QueryError, ReplayError, RunNotFound
 from replay._types import Event, RunInfo
 from replay._ui import Facts, Outcome, Refused, Table, Update, require_hypercorn, serve
 from replay._ui._backend import cancelled, resumed, signalled
+from replay._ui._serve import bind_error
 
 T = TypeVar("T")
 _STOP = (signal.SIGINT, signal.SIGTERM)  # both stop the server cleanly
@@ -70,8 +71,11 @@ def ui(args: argparse.Namespace, out: TextIO) -> int:
     backend.refresh()  # no database, or one nobody may read: say so before serving
     try:
         trio.run(_serve, backend, args.host, args.port, args.db, out)
-    except OSError as error:
-        raise CliError(f"cannot serve at {args.host}:{args.port}: {error.strerror or error}; "
+    except (OSError, BaseExceptionGroup) as failure:
+        bound = bind_error(failure)
+        if bound is None:
+            raise
+        raise CliError(f"cannot serve at {args.host}:{args.port}: {bound.strerror or bound}; "
                        "pick another --port (0: any free one)") from None
     return 0
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -73,6 +74,8 @@ async def serve(backend: Backend, host: str, port: int, *,
         OSError: The address cannot be listened on (the port is taken, ...).
     """
     hypercorn_trio = require_hypercorn()
+    if port:
+        _check_free(host, port)
     config_module = importlib.import_module("hypercorn.config")
     config = config_module.Config()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
@@ -88,9 +91,34 @@ async def serve(backend: Backend, host: str, port: int, *,
             await shutdown()
         app.stopping.set()
 
-    async with trio.open_nursery() as nursery:
-        binds: list[str] = await nursery.start(
-            functools.partial(hypercorn_trio.serve, app, config, shutdown_trigger=stop))
-        address = binds[0]  # http://HOST:PORT, with the port it listens on
-        app.guard.port = int(address.rsplit(":", 1)[1])
-        task_status.started(address.rstrip("/") + "/")
+    try:
+        async with trio.open_nursery() as nursery:
+            binds: list[str] = await nursery.start(
+                functools.partial(hypercorn_trio.serve, app, config, shutdown_trigger=stop))
+            address = binds[0]  # http://HOST:PORT, with the port it listens on
+            app.guard.port = int(address.rsplit(":", 1)[1])
+            task_status.started(address.rstrip("/") + "/")
+    except BaseExceptionGroup as group:
+        # hypercorn's nurseries wrap a failed bind (the port is taken) in groups.
+        error = bind_error(group)
+        if error is None:
+            raise
+        raise error from None
+
+
+def _check_free(host: str, port: int) -> None:
+    """Raise the `OSError` of a taken address before hypercorn tries it.
+
+    hypercorn leaves the socket of a failed bind open (a ResourceWarning later).
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as hypercorn binds
+        probe.bind((host, port))
+
+
+def bind_error(error: BaseException) -> OSError | None:
+    """Return the `OSError` that `error` is, or that is all a (nested) group holds."""
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error if isinstance(error, OSError) else None
