@@ -349,6 +349,9 @@ def test_a_live_update_arrives_while_the_run_executes(page: Any, engine: Server,
     expect(page.locator("table#events tr[data-seq]")).to_have_count(len(recorded))
     assert len(recorded) > rows
     expect(page.locator("table#events")).to_contain_text('"trk-order-1026"')
+    # A finished run takes no signal and no cancellation: the page drops those forms.
+    expect(page.locator("form#signal")).to_have_count(0)
+    expect(page.locator("form#cancel")).to_have_count(0)
     assert client.result("order-1026", timeout=30)["state"] == "shipped"
 
 

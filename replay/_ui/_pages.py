@@ -220,7 +220,7 @@ RUN_SCRIPT = """
  var id=root.getAttribute('data-run-id');
  var q=new URLSearchParams({id:id,after:root.getAttribute('data-last-seq')});
  var source=new EventSource('/run/events?'+q.toString());
- var pending=null;
+ var pending=null,FINISHED=['completed','failed','cancelled'];
  function set(i,t){var e=document.getElementById(i);if(e){e.textContent=t||'';}}
  function refresh(){if(pending){return;}pending=setTimeout(function(){pending=null;
    fetch('/run/timeline?'+new URLSearchParams({id:id}).toString()).then(function(r){
@@ -232,7 +232,9 @@ RUN_SCRIPT = """
    s.textContent=u.info.state;s.setAttribute('data-state',u.info.state);
    root.setAttribute('data-state',u.info.state);
    set('waiting',u.info.waiting);set('status-note',u.info.status_text);
-   set('updated',u.info.updated_at);}
+   set('updated',u.info.updated_at);
+   if(FINISHED.indexOf(u.info.state)>=0){['signal','cancel'].forEach(function(f){
+    var e=document.getElementById(f);if(e){e.remove();}});}}
   if(u.event){var body=document.querySelector('#events tbody');
    if(!body.querySelector('tr[data-seq="'+u.event.seq+'"]')){
     var tr=document.createElement('tr');tr.setAttribute('data-seq',u.event.seq);
