@@ -5,7 +5,8 @@ commit the records it carries, do what it says (make a step attempt, or park the
 and report the outcome back. The machine may run the (deterministic) workflow code on
 to its next decision before an outcome is durable, but nothing acts on it before: a
 decision's records are committed before the next attempt starts, before the run parks
-and before it ends.
+and before it ends. The one exception is what follows a pure step (`Step(pure=True)`),
+which a crash recomputes equal: it rides the run's next commit.
 
 Stops. When the engine stops, no new attempt starts (the run continues at the next
 open) and an attempt still running is cancelled and recorded as abandoned (queued,

@@ -4,8 +4,8 @@ DuckDB's cost is per statement and per column written (measured, see
 docs/performance.md), so the hot path writes each batch of records as one Appender
 flush, which in autocommit mode is one transaction and one fsync of the WAL: a small
 batch as narrow rows of the hot log (`_hot`), settled into the event table between
-batches, a big one straight into the event table. Reads run on their own cursors in worker threads:
-a DuckDB connection is single-threaded. User queries are `ReadQuery` objects, which
+batches, a big one straight into the event table. Reads run on their own cursors in
+worker threads: a DuckDB connection is single-threaded. User queries are `ReadQuery` objects, which
 `close` stops before it closes the file, so that no query can hold a shutdown.
 """
 
