@@ -3,10 +3,12 @@
 A run's task calls `Committer.commit(record, apply)`: the record gets its `seq` and
 timestamp, are validated and turned into rows *in that task* (so a bad value fails
 its own run, never a batch), and join the pending batch. One flusher task waits one
-scheduling round, hands everything pending to the store's writer thread as one
-transaction, and wakes all the waiting tasks when the commit returns. While a commit
-is in flight the next batch accumulates, so the batch size follows the load with no
-timer: one record for a lone sequential run, hundreds when hundreds of runs step.
+scheduling round (unless every task the last commit woke has queued its next record
+already, as a lone run's has), hands everything pending to the store's writer thread
+as one transaction, and wakes all the waiting tasks from a callback on the loop as soon
+as the commit returns. While a commit is in flight the next batch accumulates, so the
+batch size follows the load with no timer: one record for a lone sequential run,
+hundreds when hundreds of runs step.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class Committer:
         self._applies: list[tuple[Callable[[Record], None], Record]] = []
         self._wakeup = trio.Event()
         self._runs_ended = trio.Event()
+        self._woken = 0  # how many tasks the last commit woke
 
     async def commit(self, record: Record, apply: Callable[[Record], None]) -> None:
         """Make `record` durable; return only once it is committed.
@@ -123,8 +126,10 @@ class Committer:
             while True:
                 await self._wakeup.wait()
                 self._wakeup = trio.Event()
-                # One scheduling round: tasks made runnable by the last commit add theirs.
-                await trio.lowlevel.checkpoint()
+                if len(self._waiters) < self._woken:
+                    # One scheduling round: tasks the last commit woke add theirs (a lone
+                    # run's task, which already has, is not kept waiting for the round).
+                    await trio.lowlevel.checkpoint()
                 await self._flush(token)
         except trio.Cancelled:
             with trio.CancelScope(shield=True):
@@ -144,25 +149,44 @@ class Committer:
             return
         rows, waiters, applies = self._rows, self._waiters, self._applies
         self._rows, self._waiters, self._applies = [], [], []
-        await self._write(token, rows)
-        for apply, record in applies:
-            apply(record)
-        for waiter in waiters:
-            waiter.set()
+        self._woken = len(waiters)
 
-    async def _write(self, token: trio.lowlevel.TrioToken, rows: list[tuple[Any, ...]]) -> None:
+        def durable() -> None:
+            # On the loop, as soon as the commit returns: the waiting tasks wake now,
+            # not after this task is scheduled again.
+            for apply, record in applies:
+                apply(record)
+            for waiter in waiters:
+                waiter.set()
+
+        await self._write(token, rows, durable)
+
+    async def _write(self, token: trio.lowlevel.TrioToken, rows: list[tuple[Any, ...]],
+                     durable: Callable[[], None]) -> None:
         finished = trio.Event()
         outcome: list[BaseException | None] = []
+        broken: list[BaseException] = []
+
+        def committed() -> None:
+            try:
+                if outcome[0] is None:
+                    durable()
+            except BaseException as error:  # a bug: raised in the flusher, which stops
+                broken.append(error)
+            finally:
+                finished.set()
 
         def done(error: BaseException | None) -> None:
             outcome.append(error)
-            token.run_sync_soon(finished.set)
+            token.run_sync_soon(committed)
 
         with busy_thread():
             self._store.submit(rows, done)
             with trio.CancelScope(shield=True):
                 # The commit cannot be taken back once handed over: wait for its end.
                 await finished.wait()
+        if broken:
+            raise broken[0]
         if outcome[0] is not None:
             raise DatabaseError(
                 f"committing {len(rows)} records to {self._store.path!r} failed: "
