@@ -11,6 +11,7 @@ again, `CONNECT_TRIES` times in all, backing off from `CONNECT_BACKOFF_SECONDS`.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
@@ -137,6 +138,15 @@ class Connection:
         """Close the connection."""
         self._file.close()
         self._sock.close()
+
+    def hang_up(self) -> None:
+        """Close the connection from any thread, waking a thread blocked reading it.
+
+        Closing a socket does not wake a thread blocked in a read; shutting it down does.
+        """
+        with contextlib.suppress(OSError):  # already closed by the engine
+            self._sock.shutdown(socket.SHUT_RDWR)
+        self.close()
 
     def request(self, op: str, **fields: Any) -> dict[str, Any]:
         """Send one request and return the answer's header (values decoded).

@@ -11,9 +11,7 @@ block, so they run in worker threads. A run's live updates come from the channel
 from __future__ import annotations
 
 import argparse
-import contextlib
 import signal
-import socket
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import fields
@@ -150,7 +148,7 @@ class SourceBackend:
         try:
             yield _Updates(connection)
         finally:
-            _hang_up(connection)
+            connection.hang_up()
 
     async def signal(self, run_id: str, key: str, payload: Any) -> Outcome:
         """Signal the run as ``replay signal`` does (the engine, or the file's mailbox).
@@ -271,16 +269,6 @@ def _watching(path: str, run_id: str, after_seq: int | None) -> Connection:
     return connection
 
 
-def _hang_up(connection: Connection) -> None:
-    """Close the watch, waking the thread that waits for its next update.
-
-    Closing a socket does not wake a thread blocked reading it; shutting it down does
-    (the channel's client has no call for it: the command never needed one).
-    """
-    sock: socket.socket = connection._sock
-    with contextlib.suppress(OSError):  # already closed by the engine
-        sock.shutdown(socket.SHUT_RDWR)
-    connection.close()
 
 
 class _Updates:
