@@ -35,11 +35,17 @@ def boom_events(db: Path) -> list[tuple[str, int, str | None]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("mode", "limit"), [("plain", 3), ("backoff", 3), ("plain", 1)])
+@pytest.mark.parametrize(("mode", "limit"),
+                         [("plain", 3), ("backoff", 3), ("plain", 1), ("signal", 2)])
 def test_a_step_that_kills_the_process_fails_after_bounded_restarts(
         tmp_path: Path, mode: str, limit: int) -> None:
     db = tmp_path / "kill.duckdb"
-    first = run_child(db, mode, limit)  # the run's own engine: no start mark, it just dies
+    if mode == "signal":
+        parked = run_child(db, mode, limit)  # the run waits for its signal
+        assert parked.returncode == 0 and parked.stdout.strip() == "parked", parked.stderr
+    # The run's own engine, or the first after it parked (a signal wakes it): no start
+    # mark, it just dies.
+    first = run_child(db, mode, limit)
     assert first.returncode == -signal.SIGKILL, first.stderr
     restarts = 0
     while True:

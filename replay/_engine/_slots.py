@@ -30,6 +30,19 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ENDED_BADLY = (RunState.FAILED, RunState.CANCELLED)
 
 
+def needs_start_mark(started_seq: int, opened_at: int, state: RunState) -> bool:
+    """Whether a run's first step attempt since the open must run alone, its start marked.
+
+    A run started by this engine (after `seq` `opened_at`) had no earlier process to die
+    in. Nor had a run waiting for a signal or a child when the engine opened: whatever
+    wakes it (the signal, its timeout, the child's end) records it as running before
+    any attempt, so if this process dies in that attempt, the next open finds it running
+    and marks it then. A sleeping run keeps the mark: a retry back-off ends with no
+    record before the next attempt, which could otherwise kill every process for ever.
+    """
+    return started_seq <= opened_at and state is not RunState.SUSPENDED
+
+
 class RunSlot:
     """The engine's record of one run (internal)."""
 
@@ -118,7 +131,7 @@ class RunSlot:
                            row.parent_key or row.run_id[len(row.parent_run_id) + 1:])
         slot.updated_at = row.updated_at
         slot.generation, slot.seq = row.generation, row.last_seq
-        slot.needs_start_mark = row.started_seq <= opened_at
+        slot.needs_start_mark = needs_start_mark(row.started_seq, opened_at, state)
         slot.mark_durable()
         return slot
 
@@ -148,7 +161,7 @@ class RunSlot:
         slot.updated_at = max(times) if times else created
         slot.generation = max((r.generation for r in records), default=0)
         slot.seq = records[-1].seq
-        slot.needs_start_mark = started.seq <= opened_at
+        slot.needs_start_mark = needs_start_mark(started.seq, opened_at, status.state)
         slot.mark_durable()
         return slot
 
