@@ -5,7 +5,9 @@ has no end at the next open. The first attempt of each run after every open, wha
 starts it (recovery, a retry back-off timer), runs alone with its start recorded, so
 the death is charged to that step, against `max_interruptions`, never to its `Retry`
 budget. The calm run beside it completes (regression test for issue 10: with a back-off
-the loop used to restart for ever).
+the loop used to restart for ever). A run parked on a signal when an engine opens takes
+its first step unmarked (the signal records it as running first), so its first death is
+not charged and the next open marks it.
 """
 
 from __future__ import annotations
