@@ -1,9 +1,11 @@
 """The first attempt of each run after an open records its start, whatever starts it.
 
 That record is what lets the next open tell which step was running if the process
-dies (issue 10 item 3): recovery, a retry back-off timer, a signal, `resume` and a
-timer that was overdue at open all start such attempts. Runs started by the engine
-itself record no start mark, and only the first attempt after an open does.
+dies (issue 10 item 3): recovery, a retry back-off timer, `resume` and a timer that
+was overdue at open all start such attempts. Runs started by the engine itself record
+no start mark, and only the first attempt after an open does. Nor does a run that was
+waiting for a signal when the engine opened: the signal records it as running before
+any attempt, so the next open would find it running and mark it then.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ async def test_runs_started_here_record_no_start_mark(db: str) -> None:
         assert await started_rows(engine, "p") == []
 
 
-async def test_a_signal_a_timer_and_a_back_off_after_an_open_mark_the_first_attempt(
+async def test_a_timer_and_a_back_off_after_an_open_mark_the_first_attempt(
         db: str) -> None:
     async with replay.open_engine(db, workflows=[marks]) as engine:
         for how in ("signal", "sleep", "backoff"):
@@ -65,7 +67,12 @@ async def test_a_signal_a_timer_and_a_back_off_after_an_open_mark_the_first_atte
         await engine.signal("signal", "go:v1")
         results = [await engine.get_run(how).result() for how in ("signal", "sleep", "backoff")]
         assert results == [3, 3, 3]
-        assert await started_rows(engine, "signal") == [("a:v1", 1)]
+        # Parked on its Suspend at the open: the signal records it as running first.
+        assert await started_rows(engine, "signal") == []
+        state_before_step = await engine.sql(
+            "SELECT event, run_state FROM replay_event_all WHERE run_id = 'signal' "
+            "AND kind = 'signal'")
+        assert state_before_step == [("signalled", "running")]
         assert await started_rows(engine, "sleep") == [("a:v1", 1)]
         assert await started_rows(engine, "backoff") == [("flaky:v1", 2)]
 
