@@ -19,7 +19,7 @@ import pytest
 import replay
 from replay import Note, Retry, Sleep, Step
 from replay._cli._main import main
-from replay._store import Store, hot_row
+from replay._store import Store, hot_from_row, record_row
 from replay._store._writer_store import SETTLE_ROWS
 
 flaky = {"left": 0}
@@ -77,7 +77,7 @@ async def test_hot_rows_read_exactly_as_settled_rows(tmp_path: Any) -> None:
     Store(hot, "none").close()
     with duckdb.connect(hot) as con:
         con.executemany("INSERT INTO replay_event_hot VALUES (?, ?, ?)",
-                        [list(hot_row(record)) for record in records])
+                        [list(hot_from_row(record_row(record))) for record in records])
     assert count(hot, "replay_event_log") == 0
     assert events(hot) == events(settled)
     assert runs(hot) == runs(settled)

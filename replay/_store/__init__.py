@@ -13,7 +13,7 @@ their own, under a time limit.
 
 from replay._store._access import FileAccess, write_export
 from replay._store._connect import damaged, file_keys
-from replay._store._hot import hot_row
+from replay._store._hot import hot_from_row
 from replay._store._purge import (
     FINISHED,
     GenerationRows,
@@ -55,7 +55,7 @@ __all__ = [
     "delete_generations",
     "delete_runs",
     "file_keys",
-    "hot_row",
+    "hot_from_row",
     "timed_out_message",
     "record_row",
     "utc",

@@ -12,9 +12,9 @@ indexed table) in one transaction of many rows, off the acknowledgement path: on
 writer thread between batches, when enough rows are waiting or the writer is idle,
 before every other writing job, and when the file closes or opens.
 
-Every reader sees both: ``replay_event_all`` is the event table and the decoded hot
-rows, and every view and history query reads it. A file left by a crash with hot rows
-is complete as it is; the next open settles them.
+Every reader sees both: ``replay_event_all`` (in `_schema`, with the table) is the
+event table and the decoded hot rows, and every view and history query reads it. A
+file left by a crash with hot rows is complete as it is; the next open settles them.
 """
 
 from __future__ import annotations
@@ -26,46 +26,9 @@ from typing import Any
 
 import duckdb
 
-from replay._core._records import Record
-from replay._store._rows import record_row
+from replay._store._schema import HOT_ROWS, TABLE_COLUMNS
 
-HOT_TABLE = ("CREATE TABLE IF NOT EXISTS replay_event_hot "
-             "(seq BIGINT, run_id VARCHAR, data VARCHAR);")
-
-# The hot rows as rows of `replay_event_log` (the JSON array holds the row from its
-# third column on). `run_id` is a column of its own, so that a query for one run's
-# records (loading a memo, a run's state) filters before any JSON is parsed.
-_DECODED = """
-    SELECT seq, run_id, d->>0 AS workflow, d->>1 AS key, d->>2 AS kind, d->>3 AS event,
-           (d->>4)::INTEGER AS attempt, from_base64(d->>5) AS value,
-           (d->>6)::JSON AS value_json, d->>7 AS error_type, d->>8 AS error,
-           make_timestamptz((d->>9)::BIGINT) AS recorded_at,
-           (d->>10)::DOUBLE AS duration_ms, make_timestamptz((d->>11)::BIGINT) AS wake_at,
-           d->>12 AS name, d->>13 AS error_types, d->>14 AS run_state,
-           d->>15 AS status_text, (d->>16)::INTEGER AS generation, d->>17 AS code_version
-    FROM (SELECT seq, run_id, data::JSON AS d FROM replay_event_hot)
-"""
-
-_LOG_COLUMNS = (
-    "seq, run_id, workflow, key, kind, event, attempt, value, value_json, error_type, "
-    "error, recorded_at, duration_ms, wake_at, name, error_types, run_state, status_text, "
-    "generation, code_version"
-)
-
-# What every reader reads: the table and the rows not settled yet.
-ALL_VIEW = f"""
-CREATE OR REPLACE VIEW replay_event_all AS
-    SELECT {_LOG_COLUMNS} FROM replay_event_log
-    UNION ALL
-    {_DECODED};
-"""
-
-_SETTLE = f"INSERT INTO replay_event_log ({_LOG_COLUMNS}) {_DECODED} WHERE seq <= $1"
-
-
-def hot_row(record: Record) -> tuple[int, str, str]:
-    """Turn a record into a row of ``replay_event_hot``, validated for storage."""
-    return hot_from_row(record_row(record))
+_SETTLE = f"INSERT INTO replay_event_log ({TABLE_COLUMNS}) {HOT_ROWS} WHERE seq <= $1"
 
 
 def hot_from_row(row: tuple[Any, ...]) -> tuple[int, str, str]:

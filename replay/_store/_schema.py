@@ -13,9 +13,41 @@ import duckdb
 
 from replay._errors import DatabaseError, ReplayError
 from replay._store._connect import unusable
-from replay._store._hot import ALL_VIEW, HOT_TABLE
 
 SCHEMA_VERSION = 3
+
+# The table's columns in order (rows are written by position).
+TABLE_COLUMNS = (
+    "seq, run_id, workflow, key, kind, event, attempt, value, value_json, error_type, "
+    "error, recorded_at, duration_ms, wake_at, name, error_types, run_state, status_text, "
+    "generation, code_version"
+)
+
+# The hot log that small commits write (see `_hot`).
+HOT_TABLE = ("CREATE TABLE IF NOT EXISTS replay_event_hot "
+             "(seq BIGINT, run_id VARCHAR, data VARCHAR);")
+
+# The hot rows as rows of `replay_event_log` (the JSON array holds the row from its
+# third column on). `run_id` is a column of its own, so that a query for one run's
+# records (loading a memo, a run's state) filters before any JSON is parsed.
+HOT_ROWS = """
+    SELECT seq, run_id, d->>0 AS workflow, d->>1 AS key, d->>2 AS kind, d->>3 AS event,
+           (d->>4)::INTEGER AS attempt, from_base64(d->>5) AS value,
+           (d->>6)::JSON AS value_json, d->>7 AS error_type, d->>8 AS error,
+           make_timestamptz((d->>9)::BIGINT) AS recorded_at,
+           (d->>10)::DOUBLE AS duration_ms, make_timestamptz((d->>11)::BIGINT) AS wake_at,
+           d->>12 AS name, d->>13 AS error_types, d->>14 AS run_state,
+           d->>15 AS status_text, (d->>16)::INTEGER AS generation, d->>17 AS code_version
+    FROM (SELECT seq, run_id, data::JSON AS d FROM replay_event_hot)
+"""
+
+# What every reader reads: the table and the rows not settled yet.
+ALL_VIEW = f"""
+CREATE OR REPLACE VIEW replay_event_all AS
+    SELECT {TABLE_COLUMNS} FROM replay_event_log
+    UNION ALL
+    {HOT_ROWS};
+"""
 
 # What each schema version added to `replay_event_log`, applied in order to an older file
 # when a writer opens it (columns are appended: the Appender writes rows by position).
@@ -81,13 +113,6 @@ CREATE OR REPLACE VIEW replay_runs AS
          LEFT JOIN notes n USING (run_id) LEFT JOIN versions v USING (run_id);
 """
 
-
-# The table's columns in order (rows are written by position).
-TABLE_COLUMNS = (
-    "seq, run_id, workflow, key, kind, event, attempt, value, value_json, error_type, "
-    "error, recorded_at, duration_ms, wake_at, name, error_types, run_state, status_text, "
-    "generation, code_version"
-)
 
 # What a history load reads (a row of an older release's file has no generation).
 COLUMNS = (
