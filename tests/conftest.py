@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 import threading
 import time
+import urllib.parse
+import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import pytest
@@ -26,6 +29,10 @@ from replay._store import Store, utc_or_none
 from replay._store._rows import history_records
 from replay._store._schema import COLUMNS
 from replay._types import RunState
+
+if TYPE_CHECKING:  # psycopg is optional (the postgres extra): imported where it is used
+    import psycopg
+    from psycopg import sql
 
 
 @pytest.fixture
@@ -53,10 +60,107 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.fixturenames.append("clock")
 
 
+# -- The store under test: a DuckDB file, and with `both_stores` a PostgreSQL schema too --
+#
+# A module with `pytestmark = pytest.mark.both_stores` runs every test that uses `db`
+# (directly or through another fixture) twice: `[duckdb]` with a file path and
+# `[postgres]` with a `pg_url`. Other modules get the file path alone, as always.
+# PostgreSQL tests need a server: REPLAY_TEST_POSTGRES, the URL of a superuser on it
+# (.ci/run starts a throwaway one with scripts/postgres-cluster).
+
+POSTGRES_ENV = "REPLAY_TEST_POSTGRES"
+STORES = ("duckdb", "postgres")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "both_stores: run each test that uses `db` on a DuckDB file and on a "
+                   f"PostgreSQL schema (the server named by {POSTGRES_ENV})")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "db" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_stores"):
+        metafunc.parametrize("db", STORES, indirect=True)
+
+
 @pytest.fixture
-def db(tmp_path: object) -> Iterator[str]:
-    """A path for a fresh database file."""
-    yield str(tmp_path / "test.duckdb")  # type: ignore[operator]
+def db(request: pytest.FixtureRequest, tmp_path: object) -> Iterator[str]:
+    """A path for a fresh database file, or under `both_stores` also a fresh schema's URL."""
+    if getattr(request, "param", "duckdb") == "postgres":
+        yield request.getfixturevalue("pg_url")
+    else:
+        yield str(tmp_path / "test.duckdb")  # type: ignore[operator]
+
+
+class _PgAdmin:
+    """One autocommit connection to the test server for the whole session."""
+
+    def __init__(self, server: str) -> None:
+        self.server = server
+        self._con: psycopg.Connection[Any] | None = None
+
+    def execute(self, query: sql.Composed) -> None:
+        import psycopg
+
+        if self._con is None or self._con.closed or self._con.broken:
+            try:
+                self._con = psycopg.connect(self.server, autocommit=True,
+                                            application_name="replay-tests")
+            except psycopg.Error as error:
+                # Not the URL itself: it may hold a password.
+                pytest.fail(f"cannot connect to the server {POSTGRES_ENV} names: {error}",
+                            pytrace=False)
+            # A test that left a transaction open on its tables would make the drop wait
+            # for ever: fail its teardown instead.
+            self._con.execute("SET lock_timeout = '30s'")
+        self._con.execute(query)
+
+    def close(self) -> None:
+        if self._con is not None:
+            self._con.close()
+
+
+@pytest.fixture(scope="session")
+def _pg_admin() -> Iterator[_PgAdmin]:
+    server = os.environ.get(POSTGRES_ENV)
+    if not server:
+        if os.environ.get("CI"):  # CI must run the PostgreSQL tests: a missing server fails it
+            pytest.fail(f"CI needs a PostgreSQL server for these tests: set {POSTGRES_ENV} to "
+                        f"a superuser's URL (.ci/run starts one with scripts/postgres-cluster)",
+                        pytrace=False)
+        pytest.skip(f"PostgreSQL tests: set {POSTGRES_ENV} to a server URL, e.g. "
+                    f"postgresql://postgres@127.0.0.1:5432/postgres (a superuser; each test "
+                    f"gets its own schema), or start one with scripts/postgres-cluster")
+    try:
+        import psycopg  # noqa: F401
+    except ModuleNotFoundError:
+        pytest.fail(f"{POSTGRES_ENV} is set but psycopg is missing: "
+                    f'pip install -e ".[dev]" (or ".[postgres]")', pytrace=False)
+    admin = _PgAdmin(server)
+    try:
+        yield admin
+    finally:
+        admin.close()
+
+
+@pytest.fixture
+def pg_url(_pg_admin: _PgAdmin) -> Iterator[str]:
+    """The test server's URL with a fresh, empty schema as the search path.
+
+    The schema (`t_<uuid hex>`) is dropped, with all it holds, after the test.
+    """
+    from psycopg import sql
+
+    schema = f"t_{uuid.uuid4().hex}"
+    _pg_admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    server = _pg_admin.server
+    joiner = "&" if urllib.parse.urlsplit(server).query else "?"
+    if server.endswith(("?", "&")):
+        joiner = ""
+    try:
+        yield f"{server}{joiner}options=-csearch_path%3D{schema}"
+    finally:
+        _pg_admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
 
 
 # -- Every file a test closes: the replay_runs view agrees with the run-state fold --
