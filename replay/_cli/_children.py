@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from replay._cli._source import Source
+from replay._cli._source import EVENT_COLUMNS, Source
 from replay._ui._tree import Row, scope_of
 
 MAX_RUNS = 20
@@ -40,11 +40,11 @@ def load_children(source: Source, events: Sequence[Row], *, max_runs: int = MAX_
         marks = ", ".join("?" * len(batch))
         runs = source.query(f"SELECT * FROM replay_runs WHERE run_id IN ({marks})", batch)
         rows = {row["run_id"]: row for row in _dicts(runs.columns, runs.rows())}
-        history = source.query(
-            "SELECT * EXCLUDE (value) FROM replay_events "
-            f"WHERE run_id IN ({marks}) "
-            "QUALIFY row_number() OVER (PARTITION BY run_id ORDER BY seq) <= ? "
-            "ORDER BY seq", [*batch, max_events + 1])
+        history = source.query(  # no QUALIFY: the same query on PostgreSQL
+            f"SELECT {EVENT_COLUMNS} FROM (SELECT {EVENT_COLUMNS}, row_number() OVER "
+            "(PARTITION BY run_id ORDER BY seq) AS n FROM replay_events "
+            f"WHERE run_id IN ({marks})) e WHERE n <= ? ORDER BY seq",
+            [*batch, max_events + 1])
         by_run: dict[str, list[Row]] = {}
         for event in _dicts(history.columns, history.rows()):
             by_run.setdefault(event["run_id"], []).append(event)

@@ -28,7 +28,7 @@ from replay._cli import _retention as retention
 from replay._cli._children import load_children
 from replay._cli._resume import resume
 from replay._cli._serve import serve
-from replay._cli._source import CliError, Source, open_source
+from replay._cli._source import EVENT_COLUMNS, CliError, Source, masked, open_source, shown
 from replay._cli._ui import add_arguments as ui_arguments
 from replay._cli._ui import ui
 from replay._cli._watch import add_arguments as _watch_arguments
@@ -76,7 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _silence_stdout()
         return 1
     except (CliError, ReplayError, ChannelError, OSError) as error:
-        print(f"replay {args.command}: {_message(error, args)}", file=sys.stderr)
+        message = _message(error, args)
+        print(f"replay {args.command}: {masked(message, getattr(args, 'db', ''))}",
+              file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -93,15 +95,18 @@ def _silence_stdout() -> None:
 
 def _message(error: Exception, args: argparse.Namespace) -> str:
     """Say what went wrong in the command's terms, and what to do."""
+    db = shown(args.db)  # a URL's password is never printed
     if isinstance(error, RunNotFound):
-        return (f"no run with run_id {error.run_id!r} in {args.db!r}; "
-                f"list the runs with: replay runs {_quote(args.db)}")
+        return (f"no run with run_id {error.run_id!r} in {db!r}; "
+                f"list the runs with: replay runs {_quote(db)}")
     if isinstance(error, ChannelError) and error.kind == "RunNotFound":
-        return (f"no run with run_id {args.run_id!r} in {args.db!r}; "
-                f"list the runs with: replay runs {_quote(args.db)}")
+        return (f"no run with run_id {args.run_id!r} in {db!r}; "
+                f"list the runs with: replay runs {_quote(db)}")
     text = error.message if isinstance(error, ChannelError) else str(error)
-    for said in ("engine.sql() only reads", "engine.sql() runs exactly"):  # the store's words
-        text = text.replace(said, said.replace("engine.sql()", "replay sql"))
+    for said in ("engine.sql() only reads", "engine.sql() runs exactly",  # the store's words
+                 "engine.sql runs"):  # PostgreSQL's refusal of a write
+        text = text.replace(said, said.replace("engine.sql()", "replay sql").replace(
+            "engine.sql", "replay sql"))
     return text
 
 
@@ -325,7 +330,7 @@ def _show(args: argparse.Namespace, out: TextIO) -> int:
         run_rows = run.rows()
         if not run_rows:
             raise RunNotFound(args.run_id)
-        events = source.query("SELECT * EXCLUDE (value) FROM replay_events "
+        events = source.query(f"SELECT {EVENT_COLUMNS} FROM replay_events "
                               "WHERE run_id = ? ORDER BY seq", [args.run_id])
         event_rows = events.rows()
         event_dicts = [dict(zip(events.columns, row, strict=True)) for row in event_rows]
@@ -338,7 +343,8 @@ def _show(args: argparse.Namespace, out: TextIO) -> int:
                                                             event_rows)}), file=out)
         return 0
     run_dict = dict(zip(run.columns, run_rows[0], strict=True))
-    print(fmt.show_text(run_dict, event_dicts, children=children, db=args.db), file=out)
+    print(fmt.show_text(run_dict, event_dicts, children=children,
+                         db=shown(args.db)), file=out)
     return 0
 
 
@@ -405,8 +411,8 @@ def _signal(args: argparse.Namespace, out: TextIO) -> int:
               f"{source.description}; the run is {state}", file=out)
     else:
         print(f"signal for {args.key!r} stored in run {args.run_id!r}'s mailbox; no engine "
-              f"holds {args.db!r}, so the run takes it when an engine next opens the file",
-              file=out)
+              f"holds {shown(args.db)!r}, so the run takes it when an engine next opens the "
+              f"{source.noun}", file=out)
     return 0
 
 
@@ -450,9 +456,9 @@ def _cancel(args: argparse.Namespace, out: TextIO) -> int:
         print(f"cancellation of run {args.run_id!r} recorded by {source.description}; the "
               f"run is {state}", file=out)
     else:
-        print(f"cancellation of run {args.run_id!r} stored in {args.db!r}; no engine holds "
-              "the file, so the run takes it when an engine next opens the file (it is "
-              f"{state} until then)", file=out)
+        print(f"cancellation of run {args.run_id!r} stored in {shown(args.db)!r}; no engine "
+              f"holds the {source.noun}, so the run takes it when an engine next opens the "
+              f"{source.noun} (it is {state} until then)", file=out)
     return 0
 
 
@@ -483,7 +489,7 @@ def _export(args: argparse.Namespace, out: TextIO) -> int:
     try:
         for view, order in EXPORT_VIEWS:
             columns = "*" if args.format == "parquet" or view == "replay_runs" else \
-                "* EXCLUDE (value)"
+                EVENT_COLUMNS
             result = source.query(f"SELECT {columns} FROM {view} ORDER BY {order}")
             path = os.path.join(args.out, f"{view}.{EXTENSIONS[args.format]}")
             count = write_export(path, args.format, result.columns, result.types,

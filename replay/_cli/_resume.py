@@ -27,6 +27,7 @@ from replay._cli._source import CliError, FileSource, Source
 from replay._engine._facade import internals
 from replay._engine._lifecycle import open_engine
 from replay._errors import DatabaseLocked
+from replay._pg._url import is_postgres_url
 from replay._workflows import _NAME_ATTRIBUTE, workflow_name
 
 log = logging.getLogger("replay")
@@ -93,6 +94,10 @@ async def _resume(path: str, run_id: str, workflows: list[Callable[..., Any]]
             after = await internals(engine).scheduler.wait_idle(run_id)
             return before, after.state.value
     except DatabaseLocked as locked:
+        if is_postgres_url(path):  # the command cannot tell whether one ran already
+            raise CliError(f"{locked}; resume the run through that engine "
+                           "(engine.resume(run_id) in its application), or run the command "
+                           "again once it stops") from None
         raise CliError(f"{locked}; an engine opened the file during the command: run "
                        "it again, and that engine resumes the run") from None
 

@@ -6,7 +6,8 @@ long ago, as `Engine.purge` does: through the engine while one holds the file (t
 itself when none does. ``--dry-run`` counts what would go and changes nothing.
 
 ``replay compact DB`` rewrites a file no engine holds into a fresh one (deleting does
-not shrink a DuckDB file) and prints the size before and after.
+not shrink a DuckDB file) and prints the size before and after. A PostgreSQL database
+is refused: the server reuses the space itself (VACUUM).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from datetime import datetime, timedelta
 from typing import Any, TextIO
 
 from replay._cli import _format as fmt
-from replay._cli._source import CliError, open_source
+from replay._cli._source import CliError, open_source, shown
 from replay._engine._retention import DEFAULT_STATES, checked_request, described
+from replay._pg._url import is_postgres_url
 from replay._store import FINISHED
 from replay._store._compact import compact as compact_file
 from replay._types import PurgeReport
@@ -99,10 +101,16 @@ def compact(args: argparse.Namespace, out: TextIO) -> int:
     """Run ``replay compact``; return its exit status.
 
     Raises:
-        CliError: No database at the path.
+        CliError: No database at the path, or it is a PostgreSQL URL.
         DatabaseLocked: An engine holds the file.
         DatabaseError: It is not a usable replay database, or the copy failed.
     """
+    if is_postgres_url(args.db):
+        raise CliError(
+            f"compact rewrites a DuckDB file, and {shown(args.db)!r} is a PostgreSQL "
+            "database: PostgreSQL reuses the space of deleted rows itself (autovacuum); "
+            "to give it back to the operating system, run VACUUM FULL on replay_event_log "
+            "in that schema (it locks the table: while no engine runs on it)")
     try:
         before, after = compact_file(args.db)
     except FileNotFoundError:

@@ -26,6 +26,7 @@ from replay._cli._resume import import_workflows
 from replay._cli._source import CliError
 from replay._engine._lifecycle import open_engine
 from replay._errors import DatabaseLocked
+from replay._pg._url import is_postgres_url
 
 log = logging.getLogger("replay")
 
@@ -53,6 +54,11 @@ def serve(path: str, modules: Sequence[str], shutdown_timeout: float, lock_timeo
     if path == ":memory:" or not path:
         raise CliError("replay serve needs a database file, not an in-memory database: "
                        "other processes reach the engine through a socket next to the file")
+    if is_postgres_url(path):
+        raise CliError("replay serve needs a database file: other processes reach the "
+                       "engine through a socket next to the file, and a PostgreSQL database "
+                       "has none; run the engine inside your application "
+                       "(replay.open_engine(URL, ...)) instead")
     if not channel_supported():
         raise CliError("replay serve needs Unix sockets with peer credentials (Linux, "
                        "macOS); here, run the engine inside your application instead")

@@ -1,21 +1,28 @@
-"""Where the `replay` command gets its answers: a running engine, or the file itself.
+"""Where the `replay` command gets its answers: a running engine, or the database itself.
 
 `open_source(path)` first looks for an engine serving the file (its socket next to the
 database); if there is none, the command opens the file itself, read-only unless it
 stores a signal or a cancellation, and closes it when the command ends. Both sources
 answer the same read-only queries, so every subcommand is written once, against
 `Source`.
+
+A ``postgresql://`` URL has no socket beside it: the command always reads the database
+itself (`replay._pg._access.PgAccess`, behind the same `FileSource`), whether or not
+an engine runs on it, and writes only while none does. The command's queries are
+written once for both databases: ``?`` placeholders, and `EVENT_COLUMNS` rather than
+DuckDB's ``EXCLUDE``.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from replay._channel._client import ChannelError, Connection, connect
 from replay._channel._protocol import WireError, from_wire, socket_path
@@ -26,8 +33,12 @@ from replay._core._records import Encoded, Record, Run
 from replay._core._signals import check_signal, misdirected_signal
 from replay._core._state import RunStatus, fold
 from replay._errors import DatabaseLocked, ReplayError, RunFinished, RunNotFound
+from replay._pg._url import is_postgres_url, require_psycopg, shown_url
 from replay._store import FileAccess, ReadQuery
-from replay._types import RunInfo, RunState
+from replay._types import Event, RunInfo, RunState
+
+if TYPE_CHECKING:  # psycopg is optional: PgAccess is imported when a URL is opened
+    from replay._pg._access import CommandQuery, PgAccess
 
 CHUNK_ROWS = 1000
 # How long to look for the engine's socket when the file is locked: an engine that is
@@ -35,6 +46,9 @@ CHUNK_ROWS = 1000
 # removes its socket a moment before it lets go of the file.
 LOCKED_GRACE_SECONDS = 1.0
 _POLL_SECONDS = 0.05
+# The columns of `replay_events` but `value` (the codec's bytes; `value_json` shows it),
+# in the view's order: what the command prints of events, on either database.
+EVENT_COLUMNS = ", ".join(name for name in Event.__dataclass_fields__ if name != "value")
 
 
 class CliError(Exception):
@@ -57,11 +71,28 @@ class Result:
         return self._rows
 
 
+def shown(path: str) -> str:
+    """Return the database as the command prints it: a URL's password masked."""
+    return shown_url(path) if is_postgres_url(path) else path
+
+
+# The password of a URL, even one too malformed to parse (which libpq may quote whole).
+_PASSWORD = re.compile(r"postgres(?:ql)?://[^:@/?#]*:([^@/?#]+)@")
+
+
+def masked(text: str, path: str) -> str:
+    """Return a message about `path` with the URL's password, wherever it is quoted, masked."""
+    found = _PASSWORD.match(path) if is_postgres_url(path) else None
+    return text if found is None else text.replace(f":{found[1]}@", ":***@")
+
+
 class Source(Protocol):
     """What a subcommand can ask of a database, live or not."""
 
     live: bool
     description: str
+    noun: str
+    """What the command calls the database in messages: ``file`` or ``database``."""
 
     def now(self) -> datetime:
         """Return the engine clock's time (for a file: what an engine would read)."""
@@ -93,8 +124,11 @@ def open_source(path: str, *, write: bool = False) -> Source:
 
     Raises:
         CliError: There is no database at `path`, it cannot be used, or a process
-            that does not serve the replay command holds it.
+            that does not serve the replay command holds it; for a PostgreSQL URL,
+            also: `write` is set and an engine runs on it.
     """
+    if is_postgres_url(path):
+        return _postgres(path, write)
     deadline = time.monotonic() + LOCKED_GRACE_SECONDS
     while True:
         live = _live(path)
@@ -111,6 +145,25 @@ def open_source(path: str, *, write: bool = False) -> Source:
         except ReplayError as error:
             raise CliError(str(error)) from None
         time.sleep(_POLL_SECONDS)
+
+
+def _postgres(url: str, write: bool) -> FileSource:
+    """Open the PostgreSQL database at `url` for one command (never an engine's socket).
+
+    Raises:
+        CliError: psycopg is missing, the database cannot be used, or `write` is set
+            and an engine runs on it.
+    """
+    try:
+        require_psycopg()
+    except ModuleNotFoundError as error:
+        raise CliError(str(error)) from None
+    from replay._pg._access import PgAccess  # psycopg is optional: imported only here
+
+    try:
+        return FileSource(url, access=PgAccess(url, write=write))
+    except ReplayError as error:
+        raise CliError(str(error)) from None
 
 
 def _live(path: str) -> LiveSource | None:
@@ -142,6 +195,7 @@ class LiveSource:
     """A running engine, reached over its socket (one connection per request)."""
 
     live = True
+    noun = "file"
 
     def __init__(self, path: str, pid: int, now: datetime) -> None:
         self.path = path
@@ -226,14 +280,31 @@ def _closing(chunks: Iterator[list[tuple[Any, ...]]], connection: Connection
 
 
 class FileSource:
-    """The database file itself, opened by the command while no engine holds it."""
+    """The database itself, opened by the command: a file no engine holds, or a URL.
+
+    Args:
+        path: The database file, or a ``postgresql://`` URL.
+        write: Open the file for writing (to store a signal, a cancellation, a purge).
+        access: The database, opened already (a URL's `PgAccess`); by default the
+            file at `path`, opened here.
+
+    Raises:
+        FileNotFoundError: There is no file at `path`.
+        DatabaseLocked: Another process holds the file.
+        DatabaseError: The file is not a usable replay database.
+    """
 
     live = False
 
-    def __init__(self, path: str, *, write: bool) -> None:
+    def __init__(self, path: str, *, write: bool = False,
+                 access: PgAccess | None = None) -> None:
         self.path = path
-        self.description = f"the file {path!r}"
-        self._access = FileAccess(path, write=write)
+        self.shown = shown(path)
+        self._postgres = is_postgres_url(path)
+        self.noun = "database" if self._postgres else "file"
+        self.description = (f"the PostgreSQL database {self.shown!r}" if self._postgres
+                            else f"the file {path!r}")
+        self._access = access if access is not None else FileAccess(path, write=write)
 
     def now(self) -> datetime:
         """Return what an engine's clock would read: never before the newest record."""
@@ -249,7 +320,7 @@ class FileSource:
     def signal(self, run_id: str, key: str, payload: Any) -> tuple[str, str | None]:
         """Store a signal in the run's mailbox, exactly as an engine records one.
 
-        The next engine to open the file delivers it (a run suspended on `key` wakes
+        The next engine to open the database delivers it (a run suspended on `key` wakes
         as the engine opens). The checks are the engine's own.
         """
         row = self._access.run_row(run_id)
@@ -305,6 +376,15 @@ class FileSource:
             CliError: Always, otherwise.
         """
         self._unfinished(run_id, "terminated")
+        if self._postgres:
+            raise CliError(
+                "terminate needs the engine, and the replay command reaches no engine on "
+                "a PostgreSQL database: ending a run at once must stop whatever of it "
+                "still runs and tell its parent and child runs, which only the engine can "
+                "do; call engine.terminate(run_id) in the application whose engine runs "
+                f"on {self.shown!r}, or, while none does, use `replay cancel "
+                f"{shlex.quote(self.shown)} {shlex.quote(run_id)}`, which is stored in the "
+                "database and taken when an engine next opens it")
         raise CliError(
             f"terminate needs the engine, and no engine holds {self.path!r}: ending a run "
             "at once must stop whatever of it still runs and tell its parent and child "
@@ -353,6 +433,13 @@ class FileSource:
             CliError: Always, otherwise.
         """
         workflow = self.workflow_of(run_id)
+        if self._postgres:
+            raise CliError(
+                "resume needs the workflow code, and the replay command reaches no engine "
+                "on a PostgreSQL database: pass the modules that define workflow "
+                f"{workflow!r} with --workflows MODULE[,MODULE...] to resume the run in "
+                f"this command while no engine runs on {self.shown!r}, or call "
+                "engine.resume(run_id) in the application whose engine runs on it")
         raise CliError(
             f"resume needs the workflow code, and no engine holds {self.path!r}: pass the "
             f"modules that define workflow {workflow!r} with --workflows MODULE[,MODULE...] "
@@ -360,7 +447,7 @@ class FileSource:
             "application's engine holds the file, or call engine.resume(run_id) in it")
 
     def purge(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Purge the file as an engine would (no engine holds it: nothing races).
+        """Purge the database as an engine would (no engine holds it: nothing races).
 
         `request` holds `Engine.purge`'s arguments, checked, and ``dry_run``.
         """
@@ -370,11 +457,11 @@ class FileSource:
         return {name: getattr(report, name) for name in report.__dataclass_fields__}
 
     def close(self) -> None:
-        """Close the file."""
+        """Close the database."""
         self._access.close()
 
 
-def _chunks(query: ReadQuery) -> Iterator[list[tuple[Any, ...]]]:
+def _chunks(query: ReadQuery | CommandQuery) -> Iterator[list[tuple[Any, ...]]]:
     try:
         while rows := query.fetch(CHUNK_ROWS):
             yield rows

@@ -25,6 +25,7 @@ from replay._channel._protocol import WireError, from_wire
 from replay._cli._source import CliError, Source, open_source
 from replay._engine._clock import in_thread
 from replay._errors import QueryError, ReplayError, RunNotFound
+from replay._pg._url import is_postgres_url
 from replay._types import Event, RunInfo
 from replay._ui import Facts, Outcome, Refused, Table, Update, require_hypercorn, serve
 from replay._ui._backend import cancelled, resumed, signalled
@@ -59,8 +60,12 @@ def ui(args: argparse.Namespace, out: TextIO) -> int:
 
     Raises:
         CliError: hypercorn is not installed, the database cannot be used, or the
-            address cannot be listened on.
+            address cannot be listened on; or it is a PostgreSQL URL.
     """
+    if is_postgres_url(args.db):
+        raise CliError(
+            "replay ui serves a DuckDB file, not yet a PostgreSQL database (its pages' "
+            "queries are DuckDB's SQL); use replay runs, show, watch and sql on the URL")
     try:
         require_hypercorn()
     except ModuleNotFoundError as error:

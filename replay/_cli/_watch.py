@@ -24,7 +24,7 @@ from typing import Any, TextIO
 from replay._channel._client import ChannelError, connect
 from replay._channel._protocol import WireError, from_wire
 from replay._cli import _format as fmt
-from replay._cli._source import CliError, Source, open_source
+from replay._cli._source import EVENT_COLUMNS, CliError, Source, open_source, shown
 from replay._codec import decode
 from replay._errors import ReplayError, RunNotFound
 from replay._types import FINISHED, Event, RunInfo, RunState
@@ -126,7 +126,7 @@ def _offline(source: Source, args: argparse.Namespace, out: TextIO) -> int:
             "SELECT run_id FROM replay_runs WHERE run_id = ?", [args.run_id])):
         raise RunNotFound(args.run_id)
     if args.after_seq is not None:
-        events = _dicts(source.query("SELECT * EXCLUDE (value) FROM replay_events WHERE "
+        events = _dicts(source.query(f"SELECT {EVENT_COLUMNS} FROM replay_events WHERE "
                                      "run_id = ? AND seq > ? ORDER BY seq",
                                      [args.run_id, args.after_seq]))
         for row in events:
@@ -141,6 +141,12 @@ def _offline(source: Source, args: argparse.Namespace, out: TextIO) -> int:
         info = {name: run.get(_RECORDED.get(name, name)) for name in RunInfo.__dataclass_fields__}
         _print({"kind": "snapshot", "run_id": run["run_id"], "info": info, "seq": last_seq,
                 "event": None, "progress": None, "key": None, "missed": 0}, args.json, out)
+    if source.noun == "database":  # a PostgreSQL URL: an engine may run, out of reach
+        print(f"replay watch: the replay command cannot watch {shown(args.db)!r} live (it "
+              "reaches no engine on a PostgreSQL database): this is what the database "
+              "holds now; follow updates with engine.watch() in the application whose "
+              "engine runs on it", file=sys.stderr)
+        return 0
     print(f"replay watch: no engine serves {args.db!r}, so nothing will change: this is what "
           "the file holds; watch again while an engine holds it to see updates live",
           file=sys.stderr)
