@@ -57,7 +57,7 @@ from replay._engine._channel_purge import serve_purge
 from replay._engine._channel_watch import serve_watch
 from replay._engine._clock import in_thread
 from replay._errors import ReplayError
-from replay._store import CLI_ADVICE, ReadQuery, Store
+from replay._store import CLI_ADVICE, EngineStore, UserQuery
 from replay._version import __version__
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ class ChannelServer:
         store: Its open store (queries run on cursors of it).
     """
 
-    def __init__(self, engine: Engine, store: Store) -> None:
+    def __init__(self, engine: Engine, store: EngineStore) -> None:
         self._engine = engine
         self._store = store
         self.path = socket_path(store.path)
@@ -265,7 +265,7 @@ class ChannelServer:
         timed = self._engine.open_query(sql, params, timeout, CLI_ADVICE)
         query = timed.query
         try:
-            await timed.call(ReadQuery.start)
+            await timed.call(_start)
             await _send(stream, {"ok": True, "columns": list(query.columns),
                                  "types": list(query.types)})
             total = 0
@@ -281,7 +281,11 @@ class ChannelServer:
                 await in_thread(query.close)
 
 
-def _next_chunk(query: ReadQuery) -> tuple[int, bytes] | None:
+def _start(query: UserQuery) -> None:
+    query.start()
+
+
+def _next_chunk(query: UserQuery) -> tuple[int, bytes] | None:
     """Fetch and encode the next rows in a worker thread (never on the engine's loop)."""
     rows = query.fetch(CHUNK_ROWS)
     if not rows:

@@ -21,7 +21,7 @@ import trio
 from replay._core._records import Record
 from replay._engine._clock import EngineClock, busy_thread
 from replay._errors import DatabaseError
-from replay._store import Store, record_row
+from replay._store import EngineStore
 
 
 class Committer:
@@ -34,7 +34,7 @@ class Committer:
         generations: The current generation of each run that has continued as new.
     """
 
-    def __init__(self, store: Store, clock: EngineClock, last_seq: int,
+    def __init__(self, store: EngineStore, clock: EngineClock, last_seq: int,
                  generations: dict[str, int] | None = None) -> None:
         self._store = store
         self._clock = clock
@@ -70,7 +70,7 @@ class Committer:
             record.recorded_at = self._clock.now()
         if self._generations or record.event == "continued":
             self._stamp_generation(record)
-        self._rows.append(record_row(record))
+        self._rows.append(self._store.row(record))
         self._applies.append((apply, record))
         done = trio.Event()
         self._waiters.append(done)
@@ -91,7 +91,7 @@ class Committer:
                 record.recorded_at = now
             if self._generations or record.event == "continued":
                 self._stamp_generation(record)
-            self._rows.append(record_row(record))
+            self._rows.append(self._store.row(record))
             self._applies.append((apply, record))
         done = trio.Event()
         self._waiters.append(done)

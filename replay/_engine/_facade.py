@@ -37,7 +37,7 @@ from replay._engine._steps import StepCaller
 from replay._engine._workers import WorkerPool
 from replay._errors import RunIdConflict
 from replay._retry import Retry
-from replay._store import Readers, Store
+from replay._store import EngineStore, Readers
 from replay._types import PurgeReport, RunState
 from replay._workflows import Registry
 
@@ -50,7 +50,7 @@ ONE_ATTEMPT = Retry(attempts=1)
 class Engine(EngineReads):
     """A durable-execution engine bound to one database; get one from `open_engine`."""
 
-    def __init__(self, store: Store, registry: Registry, clock: EngineClock, last_seq: int,
+    def __init__(self, store: EngineStore, registry: Registry, clock: EngineClock, last_seq: int,
                  default_retry: Retry | None, max_threads: int, cache_size: int,
                  always_replay: bool = False, max_interruptions: int = 3,
                  query_timeout: float | None = 30.0, code_version: str | None = None,
@@ -322,7 +322,7 @@ class Internals(NamedTuple):
     """What is behind an `Engine`: for `open_engine`, the channel server and testing."""
 
     scheduler: Scheduler
-    store: Store
+    store: EngineStore
     workers: WorkerPool
 
 

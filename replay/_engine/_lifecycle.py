@@ -37,6 +37,7 @@ from replay._engine._options import (
 from replay._engine._retention import Retention
 from replay._engine._ui_backend import serve_ui
 from replay._errors import ReplayError
+from replay._pg._url import is_postgres_url
 from replay._retry import Retry
 from replay._workflows import Registry
 
@@ -145,7 +146,7 @@ async def open_engine(
                 await scheduler.start_services(services)
                 async with trio.open_nursery() as runs:
                     await scheduler.recover(runs)
-                    if serve_cli and store.path != ":memory:" and channel_supported():
+                    if serve_cli and _has_socket(store.path) and channel_supported():
                         await services.start(ChannelServer(engine, store).run)
                     if retention is not None:
                         await services.start(Retention(scheduler, store).service, retention)
@@ -169,6 +170,11 @@ async def open_engine(
         with trio.CancelScope(shield=True):
             await in_thread(store.close)
         release()
+
+
+def _has_socket(path: str) -> bool:
+    """Whether the `replay` command finds an engine on `path` by a socket next to it."""
+    return path != ":memory:" and not is_postgres_url(path)
 
 
 def _refuse_asyncio() -> None:

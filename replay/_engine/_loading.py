@@ -17,7 +17,7 @@ import trio
 from replay._core._records import Record
 from replay._engine._clock import in_thread
 from replay._errors import EngineClosed
-from replay._store import Store
+from replay._store import EngineStore
 
 # Runs per query: a batch this large reads about as fast per run as a larger one, and a
 # waiting task never waits behind more than one such query.
@@ -40,7 +40,7 @@ class MemoLoader:
         store: The open database.
     """
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: EngineStore) -> None:
         self._store = store
         self._queue: list[_Request] = []
         self._wakeup = trio.Event()

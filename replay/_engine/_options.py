@@ -21,8 +21,9 @@ import trio
 from replay._checks import checked_duration
 from replay._engine._clock import in_thread
 from replay._errors import DatabaseLocked
+from replay._pg._url import is_postgres_url, require_psycopg
 from replay._retry import Retry
-from replay._store import Store, checked_timeout, file_keys
+from replay._store import EngineStore, Store, checked_timeout, file_keys
 from replay._ui import checked_address, require_hypercorn
 
 _OPEN_HERE: set[str] = set()
@@ -144,7 +145,7 @@ def database_path(path: object) -> str:
 
 async def open_store(
     path: str, durability: str, lock_timeout: float
-) -> tuple[Store, Callable[[], None]]:
+) -> tuple[EngineStore, Callable[[], None]]:
     """Open `path` for one engine, waiting up to `lock_timeout` for another to let go.
 
     Returns:
@@ -166,7 +167,9 @@ async def open_store(
         return store, functools.partial(_release, claimed)
 
 
-async def _try_open(path: str, durability: str) -> tuple[Store, set[str]]:
+async def _try_open(path: str, durability: str) -> tuple[EngineStore, set[str]]:
+    if is_postgres_url(path):
+        return await in_thread(_open_postgres, path, durability), set()
     keys = file_keys(path)
     with _OPEN_LOCK:  # engines of several threads (replay.sync, replay.run) may race
         if keys & _OPEN_HERE:
@@ -186,6 +189,13 @@ async def _try_open(path: str, durability: str) -> tuple[Store, set[str]]:
     with _OPEN_LOCK:
         _OPEN_HERE.update(inode)
     return store, keys | inode
+
+
+def _open_postgres(url: str, durability: str) -> EngineStore:
+    require_psycopg()
+    from replay._pg._store import PgStore  # psycopg is optional: imported only here
+
+    return PgStore(url, durability)
 
 
 def _release(keys: set[str]) -> None:

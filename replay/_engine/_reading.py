@@ -23,7 +23,7 @@ from replay._engine._slots import RunSlot
 from replay._engine._watch import Watch, checked_buffer
 from replay._engine._watching import DEFAULT_BUFFER
 from replay._errors import EncodingError, RunNotFound
-from replay._store import ENGINE_ADVICE, Readers, ReadQuery, Store, TimedQuery
+from replay._store import ENGINE_ADVICE, EngineStore, Readers, TimedQuery, UserQuery
 from replay._types import Event, RunInfo, RunState
 from replay._workflows import Registry
 
@@ -35,7 +35,7 @@ class EngineReads:
     """The calls of `Engine` that read: see `Engine` (internal base class)."""
 
     _scheduler: Scheduler
-    _store: Store
+    _store: EngineStore
     _readers: Readers
     _registry: Registry
 
@@ -158,7 +158,7 @@ class EngineReads:
             ValueError: `timeout` is not above 0.
             EngineClosed: The engine is closed, or closed while the query ran.
         """
-        return await self._user_query(query, params, timeout, ReadQuery.rows)
+        return await self._user_query(query, params, timeout, _all_rows)
 
     async def export_history(self, run_id: str, path: str | PathLike[str]) -> None:
         """Write one run's history to a JSON file (a golden history for tests).
@@ -204,10 +204,10 @@ class EngineReads:
             ValueError: `timeout` is not above 0.
             EngineClosed: The engine is closed, or closed while the query ran.
         """
-        return await self._user_query(query, params, timeout, ReadQuery.arrow)
+        return await self._user_query(query, params, timeout, _arrow)
 
     async def _user_query(self, query: str, params: Sequence[Any] | dict[str, Any] | None,
-                          timeout: float | None, fetch: Callable[[ReadQuery], T]) -> T:
+                          timeout: float | None, fetch: Callable[[UserQuery], T]) -> T:
         timed = self.open_query(query, params, timeout, ENGINE_ADVICE)
         try:
             return await timed.call(fetch)
@@ -222,8 +222,8 @@ class EngineReads:
             EngineClosed: The engine is closed.
         """
         self._check_open(allow_closing=True)
-        return self._readers.timed(lambda: self._store.read_query(query, params), timeout,
-                                   advice)
+        return self._readers.timed(
+            lambda limit: self._store.read_query(query, params, limit), timeout, advice)
 
     # -- internals --
 
@@ -251,3 +251,11 @@ class EngineReads:
 
     def _check_open(self, allow_closing: bool = False) -> None:
         self._scheduler.check_open(allow_closing)
+
+
+def _all_rows(query: UserQuery) -> list[tuple[Any, ...]]:
+    return query.rows()
+
+
+def _arrow(query: UserQuery) -> Any:
+    return query.arrow()

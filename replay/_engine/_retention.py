@@ -33,12 +33,10 @@ from replay._engine._clock import busy_thread, in_thread
 from replay._errors import DatabaseError, EngineClosed, ReplayError
 from replay._store import (
     FINISHED,
+    EngineStore,
     GenerationRows,
     PurgePlan,
-    Store,
     check_archive_path,
-    delete_generations,
-    delete_runs,
 )
 from replay._types import PurgeReport, RunState
 from replay._workflows import workflow_name
@@ -149,7 +147,7 @@ class Retention:
         store: The engine's store.
     """
 
-    def __init__(self, scheduler: Scheduler, store: Store) -> None:
+    def __init__(self, scheduler: Scheduler, store: EngineStore) -> None:
         self._scheduler = scheduler
         self._store = store
 
@@ -226,7 +224,7 @@ class Retention:
             deleted: set[str] = set()
             try:
                 if chosen:
-                    deleted, events = await self._on_writer(delete_runs, chosen, states,
+                    deleted, events = await self._on_writer(self._store.delete_runs, chosen, states,
                                                             totals.cutoff)
                     totals.runs += len(deleted)
                     totals.events += events
@@ -239,7 +237,7 @@ class Retention:
                                   progress: Progress | None) -> None:
         for batch in _batches(planned, lambda rows: len(rows.seqs), BATCH_RECORDS):
             self._scheduler.check_open()
-            generations, events = await self._on_writer(delete_generations, batch,
+            generations, events = await self._on_writer(self._store.delete_generations, batch,
                                                         totals.cutoff)
             totals.generations += generations
             totals.events += events

@@ -18,7 +18,7 @@ from replay._engine._clock import in_thread
 from replay._engine._slots import RunSlot
 from replay._engine._watching import Watchers
 from replay._errors import EngineClosed, RunNotFound
-from replay._store import RunRow, Store
+from replay._store import EngineStore, RunRow
 
 # How many of the runs that finished last stay in memory (about 1 KB each).
 RECENTLY_FINISHED = 1000
@@ -32,7 +32,7 @@ class RunTable:
         opened_at: The newest `seq` in the file when the engine opened it.
     """
 
-    def __init__(self, store: Store, opened_at: int, watchers: Watchers) -> None:
+    def __init__(self, store: EngineStore, opened_at: int, watchers: Watchers) -> None:
         self._store = store
         self.watchers = watchers  # told of each record every slot in memory commits
         self.opened_at = opened_at  # the newest `seq` in the file when it opened

@@ -47,7 +47,7 @@ from replay._engine._steps import StepCaller
 from replay._engine._timers import Timers
 from replay._engine._watching import Watchers
 from replay._errors import EngineClosed, ReplayError
-from replay._store import Store
+from replay._store import EngineStore
 from replay._types import RunInfo, RunState
 from replay._workflows import Registry
 
@@ -69,7 +69,7 @@ class Scheduler:
         opened_at: The newest `seq` in the file when the engine opened it.
     """
 
-    def __init__(self, store: Store, registry: Registry, clock: EngineClock,
+    def __init__(self, store: EngineStore, registry: Registry, clock: EngineClock,
                  committer: Committer, steps: StepCaller, policy: Policy, cache_size: int,
                  strict_replay: bool, opened_at: int) -> None:
         self.clock = clock
@@ -339,7 +339,7 @@ class Scheduler:
             self.watchers.progress(slot, key, value)
 
     @property
-    def store(self) -> Store:
+    def store(self) -> EngineStore:
         """The open database."""
         return self._store
 

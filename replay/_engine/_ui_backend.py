@@ -22,7 +22,7 @@ from replay._core._history import RunHistory
 from replay._core._signals import misdirected_signal
 from replay._engine._clock import in_thread
 from replay._engine._facade import Engine, internals
-from replay._store import ENGINE_ADVICE, ReadQuery
+from replay._store import ENGINE_ADVICE, UserQuery
 from replay._types import Event, RunInfo, RunUpdate
 from replay._ui import Facts, Outcome, Table, Update, serve
 from replay._ui._backend import cancelled, resumed, signalled
@@ -51,7 +51,7 @@ class EngineBackend:
                 the engine's `query_timeout`.
             EngineClosed: The engine closed.
         """
-        def fetch(query: ReadQuery) -> Table:
+        def fetch(query: UserQuery) -> Table:
             query.start()
             rows = query.fetch(max_rows + 1)
             return Table(list(query.columns), list(query.types), rows[:max_rows],

@@ -22,7 +22,7 @@ from replay._engine._watching import (
     history_after,
     snapshot,
 )
-from replay._store import Store
+from replay._store import EngineStore
 from replay._types import FINISHED, RunState, RunUpdate
 
 
@@ -33,7 +33,7 @@ class Watch:
     finishes), or as ``async with run.watch() as updates:`` to stop watching early.
     """
 
-    def __init__(self, watchers: Watchers, store: Store, *, run_id: str | None,
+    def __init__(self, watchers: Watchers, store: EngineStore, *, run_id: str | None,
                  find: Callable[[], Awaitable[RunSlot]] | None = None,
                  unfinished: Callable[[], list[RunSlot]] | None = None,
                  after_seq: int | None = None, buffer: int, workflow: str | None = None,

@@ -29,7 +29,7 @@ from replay._core._state import RunStatus, fold
 from replay._engine._clock import in_thread
 from replay._engine._slots import RunSlot
 from replay._errors import EngineClosed
-from replay._store import Store
+from replay._store import EngineStore
 from replay._types import FINISHED, RunInfo, RunState, RunUpdate
 
 DEFAULT_BUFFER = 1000
@@ -170,7 +170,7 @@ def snapshot(slot: RunSlot, missed: int = 0) -> RunUpdate:
     return RunUpdate("snapshot", slot.run_id, slot.info(decode), slot.seq, missed=missed)
 
 
-async def history_after(store: Store, slot: RunSlot, after_seq: int) -> list[RunUpdate]:
+async def history_after(store: EngineStore, slot: RunSlot, after_seq: int) -> list[RunUpdate]:
     """Return the run's recorded events after `after_seq`, each with the state it left.
 
     Read from the file (records commit before they are published, so nothing after

@@ -14,6 +14,7 @@ their own, under a time limit.
 from replay._store._access import FileAccess, write_export
 from replay._store._connect import damaged, file_keys
 from replay._store._hot import hot_from_row
+from replay._store._protocol import EngineStore, UserQuery
 from replay._store._purge import (
     FINISHED,
     GenerationRows,
@@ -38,6 +39,7 @@ from replay._store._writer_store import Store
 __all__ = [
     "CLI_ADVICE",
     "ENGINE_ADVICE",
+    "EngineStore",
     "FINISHED",
     "SCHEMA_VERSION",
     "FileAccess",
@@ -48,6 +50,7 @@ __all__ = [
     "RunRow",
     "Store",
     "TimedQuery",
+    "UserQuery",
     "check_archive_path",
     "checked_timeout",
     "clean_text",

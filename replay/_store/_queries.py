@@ -18,12 +18,15 @@ import contextlib
 import importlib.util
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import duckdb
 
 from replay._errors import QueryError
 from replay._store._readonly import check_read_only
+
+if TYPE_CHECKING:
+    from replay._store._protocol import UserQuery
 
 T = TypeVar("T")
 
@@ -200,10 +203,10 @@ class OpenQueries:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._open: set[ReadQuery] = set()
+        self._open: set[UserQuery] = set()
         self._closing: Callable[[], BaseException] | None = None
 
-    def add(self, query: ReadQuery) -> None:
+    def add(self, query: UserQuery) -> None:
         """Count `query` as open.
 
         Raises:
@@ -214,7 +217,7 @@ class OpenQueries:
                 raise self._closing()
             self._open.add(query)
 
-    def discard(self, query: ReadQuery) -> None:
+    def discard(self, query: UserQuery) -> None:
         """Forget a closed query."""
         with self._lock:
             self._open.discard(query)

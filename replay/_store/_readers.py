@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import trio
 
 from replay._errors import QueryError
-from replay._store._queries import ReadQuery
+from replay._store._protocol import UserQuery
 
 T = TypeVar("T")
 
@@ -72,12 +72,13 @@ class Readers:
         self.default_timeout = default_timeout
         self._limiter = trio.CapacityLimiter(QUERY_THREADS)
 
-    def timed(self, make_query: Callable[[], ReadQuery], timeout: object,
+    def timed(self, make_query: Callable[[float | None], UserQuery], timeout: object,
               advice: str) -> TimedQuery:
         """Build a query with `make_query` under a time limit that starts now.
 
         Args:
-            make_query: Returns the query (called once `timeout` is known to be good).
+            make_query: Returns the query given its time limit (called once `timeout`
+                is known to be good).
             timeout: Seconds the query may take, or None for `default_timeout`.
             advice: How to allow more time, for the message of a timed-out query.
 
@@ -86,8 +87,8 @@ class Readers:
             ValueError: `timeout` is not above 0.
         """
         limit = checked_timeout("timeout", timeout)
-        return TimedQuery(self, make_query(), self.default_timeout if limit is None else limit,
-                          advice)
+        limit = self.default_timeout if limit is None else limit
+        return TimedQuery(self, make_query(limit), limit, advice)
 
     async def run(self, function: Callable[[], T]) -> T:
         """Run `function` in a query thread; on cancellation leave it to end by itself."""
@@ -97,9 +98,9 @@ class Readers:
 
 
 class TimedQuery:
-    """A `ReadQuery` whose calls share one deadline; see `Readers.timed`."""
+    """A user query whose calls share one deadline; see `Readers.timed`."""
 
-    def __init__(self, readers: Readers, query: ReadQuery, limit: float | None,
+    def __init__(self, readers: Readers, query: UserQuery, limit: float | None,
                  advice: str) -> None:
         self.query = query
         self._readers = readers
@@ -107,7 +108,7 @@ class TimedQuery:
         self._advice = advice
         self._deadline = math.inf if limit is None else trio.current_time() + limit
 
-    async def call(self, function: Callable[[ReadQuery], T]) -> T:
+    async def call(self, function: Callable[[UserQuery], T]) -> T:
         """Run `function(query)` in a query thread, stopping the query when time is up.
 
         Raises:

@@ -24,12 +24,13 @@ from replay._core._records import Record
 from replay._errors import EngineClosed
 from replay._store._connect import connect, damaged, private_wal, unusable
 from replay._store._hot import hot_from_row, settle
-from replay._store._purge import PurgePlan, plan, write_archive
+from replay._store._purge import PurgePlan, delete_generations, delete_runs, plan, write_archive
 from replay._store._queries import OpenQueries, ReadQuery
 from replay._store._rows import (
     RunRow,
     history_records,
     memo_record,
+    record_row,
     row_record,
     run_row,
     utc_or_none,
@@ -65,6 +66,10 @@ class Store:
         DatabaseLocked: Another process holds the file.
         DatabaseError: The file is not a usable replay database.
     """
+
+    row = staticmethod(record_row)
+    delete_runs = staticmethod(delete_runs)
+    delete_generations = staticmethod(delete_generations)
 
     def __init__(self, path: str, durability: str) -> None:
         self.path = path
@@ -202,8 +207,11 @@ class Store:
         finally:
             cursor.close()
 
-    def read_query(self, sql: str, params: Sequence[Any] | dict[str, Any] | None) -> ReadQuery:
+    def read_query(self, sql: str, params: Sequence[Any] | dict[str, Any] | None,
+                   limit: float | None = None) -> ReadQuery:
         """Return one user query on its own cursor, not started yet (see `ReadQuery`).
+
+        `limit` is not used: the engine stops a DuckDB query by interrupting it.
 
         Raises:
             EngineClosed: The store is closing.

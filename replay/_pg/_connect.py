@@ -1,0 +1,63 @@
+"""Opening PostgreSQL connections the way every part of the store needs them."""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg.types.string import TextLoader
+
+from replay._errors import DatabaseError
+from replay._pg._url import shown_url
+
+# How long to wait for the server to answer a connection: a wrong host fails in
+# seconds instead of the operating system's minutes.
+CONNECT_TIMEOUT_SECONDS = 10
+
+
+def connect(url: str, *, autocommit: bool = True,
+            prepare: bool = True) -> psycopg.Connection[tuple[object, ...]]:
+    """Open a connection to `url` that reads JSON columns as their text.
+
+    replay hands `value_json` to users as the JSON text it wrote, as DuckDB does,
+    never as parsed Python objects.
+
+    Args:
+        url: A ``postgresql://`` URL (libpq's syntax, options included).
+        autocommit: Whether each statement commits on its own.
+        prepare: Whether psycopg may prepare statements it runs often (off for
+            connections whose session a user query may reset).
+
+    Raises:
+        DatabaseError: The server cannot be reached or refuses the connection.
+    """
+    try:
+        con = psycopg.connect(url, autocommit=autocommit, application_name="replay",
+                              connect_timeout=CONNECT_TIMEOUT_SECONDS)
+    except psycopg.Error as error:
+        raise DatabaseError(
+            f"cannot connect to the PostgreSQL database {shown_url(url)!r}: "
+            f"{_first_line(error)}; check that the server runs and that the URL's host, "
+            "port, user, password and database are right"
+        ) from error
+    for name in ("json", "jsonb"):
+        con.adapters.register_loader(name, TextLoader)
+    if not prepare:
+        con.prepare_threshold = None
+    return con
+
+
+def failed(shown: str, error: psycopg.Error) -> DatabaseError:
+    """Return the error for a statement of the store that PostgreSQL refused."""
+    if isinstance(error, psycopg.OperationalError):
+        return DatabaseError(
+            f"lost the PostgreSQL database {shown!r}: {_first_line(error)}; check the "
+            "server, then open the engine again (nothing acknowledged was lost)"
+        )
+    return DatabaseError(
+        f"PostgreSQL database {shown!r} refused a statement: {_first_line(error)}; "
+        "if replay's tables were changed by hand, restore them from a backup"
+    )
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

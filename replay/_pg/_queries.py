@@ -1,0 +1,262 @@
+"""User queries on PostgreSQL: one read-only query on the public views, time-limited.
+
+Each query gets a connection of its own, closed with the query, so nothing a query
+does to its session (settings, advisory locks) outlives it. Three guards, all applied
+by the server: the query runs in a ``READ ONLY`` transaction; under
+``statement_timeout``; and as the role ``replay_reader``, which may read only
+``replay_events`` and ``replay_runs`` (views run with their owner's rights, so they
+read the event table for it). The query is sent with the extended protocol, which
+carries exactly one statement, so no ``COMMIT; ...`` can follow it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import sql as pgsql
+from psycopg.abc import Buffer
+from psycopg.adapt import Loader
+from psycopg.types.string import TextBinaryLoader
+
+from replay._errors import QueryError
+from replay._pg._connect import connect
+from replay._pg._params import positional
+from replay._store._queries import OpenQueries
+
+T = TypeVar("T")
+READER_ROLE = "replay_reader"
+PUBLIC_VIEWS = ("replay_events", "replay_runs")
+
+
+def prepare_reader_role(con: psycopg.Connection[Any]) -> str | None:
+    """Let the role `READER_ROLE` read the public views of the current schema.
+
+    Creates the role if missing and grants it to the connected user, when this user
+    may; then grants it the views. Returns the role's name once the user can take it,
+    else None (user queries then say what an administrator should run).
+    """
+    statements = [
+        pgsql.SQL("CREATE ROLE {} NOLOGIN").format(pgsql.Identifier(READER_ROLE)),
+        pgsql.SQL("GRANT {} TO CURRENT_USER").format(pgsql.Identifier(READER_ROLE)),
+        pgsql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(
+            pgsql.Identifier(_current_schema(con)), pgsql.Identifier(READER_ROLE)),
+        pgsql.SQL("GRANT SELECT ON {} TO {}").format(
+            pgsql.SQL(", ").join(pgsql.Identifier(view) for view in PUBLIC_VIEWS),
+            pgsql.Identifier(READER_ROLE)),
+    ]
+    for statement in statements:
+        with contextlib.suppress(psycopg.Error):  # exists already, or not ours to do
+            con.execute(statement)
+    try:
+        con.execute(pgsql.SQL("SET ROLE {}").format(pgsql.Identifier(READER_ROLE)))
+        con.execute("RESET ROLE")
+    except psycopg.Error:
+        return None
+    return READER_ROLE
+
+
+def _current_schema(con: psycopg.Connection[Any]) -> str:
+    row = con.execute("SELECT current_schema()").fetchone()
+    return str(row[0]) if row and row[0] else "public"
+
+
+def no_reader_role_message(user: str) -> str:
+    """The error of a user query when the reader role cannot be taken."""
+    return (
+        f"SQL on a PostgreSQL store reads through the role {READER_ROLE}, which the "
+        f"database user {user!r} cannot create or take; ask an administrator to run "
+        f"`CREATE ROLE {READER_ROLE} NOLOGIN; GRANT {READER_ROLE} TO {user}`, then open "
+        "the engine again (it grants the role the views)"
+    )
+
+
+class _JsonbText(Loader):
+    """Load binary jsonb as its text (a version byte, then the JSON)."""
+
+    def load(self, data: Buffer) -> str:
+        return bytes(data)[1:].decode("utf-8")
+
+
+class PgReadQuery:
+    """One user query on its own connection; the same surface as DuckDB's `ReadQuery`.
+
+    `start`, `fetch`, `rows` and `arrow` run in a worker thread, one at a time;
+    `stop` and `close` may be called from any thread at any moment.
+
+    Args:
+        url: The database's URL.
+        sql: The query.
+        params: Values for its placeholders (``?``, ``$1`` or ``$name``; see `_params`).
+        reader_role: The role that may read the views, or None if there is none.
+        limit: The statement timeout in seconds (None: the server's default).
+        opened: Where the store keeps its open queries (to stop them when it closes).
+    """
+
+    def __init__(self, url: str, sql: str, params: Sequence[Any] | dict[str, Any] | None, *,
+                 reader_role: str | None, limit: float | None = None,
+                 opened: OpenQueries | None = None) -> None:
+        self._url, self._sql, self._params = url, sql, params
+        self._role, self._limit, self._opened = reader_role, limit, opened
+        self._lock = threading.Lock()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._stopped: BaseException | None = None
+        self._closed = False
+        self._con: psycopg.Connection[Any] | None = None
+        self._cursor: psycopg.RawCursor[Any] | None = None
+        self.columns: tuple[str, ...] = ()
+        self.types: tuple[str, ...] = ()
+        if opened is not None:
+            opened.add(self)
+
+    # -- in a worker thread --
+
+    def start(self) -> None:
+        """Run the query in a read-only transaction as the reader role.
+
+        Raises:
+            QueryError: It is not exactly one read-only query on the views, or failed.
+            BaseException: The error the query was stopped with.
+        """
+        self._call(self._start)
+
+    def fetch(self, size: int) -> list[tuple[Any, ...]]:
+        """Return up to `size` more rows (an empty list at the end).
+
+        Raises:
+            QueryError: The query failed.
+            BaseException: The error the query was stopped with.
+        """
+        return self._call(lambda: self._started().fetchmany(size))
+
+    def rows(self) -> list[tuple[Any, ...]]:
+        """Start the query, return all its rows, and close it.
+
+        Raises:
+            QueryError: It is not exactly one read-only query on the views, or failed.
+            BaseException: The error the query was stopped with.
+        """
+        try:
+            self.start()
+            return self._call(lambda: self._started().fetchall())
+        finally:
+            self.close()
+
+    def arrow(self) -> Any:
+        """Start the query, return its result as a ``pyarrow.Table``, and close it.
+
+        Raises:
+            ModuleNotFoundError: pyarrow is not installed.
+            QueryError: It is not exactly one read-only query on the views, or failed.
+        """
+        if importlib.util.find_spec("pyarrow") is None:
+            raise ModuleNotFoundError(
+                "engine.sql_arrow() needs pyarrow, which is not installed; "
+                "pip install pyarrow (or replay-workflows[arrow]), or use engine.sql()",
+                name="pyarrow",
+            )
+        import pyarrow  # type: ignore[import-not-found]  # optional
+
+        rows = self.rows()
+        return pyarrow.table({name: [row[i] for row in rows]
+                              for i, name in enumerate(self.columns)})
+
+    def _start(self) -> None:
+        con = connect(self._url, prepare=False)
+        self._con = con
+        con.adapters.register_loader("json", TextBinaryLoader)
+        con.adapters.register_loader("jsonb", _JsonbText)
+        if self._role is None:
+            raise QueryError(no_reader_role_message(con.info.user))
+        con.execute("BEGIN TRANSACTION READ ONLY")
+        if self._limit is not None:
+            con.execute(pgsql.SQL("SET LOCAL statement_timeout = {}").format(
+                pgsql.Literal(max(1, round(self._limit * 1000)))))
+        con.execute(pgsql.SQL("SET LOCAL ROLE {}").format(pgsql.Identifier(self._role)))
+        sql, params = positional(self._sql, self._params)
+        cursor = psycopg.RawCursor(con)  # $1 placeholders, and % is just a character
+        self._cursor = cursor
+        # Binary results use the extended protocol: one statement, never a script.
+        cursor.execute(sql, params, binary=True)
+        description = cursor.description or []
+        self.columns = tuple(column.name for column in description)
+        self.types = tuple(column.type_display.upper() for column in description)
+
+    def _started(self) -> psycopg.RawCursor[Any]:
+        if self._cursor is None:
+            raise QueryError("the query was not started; call start() first")
+        return self._cursor
+
+    def _call(self, function: Callable[[], T]) -> T:
+        with self._lock:
+            if self._stopped is not None:
+                raise self._stopped
+            if self._closed:
+                raise QueryError("the query was closed; run it again")
+            self._idle.clear()
+        try:
+            return function()
+        except psycopg.Error as error:
+            if self._stopped is not None:
+                raise self._stopped from None
+            raise QueryError(_refusal(error)) from error
+        finally:
+            with self._lock:
+                self._idle.set()
+                close = self._closed
+            if close:
+                self._close_now()
+
+    # -- from any thread --
+
+    def stop(self, error: BaseException) -> None:
+        """Stop the query: the call in flight, and every later one, raises `error`."""
+        with self._lock:
+            if self._stopped is None:
+                self._stopped = error
+            if self._idle.is_set() or self._con is None:
+                return
+            con = self._con
+        with contextlib.suppress(psycopg.Error):
+            con.cancel_safe(timeout=5.0)
+
+    def wait_idle(self) -> None:
+        """Return once no call of this query is in flight."""
+        self._idle.wait()
+
+    def close(self) -> None:
+        """Let go of the connection (and its transaction), now or when the call ends."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            idle = self._idle.is_set()
+        if idle:
+            self._close_now()
+
+    def _close_now(self) -> None:
+        if self._con is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._con.close()  # rolls the read-only transaction back
+        if self._opened is not None:
+            self._opened.discard(self)
+
+
+def _refusal(error: psycopg.Error) -> str:
+    """Say why PostgreSQL refused a user query, and what to do."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if isinstance(error, psycopg.errors.InsufficientPrivilege):
+        return (f"query refused: {text}; SQL on a PostgreSQL store reads only the views "
+                f"{' and '.join(PUBLIC_VIEWS)}")
+    if isinstance(error, psycopg.errors.ReadOnlySqlTransaction):
+        return f"query refused: {text}; engine.sql runs read-only queries only"
+    if isinstance(error, psycopg.errors.QueryCanceled):
+        return f"query stopped: {text}; pass a larger timeout= to allow more time"
+    if isinstance(error, psycopg.errors.SyntaxError) and "multiple commands" in text:
+        return f"query refused: {text}; pass exactly one query"
+    return f"query failed: {text}"

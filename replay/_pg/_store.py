@@ -1,0 +1,270 @@
+"""The engine's store on PostgreSQL: a writer connection with its thread, and readers.
+
+The writer thread commits each batch of records as one COPY in one transaction, so a
+scheduling round costs one round trip and one WAL flush on the server, as it costs
+one fsync on DuckDB. Reads run on a small pool of autocommit connections in the
+engine's worker threads. The writer's session holds an advisory lock for the schema:
+one engine at a time writes a schema, as one process at a time writes a DuckDB file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+import psycopg
+
+from replay._core._records import Record
+from replay._errors import DatabaseLocked, EngineClosed
+from replay._pg import _purge, _reads
+from replay._pg._connect import connect, failed
+from replay._pg._queries import PgReadQuery, prepare_reader_role
+from replay._pg._rows import COPY_COLUMNS, pg_row
+from replay._pg._schema import prepare_schema
+from replay._pg._url import shown_url
+from replay._store._purge import PurgePlan
+from replay._store._queries import OpenQueries
+from replay._store._rows import RunRow
+
+T = TypeVar("T")
+Connection = psycopg.Connection[tuple[Any, ...]]
+
+# Reader connections kept open between reads (more are opened under load, then closed).
+IDLE_READERS = 4
+_COPY = f"COPY replay_event_log ({COPY_COLUMNS}) FROM STDIN"
+# The advisory lock an engine's writer session holds on its schema.
+_ENGINE_LOCK = "SELECT pg_try_advisory_lock(hashtext('replay-engine:' || current_schema()))"
+
+
+class PgStore:
+    """One PostgreSQL schema opened by one engine.
+
+    Args:
+        url: The database's ``postgresql://`` URL; replay's tables live in the
+            connection's current schema (``options=-csearch_path%3D...`` picks one).
+        durability: ``"fsync"`` (a commit returns once the server flushed its WAL) or
+            ``"none"`` (``synchronous_commit = off``).
+
+    Raises:
+        DatabaseLocked: Another engine holds the schema.
+        DatabaseError: The server cannot be reached, or the schema is not a usable
+            replay database.
+    """
+
+    row = staticmethod(pg_row)
+    delete_runs = staticmethod(_purge.delete_runs)
+    delete_generations = staticmethod(_purge.delete_generations)
+
+    def __init__(self, url: str, durability: str) -> None:
+        self.path = shown_url(url)
+        self._url = url
+        self._con: Connection = connect(url)
+        try:
+            self._lock_schema()
+            prepare_schema(self._con, self.path)
+            self._reader_role = prepare_reader_role(self._con)
+            if durability == "none":
+                self._con.execute("SET synchronous_commit = off")
+            self._con.autocommit = False  # each batch is one transaction
+        except psycopg.Error as error:
+            self._con.close()
+            raise failed(self.path, error) from error
+        except BaseException:
+            self._con.close()
+            raise
+        self._idle: list[Connection] = []
+        self._idle_lock = threading.Lock()
+        self._queries = OpenQueries()
+        self._queue: queue.SimpleQueue[
+            tuple[list[tuple[Any, ...]], Callable[..., None]] | _Job | None]
+        self._queue = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+
+    def _lock_schema(self) -> None:
+        locked = self._con.execute(_ENGINE_LOCK).fetchone()
+        if not (locked and locked[0]):
+            raise DatabaseLocked(
+                f"another engine holds the PostgreSQL database {self.path!r} (its schema "
+                "is written by one engine at a time); close that engine first, pass "
+                "lock_timeout= to wait for it, or give this one its own schema "
+                "(options=-csearch_path%3D<schema> in the URL)"
+            )
+
+    # -- reads, each on a connection of the pool --
+
+    @contextlib.contextmanager
+    def _reader(self) -> Iterator[Connection]:
+        with self._idle_lock:
+            con = self._idle.pop() if self._idle else None
+        if con is None:
+            con = connect(self._url)
+        try:
+            yield con
+        except psycopg.Error as error:
+            con.close()  # a broken or aborted session is not reused
+            raise failed(self.path, error) from error
+        except BaseException:
+            con.close()
+            raise
+        with self._idle_lock:
+            if len(self._idle) < IDLE_READERS:
+                self._idle.append(con)
+                return
+        con.close()
+
+    def _read(self, function: Callable[..., T], *args: Any) -> T:
+        with self._reader() as con:
+            return function(con, *args)
+
+    def load_open_runs(self) -> list[list[Record]]:
+        """Return the records of every unfinished run, a list per run (one query)."""
+        return self._read(_reads.load_open_runs)
+
+    def run_row(self, run_id: str) -> RunRow | None:
+        """Return one run's state, or None if there is no such run."""
+        return self._read(_reads.run_row, run_id, self.path)
+
+    def last_seq_and_time(self) -> tuple[int, datetime | None]:
+        """Return the largest `seq` and `recorded_at` in the schema."""
+        return self._read(_reads.last_seq_and_time)
+
+    def generations(self) -> dict[str, int]:
+        """Return the current generation of every run that has continued as new."""
+        return self._read(_reads.generations)
+
+    def workflow_of(self, run_id: str) -> str | None:
+        """Return the workflow of run `run_id`, or None if there is no such run."""
+        return self._read(_reads.workflow_of, run_id)
+
+    def existing(self, run_ids: Sequence[str]) -> set[str]:
+        """Return which of `run_ids` have a run."""
+        return self._read(_reads.existing, run_ids) if run_ids else set()
+
+    def list_runs(self, state: str | None, workflow: str | None, limit: int) -> list[RunRow]:
+        """Return runs newest first (by creation), filtered by state and workflow."""
+        return self._read(_reads.list_runs, state, workflow, limit, self.path)
+
+    def load_history(self, run_id: str) -> list[Record]:
+        """Return every record of one run in `seq` order.
+
+        Raises:
+            DatabaseError: The run's rows are damaged.
+        """
+        return self._read(_reads.load_history, run_id, self.path)
+
+    def load_memo(self, run_id: str, workflow: str) -> list[Record]:
+        """Return one run's records as the memo needs them."""
+        return self._read(_reads.load_memo, run_id, workflow)
+
+    def load_memos(self, runs: dict[str, str]) -> dict[str, list[Record]]:
+        """Return several runs' memo records (`runs`: run id to workflow), one query."""
+        return self._read(_reads.load_memos, runs)
+
+    def purge_plan(self, cutoff: datetime, states: Sequence[str],
+                   workflow: str | None) -> PurgePlan:
+        """Return what a purge would delete now (see `replay._pg._purge`)."""
+        return self._read(_purge.plan, cutoff, states, workflow)
+
+    def write_archive(self, path: str, planned: PurgePlan) -> int:
+        """Write the records `planned` deletes to a new Parquet file; return how many.
+
+        Raises:
+            OSError: The file cannot be written.
+        """
+        return self._read(_purge.write_archive, path, planned)
+
+    def read_query(self, sql: str, params: Sequence[Any] | dict[str, Any] | None,
+                   limit: float | None = None) -> PgReadQuery:
+        """Return one user query on a connection of its own, not started yet.
+
+        Raises:
+            EngineClosed: The store is closing.
+        """
+        return PgReadQuery(self._url, sql, params, reader_role=self._reader_role,
+                           limit=limit, opened=self._queries)
+
+    # -- the writer thread --
+
+    def start_writer(self) -> None:
+        """Start the thread that commits batches handed to `submit`."""
+        self._writer = threading.Thread(target=self._write_loop, name="replay-pg-writer",
+                                        daemon=True)
+        self._writer.start()
+
+    def submit(self, rows: list[tuple[Any, ...]],
+               done: Callable[[BaseException | None], None]) -> None:
+        """Commit `rows` in one transaction on the writer thread, then call `done`.
+
+        `done` runs on the writer thread with None, or with the error that made the
+        commit fail (in which case nothing of the batch was written).
+        """
+        self._queue.put((rows, done))
+
+    def submit_job(self, job: Callable[[Connection], Any],
+                   done: Callable[[Any, BaseException | None], None]) -> None:
+        """Run `job(connection)` on the writer thread between two batches.
+
+        `job` gets the writer's connection, outside any transaction, and makes its own.
+        """
+        self._queue.put(_Job(job, done))
+
+    def _write_loop(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if isinstance(item, _Job):
+                self._run_job(item)
+                continue
+            rows, done = item
+            try:
+                with self._con.cursor() as cursor, cursor.copy(_COPY) as copy:
+                    for row in rows:
+                        copy.write_row(row)
+                self._con.commit()
+            except BaseException as error:  # reported to the engine, which stops
+                with contextlib.suppress(psycopg.Error):
+                    self._con.rollback()
+                done(failed(self.path, error) if isinstance(error, psycopg.Error) else error)
+            else:
+                done(None)
+
+    def _run_job(self, job: _Job) -> None:
+        try:
+            result = job.run(self._con)
+        except BaseException as error:  # the job's caller decides
+            with contextlib.suppress(psycopg.Error):
+                self._con.rollback()
+            job.done(None, failed(self.path, error) if isinstance(error, psycopg.Error)
+                     else error)
+        else:
+            job.done(result, None)
+
+    def close(self) -> None:
+        """Stop user queries and the writer (after what it was given), disconnect."""
+        self._queries.close_all(_closed)
+        if self._writer is not None:
+            self._queue.put(None)
+            self._writer.join()
+        with self._idle_lock:
+            idle, self._idle = self._idle, []
+        for con in idle:
+            con.close()
+        self._con.close()  # ends the session, and with it the advisory lock
+
+
+class _Job:
+    """Work for the writer thread other than a batch of records."""
+
+    __slots__ = ("done", "run")
+
+    def __init__(self, run: Callable[[Connection], Any],
+                 done: Callable[[Any, BaseException | None], None]) -> None:
+        self.run = run
+        self.done = done
+
+
+def _closed() -> EngineClosed:
+    return EngineClosed("the engine closed while the query ran; run it again on an open "
+                        "engine (replay.open_engine())")

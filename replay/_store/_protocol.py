@@ -1,0 +1,152 @@
+"""What the engine needs of a store, whichever database holds the history.
+
+Two stores implement it: `replay._store.Store` (a DuckDB file, the default) and
+`replay._pg._store.PgStore` (a PostgreSQL database). The engine sees only this.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, Protocol
+
+from replay._core._records import Record
+from replay._store._purge import GenerationRows, PurgePlan
+from replay._store._rows import RunRow
+
+
+class UserQuery(Protocol):
+    """One read-only user query (`engine.sql`, `replay sql`); see `ReadQuery`.
+
+    `start`, `fetch`, `rows` and `arrow` run in a worker thread, one at a time; `stop`
+    and `close` may be called from any thread at any moment.
+    """
+
+    columns: tuple[str, ...]
+    types: tuple[str, ...]
+
+    def start(self) -> None:
+        """Check the query and run it in a read-only transaction."""
+        ...
+
+    def fetch(self, size: int) -> list[tuple[Any, ...]]:
+        """Return up to `size` more rows (an empty list at the end)."""
+        ...
+
+    def rows(self) -> list[tuple[Any, ...]]:
+        """Start the query, return all its rows, and close it."""
+        ...
+
+    def arrow(self) -> Any:
+        """Start the query, return its result as a ``pyarrow.Table``, and close it."""
+        ...
+
+    def stop(self, error: BaseException) -> None:
+        """Stop the query: the call in flight, and every later one, raises `error`."""
+        ...
+
+    def wait_idle(self) -> None:
+        """Return once no call of this query is in flight."""
+        ...
+
+    def close(self) -> None:
+        """Let go of the query, now or when the call in flight ends."""
+        ...
+
+
+class EngineStore(Protocol):
+    """An open database: history reads, user queries, and a group-commit writer.
+
+    Reads are synchronous (the engine calls them in worker threads); `submit` and
+    `submit_job` hand work to the store's writer thread and report back through
+    callbacks on that thread.
+    """
+
+    path: str
+    """The database as messages show it (a file path, or a URL without password)."""
+
+    def row(self, record: Record) -> tuple[Any, ...]:
+        """Turn `record` into a row this store can commit, or raise if it cannot."""
+        ...
+
+    def load_open_runs(self) -> list[list[Record]]:
+        """Return the records of every unfinished run, a list per run."""
+        ...
+
+    def run_row(self, run_id: str) -> RunRow | None:
+        """Return one run's state, or None if there is no such run."""
+        ...
+
+    def last_seq_and_time(self) -> tuple[int, datetime | None]:
+        """Return the largest `seq` and `recorded_at` in the database."""
+        ...
+
+    def generations(self) -> dict[str, int]:
+        """Return the current generation of every run that has continued as new."""
+        ...
+
+    def workflow_of(self, run_id: str) -> str | None:
+        """Return the workflow of run `run_id`, or None if there is no such run."""
+        ...
+
+    def existing(self, run_ids: Sequence[str]) -> set[str]:
+        """Return which of `run_ids` have a run."""
+        ...
+
+    def list_runs(self, state: str | None, workflow: str | None, limit: int) -> list[RunRow]:
+        """Return runs newest first, filtered by state and workflow."""
+        ...
+
+    def load_history(self, run_id: str) -> list[Record]:
+        """Return every record of one run in `seq` order."""
+        ...
+
+    def load_memo(self, run_id: str, workflow: str) -> list[Record]:
+        """Return one run's records as the memo needs them."""
+        ...
+
+    def load_memos(self, runs: dict[str, str]) -> dict[str, list[Record]]:
+        """Return several runs' memo records (`runs`: run id to workflow)."""
+        ...
+
+    def purge_plan(self, cutoff: datetime, states: Sequence[str],
+                   workflow: str | None) -> PurgePlan:
+        """Return what a purge would delete now."""
+        ...
+
+    def write_archive(self, path: str, planned: PurgePlan) -> int:
+        """Write the records `planned` deletes to a new Parquet file; return how many."""
+        ...
+
+    def delete_runs(self, con: Any, trees: Sequence[tuple[str, ...]], states: Sequence[str],
+                    cutoff: datetime) -> tuple[set[str], int]:
+        """On the writer's connection, delete the runs of `trees` still deletable."""
+        ...
+
+    def delete_generations(self, con: Any, batch: Sequence[GenerationRows],
+                           cutoff: datetime) -> tuple[int, int]:
+        """On the writer's connection, delete earlier generations still deletable."""
+        ...
+
+    def read_query(self, sql: str, params: Sequence[Any] | dict[str, Any] | None,
+                   limit: float | None = None) -> UserQuery:
+        """Return one user query, not started yet, to stop after `limit` seconds."""
+        ...
+
+    def start_writer(self) -> None:
+        """Start the thread that commits batches handed to `submit`."""
+        ...
+
+    def submit(self, rows: list[tuple[Any, ...]],
+               done: Callable[[BaseException | None], None]) -> None:
+        """Commit `rows` in one transaction on the writer thread, then call `done`."""
+        ...
+
+    def submit_job(self, job: Callable[[Any], Any],
+                   done: Callable[[Any, BaseException | None], None]) -> None:
+        """Run `job(connection)` on the writer thread between two batches."""
+        ...
+
+    def close(self) -> None:
+        """Stop user queries and the writer, and let go of the database."""
+        ...
