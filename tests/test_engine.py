@@ -13,6 +13,8 @@ import trio.testing
 import replay
 from replay import Retry, RunState, Step, StepFailed
 
+pytestmark = pytest.mark.both_stores
+
 executions: list[tuple[str, Any]] = []
 
 

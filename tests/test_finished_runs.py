@@ -17,6 +17,8 @@ from replay import Step, Suspend
 from replay._engine import _runs
 from replay._engine._facade import internals
 
+pytestmark = pytest.mark.both_stores
+
 calls: list[str] = []
 
 

@@ -36,14 +36,19 @@ ALLOWED: dict[str, set[str]] = {
                      "replay._checks", "replay._parallel", "replay._flow"},
     "replay._codec": {"replay._errors", "replay._types", "replay._core"},
     "replay._store": {"replay._errors", "replay._types", "replay._core", "replay._codec"},
+    # The PostgreSQL store: the DuckDB store's row conversion, purge plans and user-query
+    # bookkeeping, over psycopg.
+    "replay._pg": {"replay._errors", "replay._types", "replay._core", "replay._codec",
+                   "replay._store"},
     # The wire protocol and the command's client are standard library only; replay.connect's
     # clients also encode values with the codec and build the public value types.
     "replay._channel": {"replay._errors", "replay._codec", "replay._types", "replay._workflows",
                         "replay._checks"},
     # The web view: pages over a backend that the engine or the command gives it.
     "replay._ui": PURE | {"replay._channel"},
-    "replay._engine": PURE | {"replay._codec", "replay._store", "replay._channel", "replay._ui"},
-    "replay._cli": PURE | {"replay._codec", "replay._store", "replay._channel",
+    "replay._engine": PURE | {"replay._codec", "replay._store", "replay._pg", "replay._channel",
+                              "replay._ui"},
+    "replay._cli": PURE | {"replay._codec", "replay._store", "replay._pg", "replay._channel",
                            "replay._engine", "replay._ui"},
     "replay.testing": PURE | {"replay._codec", "replay._engine"},
     "replay.aio": {"replay"},  # asyncio hosting: through the public API only
@@ -57,6 +62,7 @@ HOMES = {
     "duckdb": {"replay._store"},
     "msgpack": {"replay._codec"},
     "hypercorn": {"replay._ui"},
+    "psycopg": {"replay._pg"},
 }
 
 

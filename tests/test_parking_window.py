@@ -22,6 +22,8 @@ import replay
 from replay import RunState, Sleep, Step, Suspend
 from replay._engine._facade import internals
 
+pytestmark = pytest.mark.both_stores
+
 LOST = 30  # seconds (virtual or real) after which a call counts as lost
 DEPLOYED: set[str] = set()  # run ids whose workflow code is "the new version"
 

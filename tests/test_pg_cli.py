@@ -126,14 +126,14 @@ def test_runs_show_and_sql_read_the_database(capsys: pytest.CaptureFixture[str],
 
 @pytest.mark.parametrize(("query", "message"), [
     ("DELETE FROM replay_event_log",
-     "query refused: cannot execute DELETE in a read-only transaction; replay sql runs "
-     "read-only queries only"),
+     "replay sql only reads: cannot execute DELETE in a read-only transaction; use SELECT, "
+     "WITH ... SELECT or EXPLAIN"),
     ("SELECT * FROM replay_event_log",
-     "query refused: permission denied for table replay_event_log; SQL on a PostgreSQL "
-     "store reads only the views replay_events and replay_runs"),
+     "replay sql only reads the views replay_events and replay_runs on a PostgreSQL store: "
+     "permission denied for table replay_event_log"),
     ("SELECT 1; SELECT 2",
-     "query refused: cannot insert multiple commands into a prepared statement; pass "
-     "exactly one query"),
+     "replay sql runs exactly one query: cannot insert multiple commands into a prepared "
+     "statement; pass one SELECT, WITH ... SELECT or EXPLAIN"),
 ])
 def test_sql_refuses_writes_and_the_table(capsys: pytest.CaptureFixture[str], db: str,
                                           query: str, message: str) -> None:
@@ -344,6 +344,6 @@ def test_a_password_is_never_printed(capsys: pytest.CaptureFixture[str], db: str
     assert said[-1] == (1, "", "replay runs: cannot connect to the PostgreSQL database "
                                "'postgresql://...': end of string reached when looking for "
                                "matching \"]\" in IPv6 host address in URI: "
-                               "\"postgresql://u:***@[::1/x\"; check that the server runs "
+                               "\"postgresql://...\"; check that the server runs "
                                "and that the URL's host, port, user, password and database "
                                "are right\n")

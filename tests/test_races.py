@@ -34,6 +34,8 @@ import replay
 from replay import RunState, SignalRejected, Sleep, Step, Suspend, SuspendTimeout
 from replay._engine._facade import internals
 
+pytestmark = pytest.mark.both_stores
+
 # How long a test waits for a run before calling it lost (virtual time: instant).
 PATIENCE = 3600.0
 BLOCKED = "blocked"  # a pause that lasts until every other task is blocked

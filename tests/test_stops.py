@@ -22,6 +22,8 @@ import trio.testing
 import replay
 from replay import Retry, RunState, Step, StepFailed, Suspend
 
+pytestmark = pytest.mark.both_stores
+
 EXECUTED: Counter[str] = Counter()
 
 

@@ -12,11 +12,14 @@ import re
 from pathlib import Path
 
 import httpx
+import pytest
 from test_ui_app import events_of, message, served, token
 
 from replay._engine._ui_backend import EngineBackend
 from replay._ui import App
 from replay._ui._examples import EXAMPLES
+
+pytestmark = pytest.mark.both_stores
 
 COOKBOOK = Path(__file__).resolve().parent.parent / "docs" / "cookbook.md"
 

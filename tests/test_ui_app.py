@@ -16,12 +16,15 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
+import pytest
 import trio
 
 import replay
 from replay import All, Child, Note, Retry, Sleep, Step, Suspend
 from replay._engine._ui_backend import EngineBackend
 from replay._ui import App
+
+pytestmark = pytest.mark.both_stores
 
 CALLS: dict[str, int] = {}
 

@@ -16,12 +16,15 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
+import pytest
 import trio
 
 import replay
 from replay import Step, Suspend
 from replay._engine._ui_backend import EngineBackend
 from replay._ui import App
+
+pytestmark = pytest.mark.both_stores
 
 
 def add(a: int, b: int) -> int:

@@ -16,6 +16,8 @@ import replay.testing
 from replay import RunState, Sleep, Step, Suspend, SuspendTimeout
 from replay._engine._facade import internals
 
+pytestmark = pytest.mark.both_stores
+
 counts: dict[str, int] = {}
 
 

@@ -23,6 +23,8 @@ from replay import Note, RunUpdate, Sleep, Step, Suspend
 from replay._engine._facade import internals
 from replay.testing import wait_for_state
 
+pytestmark = pytest.mark.both_stores
+
 progress_seen: list[Any] = []
 outcomes: dict[str, Any] = {}
 

@@ -103,10 +103,8 @@ def _message(error: Exception, args: argparse.Namespace) -> str:
         return (f"no run with run_id {args.run_id!r} in {db!r}; "
                 f"list the runs with: replay runs {_quote(db)}")
     text = error.message if isinstance(error, ChannelError) else str(error)
-    for said in ("engine.sql() only reads", "engine.sql() runs exactly",  # the store's words
-                 "engine.sql runs"):  # PostgreSQL's refusal of a write
-        text = text.replace(said, said.replace("engine.sql()", "replay sql").replace(
-            "engine.sql", "replay sql"))
+    for said in ("engine.sql() only reads", "engine.sql() runs exactly"):  # the store's words
+        text = text.replace(said, said.replace("engine.sql()", "replay sql"))
     return text
 
 

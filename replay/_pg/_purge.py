@@ -19,15 +19,11 @@ DuckDB store's archive, so an archive reads the same whichever store wrote it.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-import duckdb
 import psycopg
 from psycopg import pq
 
@@ -35,10 +31,9 @@ from replay._store._purge import (
     FINISHED,
     GenerationRows,
     PurgePlan,
-    _by_run,
-    _literal,
+    by_run,
     check_archive_path,
-    fsync_path,
+    write_parquet,
 )
 
 __all__ = ["FINISHED", "GenerationRows", "PurgePlan", "check_archive_path", "delete_generations",
@@ -242,7 +237,7 @@ def plan(con: Connection, cutoff: datetime, states: Sequence[str],
         else:
             trees[-1] += (run_id,)
     gone = set(run_ids)  # a run deleted whole needs no generation delete
-    return PurgePlan(trees, int(events[0]) if events else 0, _by_run(rows, gone))
+    return PurgePlan(trees, int(events[0]) if events else 0, by_run(rows, gone))
 
 
 def delete_runs(con: Connection, trees: Sequence[tuple[str, ...]], states: Sequence[str],
@@ -302,29 +297,7 @@ def write_archive(con: Connection, path: str, planned: PurgePlan) -> int:
     params = {"run_ids": [run_id for tree in planned.trees for run_id in tree],
               "seqs": [seq for rows in planned.generations for seq in rows.seqs]}
     columns = ", ".join(f'"{name}" {kind}' for name, kind, _ in _ARCHIVE_COLUMNS)
-    private = tempfile.mkdtemp(prefix=".replay-", dir=os.path.dirname(os.path.abspath(path)))
-    out = duckdb.connect(":memory:")
-    try:
-        out.execute("SET TimeZone = 'UTC'")
-        out.execute(f"CREATE TABLE archive ({columns})")
-        count = 0
-        # A server-side cursor lives in a transaction; it keeps memory to one batch.
-        with _transaction(con), con.cursor(name="replay_archive") as cursor, \
-                out.appender("archive") as appender:
-            cursor.execute(_ARCHIVE_ROWS, params)
-            while rows := cursor.fetchmany(_FETCH_ROWS):
-                appender.append_rows(rows)
-                appender.flush()
-                count += len(rows)
-        written = os.path.join(private, "archive.parquet")
-        out.execute(f"COPY archive TO '{_literal(written)}' (FORMAT parquet)")
-        os.chmod(written, 0o600)
-        fsync_path(written)  # the records are deleted right after
-        os.link(written, path)
-        fsync_path(os.path.dirname(os.path.abspath(path)))
-        return count
-    except duckdb.Error as error:
-        raise OSError(f"cannot write the archive {path!r}: {error}") from error
-    finally:
-        out.close()
-        shutil.rmtree(private, ignore_errors=True)
+    # A server-side cursor lives in a transaction; it keeps memory to one batch.
+    with _transaction(con), con.cursor(name="replay_archive") as cursor:
+        cursor.execute(_ARCHIVE_ROWS, params)
+        return write_parquet(path, columns, iter(lambda: cursor.fetchmany(_FETCH_ROWS), []))

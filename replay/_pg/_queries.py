@@ -250,13 +250,17 @@ class PgReadQuery:
 def _refusal(error: psycopg.Error) -> str:
     """Say why PostgreSQL refused a user query, and what to do."""
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    # In DuckDB's words where it has them (`replay._store._readonly`), so that the
+    # command and the web view say them their own way on both stores.
     if isinstance(error, psycopg.errors.InsufficientPrivilege):
-        return (f"query refused: {text}; SQL on a PostgreSQL store reads only the views "
-                f"{' and '.join(PUBLIC_VIEWS)}")
+        return (f"engine.sql() only reads the views {' and '.join(PUBLIC_VIEWS)} on a "
+                f"PostgreSQL store: {text}")
     if isinstance(error, psycopg.errors.ReadOnlySqlTransaction):
-        return f"query refused: {text}; engine.sql runs read-only queries only"
+        return (f"engine.sql() only reads: {text}; use SELECT, WITH ... SELECT or "
+                "EXPLAIN")
     if isinstance(error, psycopg.errors.QueryCanceled):
         return f"query stopped: {text}; pass a larger timeout= to allow more time"
-    if isinstance(error, psycopg.errors.SyntaxError) and "multiple commands" in text:
-        return f"query refused: {text}; pass exactly one query"
+    if "multiple commands" in text:
+        return (f"engine.sql() runs exactly one query: {text}; pass one SELECT, "
+                "WITH ... SELECT or EXPLAIN")
     return f"query failed: {text}"

@@ -162,6 +162,9 @@ class PgStore:
 
     def load_memos(self, runs: dict[str, str]) -> dict[str, list[Record]]:
         """Return several runs' memo records (`runs`: run id to workflow), one query."""
+        if len(runs) == 1:
+            (run_id, workflow), = runs.items()
+            return {run_id: self.load_memo(run_id, workflow)}
         return self._read(_reads.load_memos, runs)
 
     def purge_plan(self, cutoff: datetime, states: Sequence[str],

@@ -19,9 +19,10 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import duckdb
 
@@ -221,10 +222,10 @@ def plan(con: duckdb.DuckDBPyConnection, cutoff: datetime, states: Sequence[str]
     finally:
         con.execute("COMMIT")
     gone = set(run_ids)  # a run deleted whole needs no generation delete
-    return PurgePlan(trees, int(events), _by_run(rows, gone))
+    return PurgePlan(trees, int(events), by_run(rows, gone))
 
 
-def _by_run(rows: list[tuple[int, str, int]], gone: set[str]) -> list[GenerationRows]:
+def by_run(rows: list[tuple[int, str, int]], gone: set[str]) -> list[GenerationRows]:
     found: dict[str, tuple[list[int], set[int]]] = {}
     for seq, run_id, generation in rows:
         if run_id not in gone:
@@ -329,10 +330,7 @@ def check_archive_path(path: str) -> None:
 def write_archive(con: duckdb.DuckDBPyConnection, path: str, planned: PurgePlan) -> int:
     """Write every record the plan deletes to one new Parquet file, owner-only.
 
-    The columns are those of the ``replay_events`` view. The engine's connection has
-    external access disabled, so the rows go through a private in-memory database,
-    which writes the file into a fresh private directory; it is then linked into place,
-    which fails rather than replace a file that appeared meanwhile.
+    The columns are those of the ``replay_events`` view (see `write_parquet`).
 
     Returns:
         How many records were written.
@@ -346,6 +344,25 @@ def write_archive(con: duckdb.DuckDBPyConnection, path: str, planned: PurgePlan)
     columns = ", ".join(f'"{row[0]}" {row[1]}' for row in described)
     con.execute("SELECT * FROM replay_events WHERE run_id IN (SELECT unnest($1::VARCHAR[])) "
                 "OR seq IN (SELECT unnest($2::BIGINT[])) ORDER BY seq", [run_ids, seqs])
+    return write_parquet(path, columns, iter(lambda: con.fetchmany(10_000), []))
+
+
+def write_parquet(path: str, columns: str, batches: Iterator[list[tuple[Any, ...]]]) -> int:
+    """Write rows to one new Parquet file, owner-only, fsynced; return how many.
+
+    The rows go through a private in-memory database (the engine's connection has
+    external access disabled), which writes the file into a fresh private directory;
+    it is then linked into place, which fails rather than replace a file that
+    appeared meanwhile.
+
+    Args:
+        path: The file to create.
+        columns: The table's column definitions (``"name" TYPE, ...``).
+        batches: The rows, a list at a time.
+
+    Raises:
+        OSError: The file cannot be written.
+    """
     private = tempfile.mkdtemp(prefix=".replay-", dir=os.path.dirname(os.path.abspath(path)))
     out = duckdb.connect(":memory:")
     try:
@@ -353,7 +370,7 @@ def write_archive(con: duckdb.DuckDBPyConnection, path: str, planned: PurgePlan)
         out.execute(f"CREATE TABLE archive ({columns})")
         count = 0
         with out.appender("archive") as appender:
-            while rows := con.fetchmany(10_000):
+            for rows in batches:
                 appender.append_rows(rows)
                 appender.flush()
                 count += len(rows)

@@ -95,7 +95,7 @@ async def runs_page(backend: Backend, chosen: RunFilter) -> RunsPage:
         where.append("workflow = ?")
         params.append(chosen.workflow)
     if chosen.q:
-        where.append("contains(run_id, ?)")
+        where.append("strpos(run_id, ?) > 0")  # DuckDB and PostgreSQL alike
         params.append(chosen.q)
     if chosen.since is not None:
         where.append("created_at >= ?")
@@ -154,7 +154,7 @@ async def run_page(backend: Backend, run_id: str) -> RunPage:
     table = await backend.query(
         f"SELECT * FROM (SELECT {_EVENT_COLUMNS}, count(*) OVER () AS total "
         "FROM replay_events WHERE run_id = ? ORDER BY seq DESC "
-        f"LIMIT {MAX_EVENTS}) ORDER BY seq", [run_id], max_rows=MAX_EVENTS)
+        f"LIMIT {MAX_EVENTS}) AS newest ORDER BY seq", [run_id], max_rows=MAX_EVENTS)
     events = table.dicts()
     total = int(events[0]["total"]) if events else 0
     finished = run["state"] in ("completed", "failed", "cancelled")
