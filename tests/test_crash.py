@@ -19,6 +19,8 @@ there is no lock) and checks SPEC §4.3/§4.4 and §2 rule 6:
   the next open as ``step/interrupted`` (``replay.StepInterrupted``), charged to that
   step's interruption budget only, never to its retry budget.
 
+Both stores: a DuckDB file, and a PostgreSQL schema (the same child, given a URL).
+
 Set REPLAY_CRASH_SEED to vary where the kills land.
 """
 
@@ -44,7 +46,7 @@ SEED = int(os.environ.get("REPLAY_CRASH_SEED", "20250601"))
 MODULUS = 1_000_003
 INTERRUPTED = "replay.StepInterrupted"
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.both_stores]
 
 
 # -- the oracle: what the child's workflow must produce (independent of the child) --
@@ -152,10 +154,27 @@ class Snapshot:
     events: list[tuple[Any, ...]] = field(default_factory=list)
 
 
-def inspect_db(path: Path, nruns: int, nsteps: int) -> Snapshot:
-    """Open the file read-only, check every invariant that holds after any crash."""
-    con = duckdb.connect(str(path), read_only=True)
-    try:
+@contextmanager
+def reading(db: str) -> Iterator[Any]:
+    """A read-only connection to the database (a DuckDB file or a PostgreSQL URL)."""
+    if not db.startswith("postgresql://"):
+        con = duckdb.connect(db, read_only=True)
+        try:
+            yield con
+        finally:
+            con.close()
+        return
+    import psycopg
+    from psycopg.types.string import TextLoader
+
+    with psycopg.connect(db, autocommit=True) as pg:
+        pg.adapters.register_loader("json", TextLoader)
+        yield pg
+
+
+def inspect_db(db: str, nruns: int, nsteps: int) -> Snapshot:
+    """Read the database (the child is dead), check every invariant after any crash."""
+    with reading(db) as con:
         events = con.execute(
             "SELECT seq, run_id, workflow, key, kind, event, attempt, value_json, error_type "
             "FROM replay_events ORDER BY seq"
@@ -170,15 +189,13 @@ def inspect_db(path: Path, nruns: int, nsteps: int) -> Snapshot:
         # Time only moves forward (SPEC §4.8), across restarts too.
         backwards = con.execute(
             "SELECT seq, recorded_at, previous FROM (SELECT seq, recorded_at, "
-            "lag(recorded_at) OVER (ORDER BY seq) AS previous FROM replay_events) "
+            "lag(recorded_at) OVER (ORDER BY seq) AS previous FROM replay_events) AS timed "
             "WHERE recorded_at < previous OR recorded_at IS NULL"
         ).fetchall()
         untimed = con.execute(
             "SELECT seq FROM replay_events WHERE kind = 'step' AND event = 'completed' "
             "AND NOT duration_ms >= 0"
         ).fetchall()
-    finally:
-        con.close()
     assert unique is not None and unique[0] == unique[1] == unique[2], (
         f"event seqs are not unique: {unique}"
     )
@@ -293,10 +310,10 @@ def _previous(key: str) -> str:
 # -- the tests --
 
 
-def test_sigkill_rounds_lose_nothing_and_repeat_nothing(tmp_path: Path) -> None:
+def test_sigkill_rounds_lose_nothing_and_repeat_nothing(tmp_path: Path, db: str) -> None:
     nruns, nsteps, kill_rounds = 20, 8, 5
     rng = random.Random(SEED)
-    db, side = tmp_path / "crash.duckdb", tmp_path / "executions.txt"
+    side = tmp_path / "executions.txt"
     frozen: dict[tuple[str, str], int] = {}
     total = nruns * nsteps
     began = time.monotonic()
@@ -341,10 +358,10 @@ def test_sigkill_rounds_lose_nothing_and_repeat_nothing(tmp_path: Path) -> None:
     print("\n".join(log))
 
 
-def test_sigkill_with_steps_in_flight_reexecutes_only_those(tmp_path: Path) -> None:
+def test_sigkill_with_steps_in_flight_reexecutes_only_those(tmp_path: Path, db: str) -> None:
     nruns, nsteps, slow = 6, 4, 1
     slow_key = f"s{slow}:v1"
-    db, side, fifo = tmp_path / "crash.duckdb", tmp_path / "executions.txt", tmp_path / "fifo"
+    side, fifo = tmp_path / "executions.txt", tmp_path / "fifo"
     os.mkfifo(fifo)  # never opened for writing: a step opening it blocks for ever
     all_runs = {f"run-{i}" for i in range(nruns)}
     frozen: dict[tuple[str, str], int] = {}
