@@ -64,7 +64,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 #
 # A module with `pytestmark = pytest.mark.both_stores` runs every test that uses `db`
 # (directly or through another fixture) twice: `[duckdb]` with a file path and
-# `[postgres]` with a `pg_url`. Other modules get the file path alone, as always.
+# `[postgres]` with a `pg_url`. Other modules get the file path alone, as always. In such
+# a module, a test marked `duckdb_only` (it reads the DuckDB file itself, or asserts what
+# only DuckDB does) runs on the file alone.
 # PostgreSQL tests need a server: REPLAY_TEST_POSTGRES, the URL of a superuser on it
 # (.ci/run starts a throwaway one with scripts/postgres-cluster).
 
@@ -76,11 +78,15 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "both_stores: run each test that uses `db` on a DuckDB file and on a "
                    f"PostgreSQL schema (the server named by {POSTGRES_ENV})")
+    config.addinivalue_line(
+        "markers", "duckdb_only: in a both_stores module, run on the DuckDB file alone (the "
+                   "test reads the file itself or checks what only DuckDB does)")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "db" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_stores"):
-        metafunc.parametrize("db", STORES, indirect=True)
+        only_duckdb = metafunc.definition.get_closest_marker("duckdb_only") is not None
+        metafunc.parametrize("db", STORES[:1] if only_duckdb else STORES, indirect=True)
 
 
 @pytest.fixture

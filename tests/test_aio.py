@@ -25,6 +25,8 @@ import replay
 import replay.aio
 from replay import RunState, Step, Suspend
 
+pytestmark = pytest.mark.both_stores
+
 SAFETY = 60.0  # seconds; a test that takes longer has hung
 
 

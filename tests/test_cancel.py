@@ -54,6 +54,8 @@ from replay import (
     WorkflowFailed,
 )
 
+pytestmark = pytest.mark.both_stores
+
 Flow = Generator[Any, Any, Any]
 DAY = timedelta(days=1)
 HOUR = timedelta(hours=1)

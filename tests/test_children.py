@@ -28,6 +28,7 @@ import pytest
 import trio
 import trio.testing
 from childproc import ChildProcess, executions
+from stores import reading
 
 import replay
 from replay import (
@@ -46,6 +47,8 @@ from replay import (
     Suspend,
     WorkflowFailed,
 )
+
+pytestmark = pytest.mark.both_stores
 
 Flow = Generator[Any, Any, Any]
 HOUR = timedelta(hours=1)
@@ -262,12 +265,9 @@ async def test_replay_runs_names_the_parent_in_sql(db: str) -> None:
         ("g/checkout:v1", "kids.checkout", "completed", "g"),
         ("g/checkout:v1/ship:v1", "kids.ship", "completed", "g/checkout:v1")]
     assert children == [(1,)]
-    con = duckdb.connect(db, read_only=True)  # the file itself, without an engine
-    try:
+    with reading(db) as con:  # the database itself, without an engine
         assert con.execute("SELECT parent_run_id FROM replay_runs WHERE run_id = "
                            "'g/checkout:v1/ship:v1'").fetchall() == [("g/checkout:v1",)]
-    finally:
-        con.close()
 
 
 async def test_a_child_named_by_its_workflow_name_runs_too(db: str) -> None:

@@ -12,14 +12,16 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import Any
 
-import duckdb
 import pytest
 import trio
 import trio.testing
+from stores import reading
 
 import replay
 from replay import Child, Sleep, Step, Suspend
 from replay.testing import wait_for_state
+
+pytestmark = pytest.mark.both_stores
 
 
 def echo(value: Any) -> Any:
@@ -55,21 +57,21 @@ WORKFLOWS = [napper, waiter, quick, parent]
 
 
 def versions(db: str) -> dict[str, tuple[Any, ...]]:
-    with duckdb.connect(db, read_only=True) as con:
+    with reading(db) as con:
         rows = con.execute("SELECT run_id, state, code_version, last_code_version "
                            "FROM replay_runs").fetchall()
     return {run_id: tuple(rest) for run_id, *rest in rows}
 
 
 def changes(db: str) -> list[tuple[Any, ...]]:
-    with duckdb.connect(db, read_only=True) as con:
+    with reading(db) as con:
         return con.execute(
             "SELECT run_id, name, code_version FROM replay_event_log "
             "WHERE kind = 'run' AND event = 'code_changed' ORDER BY seq").fetchall()
 
 
 def started_versions(db: str) -> dict[str, Any]:
-    with duckdb.connect(db, read_only=True) as con:
+    with reading(db) as con:
         return dict(con.execute(
             "SELECT run_id, code_version FROM replay_event_log "
             "WHERE kind = 'run' AND event = 'started'").fetchall())

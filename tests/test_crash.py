@@ -37,9 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pytest
 from childproc import ChildProcess, executions
+from stores import reading
 
 CHILD = Path(__file__).with_name("crash_child.py")
 SEED = int(os.environ.get("REPLAY_CRASH_SEED", "20250601"))
@@ -152,24 +152,6 @@ class Snapshot:
     pending_started: list[tuple[str, str, int]] = field(default_factory=list)
     interrupted: list[tuple[str, str, int]] = field(default_factory=list)
     events: list[tuple[Any, ...]] = field(default_factory=list)
-
-
-@contextmanager
-def reading(db: str) -> Iterator[Any]:
-    """A read-only connection to the database (a DuckDB file or a PostgreSQL URL)."""
-    if not db.startswith("postgresql://"):
-        con = duckdb.connect(db, read_only=True)
-        try:
-            yield con
-        finally:
-            con.close()
-        return
-    import psycopg
-    from psycopg.types.string import TextLoader
-
-    with psycopg.connect(db, autocommit=True) as pg:
-        pg.adapters.register_loader("json", TextLoader)
-        yield pg
 
 
 def inspect_db(db: str, nruns: int, nsteps: int) -> Snapshot:

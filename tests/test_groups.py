@@ -33,6 +33,7 @@ import pytest
 import trio
 import trio.testing
 from childproc import ChildProcess
+from stores import reading
 
 import replay
 import replay.testing
@@ -52,6 +53,8 @@ from replay import (
     SuspendTimeout,
 )
 from replay._engine._facade import internals
+
+pytestmark = pytest.mark.both_stores
 
 Flow = Generator[Any, Any, Any]
 DAY = timedelta(days=1)
@@ -208,13 +211,10 @@ async def group_rows(engine: replay.Engine, run_id: str) -> list[tuple[Any, ...]
 
 def log_rows(path: str, run_id: str) -> list[tuple[Any, ...]]:
     """Read a closed file's raw log: (kind, event, key, run_state) in order."""
-    con = duckdb.connect(path, read_only=True)
-    try:
-        return con.execute(
+    with reading(path) as con:
+        return list(con.execute(
             "SELECT kind, event, key, run_state FROM replay_event_log WHERE run_id = ? "
-            "ORDER BY seq", [run_id]).fetchall()
-    finally:
-        con.close()
+            "ORDER BY seq", [run_id]).fetchall())
 
 
 async def parked_on(engine: replay.Engine, run_id: str, key: str,

@@ -37,6 +37,8 @@ from replay._codec import MAX_DEPTH, _json, _unregister, decode, encode, to_json
 from replay._core._history import RunHistory
 from replay._core._interpreter import MAX_NON_COMMANDS, Fail, Interpreter, Pending
 
+pytestmark = pytest.mark.both_stores
+
 CHILD = Path(__file__).with_name("hostile_child.py")
 TOO_DEEP = ("cannot encode value of {key!r}: it nests more than 100 levels of containers "
             "(lists, tuples, dicts, sets, registered classes) or contains itself; record a "
@@ -175,6 +177,7 @@ def test_decode_refuses_hostile_nesting_without_crashing() -> None:
     assert done.stdout.splitlines() == ["decoded"] + [DECODED_TOO_DEEP] * len(hostile)
 
 
+@pytest.mark.duckdb_only
 def test_a_hostile_stored_value_fails_only_its_run(db: str, tmp_path: Path) -> None:
     record_two_sleeping_runs(db)
     with duckdb.connect(db) as con:
@@ -334,6 +337,7 @@ async def test_a_spinning_workflow_fails_while_another_run_completes(db: str) ->
         assert await other.result() == {"label": "other"}
 
 
+@pytest.mark.duckdb_only
 async def test_an_undecodable_output_fails_status_of_its_run_only(db: str) -> None:
     # A tampered output of a completed run must not stop `runs()` listing the others.
     @replay.workflow(name="finishes")

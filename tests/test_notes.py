@@ -14,14 +14,16 @@ import json
 from collections.abc import Generator
 from typing import Any
 
-import duckdb
 import pytest
 import trio
+from stores import reading
 
 import replay
 from replay import Note, Sleep, Step, Suspend
 from replay._cli._main import main
 from replay.testing import check_history, run_workflow, wait_for_state
+
+pytestmark = pytest.mark.both_stores
 
 
 def double(n: int) -> int:
@@ -106,14 +108,14 @@ WORKFLOWS = [batch, texts, approval, sleepy, unencodable, unencodable_uncaught, 
 
 
 def note_rows(db: str, run_id: str) -> list[tuple[Any, ...]]:
-    with duckdb.connect(db, read_only=True) as con:
+    with reading(db) as con:
         return con.execute(
             "SELECT key, value_json, l.status_text FROM replay_event_log l "
             "WHERE run_id = ? AND kind = 'note' ORDER BY seq", [run_id]).fetchall()
 
 
 def runs_row(db: str, run_id: str) -> tuple[Any, ...]:
-    with duckdb.connect(db, read_only=True) as con:
+    with reading(db) as con:
         row = con.execute("SELECT state, status_text, status_json FROM replay_runs "
                           "WHERE run_id = ?", [run_id]).fetchone()
     assert row is not None

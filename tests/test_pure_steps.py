@@ -23,7 +23,10 @@ from childproc import ChildProcess
 
 import replay
 from replay import Retry, Step
+from replay._pg._store import PgStore
 from replay._store import Store
+
+pytestmark = pytest.mark.both_stores
 
 CHILD = Path(__file__).with_name("pure_crash_child.py")
 calls: Counter[str] = Counter()
@@ -40,14 +43,17 @@ def _clear() -> None:
 def commits(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
     """How many batches the engine's writer committed (one transaction each)."""
     counted = [0]
-    submit = Store.submit
+    for store in (Store, PgStore):
+        monkeypatch.setattr(store, "submit", _counting(store.submit, counted))
+    yield counted
 
-    def counting(self: Store, rows: list[tuple[Any, ...]], done: Any) -> None:
+
+def _counting(submit: Any, counted: list[int]) -> Any:
+    def counting(self: Any, rows: list[tuple[Any, ...]], done: Any) -> None:
         counted[0] += 1
         submit(self, rows, done)
 
-    monkeypatch.setattr(Store, "submit", counting)
-    yield counted
+    return counting
 
 
 def double(value: int) -> int:

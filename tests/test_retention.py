@@ -31,6 +31,8 @@ from replay._engine._retention import PurgeRequest, Retention
 from replay._store import Store, record_row
 from replay._store._schema import TABLE_COLUMNS
 
+pytestmark = pytest.mark.both_stores
+
 Flow = Generator[Any, Any, Any]
 DAY = timedelta(days=1)
 BROKEN = {"flaky": True}
@@ -102,8 +104,8 @@ async def listed(engine: replay.Engine) -> list[str]:
 async def orphans(engine: replay.Engine) -> list[tuple[Any, ...]]:
     """Records whose run has no start: a purge must never leave any."""
     return await engine.sql(
-        "SELECT run_id, kind, event FROM replay_event_log WHERE run_id NOT IN "
-        "(SELECT run_id FROM replay_event_log WHERE kind = 'run' AND event = 'started')")
+        "SELECT run_id, kind, event FROM replay_events WHERE run_id NOT IN "
+        "(SELECT run_id FROM replay_events WHERE kind = 'run' AND event = 'started')")
 
 
 async def finish(engine: replay.Engine, workflow: Any, *args: Any, run_id: str) -> None:
@@ -466,6 +468,7 @@ def write_finished_runs(db: str, count: int, ended: Any) -> None:
                     f"FROM template t, range({count}) r(i) ORDER BY i, t.seq")
 
 
+@pytest.mark.duckdb_only
 @pytest.mark.slow
 async def test_100000_finished_runs_are_purged_while_100_runs_execute(db: str) -> None:
     write_finished_runs(db, 100_000, datetime.now(UTC) - 60 * DAY)

@@ -14,6 +14,8 @@ import pytest
 import replay
 from replay import Step, Suspend
 
+pytestmark = pytest.mark.both_stores
+
 CALLS: dict[str, int] = {}
 FIXED = False
 

@@ -34,6 +34,8 @@ import replay
 import replay.sync
 from replay import Step, Suspend
 
+pytestmark = pytest.mark.both_stores
+
 ROOT = Path(__file__).resolve().parent.parent
 SAFETY = 30.0  # seconds: a bound on waits that normally end at once
 
