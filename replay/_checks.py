@@ -85,7 +85,16 @@ def check_key(sig: str, key: object) -> str:
         raise ValueError(
             f"{sig}: key must be valid unicode text (no lone surrogates), got {key!r}"
         ) from None
+    if NUL in key:
+        raise ValueError(f"{sig}: key must not contain NUL characters (\\x00), got {key!r}; "
+                         f"{_NUL_WHY}")
     return key
+
+
+# Keys and run ids are stored as text in both stores, and PostgreSQL text cannot hold
+# NUL: refused on DuckDB too, so that a workflow runs on either store unchanged.
+NUL = "\x00"
+_NUL_WHY = "keys and run ids are stored as text, which cannot hold NUL on PostgreSQL"
 
 
 def checked_duration(sig: str, arg: str, value: object, *, positive: bool) -> timedelta:
@@ -154,7 +163,7 @@ def checked_run_id(run_id: object) -> str:
 
     Raises:
         TypeError: It is not a str.
-        ValueError: It is empty or not valid unicode text.
+        ValueError: It is empty, not valid unicode text, or holds a NUL character.
     """
     if not isinstance(run_id, str):
         raise TypeError(f"run_id must be a str, got {run_id!r} ({type(run_id).__name__})")
@@ -164,6 +173,9 @@ def checked_run_id(run_id: object) -> str:
         run_id.encode("utf-8")
     except UnicodeEncodeError:
         raise ValueError(f"run_id must be valid unicode text, got {run_id!r}") from None
+    if NUL in run_id:
+        raise ValueError(f"run_id must not contain NUL characters (\\x00), got {run_id!r}; "
+                         f"{_NUL_WHY}")
     return run_id
 
 
@@ -187,6 +199,9 @@ def checked_key(key: object) -> str:
         raise ValueError(
             f"engine.signal(run_id, key, payload): key must be valid unicode text, got {key!r}"
         ) from None
+    if NUL in key:
+        raise ValueError(f"engine.signal(run_id, key, payload): key must not contain NUL "
+                         f"characters (\\x00), got {key!r}; {_NUL_WHY}")
     return key
 
 

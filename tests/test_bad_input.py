@@ -28,6 +28,7 @@ import pytest
 import trio
 
 import replay
+import replay.testing
 from replay import (
     DatabaseError,
     DatabaseLocked,
@@ -1258,3 +1259,32 @@ async def test_yield_generator_suggests_yield_from(db: str) -> None:
         assert message.endswith("; to run a sub-workflow inline, write "
                                 "`yield from sub_workflow(...)`")
         await bystander.check(engine)
+
+
+# -- NUL characters: keys and run ids are text in every store --
+
+
+@pytest.mark.parametrize("make", [
+    lambda: replay.Step("a\x00b", len, "x"),
+    lambda: replay.Sleep("nap\x00", 1),
+    lambda: replay.Suspend("\x00"),
+])
+def test_a_key_with_nul_is_refused_where_the_command_is_made(make: Callable[[], Any]) -> None:
+    with pytest.raises(ValueError, match=r"must not contain NUL characters"):
+        make()
+
+
+async def test_a_run_id_or_signal_key_with_nul_is_refused_and_records_nothing(db: str) -> None:
+    def waits() -> Generator[Any, Any, Any]:
+        return (yield replay.Suspend("go"))
+
+    async with replay.open_engine(db, workflows=[waits]) as engine:
+        with pytest.raises(ValueError, match=r"run_id must not contain NUL"):
+            await engine.start(waits, run_id="a\x00b")
+        await engine.start(waits, run_id="ok")
+        await replay.testing.wait_for_state(engine, "ok", replay.RunState.SUSPENDED)
+        before = await engine.sql("SELECT seq, run_id FROM replay_events")
+        with pytest.raises(ValueError, match=r"key must not contain NUL"):
+            await engine.signal("ok", "g\x00o", 1)
+        assert await engine.sql("SELECT seq, run_id FROM replay_events") == before
+        assert {run_id for _, run_id in before} == {"ok"}

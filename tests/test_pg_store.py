@@ -213,3 +213,16 @@ async def test_without_the_reader_role_sql_says_what_an_administrator_runs(
         user = urlsplit(limited_url).username
         with pytest.raises(replay.QueryError, match=f"GRANT replay_reader TO {user}"):
             await engine.sql("SELECT count(*) FROM replay_runs")
+
+
+async def test_a_missing_schema_says_to_create_it(pg_url: str) -> None:
+    url = pg_url.replace("search_path%3D", "search_path%3Dnot_there_")
+    with pytest.raises(replay.DatabaseError, match=r"CREATE SCHEMA name"):
+        async with replay.open_engine(url, workflows=[pipeline]):
+            pass
+
+
+def test_replay_connect_points_a_url_to_open_engine() -> None:
+    with pytest.raises(ValueError, match=r"replay.open_engine\(url") as caught:
+        replay.connect("postgresql://someone:s3cret@127.0.0.1/db")
+    assert "s3cret" not in str(caught.value)

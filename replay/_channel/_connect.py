@@ -57,8 +57,15 @@ def connect(database: str | PathLike[str], *, timeout: float = DEFAULT_TIMEOUT) 
         PermissionError: The engine runs as another user.
         ReplayError: The engine's channel stayed busy, or cannot be reached.
         TypeError: `timeout` is not a number.
-        ValueError: `timeout` is not above 0.
+        ValueError: `timeout` is not above 0, or `database` is a PostgreSQL URL.
     """
+    if os.fspath(database).startswith(("postgresql://", "postgres://")):
+        # Not the URL itself in the message: it may hold a password.
+        raise ValueError(
+            "replay.connect() reaches an engine through the socket beside its DuckDB file, "
+            "and a PostgreSQL database has none; open an engine on the database in this "
+            "process with replay.open_engine(url, ...) (replay.sync.open_engine from "
+            "threads), which reads and writes the same runs")
     client = Client(database, timeout=timeout)
     client._hello()
     return client

@@ -33,8 +33,8 @@ READER_ROLE = "replay_reader"
 PUBLIC_VIEWS = ("replay_events", "replay_runs")
 
 
-def prepare_reader_role(con: psycopg.Connection[Any]) -> str | None:
-    """Let the role `READER_ROLE` read the public views of the current schema.
+def prepare_reader_role(con: psycopg.Connection[Any], schema: str) -> str | None:
+    """Let the role `READER_ROLE` read the public views of `schema`.
 
     Creates the role if missing and grants it to the connected user, when this user
     may; then grants it the views. Returns the role's name once the user can take it,
@@ -44,7 +44,7 @@ def prepare_reader_role(con: psycopg.Connection[Any]) -> str | None:
         pgsql.SQL("CREATE ROLE {} NOLOGIN").format(pgsql.Identifier(READER_ROLE)),
         pgsql.SQL("GRANT {} TO CURRENT_USER").format(pgsql.Identifier(READER_ROLE)),
         pgsql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(
-            pgsql.Identifier(_current_schema(con)), pgsql.Identifier(READER_ROLE)),
+            pgsql.Identifier(schema), pgsql.Identifier(READER_ROLE)),
         pgsql.SQL("GRANT SELECT ON {} TO {}").format(
             pgsql.SQL(", ").join(pgsql.Identifier(view) for view in PUBLIC_VIEWS),
             pgsql.Identifier(READER_ROLE)),
@@ -58,11 +58,6 @@ def prepare_reader_role(con: psycopg.Connection[Any]) -> str | None:
     except psycopg.Error:
         return None
     return READER_ROLE
-
-
-def _current_schema(con: psycopg.Connection[Any]) -> str:
-    row = con.execute("SELECT current_schema()").fetchone()
-    return str(row[0]) if row and row[0] else "public"
 
 
 def no_reader_role_message(user: str) -> str:

@@ -243,7 +243,7 @@ def prepare_schema(con: psycopg.Connection[Any], shown: str) -> None:
         with con.transaction():
             # Read committed: the checks after the lock must see what a creator committed.
             con.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
-            schema = _current_schema(con, shown)
+            schema = current_schema(con, shown)
             con.execute("SELECT pg_advisory_xact_lock(hashtext('replay-schema:' || %s))",
                         [schema])
             objects = _objects(con)
@@ -271,7 +271,12 @@ def prepare_schema(con: psycopg.Connection[Any], shown: str) -> None:
         ) from error
 
 
-def _current_schema(con: psycopg.Connection[Any], shown: str) -> str:
+def current_schema(con: psycopg.Connection[Any], shown: str) -> str:
+    """Return the schema replay's tables live in (the first usable one on the search path).
+
+    Raises:
+        DatabaseError: No schema on the search path exists and is usable.
+    """
     row = con.execute("SELECT current_schema(), current_setting('search_path')").fetchone()
     if row is None or row[0] is None:
         path = row[1] if row else ""

@@ -24,7 +24,7 @@ from replay._pg import _purge, _reads
 from replay._pg._connect import connect, failed
 from replay._pg._queries import PgReadQuery, prepare_reader_role
 from replay._pg._rows import COPY_COLUMNS, pg_row
-from replay._pg._schema import prepare_schema
+from replay._pg._schema import current_schema, prepare_schema
 from replay._pg._url import shown_url
 from replay._store._purge import PurgePlan
 from replay._store._queries import OpenQueries
@@ -64,9 +64,10 @@ class PgStore:
         self._url = url
         self._con: Connection = connect(url)
         try:
+            schema = current_schema(self._con, self.path)  # the lock needs one
             self._lock_schema()
             prepare_schema(self._con, self.path)
-            self._reader_role = prepare_reader_role(self._con)
+            self._reader_role = prepare_reader_role(self._con, schema)
             if durability == "none":
                 self._con.execute("SET synchronous_commit = off")
             self._con.autocommit = False  # each batch is one transaction
