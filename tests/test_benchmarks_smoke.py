@@ -2,14 +2,19 @@
 
 This checks that every script works and reports every figure; it asserts nothing
 about speed (the sizes are far too small to mean anything, and test machines vary).
+`benchmarks/postgres.py` needs a server: its test runs on the one REPLAY_TEST_POSTGRES
+names, and skips without it (as every PostgreSQL test, through `pg_url`).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -74,3 +79,38 @@ def test_mass_wake_smoke_reports_both_figures() -> None:
     assert result["smoke"] is True
     assert set(result["figures"]) == {"mass_wake", "open"}
     assert all(figure["value"] > 0 for figure in result["figures"].values())
+
+
+@pytest.mark.usefixtures("pg_url")  # skips without REPLAY_TEST_POSTGRES (fails under CI)
+def test_postgres_smoke_measures_the_floors_and_both_stores() -> None:
+    import psycopg
+
+    server = os.environ["REPLAY_TEST_POSTGRES"]
+    # The URL through the environment, not the command line (it may hold a password).
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "postgres.py"), "--smoke"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "REPLAY_BENCH_POSTGRES": server},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["smoke"] is True
+    figures = result["figures"]
+    measured = {f"{store}_c{c}_{kind}" for store in ("postgres", "duckdb")
+                for kind in ("sync", "async") for c in result["concurrency"]}
+    assert set(figures) == {"floor", "wide_floor"} | measured
+    for key, figure in figures.items():
+        assert figure["value"] > 0, (key, figure)
+        assert figure["pass"] is None, key  # no targets, and smoke sizes say nothing
+    for key in measured:
+        figure = figures[key]
+        assert figure["detail"]["commits_per_second"] > 0, (key, figure)
+        if key.startswith("postgres_"):  # ratios against the server's own floors
+            assert figure["floor"] > 0 and figure["wide_floor"] > 0, (key, figure)
+    assert "| C=1 |" in done.stdout and "one engine per schema" in done.stdout
+    # Every schema it made is gone.
+    assert result["schemas"]
+    with psycopg.connect(server, autocommit=True) as con:
+        left = con.execute("SELECT nspname FROM pg_namespace WHERE nspname = ANY(%s)",
+                           (result["schemas"],)).fetchall()
+    assert left == []
