@@ -61,7 +61,7 @@ async def open_engine(
     retention: timedelta | float | None = None,
     ui: tuple[str, int] | None = None,
 ) -> AsyncIterator[Engine]:
-    """Open an engine on a DuckDB database and run it for the `async with` body.
+    """Open an engine on a DuckDB file or PostgreSQL and run it for the `async with` body.
 
     On open, the engine picks up everything that was pending when the last process
     stopped: runs that were running continue, every recorded deadline (sleeps, retry
@@ -73,7 +73,8 @@ async def open_engine(
     again at the next open, charging neither their retry budget nor `max_interruptions`.
 
     Args:
-        path: The database file (created if missing), or ``":memory:"``.
+        path: The database file (created if missing), ``":memory:"``, or a
+            ``postgresql://`` URL (the ``postgres`` extra; see docs/postgres.md).
         workflows: The workflow functions this engine can run.
         default_retry: Retry policy for steps without `retry=` (default: one attempt).
         durability: ``"fsync"`` (every commit is fsynced) or ``"none"`` (tests).
@@ -111,12 +112,14 @@ async def open_engine(
         The open `Engine`.
 
     Raises:
-        DatabaseLocked: Another engine holds the file after `lock_timeout`.
+        DatabaseLocked: Another engine holds the file (or the PostgreSQL schema)
+            after `lock_timeout`.
         DatabaseError: The file is not a usable replay database, or a commit failed.
         TypeError: An option has the wrong type, or a workflow is not a generator function.
         ValueError: An option has a wrong value, or two workflows share a name.
         ReplayError: Called from asyncio code: use `replay.aio.open_engine` there.
-        ModuleNotFoundError: `ui` is given and hypercorn is not installed.
+        ModuleNotFoundError: `ui` is given and hypercorn is not installed, or `path`
+            is a PostgreSQL URL and psycopg is not installed.
         OSError: The `ui` address cannot be listened on (the port is taken, ...).
     """
     _refuse_asyncio()

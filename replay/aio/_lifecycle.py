@@ -169,7 +169,7 @@ async def open_engine(
     ui: tuple[str, int] | None = None,
     clock: None = None,
 ) -> AsyncIterator[Engine]:
-    """Open an engine on a DuckDB database from asyncio, for the `async with` body.
+    """Open an engine on a DuckDB file or PostgreSQL from asyncio, for the `async with` body.
 
     The engine is `replay.open_engine`'s trio engine, run as a trio *guest* on the
     running asyncio loop: it opens, picks up pending runs and closes exactly as there
@@ -179,7 +179,8 @@ async def open_engine(
     `async with` returns only once the database is closed.
 
     Args:
-        path: The database file (created if missing), or ``":memory:"``.
+        path: The database file (created if missing), ``":memory:"``, or a
+            ``postgresql://`` URL (the ``postgres`` extra; see docs/postgres.md).
         workflows: The workflow functions this engine can run.
         default_retry: As in `replay.open_engine`.
         durability: As in `replay.open_engine` (``"none"`` for tests).
@@ -207,7 +208,8 @@ async def open_engine(
         ValueError: `clock` is given: trio's fake clock cannot see the asyncio side's
             waits, so it would jump past sleeps and timeouts while asyncio code is busy;
             or an option has a wrong value.
-        DatabaseLocked: Another engine holds the file after `lock_timeout`.
+        DatabaseLocked: Another engine holds the file (or the PostgreSQL schema)
+            after `lock_timeout`.
         DatabaseError: The file is not a usable replay database, or a commit failed
             (while the body runs: the body is cancelled and this is raised at its end).
         TypeError: An option has the wrong type, or a workflow is not a generator function.

@@ -51,7 +51,8 @@ def open_engine(
             output = engine.start(checkout, "o-1", 4200).result(timeout=60)
 
     Args:
-        path: The database file (created if missing), or ``":memory:"``.
+        path: The database file (created if missing), ``":memory:"``, or a
+            ``postgresql://`` URL (the ``postgres`` extra; see docs/postgres.md).
         workflows: The workflow functions this engine can run.
         default_retry: As for `replay.open_engine`.
         durability: As for `replay.open_engine`.
@@ -74,7 +75,8 @@ def open_engine(
         The open `Engine`.
 
     Raises:
-        DatabaseLocked: Another engine holds the file after `lock_timeout`.
+        DatabaseLocked: Another engine holds the file (or the PostgreSQL schema)
+            after `lock_timeout`.
         DatabaseError: The file is not a usable replay database.
         TypeError: An option has the wrong type, or a workflow is not a generator function.
         ValueError: An option has a wrong value, or two workflows share a name.
