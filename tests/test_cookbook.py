@@ -10,18 +10,23 @@ races, a ``basket:v1`` that places ``o-13`` and ``o-14`` as child runs, ``o-11``
 cancelled by its customer, ``o-12`` cancelled by its deadline, and a ``restock:v1``
 whose ``All`` fails fast. On the third day two ``sync:v1`` runs note their progress and
 continue as new each round; the engine is reopened under a new code version while
-``s-1`` sleeps, and ``s-2`` still sleeps at the end. Each query runs through
-``replay sql DB QUERY --json`` and, to show that no replay code is needed to read the
-file, through a plain DuckDB connection.
+``s-1`` sleeps, and ``s-2`` still sleeps at the end. The same history is built on a
+DuckDB file and, when the tests have a PostgreSQL server, in a PostgreSQL schema. Each
+query, in the dialect of its store (a recipe's "On PostgreSQL" block, else its one
+query), runs through ``replay sql DB QUERY --json`` and must give the same answer on
+both; to show that no replay code is needed to read the history, each also runs through
+a plain DuckDB connection, or a plain psycopg one.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import pytest
@@ -32,6 +37,9 @@ import replay
 from replay import All, Child, ContinueAsNew, Gather, Note, Race, Retry, Sleep, Step, Suspend
 from replay._cli import main
 from replay._engine._clock import set_virtual_start
+
+if TYPE_CHECKING:
+    from conftest import _PgAdmin
 
 COOKBOOK = Path(__file__).resolve().parent.parent / "docs" / "cookbook.md"
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
@@ -202,17 +210,46 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> str:
     return db
 
 
-def recipes() -> dict[str, str]:
-    """Return the cookbook's ```sql blocks by the title of their section."""
+@pytest.fixture(scope="module")
+def pg_shop(_pg_admin: _PgAdmin) -> Iterator[str]:
+    """The same shop in a schema of its own on the test server, for the whole module."""
+    from psycopg import sql
+
+    schema = f"t_{uuid.uuid4().hex}"
+    _pg_admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    joiner = "&" if "?" in _pg_admin.server else "?"
+    url = f"{_pg_admin.server}{joiner}options=-csearch_path%3D{schema}"
+    try:
+        trio.run(build, url, clock=trio.testing.MockClock(autojump_threshold=0))
+        yield url
+    finally:
+        _pg_admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+
+
+def recipes(dialect: str = "duckdb") -> dict[str, str]:
+    """Return the cookbook's queries for `dialect` (duckdb, postgres) by section title.
+
+    A section holds one ```sql block, for both stores, or two: DuckDB's, then
+    PostgreSQL's after a line that starts with "On PostgreSQL".
+    """
     found: dict[str, str] = {}
     title = ""
     for block in re.split(r"^(#{2,3} .+)$", COOKBOOK.read_text(), flags=re.MULTILINE):
         if block.startswith("#"):
             title = block.lstrip("#").strip()
             continue
-        for sql in re.findall(r"```sql\n(.*?)```", block, flags=re.DOTALL):
-            assert title not in found, f"two queries under {title!r}"
-            found[title] = sql
+        queries: dict[str, str] = {}
+        end = 0
+        for match in re.finditer(r"```sql\n(.*?)```", block, flags=re.DOTALL):
+            before = block[end:match.start()]
+            end = match.end()
+            which = "postgres" if re.search(r"^On PostgreSQL", before, re.MULTILINE) else "duckdb"
+            assert which not in queries, f"two {which} queries under {title!r}"
+            assert which == "duckdb" or queries, f"a PostgreSQL query alone under {title!r}"
+            queries[which] = match.group(1)
+        if queries:
+            assert title not in found, f"two sections titled {title!r}"
+            found[title] = queries.get(dialect, queries["duckdb"])
     return found
 
 
@@ -401,10 +438,22 @@ def test_every_query_of_the_cookbook_is_tested() -> None:
     assert list(recipes()) == list(EXPECTED)
 
 
+def test_every_recipe_has_its_postgres_version_where_duckdb_differs() -> None:
+    duckdb_only = re.compile(r"quantile_cont|QUALIFY|->> '\$|-> '\$|epoch\(|any_value|"
+                             r"GROUP BY ALL|VARCHAR\[\]|list_position|INTERVAL \d")
+    postgres = recipes("postgres")
+    assert list(postgres) == list(recipes())
+    for title, sql in postgres.items():
+        assert not duckdb_only.search(sql), title
+
+
+@pytest.mark.parametrize("store", ["duckdb", "postgres"])
 @pytest.mark.parametrize("title", list(EXPECTED))
-def test_cookbook_query_answers_its_question(capsys: pytest.CaptureFixture[str], shop: str,
+def test_cookbook_query_answers_its_question(capsys: pytest.CaptureFixture[str],
+                                            request: pytest.FixtureRequest, store: str,
                                             title: str) -> None:
-    rows = run_sql(capsys, shop, recipes()[title])
+    db = request.getfixturevalue("shop" if store == "duckdb" else "pg_shop")
+    rows = run_sql(capsys, db, recipes(store)[title])
     for row in rows:
         row.pop("seq", None)  # global order: its values are not the point
         for column in ("waiting_since", "cancelled_at", "noted_at", "changed_at", "began"):
@@ -428,3 +477,19 @@ def test_any_duckdb_client_can_run_the_cookbook(shop: str) -> None:
                                                   "status_json": "JSON"}
     finally:
         con.close()
+
+
+def test_any_postgres_client_can_run_the_cookbook(pg_shop: str) -> None:
+    import psycopg
+
+    with psycopg.connect(pg_shop) as con:
+        for title, sql in recipes("postgres").items():
+            assert len(con.execute(sql).fetchall()) == len(EXPECTED[title]), title
+        # JSON columns are PostgreSQL json: their fields read with ->> in any client.
+        assert con.execute("SELECT value_json ->> 'sku' FROM replay_events "
+                           "WHERE run_id = 'o-1' AND key = 'reserve:v1'").fetchall() == [
+            ("A-1",)]
+        assert dict(con.execute("SELECT column_name, data_type FROM information_schema.columns "
+                                "WHERE table_name = 'replay_runs' AND column_name LIKE '%json' "
+                                "AND table_schema = current_schema()").fetchall()) == {
+            "input_json": "json", "output_json": "json", "status_json": "json"}

@@ -3,25 +3,27 @@
 Signal, resume and cancel each go through a form with the server's token and end in a
 redirect to the run's page with a one-time message; every refused request (malformed
 JSON, no or a stale token, a request from another site, a finished run, a query that
-is not read-only) answers with a clear message and leaves the events as they were.
+is not read-only) answers with a clear message and leaves the events as they were. The
+SQL page offers the cookbook's queries in the dialect of the store it reads, and each
+store refuses what it refuses in its own way.
 """
 
 from __future__ import annotations
 
+import html
 import re
-from pathlib import Path
 
 import httpx
 import pytest
+from test_cookbook import recipes
 from test_ui_app import events_of, message, served, token
 
 from replay._engine._ui_backend import EngineBackend
+from replay._pg._url import is_postgres_url
 from replay._ui import App
-from replay._ui._examples import EXAMPLES
+from replay._ui._examples import DUCKDB, POSTGRES, examples
 
 pytestmark = pytest.mark.both_stores
-
-COOKBOOK = Path(__file__).resolve().parent.parent / "docs" / "cookbook.md"
 
 
 async def form(client: httpx.AsyncClient, path: str, run_id: str, **fields: str
@@ -180,34 +182,78 @@ async def test_ui_sql_page_shows_the_result_table(db: str) -> None:
         assert "SELECT run_id, state FROM replay_runs ORDER BY run_id</textarea>" in answer.text
 
 
+# What every store refuses, in the same words: writes, scripts, typos, nothing.
+REFUSED_BY_BOTH = (
+    ("DELETE FROM replay_event_log", "the SQL page only reads"),
+    ("SELECT 1; SELECT 2", "the SQL page runs exactly one"),
+    ("COPY replay_runs TO '/tmp/x.csv'", "the SQL page only reads"),
+    ("SELEC 1", "query failed"),
+    ("  ", "the query is empty"),
+)
+# DuckDB refuses the table functions that act on the database by name.
+REFUSED_BY_DUCKDB = (
+    ("SELECT * FROM checkpoint()", "checkpoint() is not allowed"),
+)
+# PostgreSQL refuses by its own guards: a read-only transaction, and the role
+# replay_reader, which may read the two views and nothing else (not the event table,
+# not another session, not the server's files).
+VIEWS_ONLY = "the SQL page only reads the views replay_events and replay_runs"
+REFUSED_BY_POSTGRES = (
+    ("SELECT * FROM replay_event_log", VIEWS_ONLY),
+    ("UPDATE replay_events SET key = 'x'", VIEWS_ONLY),
+    ("SELECT pg_terminate_backend(pg_backend_pid())", VIEWS_ONLY),
+    ("SELECT pg_read_file('/etc/hostname')", VIEWS_ONLY),
+    ("CREATE TABLE stolen AS SELECT * FROM replay_events", "the SQL page only reads"),
+    ("WITH gone AS (DELETE FROM replay_event_log RETURNING seq) SELECT * FROM gone",
+     "the SQL page only reads"),
+)
+
+
 async def test_ui_sql_refuses_what_is_not_one_read_only_query(db: str) -> None:
+    refused = REFUSED_BY_BOTH + (REFUSED_BY_POSTGRES if is_postgres_url(db)
+                                 else REFUSED_BY_DUCKDB)
     async with served(db) as (engine, client, _app):
         count = await engine.sql("SELECT count(*) FROM replay_events")
-        for query, said in (
-                ("DELETE FROM replay_event_log", "the SQL page only reads"),
-                ("SELECT 1; SELECT 2", "the SQL page runs exactly one"),
-                ("COPY replay_runs TO '/tmp/x.csv'", "the SQL page only reads"),
-                ("SELECT * FROM checkpoint()", "checkpoint() is not allowed"),
-                ("SELEC 1", "query failed"),
-                ("  ", "the query is empty")):
+        runs = await engine.sql("SELECT run_id, state FROM replay_runs ORDER BY run_id")
+        for query, said in refused:
             answer = await sql(client, query)
             assert answer.status_code == 400, query
             kind, text = message(answer.text)
             assert kind == "error" and said in text, (query, text)
             assert 'id="sql-result"' not in answer.text
         assert await engine.sql("SELECT count(*) FROM replay_events") == count
+        assert await engine.sql("SELECT run_id, state FROM replay_runs "
+                                "ORDER BY run_id") == runs
+        if is_postgres_url(db):  # the failed CREATE TABLE left nothing behind
+            assert await engine.sql("SELECT count(*) FROM information_schema.tables "
+                                    "WHERE table_name = 'stolen'") == [(0,)]
         no_token = await client.post("/sql", data={"query": "SELECT 1"})
         assert no_token.status_code == 403 and 'id="sql-result"' not in no_token.text
+        # The engine still works: its own sessions were not touched.
+        await engine.signal("a1", "approval:v1", True)
+        assert (await engine.get_run("a1").result())["approved"] is True
+
+
+def test_ui_sql_examples_are_the_cookbook_queries_word_for_word() -> None:
+    for dialect in (DUCKDB, POSTGRES):
+        cookbook = recipes(dialect)
+        for title, query in examples(dialect):
+            assert cookbook[title].rstrip("\n") == query, (dialect, title)
+    # Same recipes, same order: only the dialect differs.
+    assert [title for title, _ in examples(DUCKDB)] == [
+        title for title, _ in examples(POSTGRES)]
+    assert examples(DUCKDB) != examples(POSTGRES)
 
 
 async def test_ui_sql_examples_are_the_cookbook_queries_and_run(db: str) -> None:
-    cookbook = COOKBOOK.read_text()
+    dialect = POSTGRES if is_postgres_url(db) else DUCKDB
     async with served(db) as (_, client, _app):
         page = (await client.get("/sql")).text
-        assert len(re.findall(r'<a class="example" href="#" data-query="', page)) == len(
-            EXAMPLES)
-        for title, query in EXAMPLES:
-            assert f"### {title}" in cookbook and query in cookbook, title
+        shown = [html.unescape(query) for query in
+                 re.findall(r'<a class="example" href="#" data-query="([^"]*)"', page)]
+        assert shown == [query for _, query in examples(dialect)]
+        assert f'data-dialect="{dialect}"' in page
+        for title, query in examples(dialect):
             answer = await sql(client, query)
             assert answer.status_code == 200, (title, message(answer.text))
             assert 'id="sql-result"' in answer.text

@@ -1,14 +1,17 @@
 """Serving the web view over real sockets (issue 17): `replay ui` and `open_engine(ui=)`.
 
 ``replay ui`` runs as a process of its own, against a file no engine holds (it opens
-the file per request, so an engine may open it meanwhile) and against an engine in a
-third process (tests/cli_engine_child.py), reached over the live channel. Nothing
-here sleeps: the tests wait for the lines the processes print, and for HTTP answers.
+the file per request, so an engine may open it meanwhile), against an engine in a
+third process (tests/cli_engine_child.py), reached over the live channel, and against
+a PostgreSQL database, which it reads directly whether or not an engine runs on it.
+Nothing here sleeps: the tests wait for the lines the processes print, and for HTTP
+answers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import re
 import select
@@ -32,9 +35,11 @@ import replay.sync
 from replay import Step, Suspend
 from replay._cli import main
 from replay._engine._clock import in_thread
+from replay._ui._examples import POSTGRES_EXAMPLES
 
 LINE = re.compile(r"^replay ui: serving (\S+) at (http://127\.0\.0\.1:\d+/) "
-                  r"\((live: engine pid \d+|file: no engine is running)\)$")
+                  r"\((live: engine pid \d+|file: no engine is running|"
+                  r"database: read directly, no live updates)\)$")
 
 
 def fetch(n: int) -> dict[str, int]:
@@ -131,6 +136,65 @@ def test_ui_command_serves_a_file_no_engine_holds(db: str, server_of: Any) -> No
             return await engine.get_run("o-1").result()
     assert trio.run(take) == {"n": 1, "approved": True}
     assert 'data-state="completed"' in server.client.get("/run", params={"id": "o-1"}).text
+    assert server.stop(signal.SIGINT) == 0
+
+
+def test_ui_command_reads_a_postgres_database_directly(pg_url: str, server_of: Any) -> None:
+    make_file(pg_url)
+    server = server_of(pg_url)
+    assert server.line.startswith(f"replay ui: serving {pg_url} at http://127.0.0.1:")
+    assert server.line.endswith("(database: read directly, no live updates)")
+    runs = server.client.get("/").text
+    assert re.findall(r'<tr data-run-id="([^"]+)"', runs) == ["o-2", "o-1"]
+    assert 'id="live" data-live="off"' in runs
+    assert "read directly: reload the page to see what changed" in runs
+    page = server.client.get("/run", params={"id": "o-1"}).text
+    assert 'data-state="suspended"' in page
+    assert server.client.get("/run/events", params={"id": "o-1"}).status_code == 204
+    # The SQL page offers, and runs, PostgreSQL's versions of the cookbook's queries.
+    sql_page = server.client.get("/sql").text
+    assert 'data-dialect="postgres"' in sql_page
+    for title, query in POSTGRES_EXAMPLES:
+        answer = server.client.post("/sql", data={"csrf": token(page), "query": query})
+        assert answer.status_code == 200, (title, message(answer.text))
+    refused_sql = server.client.post("/sql", data={"csrf": token(page),
+                                                   "query": "SELECT * FROM replay_event_log"})
+    assert refused_sql.status_code == 400
+    assert "the SQL page only reads the views" in message(refused_sql.text)[1]
+    # With no engine on it, a signal is stored for the next engine, as `replay signal`
+    # stores it; resuming needs an engine, which this page cannot reach.
+    stored = server.client.post("/run/signal", data={"csrf": token(page), "id": "o-1",
+                                                     "key": "approval:v1", "payload": "true"})
+    assert stored.status_code == 303
+    shown = server.client.get(stored.headers["location"]).text
+    assert message(shown) == ("ok", "signal for 'approval:v1' stored in run 'o-1''s mailbox; "
+                              "no engine runs on the database, so the run takes it when an "
+                              "engine next opens the database")
+    refused = server.client.post("/run/resume", data={"csrf": token(page), "id": "o-2"})
+    assert refused.status_code == 409
+    assert message(refused.text)[1].startswith("resume needs the workflow code, and this "
+                                               "page reads the PostgreSQL database")
+
+    # While an engine runs on the database, the page still reads it (what it shows is
+    # what the engine recorded) and refuses to write beside the engine.
+    async def beside_an_engine() -> None:
+        async with replay.open_engine(pg_url, workflows=[approval],
+                                      durability="none") as engine:
+            assert await engine.get_run("o-1").result() == {"n": 1, "approved": True}
+            seen = await in_thread(server.client.get, "/run?id=o-1")
+            assert 'data-state="completed"' in seen.text
+            before = await engine.sql("SELECT count(*) FROM replay_events")
+            for action, fields in (("signal", {"key": "approval:v1", "payload": "1"}),
+                                   ("cancel", {"reason": "no"})):
+                answer = await in_thread(functools.partial(
+                    server.client.post, f"/run/{action}",
+                    data={"csrf": token(page), "id": "o-2", **fields}))
+                assert answer.status_code == 409, action
+                assert message(answer.text)[1].startswith(
+                    "an engine runs on the PostgreSQL database"), action
+            assert await engine.sql("SELECT count(*) FROM replay_events") == before
+            assert engine.status("o-2").state.value == "suspended"
+    trio.run(beside_an_engine)
     assert server.stop(signal.SIGINT) == 0
 
 

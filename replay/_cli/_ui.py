@@ -6,6 +6,12 @@ over the live channel, or else the file itself, opened for that request only, so
 that an application may open the file in between) and closes it again. Source calls
 block, so they run in worker threads. A run's live updates come from the channel's
 ``watch``; with no engine there is nothing to watch, and the page says so.
+
+A ``postgresql://`` URL has no channel: every request reads the database itself
+(`open_source` gives `PgAccess` behind `FileSource`), whether or not an engine runs on
+it, so pages show what changed when they are reloaded and have no live updates;
+signals and cancellations are stored only while no engine runs on it, as the
+command's are.
 """
 
 from __future__ import annotations
@@ -22,13 +28,14 @@ import trio
 
 from replay._channel._client import ChannelError, Connection, connect
 from replay._channel._protocol import WireError, from_wire
-from replay._cli._source import CliError, Source, open_source
+from replay._cli._source import CliError, Source, open_source, shown
 from replay._engine._clock import in_thread
 from replay._errors import QueryError, ReplayError, RunNotFound
 from replay._pg._url import is_postgres_url
 from replay._types import Event, RunInfo
 from replay._ui import Facts, Outcome, Refused, Table, Update, require_hypercorn, serve
 from replay._ui._backend import cancelled, resumed, signalled
+from replay._ui._examples import DUCKDB, POSTGRES
 from replay._ui._serve import bind_error
 
 T = TypeVar("T")
@@ -41,7 +48,8 @@ _STATUS = {"RunNotFound": 404, "RunFinished": 409, "SignalRejected": 409,
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``replay ui``'s arguments."""
-    parser.add_argument("db", metavar="DB", help="the database file")
+    parser.add_argument("db", metavar="DB",
+                        help="the database file, or a postgresql:// URL")
     parser.add_argument("--host", default="127.0.0.1",
                         help="the address to listen on (default 127.0.0.1: this machine "
                         "only; 0.0.0.0 lets other machines in, with no password)")
@@ -60,12 +68,8 @@ def ui(args: argparse.Namespace, out: TextIO) -> int:
 
     Raises:
         CliError: hypercorn is not installed, the database cannot be used, or the
-            address cannot be listened on; or it is a PostgreSQL URL.
+            address cannot be listened on.
     """
-    if is_postgres_url(args.db):
-        raise CliError(
-            "replay ui serves a DuckDB file, not yet a PostgreSQL database (its pages' "
-            "queries are DuckDB's SQL); use replay runs, show, watch and sql on the URL")
     try:
         require_hypercorn()
     except ModuleNotFoundError as error:
@@ -73,7 +77,7 @@ def ui(args: argparse.Namespace, out: TextIO) -> int:
     backend = SourceBackend(args.db)
     backend.refresh()  # no database, or one nobody may read: say so before serving
     try:
-        trio.run(_serve, backend, args.host, args.port, args.db, out)
+        trio.run(_serve, backend, args.host, args.port, shown(args.db), out)
     except (OSError, BaseExceptionGroup) as failure:
         bound = bind_error(failure)
         if bound is None:
@@ -93,8 +97,12 @@ async def _serve(backend: SourceBackend, host: str, port: int, db: str, out: Tex
         address = await nursery.start(lambda task_status: serve(
             backend, host, port, shutdown=stopped, task_status=task_status))
         facts = backend.facts
-        how = (f"(live: {facts.description.replace('the engine in process', 'engine pid')})"
-               if facts.live else "(file: no engine is running)")
+        if facts.live:
+            how = f"(live: {facts.description.replace('the engine in process', 'engine pid')})"
+        elif backend.dialect == POSTGRES:
+            how = "(database: read directly, no live updates)"
+        else:
+            how = "(file: no engine is running)"
         print(f"replay ui: serving {db} at {address} {how}", file=out, flush=True)
 
 
@@ -103,6 +111,7 @@ class SourceBackend:
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self.dialect = POSTGRES if is_postgres_url(path) else DUCKDB
         self.facts = Facts(False, f"the file {path!r}")
 
     def refresh(self) -> None:
@@ -114,7 +123,7 @@ class SourceBackend:
         _source_call(self.path, False, self._learn)
 
     def _learn(self, source: Source) -> None:
-        self.facts = Facts(source.live, source.description)
+        self.facts = Facts(source.live, source.description, source.noun)
 
     async def _call(self, function: Callable[[Source], T], write: bool = False) -> T:
         def call(source: Source) -> T:
@@ -149,6 +158,9 @@ class SourceBackend:
             RunNotFound: No such run.
             Refused: No engine serves the file, or it refused the watch.
         """
+        if self.dialect == POSTGRES:  # the pages do not ask: facts.live is never set
+            raise Refused(f"{self.facts.description} is read directly, with no live "
+                          "updates: reload the page to see what changed", status=409)
         connection = await in_thread(_watching, self.path, run_id, after_seq)
         try:
             yield _Updates(connection)
@@ -177,6 +189,13 @@ class SourceBackend:
                 engine refused.
         """
         def resume(source: Source) -> Outcome:
+            if self.dialect == POSTGRES:
+                raise Refused(
+                    f"resume needs the workflow code, and this page reads "
+                    f"{source.description} directly, reaching no engine: call "
+                    "engine.resume() in your application, or, while no engine runs on "
+                    "the database, run `replay resume URL RUN_ID --workflows MODULE`, "
+                    "which resumes the run in an engine of its own")
             if not source.live:
                 raise Refused(
                     f"resume needs the workflow code, and no engine holds {self.path!r}: "
@@ -213,7 +232,10 @@ def _source_call(path: str, write: bool, function: Callable[[Source], T]) -> T:
     try:
         source = open_source(path, write=write)
     except CliError as error:
-        raise Refused(str(error), status=503) from None
+        # A PostgreSQL database refuses a write while an engine runs on it: a conflict
+        # with that engine, not a database that cannot be reached.
+        status = 409 if write and is_postgres_url(path) else 503
+        raise Refused(str(error), status=status) from None
     try:
         return function(source)
     except ChannelError as error:

@@ -22,10 +22,12 @@ from replay._core._history import RunHistory
 from replay._core._signals import misdirected_signal
 from replay._engine._clock import in_thread
 from replay._engine._facade import Engine, internals
+from replay._pg._url import is_postgres_url
 from replay._store import ENGINE_ADVICE, UserQuery
 from replay._types import Event, RunInfo, RunUpdate
 from replay._ui import Facts, Outcome, Table, Update, serve
 from replay._ui._backend import cancelled, resumed, signalled
+from replay._ui._examples import DUCKDB, POSTGRES
 
 if TYPE_CHECKING:
     from replay._engine._watch import Watch
@@ -37,6 +39,8 @@ class EngineBackend:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self.facts = Facts(True, f"the engine in process {os.getpid()}")
+        # The store's path is the URL (password masked) for a PostgreSQL store.
+        self.dialect = POSTGRES if is_postgres_url(internals(engine).store.path) else DUCKDB
 
     async def now(self) -> datetime:
         """Return the engine clock's time."""

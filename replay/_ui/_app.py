@@ -190,7 +190,8 @@ class App:
 
     async def _get_sql(self, request: Request, send: Send) -> None:
         await _html(send, 200, pages.sql_html(request.params.get("query", ""), None,
-                                              self.backend.facts, self.guard.token(), Flash()))
+                                              self.backend.facts, self.guard.token(), Flash(),
+                                              self.backend.dialect))
 
     async def _post_sql(self, request: Request, send: Send) -> None:
         form = await request.form()
@@ -204,9 +205,11 @@ class App:
         except (BadRequest, Forbidden, QueryError, Refused) as error:
             status = _status(error)
             await _html(send, status, pages.sql_html(query, None, facts, token,
-                                                     Flash(_query_words(str(error)), ok=False)))
+                                                     Flash(_query_words(str(error)), ok=False),
+                                                     self.backend.dialect))
             return
-        await _html(send, 200, pages.sql_html(query, result, facts, token, Flash()))
+        await _html(send, 200, pages.sql_html(query, result, facts, token, Flash(),
+                                              self.backend.dialect))
 
     async def _get_favicon_ico(self, request: Request, send: Send) -> None:
         await send({"type": "http.response.start", "status": 204, "headers": _SECURITY})

@@ -85,10 +85,14 @@ class Facts:
     Attributes:
         live: An engine is running on the file, so runs change and watches update.
         description: Who answers, e.g. ``the engine in process 4242``.
+        noun: What the messages call the database when no engine answers: ``file``
+            (a DuckDB file, which no engine holds then) or ``database`` (a PostgreSQL
+            database, read directly whether or not an engine runs on it).
     """
 
     live: bool
     description: str
+    noun: str = "file"
 
 
 class Backend(Protocol):
@@ -97,6 +101,14 @@ class Backend(Protocol):
     @property
     def facts(self) -> Facts:
         """Say whether an engine is running on the file, and which."""
+
+    @property
+    def dialect(self) -> str:
+        """Say which SQL `query` reads: ``"duckdb"`` or ``"postgres"``.
+
+        The views have the same columns on both stores, but the SQL page's examples
+        are written in the dialect of the database it reads (`replay._ui._examples`).
+        """
 
     async def now(self) -> datetime:
         """Return the engine clock's time (for a file: never before its newest event)."""
@@ -162,6 +174,9 @@ def signalled(run_id: str, key: str, state: str, facts: Facts,
     if facts.live:
         text = (f"signal for {key!r} recorded in run {run_id!r} by {facts.description}; "
                 f"the run is {state}")
+    elif facts.noun == "database":
+        text = (f"signal for {key!r} stored in run {run_id!r}'s mailbox; no engine runs on "
+                "the database, so the run takes it when an engine next opens the database")
     else:
         text = (f"signal for {key!r} stored in run {run_id!r}'s mailbox; no engine holds "
                 "the file, so the run takes it when an engine next opens the file")
@@ -185,6 +200,10 @@ def cancelled(run_id: str, state: str, requested: bool, facts: Facts) -> Outcome
     if facts.live:
         return Outcome(f"cancellation of run {run_id!r} recorded by {facts.description}; "
                        f"the run is {state}")
+    if facts.noun == "database":
+        return Outcome(f"cancellation of run {run_id!r} stored in the database; no engine "
+                       "runs on it, so the run takes it when an engine next opens the "
+                       f"database (it is {state} until then)")
     return Outcome(f"cancellation of run {run_id!r} stored in the file; no engine holds it, "
                    "so the run takes it when an engine next opens the file (it is "
                    f"{state} until then)")

@@ -68,9 +68,13 @@ def page(title: str, body: str, facts: Facts, *, message: str | None = None,
          ok: bool = True, script: str = "") -> str:
     """Return a whole page: header (navigation, whether an engine runs), message, body."""
     live = "on" if facts.live else "off"
-    said = (f"live: {facts.description}" if facts.live
-            else f"{facts.description}: no engine is running, so nothing changes here "
-            "until one opens the file")
+    if facts.live:
+        said = f"live: {facts.description}"
+    elif facts.noun == "database":  # an engine may run on it: the page just cannot follow
+        said = f"{facts.description}, read directly: reload the page to see what changed"
+    else:
+        said = (f"{facts.description}: no engine is running, so nothing changes here "
+                "until one opens the file")
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"

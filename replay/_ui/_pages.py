@@ -13,7 +13,7 @@ from typing import Any
 
 from replay._ui._backend import Facts, Table
 from replay._ui._data import RunPage, RunsPage
-from replay._ui._examples import EXAMPLES
+from replay._ui._examples import POSTGRES, examples
 from replay._ui._html import STATES, esc, page, pretty_json, run_url, stamp, url
 from replay._ui._timeline import render
 
@@ -254,20 +254,26 @@ RUN_SCRIPT = """
 
 
 def sql_html(query: str, result: Table | None, facts: Facts, token: str,
-             flash: Flash) -> str:
-    """Return the SQL page: the box, the cookbook's examples, and the result."""
-    examples = "".join(f'<a class="example" href="#" data-query="{esc(sql)}">{esc(title)}</a>'
-                       for title, sql in EXAMPLES)
+             flash: Flash, dialect: str) -> str:
+    """Return the SQL page: the box, the cookbook's examples in `dialect`, and the result.
+
+    Raises:
+        ValueError: `dialect` is not one the cookbook is written in.
+    """
+    links = "".join(f'<a class="example" href="#" data-query="{esc(sql)}">{esc(title)}</a>'
+                    for title, sql in examples(dialect))
+    said = "PostgreSQL" if dialect == POSTGRES else "DuckDB"
     form = ('<form id="sql" method="post" action="/sql">'
             f'<input type="hidden" name="csrf" value="{esc(token)}">'
             f'<textarea name="query" rows="10">{esc(query)}</textarea>'
             '<button id="sql-submit" type="submit">Run query</button></form>')
     body = (f"<h1>SQL</h1><p>One read-only query (<code>SELECT</code>, <code>WITH … "
             f"SELECT</code> or <code>EXPLAIN</code>) over the <code>replay_runs</code> and "
-            f"<code>replay_events</code> views.</p>{form}")
+            f"<code>replay_events</code> views, in {said}'s SQL.</p>{form}")
     if result is not None:
         body += _result_table(result)
-    body += f'<h2>Examples from the SQL cookbook</h2><div id="examples">{examples}</div>'
+    body += (f'<h2>Examples from the SQL cookbook</h2><div id="examples" '
+             f'data-dialect="{esc(dialect)}">{links}</div>')
     return page("SQL", body, facts, message=flash.text, ok=flash.ok)
 
 
