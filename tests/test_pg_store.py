@@ -158,11 +158,26 @@ async def test_sql_takes_duckdb_placeholders(pg_url: str, query: str, params: An
 
 
 @pytest.mark.parametrize(("query", "params", "words"), [
-    ("DELETE FROM replay_event_log", None, "engine.sql() only reads: cannot execute DELETE"),
+    ("DELETE FROM replay_event_log", None, "engine.sql() only reads: DELETE statements"),
+    ("WITH gone AS (DELETE FROM replay_event_log RETURNING 1) SELECT * FROM gone", None,
+     "engine.sql() only reads: cannot execute"),
+    ("SELECT set_config('role', 'none', true), count(*) FROM replay_events", None,
+     "set_config() is not allowed"),
+    ("SELECT query_to_xml('SELECT count(*) FROM replay_event_log', true, true, '')", None,
+     "query_to_xml() is not allowed"),
+    ('SELECT "SET_CONFIG"(\'role\', \'none\', true)', None, "query failed"),
+    ('SELECT pg_catalog."set_config"(\'role\', \'none\', true)', None,
+     "set_config() is not allowed"),
+    ("SELECT U&\"\\0073et_config\"('role', 'none', true)", None, "Unicode escapes"),
+    ("DO $$ BEGIN PERFORM 1; END $$", None, "DO statements are not allowed"),
+    ("SET ROLE NONE", None, "SET statements are not allowed"),
+    ("", None, "runs exactly one query, got none"),
+    ("/* only */ -- comments", None, "runs exactly one query, got none"),
     ("SELECT * FROM replay_event_log", None, "only reads the views replay_events and "
                                              "replay_runs on a PostgreSQL store"),
     ("SELECT 1; DELETE FROM replay_meta", None, "engine.sql() runs exactly one query"),
-    ("COMMIT", None, "query failed"),
+    ("COMMIT", None, "COMMIT statements are not allowed"),
+    ("SELEC 1", None, "query failed: a query starts with SELECT"),
     ("SELECT ?, $1", [1, 2], "mixes ? and $1"),
     ("SELECT $missing", {"other": 1}, "placeholder $missing has no value"),
 ])

@@ -200,7 +200,9 @@ REFUSED_BY_DUCKDB = (
 VIEWS_ONLY = "the SQL page only reads the views replay_events and replay_runs"
 REFUSED_BY_POSTGRES = (
     ("SELECT * FROM replay_event_log", VIEWS_ONLY),
-    ("UPDATE replay_events SET key = 'x'", VIEWS_ONLY),
+    ("UPDATE replay_events SET key = 'x'", "the SQL page only reads: UPDATE statements"),
+    ("SELECT set_config('role', 'none', true), count(*) FROM replay_events",
+     "set_config() is not allowed"),
     ("SELECT pg_terminate_backend(pg_backend_pid())", VIEWS_ONLY),
     ("SELECT pg_read_file('/etc/hostname')", VIEWS_ONLY),
     ("CREATE TABLE stolen AS SELECT * FROM replay_events", "the SQL page only reads"),

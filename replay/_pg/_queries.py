@@ -6,7 +6,8 @@ by the server: the query runs in a ``READ ONLY`` transaction; under
 ``statement_timeout``; and as the role ``replay_reader``, which may read only
 ``replay_events`` and ``replay_runs`` (views run with their owner's rights, so they
 read the event table for it). The query is sent with the extended protocol, which
-carries exactly one statement, so no ``COMMIT; ...`` can follow it.
+carries exactly one statement, so no ``COMMIT; ...`` can follow it. Before that,
+`_guard` refuses what could switch back from the role.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from psycopg.types.string import TextBinaryLoader
 
 from replay._errors import QueryError
 from replay._pg._connect import connect
+from replay._pg._guard import check_query
 from replay._pg._params import positional
 from replay._store._queries import OpenQueries
 
@@ -162,6 +164,7 @@ class PgReadQuery:
                               for i, name in enumerate(self.columns)})
 
     def _start(self) -> None:
+        check_query(self._sql)
         con = connect(self._url, prepare=False)
         self._con = con
         con.adapters.register_loader("json", TextBinaryLoader)
