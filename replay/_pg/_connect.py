@@ -57,8 +57,9 @@ def failed(shown: str, error: psycopg.Error) -> DatabaseError:
     """Return the error for a statement of the store that PostgreSQL refused."""
     if isinstance(error, psycopg.OperationalError):
         return DatabaseError(
-            f"lost the PostgreSQL database {shown!r}: {_first_line(error)}; check the "
-            "server, then open the engine again (nothing acknowledged was lost)"
+            f"lost the PostgreSQL database {shown!r}: {_first_line(error)}; the engine "
+            "kept trying to reconnect for a minute; check the server, then open the engine "
+            "again (nothing acknowledged was lost)"
         )
     return DatabaseError(
         f"PostgreSQL database {shown!r} refused a statement: {_first_line(error)}; "

@@ -12,14 +12,15 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
 import psycopg
 
 from replay._core._records import Record
-from replay._errors import DatabaseLocked, EngineClosed
+from replay._errors import DatabaseError, DatabaseLocked, EngineClosed
 from replay._pg import _purge, _reads
 from replay._pg._connect import connect, failed
 from replay._pg._queries import PgReadQuery, prepare_reader_role
@@ -35,6 +36,9 @@ Connection = psycopg.Connection[tuple[Any, ...]]
 
 # Reader connections kept open between reads (more are opened under load, then closed).
 IDLE_READERS = 4
+# How long the engine keeps trying to reach a server that went away (a restart, a
+# failover) before it stops: a commit or read waits that long, then fails.
+RECONNECT_SECONDS = 60.0
 _COPY = f"COPY replay_event_log ({COPY_COLUMNS}) FROM STDIN"
 # The advisory lock an engine's writer session holds on its schema.
 _ENGINE_LOCK = "SELECT pg_try_advisory_lock(hashtext('replay-engine:' || current_schema()))"
@@ -62,6 +66,7 @@ class PgStore:
     def __init__(self, url: str, durability: str) -> None:
         self.path = shown_url(url)
         self._url = url
+        self._durability = durability
         self._con: Connection = connect(url)
         try:
             schema = current_schema(self._con, self.path)  # the lock needs one
@@ -97,29 +102,43 @@ class PgStore:
 
     # -- reads, each on a connection of the pool --
 
-    @contextlib.contextmanager
-    def _reader(self) -> Iterator[Connection]:
-        with self._idle_lock:
-            con = self._idle.pop() if self._idle else None
-        if con is None:
-            con = connect(self._url)
-        try:
-            yield con
-        except psycopg.Error as error:
-            con.close()  # a broken or aborted session is not reused
-            raise failed(self.path, error) from error
-        except BaseException:
-            con.close()
-            raise
+    def _read(self, function: Callable[..., T], *args: Any) -> T:
+        """Run `function(connection, *args)` on a reader; through a server restart, again.
+
+        Raises:
+            DatabaseError: The server refused the query, or stayed away for
+                `RECONNECT_SECONDS`.
+        """
+        retry = _Retry()
+        while True:
+            with self._idle_lock:
+                con = self._idle.pop() if self._idle else None
+            try:
+                con = con or connect(self._url)
+            except DatabaseError as error:  # not reachable (yet)
+                retry.wait_or_raise(error)
+                continue
+            try:
+                result = function(con, *args)
+            except psycopg.OperationalError as error:
+                con.close()
+                retry.wait_or_raise(failed(self.path, error))
+                continue
+            except psycopg.Error as error:
+                con.close()  # an aborted session is not reused
+                raise failed(self.path, error) from error
+            except BaseException:
+                con.close()
+                raise
+            self._give_back(con)
+            return result
+
+    def _give_back(self, con: Connection) -> None:
         with self._idle_lock:
             if len(self._idle) < IDLE_READERS:
                 self._idle.append(con)
                 return
         con.close()
-
-    def _read(self, function: Callable[..., T], *args: Any) -> T:
-        with self._reader() as con:
-            return function(con, *args)
 
     def load_open_runs(self) -> list[list[Record]]:
         """Return the records of every unfinished run, a list per run (one query)."""
@@ -222,20 +241,76 @@ class PgStore:
                 self._run_job(item)
                 continue
             rows, done = item
+            done(self._commit(rows))
+
+    def _commit(self, rows: list[tuple[Any, ...]]) -> BaseException | None:
+        """Commit `rows` in one transaction; return None, or why nothing was written."""
+        try:
+            self._copy(rows)
+            return None
+        except psycopg.OperationalError as error:  # the server went away
+            return self._commit_again(rows, error)
+        except BaseException as error:  # reported to the engine, which stops
+            with contextlib.suppress(psycopg.Error):
+                self._con.rollback()
+            return failed(self.path, error) if isinstance(error, psycopg.Error) else error
+
+    def _copy(self, rows: list[tuple[Any, ...]]) -> None:
+        with self._con.cursor() as cursor, cursor.copy(_COPY) as copy:
+            for row in rows:
+                copy.write_row(row)
+        self._con.commit()
+
+    def _commit_again(self, rows: list[tuple[Any, ...]],
+                      error: psycopg.OperationalError) -> BaseException | None:
+        """Reconnect, take the schema's lock again, and commit the batch unless it was.
+
+        A connection cut during COMMIT leaves it unknown whether the batch was written;
+        `seq` is the event table's primary key, so the rows themselves say.
+        """
+        retry = _Retry()
+        seqs = [row[0] for row in rows]
+        while True:
             try:
-                with self._con.cursor() as cursor, cursor.copy(_COPY) as copy:
-                    for row in rows:
-                        copy.write_row(row)
-                self._con.commit()
-            except BaseException as error:  # reported to the engine, which stops
+                self._reconnect()
+                found = self._con.execute("SELECT count(*) FROM replay_event_log "
+                                          "WHERE seq = ANY(%s)", [seqs]).fetchone()
+                self._con.rollback()
+                if found and found[0] == len(rows):
+                    return None  # it was committed before the cut
+                self._copy(rows)
+                return None
+            except DatabaseLocked as locked:  # another engine took the schema meanwhile
+                return locked
+            except (psycopg.OperationalError, DatabaseError) as again:
+                try:
+                    retry.wait_or_raise(again)
+                except BaseException:
+                    return failed(self.path, error)
+            except psycopg.Error as refused:
                 with contextlib.suppress(psycopg.Error):
                     self._con.rollback()
-                done(failed(self.path, error) if isinstance(error, psycopg.Error) else error)
-            else:
-                done(None)
+                return failed(self.path, refused)
+
+    def _reconnect(self) -> None:
+        """Replace the writer's connection, holding the schema's lock again.
+
+        Raises:
+            DatabaseLocked: Another engine holds the schema now.
+            DatabaseError: The server cannot be reached.
+        """
+        with contextlib.suppress(psycopg.Error):
+            self._con.close()
+        self._con = connect(self._url)
+        self._lock_schema()
+        if self._durability == "none":
+            self._con.execute("SET synchronous_commit = off")
+        self._con.autocommit = False
 
     def _run_job(self, job: _Job) -> None:
         try:
+            if self._con.broken or self._con.closed:
+                self._reconnect()
             result = job.run(self._con)
         except BaseException as error:  # the job's caller decides
             with contextlib.suppress(psycopg.Error):
@@ -256,6 +331,21 @@ class PgStore:
         for con in idle:
             con.close()
         self._con.close()  # ends the session, and with it the advisory lock
+
+
+class _Retry:
+    """Waits between attempts to reach a server that went away, up to a deadline."""
+
+    def __init__(self) -> None:
+        self._deadline = time.monotonic() + RECONNECT_SECONDS
+        self._delay = 0.05
+
+    def wait_or_raise(self, error: BaseException) -> None:
+        """Sleep before the next attempt, or raise `error` once the deadline passed."""
+        if time.monotonic() + self._delay > self._deadline:
+            raise error
+        time.sleep(self._delay)
+        self._delay = min(self._delay * 2, 1.0)
 
 
 class _Job:
