@@ -31,6 +31,7 @@ from replay._pg._connect import connect, failed
 from replay._pg._queries import READER_ROLE, PgReadQuery
 from replay._pg._rows import COPY_COLUMNS, pg_row
 from replay._pg._schema import _check_version, _objects
+from replay._pg._store import ENGINE_LOCK_KEY, release_lock
 from replay._pg._url import shown_url
 from replay._store._readers import CLI_ADVICE, timed_out_message
 from replay._store._rows import RunRow
@@ -41,15 +42,15 @@ Connection = psycopg.Connection[Any]
 
 # The advisory lock of `PgStore`'s writer session: held by the engine while it runs,
 # and by a writing command while it writes.
-_ENGINE_LOCK_KEY = "hashtext('replay-engine:' || current_schema())::bigint"
-_TRY_LOCK = f"SELECT pg_try_advisory_lock({_ENGINE_LOCK_KEY})"
+_TRY_LOCK = f"SELECT pg_try_advisory_lock({ENGINE_LOCK_KEY})"
+_UNLOCK = f"SELECT pg_advisory_unlock({ENGINE_LOCK_KEY})"
 # Who holds it (a bigint key is stored as classid: high half, objid: low half).
 _HOLDER = f"""
     SELECT l.pid, a.application_name FROM pg_locks l
     LEFT JOIN pg_stat_activity a ON a.pid = l.pid
     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-      AND ((l.classid::bigint << 32) | l.objid::bigint) = {_ENGINE_LOCK_KEY}
+      AND ((l.classid::bigint << 32) | l.objid::bigint) = {ENGINE_LOCK_KEY}
     LIMIT 1
 """
 COMMAND_APPLICATION = "replay-cli"  # how a writing command's session shows in pg_stat_activity
@@ -198,8 +199,8 @@ class PgAccess:
             raise failed(self.path, error) from error
 
     def close(self) -> None:
-        """Disconnect (which lets go of the lock, if the command took it)."""
-        self._con.close()
+        """Let go of the lock, if the command took it, and disconnect."""
+        release_lock(self._con, _UNLOCK)
 
 
 def check_replay_schema(con: Connection, shown: str) -> None:

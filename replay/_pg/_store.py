@@ -41,7 +41,9 @@ IDLE_READERS = 4
 RECONNECT_SECONDS = 60.0
 _COPY = f"COPY replay_event_log ({COPY_COLUMNS}) FROM STDIN"
 # The advisory lock an engine's writer session holds on its schema.
-_ENGINE_LOCK = "SELECT pg_try_advisory_lock(hashtext('replay-engine:' || current_schema()))"
+ENGINE_LOCK_KEY = "hashtext('replay-engine:' || current_schema())"
+_ENGINE_LOCK = f"SELECT pg_try_advisory_lock({ENGINE_LOCK_KEY})"
+_ENGINE_UNLOCK = f"SELECT pg_advisory_unlock({ENGINE_LOCK_KEY})"
 
 
 class PgStore:
@@ -330,7 +332,20 @@ class PgStore:
             idle, self._idle = self._idle, []
         for con in idle:
             con.close()
-        self._con.close()  # ends the session, and with it the advisory lock
+        release_lock(self._con, _ENGINE_UNLOCK)
+
+
+def release_lock(con: Connection, unlock: str) -> None:
+    """Let go of a session's advisory lock, then disconnect.
+
+    Unlocked explicitly: the server ends a closed session a moment after the client
+    has moved on, and an engine opening the schema at once would find it still held.
+    """
+    with contextlib.suppress(psycopg.Error):
+        con.rollback()  # a failed transaction would refuse the unlock
+        con.autocommit = True
+        con.execute(unlock)
+    con.close()
 
 
 class _Retry:
