@@ -28,7 +28,7 @@ from replay._core._records import Record
 from replay._errors import DatabaseError, DatabaseLocked, QueryError
 from replay._pg import _purge, _reads
 from replay._pg._connect import connect, failed
-from replay._pg._queries import READER_ROLE, PgReadQuery
+from replay._pg._queries import PgReadQuery, usable_reader_role
 from replay._pg._rows import COPY_COLUMNS, pg_row
 from replay._pg._schema import _check_version, _objects
 from replay._pg._store import ENGINE_LOCK_KEY, release_lock
@@ -82,7 +82,7 @@ class PgAccess:
         self._con: Connection = connect(url)
         try:
             check_replay_schema(self._con, self.path)
-            self._role = reader_role(self._con)
+            self._role = usable_reader_role(self._con)  # the engine creates it
             if write:
                 self._lock()
         except psycopg.Error as error:
@@ -221,20 +221,6 @@ def check_replay_schema(con: Connection, shown: str) -> None:
             "pass the URL your application gives replay.open_engine(), with "
             "options=-csearch_path%3D<schema> naming the schema its engine uses")
     _check_version(con, shown, objects)
-
-
-def reader_role(con: Connection) -> str | None:
-    """Return the views-only role if this user may take it, else None (never creates it).
-
-    The engine creates the role and grants it the views when it opens the schema; the
-    command only checks that it can use them.
-    """
-    try:
-        con.execute(pgsql.SQL("SET ROLE {}").format(pgsql.Identifier(READER_ROLE)))
-        con.execute("RESET ROLE")
-    except psycopg.Error:
-        return None
-    return READER_ROLE
 
 
 class CommandQuery:

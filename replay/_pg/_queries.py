@@ -54,6 +54,11 @@ def prepare_reader_role(con: psycopg.Connection[Any], schema: str) -> str | None
     for statement in statements:
         with contextlib.suppress(psycopg.Error):  # exists already, or not ours to do
             con.execute(statement)
+    return usable_reader_role(con)
+
+
+def usable_reader_role(con: psycopg.Connection[Any]) -> str | None:
+    """Return `READER_ROLE` if the connected user can take it, else None."""
     try:
         con.execute(pgsql.SQL("SET ROLE {}").format(pgsql.Identifier(READER_ROLE)))
         con.execute("RESET ROLE")

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import psycopg
 
 from replay._core._records import Record
-from replay._errors import DatabaseError, DatabaseLocked, EngineClosed
+from replay._errors import DatabaseError, DatabaseLocked
 from replay._pg import _purge, _reads
 from replay._pg._connect import connect, failed
 from replay._pg._queries import PgReadQuery, prepare_reader_role
@@ -30,6 +30,7 @@ from replay._pg._url import shown_url
 from replay._store._purge import PurgePlan
 from replay._store._queries import OpenQueries
 from replay._store._rows import RunRow
+from replay._store._writer_store import WriterJob, closed_error
 
 T = TypeVar("T")
 Connection = psycopg.Connection[tuple[Any, ...]]
@@ -88,7 +89,7 @@ class PgStore:
         self._idle_lock = threading.Lock()
         self._queries = OpenQueries()
         self._queue: queue.SimpleQueue[
-            tuple[list[tuple[Any, ...]], Callable[..., None]] | _Job | None]
+            tuple[list[tuple[Any, ...]], Callable[..., None]] | WriterJob | None]
         self._queue = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
 
@@ -235,11 +236,11 @@ class PgStore:
 
         `job` gets the writer's connection, outside any transaction, and makes its own.
         """
-        self._queue.put(_Job(job, done))
+        self._queue.put(WriterJob(job, done))
 
     def _write_loop(self) -> None:
         while (item := self._queue.get()) is not None:
-            if isinstance(item, _Job):
+            if isinstance(item, WriterJob):
                 self._run_job(item)
                 continue
             rows, done = item
@@ -309,7 +310,7 @@ class PgStore:
             self._con.execute("SET synchronous_commit = off")
         self._con.autocommit = False
 
-    def _run_job(self, job: _Job) -> None:
+    def _run_job(self, job: WriterJob) -> None:
         try:
             if self._con.broken or self._con.closed:
                 self._reconnect()
@@ -324,7 +325,7 @@ class PgStore:
 
     def close(self) -> None:
         """Stop user queries and the writer (after what it was given), disconnect."""
-        self._queries.close_all(_closed)
+        self._queries.close_all(closed_error)
         if self._writer is not None:
             self._queue.put(None)
             self._writer.join()
@@ -361,19 +362,3 @@ class _Retry:
             raise error
         time.sleep(self._delay)
         self._delay = min(self._delay * 2, 1.0)
-
-
-class _Job:
-    """Work for the writer thread other than a batch of records."""
-
-    __slots__ = ("done", "run")
-
-    def __init__(self, run: Callable[[Connection], Any],
-                 done: Callable[[Any, BaseException | None], None]) -> None:
-        self.run = run
-        self.done = done
-
-
-def _closed() -> EngineClosed:
-    return EngineClosed("the engine closed while the query ran; run it again on an open "
-                        "engine (replay.open_engine())")

@@ -90,7 +90,7 @@ class Store:
             raise
         self._queries = OpenQueries()
         self._queue: queue.SimpleQueue[
-            tuple[list[tuple[Any, ...]], Callable[..., None]] | _Job | None]
+            tuple[list[tuple[Any, ...]], Callable[..., None]] | WriterJob | None]
         self._queue = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._hot_rows = 0  # committed to the hot log since it was last settled
@@ -254,11 +254,11 @@ class Store:
         writer thread with the job's result and None, or None and the error it raised;
         a failed job does not stop the writer.
         """
-        self._queue.put(_Job(job, done))
+        self._queue.put(WriterJob(job, done))
 
     def _write_loop(self) -> None:
         while (item := self._next_item()) is not None:
-            if isinstance(item, _Job):
+            if isinstance(item, WriterJob):
                 self._run_job(item)
                 continue
             rows, done = item
@@ -277,7 +277,7 @@ class Store:
             if self._hot_rows >= SETTLE_ROWS:
                 self._settle()
 
-    def _next_item(self) -> tuple[list[tuple[Any, ...]], Callable[..., None]] | _Job | None:
+    def _next_item(self) -> tuple[list[tuple[Any, ...]], Callable[..., None]] | WriterJob | None:
         """Return the next batch or job; settle the hot log when idle a moment."""
         if not self._hot_rows:
             return self._queue.get()
@@ -300,7 +300,7 @@ class Store:
             return  # tried again after the next batch; readers see the hot rows meanwhile
         self._hot_rows = 0
 
-    def _run_job(self, job: _Job) -> None:
+    def _run_job(self, job: WriterJob) -> None:
         try:
             self._settle()  # jobs (purges) work on the table alone
             private_wal(self.path)
@@ -316,7 +316,7 @@ class Store:
 
     def close(self) -> None:
         """Stop user queries and the writer (after what it was given), close the file."""
-        self._queries.close_all(_closed)
+        self._queries.close_all(closed_error)
         if self._writer is not None:
             self._queue.put(None)
             self._writer.join()
@@ -326,17 +326,18 @@ class Store:
         self._con.close()
 
 
-class _Job:
-    """Work for the writer thread other than a batch of records (see `Store.submit_job`)."""
+class WriterJob:
+    """Work for a writer thread other than a batch of records (see `Store.submit_job`)."""
 
     __slots__ = ("done", "run")
 
-    def __init__(self, run: Callable[[duckdb.DuckDBPyConnection], Any],
+    def __init__(self, run: Callable[[Any], Any],
                  done: Callable[[Any, BaseException | None], None]) -> None:
         self.run = run
         self.done = done
 
 
-def _closed() -> EngineClosed:
+def closed_error() -> EngineClosed:
+    """The error of a user query stopped because its store closed."""
     return EngineClosed("the engine closed while the query ran; run it again on an open "
                         "engine (replay.open_engine())")
