@@ -147,14 +147,18 @@ def decode(data: bytes) -> object:
         EncodingError: If the version byte, an ext code or a registered tag is unknown,
             the data nests deeper than `encode` allows, or it is malformed.
     """
-    view = memoryview(data)
-    if len(view) == 0 or view[0] != VERSION:
+    # Replay decodes every recorded value it sends back: `bytes` (what the stores
+    # return) is sliced (a copy, cheaper than a memoryview for the usual small value),
+    # and the nesting count is made only when an ext payload is met.
+    if type(data) is not bytes:
+        data = memoryview(data)  # type: ignore[assignment]
+    if not data or data[0] != VERSION:
         raise EncodingError(
-            f"cannot decode value: unknown format version {view[0] if view else 'missing'} "
+            f"cannot decode value: unknown format version {data[0] if data else 'missing'} "
             f"(this replay reads version {VERSION}); the data is corrupted or was written "
             "by a newer replay")
     try:
-        return _Decoding().unpack(view[1:])
+        return msgpack.unpackb(data[1:], ext_hook=_top_ext, strict_map_key=False, timestamp=3)
     except EncodingError:
         raise
     except (ValueError, TypeError, LookupError, ArithmeticError, OSError, RecursionError,
@@ -162,3 +166,8 @@ def decode(data: bytes) -> object:
         raise EncodingError(
             f"cannot decode value: malformed data ({type(exc).__qualname__}: {exc})"
         ) from exc
+
+
+def _top_ext(code: int, payload: bytes) -> object:
+    # An ext payload of the outermost level: from here on, its nesting is counted.
+    return _Decoding().ext_hook(code, payload)

@@ -8,7 +8,7 @@ same whether its memo was built in this process or reloaded after a crash.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
 from replay._core._records import Record
@@ -25,7 +25,7 @@ class Failure:
     attempts: int
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class KeyRecord:
     """What one key's events say so far.
 
@@ -64,13 +64,30 @@ class KeyRecord:
     failure: Failure | None = None
     wake_at: datetime | None = None
     started: int | None = None
-    renamed_to: set[str] = field(default_factory=set)
+    renamed_to: frozenset[str] = frozenset()
     timed_out: bool = False
     status_text: str | None = None
     cancelled: bool = False
     thrown: bytes | None = None
     detail: bytes | None = None
     failed_member: str | None = None
+
+    def __init__(self, kind: str) -> None:
+        # Written out: every replay makes one per recorded key, and the generated
+        # `__init__` (seventeen keyword defaults, a new set) costs twice as much.
+        self.kind = kind
+        self.name = self.value = self.failure = self.wake_at = self.started = None
+        self.attempts = self.charged = self.interruptions = 0
+        self.done = self.timed_out = self.cancelled = False
+        self.renamed_to = _NO_NAMES
+        self.status_text = self.thrown = self.detail = self.failed_member = None
+
+
+_NO_NAMES: frozenset[str] = frozenset()
+# Events that do not make their key the run's newest (`last_key`, `unhandled_failure`).
+_NOT_NEWEST = frozenset(("renamed", "waiting", "running"))
+# Kinds whose final failure, if nothing follows it, failed the run (`resume` voids it).
+_FAILABLE = frozenset(("step", "group", "child"))
 
 
 class RunHistory:
@@ -98,8 +115,9 @@ class RunHistory:
         self.generation = 0
         self.arguments: bytes | None = None
         self.code_version: str | None = None
+        apply = self.apply
         for record in records or ():
-            self.apply(record)
+            apply(record)
 
     def get(self, key: str) -> KeyRecord | None:
         """Return the key's record, or None if nothing is recorded for it."""
@@ -107,34 +125,35 @@ class RunHistory:
 
     def apply(self, record: Record) -> None:
         """Fold one record into the memo."""
-        if record.event == "late":
+        # Every replay folds every record of the run: read each field once.
+        kind, event, key = record.kind, record.event, record.key
+        if event == "late":
             return  # a cancelled attempt's outcome, for the record only
-        if record.kind == "run":
+        if kind == "run":
             # `resume` names the step whose failure it voids in the internal `name`
             # column: run-level events have no key.
-            if record.event == "resumed" and record.name is not None:
+            if event == "resumed" and record.name is not None:
                 self._void_failure(record.name)
-            elif record.event == "cancel_requested" and self.cancel_reason is None:
+            elif event == "cancel_requested" and self.cancel_reason is None:
                 self.cancel_reason, self.cancel_pending = record.value, True
-            elif record.event == "continued":
+            elif event == "continued":
                 self._next_generation(record)
             if record.code_version is not None:
                 self.code_version = record.code_version
             return
-        if record.key is None:
+        if key is None:
             return
-        if record.kind == "signal":
-            self.signals[record.key] = record.value
-            self.signal_seqs[record.key] = record.seq
+        if kind == "signal":
+            self.signals[key] = record.value
+            self.signal_seqs[key] = record.seq
             return
-        entry = self.keys.get(record.key)
+        entry = self.keys.get(key)
         if entry is None:
-            entry = self.keys[record.key] = KeyRecord(kind=record.kind)
-        if record.event not in ("renamed", "waiting", "running"):
-            self.last_step_key = record.key
-            self.last_was_step_failure = (record.event == "failed"
-                                          and record.kind in ("step", "group", "child"))
-        if record.event == "cancelled":
+            entry = self.keys[key] = KeyRecord(kind)
+        if event not in _NOT_NEWEST:
+            self.last_step_key = key
+            self.last_was_step_failure = event == "failed" and kind in _FAILABLE
+        if event == "cancelled":
             # A cancelled command has no outcome: it starts afresh if its group runs
             # again after a resume. Where the run's cancellation was thrown in, the
             # `Cancelled` is its outcome.
@@ -144,19 +163,19 @@ class RunHistory:
                 entry.done, entry.thrown, self.cancel_pending = True, record.value, False
             return
         entry.cancelled = False
-        if record.kind == "note":
+        if kind == "step":
+            self._apply_step(entry, record, event)
+        elif kind == "note":
             entry.done, entry.value = True, record.value
-        elif record.kind in ("group", "child"):
+        elif kind in ("group", "child"):
             self._apply_group(entry, record)
-        elif record.kind == "step":
-            self._apply_step(entry, record)
-        elif record.kind == "sleep":
+        elif kind == "sleep":
             entry.wake_at = record.wake_at or entry.wake_at
-            entry.done = record.event == "fired"
-        elif record.kind == "suspend":
-            entry.wake_at = record.wake_at if record.event == "suspended" else entry.wake_at
+            entry.done = event == "fired"
+        elif kind == "suspend":
+            entry.wake_at = record.wake_at if event == "suspended" else entry.wake_at
             entry.status_text = record.status_text or entry.status_text
-            entry.timed_out = entry.done = record.event == "timed_out"
+            entry.timed_out = entry.done = event == "timed_out"
 
     def awaits(self, key: str) -> bool:
         """Whether `key` is recorded as waiting for an outcome from outside the run.
@@ -194,11 +213,11 @@ class RunHistory:
         """
         return self.last_step_key if self.last_was_step_failure else None
 
-    def _apply_step(self, entry: KeyRecord, record: Record) -> None:
-        event = record.event
+    @staticmethod
+    def _apply_step(entry: KeyRecord, record: Record, event: str) -> None:
         if event == "renamed":
             if record.name is not None:
-                entry.renamed_to.add(record.name)
+                entry.renamed_to |= {record.name}
             return
         attempt = record.attempt or 0
         if event == "started":
@@ -206,7 +225,8 @@ class RunHistory:
             return
         if entry.started == attempt:
             entry.started = None
-        entry.attempts = max(entry.attempts, attempt)
+        if attempt > entry.attempts:
+            entry.attempts = attempt
         if event in ("abandoned", "interrupted"):
             # Neither charges the retry budget: a clean stop costs nothing, and a
             # process death counts against its own budget (`max_interruptions`).

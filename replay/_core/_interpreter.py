@@ -171,6 +171,8 @@ class Interpreter:
 
     def _advance(self, resume: Callable[[Any], Any], argument: Any) -> Result:
         strays = 0  # non-commands yielded in a row
+        send, seen, lookup, decode = (self._generator.send, self._seen, self._history.get,
+                                      self._decode)
         while True:
             try:
                 yielded = resume(argument)
@@ -178,7 +180,30 @@ class Interpreter:
                 return Finish(stop.value)
             except Exception as error:
                 return Fail(error, format_failure(error))
-            if type(yielded) not in YIELDABLE:
+            if type(yielded) is Step:
+                # A replay's usual command, a step with a recorded value, is answered
+                # here in a few lines; everything else takes the general way below,
+                # which decides the same for this one (checks, frontier, outcome).
+                key = yielded.key
+                record = lookup(key)
+                if (record is not None and record.done and record.kind == "step"
+                        and record.failure is None and record.thrown is None
+                        and key not in seen):
+                    seen.add(key)
+                    if record.name is not None and record.name != yielded.name:
+                        self._check_name(yielded, record)
+                    if key == self._frontier:
+                        self._frontier = None
+                    value = record.value
+                    try:
+                        argument = None if value is None else decode(value)
+                    except EncodingError as error:
+                        return self._fail_for_deployment(self._undecodable(key, error))
+                    resume, strays = send, 0
+                    continue
+            elif type(yielded) in YIELDABLE:
+                record = lookup(yielded.key)
+            else:
                 strays += 1
                 if strays >= MAX_NON_COMMANDS:
                     return self._fail_for_deployment(self._spinning(yielded))
@@ -186,7 +211,6 @@ class Interpreter:
                 continue
             strays = 0
             command: Command = yielded
-            record = self._history.get(command.key)
             problem = self._check(command, record)
             if problem is not None:
                 return self._fail_for_deployment(problem)
