@@ -28,6 +28,12 @@ LOST = 30  # seconds (virtual or real) after which a call counts as lost
 DEPLOYED: set[str] = set()  # run ids whose workflow code is "the new version"
 
 
+@pytest.fixture(autouse=True)
+def _old_code_again() -> None:
+    """Each test (and each store's run of it) starts with every run on the old code."""
+    DEPLOYED.clear()
+
+
 def new_step(run_id: str) -> str:
     return f"new code for {run_id}"
 
