@@ -29,6 +29,7 @@ RESTART_AT = {20, 40}
 executed: Counter[int] = Counter()
 restarted: set[int] = set()
 lock = threading.Lock()
+restarting = threading.Lock()
 cluster: dict[str, str] = {}
 
 
@@ -54,8 +55,9 @@ def tick(index: int) -> int:
         restart = index in RESTART_AT and index not in restarted
         restarted.add(index)
     if restart:
-        done = subprocess.run([SCRIPT, "restart", cluster["dir"]], capture_output=True,
-                              text=True)
+        with restarting:  # another run's step may reach the next index meanwhile
+            done = subprocess.run([SCRIPT, "restart", cluster["dir"]], capture_output=True,
+                                  text=True)
         assert done.returncode == 0, done.stderr + done.stdout
     return index
 
