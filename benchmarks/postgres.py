@@ -128,11 +128,11 @@ class Server:
     def settings(self) -> dict[str, str]:
         names = ("server_version", "fsync", "synchronous_commit", "wal_sync_method",
                  "commit_delay", "shared_buffers")
-        found = {name: str(self.con.execute(f"SHOW {name}").fetchone()[0])  # type: ignore[index]
-                 for name in names}
-        row = self.con.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
-                               ).fetchone()
-        found["superuser"] = "yes" if row and row[0] else "no"
+        shown = ", ".join(f"current_setting('{name}')" for name in names)
+        row = self.con.execute(f"SELECT {shown}, (SELECT rolsuper FROM pg_roles "
+                               "WHERE rolname = current_user)").fetchone() or ()
+        found = {name: str(value) for name, value in zip(names, row, strict=False)}
+        found["superuser"] = "yes" if row and row[-1] else "no"
         return found
 
     @contextlib.contextmanager
