@@ -285,7 +285,11 @@ async def test_evicted_generators_are_closed_and_replayed(db: str) -> None:
             closed.append(name)
 
     async with replay.open_engine(db, workflows=[with_finally], cache_size=1) as engine:
-        runs = [await engine.start(with_finally, n, s) for n, s in (("a", 10), ("b", 20))]
+        # "a" parks first, then "b" parks and takes the one cache place.
+        first = await engine.start(with_finally, "a", 10, run_id="a")
+        await replay.testing.wait_for_state(engine, "a", RunState.SLEEPING)
+        runs = [first, await engine.start(with_finally, "b", 20, run_id="b")]
+        await replay.testing.wait_for_state(engine, "b", RunState.SLEEPING)
         await trio.sleep(5)
         assert closed == ["a"]  # evicted when b parked: its finally ran on the loop
         assert len(internals(engine).scheduler.parked) == 1
