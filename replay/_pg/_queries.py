@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import threading
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 import psycopg
 from psycopg import sql as pgsql
@@ -29,8 +28,8 @@ from replay._pg._connect import connect
 from replay._pg._guard import check_query
 from replay._pg._params import positional
 from replay._store._queries import OpenQueries
+from replay._store._query_calls import QueryCalls
 
-T = TypeVar("T")
 READER_ROLE = "replay_reader"
 PUBLIC_VIEWS = ("replay_events", "replay_runs")
 
@@ -84,7 +83,7 @@ class _JsonbText(Loader):
         return bytes(data)[1:].decode("utf-8")
 
 
-class PgReadQuery:
+class PgReadQuery(QueryCalls):
     """One user query on its own connection; the same surface as DuckDB's `ReadQuery`.
 
     `start`, `fetch`, `rows` and `arrow` run in a worker thread, one at a time;
@@ -99,22 +98,16 @@ class PgReadQuery:
         opened: Where the store keeps its open queries (to stop them when it closes).
     """
 
+    driver_errors = (psycopg.Error,)
+
     def __init__(self, url: str, sql: str, params: Sequence[Any] | dict[str, Any] | None, *,
                  reader_role: str | None, limit: float | None = None,
                  opened: OpenQueries | None = None) -> None:
+        super().__init__(opened)
         self._url, self._sql, self._params = url, sql, params
-        self._role, self._limit, self._opened = reader_role, limit, opened
-        self._lock = threading.Lock()
-        self._idle = threading.Event()
-        self._idle.set()
-        self._stopped: BaseException | None = None
-        self._closed = False
+        self._role, self._limit = reader_role, limit
         self._con: psycopg.Connection[Any] | None = None
         self._cursor: psycopg.RawCursor[Any] | None = None
-        self.columns: tuple[str, ...] = ()
-        self.types: tuple[str, ...] = ()
-        if opened is not None:
-            opened.add(self)
 
     # -- in a worker thread --
 
@@ -195,59 +188,21 @@ class PgReadQuery:
             raise QueryError("the query was not started; call start() first")
         return self._cursor
 
-    def _call(self, function: Callable[[], T]) -> T:
-        with self._lock:
-            if self._stopped is not None:
-                raise self._stopped
-            if self._closed:
-                raise QueryError("the query was closed; run it again")
-            self._idle.clear()
-        try:
-            return function()
-        except psycopg.Error as error:
-            if self._stopped is not None:
-                raise self._stopped from None
-            raise QueryError(_refusal(error)) from error
-        finally:
-            with self._lock:
-                self._idle.set()
-                close = self._closed
-            if close:
-                self._close_now()
+    def _failed(self, error: BaseException) -> str:
+        return _refusal(error) if isinstance(error, psycopg.Error) else str(error)
 
-    # -- from any thread --
+    # -- from any thread (see `QueryCalls`) --
 
-    def stop(self, error: BaseException) -> None:
-        """Stop the query: the call in flight, and every later one, raises `error`."""
-        with self._lock:
-            if self._stopped is None:
-                self._stopped = error
-            if self._idle.is_set() or self._con is None:
-                return
-            con = self._con
-        with contextlib.suppress(psycopg.Error):
-            con.cancel_safe(timeout=5.0)
+    def _interrupt(self) -> None:
+        con = self._con  # None until the call in flight has connected
+        if con is not None:
+            with contextlib.suppress(psycopg.Error):
+                con.cancel_safe(timeout=5.0)
 
-    def wait_idle(self) -> None:
-        """Return once no call of this query is in flight."""
-        self._idle.wait()
-
-    def close(self) -> None:
-        """Let go of the connection (and its transaction), now or when the call ends."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            idle = self._idle.is_set()
-        if idle:
-            self._close_now()
-
-    def _close_now(self) -> None:
+    def _release(self) -> None:
         if self._con is not None:
             with contextlib.suppress(psycopg.Error):
                 self._con.close()  # rolls the read-only transaction back
-        if self._opened is not None:
-            self._opened.discard(self)
 
 
 def _refusal(error: psycopg.Error) -> str:

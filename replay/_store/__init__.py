@@ -7,7 +7,8 @@ views, `_rows` the conversion of records to rows and back, `_connect` opening fi
 `_access` what the `replay` command uses on a file no engine holds, `_purge` retention
 (which records a purge deletes, the deletes, the archive), and `_compact` the rewrite
 of a file into a fresh one. User queries: `_readonly` decides what may run, `_queries`
-runs one on its own stoppable cursor, and `_readers` runs them from trio in threads of
+runs one on its own stoppable cursor (the rules of stopping one, shared with the
+PostgreSQL store, in `_query_calls`), and `_readers` runs them from trio in threads of
 their own, under a time limit.
 """
 

@@ -1,7 +1,8 @@
 """User queries (`engine.sql`, `replay sql`): one cursor each, stoppable from any thread.
 
 A DuckDB call blocks its thread until the query ends, and a cursor is single-threaded,
-so a query is stopped from outside with `cursor.interrupt()`. DuckDB forgets an
+so a query is stopped from outside with `cursor.interrupt()` (the rules of stopping and
+closing a query, shared with the PostgreSQL store, are `_query_calls`). DuckDB forgets an
 interrupt that arrives before it starts executing (measured: an interrupt sent just
 before ``execute`` is lost), so `ReadQuery.stop` repeats it until the call in flight
 returns. A stopped query raises the error `stop` was given (a timeout, the engine
@@ -18,23 +19,19 @@ import contextlib
 import importlib.util
 import threading
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
 import duckdb
 
 from replay._errors import QueryError
+from replay._store._query_calls import QueryCalls
 from replay._store._readonly import check_read_only
-
-if TYPE_CHECKING:
-    from replay._store._protocol import UserQuery
-
-T = TypeVar("T")
 
 QUERY_MEMORY_LIMIT = "256MiB"
 _REPEAT_SECONDS = 0.01
 
 
-class ReadQuery:
+class ReadQuery(QueryCalls):
     """One read-only query's result, fetched on its own cursor in a read-only snapshot.
 
     Building one is cheap and may happen on any thread; `start`, `fetch`, `rows` and
@@ -51,20 +48,14 @@ class ReadQuery:
         timed_out: The QueryError message for `timeout`.
     """
 
+    driver_errors = (duckdb.Error,)
+
     def __init__(self, con: duckdb.DuckDBPyConnection, sql: str,
                  params: Sequence[Any] | dict[str, Any] | None, *,
                  opened: OpenQueries | None = None, timeout: float | None = None,
                  timed_out: str = "") -> None:
-        self._sql, self._params, self._opened = sql, params, opened
-        self._lock = threading.Lock()
-        self._idle = threading.Event()
-        self._idle.set()
-        self._stopped: BaseException | None = None
-        self._closed = False
-        self.columns: tuple[str, ...] = ()
-        self.types: tuple[str, ...] = ()
-        if opened is not None:
-            opened.add(self)
+        super().__init__(opened)
+        self._sql, self._params = sql, params
         self._cursor = con.cursor()
         self._timer: threading.Timer | None = None
         if timeout is not None:
@@ -135,51 +126,11 @@ class ReadQuery:
         self.columns = tuple(column[0] for column in description)
         self.types = tuple(str(column[1]) for column in description)
 
-    def _call(self, function: Callable[..., T], *args: Any) -> T:
-        with self._lock:
-            if self._stopped is not None:
-                raise self._stopped
-            if self._closed:
-                raise QueryError("the query was closed; run it again")
-            self._idle.clear()
-        try:
-            return function(*args)
-        except duckdb.Error as error:
-            if self._stopped is not None:
-                raise self._stopped from None
-            raise QueryError(f"query failed: {error}") from error
-        finally:
-            with self._lock:
-                self._idle.set()
-                close = self._closed
-            if close:
-                self._close_now()
+    # -- from any thread (see `QueryCalls`) --
 
-    # -- from any thread --
-
-    def stop(self, error: BaseException) -> None:
-        """Stop the query: the call in flight, and every later one, raises `error`."""
-        with self._lock:
-            if self._stopped is None:
-                self._stopped = error
-            if self._idle.is_set():
-                return
+    def _interrupt(self) -> None:
         threading.Thread(target=self._interrupt_until_idle, name="replay-query-stop",
                          daemon=True).start()
-
-    def wait_idle(self) -> None:
-        """Return once no DuckDB call of this query is in flight."""
-        self._idle.wait()
-
-    def close(self) -> None:
-        """Let go of the cursor (and its transaction), now or when the call in flight ends."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            idle = self._idle.is_set()
-        if idle:
-            self._close_now()
 
     def _interrupt_until_idle(self) -> None:
         while True:
@@ -189,13 +140,11 @@ class ReadQuery:
                 self._cursor.interrupt()
             self._idle.wait(_REPEAT_SECONDS)
 
-    def _close_now(self) -> None:
+    def _release(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
         with contextlib.suppress(duckdb.Error):  # already gone with its connection
             self._cursor.close()  # ends its read-only transaction too
-        if self._opened is not None:
-            self._opened.discard(self)
 
 
 class OpenQueries:
@@ -203,10 +152,10 @@ class OpenQueries:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._open: set[UserQuery] = set()
+        self._open: set[QueryCalls] = set()
         self._closing: Callable[[], BaseException] | None = None
 
-    def add(self, query: UserQuery) -> None:
+    def add(self, query: QueryCalls) -> None:
         """Count `query` as open.
 
         Raises:
@@ -217,7 +166,7 @@ class OpenQueries:
                 raise self._closing()
             self._open.add(query)
 
-    def discard(self, query: UserQuery) -> None:
+    def discard(self, query: QueryCalls) -> None:
         """Forget a closed query."""
         with self._lock:
             self._open.discard(query)
