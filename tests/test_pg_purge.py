@@ -14,7 +14,6 @@ Needs a PostgreSQL server (conftest's `pg_url`: REPLAY_TEST_POSTGRES); skipped w
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import stat
@@ -29,9 +28,10 @@ import pytest
 import trio
 import trio.testing
 from psycopg.types.string import TextLoader
+from test_retention import BROKEN, fails, finish, ident, leaves, other, parent, quick, waits
 
 import replay
-from replay import Child, ContinueAsNew, Note, Sleep, Step, Suspend
+from replay import ContinueAsNew, Note, Sleep, Step, Suspend
 from replay._pg import _purge as pg_purge
 from replay._pg._schema import prepare_schema
 from replay._store import _purge as duck_purge
@@ -43,52 +43,7 @@ DAY = timedelta(days=1)
 US = timedelta(microseconds=1)
 HOUR = 3600
 FINISHED = duck_purge.FINISHED
-BROKEN = {"flaky": True}
 COLUMNS = [name.strip() for name in TABLE_COLUMNS.split(",")]
-
-
-def ident(value: Any) -> Any:
-    return value
-
-
-def flaky(value: Any) -> Any:
-    if BROKEN["flaky"]:
-        raise RuntimeError("flaky failed")
-    return value
-
-
-@replay.workflow(name="quick")
-def quick(n: int) -> Flow:
-    return (yield Step("only:v1", ident, n))
-
-
-@replay.workflow(name="other")
-def other(n: int) -> Flow:
-    return (yield Step("only:v1", ident, n))
-
-
-@replay.workflow(name="fails")
-def fails() -> Flow:
-    return (yield Step("flaky:v1", flaky, "ok"))
-
-
-@replay.workflow(name="waits")
-def waits() -> Flow:
-    return (yield Suspend("go:v1"))
-
-
-@replay.workflow(name="parent")
-def parent(n: int) -> Flow:
-    first = yield Child("first", quick, n)
-    second = yield Child("second", quick, n + 1)
-    return first + second
-
-
-@replay.workflow(name="leaves")
-def leaves() -> Flow:
-    return (yield Child("kid", waits, on_parent_close="abandon"))
-
-
 @replay.workflow(name="renew")
 def renew(month: int) -> Flow:
     yield Note(f"month:{month}", {"month": month})
@@ -103,12 +58,6 @@ def renew(month: int) -> Flow:
 
 
 WORKFLOWS = [quick, other, fails, waits, parent, leaves, renew]
-
-
-async def finish(engine: replay.Engine, workflow: Any, *args: Any, run_id: str) -> None:
-    run = await engine.start(workflow, *args, run_id=run_id)
-    with contextlib.suppress(replay.WorkflowFailed):
-        await run.result()
 
 
 async def build(db: str) -> None:
