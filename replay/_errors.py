@@ -325,6 +325,17 @@ class DatabaseLocked(DatabaseError):
         super().__init__(message)
 
 
+class LeaseLost(DatabaseError):
+    """This engine lost a run's lease to another engine, and stopped.
+
+    On PostgreSQL, engines sharing a schema hold a lease on each run they execute and
+    renew it every third of its length. An engine that could not renew in time
+    (paused, cut off from the server) may find another engine took its runs over:
+    its next commit is refused whole, so it records nothing for those runs, and the
+    engine stops with this error. Restart it: it claims work again like any engine.
+    """
+
+
 class QueryError(ReplayError, ValueError):
     """`engine.sql` refused a query (not exactly one read-only query) or it failed."""
 

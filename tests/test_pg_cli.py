@@ -32,9 +32,10 @@ from replay._types import RunState
 WORKFLOWS = [child.approval, child.flaky, child.napper]
 ENGINE_RUNS = ("an engine runs on the PostgreSQL database {db!r} (server process {pid}), "
                "and the replay command writes to a PostgreSQL database only while no engine "
-               "runs on it (the engine numbers the records itself); signal, cancel or purge "
-               "through that engine (engine.signal(), engine.cancel(), engine.purge() in its "
-               "application), or stop it first; reading commands work while it runs")
+               "runs on it (an engine holds its runs in memory and would not see the change); "
+               "signal, cancel or purge through an engine (engine.signal(), engine.cancel(), "
+               "engine.purge() in its application, which reach runs any engine holds), or "
+               "stop them first; reading commands work while they run")
 
 
 async def build(url: str) -> None:

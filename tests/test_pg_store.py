@@ -55,7 +55,8 @@ async def test_a_run_completes_and_the_views_answer(pg_url: str) -> None:
 async def test_a_second_engine_on_the_schema_is_refused_until_the_first_closes(
         pg_url: str) -> None:
     async with replay.open_engine(pg_url, workflows=[pipeline]):
-        with pytest.raises(replay.DatabaseLocked, match="another engine holds the PostgreSQL"):
+        with pytest.raises(replay.DatabaseLocked,
+                           match="another engine runs as worker 'default' on the PostgreSQL"):
             async with replay.open_engine(pg_url, workflows=[pipeline]):
                 pass
     async with replay.open_engine(pg_url, workflows=[pipeline]) as engine:

@@ -20,8 +20,8 @@ import trio
 
 from replay._core._records import Record
 from replay._engine._clock import EngineClock, busy_thread
-from replay._errors import DatabaseError
-from replay._store import EngineStore
+from replay._errors import DatabaseError, LeaseLost
+from replay._store import SEQ_BLOCK, EngineStore
 
 
 class Committer:
@@ -39,6 +39,11 @@ class Committer:
         self._store = store
         self._clock = clock
         self._seq = last_seq
+        # On a shared store `seq` comes in blocks (`SharedStore.next_block`): the last
+        # number of the current block; None: unbounded (one engine numbers the file).
+        self._seq_end: int | None = None
+        if store.sharing is not None:
+            self._seq_end = last_seq + SEQ_BLOCK
         # Stamped on each record in `seq` order, so a record committed after a run's
         # `run/continued` (a signal, say) belongs to the new generation.
         self._generations = generations or {}
@@ -64,8 +69,7 @@ class Committer:
         other record of the batch and before any waiter wakes: in-memory state follows
         the file's order whatever order the waiting tasks then run in.
         """
-        self._seq += 1
-        record.seq = self._seq
+        record.seq = self._next_seq()
         if record.recorded_at is None:
             record.recorded_at = self._clock.now()
         if self._generations or record.event == "continued":
@@ -85,8 +89,7 @@ class Committer:
         """
         now = self._clock.now()
         for record in records:
-            self._seq += 1
-            record.seq = self._seq
+            record.seq = self._next_seq()
             if record.recorded_at is None:
                 record.recorded_at = now
             if self._generations or record.event == "continued":
@@ -97,6 +100,28 @@ class Committer:
         self._waiters.append(done)
         self._wakeup.set()
         return done
+
+    def _next_seq(self) -> int:
+        if self._seq_end is not None and self._seq >= self._seq_end:
+            # One query per block of numbers, on the loop: rare enough not to matter.
+            self.advance(self._store.sharing.next_block())  # type: ignore[union-attr]
+        self._seq += 1
+        return self._seq
+
+    def advance(self, block: int) -> None:
+        """Number the next records from the block starting at `block`, if it is ahead.
+
+        An engine sharing its store takes a fresh block after claiming runs, so that
+        their new records come after every record they have.
+        """
+        if block - 1 > self._seq:
+            self._seq, self._seq_end = block - 1, block + SEQ_BLOCK - 1
+
+    def note_generations(self, records: Sequence[Record]) -> None:
+        """Learn the generations of runs claimed from another engine (`records`)."""
+        for record in records:
+            if record.kind == "run" and record.event == "continued":
+                self._generations[record.run_id] = record.generation
 
     def _stamp_generation(self, record: Record) -> None:
         if record.kind == "run" and record.event == "continued":
@@ -187,6 +212,8 @@ class Committer:
                 await finished.wait()
         if broken:
             raise broken[0]
+        if isinstance(outcome[0], LeaseLost):
+            raise outcome[0]
         if outcome[0] is not None:
             raise DatabaseError(
                 f"committing {len(rows)} records to {self._store.path!r} failed: "

@@ -32,6 +32,7 @@ from replay._engine._retention import (
 )
 from replay._engine._scheduler import Scheduler
 from replay._engine._serving import STOP_SIGNALS, wait_for_stop_signal
+from replay._engine._shared import held_elsewhere, send_elsewhere
 from replay._engine._slots import RunSlot
 from replay._engine._steps import StepCaller
 from replay._engine._workers import WorkerPool
@@ -140,6 +141,10 @@ class Engine(EngineReads):
             EngineClosed: The engine is closed or closing.
         """
         self._check_open()
+        elsewhere = await held_elsewhere(self._scheduler, run_id)
+        if elsewhere is not None:
+            await send_elsewhere(self._scheduler, run_id, "resume")
+            return Run(self._scheduler, run_id, elsewhere.workflow)
         slot = await self._scheduler.runs.adopt(run_id, keep_finished=True)
         try:
             self._registry.name_of(slot.workflow)
@@ -169,7 +174,7 @@ class Engine(EngineReads):
             EncodingError: `reason` cannot be recorded; nothing is recorded.
             EngineClosed: The engine is closed or closing.
         """
-        return await self._stop(run_id, reason, self._scheduler.cancel)
+        return await self._stop(run_id, reason, self._scheduler.cancel, "cancel")
 
     async def terminate(self, run_id: str, reason: Any = None) -> Run:
         """End the run ``cancelled`` at once, running none of its workflow code.
@@ -189,13 +194,17 @@ class Engine(EngineReads):
             EncodingError: `reason` cannot be recorded; nothing is recorded.
             EngineClosed: The engine is closed or closing.
         """
-        return await self._stop(run_id, reason, self._scheduler.terminate)
+        return await self._stop(run_id, reason, self._scheduler.terminate, "terminate")
 
     async def _stop(self, run_id: str, reason: Any,
-                    how: Callable[[RunSlot, Encoded], Awaitable[object]]) -> Run:
+                    how: Callable[[RunSlot, Encoded], Awaitable[object]], action: str) -> Run:
         """Cancel or terminate a run (`how`), with `reason` recorded."""
         self._check_open()
         encoded = Encoded(encode(reason, key="reason"), to_json(reason))
+        elsewhere = await held_elsewhere(self._scheduler, run_id)
+        if elsewhere is not None:
+            await send_elsewhere(self._scheduler, run_id, action, value=encoded)
+            return Run(self._scheduler, run_id, elsewhere.workflow)
         slot = await self._scheduler.runs.adopt(run_id, keep_finished=True)
         try:
             await how(slot, encoded)
@@ -261,8 +270,13 @@ class Engine(EngineReads):
         """
         self._check_open()
         key = checked_key(key)
+        encoded = Encoded(encode(payload, key=key), to_json(payload))
+        elsewhere = await held_elsewhere(self._scheduler, run_id)
+        if elsewhere is not None:
+            await send_elsewhere(self._scheduler, run_id, "signal", key, encoded)
+            return Run(self._scheduler, run_id, elsewhere.workflow)
         slot = await self._scheduler.runs.adopt(run_id)
-        await self._scheduler.signal(slot, key, Encoded(encode(payload, key=key), to_json(payload)))
+        await self._scheduler.signal(slot, key, encoded)
         warning = misdirected_signal(slot.info(decode), key)
         if warning is not None:
             log.warning(warning)

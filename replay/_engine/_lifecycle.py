@@ -29,12 +29,14 @@ from replay._engine._options import (
     checked_code_version,
     checked_retention,
     checked_ui,
+    checked_workers,
     database_path,
     open_store,
     validate_count,
     validate_options,
 )
 from replay._engine._retention import Retention
+from replay._engine._shared import SharedRuns
 from replay._engine._ui_backend import serve_ui
 from replay._errors import ReplayError
 from replay._pg._url import is_postgres_url
@@ -60,6 +62,10 @@ async def open_engine(
     code_version: str | None = None,
     retention: timedelta | float | None = None,
     ui: tuple[str, int] | None = None,
+    worker: str | None = None,
+    lease: float = 15.0,
+    max_runs: int | None = None,
+    poll_interval: float = 1.0,
 ) -> AsyncIterator[Engine]:
     """Open an engine on a DuckDB file or PostgreSQL and run it for the `async with` body.
 
@@ -107,13 +113,28 @@ async def open_engine(
             e.g. ``("127.0.0.1", 8077)`` (port 0: any free one); `Engine.ui_url` is its
             address. Needs the ``ui`` extra (``pip install "replay-workflows[ui]"``).
             None: no web view.
+        worker: On PostgreSQL, this engine's worker name (default ``"default"``).
+            Engines with different names share the schema's runs; one engine per
+            name runs at a time, and an engine restarted under its name takes its
+            unfinished runs back at once (see docs/postgres.md).
+        lease: On PostgreSQL, seconds each of this engine's leases lasts unless
+            renewed (every third of it): how long its runs wait to be taken over
+            after it dies or is cut off.
+        max_runs: On PostgreSQL, how many runs this engine executes at once; runs it
+            starts beyond that are left for other engines, and it claims no more
+            until it has room. 0: it only starts, signals and waits. None: no limit.
+        poll_interval: On PostgreSQL, seconds between looks for free runs and for
+            messages besides notifications (and between looks at a run another
+            engine executes, while waiting for it).
 
     Yields:
         The open `Engine`.
 
     Raises:
-        DatabaseLocked: Another engine holds the file (or the PostgreSQL schema)
-            after `lock_timeout`.
+        DatabaseLocked: Another engine holds the file (or runs under the same worker
+            name on the PostgreSQL schema) after `lock_timeout`.
+        LeaseLost: On PostgreSQL, another engine took over runs of this one, which had
+            not renewed its leases in time; this engine stopped.
         DatabaseError: The file is not a usable replay database, or a commit failed.
         TypeError: An option has the wrong type, or a workflow is not a generator function.
         ValueError: An option has a wrong value, or two workflows share a name.
@@ -134,7 +155,10 @@ async def open_engine(
     retention = checked_retention(retention)
     ui = checked_ui(ui)
     registry = Registry(workflows)
-    store, release = await open_store(database_path(path), durability, lock_timeout)
+    path = database_path(path)
+    workers = checked_workers(path, worker, lease, max_runs, poll_interval,
+                              tuple(registry.functions))
+    store, release = await open_store(path, durability, lock_timeout, workers)
     engine: Engine | None = None
     try:
         last_seq, last_time = await in_thread(store.last_seq_and_time)
@@ -149,6 +173,8 @@ async def open_engine(
                 await scheduler.start_services(services)
                 async with trio.open_nursery() as runs:
                     await scheduler.recover(runs)
+                    if store.sharing is not None:
+                        await services.start(SharedRuns(scheduler, store.sharing).run)
                     if serve_cli and _has_socket(store.path) and channel_supported():
                         await services.start(ChannelServer(engine, store).run)
                     if retention is not None:

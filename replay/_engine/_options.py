@@ -23,7 +23,7 @@ from replay._engine._clock import in_thread
 from replay._errors import DatabaseLocked
 from replay._pg._url import is_postgres_url, require_psycopg
 from replay._retry import Retry
-from replay._store import EngineStore, Store, checked_timeout, file_keys
+from replay._store import EngineStore, Store, WorkerOptions, checked_timeout, file_keys
 from replay._ui import checked_address, require_hypercorn
 
 _OPEN_HERE: set[str] = set()
@@ -143,8 +143,46 @@ def database_path(path: object) -> str:
     )
 
 
+def checked_workers(path: str, worker: object, lease: object, max_runs: object,
+                    poll_interval: object, workflows: tuple[str, ...]) -> WorkerOptions:
+    """Check the options of an engine sharing a PostgreSQL schema with others.
+
+    Raises:
+        TypeError: One has the wrong type.
+        ValueError: One has a wrong value, or is given for a DuckDB file.
+    """
+    options = WorkerOptions()
+    given = (worker, lease, max_runs, poll_interval) != (
+        None, options.lease, options.max_runs, options.poll_interval)
+    if not is_postgres_url(path):
+        if given:
+            raise ValueError(
+                "worker=, lease=, max_runs= and poll_interval= apply to a PostgreSQL "
+                "database shared by several engines; a DuckDB file has one engine")
+        return options
+    if worker is None:
+        worker = options.worker
+    if not isinstance(worker, str):
+        raise TypeError(f"worker must be a str, got {_show(worker)}")
+    if not worker or len(worker) > 200 or "\x00" in worker:
+        raise ValueError(
+            f"worker must be a non-empty name of at most 200 characters without NUL, "
+            f"got {worker!r}")
+    for name, value in (("lease", lease), ("poll_interval", poll_interval)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{name} must be a number of seconds, got {_show(value)}")
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a finite number of seconds > 0, got {value!r}")
+    if max_runs is not None and (isinstance(max_runs, bool) or not isinstance(max_runs, int)):
+        raise TypeError(f"max_runs must be an int or None, got {_show(max_runs)}")
+    if max_runs is not None and max_runs < 0:
+        raise ValueError(f"max_runs must be >= 0, got {max_runs!r}")
+    return WorkerOptions(worker, float(lease), max_runs,  # type: ignore[arg-type]
+                         float(poll_interval), workflows)  # type: ignore[arg-type]
+
+
 async def open_store(
-    path: str, durability: str, lock_timeout: float
+    path: str, durability: str, lock_timeout: float, workers: WorkerOptions | None = None
 ) -> tuple[EngineStore, Callable[[], None]]:
     """Open `path` for one engine, waiting up to `lock_timeout` for another to let go.
 
@@ -158,7 +196,7 @@ async def open_store(
     deadline = trio.current_time() + lock_timeout
     while True:
         try:
-            store, claimed = await _try_open(path, durability)
+            store, claimed = await _try_open(path, durability, workers)
         except DatabaseLocked:
             if trio.current_time() >= deadline:
                 raise
@@ -167,9 +205,10 @@ async def open_store(
         return store, functools.partial(_release, claimed)
 
 
-async def _try_open(path: str, durability: str) -> tuple[EngineStore, set[str]]:
+async def _try_open(path: str, durability: str,
+                    workers: WorkerOptions | None) -> tuple[EngineStore, set[str]]:
     if is_postgres_url(path):
-        return await in_thread(_open_postgres, path, durability), set()
+        return await in_thread(_open_postgres, path, durability, workers), set()
     keys = file_keys(path)
     with _OPEN_LOCK:  # engines of several threads (replay.sync, replay.run) may race
         if keys & _OPEN_HERE:
@@ -191,11 +230,11 @@ async def _try_open(path: str, durability: str) -> tuple[EngineStore, set[str]]:
     return store, keys | inode
 
 
-def _open_postgres(url: str, durability: str) -> EngineStore:
+def _open_postgres(url: str, durability: str, workers: WorkerOptions | None) -> EngineStore:
     require_psycopg()
     from replay._pg._store import PgStore  # psycopg is optional: imported only here
 
-    return PgStore(url, durability)
+    return PgStore(url, durability, workers)
 
 
 def _release(keys: set[str]) -> None:

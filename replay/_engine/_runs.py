@@ -111,7 +111,9 @@ class RunTable:
                 reading.set()
             if slot is None:
                 break
-            if keep_finished or not slot.status.finished:
+            # On a shared store an unfinished run not in memory is another engine's.
+            if (keep_finished and slot.status.finished) or not (
+                    slot.status.finished or self._store.sharing is not None):
                 self.add(slot)
         if slot is None or not slot.durable:
             raise RunNotFound(run_id)

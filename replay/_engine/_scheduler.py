@@ -90,6 +90,7 @@ class Scheduler:
         self._driver = Driver(self.enqueue, self.enqueue_all, clock, steps,
                               lambda: self.closing, self.family)
         self._nursery: trio.Nursery | None = None
+        self.executing = 0  # runs' tasks alive (read by a shared store's thread too)
         self.closing = False
         self.closed = False
 
@@ -116,10 +117,22 @@ class Scheduler:
         await services.start(self._deadlines.run)
 
     async def recover(self, runs: trio.Nursery) -> None:
-        """Load every unfinished run and pick up whatever was pending, in `runs`."""
+        """Load every unfinished run and pick up whatever was pending, in `runs`.
+
+        On a shared store: the runs this engine claimed as it opened.
+        """
         self._nursery = runs
-        for records in await in_thread(self._store.load_open_runs):
-            folded = RunSlot.folded(records, self._store.path, self.runs.opened_at)
+        self.take(await in_thread(self._store.load_open_runs), self.runs.opened_at)
+
+    def take(self, runs: list[list[Record]], opened_at: int) -> None:
+        """Hold unfinished runs read from the store (`runs`: records per run), and go on.
+
+        Each continues where it stands: running ones at once, parked ones when their
+        deadline or a signal in their mailbox says. `opened_at` is a `seq` above each
+        of their records (a run started at or below it had an earlier process).
+        """
+        for records in runs:
+            folded = RunSlot.folded(records, self._store.path, opened_at)
             if folded is None:
                 continue
             slot = self.runs.add(folded)
@@ -176,11 +189,21 @@ class Scheduler:
         slot = self.new_slot(run_id, workflow)
         record = Run(run_id, workflow).started(arguments, deadline=deadline,
                                                code_version=self.code_version)
+        sharing = self._store.sharing
+        free = sharing is not None and not sharing.has_room(self.executing)
+        if free:
+            sharing.leave_free(run_id)  # type: ignore[union-attr]
         try:
             await self._committer.commit(record, slot.apply)
         except BaseException:
             self.runs.live.pop(run_id, None)
             raise
+        finally:
+            if free:  # another engine (or this one, when it has room) claims it
+                self.runs.live.pop(run_id, None)
+                self._unclaim(slot)
+        if free:
+            return
         slot.created_at = record.recorded_at or slot.created_at
         slot.mark_durable()
         if deadline is not None:
@@ -318,8 +341,21 @@ class Scheduler:
                 raise EngineClosed(
                     f"the engine closed while waiting for run {run_id!r}; it continues "
                     "when an engine opens the database again")
+            if self._store.sharing is not None and self.runs.find(run_id) is not slot:
+                slot = await self._look_again(run_id, slot)
+                continue
             await slot.wait_changed()
         return slot.info(decode)
+
+    async def _look_again(self, run_id: str, slot: RunSlot) -> RunSlot:
+        """A while later, the slot of a run another engine executes, as the store has it."""
+        assert self._store.sharing is not None
+        await trio.sleep(self._store.sharing.options.poll_interval)
+        found = self.runs.find(run_id)  # this engine may have claimed it meanwhile
+        if found is not None:
+            return found
+        row = await in_thread(self._store.run_row, run_id)
+        return slot if row is None else self.runs.restored(row)
 
     async def wait_idle(self, run_id: str) -> RunInfo:
         """Wait until the run's task has let go (it ended or parked).
@@ -427,6 +463,7 @@ class Scheduler:
 
     def _spawn(self, slot: RunSlot, machine: RunMachine | None, woken: bool = False) -> None:
         assert self._nursery is not None and slot.active
+        self.executing += 1
         self._nursery.start_soon(self._execute, slot, machine, woken,
                                  name=f"replay run {slot.run_id}")
 
@@ -446,6 +483,7 @@ class Scheduler:
                     woken = False  # a loaded machine replays from the top
                 parked = await self._driver.drive(slot, machine, woken)
         finally:
+            self.executing -= 1
             slot.task_scope = None
             self._release(slot, machine, parked)
 

@@ -14,6 +14,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Collection
 from types import TracebackType
 
+import trio
+
 from replay._engine._slots import RunSlot
 from replay._engine._watching import (
     Watcher,
@@ -37,8 +39,14 @@ class Watch:
                  find: Callable[[], Awaitable[RunSlot]] | None = None,
                  unfinished: Callable[[], list[RunSlot]] | None = None,
                  after_seq: int | None = None, buffer: int, workflow: str | None = None,
-                 states: Collection[RunState] | None = None) -> None:
+                 states: Collection[RunState] | None = None,
+                 elsewhere: Callable[[], Awaitable[RunSlot | None]] | None = None,
+                 poll_interval: float = 1.0) -> None:
         self._watchers = watchers
+        # On a shared store: the run as the store has it while another engine holds
+        # it (None while this one does); its new events are read every poll_interval.
+        self._elsewhere = elsewhere
+        self._poll_interval = poll_interval
         self._store = store
         self._find = find
         self._slot: RunSlot | None = None
@@ -109,6 +117,19 @@ class Watch:
                 self._pending.append(snapshot(self._slot))
 
     async def _next_live(self) -> RunUpdate:
+        while self._elsewhere is not None and self._slot is not None:
+            with trio.move_on_after(self._poll_interval):
+                return await self._take()
+            slot = await self._elsewhere()
+            if slot is not None:  # another engine's run: its new events, from the store
+                self._slot = slot
+                updates = await history_after(self._store, slot, self._last)
+                if updates:
+                    self._pending.extend(updates[1:])
+                    return updates[0]
+        return await self._take()
+
+    async def _take(self) -> RunUpdate:
         update = await self._watcher.take()
         if update is not None:
             return update

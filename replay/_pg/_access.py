@@ -6,12 +6,12 @@ go through `PgReadQuery` (read-only, views only, under a statement timeout). The
 command never creates or changes replay's tables; it only checks that the schema is a
 replay schema of this version.
 
-Writes (a signal, a cancellation, a purge) are another matter: the engine numbers
-`seq` itself, so a record appended while it runs would collide with one of its own and
-stop it. A writing command therefore takes the engine's own advisory lock for its
-session, for the length of the command, and is refused while an engine (or another
-writing command) holds it; an engine that starts meanwhile waits or is refused, as it
-is by another engine.
+Writes (a signal, a cancellation, a purge) are another matter: an engine holds the
+state of its runs in memory, and would not see a record appended behind its back. A
+writing command therefore takes the schema's advisory lock exclusively for its session,
+for the length of the command (engines hold it shared), and is refused while an engine
+(or another writing command) holds it; an engine that starts meanwhile waits or is
+refused. Its records are numbered from a block of `seq` of its own, as an engine's are.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from replay._core._records import Record
 from replay._errors import DatabaseError, DatabaseLocked, QueryError
 from replay._pg import _purge, _reads
 from replay._pg._connect import connect, failed
+from replay._pg._leases import seq_block
 from replay._pg._queries import PgReadQuery, usable_reader_role
 from replay._pg._rows import COPY_COLUMNS, pg_row
 from replay._pg._schema import _check_version, _objects
@@ -79,9 +80,10 @@ class PgAccess:
     def __init__(self, url: str, *, write: bool = False) -> None:
         self.path = shown_url(url)  # every message shows the URL without its password
         self._url = url
+        self._next_seq: int | None = None  # of the block appends number from
         self._con: Connection = connect(url)
         try:
-            check_replay_schema(self._con, self.path)
+            check_replay_schema(self._con, self.path, write)
             self._role = usable_reader_role(self._con)  # the engine creates it
             if write:
                 self._lock()
@@ -108,9 +110,10 @@ class PgAccess:
         raise DatabaseLocked(
             f"an engine runs on the PostgreSQL database {self.path!r}{session}, and the "
             "replay command writes to a PostgreSQL database only while no engine runs on "
-            "it (the engine numbers the records itself); signal, cancel or purge through "
-            "that engine (engine.signal(), engine.cancel(), engine.purge() in its "
-            "application), or stop it first; reading commands work while it runs",
+            "it (an engine holds its runs in memory and would not see the change); "
+            "signal, cancel or purge through an engine (engine.signal(), "
+            "engine.cancel(), engine.purge() in its application, which reach runs any "
+            "engine holds), or stop them first; reading commands work while they run",
             pid=pid)
 
     def query(self, sql: str, params: Sequence[Any] | dict[str, Any] | None,
@@ -152,7 +155,9 @@ class PgAccess:
         """Commit one record (its `seq` and `recorded_at` set by the caller).
 
         It joins the run's current generation, as the engine's records do. Only a
-        command opened with `write` (holding the engine's lock) may append.
+        command opened with `write` (holding the engine's lock) may append. Its `seq`
+        is replaced by one of a block of the command's own, taken from the schema's
+        sequence as engines take theirs, so it comes after every record there is.
 
         Raises:
             ValueError: The record holds a NUL character in an identifier.
@@ -160,6 +165,9 @@ class PgAccess:
         """
         found = self._read(lambda con: con.execute(_GENERATION, [record.run_id]).fetchone())
         record.generation = int(found[0] or 0) if found else 0
+        if self._next_seq is None:
+            self._next_seq = self._read(seq_block)
+        record.seq, self._next_seq = self._next_seq, self._next_seq + 1
         row = pg_row(record)
         self._read(lambda con: con.execute(_INSERT, row))
 
@@ -203,7 +211,7 @@ class PgAccess:
         release_lock(self._con, _UNLOCK)
 
 
-def check_replay_schema(con: Connection, shown: str) -> None:
+def check_replay_schema(con: Connection, shown: str, write: bool = False) -> None:
     """Check, reading only, that the connection's schema is a replay schema of this version.
 
     Raises:
@@ -220,7 +228,11 @@ def check_replay_schema(con: Connection, shown: str) -> None:
             f"{shown!r} is a PostgreSQL database but not a replay database ({where}); "
             "pass the URL your application gives replay.open_engine(), with "
             "options=-csearch_path%3D<schema> naming the schema its engine uses")
-    _check_version(con, shown, objects)
+    if _check_version(con, shown, objects) == "1" and write:
+        raise DatabaseError(
+            f"{shown!r} is a replay database of schema version 1, which the replay "
+            "command reads but does not write; open an engine on it once (it upgrades "
+            "the schema as it opens), then run this command again")
 
 
 class CommandQuery:

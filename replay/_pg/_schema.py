@@ -20,9 +20,10 @@ import psycopg
 from psycopg import errors
 
 from replay._errors import DatabaseError, ReplayError
+from replay._store._protocol import SEQ_BLOCK
 from replay._store._schema import TABLE_COLUMNS
 
-PG_SCHEMA_VERSION = 1
+PG_SCHEMA_VERSION = 2
 
 # The event table's columns and their types as `format_type` shows them (checked on open).
 _LOG_COLUMNS = (
@@ -49,6 +50,64 @@ CREATE INDEX replay_event_log_run ON replay_event_log (run_id, seq);
 -- reading the rows that carry none, in the order DISTINCT ON wants them.
 CREATE INDEX replay_event_log_state ON replay_event_log (run_id, seq DESC)
     INCLUDE (run_state) WHERE run_state IS NOT NULL;
+""" + "\n"
+
+# Version 2: what engines sharing the schema need (replay._pg._leases). Every unfinished
+# run is a member of its family (a root run and its children); the family's lease says
+# which worker executes it, until when, under which fencing token. The inbox holds
+# signals and cancellations for runs another engine holds; `seq` comes in blocks from
+# a sequence, so engines number their records without colliding.
+_SHARING = f"""
+CREATE TABLE replay_lease (
+    root_id text PRIMARY KEY,
+    workflow text NOT NULL,
+    owner text,
+    token bigint NOT NULL,
+    expires_at timestamptz NOT NULL
+);
+CREATE INDEX replay_lease_free ON replay_lease (expires_at);
+CREATE INDEX replay_lease_owner ON replay_lease (owner);
+CREATE TABLE replay_member (run_id text PRIMARY KEY, root_id text NOT NULL);
+CREATE INDEX replay_member_root ON replay_member (root_id);
+CREATE TABLE replay_inbox (
+    id bigserial PRIMARY KEY,
+    run_id text NOT NULL,
+    action text NOT NULL,
+    key text,
+    payload bytea,
+    payload_json text,
+    sent_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX replay_inbox_run ON replay_inbox (run_id);
+CREATE SEQUENCE replay_seq_block INCREMENT BY {SEQ_BLOCK} MINVALUE 0 START WITH 0;
+CREATE SEQUENCE replay_lease_token;
+"""
+
+# A version-1 schema's unfinished runs become free families (any engine claims them),
+# and the blocks of `seq` start after its records.
+_UPGRADE_1 = f"""
+WITH RECURSIVE open_runs AS (
+    SELECT run_id FROM (
+        SELECT DISTINCT ON (run_id) run_id, run_state FROM replay_event_log
+        WHERE run_state IS NOT NULL ORDER BY run_id, seq DESC
+    ) newest WHERE run_state NOT IN ('completed', 'failed', 'cancelled')
+), parents AS (
+    SELECT run_id, name AS parent_id, workflow FROM replay_event_log
+    WHERE kind = 'run' AND event = 'started'
+), roots AS (
+    SELECT run_id, run_id AS root_id FROM parents WHERE parent_id IS NULL
+    UNION ALL
+    SELECT p.run_id, r.root_id FROM parents p JOIN roots r ON p.parent_id = r.run_id
+)
+INSERT INTO replay_member SELECT run_id, root_id FROM roots WHERE run_id IN
+    (SELECT run_id FROM open_runs);
+INSERT INTO replay_lease
+    SELECT DISTINCT m.root_id, e.workflow, NULL, 0, now() FROM replay_member m
+    JOIN replay_event_log e ON e.run_id = m.root_id AND e.kind = 'run' AND e.event = 'started';
+SELECT setval('replay_seq_block',
+              (coalesce((SELECT max(seq) FROM replay_event_log), 0) / {SEQ_BLOCK} + 1)
+              * {SEQ_BLOCK}, false);
+UPDATE replay_meta SET value = '2' WHERE name = 'schema_version';
 """
 
 # The public views, re-created on every open (CREATE OR REPLACE keeps their grants and
@@ -214,8 +273,11 @@ RUN_WORKFLOW = """
     WHERE run_id = %s AND kind = 'run' AND event = 'started' LIMIT 1
 """
 
-_REQUIRED = (("table", "replay_event_log"), ("view", "replay_event_all"),
-             ("view", "replay_events"), ("view", "replay_runs"))
+_REQUIRED_1 = (("table", "replay_event_log"), ("view", "replay_event_all"),
+               ("view", "replay_events"), ("view", "replay_runs"))
+_REQUIRED = (*_REQUIRED_1, ("table", "replay_lease"), ("table", "replay_member"),
+             ("table", "replay_inbox"), ("sequence", "replay_seq_block"),
+             ("sequence", "replay_lease_token"))
 _KINDS = {"r": "table", "p": "table", "v": "view", "m": "materialized view",
           "f": "foreign table", "S": "sequence", "i": "index", "I": "index",
           "c": "composite type"}
@@ -248,11 +310,12 @@ def prepare_schema(con: psycopg.Connection[Any], shown: str) -> None:
                         [schema])
             objects = _objects(con)
             if "replay_meta" in objects:
-                _check_version(con, shown, objects)
+                if _check_version(con, shown, objects) == "1":
+                    con.execute(_SHARING + _UPGRADE_1)
                 con.execute(_VIEWS)
                 return
             _check_not_foreign(shown, schema, objects)
-            con.execute(_TABLES + _VIEWS)
+            con.execute(_TABLES + _SHARING + _VIEWS)
             con.execute("INSERT INTO replay_meta VALUES ('schema_version', %s)",
                         [str(PG_SCHEMA_VERSION)])
     except ReplayError:
@@ -311,19 +374,20 @@ def _check_not_foreign(shown: str, schema: str, objects: dict[str, str]) -> None
         )
 
 
-def _check_version(con: psycopg.Connection[Any], shown: str, objects: dict[str, str]) -> None:
+def _check_version(con: psycopg.Connection[Any], shown: str, objects: dict[str, str]) -> str:
+    """Check the schema's version and objects; return the version ("1" is upgraded)."""
     if objects["replay_meta"] != "table":
         raise damaged_schema(shown, f"its replay_meta is a {objects['replay_meta']}")
     found = con.execute(
         "SELECT value FROM replay_meta WHERE name = 'schema_version'").fetchall()
     version = found[0][0] if found else None
-    if version != str(PG_SCHEMA_VERSION):
+    if version not in ("1", str(PG_SCHEMA_VERSION)):
         raise DatabaseError(
             f"database {shown!r} has replay schema version {version!r}, but this version of "
             f"replay reads schema version {PG_SCHEMA_VERSION}; upgrade replay-workflows to "
             "open it"
         )
-    for kind, name in _REQUIRED:
+    for kind, name in _REQUIRED if version != "1" else _REQUIRED_1:
         if name not in objects:
             raise damaged_schema(shown, f"its {kind} {name} is missing")
         if objects[name] != kind:
@@ -336,6 +400,7 @@ def _check_version(con: psycopg.Connection[Any], shown: str, objects: dict[str, 
     if wrong:
         raise damaged_schema(
             shown, f"its table replay_event_log lacks columns ({', '.join(wrong)})")
+    return str(version)
 
 
 def damaged_schema(shown: str, problem: str) -> DatabaseError:

@@ -3,8 +3,11 @@
 The writer thread commits each batch of records as one COPY in one transaction, so a
 scheduling round costs one round trip and one WAL flush on the server, as it costs
 one fsync on DuckDB. Reads run on a small pool of autocommit connections in the
-engine's worker threads. The writer's session holds an advisory lock for the schema:
-one engine at a time writes a schema, as one process at a time writes a DuckDB file.
+engine's worker threads. Several engines may share a schema, each under a worker name
+of its own: the writer's session holds an advisory lock on that name, and a shared
+lock on the schema that the `replay` command's writing commands take exclusively.
+Which engine executes which runs is `_sharing`'s business; each batch is written only
+if the leases of its runs' families are still this engine's (`_leases`).
 """
 
 from __future__ import annotations
@@ -20,13 +23,15 @@ from typing import Any, TypeVar
 import psycopg
 
 from replay._core._records import Record
-from replay._errors import DatabaseError, DatabaseLocked
-from replay._pg import _purge, _reads
+from replay._errors import DatabaseError, DatabaseLocked, LeaseLost
+from replay._pg import _leases, _purge, _reads
 from replay._pg._connect import connect, failed
 from replay._pg._queries import PgReadQuery, prepare_reader_role
 from replay._pg._rows import COPY_COLUMNS, pg_row
 from replay._pg._schema import current_schema, prepare_schema
+from replay._pg._sharing import Sharing
 from replay._pg._url import shown_url
+from replay._store._protocol import WorkerOptions
 from replay._store._purge import PurgePlan
 from replay._store._queries import OpenQueries
 from replay._store._rows import RunRow
@@ -40,11 +45,11 @@ IDLE_READERS = 4
 # How long the engine keeps trying to reach a server that went away (a restart, a
 # failover) before it stops: a commit or read waits that long, then fails.
 RECONNECT_SECONDS = 60.0
-_COPY = f"COPY replay_event_log ({COPY_COLUMNS}) FROM STDIN"
-# The advisory lock an engine's writer session holds on its schema.
+_COPY = f"COPY replay_batch ({COPY_COLUMNS}) FROM STDIN"
+# The advisory lock on the schema: shared by engines, exclusive for a writing command.
 ENGINE_LOCK_KEY = "hashtext('replay-engine:' || current_schema())"
-_ENGINE_LOCK = f"SELECT pg_try_advisory_lock({ENGINE_LOCK_KEY})"
-_ENGINE_UNLOCK = f"SELECT pg_advisory_unlock({ENGINE_LOCK_KEY})"
+# The advisory lock on a worker name (parameter: the name), held by its engine.
+_WORKER_KEY = "SELECT hashtext('replay-worker:' || current_schema() || ':' || %s)"
 
 
 class PgStore:
@@ -55,9 +60,11 @@ class PgStore:
             connection's current schema (``options=-csearch_path%3D...`` picks one).
         durability: ``"fsync"`` (a commit returns once the server flushed its WAL) or
             ``"none"`` (``synchronous_commit = off``).
+        options: This engine's worker name, lease and limits.
 
     Raises:
-        DatabaseLocked: Another engine holds the schema.
+        DatabaseLocked: Another engine runs under the same worker name, or a writing
+            `replay` command holds the schema.
         DatabaseError: The server cannot be reached, or the schema is not a usable
             replay database.
     """
@@ -66,42 +73,71 @@ class PgStore:
     delete_runs = staticmethod(_purge.delete_runs)
     delete_generations = staticmethod(_purge.delete_generations)
 
-    def __init__(self, url: str, durability: str) -> None:
+    def __init__(self, url: str, durability: str,
+                 options: WorkerOptions | None = None) -> None:
         self.path = shown_url(url)
         self._url = url
         self._durability = durability
+        self._options = options or WorkerOptions()
         self._con: Connection = connect(url)
         try:
             schema = current_schema(self._con, self.path)  # the lock needs one
-            self._lock_schema()
+            self._unlock = self._lock_schema()
             prepare_schema(self._con, self.path)
             self._reader_role = prepare_reader_role(self._con, schema)
-            if durability == "none":
-                self._con.execute("SET synchronous_commit = off")
-            self._con.autocommit = False  # each batch is one transaction
+            self._idle: list[Connection] = []
+            self._idle_lock = threading.Lock()
+            self.sharing = Sharing(url, schema, self._options, self._con, self._read)
+            self._prepare_writer()
         except psycopg.Error as error:
             self._con.close()
             raise failed(self.path, error) from error
         except BaseException:
             self._con.close()
             raise
-        self._idle: list[Connection] = []
-        self._idle_lock = threading.Lock()
         self._queries = OpenQueries()
         self._queue: queue.SimpleQueue[
             tuple[list[tuple[Any, ...]], Callable[..., None]] | WriterJob | None]
         self._queue = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
 
-    def _lock_schema(self) -> None:
-        locked = self._con.execute(_ENGINE_LOCK).fetchone()
-        if not (locked and locked[0]):
+    def _lock_schema(self) -> str:
+        """Take the worker name's lock and the schema's shared one; return the unlock.
+
+        Raises:
+            DatabaseLocked: Either is held.
+        """
+        worker = self._options.worker
+        found = self._con.execute(_WORKER_KEY, [worker]).fetchone()
+        assert found is not None
+        key = int(found[0])
+        unlock = (f"SELECT pg_advisory_unlock({key}), "
+                  f"pg_advisory_unlock_shared({ENGINE_LOCK_KEY})")
+        locked = self._con.execute(
+            f"SELECT pg_try_advisory_lock({key}), "
+            f"pg_try_advisory_lock_shared({ENGINE_LOCK_KEY})").fetchone()
+        if locked is not None and locked[0] and locked[1]:
+            return unlock
+        release_lock(self._con, unlock, close=False)
+        if locked is not None and locked[1]:
             raise DatabaseLocked(
-                f"another engine holds the PostgreSQL database {self.path!r} (its schema "
-                "is written by one engine at a time); close that engine first, pass "
-                "lock_timeout= to wait for it, or give this one its own schema "
-                "(options=-csearch_path%3D<schema> in the URL)"
+                f"another engine runs as worker {worker!r} on the PostgreSQL database "
+                f"{self.path!r} (one engine per worker name at a time); close that engine "
+                "first, pass lock_timeout= to wait for it, or give this one another name "
+                "(open_engine(..., worker=...)) to share the work with it"
             )
+        raise DatabaseLocked(
+            f"a `replay` command is writing to the PostgreSQL database {self.path!r} "
+            "(signal, cancel, purge or resume, which run while no engine does); wait for "
+            "it to finish, or pass lock_timeout= to wait for it"
+        )
+
+    def _prepare_writer(self) -> None:
+        """Make the writer's session ready for batches (after opening or reconnecting)."""
+        if self._durability == "none":
+            self._con.execute("SET synchronous_commit = off")
+        self._con.execute(_leases.BATCH_TABLE)
+        self._con.autocommit = False  # each batch is one transaction
 
     # -- reads, each on a connection of the pool --
 
@@ -144,16 +180,24 @@ class PgStore:
         con.close()
 
     def load_open_runs(self) -> list[list[Record]]:
-        """Return the records of every unfinished run, a list per run (one query)."""
-        return self._read(_reads.load_open_runs)
+        """Return the records of the runs claimed at open, a list per run.
+
+        They are this worker's own unfinished runs (its previous process held them)
+        and free or expired families, as many as the engine has room for.
+        """
+        opening, self.sharing.opening = self.sharing.opening, None
+        return [] if opening is None else opening.records
 
     def run_row(self, run_id: str) -> RunRow | None:
         """Return one run's state, or None if there is no such run."""
         return self._read(_reads.run_row, run_id, self.path)
 
     def last_seq_and_time(self) -> tuple[int, datetime | None]:
-        """Return the largest `seq` and `recorded_at` in the schema."""
-        return self._read(_reads.last_seq_and_time)
+        """Return the `seq` before this engine's first block, and the newest `recorded_at`.
+
+        Every record of a run claimed at open is below that block.
+        """
+        return self.sharing.first_block - 1, self._read(_reads.last_seq_and_time)[1]
 
     def generations(self) -> dict[str, int]:
         """Return the current generation of every run that has continued as new."""
@@ -259,10 +303,26 @@ class PgStore:
             return failed(self.path, error) if isinstance(error, psycopg.Error) else error
 
     def _copy(self, rows: list[tuple[Any, ...]]) -> None:
+        """Commit `rows` if this engine still holds their families' leases.
+
+        Raises:
+            LeaseLost: Another engine took one of them over; nothing was written.
+        """
+        batch = self.sharing.plan(self._con, rows)
         with self._con.cursor() as cursor, cursor.copy(_COPY) as copy:
             for row in rows:
                 copy.write_row(row)
+        worker, lease = self._options.worker, self._options.lease
+        if not _leases.write_fenced(self._con, batch, len(rows), worker, lease):
+            self._con.rollback()
+            raise LeaseLost(
+                f"this engine (worker {worker!r}) lost the lease of a run it executes on "
+                f"{self.path!r} to another engine, which took the run over: it did not "
+                f"renew its leases within lease={lease} s (it was paused, or cut off "
+                "from the server). Nothing of its last batch was written, and it stopped; "
+                "restart it, and give it a longer lease if it pauses that long")
         self._con.commit()
+        self.sharing.committed(batch)
 
     def _commit_again(self, rows: list[tuple[Any, ...]],
                       error: psycopg.OperationalError) -> BaseException | None:
@@ -283,8 +343,8 @@ class PgStore:
                     return None  # it was committed before the cut
                 self._copy(rows)
                 return None
-            except DatabaseLocked as locked:  # another engine took the schema meanwhile
-                return locked
+            except (DatabaseLocked, LeaseLost) as lost:  # another engine took over meanwhile
+                return lost
             except (psycopg.OperationalError, DatabaseError) as again:
                 try:
                     retry.wait_or_raise(again)
@@ -306,9 +366,7 @@ class PgStore:
             self._con.close()
         self._con = connect(self._url)
         self._lock_schema()
-        if self._durability == "none":
-            self._con.execute("SET synchronous_commit = off")
-        self._con.autocommit = False
+        self._prepare_writer()
 
     def _run_job(self, job: WriterJob) -> None:
         try:
@@ -333,11 +391,12 @@ class PgStore:
             idle, self._idle = self._idle, []
         for con in idle:
             con.close()
-        release_lock(self._con, _ENGINE_UNLOCK)
+        self.sharing.close(self._con)
+        release_lock(self._con, self._unlock)
 
 
-def release_lock(con: Connection, unlock: str) -> None:
-    """Let go of a session's advisory lock, then disconnect.
+def release_lock(con: Connection, unlock: str, close: bool = True) -> None:
+    """Let go of a session's advisory locks, then disconnect (unless not to `close`).
 
     Unlocked explicitly: the server ends a closed session a moment after the client
     has moved on, and an engine opening the schema at once would find it still held.
@@ -346,7 +405,8 @@ def release_lock(con: Connection, unlock: str) -> None:
         con.rollback()  # a failed transaction would refuse the unlock
         con.autocommit = True
         con.execute(unlock)
-    con.close()
+    if close:
+        con.close()
 
 
 class _Retry:

@@ -15,7 +15,13 @@ their own, under a time limit.
 from replay._store._access import FileAccess, write_export
 from replay._store._connect import damaged, file_keys
 from replay._store._hot import hot_from_row
-from replay._store._protocol import EngineStore, UserQuery
+from replay._store._protocol import (
+    SEQ_BLOCK,
+    EngineStore,
+    SharedStore,
+    UserQuery,
+    WorkerOptions,
+)
 from replay._store._purge import (
     FINISHED,
     GenerationRows,
@@ -41,6 +47,9 @@ __all__ = [
     "CLI_ADVICE",
     "ENGINE_ADVICE",
     "EngineStore",
+    "SEQ_BLOCK",
+    "SharedStore",
+    "WorkerOptions",
     "FINISHED",
     "SCHEMA_VERSION",
     "FileAccess",

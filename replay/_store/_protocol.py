@@ -7,12 +7,84 @@ Two stores implement it: `replay._store.Store` (a DuckDB file, the default) and
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
 from replay._core._records import Record
 from replay._store._purge import GenerationRows, PurgePlan
 from replay._store._rows import RunRow
+
+# How many `seq` numbers an engine sharing its store takes at a time (from a sequence).
+SEQ_BLOCK = 10_000
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """How an engine shares a PostgreSQL schema with other engines (`open_engine`).
+
+    Attributes:
+        worker: This engine's worker name; one engine per name at a time.
+        lease: Seconds a family's lease lasts unless renewed.
+        max_runs: How many runs this engine executes at once, None: no limit.
+        poll_interval: Seconds between looks for free work, besides notifications.
+        workflows: The workflows this engine runs (it claims only their runs).
+    """
+
+    worker: str = "default"
+    lease: float = 15.0
+    max_runs: int | None = None
+    poll_interval: float = 1.0
+    workflows: tuple[str, ...] = ()
+
+
+class Work(Protocol):
+    """What an engine sharing its schema is handed: claimed runs, inbox messages."""
+
+    token: int
+    records: list[list[Record]]
+    block: int
+
+
+class SharedStore(Protocol):
+    """A store several engines share: leases, an inbox, `seq` in blocks (PostgreSQL)."""
+
+    options: WorkerOptions
+
+    def start(self, on_claim: Callable[[Any], None],
+              on_messages: Callable[[list[tuple[Any, ...]]], None],
+              busy: Callable[[], int]) -> None:
+        """Start claiming work and renewing leases in a thread of the store's own.
+
+        `on_claim` and `on_messages` are called in that thread; `busy` says how many
+        runs the engine executes now.
+        """
+        ...
+
+    def taken(self) -> None:
+        """Say that the last claim's runs are in the engine: the next claim may come."""
+        ...
+
+    def leave_free(self, run_id: str) -> None:
+        """Commit the start of run `run_id` with its family free for any engine."""
+        ...
+
+    def has_room(self, busy: int) -> bool:
+        """Whether an engine executing `busy` runs may take another."""
+        ...
+
+    def next_block(self) -> int:
+        """Return the first `seq` of a fresh block (blocking: one query)."""
+        ...
+
+    def send(self, run_id: str, action: str, key: str | None, payload: bytes | None,
+             payload_json: str | None) -> None:
+        """Queue a message for the engine that holds run `run_id` (blocking)."""
+        ...
+
+    def done(self, ids: Sequence[int]) -> None:
+        """Say that inbox messages `ids` were delivered (deleted in the thread)."""
+        ...
 
 
 class UserQuery(Protocol):
@@ -64,6 +136,11 @@ class EngineStore(Protocol):
 
     path: str
     """The database as messages show it (a file path, or a URL without password)."""
+
+    @property
+    def sharing(self) -> SharedStore | None:
+        """Leases and the inbox when engines share the database (PostgreSQL), else None."""
+        ...
 
     def row(self, record: Record) -> tuple[Any, ...]:
         """Turn `record` into a row this store can commit, or raise if it cannot."""

@@ -70,6 +70,7 @@ class Store:
     row = staticmethod(record_row)
     delete_runs = staticmethod(delete_runs)
     delete_generations = staticmethod(delete_generations)
+    sharing = None  # one process writes a DuckDB file: nothing to share
 
     def __init__(self, path: str, durability: str) -> None:
         self.path = path

@@ -167,6 +167,10 @@ async def open_engine(
     code_version: str | None = None,
     retention: timedelta | float | None = None,
     ui: tuple[str, int] | None = None,
+    worker: str | None = None,
+    lease: float = 15.0,
+    max_runs: int | None = None,
+    poll_interval: float = 1.0,
     clock: None = None,
 ) -> AsyncIterator[Engine]:
     """Open an engine on a DuckDB file or PostgreSQL from asyncio, for the `async with` body.
@@ -198,6 +202,10 @@ async def open_engine(
         ui: As in `replay.open_engine` (the web view at this address; its pages run
             in the engine's trio guest run).
         clock: Must be None: the engine runs on the real clock (see Raises).
+        worker: As in `replay.open_engine` (PostgreSQL: this engine's worker name).
+        lease: As in `replay.open_engine` (PostgreSQL: seconds a lease lasts).
+        max_runs: As in `replay.open_engine` (PostgreSQL: runs executed at once).
+        poll_interval: As in `replay.open_engine` (PostgreSQL: seconds between polls).
 
     Yields:
         The open `Engine`, whose methods are asyncio coroutines.
@@ -221,7 +229,8 @@ async def open_engine(
         shutdown_timeout=shutdown_timeout, lock_timeout=lock_timeout,
         max_threads=max_threads, cache_size=cache_size, serve_cli=serve_cli,
         max_interruptions=max_interruptions, query_timeout=query_timeout,
-        code_version=code_version, retention=retention, ui=ui)
+        code_version=code_version, retention=retention, ui=ui, worker=worker, lease=lease,
+        max_runs=max_runs, poll_interval=poll_interval)
     guest = await GuestRun.join()
     calls = Calls(guest)
     try:

@@ -39,6 +39,10 @@ def open_engine(
     code_version: str | None = None,
     retention: timedelta | float | None = None,
     ui: tuple[str, int] | None = None,
+    worker: str | None = None,
+    lease: float = 15.0,
+    max_runs: int | None = None,
+    poll_interval: float = 1.0,
 ) -> Engine:
     """Open an engine for synchronous code; it runs on a background thread of its own.
 
@@ -70,6 +74,10 @@ def open_engine(
             purged every hour).
         ui: As for `replay.open_engine` (the web view at this address, served by the
             engine's thread).
+        worker: As for `replay.open_engine` (PostgreSQL: this engine's worker name).
+        lease: As for `replay.open_engine` (PostgreSQL: seconds a lease lasts).
+        max_runs: As for `replay.open_engine` (PostgreSQL: runs executed at once).
+        poll_interval: As for `replay.open_engine` (PostgreSQL: seconds between polls).
 
     Returns:
         The open `Engine`.
@@ -87,7 +95,8 @@ def open_engine(
         "lock_timeout": lock_timeout, "max_threads": max_threads, "cache_size": cache_size,
         "serve_cli": serve_cli, "max_interruptions": max_interruptions,
         "query_timeout": query_timeout, "code_version": code_version,
-        "retention": retention, "ui": ui,
+        "retention": retention, "ui": ui, "worker": worker, "lease": lease,
+        "max_runs": max_runs, "poll_interval": poll_interval,
     }
     engine = Engine(EngineHost(path, options))
     engine._open()

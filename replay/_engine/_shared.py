@@ -1,0 +1,115 @@
+"""An engine among several on one PostgreSQL schema: taking claimed runs and messages.
+
+The store's thread (`replay._pg._sharing`) claims families and fetches inbox messages;
+this service brings them onto the engine's loop. Claimed runs join the engine as
+runs do at open (`Scheduler.take`), numbered from the fresh block of the claim.
+Messages (signals, cancellations, terminations, resumes sent through other engines)
+are delivered as if they were called here, then deleted; a message delivered twice
+(the engine died in between) is refused the second time, as a second identical
+signal, cancellation or termination is.
+
+Calls the other way, from this engine's API to runs another engine holds, go through
+`send_elsewhere`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+import trio
+
+from replay._core._records import Encoded
+from replay._engine._clock import in_thread
+from replay._engine._scheduler import Scheduler
+from replay._errors import ReplayError
+from replay._store import RunRow, SharedStore
+
+log = logging.getLogger("replay")
+
+
+class SharedRuns:
+    """The service that takes what the store's thread claims for this engine.
+
+    Args:
+        scheduler: The engine's scheduler (its runs nursery open).
+        sharing: The store's leases and inbox.
+    """
+
+    def __init__(self, scheduler: Scheduler, sharing: SharedStore) -> None:
+        self._scheduler = scheduler
+        self._sharing = sharing
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Start the store's thread, and keep taking its claims until cancelled."""
+        token = trio.lowlevel.current_trio_token()
+
+        def soon(function: Any, argument: Any) -> None:
+            # Once the engine is gone, its leases are freed as it closes.
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(function, argument)
+
+        self._sharing.start(lambda claim: soon(self._claimed, claim),
+                            lambda messages: soon(self._received, messages),
+                            lambda: self._scheduler.executing)
+        task_status.started()
+        await trio.sleep_forever()
+
+    def _claimed(self, claim: Any) -> None:
+        scheduler = self._scheduler
+        if scheduler.closing:
+            return  # not taken: the claim ends with the engine's leases as it closes
+        scheduler.committer.advance(claim.block)
+        for records in claim.records:
+            scheduler.committer.note_generations(records)
+        scheduler.take(claim.records, claim.block - 1)
+        self._sharing.taken()
+
+    def _received(self, messages: list[tuple[Any, ...]]) -> None:
+        if not self._scheduler.closing:
+            self._scheduler.in_background(self._deliver, messages)
+
+    async def _deliver(self, messages: list[tuple[Any, ...]]) -> None:
+        for message_id, run_id, action, key, payload, payload_json in messages:
+            slot = self._scheduler.runs.find(run_id)
+            try:
+                if slot is not None and not slot.status.finished:
+                    await self._act(slot, action, key, Encoded(payload, payload_json))
+            except ReplayError as error:
+                log.info("replay: %s for run %r sent through another engine was refused "
+                         "here: %s", action, run_id, error)
+            await in_thread(self._sharing.done, [message_id])
+
+    async def _act(self, slot: Any, action: str, key: str | None, value: Encoded) -> None:
+        scheduler = self._scheduler
+        if action == "signal" and key is not None:
+            await scheduler.signal(slot, key, value)
+        elif action == "cancel":
+            await scheduler.cancel(slot, value)
+        elif action == "terminate":
+            await scheduler.terminate(slot, value)
+        elif action == "resume":
+            await scheduler.resume(slot)
+
+
+async def held_elsewhere(scheduler: Scheduler, run_id: str) -> RunRow | None:
+    """Return the run's row if it is unfinished and not held here (another engine's)."""
+    if scheduler.store.sharing is None or scheduler.runs.find(run_id) is not None:
+        return None
+    row = await in_thread(scheduler.store.run_row, run_id)
+    if row is None or row.state in ("completed", "failed", "cancelled"):
+        return None
+    if scheduler.runs.find(run_id) is not None:
+        return None  # claimed here meanwhile
+    return row
+
+
+async def send_elsewhere(scheduler: Scheduler, run_id: str, action: str,
+                         key: str | None = None, value: Encoded | None = None) -> None:
+    """Queue `action` for the engine that holds `run_id` (or claims it next)."""
+    sharing = scheduler.store.sharing
+    assert sharing is not None
+    await in_thread(sharing.send, run_id, action, key,
+                    None if value is None else value.data,
+                    None if value is None else value.json)

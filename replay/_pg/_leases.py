@@ -1,0 +1,251 @@
+"""Leases: which engine executes which runs when several share one PostgreSQL schema.
+
+Every unfinished run is a member of a family (`replay_member`: a root run and its
+children, which always execute together), and each family has one lease
+(`replay_lease`): the worker that holds it, a fencing token, and when it expires. An
+engine renews all its leases in one statement; an engine that stops renewing (killed,
+paused, cut off) loses its families when they expire, and another engine claims them
+with ``FOR UPDATE SKIP LOCKED`` under a new token. Every batch an engine commits is
+inserted by one statement that counts, under ``FOR SHARE`` locks, the leases of the
+batch's families that still carry this engine's tokens: if one was taken, nothing of
+the batch is written. So an engine that lost a lease may still run a step, but can
+never record it.
+
+Records are numbered from blocks of `SEQ_BLOCK` taken from a sequence, and an engine
+takes a fresh block after each claim: a block is above every block handed out
+before, so a run's records keep ascending when it moves to another engine.
+
+The functions take a connection and let `psycopg.Error` through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from replay._pg._schema import COLUMNS
+from replay._store._protocol import SEQ_BLOCK
+from replay._store._rows import row_record
+
+Connection = psycopg.Connection[Any]
+
+# The channel engines LISTEN on (payload: the schema): new free runs, inbox messages.
+CHANNEL = "replay_work"
+# How many families one claim takes at most (claims repeat while they come back full).
+CLAIM_BATCH = 50
+
+# The batch's rows wait in a temporary table until the fenced insert moves them.
+BATCH_TABLE = ("CREATE TEMP TABLE IF NOT EXISTS replay_batch "
+               "(LIKE replay_event_log) ON COMMIT DELETE ROWS")
+_FENCED_INSERT = """
+    INSERT INTO replay_event_log SELECT * FROM replay_batch
+    WHERE (SELECT count(*) FROM (
+        SELECT 1 FROM replay_lease
+        WHERE owner = %s AND (root_id, token) IN (
+            SELECT * FROM unnest(%s::text[], %s::bigint[]))
+        FOR SHARE) held) = %s
+"""
+_NEW_LEASES = """
+    INSERT INTO replay_lease (root_id, workflow, owner, token, expires_at)
+    SELECT root_id, workflow, owner, token, now() + %s * interval '1 second'
+    FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[])
+        AS n(root_id, workflow, owner, token)
+    ON CONFLICT (root_id) DO NOTHING
+"""
+_NEW_MEMBERS = """
+    INSERT INTO replay_member SELECT * FROM unnest(%s::text[], %s::text[])
+    ON CONFLICT (run_id) DO UPDATE SET root_id = excluded.root_id
+"""
+_ENDED_MEMBERS = "DELETE FROM replay_member WHERE run_id = ANY(%s::text[])"
+_ENDED_LEASES = """
+    DELETE FROM replay_lease l WHERE root_id = ANY(%s::text[])
+    AND NOT EXISTS (SELECT 1 FROM replay_member m WHERE m.root_id = l.root_id)
+"""
+_PARENT = ("SELECT name FROM replay_event_log "
+           "WHERE run_id = %s AND kind = 'run' AND event = 'started' LIMIT 1")
+_ROOT_OF = "SELECT root_id FROM replay_member WHERE run_id = %s"
+_NOTIFY = "SELECT pg_notify(%s, current_schema())"
+
+# Take back this worker's own families (a restart under the same name), new token.
+_RECLAIM = """
+    UPDATE replay_lease SET token = %s, expires_at = now() + %s * interval '1 second'
+    WHERE owner = %s RETURNING root_id
+"""
+# Claim free families, and families whose lease expired, of workflows this engine runs.
+_CLAIM = """
+    WITH free AS (
+        SELECT root_id FROM replay_lease
+        WHERE (owner IS NULL OR (owner <> %(me)s AND expires_at < now()))
+          AND workflow = ANY(%(workflows)s::text[])
+        ORDER BY expires_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+    )
+    UPDATE replay_lease l SET owner = %(me)s, token = %(token)s,
+        expires_at = now() + %(lease)s * interval '1 second'
+    FROM free WHERE l.root_id = free.root_id RETURNING l.root_id
+"""
+_RENEW = ("UPDATE replay_lease SET expires_at = now() + %s * interval '1 second' "
+          "WHERE owner = %s")
+# Messages for runs that ended before their message came (nobody will deliver them).
+_ORPHANS = """
+    DELETE FROM replay_inbox i WHERE sent_at < now() - interval '1 minute'
+    AND NOT EXISTS (SELECT 1 FROM replay_member m WHERE m.run_id = i.run_id)
+"""
+_RELEASE = "UPDATE replay_lease SET owner = NULL, expires_at = now() WHERE owner = %s"
+_MEMBERS = "SELECT run_id, root_id FROM replay_member WHERE root_id = ANY(%s::text[])"
+_FAMILY_ROWS = (f"SELECT {COLUMNS} FROM replay_event_all WHERE run_id IN "
+                "(SELECT run_id FROM replay_member WHERE root_id = ANY(%s::text[])) "
+                "ORDER BY run_id, seq")
+_INBOX = """
+    SELECT i.id, i.run_id, i.action, i.key, i.payload, i.payload_json
+    FROM replay_inbox i JOIN replay_member m USING (run_id)
+    JOIN replay_lease l USING (root_id)
+    WHERE l.owner = %s AND NOT (i.id = ANY(%s::bigint[])) ORDER BY i.id LIMIT 100
+"""
+_SEND = ("INSERT INTO replay_inbox (run_id, action, key, payload, payload_json) "
+         "VALUES (%s, %s, %s, %s, %s)")
+_DONE = "DELETE FROM replay_inbox WHERE id = ANY(%s::bigint[])"
+
+
+@dataclass
+class Batch:
+    """What a batch changes in the lease tables, besides its records.
+
+    Attributes:
+        fence: The families the batch writes, with the token each must still carry.
+        leases: New families: (root id, workflow, owner or None, token).
+        members: New members: (run id, root id).
+        ended: Runs that finished in the batch.
+        free: Whether the batch starts a family no engine holds (others are told).
+    """
+
+    fence: dict[str, int] = field(default_factory=dict)
+    leases: list[tuple[str, str, str | None, int]] = field(default_factory=list)
+    members: list[tuple[str, str]] = field(default_factory=list)
+    ended: list[str] = field(default_factory=list)
+    free: bool = False
+
+
+def write_fenced(con: Connection, batch: Batch, rows: int, owner: str, lease: float) -> bool:
+    """Write the batch waiting in `replay_batch` if every family's lease is still held.
+
+    Called inside the batch's transaction, after its rows were copied to
+    `replay_batch`. Returns False (the caller rolls back) if a lease was lost.
+    """
+    if batch.leases:
+        con.execute(_NEW_LEASES, [lease, *map(list, zip(*batch.leases, strict=True))])
+    if batch.members:
+        con.execute(_NEW_MEMBERS, [*map(list, zip(*batch.members, strict=True))])
+    roots, tokens = list(batch.fence), list(batch.fence.values())
+    inserted = con.execute(_FENCED_INSERT, [owner, roots, tokens, len(roots)]).rowcount
+    if inserted != rows:
+        return False
+    if batch.ended:
+        con.execute(_ENDED_MEMBERS, [batch.ended])
+        con.execute(_ENDED_LEASES, [list({*batch.fence})])
+    if batch.free:
+        con.execute(_NOTIFY, [CHANNEL])
+    return True
+
+
+def root_in_database(con: Connection, run_id: str) -> str:
+    """Return the root of `run_id`'s family, by its members or its parents' starts."""
+    found = con.execute(_ROOT_OF, [run_id]).fetchone()
+    if found is not None:
+        return str(found[0])
+    while (parent := con.execute(_PARENT, [run_id]).fetchone()) and parent[0]:
+        run_id = str(parent[0])
+    return run_id
+
+
+def seq_block(con: Connection) -> int:
+    """Return the first `seq` of a fresh block of `SEQ_BLOCK`, above every earlier one."""
+    found = con.execute("SELECT nextval('replay_seq_block')").fetchone()
+    assert found is not None
+    return int(found[0])
+
+
+def new_token(con: Connection) -> int:
+    """Return a fencing token no lease has had."""
+    found = con.execute("SELECT nextval('replay_lease_token')").fetchone()
+    assert found is not None
+    return int(found[0])
+
+
+@dataclass
+class Claim:
+    """Families an engine has just claimed, with everything needed to run them.
+
+    Attributes:
+        token: The fencing token of all of them.
+        roots: The families' root run ids.
+        members: Each member run's root.
+        records: The records of each member run, a list per run in `seq` order.
+        block: The first `seq` of the fresh block to number their new records from.
+    """
+
+    token: int
+    roots: list[str]
+    members: dict[str, str]
+    records: list[list[Any]]
+    block: int
+
+
+def claim(con: Connection, owner: str, workflows: Sequence[str], lease: float,
+          limit: int, own: bool = False) -> Claim | None:
+    """Claim up to `limit` free or expired families (with `own`: this worker's as well).
+
+    Commits the claim, then loads the families' records and takes a fresh block.
+    Returns None if there was nothing to claim.
+    """
+    with con.transaction():
+        token = new_token(con)
+        roots = [row[0] for row in con.execute(_RECLAIM, [token, lease, owner])] if own else []
+        if limit > 0:
+            roots += [row[0] for row in con.execute(_CLAIM, {
+                "me": owner, "workflows": list(workflows), "limit": limit,
+                "token": token, "lease": lease})]
+    if not roots:
+        return None
+    members = dict(con.execute(_MEMBERS, [roots]).fetchall())
+    runs: dict[str, list[Any]] = {}
+    for row in con.execute(_FAMILY_ROWS, [roots]).fetchall():
+        runs.setdefault(row[1], []).append(row_record(row))
+    return Claim(token, roots, members, list(runs.values()), seq_block(con))
+
+
+def renew(con: Connection, owner: str, lease: float) -> int:
+    """Extend every lease `owner` holds; return how many. Drop messages for ended runs."""
+    renewed = con.execute(_RENEW, [lease, owner]).rowcount
+    con.execute(_ORPHANS)
+    return renewed
+
+
+def release(con: Connection, owner: str) -> None:
+    """Free every lease `owner` holds, for other engines to claim at once."""
+    con.execute(_RELEASE, [owner])
+
+
+def inbox(con: Connection, owner: str, taken: Sequence[int]) -> list[tuple[Any, ...]]:
+    """Return messages for runs `owner` holds, except those already `taken`."""
+    return con.execute(_INBOX, [owner, list(taken)]).fetchall()
+
+
+def send(con: Connection, run_id: str, action: str, key: str | None,
+         payload: bytes | None, payload_json: str | None) -> None:
+    """Queue a message for the engine that holds (or next claims) `run_id`."""
+    with con.transaction():  # on an autocommit connection: the two at once
+        con.execute(_SEND, [run_id, action, key, payload, payload_json])
+        con.execute(_NOTIFY, [CHANNEL])
+
+
+def done(con: Connection, ids: Sequence[int]) -> None:
+    """Delete delivered inbox messages."""
+    con.execute(_DONE, [list(ids)])
+
+
+def block_range(start: int) -> tuple[int, int]:
+    """Return the last `seq` before block `start` and the last one in it."""
+    return start - 1, start + SEQ_BLOCK - 1

@@ -1,0 +1,254 @@
+"""One engine's side of sharing a PostgreSQL schema: its leases, claims and inbox.
+
+`Sharing` knows which families this engine holds and under which tokens. The writer
+thread asks it what each batch changes in the lease tables (`plan`) and tells it what
+committed (`committed`); a thread of its own (`_loop`) renews the leases every third
+of their length, claims free and expired families while the engine has room, and
+fetches inbox messages for the runs it holds, woken by ``LISTEN`` or the safety poll.
+See `replay._pg._leases` for the protocol itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import psycopg
+
+from replay._errors import DatabaseError
+from replay._pg import _leases
+from replay._pg._connect import connect
+from replay._pg._leases import CHANNEL, CLAIM_BATCH, Batch, Claim
+from replay._store import WorkerOptions
+
+log = logging.getLogger("replay")
+Connection = psycopg.Connection[Any]
+
+# Row positions (`replay._store._schema.TABLE_COLUMNS`).
+_RUN_ID, _WORKFLOW, _KIND, _EVENT, _NAME, _RUN_STATE = 1, 2, 4, 5, 14, 16
+_ENDED = frozenset({"completed", "failed", "cancelled"})
+_NO_TOKEN = -1  # a run this engine does not hold: its batch fails the fence
+_ENDED_KEPT = 10_000
+
+
+class Sharing:
+    """The leases one engine holds on a shared schema, and the thread that keeps them.
+
+    Args:
+        url: The database URL (the thread opens a connection of its own).
+        schema: The schema's name (notifications name it).
+        options: The engine's worker options.
+        con: An open autocommit connection, for the claim at open.
+        read: Runs a function on a connection of the store's pool (`PgStore._read`).
+    """
+
+    def __init__(self, url: str, schema: str, options: WorkerOptions, con: Connection,
+                 read: Callable[..., Any]) -> None:
+        self.options = options
+        self._read = read
+        self._url = url
+        self._schema = schema
+        self._lock = threading.Lock()
+        self._root: dict[str, str] = {}  # each member run this engine holds: its root
+        self._token: dict[str, int] = {}  # each family this engine holds: its token
+        self._free: set[str] = set()  # runs to start with their family free
+        # Runs this engine ended lately: records may follow the end (late outcomes).
+        self._ended: OrderedDict[str, None] = OrderedDict()
+        self._start_token = _leases.new_token(con)  # for families this engine starts
+        self.opening = self._claim(con, own=True, limit=self._room(0))
+        self.first_block = _leases.seq_block(con)
+        self._stop = threading.Event()
+        self._taken = threading.Event()
+        self._taken.set()
+        self._inflight: set[int] = set()  # inbox messages handed over, not yet done
+        self._thread: threading.Thread | None = None
+
+    # -- what the writer asks --
+
+    def plan(self, con: Connection, rows: Sequence[tuple[Any, ...]]) -> Batch:
+        """Return what committing `rows` changes in the lease tables, and its fence."""
+        batch = Batch()
+        joined: dict[str, str] = {}  # runs this batch makes members: their roots
+        with self._lock:
+            for row in rows:
+                run_id = row[_RUN_ID]
+                if row[_KIND] == "run" and row[_EVENT] in ("started", "resumed") and \
+                        not self._joins(con, batch, joined, row):
+                    continue  # a family started free: not this engine's to fence
+                root = self._root.get(run_id) or joined.get(run_id)
+                if root is None and run_id in self._ended:
+                    continue  # a record after its run's end (a late outcome): no lease
+                batch.fence[root or run_id] = (
+                    self._token.get(root, _NO_TOKEN) if root else _NO_TOKEN)
+                if row[_RUN_STATE] in _ENDED:
+                    batch.ended.append(run_id)
+        return batch
+
+    def _joins(self, con: Connection, batch: Batch, joined: dict[str, str],
+               row: tuple[Any, ...]) -> bool:
+        """Add a run's start (or the resume of a run no longer a member) to `batch`.
+
+        Returns False for the start of a family left free.
+        """
+        run_id, parent = row[_RUN_ID], row[_NAME]
+        if row[_EVENT] == "resumed":
+            if run_id in self._root or run_id in joined:
+                return True
+            root = _leases.root_in_database(con, run_id)
+        elif parent is None:
+            root = run_id
+        else:
+            root = self._root.get(parent) or joined.get(parent) or parent
+        batch.members.append((run_id, root))
+        joined[run_id] = root
+        if root != run_id:
+            return True
+        if run_id in self._free:
+            batch.leases.append((root, row[_WORKFLOW], None, 0))
+            batch.free = True
+            return False
+        batch.leases.append((root, row[_WORKFLOW], self.options.worker, self._start_token))
+        self._token.setdefault(root, self._start_token)
+        return True
+
+    def committed(self, batch: Batch) -> None:
+        """Remember the members and families a committed batch added or ended."""
+        with self._lock:
+            for run_id, root in batch.members:
+                if run_id in self._free:
+                    self._free.discard(run_id)
+                    continue
+                self._root[run_id] = root
+            for run_id in batch.ended:
+                self._root.pop(run_id, None)
+                self._ended[run_id] = None
+                if len(self._ended) > _ENDED_KEPT:
+                    self._ended.popitem(last=False)
+                if run_id in self._token and run_id not in self._root.values():
+                    del self._token[run_id]
+
+    # -- what the engine asks --
+
+    def leave_free(self, run_id: str) -> None:
+        """Commit the start of run `run_id` with its family free for any engine."""
+        with self._lock:
+            self._free.add(run_id)
+
+    def has_room(self, busy: int) -> bool:
+        """Whether an engine executing `busy` runs may take another."""
+        return self._room(busy) > 0
+
+    def _room(self, busy: int) -> int:
+        limit = self.options.max_runs
+        return CLAIM_BATCH if limit is None else max(0, min(CLAIM_BATCH, limit - busy))
+
+    def next_block(self) -> int:
+        """Return the first `seq` of a fresh block (one query)."""
+        return int(self._read(_leases.seq_block))
+
+    def send(self, run_id: str, action: str, key: str | None, payload: bytes | None,
+             payload_json: str | None) -> None:
+        """Queue a message for the engine that holds run `run_id`, and wake engines."""
+        self._read(_leases.send, run_id, action, key, payload, payload_json)
+
+    def done(self, ids: Sequence[int]) -> None:
+        """Delete inbox messages `ids`, delivered (blocking: one statement)."""
+        self._read(_leases.done, ids)
+        with self._lock:
+            self._inflight.difference_update(ids)
+
+    def taken(self) -> None:
+        """Say that the last claim's runs are in the engine: the next claim may come."""
+        self._taken.set()
+
+    # -- the thread --
+
+    def start(self, on_claim: Callable[[Claim], None],
+              on_messages: Callable[[list[tuple[Any, ...]]], None],
+              busy: Callable[[], int]) -> None:
+        """Start renewing, claiming and fetching messages in a thread of its own."""
+        self._thread = threading.Thread(
+            target=self._run, args=(on_claim, on_messages, busy),
+            name="replay-pg-leases", daemon=True)
+        self._thread.start()
+
+    def _run(self, on_claim: Callable[[Claim], None],
+             on_messages: Callable[[list[tuple[Any, ...]]], None],
+             busy: Callable[[], int]) -> None:
+        con: Connection | None = None
+        renew_every = self.options.lease / 3
+        renewed = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                if con is None or con.closed or con.broken:
+                    con = self._listening()
+                if time.monotonic() - renewed >= renew_every:
+                    _leases.renew(con, self.options.worker, self.options.lease)
+                    renewed = time.monotonic()
+                self._look(con, on_claim, on_messages, busy)
+                wait = min(self.options.poll_interval,
+                           max(0.0, renewed + renew_every - time.monotonic()))
+                for _ in con.notifies(timeout=wait, stop_after=1):
+                    pass
+            except (psycopg.Error, DatabaseError) as error:
+                log.warning("replay: cannot reach %s to renew leases and claim work "
+                            "(%s); trying again", self._schema, error)
+                if con is not None:
+                    con.close()
+                con = None
+                self._stop.wait(min(1.0, self.options.poll_interval))
+        if con is not None:
+            con.close()
+
+    def _listening(self) -> Connection:
+        con = connect(self._url)
+        con.autocommit = True
+        con.execute(f"LISTEN {CHANNEL}")
+        return con
+
+    def _look(self, con: Connection, on_claim: Callable[[Claim], None],
+              on_messages: Callable[[list[tuple[Any, ...]]], None],
+              busy: Callable[[], int]) -> None:
+        """Claim what there is room for, then fetch new inbox messages."""
+        while self._taken.is_set() and (room := self._room(busy())) > 0:
+            claimed = self._claim(con, own=False, limit=room)
+            if claimed is None:
+                break
+            self._taken.clear()
+            on_claim(claimed)
+            if len(claimed.roots) < room:
+                break
+        with self._lock:
+            inflight = list(self._inflight)
+        messages = _leases.inbox(con, self.options.worker, inflight)
+        if messages:
+            with self._lock:
+                self._inflight.update(message[0] for message in messages)
+            on_messages(messages)
+
+    def _claim(self, con: Connection, own: bool, limit: int) -> Claim | None:
+        claimed = _leases.claim(con, self.options.worker, self.options.workflows,
+                                self.options.lease, limit, own=own)
+        if claimed is not None:
+            with self._lock:
+                self._root.update(claimed.members)
+                self._token.update(dict.fromkeys(claimed.roots, claimed.token))
+        return claimed
+
+    def close(self, con: Connection) -> None:
+        """Stop the thread, and free this engine's leases for others to claim at once.
+
+        `con` is the writer's connection, after its last batch.
+        """
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        with contextlib.suppress(psycopg.Error):
+            con.rollback()
+            con.autocommit = True
+            _leases.release(con, self.options.worker)
