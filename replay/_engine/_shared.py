@@ -57,14 +57,9 @@ class SharedRuns:
         await trio.sleep_forever()
 
     def _claimed(self, claim: Any) -> None:
-        scheduler = self._scheduler
-        if scheduler.closing:
-            return  # not taken: the claim ends with the engine's leases as it closes
-        scheduler.committer.advance(claim.block)
-        for records in claim.records:
-            scheduler.committer.note_generations(records)
-        scheduler.take(claim.records, claim.block - 1)
-        self._sharing.taken()
+        if not self._scheduler.closing:  # else the claim ends as the engine frees its leases
+            take_claim(self._scheduler, claim)
+            self._sharing.taken()
 
     def _received(self, messages: list[tuple[Any, ...]]) -> None:
         if not self._scheduler.closing:
@@ -93,15 +88,32 @@ class SharedRuns:
             await scheduler.resume(slot)
 
 
+def take_claim(scheduler: Scheduler, claim: Any) -> None:
+    """Hold the runs of claimed families, numbering their records from the claim's block."""
+    scheduler.committer.advance(claim.block)
+    for records in claim.records:
+        scheduler.committer.note_generations(records)
+    scheduler.take(claim.records, claim.block - 1)
+
+
 async def held_elsewhere(scheduler: Scheduler, run_id: str) -> RunRow | None:
-    """Return the run's row if it is unfinished and not held here (another engine's)."""
-    if scheduler.store.sharing is None or scheduler.runs.find(run_id) is not None:
+    """Return the run's row if it is unfinished and another engine holds it.
+
+    A run that no engine holds (its family is free, or its lease expired) is claimed
+    here first, with its family, and None is returned: the caller acts on it here.
+    """
+    sharing = scheduler.store.sharing
+    if sharing is None or scheduler.runs.find(run_id) is not None:
         return None
     row = await in_thread(scheduler.store.run_row, run_id)
     if row is None or row.state in ("completed", "failed", "cancelled"):
         return None
+    claim = await in_thread(sharing.claim_run, run_id)
     if scheduler.runs.find(run_id) is not None:
         return None  # claimed here meanwhile
+    if claim is not None and not scheduler.closing:
+        take_claim(scheduler, claim)
+        return None
     return row
 
 

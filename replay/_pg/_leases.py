@@ -56,7 +56,7 @@ _NEW_LEASES = """
     ON CONFLICT (root_id) DO NOTHING
 """
 _NEW_MEMBERS = """
-    INSERT INTO replay_member SELECT * FROM unnest(%s::text[], %s::text[])
+    INSERT INTO replay_member SELECT * FROM unnest(%s::text[], %s::text[], %s::text[])
     ON CONFLICT (run_id) DO UPDATE SET root_id = excluded.root_id
 """
 _ENDED_MEMBERS = "DELETE FROM replay_member WHERE run_id = ANY(%s::text[])"
@@ -74,13 +74,29 @@ _RECLAIM = """
     UPDATE replay_lease SET token = %s, expires_at = now() + %s * interval '1 second'
     WHERE owner = %s RETURNING root_id
 """
-# Claim free families, and families whose lease expired, of workflows this engine runs.
+# Claim free families, and families whose lease expired, with a run of a workflow this
+# engine runs: first those whose root it runs (it runs what it can of the others, as an
+# engine does at open, and leaves the rest as it is).
 _CLAIM = """
     WITH free AS (
-        SELECT root_id FROM replay_lease
+        SELECT root_id FROM replay_lease l
         WHERE (owner IS NULL OR (owner <> %(me)s AND expires_at < now()))
-          AND workflow = ANY(%(workflows)s::text[])
-        ORDER BY expires_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+          AND EXISTS (SELECT 1 FROM replay_member m WHERE m.root_id = l.root_id
+                      AND m.workflow = ANY(%(workflows)s::text[]))
+        ORDER BY workflow = ANY(%(workflows)s::text[]) DESC, expires_at
+        LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+    )
+    UPDATE replay_lease l SET owner = %(me)s, token = %(token)s,
+        expires_at = now() + %(lease)s * interval '1 second'
+    FROM free WHERE l.root_id = free.root_id RETURNING l.root_id
+"""
+# Claim the family of one run, if it is free or its lease expired (whatever its workflows).
+_CLAIM_RUN = """
+    WITH free AS (
+        SELECT l.root_id FROM replay_lease l JOIN replay_member m USING (root_id)
+        WHERE m.run_id = %(run_id)s
+          AND (l.owner IS NULL OR (l.owner <> %(me)s AND l.expires_at < now()))
+        FOR UPDATE OF l SKIP LOCKED
     )
     UPDATE replay_lease l SET owner = %(me)s, token = %(token)s,
         expires_at = now() + %(lease)s * interval '1 second'
@@ -95,6 +111,7 @@ _ORPHANS = """
 """
 _RELEASE = "UPDATE replay_lease SET owner = NULL, expires_at = now() WHERE owner = %s"
 _MEMBERS = "SELECT run_id, root_id FROM replay_member WHERE root_id = ANY(%s::text[])"
+
 _FAMILY_ROWS = (f"SELECT {COLUMNS} FROM replay_event_all WHERE run_id IN "
                 "(SELECT run_id FROM replay_member WHERE root_id = ANY(%s::text[])) "
                 "ORDER BY run_id, seq")
@@ -116,14 +133,14 @@ class Batch:
     Attributes:
         fence: The families the batch writes, with the token each must still carry.
         leases: New families: (root id, workflow, owner or None, token).
-        members: New members: (run id, root id).
+        members: New members: (run id, root id, workflow).
         ended: Runs that finished in the batch.
         free: Whether the batch starts a family no engine holds (others are told).
     """
 
     fence: dict[str, int] = field(default_factory=dict)
     leases: list[tuple[str, str, str | None, int]] = field(default_factory=list)
-    members: list[tuple[str, str]] = field(default_factory=list)
+    members: list[tuple[str, str, str]] = field(default_factory=list)
     ended: list[str] = field(default_factory=list)
     free: bool = False
 
@@ -194,16 +211,20 @@ class Claim:
 
 
 def claim(con: Connection, owner: str, workflows: Sequence[str], lease: float,
-          limit: int, own: bool = False) -> Claim | None:
+          limit: int, own: bool = False, run_id: str | None = None) -> Claim | None:
     """Claim up to `limit` free or expired families (with `own`: this worker's as well).
 
-    Commits the claim, then loads the families' records and takes a fresh block.
-    Returns None if there was nothing to claim.
+    With `run_id`, claim only that run's family, if it is free or expired. Commits the
+    claim, then loads the families' records and takes a fresh block. Returns None if
+    there was nothing to claim.
     """
     with con.transaction():
         token = new_token(con)
         roots = [row[0] for row in con.execute(_RECLAIM, [token, lease, owner])] if own else []
-        if limit > 0:
+        if run_id is not None:
+            roots += [row[0] for row in con.execute(_CLAIM_RUN, {
+                "me": owner, "run_id": run_id, "token": token, "lease": lease})]
+        elif limit > 0:
             roots += [row[0] for row in con.execute(_CLAIM, {
                 "me": owner, "workflows": list(workflows), "limit": limit,
                 "token": token, "lease": lease})]

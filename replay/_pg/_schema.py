@@ -67,7 +67,8 @@ CREATE TABLE replay_lease (
 );
 CREATE INDEX replay_lease_free ON replay_lease (expires_at);
 CREATE INDEX replay_lease_owner ON replay_lease (owner);
-CREATE TABLE replay_member (run_id text PRIMARY KEY, root_id text NOT NULL);
+CREATE TABLE replay_member (run_id text PRIMARY KEY, root_id text NOT NULL,
+                            workflow text NOT NULL);
 CREATE INDEX replay_member_root ON replay_member (root_id);
 CREATE TABLE replay_inbox (
     id bigserial PRIMARY KEY,
@@ -99,8 +100,8 @@ WITH RECURSIVE open_runs AS (
     UNION ALL
     SELECT p.run_id, r.root_id FROM parents p JOIN roots r ON p.parent_id = r.run_id
 )
-INSERT INTO replay_member SELECT run_id, root_id FROM roots WHERE run_id IN
-    (SELECT run_id FROM open_runs);
+INSERT INTO replay_member SELECT r.run_id, r.root_id, p.workflow FROM roots r
+    JOIN parents p USING (run_id) WHERE r.run_id IN (SELECT run_id FROM open_runs);
 INSERT INTO replay_lease
     SELECT DISTINCT m.root_id, e.workflow, NULL, 0, now() FROM replay_member m
     JOIN replay_event_log e ON e.run_id = m.root_id AND e.kind = 'run' AND e.event = 'started';

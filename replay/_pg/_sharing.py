@@ -104,7 +104,7 @@ class Sharing:
             root = run_id
         else:
             root = self._root.get(parent) or joined.get(parent) or parent
-        batch.members.append((run_id, root))
+        batch.members.append((run_id, root, row[_WORKFLOW]))
         joined[run_id] = root
         if root != run_id:
             return True
@@ -119,7 +119,7 @@ class Sharing:
     def committed(self, batch: Batch) -> None:
         """Remember the members and families a committed batch added or ended."""
         with self._lock:
-            for run_id, root in batch.members:
+            for run_id, root, _ in batch.members:
                 if run_id in self._free:
                     self._free.discard(run_id)
                     continue
@@ -155,6 +155,11 @@ class Sharing:
              payload_json: str | None) -> None:
         """Queue a message for the engine that holds run `run_id`, and wake engines."""
         self._read(_leases.send, run_id, action, key, payload, payload_json)
+
+    def claim_run(self, run_id: str) -> Claim | None:
+        """Claim run `run_id`'s family now if no engine holds it (blocking); else None."""
+        claimed: Claim | None = self._read(self._claim, False, 0, run_id)
+        return claimed
 
     def done(self, ids: Sequence[int]) -> None:
         """Delete inbox messages `ids`, delivered (blocking: one statement)."""
@@ -231,9 +236,10 @@ class Sharing:
                 self._inflight.update(message[0] for message in messages)
             on_messages(messages)
 
-    def _claim(self, con: Connection, own: bool, limit: int) -> Claim | None:
+    def _claim(self, con: Connection, own: bool, limit: int,
+               run_id: str | None = None) -> Claim | None:
         claimed = _leases.claim(con, self.options.worker, self.options.workflows,
-                                self.options.lease, limit, own=own)
+                                self.options.lease, limit, own=own, run_id=run_id)
         if claimed is not None:
             with self._lock:
                 self._root.update(claimed.members)

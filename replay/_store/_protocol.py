@@ -73,6 +73,10 @@ class SharedStore(Protocol):
         """Whether an engine executing `busy` runs may take another."""
         ...
 
+    def claim_run(self, run_id: str) -> Any:
+        """Claim run `run_id`'s family now if no engine holds it (blocking); else None."""
+        ...
+
     def next_block(self) -> int:
         """Return the first `seq` of a fresh block (blocking: one query)."""
         ...
