@@ -186,5 +186,17 @@ class RunTable:
             if len(self._finished) > RECENTLY_FINISHED:
                 self._finished.popitem(last=False)  # read from the file from now on
 
+    async def stored_again(self, run_id: str, slot: RunSlot) -> RunSlot:
+        """Return the run's slot in memory, else as the store has it now (else `slot`).
+
+        For a run another engine executes (on a shared store), read again while
+        waiting for it.
+        """
+        found = self.find(run_id)
+        if found is not None:
+            return found
+        row = await in_thread(self._store.run_row, run_id)
+        return slot if row is None else self.restored(row)
+
     def _stored(self, row: RunRow | None) -> RunSlot | None:
         return None if row is None else self.restored(row)

@@ -341,21 +341,14 @@ class Scheduler:
                 raise EngineClosed(
                     f"the engine closed while waiting for run {run_id!r}; it continues "
                     "when an engine opens the database again")
-            if self._store.sharing is not None and self.runs.find(run_id) is not slot:
-                slot = await self._look_again(run_id, slot)
+            sharing = self._store.sharing
+            if sharing is not None and self.runs.find(run_id) is not slot:
+                # Another engine executes it: look at the store again a while later.
+                await trio.sleep(sharing.options.poll_interval)
+                slot = await self.runs.stored_again(run_id, slot)
                 continue
             await slot.wait_changed()
         return slot.info(decode)
-
-    async def _look_again(self, run_id: str, slot: RunSlot) -> RunSlot:
-        """A while later, the slot of a run another engine executes, as the store has it."""
-        assert self._store.sharing is not None
-        await trio.sleep(self._store.sharing.options.poll_interval)
-        found = self.runs.find(run_id)  # this engine may have claimed it meanwhile
-        if found is not None:
-            return found
-        row = await in_thread(self._store.run_row, run_id)
-        return slot if row is None else self.runs.restored(row)
 
     async def wait_idle(self, run_id: str) -> RunInfo:
         """Wait until the run's task has let go (it ended or parked).

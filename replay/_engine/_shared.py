@@ -100,7 +100,8 @@ async def held_elsewhere(scheduler: Scheduler, run_id: str) -> RunRow | None:
     """Return the run's row if it is unfinished and another engine holds it.
 
     A run that no engine holds (its family is free, or its lease expired) is claimed
-    here first, with its family, and None is returned: the caller acts on it here.
+    here first, with its family, if this engine has room for it, and None is
+    returned: the caller acts on it here.
     """
     sharing = scheduler.store.sharing
     if sharing is None or scheduler.runs.find(run_id) is not None:
@@ -108,7 +109,9 @@ async def held_elsewhere(scheduler: Scheduler, run_id: str) -> RunRow | None:
     row = await in_thread(scheduler.store.run_row, run_id)
     if row is None or row.state in ("completed", "failed", "cancelled"):
         return None
-    claim = await in_thread(sharing.claim_run, run_id)
+    # An engine without room (a client, `max_runs=0`) leaves it to one that has.
+    room = sharing.has_room(scheduler.executing)
+    claim = await in_thread(sharing.claim_run, run_id) if room else None
     if scheduler.runs.find(run_id) is not None:
         return None  # claimed here meanwhile
     if claim is not None and not scheduler.closing:

@@ -245,8 +245,9 @@ def renew(con: Connection, owner: str, lease: float) -> int:
 
 
 def release(con: Connection, owner: str) -> None:
-    """Free every lease `owner` holds, for other engines to claim at once."""
-    con.execute(_RELEASE, [owner])
+    """Free every lease `owner` holds, and wake other engines to claim them at once."""
+    if con.execute(_RELEASE, [owner]).rowcount:
+        con.execute(_NOTIFY, [CHANNEL])
 
 
 def inbox(con: Connection, owner: str, taken: Sequence[int]) -> list[tuple[Any, ...]]:

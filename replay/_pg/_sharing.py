@@ -100,6 +100,8 @@ class Sharing:
             if run_id in self._root or run_id in joined:
                 return True
             root = _leases.root_in_database(con, run_id)
+            if root not in self._token:  # its family ended: it starts one of its own
+                root = run_id
         elif parent is None:
             root = run_id
         else:
