@@ -109,13 +109,13 @@ class Committer:
         return self._seq
 
     def advance(self, block: int) -> None:
-        """Number the next records from the block starting at `block`, if it is ahead.
+        """Number the next records from the block after `block`, if it is ahead.
 
         An engine sharing its store takes a fresh block after claiming runs, so that
         their new records come after every record they have.
         """
-        if block - 1 > self._seq:
-            self._seq, self._seq_end = block - 1, block + SEQ_BLOCK - 1
+        if block > self._seq:
+            self._seq, self._seq_end = block, block + SEQ_BLOCK
 
     def note_generations(self, records: Sequence[Record]) -> None:
         """Learn the generations of runs claimed from another engine (`records`)."""

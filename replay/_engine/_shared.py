@@ -93,7 +93,7 @@ def take_claim(scheduler: Scheduler, claim: Any) -> None:
     scheduler.committer.advance(claim.block)
     for records in claim.records:
         scheduler.committer.note_generations(records)
-    scheduler.take(claim.records, claim.block - 1)
+    scheduler.take(claim.records, claim.block)
 
 
 async def held_elsewhere(scheduler: Scheduler, run_id: str) -> RunRow | None:

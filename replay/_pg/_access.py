@@ -166,7 +166,7 @@ class PgAccess:
         found = self._read(lambda con: con.execute(_GENERATION, [record.run_id]).fetchone())
         record.generation = int(found[0] or 0) if found else 0
         if self._next_seq is None:
-            self._next_seq = self._read(seq_block)
+            self._next_seq = self._read(seq_block) + 1
         record.seq, self._next_seq = self._next_seq, self._next_seq + 1
         row = pg_row(record)
         self._read(lambda con: con.execute(_INSERT, row))

@@ -27,7 +27,6 @@ from typing import Any
 import psycopg
 
 from replay._pg._schema import COLUMNS
-from replay._store._protocol import SEQ_BLOCK
 from replay._store._rows import row_record
 
 Connection = psycopg.Connection[Any]
@@ -178,7 +177,11 @@ def root_in_database(con: Connection, run_id: str) -> str:
 
 
 def seq_block(con: Connection) -> int:
-    """Return the first `seq` of a fresh block of `SEQ_BLOCK`, above every earlier one."""
+    """Take a fresh block of `SEQ_BLOCK` numbers, above every earlier one.
+
+    Returns the number the block starts after: its numbers are the next `SEQ_BLOCK`
+    (the first block, 1 to 10,000, as one engine numbers a file).
+    """
     found = con.execute("SELECT nextval('replay_seq_block')").fetchone()
     assert found is not None
     return int(found[0])
@@ -200,7 +203,7 @@ class Claim:
         roots: The families' root run ids.
         members: Each member run's root.
         records: The records of each member run, a list per run in `seq` order.
-        block: The first `seq` of the fresh block to number their new records from.
+        block: The `seq` the fresh block to number their new records from starts after.
     """
 
     token: int
@@ -266,8 +269,3 @@ def send(con: Connection, run_id: str, action: str, key: str | None,
 def done(con: Connection, ids: Sequence[int]) -> None:
     """Delete delivered inbox messages."""
     con.execute(_DONE, [list(ids)])
-
-
-def block_range(start: int) -> tuple[int, int]:
-    """Return the last `seq` before block `start` and the last one in it."""
-    return start - 1, start + SEQ_BLOCK - 1

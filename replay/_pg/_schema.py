@@ -86,7 +86,7 @@ CREATE SEQUENCE replay_lease_token;
 
 # A version-1 schema's unfinished runs become free families (any engine claims them),
 # and the blocks of `seq` start after its records.
-_UPGRADE_1 = f"""
+_UPGRADE_1 = """
 WITH RECURSIVE open_runs AS (
     SELECT run_id FROM (
         SELECT DISTINCT ON (run_id) run_id, run_state FROM replay_event_log
@@ -105,9 +105,8 @@ INSERT INTO replay_member SELECT r.run_id, r.root_id, p.workflow FROM roots r
 INSERT INTO replay_lease
     SELECT DISTINCT m.root_id, e.workflow, NULL, 0, now() FROM replay_member m
     JOIN replay_event_log e ON e.run_id = m.root_id AND e.kind = 'run' AND e.event = 'started';
-SELECT setval('replay_seq_block',
-              (coalesce((SELECT max(seq) FROM replay_event_log), 0) / {SEQ_BLOCK} + 1)
-              * {SEQ_BLOCK}, false);
+SELECT setval('replay_seq_block', coalesce((SELECT max(seq) FROM replay_event_log), 0),
+              false);
 UPDATE replay_meta SET value = '2' WHERE name = 'schema_version';
 """
 

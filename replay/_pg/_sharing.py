@@ -150,7 +150,7 @@ class Sharing:
         return CLAIM_BATCH if limit is None else max(0, min(CLAIM_BATCH, limit - busy))
 
     def next_block(self) -> int:
-        """Return the first `seq` of a fresh block (one query)."""
+        """Take a fresh block of `seq`; return the number it starts after (one query)."""
         return int(self._read(_leases.seq_block))
 
     def send(self, run_id: str, action: str, key: str | None, payload: bytes | None,

@@ -193,11 +193,11 @@ class PgStore:
         return self._read(_reads.run_row, run_id, self.path)
 
     def last_seq_and_time(self) -> tuple[int, datetime | None]:
-        """Return the `seq` before this engine's first block, and the newest `recorded_at`.
+        """Return the `seq` this engine's first block starts after, and the newest time.
 
-        Every record of a run claimed at open is below that block.
+        Every record of a run claimed at open is at or below it.
         """
-        return self.sharing.first_block - 1, self._read(_reads.last_seq_and_time)[1]
+        return self.sharing.first_block, self._read(_reads.last_seq_and_time)[1]
 
     def generations(self) -> dict[str, int]:
         """Return the current generation of every run that has continued as new."""

@@ -78,7 +78,7 @@ class SharedStore(Protocol):
         ...
 
     def next_block(self) -> int:
-        """Return the first `seq` of a fresh block (blocking: one query)."""
+        """Take a fresh block of `seq`; return the number it starts after (blocking)."""
         ...
 
     def send(self, run_id: str, action: str, key: str | None, payload: bytes | None,
