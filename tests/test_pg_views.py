@@ -417,7 +417,9 @@ def _tables_and_views(con: Any) -> set[tuple[str, str]]:
 def test_prepare_creates_the_schema(pg: Any) -> None:
     assert _tables_and_views(pg) == {
         ("replay_meta", "BASE TABLE"), ("replay_event_log", "BASE TABLE"),
-        ("replay_event_all", "VIEW"), ("replay_events", "VIEW"), ("replay_runs", "VIEW")}
+        ("replay_event_all", "VIEW"), ("replay_events", "VIEW"), ("replay_runs", "VIEW"),
+        ("replay_lease", "BASE TABLE"), ("replay_member", "BASE TABLE"),
+        ("replay_inbox", "BASE TABLE")}
     assert pg.execute("SELECT * FROM replay_meta").fetchall() == [
         ("schema_version", str(PG_SCHEMA_VERSION))]
     indexes = {row[0] for row in pg.execute(
