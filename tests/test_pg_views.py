@@ -425,7 +425,9 @@ def test_prepare_creates_the_schema(pg: Any) -> None:
     indexes = {row[0] for row in pg.execute(
         "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()")}
     assert indexes == {"replay_event_log_pkey", "replay_event_log_run",
-                       "replay_event_log_state"}
+                       "replay_event_log_state", "replay_lease_pkey", "replay_lease_free",
+                       "replay_lease_owner", "replay_member_pkey", "replay_member_root",
+                       "replay_inbox_pkey", "replay_inbox_run"}
 
 
 def test_prepare_keeps_an_existing_schema(loaded: Any, history: History) -> None:
