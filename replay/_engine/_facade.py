@@ -141,10 +141,8 @@ class Engine(EngineReads):
             EngineClosed: The engine is closed or closing.
         """
         self._check_open()
-        elsewhere = await held_elsewhere(self._scheduler, run_id)
-        if elsewhere is not None:
-            await send_elsewhere(self._scheduler, run_id, "resume")
-            return Run(self._scheduler, run_id, elsewhere.workflow)
+        if (sent := await self._to_holder(run_id, "resume")) is not None:
+            return sent
         slot = await self._scheduler.runs.adopt(run_id, keep_finished=True)
         try:
             self._registry.name_of(slot.workflow)
@@ -157,7 +155,8 @@ class Engine(EngineReads):
     async def cancel(self, run_id: str, reason: Any = None) -> Run:
         """Cancel the run: `Cancelled` is thrown in at the command it waits on.
 
-        The request is durable when this returns, and a parked run wakes to take it.
+        The request is durable when this returns, and a parked run wakes to take it
+        (a run another engine holds on a shared PostgreSQL schema: from that engine).
         The workflow may catch `Cancelled` and yield compensation commands, which run
         normally; if `Cancelled` escapes, the run ends ``cancelled``. Work under way at
         that command is cancelled as for a race's losing member. A second `cancel`
@@ -201,10 +200,8 @@ class Engine(EngineReads):
         """Cancel or terminate a run (`how`), with `reason` recorded."""
         self._check_open()
         encoded = Encoded(encode(reason, key="reason"), to_json(reason))
-        elsewhere = await held_elsewhere(self._scheduler, run_id)
-        if elsewhere is not None:
-            await send_elsewhere(self._scheduler, run_id, action, value=encoded)
-            return Run(self._scheduler, run_id, elsewhere.workflow)
+        if (sent := await self._to_holder(run_id, action, value=encoded)) is not None:
+            return sent
         slot = await self._scheduler.runs.adopt(run_id, keep_finished=True)
         try:
             await how(slot, encoded)
@@ -256,7 +253,10 @@ class Engine(EngineReads):
         """Deliver `payload` to the run's `Suspend(key)`; return once it is durable.
 
         A signal that arrives before the run reaches the key waits in the run's
-        mailbox. A run suspended on the key wakes at once.
+        mailbox. A run suspended on the key wakes at once. On a PostgreSQL schema
+        shared by several engines, a run another engine holds gets the signal from
+        that engine: this returns once it is queued in the database, and a refusal
+        only the holder can see (the key already has a value) is logged there.
 
         Raises:
             RunNotFound: No such run.
@@ -271,10 +271,8 @@ class Engine(EngineReads):
         self._check_open()
         key = checked_key(key)
         encoded = Encoded(encode(payload, key=key), to_json(payload))
-        elsewhere = await held_elsewhere(self._scheduler, run_id)
-        if elsewhere is not None:
-            await send_elsewhere(self._scheduler, run_id, "signal", key, encoded)
-            return Run(self._scheduler, run_id, elsewhere.workflow)
+        if (sent := await self._to_holder(run_id, "signal", key, encoded)) is not None:
+            return sent
         slot = await self._scheduler.runs.adopt(run_id)
         await self._scheduler.signal(slot, key, encoded)
         warning = misdirected_signal(slot.info(decode), key)
@@ -315,6 +313,18 @@ class Engine(EngineReads):
         return await wait_for_stop_signal(signals)
 
     # -- internals --
+
+    async def _to_holder(self, run_id: str, action: str, key: str | None = None,
+                         value: Encoded | None = None) -> Run | None:
+        """Queue `action` for the engine that holds the run, if another engine does.
+
+        Returns the run's handle then, else None (the run is this engine's to act on).
+        """
+        row = await held_elsewhere(self._scheduler, run_id)
+        if row is None:
+            return None
+        await send_elsewhere(self._scheduler, run_id, action, key, value)
+        return Run(self._scheduler, run_id, row.workflow)
 
     async def _existing(self, slot: RunSlot, name: str) -> Run:
         run = self._stored(slot.run_id, slot.workflow, name)
