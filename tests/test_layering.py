@@ -158,7 +158,7 @@ def test_the_store_package_is_the_only_home_of_duckdb() -> None:
 PUBLIC = [
     "AsyncClient", "AsyncRemoteRun", "Client", "RemoteRun", "connect", "connect_async",
     "DatabaseError", "DatabaseLocked", "DuplicateKeyError", "EncodingError", "Engine",
-    "EngineClosed", "Event", "NondeterminismError", "QueryError", "ReplayError",
+    "EngineClosed", "Event", "LeaseLost", "NondeterminismError", "QueryError", "ReplayError",
     "ReplayInternalError", "Retry", "Run", "RunIdConflict", "RunInfo", "RunNotFound",
     "RunState", "RunSuspended", "SignalRejected", "Sleep", "Step", "StepFailed",
     "StepInterrupted", "StepTimeout", "Suspend", "SuspendTimeout", "WorkflowFailed",
