@@ -50,9 +50,18 @@ def prepare_reader_role(con: psycopg.Connection[Any], schema: str) -> str | None
             pgsql.SQL(", ").join(pgsql.Identifier(view) for view in PUBLIC_VIEWS),
             pgsql.Identifier(READER_ROLE)),
     ]
-    for statement in statements:
-        with contextlib.suppress(psycopg.Error):  # exists already, or not ours to do
-            con.execute(statement)
+    # Under the schema's lock (engines opening at once re-create its views, and a GRANT
+    # on a view being replaced fails) and the role's (it belongs to the whole server).
+    locks = ("hashtext('replay-schema:' || %s)", "hashtext('replay-reader-role')")
+    con.execute(f"SELECT pg_advisory_lock({locks[0]}), pg_advisory_lock({locks[1]})",
+                [schema])
+    try:
+        for statement in statements:
+            with contextlib.suppress(psycopg.Error):  # exists already, or not ours to do
+                con.execute(statement)
+    finally:
+        con.execute(f"SELECT pg_advisory_unlock({locks[1]}), pg_advisory_unlock({locks[0]})",
+                    [schema])
     return usable_reader_role(con)
 
 
