@@ -402,12 +402,9 @@ def test_a_signal_to_a_run_no_worker_holds_is_delivered_by_the_one_that_claims_i
                             "AND event = 'signalled'") == [(1,)]
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "replay/_pg/_queries.prepare_reader_role GRANTs SELECT on the views outside the "
-    "schema's advisory lock, so another engine's CREATE OR REPLACE VIEW (under it) can "
-    "fail with 'tuple concurrently updated' and its open with DatabaseError; remove this "
-    "mark once fixed"))
 def test_engines_opening_one_schema_at_the_same_moment_all_open(setup: Setup) -> None:
+    # A GRANT on a view outside the schema's advisory lock, while another engine
+    # re-created the view under it, failed opens with 'tuple concurrently updated'.
     rounds, count = 8, 4  # round 0 on the fresh schema, then on the existing one
     go = setup.directory / "go"
     openers = [ChildProcess(SCRIPT, ["--opens", f"w{n}", str(go), str(rounds)],
