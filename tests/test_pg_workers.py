@@ -15,6 +15,8 @@ which processes executed it at all, recorded or not.
 - A worker SIGSTOPped past its lease in the middle of long steps: the other takes its
   runs and finishes them; resumed, the stopped worker records nothing (the history is
   unchanged) and stops with `LeaseLost`.
+- A backlog of runs started while no worker ran is claimed as fast as the worker has
+  room, not one claim per safety poll.
 - A signal (and a cancel) sent through one engine to a run parked in another; and a
   signal to a run no worker holds yet, delivered by the worker that claims it.
 - Four engines opening the schema at the same moment, eight times: all open.
@@ -334,6 +336,27 @@ def test_a_worker_stopped_past_its_lease_loses_its_runs_and_records_nothing(
     by = check_history(setup, run_ids, keys, killed=stopped.pid)
     for run_id in held:
         assert by[run_id, "slow"] == other.pid and by[run_id, "s2"] == other.pid, run_id
+
+
+@pytest.mark.xfail(strict=False, reason=(
+    "replay/_pg/_sharing: after a claim, the claiming thread waits for a notification or "
+    "the next poll_interval before it claims again, and nothing wakes it when the engine "
+    "has room again: a backlog drains at CLAIM_BATCH (or max_runs) runs per "
+    "poll_interval; remove this mark once fixed"))
+@pytest.mark.parametrize("max_runs", [None, 20])
+def test_a_backlog_of_free_runs_is_claimed_without_waiting_for_the_safety_poll(
+        setup: Setup, max_runs: int | None) -> None:
+    # Runs started while no worker ran: their notifications are gone, so only the
+    # worker's own claims take them, as fast as it has room, not one claim per poll.
+    poll, runs = 5.0, 200
+    run_ids = [f"b{n:03d}" for n in range(runs)]
+    submit(setup.url, [(chain, (1,), run_id) for run_id in run_ids])
+    worker = setup.worker("w0", lease=15.0, poll=poll, max_runs=max_runs)
+    worker.opened()
+    wait_until(all_completed(setup, runs), poll,
+               f"{runs} free runs completed within one poll_interval ({poll:g}s)", setup)
+    worker.stop()
+    check_history(setup, run_ids, ["s0"])
 
 
 def test_a_signal_through_one_engine_reaches_a_run_parked_in_another(setup: Setup) -> None:
