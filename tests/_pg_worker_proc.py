@@ -3,7 +3,7 @@
 Usage::
 
     python _pg_worker_proc.py WORKER SIDE_FILE STOP_FILE LEASE POLL_INTERVAL MAX_RUNS
-                              DURABILITY
+                              DURABILITY [PAUSE_TRIGGER]
 
 or::
 
@@ -15,7 +15,9 @@ line: it may hold a password. Opens an engine on it with ``worker=WORKER``, ``le
 executes whatever runs it claims until STOP_FILE exists; then it closes the engine
 cleanly, prints ``closed`` and exits 0. An engine that lost its lease raises
 `replay.LeaseLost` out of ``async with open_engine(...)``: the traceback goes to stderr
-and the process exits 1 (as for any other error). With ``--opens`` it only opens and
+and the process exits 1 (as for any other error). With PAUSE_TRIGGER, the process
+stops itself (SIGSTOP) inside the first commit after that file appears (see
+`pause_in_commit`). With ``--opens`` it only opens and
 closes an engine, ROUNDS times, each time as soon as the file ``GO.<round>`` exists (see
 `opens`): engines opening one schema at the same moment.
 
@@ -105,6 +107,34 @@ async def serve(url: str, worker: str, stop_file: str, lease: float, poll: float
     print("closed", flush=True)
 
 
+def pause_in_commit(trigger: str) -> None:
+    """Once `trigger` exists, stop this process (SIGSTOP) inside its next commit.
+
+    Right after the batch's fenced INSERT, before COMMIT: the transaction stays open on
+    the server, holding its locks (those on the batch's leases among them). Prints
+    ``paused`` first.
+    """
+    import signal
+    import threading
+
+    from replay._pg import _leases
+
+    write_fenced = _leases.write_fenced
+
+    def pausing(con: Any, *args: Any) -> bool:
+        written = write_fenced(con, *args)
+        if written and os.path.exists(trigger):
+            os.unlink(trigger)
+            print("paused", flush=True)
+            # At this thread: a stop sent to the process may let it run on a moment
+            # (far enough to commit); the sleep is a system call it cannot pass.
+            signal.pthread_kill(threading.get_ident(), signal.SIGSTOP)
+            time.sleep(0.01)
+        return written
+
+    _leases.write_fenced = pausing
+
+
 async def open_and_close(url: str, worker: str) -> None:
     async with replay.open_engine(url, workflows=WORKFLOWS, worker=worker,
                                   durability="none", serve_cli=False):
@@ -136,6 +166,8 @@ def main() -> None:
         opens(sys.argv[2], sys.argv[3], int(sys.argv[4]))
         return
     worker, SIDE_FILE, stop_file, lease, poll, max_runs, durability = sys.argv[1:8]
+    if len(sys.argv) > 8:
+        pause_in_commit(sys.argv[8])
     trio.run(serve, os.environ[URL_ENV], worker, stop_file, float(lease), float(poll),
              None if max_runs == "none" else int(max_runs), durability)
 
