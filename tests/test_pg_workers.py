@@ -343,11 +343,6 @@ def test_a_worker_stopped_past_its_lease_loses_its_runs_and_records_nothing(
         assert by[run_id, "slow"] == other.pid and by[run_id, "s2"] == other.pid, run_id
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "replay/_pg/_sharing: after a claim, the claiming thread waits for a notification or "
-    "the next poll_interval before it claims again, and nothing wakes it when the engine "
-    "has room again: a backlog drains at CLAIM_BATCH (or max_runs) runs per "
-    "poll_interval; remove this mark once fixed"))
 @pytest.mark.parametrize("max_runs", [None, 20])
 def test_a_backlog_of_free_runs_is_claimed_without_waiting_for_the_safety_poll(
         setup: Setup, max_runs: int | None) -> None:
@@ -364,13 +359,6 @@ def test_a_backlog_of_free_runs_is_claimed_without_waiting_for_the_safety_poll(
     check_history(setup, run_ids, ["s0"])
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "the paused worker's open transaction keeps its FOR SHARE locks on the batch's "
-    "lease rows, and claims skip locked rows (SKIP LOCKED): its run waits until its "
-    "session ends (nothing like idle_in_transaction_session_timeout ends it; cut off "
-    "from the server, that is when TCP keepalives notice, hours by default); with the "
-    "server ending it, the resumed worker's commit fails with DatabaseError, not "
-    "LeaseLost; remove this mark once fixed"))
 def test_a_worker_paused_inside_a_commit_loses_its_runs_and_records_nothing(
         setup: Setup) -> None:
     # Paused (or cut off) between its batch's INSERT and its COMMIT, a worker's session

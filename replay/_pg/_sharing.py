@@ -34,6 +34,8 @@ _RUN_ID, _WORKFLOW, _KIND, _EVENT, _NAME, _RUN_STATE = 1, 2, 4, 5, 14, 16
 _ENDED = frozenset({"completed", "failed", "cancelled"})
 _NO_TOKEN = -1  # a run this engine does not hold: its batch fails the fence
 _ENDED_KEPT = 10_000
+# Seconds between looks while free runs wait for room (no query without room).
+BACKLOG_LOOK = 0.02
 
 
 class Sharing:
@@ -66,6 +68,8 @@ class Sharing:
         self._taken = threading.Event()
         self._taken.set()
         self._inflight: set[int] = set()  # inbox messages handed over, not yet done
+        # The last claim came back full, so more may be free (the claim at open: look).
+        self._backlog = self.opening is not None
         self._thread: threading.Thread | None = None
 
     # -- what the writer asks --
@@ -189,19 +193,27 @@ class Sharing:
              busy: Callable[[], int]) -> None:
         con: Connection | None = None
         renew_every = self.options.lease / 3
-        renewed = time.monotonic()
+        renewed = looked = time.monotonic()
+        notified = True
         while not self._stop.is_set():
             try:
                 if con is None or con.closed or con.broken:
-                    con = self._listening()
+                    con, notified = self._listening(), True
                 if time.monotonic() - renewed >= renew_every:
                     _leases.renew(con, self.options.worker, self.options.lease)
                     renewed = time.monotonic()
-                self._look(con, on_claim, on_messages, busy)
-                wait = min(self.options.poll_interval,
-                           max(0.0, renewed + renew_every - time.monotonic()))
-                for _ in con.notifies(timeout=wait, stop_after=1):
-                    pass
+                if notified or time.monotonic() - looked >= self.options.poll_interval:
+                    self._claim_all(con, on_claim, busy)
+                    self._fetch_messages(con, on_messages)
+                    looked = time.monotonic()
+                elif self._backlog:
+                    self._claim_all(con, on_claim, busy)
+                # While free runs wait (the last claim came back full), look again as
+                # soon as the engine has taken the claim and has room.
+                wait = BACKLOG_LOOK if self._backlog else min(
+                    self.options.poll_interval,
+                    max(0.0, renewed + renew_every - time.monotonic()))
+                notified = any(True for _ in con.notifies(timeout=wait, stop_after=1))
             except (psycopg.Error, DatabaseError) as error:
                 log.warning("replay: cannot reach %s to renew leases and claim work "
                             "(%s); trying again", self._schema, error)
@@ -218,18 +230,19 @@ class Sharing:
         con.execute(f"LISTEN {CHANNEL}")
         return con
 
-    def _look(self, con: Connection, on_claim: Callable[[Claim], None],
-              on_messages: Callable[[list[tuple[Any, ...]]], None],
-              busy: Callable[[], int]) -> None:
-        """Claim what there is room for, then fetch new inbox messages."""
+    def _claim_all(self, con: Connection, on_claim: Callable[[Claim], None],
+                   busy: Callable[[], int]) -> None:
+        """Claim as much as the engine has room for, one claim at a time."""
         while self._taken.is_set() and (room := self._room(busy())) > 0:
             claimed = self._claim(con, own=False, limit=room)
+            self._backlog = claimed is not None and len(claimed.roots) >= room
             if claimed is None:
-                break
+                return
             self._taken.clear()
             on_claim(claimed)
-            if len(claimed.roots) < room:
-                break
+
+    def _fetch_messages(self, con: Connection,
+                        on_messages: Callable[[list[tuple[Any, ...]]], None]) -> None:
         with self._lock:
             inflight = list(self._inflight)
         messages = _leases.inbox(con, self.options.worker, inflight)

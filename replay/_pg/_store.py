@@ -133,9 +133,18 @@ class PgStore:
         )
 
     def _prepare_writer(self) -> None:
-        """Make the writer's session ready for batches (after opening or reconnecting)."""
+        """Make the writer's session ready for batches (after opening or reconnecting).
+
+        A batch's transaction holds its leases' rows locked, which claims skip: a
+        writer paused inside one (a frozen process) would keep its runs from every
+        other engine for as long as its session lives. The server ends such a session
+        after half a lease, so the runs are claimable once their leases expire, and the
+        paused writer finds on waking that it lost them.
+        """
         if self._durability == "none":
             self._con.execute("SET synchronous_commit = off")
+        idle = max(1, int(self._options.lease * 500))
+        self._con.execute(f"SET idle_in_transaction_session_timeout = {idle}")
         self._con.execute(_leases.BATCH_TABLE)
         self._con.autocommit = False  # each batch is one transaction
 
@@ -295,8 +304,14 @@ class PgStore:
         try:
             self._copy(rows)
             return None
-        except psycopg.OperationalError as error:  # the server went away
-            return self._commit_again(rows, error)
+        except psycopg.Error as error:
+            if isinstance(error, psycopg.OperationalError) or self._con.broken:
+                # The server went away, or ended the session (a writer paused in a
+                # transaction past `idle_in_transaction_session_timeout`).
+                return self._commit_again(rows, error)
+            with contextlib.suppress(psycopg.Error):
+                self._con.rollback()
+            return failed(self.path, error)
         except BaseException as error:  # reported to the engine, which stops
             with contextlib.suppress(psycopg.Error):
                 self._con.rollback()
@@ -325,7 +340,7 @@ class PgStore:
         self.sharing.committed(batch)
 
     def _commit_again(self, rows: list[tuple[Any, ...]],
-                      error: psycopg.OperationalError) -> BaseException | None:
+                      error: psycopg.Error) -> BaseException | None:
         """Reconnect, take the schema's lock again, and commit the batch unless it was.
 
         A connection cut during COMMIT leaves it unknown whether the batch was written;
