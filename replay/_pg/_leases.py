@@ -26,7 +26,7 @@ from typing import Any
 
 import psycopg
 
-from replay._pg._schema import COLUMNS
+from replay._pg._schema import COLUMNS, LOG_COLUMNS
 from replay._store._rows import row_record
 
 Connection = psycopg.Connection[Any]
@@ -36,11 +36,17 @@ CHANNEL = "replay_work"
 # How many families one claim takes at most (claims repeat while they come back full).
 CLAIM_BATCH = 50
 
-# The batch's rows wait in a temporary table until the fenced insert moves them.
-BATCH_TABLE = ("CREATE TEMP TABLE IF NOT EXISTS replay_batch "
-               "(LIKE replay_event_log) ON COMMIT DELETE ROWS")
-_FENCED_INSERT = """
-    INSERT INTO replay_event_log SELECT * FROM replay_batch
+# A batch is one statement: its rows, passed as one array per column, are inserted only
+# if the count of its families' leases that still carry this engine's owner and tokens
+# (locked FOR SHARE until the commit, so no claim takes them meanwhile) is all of them.
+_UNNESTED = ", ".join(f"%s::{'text' if kind == 'json' else kind}[]"
+                      for _, kind in LOG_COLUMNS)
+_SELECTED = ", ".join(f"c{n}::json" if kind == "json" else f"c{n}"
+                      for n, (_, kind) in enumerate(LOG_COLUMNS))
+_FENCED_INSERT = f"""
+    INSERT INTO replay_event_log ({", ".join(name for name, _ in LOG_COLUMNS)})
+    SELECT {_SELECTED} FROM unnest({_UNNESTED})
+        AS batch({", ".join(f"c{n}" for n in range(len(LOG_COLUMNS)))})
     WHERE (SELECT count(*) FROM (
         SELECT 1 FROM replay_lease
         WHERE owner = %s AND (root_id, token) IN (
@@ -144,19 +150,22 @@ class Batch:
     free: bool = False
 
 
-def write_fenced(con: Connection, batch: Batch, rows: int, owner: str, lease: float) -> bool:
-    """Write the batch waiting in `replay_batch` if every family's lease is still held.
+def write_fenced(con: Connection, batch: Batch, rows: Sequence[tuple[Any, ...]],
+                 owner: str, lease: float) -> bool:
+    """Insert `rows` (in `LOG_COLUMNS` order) if every family's lease is still held.
 
-    Called inside the batch's transaction, after its rows were copied to
-    `replay_batch`. Returns False (the caller rolls back) if a lease was lost.
+    Called inside the batch's transaction. Returns False (the caller rolls back) if
+    a lease was lost.
     """
     if batch.leases:
         con.execute(_NEW_LEASES, [lease, *map(list, zip(*batch.leases, strict=True))])
     if batch.members:
         con.execute(_NEW_MEMBERS, [*map(list, zip(*batch.members, strict=True))])
     roots, tokens = list(batch.fence), list(batch.fence.values())
-    inserted = con.execute(_FENCED_INSERT, [owner, roots, tokens, len(roots)]).rowcount
-    if inserted != rows:
+    columns = [list(column) for column in zip(*rows, strict=True)]
+    inserted = con.execute(_FENCED_INSERT,
+                           [*columns, owner, roots, tokens, len(roots)]).rowcount
+    if inserted != len(rows):
         return False
     if batch.ended:
         con.execute(_ENDED_MEMBERS, [batch.ended])

@@ -26,7 +26,7 @@ from replay._store._schema import TABLE_COLUMNS
 PG_SCHEMA_VERSION = 2
 
 # The event table's columns and their types as `format_type` shows them (checked on open).
-_LOG_COLUMNS = (
+LOG_COLUMNS = (
     ("seq", "bigint"), ("run_id", "text"), ("workflow", "text"), ("key", "text"),
     ("kind", "text"), ("event", "text"), ("attempt", "integer"), ("value", "bytea"),
     ("value_json", "json"), ("error_type", "text"), ("error", "text"),
@@ -41,7 +41,7 @@ _LOG_COLUMNS = (
 _TABLES = f"""
 CREATE TABLE replay_meta (name text, value text);
 CREATE TABLE replay_event_log (
-    {", ".join(f"{name} {kind}" for name, kind in _LOG_COLUMNS)},
+    {", ".join(f"{name} {kind}" for name, kind in LOG_COLUMNS)},
     PRIMARY KEY (seq)
 );
 -- One run's rows in order: history and memo loads, ONE_RUN, the run_id IN (...) reads.
@@ -396,7 +396,7 @@ def _check_version(con: psycopg.Connection[Any], shown: str, objects: dict[str, 
         "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
         "WHERE a.attrelid = 'replay_event_log'::regclass AND a.attnum > 0 "
         "AND NOT a.attisdropped").fetchall())
-    wrong = [f"{name} {kind}" for name, kind in _LOG_COLUMNS if columns.get(name) != kind]
+    wrong = [f"{name} {kind}" for name, kind in LOG_COLUMNS if columns.get(name) != kind]
     if wrong:
         raise damaged_schema(
             shown, f"its table replay_event_log lacks columns ({', '.join(wrong)})")

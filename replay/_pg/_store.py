@@ -27,7 +27,7 @@ from replay._errors import DatabaseError, DatabaseLocked, LeaseLost
 from replay._pg import _leases, _purge, _reads
 from replay._pg._connect import connect, failed
 from replay._pg._queries import PgReadQuery, prepare_reader_role
-from replay._pg._rows import COPY_COLUMNS, pg_row
+from replay._pg._rows import pg_row
 from replay._pg._schema import current_schema, prepare_schema
 from replay._pg._sharing import Sharing
 from replay._pg._url import shown_url
@@ -45,7 +45,6 @@ IDLE_READERS = 4
 # How long the engine keeps trying to reach a server that went away (a restart, a
 # failover) before it stops: a commit or read waits that long, then fails.
 RECONNECT_SECONDS = 60.0
-_COPY = f"COPY replay_batch ({COPY_COLUMNS}) FROM STDIN"
 # The advisory lock on the schema: shared by engines, exclusive for a writing command.
 ENGINE_LOCK_KEY = "hashtext('replay-engine:' || current_schema())"
 # The advisory lock on a worker name (parameter: the name), held by its engine.
@@ -145,7 +144,6 @@ class PgStore:
             self._con.execute("SET synchronous_commit = off")
         idle = max(1, int(self._options.lease * 500))
         self._con.execute(f"SET idle_in_transaction_session_timeout = {idle}")
-        self._con.execute(_leases.BATCH_TABLE)
         self._con.autocommit = False  # each batch is one transaction
 
     # -- reads, each on a connection of the pool --
@@ -324,11 +322,8 @@ class PgStore:
             LeaseLost: Another engine took one of them over; nothing was written.
         """
         batch = self.sharing.plan(self._con, rows)
-        with self._con.cursor() as cursor, cursor.copy(_COPY) as copy:
-            for row in rows:
-                copy.write_row(row)
         worker, lease = self._options.worker, self._options.lease
-        if not _leases.write_fenced(self._con, batch, len(rows), worker, lease):
+        if not _leases.write_fenced(self._con, batch, rows, worker, lease):
             self._con.rollback()
             raise LeaseLost(
                 f"this engine (worker {worker!r}) lost the lease of a run it executes on "
