@@ -262,6 +262,11 @@ def release(con: Connection, owner: str) -> None:
         con.execute(_NOTIFY, [CHANNEL])
 
 
+def wake(con: Connection) -> None:
+    """Wake every engine listening on the schema's channel (they look for work)."""
+    con.execute(_NOTIFY, [CHANNEL])
+
+
 def inbox(con: Connection, owner: str, taken: Sequence[int]) -> list[tuple[Any, ...]]:
     """Return messages for runs `owner` holds, except those already `taken`."""
     return con.execute(_INBOX, [owner, list(taken)]).fetchall()

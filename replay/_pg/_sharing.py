@@ -267,9 +267,11 @@ class Sharing:
         `con` is the writer's connection, after its last batch.
         """
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
         with contextlib.suppress(psycopg.Error):
             con.rollback()
             con.autocommit = True
+            _leases.wake(con)  # the thread waits for a notification: not a whole poll
+        if self._thread is not None:
+            self._thread.join()
+        with contextlib.suppress(psycopg.Error):
             _leases.release(con, self.options.worker)
