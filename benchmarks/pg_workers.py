@@ -39,7 +39,6 @@ order); ``scripts/postgres-cluster start DIR`` starts a throwaway server.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -51,7 +50,7 @@ from typing import Any
 
 import trio
 from _report import Figure, fmt, machine, median, warn
-from postgres import ENV_VARS, Server, narrow_floor, server_url
+from postgres import ENV_VARS, Server, narrow_floor, print_json, server_url
 
 import replay
 from replay import Step
@@ -353,14 +352,8 @@ def main() -> int:
     print("\nscaling efficiency: steps/s(N) / (N x steps/s(1)); server commits/s: the "
           "database's xact_commit delta over the window (every transaction, read-only ones "
           "too). No targets: the figures are for information.")
-    print(json.dumps({
-        "benchmark": "pg_workers", "quick": args.quick, "durability": args.durability,
-        "date": date, "machine": after, "loadavg_1m_before": before["loadavg_1m"],
-        "server": {"url": server.shown, **settings, "psycopg": psycopg.__version__},
-        "schemas": server.created,
-        "figures": {key: figure.as_json() for key, figure in found.items()},
-        **result,
-    }), flush=True)
+    print_json({"benchmark": "pg_workers", "quick": args.quick}, args.durability, date,
+               (before, after), server, settings, found, result)
     return 0
 
 

@@ -462,15 +462,27 @@ def main() -> int:
     print("\nengine processes: one here; benchmarks/pg_workers.py measures 1, 2 and 4 "
           "sharing one schema.")
     print("targets: none set yet for PostgreSQL; the ratios are for information.")
+    print_json({"benchmark": "postgres", "smoke": args.smoke}, args.durability, date,
+               (before, after), server, settings, found, result)
+    return 0
+
+
+def print_json(name: dict[str, Any], durability: str, date: str,
+               machines: tuple[dict[str, Any], dict[str, Any]], server: Server,
+               settings: dict[str, Any], found: dict[str, Any],
+               result: dict[str, Any]) -> None:
+    """Print a PostgreSQL benchmark's last line: one JSON object with every figure."""
+    import psycopg
+
+    before, after = machines
     print(json.dumps({
-        "benchmark": "postgres", "smoke": args.smoke, "durability": args.durability,
+        **name, "durability": durability,
         "date": date, "machine": after, "loadavg_1m_before": before["loadavg_1m"],
         "server": {"url": server.shown, **settings, "psycopg": psycopg.__version__},
         "schemas": server.created,
         "figures": {key: figure.as_json() for key, figure in found.items()},
         **result,
     }), flush=True)
-    return 0
 
 
 if __name__ == "__main__":
