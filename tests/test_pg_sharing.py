@@ -195,3 +195,29 @@ async def test_a_claim_numbers_records_after_everything_the_run_has(pg_url: str)
         seqs = [row[0] for row in con.execute(
             "SELECT seq FROM replay_event_log WHERE run_id = 'a1' ORDER BY recorded_at, seq")]
     assert seqs == sorted(seqs)
+
+
+async def test_engines_purging_at_once_archive_each_run_once(pg_url: str,
+                                                             tmp_path: Any) -> None:
+    import duckdb
+
+    async with replay.open_engine(pg_url, workflows=WORKFLOWS, worker="w1",
+                                  **FAST) as first, \
+            replay.open_engine(pg_url, workflows=WORKFLOWS, worker="w2", **FAST) as second:
+        for value in range(20):
+            assert await (await first.start(doubled, value, run_id=f"p{value}")).result() == (
+                2 * value)
+        events = (await first.sql("SELECT count(*) FROM replay_events"))[0][0]
+        await trio.sleep(60)  # virtual time: the runs finished a minute ago
+        reports: list[Any] = []
+        async with trio.open_nursery() as nursery:
+            for engine, name in ((first, "a.parquet"), (second, "b.parquet")):
+                async def purge(engine: Any = engine, name: str = name) -> None:
+                    reports.append(await engine.purge(older_than=30,
+                                                      archive_to=tmp_path / name))
+                nursery.start_soon(purge)
+        assert sorted(report.runs_purged for report in reports) == [0, 20]
+        assert await first.sql("SELECT count(*) FROM replay_runs") == [(0,)]
+    archived = duckdb.sql(  # one archive holds every event, the other was not written
+        f"SELECT count(*), count(DISTINCT run_id) FROM '{tmp_path}/*.parquet'").fetchall()
+    assert archived == [(events, 20)]

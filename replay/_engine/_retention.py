@@ -169,6 +169,21 @@ class Retention:
         archive = request.archive_to
         if archive is not None:
             await in_thread(check_archive_path, archive)
+        sharing = self._store.sharing
+        if dry_run or sharing is None:
+            return await self._purge(request, cutoff, dry_run, progress)
+        # Engines sharing a store purge one at a time: two at once would plan, and
+        # archive, the same runs.
+        release = await in_thread(sharing.hold_purge)
+        try:
+            return await self._purge(request, cutoff, dry_run, progress)
+        finally:
+            with trio.CancelScope(shield=True):
+                await in_thread(release)
+
+    async def _purge(self, request: PurgeRequest, cutoff: datetime, dry_run: bool,
+                     progress: Progress | None) -> PurgeReport:
+        archive = request.archive_to
         planned = await in_thread(self._store.purge_plan, cutoff, request.states,
                                   request.workflow)
         if dry_run:

@@ -72,6 +72,9 @@ _ENDED_LEASES = """
 _PARENT = ("SELECT name FROM replay_event_log "
            "WHERE run_id = %s AND kind = 'run' AND event = 'started' LIMIT 1")
 _ROOT_OF = "SELECT root_id FROM replay_member WHERE run_id = %s"
+# One purge at a time per schema (session locks, on a connection of the purge's own).
+HOLD_PURGE = "SELECT pg_advisory_lock(hashtext('replay-purge:' || current_schema()))"
+RELEASE_PURGE = "SELECT pg_advisory_unlock(hashtext('replay-purge:' || current_schema()))"
 _NOTIFY = "SELECT pg_notify(%s, current_schema())"
 
 # Take back this worker's own families (a restart under the same name), new token.

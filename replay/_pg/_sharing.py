@@ -162,6 +162,25 @@ class Sharing:
         """Queue a message for the engine that holds run `run_id`, and wake engines."""
         self._read(_leases.send, run_id, action, key, payload, payload_json)
 
+    def hold_purge(self) -> Callable[[], None]:
+        """Wait until no other engine purges the schema, and hold that (blocking).
+
+        Returns the function that lets go (a session lock on a connection of its own).
+        """
+        con = connect(self._url)
+        try:
+            con.execute(_leases.HOLD_PURGE)
+        except BaseException:
+            con.close()
+            raise
+
+        def release() -> None:
+            with contextlib.suppress(psycopg.Error):
+                con.execute(_leases.RELEASE_PURGE)
+            con.close()
+
+        return release
+
     def claim_run(self, run_id: str) -> Claim | None:
         """Claim run `run_id`'s family now if no engine holds it (blocking); else None."""
         claimed: Claim | None = self._read(self._claim, False, 0, run_id)

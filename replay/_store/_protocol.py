@@ -73,6 +73,10 @@ class SharedStore(Protocol):
         """Whether an engine executing `busy` runs may take another."""
         ...
 
+    def hold_purge(self) -> Callable[[], None]:
+        """Wait until no other engine purges, and hold that; return the release (blocking)."""
+        ...
+
     def claim_run(self, run_id: str) -> Any:
         """Claim run `run_id`'s family now if no engine holds it (blocking); else None."""
         ...
