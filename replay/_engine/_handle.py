@@ -7,9 +7,7 @@ from typing import Any
 
 from replay._checks import checked_condition
 from replay._codec import decode
-from replay._engine._clock import in_thread
 from replay._engine._scheduler import Scheduler
-from replay._engine._slots import RunSlot
 from replay._engine._watch import Watch, checked_buffer
 from replay._engine._watching import DEFAULT_BUFFER
 from replay._errors import RunFinished, WorkflowFailed
@@ -108,16 +106,9 @@ class Run:
         return Watch(scheduler.watchers, scheduler.store, run_id=self.run_id,
                      find=lambda: scheduler.runs.adopt(self.run_id), after_seq=after_seq,
                      buffer=checked_buffer(buffer),
-                     elsewhere=None if sharing is None else self._elsewhere,
+                     elsewhere=None if sharing is None else (
+                         lambda: scheduler.runs.elsewhere(self.run_id)),
                      poll_interval=1.0 if sharing is None else sharing.options.poll_interval)
-
-    async def _elsewhere(self) -> RunSlot | None:
-        """The run as the store has it, if another engine holds it (None: this one)."""
-        scheduler = self._scheduler
-        if scheduler.runs.find(self.run_id) is not None:
-            return None
-        row = await in_thread(scheduler.store.run_row, self.run_id)
-        return None if row is None else scheduler.runs.restored(row)
 
     async def result(self) -> Any:
         """Wait for the run to finish and return its output.

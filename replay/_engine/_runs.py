@@ -186,17 +186,16 @@ class RunTable:
             if len(self._finished) > RECENTLY_FINISHED:
                 self._finished.popitem(last=False)  # read from the file from now on
 
-    async def stored_again(self, run_id: str, slot: RunSlot) -> RunSlot:
-        """Return the run's slot in memory, else as the store has it now (else `slot`).
+    async def elsewhere(self, run_id: str) -> RunSlot | None:
+        """Return the run as the store has it now, unless it is in memory (then None).
 
-        For a run another engine executes (on a shared store), read again while
-        waiting for it.
+        For a run another engine executes (on a shared store): read again while
+        waiting for it or watching it.
         """
-        found = self.find(run_id)
-        if found is not None:
-            return found
+        if self.find(run_id) is not None:
+            return None
         row = await in_thread(self._store.run_row, run_id)
-        return slot if row is None else self.restored(row)
+        return None if row is None else self.restored(row)
 
     def _stored(self, row: RunRow | None) -> RunSlot | None:
         return None if row is None else self.restored(row)

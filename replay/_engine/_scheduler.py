@@ -345,7 +345,8 @@ class Scheduler:
             if sharing is not None and self.runs.find(run_id) is not slot:
                 # Another engine executes it: look at the store again a while later.
                 await trio.sleep(sharing.options.poll_interval)
-                slot = await self.runs.stored_again(run_id, slot)
+                slot = (self.runs.find(run_id) or await self.runs.elsewhere(run_id)
+                        or slot)
                 continue
             await slot.wait_changed()
         return slot.info(decode)

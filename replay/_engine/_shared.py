@@ -24,7 +24,7 @@ from replay._core._records import Encoded
 from replay._engine._clock import in_thread
 from replay._engine._scheduler import Scheduler
 from replay._errors import ReplayError
-from replay._store import RunRow, SharedStore
+from replay._store import Claimed, RunRow, SharedStore
 
 log = logging.getLogger("replay")
 
@@ -56,7 +56,7 @@ class SharedRuns:
         task_status.started()
         await trio.sleep_forever()
 
-    def _claimed(self, claim: Any) -> None:
+    def _claimed(self, claim: Claimed) -> None:
         if not self._scheduler.closing:  # else the claim ends as the engine frees its leases
             take_claim(self._scheduler, claim)
             self._sharing.taken()
@@ -88,7 +88,7 @@ class SharedRuns:
             await scheduler.resume(slot)
 
 
-def take_claim(scheduler: Scheduler, claim: Any) -> None:
+def take_claim(scheduler: Scheduler, claim: Claimed) -> None:
     """Hold the runs of claimed families, numbering their records from the claim's block."""
     scheduler.committer.advance(claim.block)
     for records in claim.records:

@@ -26,6 +26,7 @@ from typing import Any
 
 import psycopg
 
+from replay._core._records import Record
 from replay._pg._schema import COLUMNS, LOG_COLUMNS
 from replay._store._rows import row_record
 
@@ -221,7 +222,7 @@ class Claim:
     token: int
     roots: list[str]
     members: dict[str, str]
-    records: list[list[Any]]
+    records: list[list[Record]]
     block: int
 
 
@@ -246,7 +247,7 @@ def claim(con: Connection, owner: str, workflows: Sequence[str], lease: float,
     if not roots:
         return None
     members = dict(con.execute(_MEMBERS, [roots]).fetchall())
-    runs: dict[str, list[Any]] = {}
+    runs: dict[str, list[Record]] = {}
     for row in con.execute(_FAMILY_ROWS, [roots]).fetchall():
         runs.setdefault(row[1], []).append(row_record(row))
     return Claim(token, roots, members, list(runs.values()), seq_block(con))

@@ -17,6 +17,7 @@ from replay._store._connect import damaged, file_keys
 from replay._store._hot import hot_from_row
 from replay._store._protocol import (
     SEQ_BLOCK,
+    Claimed,
     EngineStore,
     SharedStore,
     UserQuery,
@@ -46,6 +47,7 @@ from replay._store._writer_store import Store
 __all__ = [
     "CLI_ADVICE",
     "ENGINE_ADVICE",
+    "Claimed",
     "EngineStore",
     "SEQ_BLOCK",
     "SharedStore",

@@ -38,10 +38,14 @@ class WorkerOptions:
     workflows: tuple[str, ...] = ()
 
 
-class Work(Protocol):
-    """What an engine sharing its schema is handed: claimed runs, inbox messages."""
+class Claimed(Protocol):
+    """Runs an engine sharing its store has just claimed (`SharedStore.start`, `claim_run`).
 
-    token: int
+    Attributes:
+        records: The records of each claimed run, a list per run in `seq` order.
+        block: The `seq` the fresh block for their new records starts after.
+    """
+
     records: list[list[Record]]
     block: int
 
@@ -51,7 +55,7 @@ class SharedStore(Protocol):
 
     options: WorkerOptions
 
-    def start(self, on_claim: Callable[[Any], None],
+    def start(self, on_claim: Callable[[Claimed], None],
               on_messages: Callable[[list[tuple[Any, ...]]], None],
               busy: Callable[[], int]) -> None:
         """Start claiming work and renewing leases in a thread of the store's own.
@@ -77,7 +81,7 @@ class SharedStore(Protocol):
         """Wait until no other engine purges, and hold that; return the release (blocking)."""
         ...
 
-    def claim_run(self, run_id: str) -> Any:
+    def claim_run(self, run_id: str) -> Claimed | None:
         """Claim run `run_id`'s family now if no engine holds it (blocking); else None."""
         ...
 
