@@ -50,7 +50,7 @@ from typing import Any
 
 import trio
 from _report import Figure, fmt, machine, median, warn
-from postgres import ENV_VARS, Server, narrow_floor, print_json, server_url
+from postgres import ENV_VARS, Server, narrow_floor, print_json, usable_server
 
 import replay
 from replay import Step
@@ -314,14 +314,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.worker:
         return worker_main(args)
-    url = server_url(args.url)
-    if not url:
-        parser.error(f"no server: pass a postgresql:// URL or set {' or '.join(ENV_VARS)} "
-                     "(scripts/postgres-cluster start DIR starts a throwaway one)")
-    try:
-        import psycopg
-    except ModuleNotFoundError:
-        parser.error('psycopg is missing: pip install -e ".[postgres]"')
+    url = usable_server(parser, args.url)
+    import psycopg
     server = Server(url)
     try:
         settings = server.settings()

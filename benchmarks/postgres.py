@@ -419,14 +419,7 @@ def main() -> int:
     parser.add_argument("--durability", choices=("fsync", "none"), default="fsync",
                         help="of the engines and the floors (default: fsync)")
     args = parser.parse_args()
-    url = server_url(args.url)
-    if not url:
-        parser.error(f"no server: pass a postgresql:// URL or set {' or '.join(ENV_VARS)} "
-                     "(scripts/postgres-cluster start DIR starts a throwaway one)")
-    try:
-        import psycopg
-    except ModuleNotFoundError:
-        parser.error('psycopg is missing: pip install -e ".[postgres]"')
+    url = usable_server(parser, args.url)
     from replay._pg._store import PgStore
     from replay._store import Store
 
@@ -465,6 +458,19 @@ def main() -> int:
     print_json({"benchmark": "postgres", "smoke": args.smoke}, args.durability, date,
                (before, after), server, settings, found, result)
     return 0
+
+
+def usable_server(parser: argparse.ArgumentParser, given: str | None) -> str:
+    """Return the server's URL, or stop with a usage error: no server, or no psycopg."""
+    url = server_url(given)
+    if not url:
+        parser.error(f"no server: pass a postgresql:// URL or set {' or '.join(ENV_VARS)} "
+                     "(scripts/postgres-cluster start DIR starts a throwaway one)")
+    try:
+        import psycopg  # noqa: F401
+    except ModuleNotFoundError:
+        parser.error('psycopg is missing: pip install -e ".[postgres]"')
+    return url
 
 
 def print_json(name: dict[str, Any], durability: str, date: str,
