@@ -112,6 +112,25 @@ async def test_runs_of_an_engine_that_closed_are_taken_by_another_at_once(
         assert await second.get_run("a1").result() == "approved by cy"
 
 
+async def test_a_call_for_a_run_this_engine_cannot_run_waits_for_one_that_can(
+        pg_url: str) -> None:
+    async with replay.open_engine(pg_url, workflows=WORKFLOWS, worker="w1", **FAST) as first:
+        await (await first.start(approval, run_id="a1")).wait(replay.RunState.SUSPENDED)
+    async with replay.open_engine(pg_url, workflows=[doubled], worker="w2", **FAST) as other:
+        await other.signal("a1", "approval", "dee")
+        # w2 runs no approval: it leaves the family free, and the signal waits for w1.
+        with admin(pg_url) as con:
+            assert con.execute("SELECT owner FROM replay_lease").fetchall() == [(None,)]
+            assert con.execute("SELECT run_id, action, key FROM replay_inbox").fetchall() == [
+                ("a1", "signal", "approval")]
+        assert other.status("a1").state is replay.RunState.SUSPENDED
+        async with replay.open_engine(pg_url, workflows=WORKFLOWS, worker="w1",
+                                      **FAST) as first:
+            assert await first.get_run("a1").result() == "approved by dee"
+    with admin(pg_url) as con:
+        assert con.execute("SELECT count(*) FROM replay_inbox").fetchone() == (0,)
+
+
 async def test_an_engine_whose_lease_was_taken_records_nothing_and_stops(
         pg_url: str) -> None:
     gate.clear()
@@ -127,6 +146,26 @@ async def test_an_engine_whose_lease_was_taken_records_nothing_and_stops(
     with admin(pg_url) as con:
         assert con.execute(
             "SELECT count(*) FROM replay_events WHERE kind = 'step' AND event = 'completed'"
+        ).fetchone() == (0,)
+
+
+async def test_an_engine_that_finds_its_lease_taken_stops_without_waiting_for_a_commit(
+        pg_url: str) -> None:
+    gate.clear()
+    try:
+        with pytest.raises(replay.LeaseLost, match="lost the leases of 1 run family"):
+            async with replay.open_engine(pg_url, workflows=WORKFLOWS, worker="w1",
+                                          lease=0.6, shutdown_timeout=0, **FAST) as engine:
+                await engine.start(gated, run_id="g1")
+                with admin(pg_url) as con:
+                    con.execute("UPDATE replay_lease SET owner = 'thief', token = token + 1000")
+                with trio.fail_after(10):  # the step never ends: the renewal notices
+                    await trio.sleep_forever()
+    finally:
+        gate.set()
+    with admin(pg_url) as con:
+        assert con.execute(
+            "SELECT count(*) FROM replay_events WHERE run_id = 'g1' AND kind = 'step'"
         ).fetchone() == (0,)
 
 

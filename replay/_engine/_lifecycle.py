@@ -38,7 +38,7 @@ from replay._engine._options import (
 from replay._engine._retention import Retention
 from replay._engine._shared import SharedRuns
 from replay._engine._ui_backend import serve_ui
-from replay._errors import ReplayError
+from replay._errors import LeaseLost, ReplayError
 from replay._pg._url import is_postgres_url
 from replay._retry import Retry
 from replay._workflows import Registry
@@ -226,6 +226,10 @@ async def _single_errors() -> AsyncIterator[None]:
         yield
     except BaseExceptionGroup as group:
         leaves = _leaves(group)
+        if all(isinstance(leaf, LeaseLost) for leaf in leaves):
+            # A renewal found leases lost, and the last commit for those runs failed
+            # its fence as the engine stopped: one cause, told once.
+            leaves = leaves[:1]
         if len(leaves) != 1:
             raise
         error, context = leaves[0], leaves[0].__context__

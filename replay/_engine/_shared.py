@@ -23,7 +23,7 @@ import trio
 from replay._core._records import Encoded
 from replay._engine._clock import in_thread
 from replay._engine._scheduler import Scheduler
-from replay._errors import ReplayError
+from replay._errors import LeaseLost, ReplayError
 from replay._store import Claimed, RunRow, SharedStore
 
 log = logging.getLogger("replay")
@@ -42,7 +42,11 @@ class SharedRuns:
         self._sharing = sharing
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Start the store's thread, and keep taking its claims until cancelled."""
+        """Start the store's thread, and keep taking its claims until cancelled.
+
+        Raises:
+            LeaseLost: A renewal found that another engine took runs this one holds.
+        """
         token = trio.lowlevel.current_trio_token()
 
         def soon(function: Any, argument: Any) -> None:
@@ -50,11 +54,20 @@ class SharedRuns:
             with contextlib.suppress(trio.RunFinishedError):
                 token.run_sync_soon(function, argument)
 
+        lost: list[LeaseLost] = []
+        noticed = trio.Event()
+
+        def stop(error: LeaseLost) -> None:
+            lost.append(error)
+            noticed.set()
+
         self._sharing.start(lambda claim: soon(self._claimed, claim),
                             lambda messages: soon(self._received, messages),
-                            lambda: self._scheduler.executing)
+                            lambda: self._scheduler.executing,
+                            lambda error: soon(stop, error))
         task_status.started()
-        await trio.sleep_forever()
+        await noticed.wait()
+        raise lost[0]  # the engine stops: its runs must not go on in two places
 
     def _claimed(self, claim: Claimed) -> None:
         if not self._scheduler.closing:  # else the claim ends as the engine frees its leases
@@ -100,8 +113,9 @@ async def held_elsewhere(scheduler: Scheduler, run_id: str) -> RunRow | None:
     """Return the run's row if it is unfinished and another engine holds it.
 
     A run that no engine holds (its family is free, or its lease expired) is claimed
-    here first, with its family, if this engine has room for it, and None is
-    returned: the caller acts on it here.
+    here first, with its family, if this engine has room for it and runs one of the
+    family's workflows, and None is returned: the caller acts on it here. Otherwise
+    its row is returned, and the call waits in the inbox for the engine that claims it.
     """
     sharing = scheduler.store.sharing
     if sharing is None or scheduler.runs.find(run_id) is not None:

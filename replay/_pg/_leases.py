@@ -99,12 +99,15 @@ _CLAIM = """
         expires_at = now() + %(lease)s * interval '1 second'
     FROM free WHERE l.root_id = free.root_id RETURNING l.root_id
 """
-# Claim the family of one run, if it is free or its lease expired (whatever its workflows).
+# Claim the family of one run, if it is free or its lease expired, and it has a run of
+# a workflow this engine runs (a family it could not run stays free for one that can).
 _CLAIM_RUN = """
     WITH free AS (
         SELECT l.root_id FROM replay_lease l JOIN replay_member m USING (root_id)
         WHERE m.run_id = %(run_id)s
           AND (l.owner IS NULL OR (l.owner <> %(me)s AND l.expires_at < now()))
+          AND EXISTS (SELECT 1 FROM replay_member r WHERE r.root_id = l.root_id
+                      AND r.workflow = ANY(%(workflows)s::text[]))
         FOR UPDATE OF l SKIP LOCKED
     )
     UPDATE replay_lease l SET owner = %(me)s, token = %(token)s,
@@ -113,6 +116,14 @@ _CLAIM_RUN = """
 """
 _RENEW = ("UPDATE replay_lease SET expires_at = now() + %s * interval '1 second' "
           "WHERE owner = %s")
+# The families among those an engine holds (root, token) that another engine has
+# claimed since: a lease row with another owner or token (a family whose row is gone has
+# ended, or its start is not committed yet: neither is lost).
+_TAKEN = """
+    SELECT l.root_id FROM replay_lease l
+    JOIN unnest(%s::text[], %s::bigint[]) AS held(root_id, token) USING (root_id)
+    WHERE l.owner IS DISTINCT FROM %s OR l.token <> held.token
+"""
 # Messages for runs that ended before their message came (nobody will deliver them).
 _ORPHANS = """
     DELETE FROM replay_inbox i WHERE sent_at < now() - interval '1 minute'
@@ -230,16 +241,17 @@ def claim(con: Connection, owner: str, workflows: Sequence[str], lease: float,
           limit: int, own: bool = False, run_id: str | None = None) -> Claim | None:
     """Claim up to `limit` free or expired families (with `own`: this worker's as well).
 
-    With `run_id`, claim only that run's family, if it is free or expired. Commits the
-    claim, then loads the families' records and takes a fresh block. Returns None if
-    there was nothing to claim.
+    With `run_id`, claim only that run's family, if it is free or expired and has a run
+    of one of `workflows`. Commits the claim, then loads the families' records and
+    takes a fresh block. Returns None if there was nothing to claim.
     """
     with con.transaction():
         token = new_token(con)
         roots = [row[0] for row in con.execute(_RECLAIM, [token, lease, owner])] if own else []
         if run_id is not None:
             roots += [row[0] for row in con.execute(_CLAIM_RUN, {
-                "me": owner, "run_id": run_id, "token": token, "lease": lease})]
+                "me": owner, "run_id": run_id, "workflows": list(workflows),
+                "token": token, "lease": lease})]
         elif limit > 0:
             roots += [row[0] for row in con.execute(_CLAIM, {
                 "me": owner, "workflows": list(workflows), "limit": limit,
@@ -258,6 +270,14 @@ def renew(con: Connection, owner: str, lease: float) -> int:
     renewed = con.execute(_RENEW, [lease, owner]).rowcount
     con.execute(_ORPHANS)
     return renewed
+
+
+def taken(con: Connection, owner: str, held: dict[str, int]) -> list[str]:
+    """Return the families of `held` (root: token) another engine has claimed since."""
+    if not held:
+        return []
+    rows = con.execute(_TAKEN, [list(held), list(held.values()), owner]).fetchall()
+    return [row[0] for row in rows]
 
 
 def release(con: Connection, owner: str) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 import psycopg
 
-from replay._errors import DatabaseError
+from replay._errors import DatabaseError, LeaseLost
 from replay._pg import _leases
 from replay._pg._connect import connect
 from replay._pg._leases import CHANNEL, CLAIM_BATCH, Batch, Claim
@@ -47,11 +47,15 @@ class Sharing:
         options: The engine's worker options.
         con: An open autocommit connection, for the claim at open.
         read: Runs a function on a connection of the store's pool (`PgStore._read`).
+        shown: The database as messages show it.
     """
 
     def __init__(self, url: str, schema: str, options: WorkerOptions, con: Connection,
-                 read: Callable[..., Any]) -> None:
+                 read: Callable[..., Any], shown: str) -> None:
         self.options = options
+        self.lost = False  # another engine took families this one held: it stops
+        self._shown = shown
+        self._on_lost: Callable[[LeaseLost], None] = lambda error: None
         self._read = read
         self._url = url
         self._schema = schema
@@ -182,7 +186,11 @@ class Sharing:
         return release
 
     def claim_run(self, run_id: str) -> Claim | None:
-        """Claim run `run_id`'s family now if no engine holds it (blocking); else None."""
+        """Claim run `run_id`'s family now if no engine holds it (blocking); else None.
+
+        A family with no run of a workflow this engine runs is left free (None): an
+        engine that can run it takes it, with the calls queued for it.
+        """
         claimed: Claim | None = self._read(self._claim, False, 0, run_id)
         return claimed
 
@@ -200,8 +208,13 @@ class Sharing:
 
     def start(self, on_claim: Callable[[Claim], None],
               on_messages: Callable[[list[tuple[Any, ...]]], None],
-              busy: Callable[[], int]) -> None:
-        """Start renewing, claiming and fetching messages in a thread of its own."""
+              busy: Callable[[], int], on_lost: Callable[[LeaseLost], None]) -> None:
+        """Start renewing, claiming and fetching messages in a thread of its own.
+
+        `on_lost` is called once if a renewal finds that another engine has taken
+        families this one holds (it then claims nothing more).
+        """
+        self._on_lost = on_lost
         self._thread = threading.Thread(
             target=self._run, args=(on_claim, on_messages, busy),
             name="replay-pg-leases", daemon=True)
@@ -219,7 +232,7 @@ class Sharing:
                 if con is None or con.closed or con.broken:
                     con, notified = self._listening(), True
                 if time.monotonic() - renewed >= renew_every:
-                    _leases.renew(con, self.options.worker, self.options.lease)
+                    self._renew(con)
                     renewed = time.monotonic()
                 if notified or time.monotonic() - looked >= self.options.poll_interval:
                     self._claim_all(con, on_claim, busy)
@@ -243,6 +256,24 @@ class Sharing:
         if con is not None:
             con.close()
 
+    def _renew(self, con: Connection) -> None:
+        """Renew every lease, and stop the engine if another engine took one meanwhile.
+
+        Without this look, an engine that was paused past its lease would learn it at
+        its next commit, and a long step could go on running in two places meanwhile.
+        """
+        with self._lock:
+            held = dict(self._token)
+        _leases.renew(con, self.options.worker, self.options.lease)
+        if self.lost:
+            return
+        taken = _leases.taken(con, self.options.worker, held)
+        with self._lock:  # a family claimed again since the look has a new token
+            taken = [root for root in taken if self._token.get(root) == held[root]]
+        if taken:
+            self.lost = True
+            self._on_lost(lease_lost(self.options, self._shown, len(taken)))
+
     def _listening(self) -> Connection:
         con = connect(self._url)
         con.autocommit = True
@@ -252,7 +283,7 @@ class Sharing:
     def _claim_all(self, con: Connection, on_claim: Callable[[Claim], None],
                    busy: Callable[[], int]) -> None:
         """Claim as much as the engine has room for, one claim at a time."""
-        while self._taken.is_set() and (room := self._room(busy())) > 0:
+        while not self.lost and self._taken.is_set() and (room := self._room(busy())) > 0:
             claimed = self._claim(con, own=False, limit=room)
             self._backlog = claimed is not None and len(claimed.roots) >= room
             if claimed is None:
@@ -294,3 +325,20 @@ class Sharing:
             self._thread.join()
         with contextlib.suppress(psycopg.Error):
             _leases.release(con, self.options.worker)
+
+
+def lease_lost(options: WorkerOptions, shown: str, families: int | None = None) -> LeaseLost:
+    """Return the error of an engine that lost leases (`families` found by a renewal).
+
+    Without `families`, a commit found it, and nothing of that batch was written.
+    """
+    what = ("the lease of a run it executes" if families is None
+            else f"the leases of {families} run famil{'y' if families == 1 else 'ies'} "
+                 "it executes")
+    then = ("Nothing of its last batch was written, and it stopped" if families is None
+            else "It records nothing more for them, and it stopped")
+    return LeaseLost(
+        f"this engine (worker {options.worker!r}) lost {what} on {shown!r} to another "
+        f"engine, which took the run over: it did not renew its leases within "
+        f"lease={options.lease} s (it was paused, or cut off from the server). {then}; "
+        "restart it, and give it a longer lease if it pauses that long")

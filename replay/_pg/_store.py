@@ -29,7 +29,7 @@ from replay._pg._connect import connect, failed
 from replay._pg._queries import PgReadQuery, prepare_reader_role
 from replay._pg._rows import pg_row
 from replay._pg._schema import current_schema, prepare_schema
-from replay._pg._sharing import Sharing
+from replay._pg._sharing import Sharing, lease_lost
 from replay._pg._url import shown_url
 from replay._store._protocol import WorkerOptions
 from replay._store._purge import PurgePlan
@@ -86,7 +86,8 @@ class PgStore:
             self._reader_role = prepare_reader_role(self._con, schema)
             self._idle: list[Connection] = []
             self._idle_lock = threading.Lock()
-            self.sharing = Sharing(url, schema, self._options, self._con, self._read)
+            self.sharing = Sharing(url, schema, self._options, self._con, self._read,
+                                   self.path)
             self._prepare_writer()
         except psycopg.Error as error:
             self._con.close()
@@ -325,12 +326,7 @@ class PgStore:
         worker, lease = self._options.worker, self._options.lease
         if not _leases.write_fenced(self._con, batch, rows, worker, lease):
             self._con.rollback()
-            raise LeaseLost(
-                f"this engine (worker {worker!r}) lost the lease of a run it executes on "
-                f"{self.path!r} to another engine, which took the run over: it did not "
-                f"renew its leases within lease={lease} s (it was paused, or cut off "
-                "from the server). Nothing of its last batch was written, and it stopped; "
-                "restart it, and give it a longer lease if it pauses that long")
+            raise lease_lost(self._options, self.path)
         self._con.commit()
         self.sharing.committed(batch)
 

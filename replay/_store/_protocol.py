@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from replay._core._records import Record
+from replay._errors import LeaseLost
 from replay._store._purge import GenerationRows, PurgePlan
 from replay._store._rows import RunRow
 
@@ -57,11 +58,12 @@ class SharedStore(Protocol):
 
     def start(self, on_claim: Callable[[Claimed], None],
               on_messages: Callable[[list[tuple[Any, ...]]], None],
-              busy: Callable[[], int]) -> None:
+              busy: Callable[[], int], on_lost: Callable[[LeaseLost], None]) -> None:
         """Start claiming work and renewing leases in a thread of the store's own.
 
-        `on_claim` and `on_messages` are called in that thread; `busy` says how many
-        runs the engine executes now.
+        `on_claim`, `on_messages` and `on_lost` (once, if a renewal finds that another
+        engine took families this one holds) are called in that thread; `busy` says
+        how many runs the engine executes now.
         """
         ...
 
@@ -82,7 +84,10 @@ class SharedStore(Protocol):
         ...
 
     def claim_run(self, run_id: str) -> Claimed | None:
-        """Claim run `run_id`'s family now if no engine holds it (blocking); else None."""
+        """Claim run `run_id`'s family if it is free and has a workflow this engine runs.
+
+        Blocking; returns None if it was not claimed.
+        """
         ...
 
     def next_block(self) -> int:
