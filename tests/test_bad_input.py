@@ -48,6 +48,8 @@ from replay import (
 )
 from replay._store import SCHEMA_VERSION
 
+pytestmark = pytest.mark.both_stores
+
 HERE = Path(__file__).parent
 MIB = 1024 * 1024
 
@@ -451,6 +453,7 @@ async def test_start_with_an_unregistered_function_of_a_registered_name_says_so(
         await bystander.check(engine)
 
 
+@pytest.mark.duckdb_only  # on PostgreSQL such runs stay free for a worker that runs them
 async def test_runs_of_unregistered_workflow_are_left_alone_on_open(
     db: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -769,6 +772,7 @@ def locked_here(path: str) -> str:
             f"(PID {os.getpid()}); use that engine, or close it before opening another")
 
 
+@pytest.mark.duckdb_only  # file locks; PostgreSQL locks worker names (test_pg_sharing)
 async def test_second_engine_in_the_same_process_raises_database_locked_at_once(
     db: str,
 ) -> None:
@@ -786,6 +790,7 @@ async def test_second_engine_in_the_same_process_raises_database_locked_at_once(
         assert engine.status("bystander").state is RunState.COMPLETED
 
 
+@pytest.mark.duckdb_only  # file locks
 async def test_second_engine_through_a_symlink_raises_database_locked(
     db: str, tmp_path: Path
 ) -> None:
@@ -798,6 +803,7 @@ async def test_second_engine_through_a_symlink_raises_database_locked(
         await bystander.check(engine)
 
 
+@pytest.mark.duckdb_only  # file locks
 async def test_second_engine_through_a_hard_link_raises_database_locked(
     db: str, tmp_path: Path
 ) -> None:
@@ -836,6 +842,7 @@ async def test_lock_timeout_waits_until_the_other_engine_closes(db: str) -> None
     assert opened_at >= began + 1.9
 
 
+@pytest.mark.duckdb_only  # file locks; PostgreSQL locks worker names (test_pg_sharing)
 async def test_lock_timeout_expires_with_database_locked(db: str) -> None:
     async with serving(db, echo) as (engine, bystander):
         began = trio.current_time()
@@ -871,6 +878,7 @@ def locked_elsewhere(path: str, child: subprocess.Popen[str]) -> str:
             "stop that engine first, or pass lock_timeout= to wait for it")
 
 
+@pytest.mark.duckdb_only  # file locks
 async def test_database_held_by_another_process_raises_database_locked(
     db: str, tmp_path: Path
 ) -> None:
@@ -1027,6 +1035,7 @@ async def assert_sql_rejects(db: str, out: Path, cases: dict[str, str]) -> None:
         await bystander.check(engine)
 
 
+@pytest.mark.duckdb_only  # DuckDB's SQL checks; PostgreSQL's are in test_pg_store
 async def test_sql_rejects_writes(db: str, tmp_path: Path) -> None:
     await assert_sql_rejects(db, tmp_path / "out.csv", {
         "INSERT INTO replay_meta VALUES ('x', 'y')": only_reads("INSERT"),
@@ -1040,6 +1049,7 @@ async def test_sql_rejects_writes(db: str, tmp_path: Path) -> None:
     })
 
 
+@pytest.mark.duckdb_only  # DuckDB's SQL checks; PostgreSQL's are in test_pg_store
 async def test_sql_rejects_settings_and_maintenance(db: str, tmp_path: Path) -> None:
     await assert_sql_rejects(db, tmp_path / "out.csv", {
         "SET threads = 1": only_reads("SET"),
@@ -1049,6 +1059,7 @@ async def test_sql_rejects_settings_and_maintenance(db: str, tmp_path: Path) -> 
     })
 
 
+@pytest.mark.duckdb_only  # DuckDB's SQL checks; PostgreSQL's are in test_pg_store
 async def test_sql_rejects_files_and_other_databases(db: str, tmp_path: Path) -> None:
     await assert_sql_rejects(db, tmp_path / "out.csv", {
         "COPY replay_meta TO '{out}'": only_reads("COPY"),
@@ -1059,6 +1070,7 @@ async def test_sql_rejects_files_and_other_databases(db: str, tmp_path: Path) ->
     })
 
 
+@pytest.mark.duckdb_only  # DuckDB's SQL checks; PostgreSQL's are in test_pg_store
 async def test_sql_rejects_anything_but_exactly_one_query(db: str, tmp_path: Path) -> None:
     await assert_sql_rejects(db, tmp_path / "out.csv", {
         "SELECT 1; SELECT 2": TWO_STATEMENTS,
@@ -1066,18 +1078,21 @@ async def test_sql_rejects_anything_but_exactly_one_query(db: str, tmp_path: Pat
     })
 
 
+@pytest.mark.duckdb_only  # DuckDB's SQL checks; PostgreSQL's are in test_pg_store
 async def test_sql_rejects_explain_analyze_of_set(db: str, tmp_path: Path) -> None:
     await assert_sql_rejects(db, tmp_path / "out.csv", {
         "EXPLAIN ANALYZE SET threads = 1": msg_around("engine.sql() only reads: "),
     })
 
 
+@pytest.mark.duckdb_only  # DuckDB's SQL checks; PostgreSQL's are in test_pg_store
 async def test_sql_rejects_explain_analyze_of_checkpoint(db: str, tmp_path: Path) -> None:
     await assert_sql_rejects(db, tmp_path / "out.csv", {
         "EXPLAIN ANALYZE CHECKPOINT": msg_around("engine.sql() only reads: "),
     })
 
 
+@pytest.mark.duckdb_only  # DuckDB's SQL checks; PostgreSQL's are in test_pg_store
 async def test_sql_rejects_empty_query_with_clear_message(db: str, tmp_path: Path) -> None:
     message = msg("engine.sql() runs exactly one query, got none; pass one SELECT, "
                   "WITH ... SELECT or EXPLAIN")

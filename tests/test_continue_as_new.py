@@ -29,6 +29,8 @@ import replay
 from replay import ContinueAsNew, Note, Sleep, Step, Suspend, SuspendTimeout
 from replay.testing import check_history, open_test_engine, wait_for_state
 
+pytestmark = pytest.mark.both_stores
+
 CHILD = Path(__file__).with_name("continue_crash_child.py")
 MONTH = timedelta(days=30)
 executed: Counter[tuple[int, str]] = Counter()
@@ -124,6 +126,7 @@ def per_generation(db: str, run_id: str) -> list[tuple[int, int]]:
 # -- a subscription that renews monthly --
 
 
+@pytest.mark.duckdb_only  # reads the file with duckdb itself
 async def test_a_subscription_renews_monthly_for_24_generations(db: str, tmp_path: Path
                                                                 ) -> None:
     async with replay.open_engine(db, workflows=WORKFLOWS) as engine:

@@ -27,6 +27,8 @@ from replay._store._purge import plan
 from replay._store._rows import history_records, record_row
 from replay._store._schema import COLUMNS
 
+pytestmark = pytest.mark.both_stores
+
 START = datetime(2026, 1, 1, tzinfo=UTC)
 KEYS = "abcde"
 

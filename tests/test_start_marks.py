@@ -13,11 +13,14 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
 import replay
 from replay import Retry, Sleep, Step, Suspend
+
+pytestmark = pytest.mark.both_stores
 
 FAIL_ONCE: set[str] = set()
 
@@ -57,6 +60,8 @@ async def test_runs_started_here_record_no_start_mark(db: str) -> None:
         assert await started_rows(engine, "p") == []
 
 
+@pytest.mark.duckdb_only  # reads run_state from replay_event_all, which engine.sql on
+# PostgreSQL does not expose
 async def test_a_timer_and_a_back_off_after_an_open_mark_the_first_attempt(
         db: str) -> None:
     async with replay.open_engine(db, workflows=[marks]) as engine:
