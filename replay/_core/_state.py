@@ -101,14 +101,17 @@ def status_of(record: Record) -> RunStatus:
 
 def fold(records: Iterable[Record]) -> RunStatus | None:
     """Fold a run's records, in order, into its status (None: nothing carried one)."""
-    status: RunStatus | None = None
+    latest: Record | None = None
     note: Record | None = None
-    for record in records:
+    for record in records:  # only the newest of each counts: one status made, not one each
         if record.run_state is not None:
-            status = status_of(record)
+            latest = record
         elif record.kind == "note":
             note = record
-    if status is None or note is None:
+    if latest is None:
+        return None
+    status = status_of(latest)
+    if note is None:
         return status
     return replace(status, note_text=note.status_text, note_value=note.value)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -101,7 +102,19 @@ def _clean(text: str | None) -> str | None:
     return None if text is None else clean_text(text)
 
 
-def row_record(row: tuple[Any, ...]) -> Record:
+def utc(value: datetime) -> datetime:
+    """Return a TIMESTAMPTZ read from DuckDB as an aware datetime in `datetime.UTC`."""
+    return value.astimezone(UTC)
+
+
+def utc_or_none(value: datetime | None) -> datetime | None:
+    """Like `utc`, passing None through."""
+    return None if value is None else value.astimezone(UTC)
+
+
+def row_record(row: tuple[Any, ...],
+               stamp: Callable[[Any], datetime | None] = utc_or_none) -> Record:
+    """Turn a row of `COLUMNS` into a record; `stamp` reads its two timestamps."""
     (seq, run_id, workflow, key, kind, event, attempt, value, value_json, error_type, error,
      recorded_at, duration_ms, wake_at, name, error_types, run_state, status_text, generation,
      code_version) = row
@@ -109,14 +122,23 @@ def row_record(row: tuple[Any, ...]) -> Record:
         run_id=run_id, workflow=workflow, kind=kind, event=event, key=key, attempt=attempt,
         value=value, value_json=value_json, error_type=error_type, error=error,
         error_types=tuple(error_types.split(",")) if error_types else (), name=name,
-        recorded_at=utc_or_none(recorded_at), duration_ms=duration_ms,
-        wake_at=utc_or_none(wake_at),
+        recorded_at=stamp(recorded_at), duration_ms=duration_ms, wake_at=stamp(wake_at),
         run_state=run_state, status_text=status_text, seq=seq, generation=generation,
         code_version=code_version,
     )
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def from_epoch_us(micros: int | None) -> datetime | None:
+    """The UTC time `micros` microseconds after the epoch (None passes through)."""
+    return None if micros is None else _EPOCH + timedelta(microseconds=micros)
+
+
+def open_record(row: tuple[Any, ...]) -> Record:
+    """Turn a row of `OPEN_COLUMNS` (timestamps as epoch microseconds) into a record."""
+    return row_record(row, from_epoch_us)
 
 
 def memo_record(run_id: str, workflow: str, row: tuple[Any, ...]) -> Record:
@@ -127,16 +149,7 @@ def memo_record(run_id: str, workflow: str, row: tuple[Any, ...]) -> Record:
         run_id=run_id, workflow=workflow, kind=kind, event=event, key=key, attempt=attempt,
         value=value, error_type=error_type, error=error,
         error_types=tuple(error_types.split(",")) if error_types else (), name=name,
-        wake_at=None if wake_us is None else _EPOCH + timedelta(microseconds=wake_us),
+        wake_at=from_epoch_us(wake_us),
         status_text=status_text, seq=seq, generation=generation, code_version=code_version,
     )
 
-
-def utc(value: datetime) -> datetime:
-    """Return a TIMESTAMPTZ read from DuckDB as an aware datetime in `datetime.UTC`."""
-    return value.astimezone(UTC)
-
-
-def utc_or_none(value: datetime | None) -> datetime | None:
-    """Like `utc`, passing None through."""
-    return None if value is None else value.astimezone(UTC)

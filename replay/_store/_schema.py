@@ -168,6 +168,11 @@ RUN_SUMMARY = run_summary()
 ONE_RUN = run_summary(
     "one", "one AS MATERIALIZED (SELECT * FROM replay_event_all WHERE run_id = $1),")
 
+# `COLUMNS` with the timestamps as epoch microseconds: DuckDB's conversion of
+# TIMESTAMPTZ values to Python was half the fetch time of an open (20,000 runs).
+OPEN_COLUMNS = COLUMNS.replace("recorded_at", "epoch_us(recorded_at)").replace(
+    "wake_at", "epoch_us(wake_at)")
+
 # Every record of every run that has not finished, grouped by run, in order. The newest
 # state-carrying record of each run says whether it has finished: one aggregate over
 # those rows (a few per run), so opening a file with a million finished runs reads none
@@ -177,7 +182,7 @@ OPEN_RUN_ROWS = f"""
         SELECT run_id FROM replay_event_all WHERE run_state IS NOT NULL GROUP BY run_id
         HAVING arg_max(run_state, seq) NOT IN ('completed', 'failed', 'cancelled')
     )
-    SELECT {COLUMNS} FROM replay_event_all WHERE run_id IN (SELECT run_id FROM open_runs)
+    SELECT {OPEN_COLUMNS} FROM replay_event_all WHERE run_id IN (SELECT run_id FROM open_runs)
     ORDER BY run_id, seq
 """
 

@@ -30,8 +30,8 @@ from replay._store._rows import (
     RunRow,
     history_records,
     memo_record,
+    open_record,
     record_row,
-    row_record,
     run_row,
     utc_or_none,
 )
@@ -105,7 +105,7 @@ class Store:
         """
         runs: dict[str, list[Record]] = {}
         for row in self._read(OPEN_RUN_ROWS, []):
-            runs.setdefault(row[1], []).append(row_record(row))
+            runs.setdefault(row[1], []).append(open_record(row))
         return list(runs.values())
 
     def run_row(self, run_id: str) -> RunRow | None:
