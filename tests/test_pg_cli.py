@@ -4,8 +4,9 @@ Each test gets a fresh schema (`pg_url`) whose history a real engine wrote, two 
 in the past and in virtual time, with the workflows of tests/cli_engine_child.py:
 ``a1``/``a2`` suspended on ``approval:v1``, ``c1`` completed, ``f1`` failed in step
 ``charge:v1``, ``n1`` sleeping on ``nap:v1``. The engine is closed before the command
-runs, except where a test checks what the command does while one runs: it reads, and
-refuses to write.
+runs, except where a test checks what the command does while one runs: it reads,
+queues signals for the engine, and refuses to purge (tests/test_pg_cli_inbox.py has the
+rest of the queued writes).
 """
 
 from __future__ import annotations
@@ -26,16 +27,11 @@ import trio.testing
 
 import replay
 from replay._cli import main
+from replay._cli._queued import purge_refused
 from replay._engine._clock import set_virtual_start
 from replay._types import RunState
 
 WORKFLOWS = [child.approval, child.flaky, child.napper]
-ENGINE_RUNS = ("an engine runs on the PostgreSQL database {db!r} (server process {pid}), "
-               "and the replay command writes to a PostgreSQL database only while no engine "
-               "runs on it (an engine holds its runs in memory and would not see the change); "
-               "signal, cancel or purge through an engine (engine.signal(), engine.cancel(), "
-               "engine.purge() in its application, which reach runs any engine holds), or "
-               "stop them first; reading commands work while they run")
 
 
 async def build(url: str) -> None:
@@ -244,27 +240,28 @@ def test_resume_with_workflows_runs_an_engine_of_the_command(
     assert as_json(capsys, "runs", db, "--workflow", "flaky")[0]["output_json"] == "charged"
 
 
-# -- writes while an engine runs: refused; reads: answered --
+# -- while an engine runs: reads answered, signals queued, purges refused --
 
 
-async def test_writes_are_refused_while_an_engine_runs(capsys: pytest.CaptureFixture[str],
-                                                       db: str) -> None:
-    async with replay.open_engine(db, workflows=WORKFLOWS, durability="none",
-                                  serve_cli=False, shutdown_timeout=0):
-        code, out, err = cli(capsys, "signal", db, "a1", "approval:v1", "true")
-        assert (code, out) == (1, "")
-        pid = err.split("(server process ")[1].split(")")[0]
-        assert err == f"replay signal: {ENGINE_RUNS.format(db=db, pid=pid)}\n"
-        assert cli(capsys, "cancel", db, "a1")[2] == (
-            f"replay cancel: {ENGINE_RUNS.format(db=db, pid=pid)}\n")
-        assert cli(capsys, "purge", db, "--older-than", "1d")[2] == (
-            f"replay purge: {ENGINE_RUNS.format(db=db, pid=pid)}\n")
-        assert as_json(capsys, "purge", db, "--older-than", "1d",
-                       "--dry-run")["runs_purged"] == 2
-        assert len(as_json(capsys, "runs", db)) == 5
-        assert as_json(capsys, "sql", db, "SELECT count(*) AS n FROM replay_events "
-                       "WHERE kind = 'signal'") == [{"n": 1}]
-    assert cli(capsys, "signal", db, "a1", "approval:v1", "true")[0] == 0
+def test_reads_and_queued_writes_while_an_engine_runs(capsys: pytest.CaptureFixture[str],
+                                                     db: str) -> None:
+    async def beside_an_engine() -> None:
+        async with replay.open_engine(db, workflows=WORKFLOWS, durability="none",
+                                      serve_cli=False, shutdown_timeout=0):
+            code, out, err = cli(capsys, "signal", db, "a1", "approval:v1", '"queued"')
+            assert (code, err) == (0, "")
+            assert out.startswith(f"signal for 'approval:v1' queued for run 'a1' in "
+                                  f"{db!r}; an engine runs on the database")
+            assert cli(capsys, "purge", db, "--older-than", "1d") == (
+                1, "", f"replay purge: {purge_refused(db)}\n")
+            assert as_json(capsys, "purge", db, "--older-than", "1d",
+                           "--dry-run")["runs_purged"] == 2
+            assert len(as_json(capsys, "runs", db)) == 5
+
+    trio.run(beside_an_engine, clock=trio.testing.MockClock(autojump_threshold=0))
+    # Taken by that engine, or else by the next (the message waits in the database).
+    assert reopen(db, ["a1"]) == {
+        "a1": (RunState.COMPLETED, {"n": 1, "approved": "queued"})}
 
 
 # -- refusals and errors --
@@ -279,8 +276,8 @@ def test_what_the_command_refuses_on_a_url(capsys: pytest.CaptureFixture[str],
         "schema (it locks the table: while no engine runs on it)\n")
     assert cli(capsys, "serve", db, "--workflows", "cli_engine_child")[0] == 1
     code, _, err = cli(capsys, "terminate", db, "a1")
-    assert code == 1 and err.startswith("replay terminate: terminate needs the engine, and "
-                                        "the replay command reaches no engine on a PostgreSQL")
+    assert code == 1 and err.startswith(f"replay terminate: terminate needs an engine, and "
+                                        f"no engine runs on the PostgreSQL database {db!r}")
     code, _, err = cli(capsys, "resume", db, "f1")
     assert code == 1 and "--workflows MODULE[,MODULE...]" in err
     assert cli(capsys, "show", db, "zz") == (

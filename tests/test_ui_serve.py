@@ -176,24 +176,28 @@ def test_ui_command_reads_a_postgres_database_directly(pg_url: str, server_of: A
                                                "page reads the PostgreSQL database")
 
     # While an engine runs on the database, the page still reads it (what it shows is
-    # what the engine recorded) and refuses to write beside the engine.
+    # what the engine recorded), and queues signals and cancellations for the engine.
     async def beside_an_engine() -> None:
         async with replay.open_engine(pg_url, workflows=[approval],
                                       durability="none") as engine:
             assert await engine.get_run("o-1").result() == {"n": 1, "approved": True}
             seen = await in_thread(server.client.get, "/run?id=o-1")
             assert 'data-state="completed"' in seen.text
-            before = await engine.sql("SELECT count(*) FROM replay_events")
-            for action, fields in (("signal", {"key": "approval:v1", "payload": "1"}),
-                                   ("cancel", {"reason": "no"})):
+            await (await engine.start(approval, 3, run_id="o-3")).wait()
+            for run_id, action, fields in (
+                    ("o-2", "signal", {"key": "approval:v1", "payload": "1"}),
+                    ("o-3", "cancel", {"reason": "no"})):
                 answer = await in_thread(functools.partial(
                     server.client.post, f"/run/{action}",
-                    data={"csrf": token(page), "id": "o-2", **fields}))
-                assert answer.status_code == 409, action
-                assert message(answer.text)[1].startswith(
-                    "an engine runs on the PostgreSQL database"), action
-            assert await engine.sql("SELECT count(*) FROM replay_events") == before
-            assert engine.status("o-2").state.value == "suspended"
+                    data={"csrf": token(page), "id": run_id, **fields}))
+                assert answer.status_code == 303, action
+                said = await in_thread(server.client.get, answer.headers["location"])
+                assert message(said.text)[0] == "ok", action
+                assert " queued " in message(said.text)[1], action
+                assert "an engine runs on the database" in message(said.text)[1], action
+            with trio.fail_after(30):
+                assert await engine.get_run("o-2").result() == {"n": 1, "approved": 1}
+                await engine.get_run("o-3").wait(replay.RunState.CANCELLED)
     trio.run(beside_an_engine)
     assert server.stop(signal.SIGINT) == 0
 

@@ -24,6 +24,7 @@ from typing import Any, TextIO
 from replay._channel._client import ChannelError
 from replay._channel._protocol import MAX_DEPTH, WireError, to_wire
 from replay._cli import _format as fmt
+from replay._cli import _queued
 from replay._cli import _retention as retention
 from replay._cli._children import load_children
 from replay._cli._resume import resume
@@ -34,6 +35,7 @@ from replay._cli._ui import ui
 from replay._cli._watch import add_arguments as _watch_arguments
 from replay._cli._watch import watch as _watch
 from replay._errors import ReplayError, RunNotFound
+from replay._pg._url import is_postgres_url
 from replay._store import write_export
 from replay._types import RunState
 from replay._version import __version__
@@ -173,8 +175,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="why, passed on to the workflow as Cancelled.reason")
 
     terminate = _command(commands, "terminate", _terminate, "end a run cancelled at once, "
-                         "running none of its workflow code (through the running engine "
-                         "only)")
+                         "running none of its workflow code (through the running engine, "
+                         "or queued for the engines running on a PostgreSQL database)")
     terminate.add_argument("run_id", metavar="RUN_ID")
     terminate.add_argument("--reason", metavar="TEXT", default=None,
                            help="why, recorded with the run's end")
@@ -403,7 +405,11 @@ def _signal(args: argparse.Namespace, out: TextIO) -> int:
         print(f"replay signal: warning: {warning}", file=sys.stderr)
     if args.json:
         print(fmt.dumps({"run_id": args.run_id, "key": args.key, "live": source.live,
-                         "state": state, "warning": warning}), file=out)
+                         "state": state, "warning": warning, **_queued_field(source)}),
+              file=out)
+    elif source.queued:
+        print(_queued.signal_said(args.run_id, args.key, repr(shown(args.db)), state),
+              file=out)
     elif source.live:
         print(f"signal for {args.key!r} recorded in run {args.run_id!r} by "
               f"{source.description}; the run is {state}", file=out)
@@ -446,10 +452,12 @@ def _cancel(args: argparse.Namespace, out: TextIO) -> int:
         source.close()
     if args.json:
         print(fmt.dumps({"run_id": args.run_id, "live": source.live, "requested": requested,
-                         "state": state}), file=out)
+                         "state": state, **_queued_field(source, requested)}), file=out)
     elif not requested:
         print(f"run {args.run_id!r} was already asked to cancel; cancel changes nothing "
               f"(the run is {state})", file=out)
+    elif source.queued:
+        print(_queued.cancel_said(args.run_id, repr(shown(args.db)), state), file=out)
     elif source.live:
         print(f"cancellation of run {args.run_id!r} recorded by {source.description}; the "
               f"run is {state}", file=out)
@@ -461,18 +469,26 @@ def _cancel(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _terminate(args: argparse.Namespace, out: TextIO) -> int:
-    source = _session(args)
+    # On a URL, the command queues the termination for the engines running there.
+    source = _session(args, write=is_postgres_url(args.db))
     try:
         state = source.terminate(args.run_id, args.reason)
     finally:
         source.close()
     if args.json:
-        print(fmt.dumps({"run_id": args.run_id, "live": source.live, "state": state}),
-              file=out)
+        print(fmt.dumps({"run_id": args.run_id, "live": source.live, "state": state,
+                         **_queued_field(source)}), file=out)
+    elif source.queued:
+        print(_queued.terminate_said(args.run_id, repr(shown(args.db)), state), file=out)
     else:
         print(f"run {args.run_id!r} terminated by {source.description}; it is {state}",
               file=out)
     return 0
+
+
+def _queued_field(source: Source, sent: bool = True) -> dict[str, bool]:
+    """``"queued": true`` in --json when the command queued its write for the engines."""
+    return {"queued": True} if source.queued and sent else {}
 
 
 def _serve(args: argparse.Namespace, out: TextIO) -> int:

@@ -8,9 +8,10 @@ answer the same read-only queries, so every subcommand is written once, against
 
 A ``postgresql://`` URL has no socket beside it: the command always reads the database
 itself (`replay._pg._access.PgAccess`, behind the same `FileSource`), whether or not
-an engine runs on it, and writes only while none does. The command's queries are
-written once for both databases: ``?`` placeholders, and `EVENT_COLUMNS` rather than
-DuckDB's ``EXCLUDE``.
+an engine runs on it. It writes only while none does; while engines run, it queues its
+signals, cancellations and terminations for them (`replay._cli._queued`). The command's
+queries are written once for both databases: ``?`` placeholders, and `EVENT_COLUMNS`
+rather than DuckDB's ``EXCLUDE``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from replay._channel._client import ChannelError, Connection, connect
 from replay._channel._protocol import WireError, from_wire, socket_path
 from replay._checks import checked_key
+from replay._cli import _queued
 from replay._codec import encode, to_json
 from replay._core._history import RunHistory
 from replay._core._records import Encoded, Record, Run
@@ -90,6 +92,8 @@ class Source(Protocol):
     """What a subcommand can ask of a database, live or not."""
 
     live: bool
+    queued: bool
+    """Whether writes are queued for the engines running on a PostgreSQL database."""
     description: str
     noun: str
     """What the command calls the database in messages: ``file`` or ``database``."""
@@ -125,7 +129,7 @@ def open_source(path: str, *, write: bool = False) -> Source:
     Raises:
         CliError: There is no database at `path`, it cannot be used, or a process
             that does not serve the replay command holds it; for a PostgreSQL URL,
-            also: `write` is set and an engine runs on it.
+            also: `write` is set and another writing command holds it.
     """
     if is_postgres_url(path):
         return _postgres(path, write)
@@ -152,7 +156,7 @@ def _postgres(url: str, write: bool) -> FileSource:
 
     Raises:
         CliError: psycopg is missing, the database cannot be used, or `write` is set
-            and an engine runs on it.
+            and another writing command holds it.
     """
     try:
         require_psycopg()
@@ -195,6 +199,7 @@ class LiveSource:
     """A running engine, reached over its socket (one connection per request)."""
 
     live = True
+    queued = False
     noun = "file"
 
     def __init__(self, path: str, pid: int, now: datetime) -> None:
@@ -288,6 +293,11 @@ class FileSource:
         access: The database, opened already (a URL's `PgAccess`); by default the
             file at `path`, opened here.
 
+    Attributes:
+        queued: Engines run on the PostgreSQL database (its `PgAccess` was opened to
+            write, and found them): signals, cancellations and terminations are queued
+            for them (`replay._cli._queued`), checked first against the database.
+
     Raises:
         FileNotFoundError: There is no file at `path`.
         DatabaseLocked: Another process holds the file.
@@ -305,6 +315,11 @@ class FileSource:
         self.description = (f"the PostgreSQL database {self.shown!r}" if self._postgres
                             else f"the file {path!r}")
         self._access = access if access is not None else FileAccess(path, write=write)
+        # Messages waiting for an engine count as written, whoever queued them.
+        self._pg = access
+        # Where to queue writes: the database, while engines run on it.
+        self._queue = access if access is not None and access.engines_run else None
+        self.queued = self._queue is not None
 
     def now(self) -> datetime:
         """Return what an engine's clock would read: never before the newest record."""
@@ -321,23 +336,30 @@ class FileSource:
         """Store a signal in the run's mailbox, exactly as an engine records one.
 
         The next engine to open the database delivers it (a run suspended on `key` wakes
-        as the engine opens). The checks are the engine's own.
+        as the engine opens). The checks are the engine's own. While engines run on a
+        PostgreSQL database, the signal is queued for them instead.
         """
         row = self._access.run_row(run_id)
         if row is None:
             raise RunNotFound(run_id)
         key = checked_key(key)
         data, value_json = encode(payload, key=key), to_json(payload)
+        if self._pg is not None:
+            _queued.refuse_queued_signal(self._pg, run_id, key)
         records = self._access.load_history(run_id)
         status = fold(records) or RunStatus(RunState.RUNNING)
         history = RunHistory(records)
         parked_here = status.state is RunState.SUSPENDED and status.waiting_for == key
         check_signal(run_id, status.state, history, key, parked_here)
-        seq, _ = self._access.last_seq_and_time()
-        # Not the run's state: the engine that opens the file next wakes the run.
-        record = Run(run_id, row.workflow).signalled(key, Encoded(data, value_json), None)
-        record.seq, record.recorded_at = seq + 1, self.now()
-        self._access.append(record)
+        if self._queue is not None:
+            self._queue.send(run_id, "signal", key, data, value_json)
+        else:
+            seq, _ = self._access.last_seq_and_time()
+            # Not the run's state: the engine that opens the file next wakes the run.
+            record = Run(run_id, row.workflow).signalled(key, Encoded(data, value_json),
+                                                         None)
+            record.seq, record.recorded_at = seq + 1, self.now()
+            self._access.append(record)
         info = RunInfo(run_id, row.workflow, status.state, row.created_at, row.updated_at,
                        waiting_for=status.waiting_for)
         return status.state.value, misdirected_signal(info, key)
@@ -347,20 +369,25 @@ class FileSource:
 
         The record carries no run state: the next engine to open the file wakes a
         parked run with a pending cancellation, and a running one meets it at the
-        next command it waits on. A second cancellation records nothing.
+        next command it waits on. A second cancellation records nothing. While engines
+        run on a PostgreSQL database, the cancellation is queued for them instead.
 
         Returns:
-            The run's state (unchanged until an engine opens the file), and False if
-            its cancellation was requested before.
+            The run's state (unchanged until an engine opens the file, or takes the
+            queued cancellation), and False if its cancellation was requested before.
 
         Raises:
             RunNotFound: No such run.
             RunFinished: The run is finished.
         """
+        queued = self._pg is not None and _queued.cancel_queued(self._pg, run_id)
         workflow, status, records = self._unfinished(run_id, "cancelled")
-        if RunHistory(records).cancel_reason is not None:
+        if queued or RunHistory(records).cancel_reason is not None:
             return status.state.value, False
         encoded = Encoded(encode(reason, key="reason"), to_json(reason))
+        if self._queue is not None:
+            self._queue.send(run_id, "cancel", None, encoded.data, encoded.json)
+            return status.state.value, True
         seq, _ = self._access.last_seq_and_time()
         record = Run(run_id, workflow).cancel_requested(encoded, None)
         record.seq, record.recorded_at = seq + 1, self.now()
@@ -368,21 +395,31 @@ class FileSource:
         return status.state.value, True
 
     def terminate(self, run_id: str, reason: str | None) -> str:
-        """Refuse: ending a run must stop its task and settle its parent and children.
+        """Queue the termination for the engines running on a PostgreSQL database.
+
+        Otherwise refuse: ending a run must stop its task and settle its parent and
+        children, which only an engine can do.
+
+        Returns:
+            The run's state (unchanged until the engine takes the termination).
 
         Raises:
             RunNotFound: No such run.
             RunFinished: The run is finished.
-            CliError: Always, otherwise.
+            CliError: No engine runs on the database.
         """
-        self._unfinished(run_id, "terminated")
+        _, status, _ = self._unfinished(run_id, "terminated")
+        if self._queue is not None:
+            encoded = Encoded(encode(reason, key="reason"), to_json(reason))
+            self._queue.send(run_id, "terminate", None, encoded.data, encoded.json)
+            return status.state.value
         if self._postgres:
             raise CliError(
-                "terminate needs the engine, and the replay command reaches no engine on "
-                "a PostgreSQL database: ending a run at once must stop whatever of it "
-                "still runs and tell its parent and child runs, which only the engine can "
-                "do; call engine.terminate(run_id) in the application whose engine runs "
-                f"on {self.shown!r}, or, while none does, use `replay cancel "
+                f"terminate needs an engine, and no engine runs on the PostgreSQL "
+                f"database {self.shown!r}: ending a run at once must stop whatever of it "
+                "still runs and tell its parent and child runs, which only an engine can "
+                "do; run the command again while an engine runs on the database (it "
+                "queues the termination for that engine), or use `replay cancel "
                 f"{shlex.quote(self.shown)} {shlex.quote(run_id)}`, which is stored in the "
                 "database and taken when an engine next opens it")
         raise CliError(
@@ -450,7 +487,12 @@ class FileSource:
         """Purge the database as an engine would (no engine holds it: nothing races).
 
         `request` holds `Engine.purge`'s arguments, checked, and ``dry_run``.
+
+        Raises:
+            CliError: Engines run on the PostgreSQL database (they purge it themselves).
         """
+        if self._queue is not None:
+            raise CliError(_queued.purge_refused(self.shown))
         report = self._access.purge(self.now() - request["older_than"], request["states"],
                                     request["workflow"], request["archive_to"],
                                     request["dry_run"])

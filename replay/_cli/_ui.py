@@ -10,8 +10,8 @@ block, so they run in worker threads. A run's live updates come from the channel
 A ``postgresql://`` URL has no channel: every request reads the database itself
 (`open_source` gives `PgAccess` behind `FileSource`), whether or not an engine runs on
 it, so pages show what changed when they are reloaded and have no live updates;
-signals and cancellations are stored only while no engine runs on it, as the
-command's are.
+signals and cancellations are stored while no engine runs on it, and queued for the
+engines while they run (`replay._cli._queued`), as the command's are.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import trio
 
 from replay._channel._client import ChannelError, Connection, connect
 from replay._channel._protocol import WireError, from_wire
+from replay._cli import _queued
 from replay._cli._source import CliError, Source, open_source, shown
 from replay._engine._clock import in_thread
 from replay._errors import QueryError, ReplayError, RunNotFound
@@ -168,7 +169,7 @@ class SourceBackend:
             connection.hang_up()
 
     async def signal(self, run_id: str, key: str, payload: Any) -> Outcome:
-        """Signal the run as ``replay signal`` does (the engine, or the file's mailbox).
+        """Signal the run as ``replay signal`` does (the engine, the mailbox, or queued).
 
         Raises:
             RunNotFound: No such run.
@@ -177,6 +178,9 @@ class SourceBackend:
         """
         def send(source: Source) -> Outcome:
             state, warning = source.signal(run_id, key, payload)
+            if source.queued:
+                return Outcome(_queued.signal_said(run_id, key, "the database", state),
+                               warning)
             return signalled(run_id, key, state, self.facts, warning)
         return await self._call(send, write=True)
 
@@ -207,7 +211,7 @@ class SourceBackend:
         return await self._call(resume)
 
     async def cancel(self, run_id: str, reason: str | None) -> Outcome:
-        """Cancel the run as ``replay cancel`` does (the engine, or stored in the file).
+        """Cancel the run as ``replay cancel`` does (the engine, stored, or queued).
 
         Raises:
             RunNotFound: No such run.
@@ -216,6 +220,8 @@ class SourceBackend:
         """
         def cancel(source: Source) -> Outcome:
             state, requested = source.cancel(run_id, reason)
+            if source.queued and requested:
+                return Outcome(_queued.cancel_said(run_id, "the database", state))
             return cancelled(run_id, state, requested, self.facts)
         return await self._call(cancel, write=True)
 
@@ -232,8 +238,8 @@ def _source_call(path: str, write: bool, function: Callable[[Source], T]) -> T:
     try:
         source = open_source(path, write=write)
     except CliError as error:
-        # A PostgreSQL database refuses a write while an engine runs on it: a conflict
-        # with that engine, not a database that cannot be reached.
+        # A PostgreSQL database refuses a write while another command writes to it: a
+        # conflict with that command, not a database that cannot be reached.
         status = 409 if write and is_postgres_url(path) else 503
         raise Refused(str(error), status=status) from None
     try:

@@ -6,12 +6,16 @@ go through `PgReadQuery` (read-only, views only, under a statement timeout). The
 command never creates or changes replay's tables; it only checks that the schema is a
 replay schema of this version.
 
-Writes (a signal, a cancellation, a purge) are another matter: an engine holds the
-state of its runs in memory, and would not see a record appended behind its back. A
-writing command therefore takes the schema's advisory lock exclusively for its session,
-for the length of the command (engines hold it shared), and is refused while an engine
-(or another writing command) holds it; an engine that starts meanwhile waits or is
-refused. Its records are numbered from a block of `seq` of its own, as an engine's are.
+Writes (a signal, a cancellation, a termination, a purge) are another matter: an
+engine holds the state of its runs in memory, and would not see a record appended
+behind its back. A writing command therefore tries to take the schema's advisory lock
+exclusively for its session, for the length of the command (engines hold it shared).
+If it gets it, no engine runs: it appends its records itself, numbered from a block of
+`seq` of its own, as an engine's are, and an engine that starts meanwhile waits or is
+refused. If engines hold the lock, the command opens all the same, with `engines_run`
+set: it appends nothing, and queues its signals, cancellations and terminations in the
+schema's inbox (`send`), which the engine that holds the run delivers, as it delivers
+what other engines send it. Only another writing command refuses it.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from psycopg import sql as pgsql
 
 from replay._core._records import Record
 from replay._errors import DatabaseError, DatabaseLocked, QueryError
-from replay._pg import _purge, _reads
+from replay._pg import _leases, _purge, _reads
 from replay._pg._connect import connect, failed
 from replay._pg._leases import seq_block
 from replay._pg._queries import PgReadQuery, usable_reader_role
@@ -45,15 +49,20 @@ Connection = psycopg.Connection[Any]
 # and by a writing command while it writes.
 _TRY_LOCK = f"SELECT pg_try_advisory_lock({ENGINE_LOCK_KEY})"
 _UNLOCK = f"SELECT pg_advisory_unlock({ENGINE_LOCK_KEY})"
-# Who holds it (a bigint key is stored as classid: high half, objid: low half).
+# Who holds it (a bigint key is stored as classid: high half, objid: low half):
+# engines hold it shared, a writing command exclusively, so the exclusive holder first.
 _HOLDER = f"""
-    SELECT l.pid, a.application_name FROM pg_locks l
-    LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+    SELECT l.pid, l.mode = 'ExclusiveLock' FROM pg_locks l
     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
       AND ((l.classid::bigint << 32) | l.objid::bigint) = {ENGINE_LOCK_KEY}
-    LIMIT 1
+    ORDER BY l.mode = 'ExclusiveLock' DESC LIMIT 1
 """
+# How often to try the lock again when its holder let go between the attempt and the look.
+_LOCK_ATTEMPTS = 5
+# Whether a message for the run waits in the inbox (`key`: NULL but for a signal).
+_PENDING = ("SELECT EXISTS (SELECT 1 FROM replay_inbox WHERE run_id = %s AND action = %s "
+            "AND key IS NOT DISTINCT FROM %s)")
 COMMAND_APPLICATION = "replay-cli"  # how a writing command's session shows in pg_stat_activity
 _INSERT = (f"INSERT INTO replay_event_log ({COPY_COLUMNS}) "
            f"VALUES ({', '.join(['%s'] * len(COPY_COLUMNS.split(',')))})")
@@ -68,11 +77,15 @@ class PgAccess:
     Args:
         url: The database's ``postgresql://`` URL (its search path names the schema).
         write: Take the engine's lock for this session, to store a signal, a
-            cancellation or a purge; refused while an engine runs.
+            cancellation or a purge; while engines run, open without it and set
+            `engines_run` instead (the command then queues what it sends).
+
+    Attributes:
+        engines_run: `write` was asked while engines hold the schema: `append` is not
+            allowed, `send` queues messages for them.
 
     Raises:
-        DatabaseLocked: `write` is set and an engine (or another writing command)
-            holds the schema.
+        DatabaseLocked: `write` is set and another writing command holds the schema.
         DatabaseError: The server cannot be reached, or the schema is not a replay
             schema of this version.
     """
@@ -81,6 +94,8 @@ class PgAccess:
         self.path = shown_url(url)  # every message shows the URL without its password
         self._url = url
         self._next_seq: int | None = None  # of the block appends number from
+        self._locked = False
+        self.engines_run = False
         self._con: Connection = connect(url)
         try:
             check_replay_schema(self._con, self.path, write)
@@ -95,26 +110,51 @@ class PgAccess:
             raise
 
     def _lock(self) -> None:
+        """Take the schema's lock exclusively, or learn that engines hold it.
+
+        Raises:
+            DatabaseLocked: Another writing command holds it.
+        """
         self._con.execute(pgsql.SQL("SET application_name = {}").format(
             pgsql.Literal(COMMAND_APPLICATION)))
-        locked = self._con.execute(_TRY_LOCK).fetchone()
-        if locked and locked[0]:
-            return  # held until the command closes the session
-        holder = self._con.execute(_HOLDER).fetchone()
-        pid, application = (holder if holder is not None else (None, None))
-        session = f" (server process {pid})" if pid is not None else ""
-        if application == COMMAND_APPLICATION:
+        for _ in range(_LOCK_ATTEMPTS):
+            locked = self._con.execute(_TRY_LOCK).fetchone()
+            if locked and locked[0]:
+                self._locked = True
+                return  # held until the command closes the session
+            holder = self._con.execute(_HOLDER).fetchone()
+            if holder is None:
+                continue  # let go of meanwhile: try again
+            pid, exclusive = holder
+            if not exclusive:
+                self.engines_run = True  # the command queues for them
+                return
             raise DatabaseLocked(
                 f"another replay command is writing to the PostgreSQL database "
-                f"{self.path!r}{session}; run this one again once it ends", pid=pid)
+                f"{self.path!r} (server process {pid}); run this one again once it ends",
+                pid=pid)
         raise DatabaseLocked(
-            f"an engine runs on the PostgreSQL database {self.path!r}{session}, and the "
-            "replay command writes to a PostgreSQL database only while no engine runs on "
-            "it (an engine holds its runs in memory and would not see the change); "
-            "signal, cancel or purge through an engine (engine.signal(), "
-            "engine.cancel(), engine.purge() in its application, which reach runs any "
-            "engine holds), or stop them first; reading commands work while they run",
-            pid=pid)
+            f"the PostgreSQL database {self.path!r} is being locked and unlocked faster "
+            "than this command can tell who holds it; run the command again")
+
+    def send(self, run_id: str, action: str, key: str | None = None,
+             payload: bytes | None = None, payload_json: str | None = None) -> None:
+        """Queue a message for the engine that holds `run_id` (or claims it next).
+
+        Only while `engines_run`: the message is committed, and the engines woken, in
+        one transaction; the engine delivers it as if called there.
+
+        Raises:
+            DatabaseError: The insert failed.
+        """
+        assert self.engines_run, "the command holds the schema: it appends instead"
+        self._read(_leases.send, run_id, action, key, payload, payload_json)
+
+    def pending(self, run_id: str, action: str, key: str | None = None) -> bool:
+        """Return whether a message `action` (for `key`) to the run waits in the inbox."""
+        found = self._read(lambda con: con.execute(_PENDING, [run_id, action, key]
+                                                   ).fetchone())
+        return bool(found and found[0])
 
     def query(self, sql: str, params: Sequence[Any] | dict[str, Any] | None,
               timeout: float | None = None) -> CommandQuery:
@@ -155,7 +195,7 @@ class PgAccess:
         """Commit one record (its `seq` and `recorded_at` set by the caller).
 
         It joins the run's current generation, as the engine's records do. Only a
-        command opened with `write` (holding the engine's lock) may append. Its `seq`
+        command holding the engine's lock (`write`, no engine running) may append. Its `seq`
         is replaced by one of a block of the command's own, taken from the schema's
         sequence as engines take theirs, so it comes after every record there is.
 
@@ -163,6 +203,7 @@ class PgAccess:
             ValueError: The record holds a NUL character in an identifier.
             DatabaseError: The insert failed.
         """
+        assert self._locked, "engines run on the schema: the command queues instead"
         found = self._read(lambda con: con.execute(_GENERATION, [record.run_id]).fetchone())
         record.generation = int(found[0] or 0) if found else 0
         if self._next_seq is None:
@@ -180,6 +221,7 @@ class PgAccess:
             OSError: Writing the archive failed (nothing is deleted).
             DatabaseError: The schema cannot be read or written.
         """
+        assert dry_run or self._locked, "engines purge a schema they run on themselves"
         if archive_to is not None:
             _purge.check_archive_path(archive_to)
         planned = self._read(_purge.plan, cutoff, states, workflow)
@@ -208,7 +250,10 @@ class PgAccess:
 
     def close(self) -> None:
         """Let go of the lock, if the command took it, and disconnect."""
-        release_lock(self._con, _UNLOCK)
+        if self._locked:
+            release_lock(self._con, _UNLOCK)
+        else:
+            self._con.close()
 
 
 def check_replay_schema(con: Connection, shown: str, write: bool = False) -> None:
