@@ -100,7 +100,9 @@ class EngineReads:
         """Watch every run: a snapshot of each unfinished run, then every update.
 
         Use it as ``async for update in engine.watch(): ...`` (it runs until you
-        stop: ``break``, or ``async with engine.watch() as updates:``).
+        stop: ``break``, or ``async with engine.watch() as updates:``). On a
+        PostgreSQL schema shared by several engines it watches the runs every engine
+        executes: other engines' updates are read every `poll_interval`.
 
         Args:
             workflow: Only runs of this workflow (a registered function or its name).
@@ -122,7 +124,8 @@ class EngineReads:
         chosen = checked_states("engine.watch(states=...)", states)
         return Watch(self._scheduler.watchers, self._store, run_id=None,
                      unfinished=lambda: list(self._scheduler.runs.live.values()),
-                     buffer=checked_buffer(buffer), workflow=name, states=chosen)
+                     buffer=checked_buffer(buffer), workflow=name, states=chosen,
+                     sharing=self._store.sharing)
 
     async def history(self, run_id: str) -> list[Event]:
         """Return every event of one run in order, values decoded.

@@ -3,9 +3,10 @@
 A run's watch yields a snapshot (or, given `after_seq`, the recorded events after it),
 then every update as it commits, and stops after the update that finishes the run.
 An engine-wide watch yields a snapshot of each unfinished run, then every update of
-every run that matches its filter, until it is closed. A watcher that fell behind
-gets a snapshot saying how many updates it missed (an engine-wide one, a ``missed``
-update and a snapshot of each unfinished run), then goes on.
+every run that matches its filter, until it is closed; on a shared store it sees the
+runs other engines execute too (`Feed`). A watcher that fell behind gets a snapshot
+saying how many updates it missed (an engine-wide one, a ``missed`` update and a
+snapshot of each unfinished run), then goes on.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from types import TracebackType
 
 import trio
 
+from replay._engine._feed import Feed
 from replay._engine._slots import RunSlot
 from replay._engine._watching import (
     Watcher,
@@ -24,7 +26,7 @@ from replay._engine._watching import (
     history_after,
     snapshot,
 )
-from replay._store import EngineStore
+from replay._store import EngineStore, SharedStore
 from replay._types import FINISHED, RunState, RunUpdate
 
 
@@ -41,7 +43,7 @@ class Watch:
                  after_seq: int | None = None, buffer: int, workflow: str | None = None,
                  states: Collection[RunState] | None = None,
                  elsewhere: Callable[[], Awaitable[RunSlot | None]] | None = None,
-                 poll_interval: float = 1.0) -> None:
+                 poll_interval: float = 1.0, sharing: SharedStore | None = None) -> None:
         self._watchers = watchers
         # On a shared store: the run as the store has it while another engine holds
         # it (None while this one does); its new events are read every poll_interval.
@@ -57,6 +59,9 @@ class Watch:
         self._started = False
         self._done = False
         self._last = -1  # the newest event's seq yielded: live copies of older ones are skipped
+        # An engine-wide watch on a shared store: other engines' runs too.
+        self._feed = None if sharing is None or run_id is not None or unfinished is None \
+            else Feed(watchers, self._watcher, store, sharing, unfinished, buffer)
 
     def __aiter__(self) -> Watch:
         return self
@@ -76,6 +81,11 @@ class Watch:
         if self._done:
             raise StopAsyncIteration
         try:
+            if self._feed is not None:
+                if not self._started:
+                    self._started = True
+                    await self._feed.start()
+                return await self._feed.next()
             if not self._started:
                 await self._start()
             while True:

@@ -25,7 +25,7 @@ import trio
 from replay._codec import decode
 from replay._codec._export import event_of
 from replay._core._records import Record
-from replay._core._state import RunStatus, fold
+from replay._core._state import RunStatus
 from replay._engine._clock import in_thread
 from replay._engine._slots import RunSlot
 from replay._errors import EngineClosed
@@ -75,6 +75,24 @@ class Watcher:
         self.closed = True
         self._ready.set()
 
+    def check_open(self) -> None:
+        """Raise `EngineClosed` if the engine closed.
+
+        Raises:
+            EngineClosed: It did.
+        """
+        if self.closed:
+            raise EngineClosed("the engine closed while a watcher waited for updates; "
+                               "watch again once an engine opens the database")
+
+    def drain(self) -> list[RunUpdate]:
+        """Return every buffered update at once (none if it fell behind: see `missed`)."""
+        if self.missed:
+            return []
+        updates = list(self._updates)
+        self._updates.clear()
+        return updates
+
     async def take(self) -> RunUpdate | None:
         """Return the next update, or None if the watcher fell behind (see `missed`).
 
@@ -82,9 +100,7 @@ class Watcher:
             EngineClosed: The engine closed.
         """
         while not self._updates and not self.missed:
-            if self.closed:
-                raise EngineClosed("the engine closed while a watcher waited for updates; "
-                                   "watch again once an engine opens the database")
+            self.check_open()
             self._ready = trio.Event()
             await self._ready.wait()
         if self.missed:
@@ -177,16 +193,24 @@ async def history_after(store: EngineStore, slot: RunSlot, after_seq: int) -> li
     this read is missed by a watcher that was added before it).
     """
     records = await in_thread(store.load_history, slot.run_id)
-    before = [record for record in records if record.seq <= after_seq]
-    status = fold(before) or RunStatus(RunState.RUNNING)
+    return events_of(slot, records, lambda seq: seq > after_seq)
+
+
+def events_of(slot: RunSlot, records: list[Record],
+              chosen: Callable[[int], bool]) -> list[RunUpdate]:
+    """Return the events of a run's `records` whose `seq` is `chosen`, in order.
+
+    `records` are all the run's records, in `seq` order: each event carries the
+    state the run was in once it was recorded.
+    """
+    status = RunStatus(RunState.RUNNING)
     updates = []
     for record in records:
-        if record.seq <= after_seq:
-            continue
         status = status.after(record)
-        info = slot.info(decode, status, record.recorded_at)
-        updates.append(RunUpdate("event", slot.run_id, info, record.seq,
-                                 event=_event_or_raw(record)))
+        if chosen(record.seq):
+            info = slot.info(decode, status, record.recorded_at)
+            updates.append(RunUpdate("event", slot.run_id, info, record.seq,
+                                     event=_event_or_raw(record)))
     return updates
 
 

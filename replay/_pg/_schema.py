@@ -23,7 +23,7 @@ from replay._errors import DatabaseError, ReplayError
 from replay._store._protocol import SEQ_BLOCK
 from replay._store._schema import TABLE_COLUMNS
 
-PG_SCHEMA_VERSION = 2
+PG_SCHEMA_VERSION = 3
 
 # The event table's columns and their types as `format_type` shows them (checked on open).
 LOG_COLUMNS = (
@@ -108,6 +108,48 @@ INSERT INTO replay_lease
 SELECT setval('replay_seq_block', coalesce((SELECT max(seq) FROM replay_event_log), 0),
               false);
 UPDATE replay_meta SET value = '2' WHERE name = 'schema_version';
+"""
+
+# Version 3: every block of `seq` handed out (`_leases.seq_block`), with the worker it
+# went to, so that an engine-wide watch finds the records other engines commit
+# (`replay._pg._feed`). Old rows are pruned as engines renew their leases.
+_BLOCKS = """
+CREATE TABLE replay_block (
+    block bigint PRIMARY KEY,
+    worker text NOT NULL,
+    taken_at timestamptz NOT NULL DEFAULT now()
+);
+"""
+_UPGRADE_2 = _BLOCKS + "UPDATE replay_meta SET value = '3' WHERE name = 'schema_version';\n"
+
+
+def block_horizon(lease: float) -> float:
+    """Return how long a block of `seq` may get records once its worker took a newer one.
+
+    A batch numbered before a claim (which takes a fresh block) may still be committing
+    after it; a batch that commits passes the lease fence, so it commits within about
+    a lease of the claim. Twice the lease, and half a minute for a slow server.
+    """
+    return 2 * lease + 30
+
+
+def block_kept(lease: float) -> float:
+    """Return how long a block stays in `replay_block` once its worker took a newer one.
+
+    Twice the horizon: a watch that looks less often than that may find a block gone
+    that it never read, and starts afresh (`_feed`).
+    """
+    return 2 * block_horizon(lease)
+
+
+# Forget the blocks whose worker took a newer one more than `block_kept` seconds ago
+# (parameter: the seconds).
+PRUNE_BLOCKS = """
+    DELETE FROM replay_block b USING (
+        SELECT worker, max(block) AS block FROM replay_block
+        WHERE taken_at < now() - %s * interval '1 second' GROUP BY worker
+    ) settled
+    WHERE b.worker = settled.worker AND b.block < settled.block
 """
 
 # The public views, re-created on every open (CREATE OR REPLACE keeps their grants and
@@ -275,9 +317,12 @@ RUN_WORKFLOW = """
 
 _REQUIRED_1 = (("table", "replay_event_log"), ("view", "replay_event_all"),
                ("view", "replay_events"), ("view", "replay_runs"))
-_REQUIRED = (*_REQUIRED_1, ("table", "replay_lease"), ("table", "replay_member"),
-             ("table", "replay_inbox"), ("sequence", "replay_seq_block"),
-             ("sequence", "replay_lease_token"))
+_REQUIRED_2 = (*_REQUIRED_1, ("table", "replay_lease"), ("table", "replay_member"),
+               ("table", "replay_inbox"), ("sequence", "replay_seq_block"),
+               ("sequence", "replay_lease_token"))
+_REQUIRED = (*_REQUIRED_2, ("table", "replay_block"))
+# What each version has (an older one is upgraded when an engine opens it).
+_REQUIRED_BY_VERSION = {"1": _REQUIRED_1, "2": _REQUIRED_2, str(PG_SCHEMA_VERSION): _REQUIRED}
 _KINDS = {"r": "table", "p": "table", "v": "view", "m": "materialized view",
           "f": "foreign table", "S": "sequence", "i": "index", "I": "index",
           "c": "composite type"}
@@ -310,12 +355,15 @@ def prepare_schema(con: psycopg.Connection[Any], shown: str) -> None:
                         [schema])
             objects = _objects(con)
             if "replay_meta" in objects:
-                if _check_version(con, shown, objects) == "1":
+                version = _check_version(con, shown, objects)
+                if version == "1":
                     con.execute(_SHARING + _UPGRADE_1)
+                if version in ("1", "2"):
+                    con.execute(_UPGRADE_2)
                 con.execute(_VIEWS)
                 return
             _check_not_foreign(shown, schema, objects)
-            con.execute(_TABLES + _SHARING + _VIEWS)
+            con.execute(_TABLES + _SHARING + _BLOCKS + _VIEWS)
             con.execute("INSERT INTO replay_meta VALUES ('schema_version', %s)",
                         [str(PG_SCHEMA_VERSION)])
     except ReplayError:
@@ -375,19 +423,19 @@ def _check_not_foreign(shown: str, schema: str, objects: dict[str, str]) -> None
 
 
 def _check_version(con: psycopg.Connection[Any], shown: str, objects: dict[str, str]) -> str:
-    """Check the schema's version and objects; return the version ("1" is upgraded)."""
+    """Check the schema's version and objects; return the version ("1", "2" are upgraded)."""
     if objects["replay_meta"] != "table":
         raise damaged_schema(shown, f"its replay_meta is a {objects['replay_meta']}")
     found = con.execute(
         "SELECT value FROM replay_meta WHERE name = 'schema_version'").fetchall()
     version = found[0][0] if found else None
-    if version not in ("1", str(PG_SCHEMA_VERSION)):
+    if version not in _REQUIRED_BY_VERSION:
         raise DatabaseError(
             f"database {shown!r} has replay schema version {version!r}, but this version of "
             f"replay reads schema version {PG_SCHEMA_VERSION}; upgrade replay-workflows to "
             "open it"
         )
-    for kind, name in _REQUIRED if version != "1" else _REQUIRED_1:
+    for kind, name in _REQUIRED_BY_VERSION[str(version)]:
         if name not in objects:
             raise damaged_schema(shown, f"its {kind} {name} is missing")
         if objects[name] != kind:

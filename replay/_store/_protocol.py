@@ -43,12 +43,55 @@ class Claimed(Protocol):
     """Runs an engine sharing its store has just claimed (`SharedStore.start`, `claim_run`).
 
     Attributes:
+        roots: The root run ids of the claimed families.
         records: The records of each claimed run, a list per run in `seq` order.
         block: The `seq` the fresh block for their new records starts after.
     """
 
+    roots: list[str]
     records: list[list[Record]]
     block: int
+
+
+@dataclass
+class Marks:
+    """How far an engine-wide watch has read the records other engines commit.
+
+    Every block of `seq` is handed to one engine (or `replay` command), which numbers
+    its records from it in commit order; so a block's committed records are always
+    the block's first numbers, and reading "after the newest one read" in each block
+    misses none.
+
+    Attributes:
+        read: Each block of another engine that may still get records: the newest
+            `seq` of it read (the block itself: none yet).
+        newest: The newest block handed out at the last look (any block above it is
+            new, and read from its start).
+        own: This engine's newest block at the last look (its records above that
+            block were numbered after the look).
+        at: The database's time at the last look.
+    """
+
+    read: dict[int, int]
+    newest: int
+    own: int
+    at: datetime
+
+
+@dataclass
+class News:
+    """What one look at other engines' records found (`SharedStore.records_after`).
+
+    Attributes:
+        records: The new records, in `seq` order (at most the limit asked for).
+        marks: The marks after them.
+        complete: False if the look came so long after the previous one that a block
+            may have been forgotten unread (the watch must start afresh).
+    """
+
+    records: list[Record]
+    marks: Marks
+    complete: bool
 
 
 class SharedStore(Protocol):
@@ -84,10 +127,11 @@ class SharedStore(Protocol):
         ...
 
     def claim_run(self, run_id: str) -> Claimed | None:
-        """Claim run `run_id`'s family if it is free and has a workflow this engine runs.
+        """Claim run `run_id`'s family now if no engine holds it (blocking); else None."""
+        ...
 
-        Blocking; returns None if it was not claimed.
-        """
+    def hand_back(self, roots: Sequence[str]) -> None:
+        """Free families this engine holds (and has let go of), for others (blocking)."""
         ...
 
     def next_block(self) -> int:
@@ -101,6 +145,22 @@ class SharedStore(Protocol):
 
     def done(self, ids: Sequence[int]) -> None:
         """Say that inbox messages `ids` were delivered (deleted in the thread)."""
+        ...
+
+    def watch_marks(self) -> Marks:
+        """Return marks at the newest record of every block of other engines (blocking)."""
+        ...
+
+    def records_after(self, marks: Marks, workflow: str | None, limit: int) -> News:
+        """Return other engines' records after `marks` (of `workflow` only) (blocking)."""
+        ...
+
+    def histories(self, run_ids: Sequence[str]) -> dict[str, list[Record]]:
+        """Return every record of each of `run_ids` that exists, in `seq` order (blocking)."""
+        ...
+
+    def unfinished_runs(self, skip: Sequence[str]) -> list[RunRow]:
+        """Return every unfinished run of the store but `skip` (blocking)."""
         ...
 
 
