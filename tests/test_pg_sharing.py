@@ -112,23 +112,52 @@ async def test_runs_of_an_engine_that_closed_are_taken_by_another_at_once(
         assert await second.get_run("a1").result() == "approved by cy"
 
 
-async def test_a_call_for_a_run_this_engine_cannot_run_waits_for_one_that_can(
+async def test_an_engine_hands_back_a_run_it_cannot_run_after_a_call_on_it(
         pg_url: str) -> None:
     async with replay.open_engine(pg_url, workflows=WORKFLOWS, worker="w1", **FAST) as first:
         await (await first.start(approval, run_id="a1")).wait(replay.RunState.SUSPENDED)
     async with replay.open_engine(pg_url, workflows=[doubled], worker="w2", **FAST) as other:
-        await other.signal("a1", "approval", "dee")
-        # w2 runs no approval: it leaves the family free, and the signal waits for w1.
+        await other.signal("a1", "approval", "dee")  # checked and recorded here, as alone
+        with pytest.raises(replay.SignalRejected, match="already"):
+            await other.signal("a1", "approval", "eve")
+        # w2 runs no approval: it freed the family again for one that does, at once.
         with admin(pg_url) as con:
             assert con.execute("SELECT owner FROM replay_lease").fetchall() == [(None,)]
-            assert con.execute("SELECT run_id, action, key FROM replay_inbox").fetchall() == [
-                ("a1", "signal", "approval")]
-        assert other.status("a1").state is replay.RunState.SUSPENDED
         async with replay.open_engine(pg_url, workflows=WORKFLOWS, worker="w1",
                                       **FAST) as first:
             assert await first.get_run("a1").result() == "approved by dee"
+        assert await other.get_run("a1").result() == "approved by dee"
+
+
+fails = {"now": True}
+
+
+def maybe_fail() -> str:
+    if fails["now"]:
+        raise RuntimeError("not yet")
+    return "ok"
+
+
+def flaky() -> Generator[Any, Any, str]:
+    return str((yield Step("try", maybe_fail, retry=replay.Retry(attempts=1))))
+
+
+async def test_a_run_resumed_in_another_engine_numbers_its_records_after_its_end(
+        pg_url: str) -> None:
+    fails["now"] = True
+    async with replay.open_engine(pg_url, workflows=[flaky], worker="a", **FAST) as first:
+        # The second engine opened later: its block of seq is above the first's.
+        async with replay.open_engine(pg_url, workflows=[flaky], worker="b",
+                                      **FAST) as second:
+            with pytest.raises(replay.WorkflowFailed):
+                await (await second.start(flaky, run_id="f1")).result()
+        fails["now"] = False
+        assert await (await first.resume("f1")).result() == "ok"
     with admin(pg_url) as con:
-        assert con.execute("SELECT count(*) FROM replay_inbox").fetchone() == (0,)
+        assert con.execute(
+            "SELECT event FROM replay_events WHERE run_id = 'f1' AND kind = 'run' "
+            "ORDER BY seq").fetchall() == [
+            ("started",), ("failed",), ("resumed",), ("completed",)]
 
 
 async def test_an_engine_whose_lease_was_taken_records_nothing_and_stops(
@@ -205,7 +234,7 @@ async def test_a_version_1_schema_is_upgraded_and_its_runs_go_on(pg_url: str) ->
         await (await engine.start(approval, run_id="a1")).wait(replay.RunState.SUSPENDED)
         assert await (await engine.start(doubled, 4, run_id="d1")).result() == 8
     with admin(pg_url) as con:  # what a version-1 schema had
-        con.execute("DROP TABLE replay_lease, replay_member, replay_inbox; "
+        con.execute("DROP TABLE replay_lease, replay_member, replay_inbox, replay_block; "
                     "DROP SEQUENCE replay_seq_block, replay_lease_token; "
                     "UPDATE replay_meta SET value = '1' WHERE name = 'schema_version'")
         last = con.execute("SELECT max(seq) FROM replay_event_log").fetchone()
@@ -214,7 +243,7 @@ async def test_a_version_1_schema_is_upgraded_and_its_runs_go_on(pg_url: str) ->
         assert await engine.get_run("a1").result() == "approved by dee"
     with admin(pg_url) as con:
         assert con.execute("SELECT value FROM replay_meta WHERE name = 'schema_version'"
-                           ).fetchone() == ("2",)
+                           ).fetchone() == ("3",)
         assert con.execute("SELECT min(seq) > %s FROM replay_event_log WHERE seq > %s",
                            [last[0] if last else 0, last[0] if last else 0]
                            ).fetchone() == (True,)

@@ -419,7 +419,7 @@ def test_prepare_creates_the_schema(pg: Any) -> None:
         ("replay_meta", "BASE TABLE"), ("replay_event_log", "BASE TABLE"),
         ("replay_event_all", "VIEW"), ("replay_events", "VIEW"), ("replay_runs", "VIEW"),
         ("replay_lease", "BASE TABLE"), ("replay_member", "BASE TABLE"),
-        ("replay_inbox", "BASE TABLE")}
+        ("replay_inbox", "BASE TABLE"), ("replay_block", "BASE TABLE")}
     assert pg.execute("SELECT * FROM replay_meta").fetchall() == [
         ("schema_version", str(PG_SCHEMA_VERSION))]
     indexes = {row[0] for row in pg.execute(
@@ -427,7 +427,7 @@ def test_prepare_creates_the_schema(pg: Any) -> None:
     assert indexes == {"replay_event_log_pkey", "replay_event_log_run",
                        "replay_event_log_state", "replay_lease_pkey", "replay_lease_free",
                        "replay_lease_owner", "replay_member_pkey", "replay_member_root",
-                       "replay_inbox_pkey", "replay_inbox_run"}
+                       "replay_inbox_pkey", "replay_inbox_run", "replay_block_pkey"}
 
 
 def test_prepare_keeps_an_existing_schema(loaded: Any, history: History) -> None:

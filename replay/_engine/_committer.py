@@ -117,6 +117,10 @@ class Committer:
         if block > self._seq:
             self._seq, self._seq_end = block, block + SEQ_BLOCK
 
+    def numbers_after(self, seq: int) -> bool:
+        """Whether the next record's `seq` will be above `seq`."""
+        return self._seq >= seq
+
     def note_generations(self, records: Sequence[Record]) -> None:
         """Learn the generations of runs claimed from another engine (`records`)."""
         for record in records:

@@ -32,7 +32,7 @@ from replay._engine._retention import (
 )
 from replay._engine._scheduler import Scheduler
 from replay._engine._serving import STOP_SIGNALS, wait_for_stop_signal
-from replay._engine._shared import held_elsewhere, send_elsewhere
+from replay._engine._shared import calling, number_after
 from replay._engine._slots import RunSlot
 from replay._engine._steps import StepCaller
 from replay._engine._workers import WorkerPool
@@ -141,16 +141,18 @@ class Engine(EngineReads):
             EngineClosed: The engine is closed or closing.
         """
         self._check_open()
-        if (sent := await self._to_holder(run_id, "resume")) is not None:
-            return sent
-        slot = await self._scheduler.runs.adopt(run_id, keep_finished=True)
-        try:
-            self._registry.name_of(slot.workflow)
-        except BaseException:
-            self._scheduler.runs.forget_if_idle(slot)
-            raise
-        await self._scheduler.resume(slot)
-        return Run(self._scheduler, run_id, slot.workflow)
+        async with calling(self._scheduler, run_id, "resume") as held:
+            if held is not None:
+                return Run(self._scheduler, run_id, held.workflow)
+            slot = await self._scheduler.runs.adopt(run_id, keep_finished=True)
+            try:
+                self._registry.name_of(slot.workflow)
+                await number_after(self._scheduler, slot.seq)
+            except BaseException:
+                self._scheduler.runs.forget_if_idle(slot)
+                raise
+            await self._scheduler.resume(slot)
+            return Run(self._scheduler, run_id, slot.workflow)
 
     async def cancel(self, run_id: str, reason: Any = None) -> Run:
         """Cancel the run: `Cancelled` is thrown in at the command it waits on.
@@ -200,14 +202,15 @@ class Engine(EngineReads):
         """Cancel or terminate a run (`how`), with `reason` recorded."""
         self._check_open()
         encoded = Encoded(encode(reason, key="reason"), to_json(reason))
-        if (sent := await self._to_holder(run_id, action, value=encoded)) is not None:
-            return sent
-        slot = await self._scheduler.runs.adopt(run_id, keep_finished=True)
-        try:
-            await how(slot, encoded)
-        finally:
-            self._scheduler.runs.forget_if_idle(slot)  # a finished run read to say so
-        return Run(self._scheduler, run_id, slot.workflow)
+        async with calling(self._scheduler, run_id, action, value=encoded) as held:
+            if held is not None:
+                return Run(self._scheduler, run_id, held.workflow)
+            slot = await self._scheduler.runs.adopt(run_id, keep_finished=True)
+            try:
+                await how(slot, encoded)
+            finally:
+                self._scheduler.runs.forget_if_idle(slot)  # a finished run read to say so
+            return Run(self._scheduler, run_id, slot.workflow)
 
     async def purge(self, *, older_than: timedelta | float = DEFAULT_OLDER_THAN,
                     states: Iterable[RunState | str] = DEFAULT_STATES,
@@ -271,10 +274,11 @@ class Engine(EngineReads):
         self._check_open()
         key = checked_key(key)
         encoded = Encoded(encode(payload, key=key), to_json(payload))
-        if (sent := await self._to_holder(run_id, "signal", key, encoded)) is not None:
-            return sent
-        slot = await self._scheduler.runs.adopt(run_id)
-        await self._scheduler.signal(slot, key, encoded)
+        async with calling(self._scheduler, run_id, "signal", key, encoded) as held:
+            if held is not None:
+                return Run(self._scheduler, run_id, held.workflow)
+            slot = await self._scheduler.runs.adopt(run_id)
+            await self._scheduler.signal(slot, key, encoded)
         warning = misdirected_signal(slot.info(decode), key)
         if warning is not None:
             log.warning(warning)
@@ -313,18 +317,6 @@ class Engine(EngineReads):
         return await wait_for_stop_signal(signals)
 
     # -- internals --
-
-    async def _to_holder(self, run_id: str, action: str, key: str | None = None,
-                         value: Encoded | None = None) -> Run | None:
-        """Queue `action` for the engine that holds the run, if another engine does.
-
-        Returns the run's handle then, else None (the run is this engine's to act on).
-        """
-        row = await held_elsewhere(self._scheduler, run_id)
-        if row is None:
-            return None
-        await send_elsewhere(self._scheduler, run_id, action, key, value)
-        return Run(self._scheduler, run_id, row.workflow)
 
     async def _existing(self, slot: RunSlot, name: str) -> Run:
         run = self._stored(slot.run_id, slot.workflow, name)

@@ -186,6 +186,16 @@ class RunTable:
             if len(self._finished) > RECENTLY_FINISHED:
                 self._finished.popitem(last=False)  # read from the file from now on
 
+    def let_go(self, run_ids: Sequence[str]) -> None:
+        """Drop runs from memory that another engine may take (a family handed back).
+
+        Whoever waits on one of them wakes, and finds it is now read from the store.
+        """
+        for run_id in run_ids:
+            slot = self.live.pop(run_id, None) or self._finished.pop(run_id, None)
+            if slot is not None:
+                slot.notify()
+
     async def elsewhere(self, run_id: str) -> RunSlot | None:
         """Return the run as the store has it now, unless it is in memory (then None).
 

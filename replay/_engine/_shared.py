@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
@@ -109,29 +111,78 @@ def take_claim(scheduler: Scheduler, claim: Claimed) -> None:
     scheduler.take(claim.records, claim.block)
 
 
-async def held_elsewhere(scheduler: Scheduler, run_id: str) -> RunRow | None:
-    """Return the run's row if it is unfinished and another engine holds it.
+@asynccontextmanager
+async def calling(scheduler: Scheduler, run_id: str, action: str, key: str | None = None,
+                  value: Encoded | None = None) -> AsyncIterator[RunRow | None]:
+    """Send `action` to the engine that holds the run, or let the caller act here.
 
-    A run that no engine holds (its family is free, or its lease expired) is claimed
-    here first, with its family, if this engine has room for it and runs one of the
-    family's workflows, and None is returned: the caller acts on it here. Otherwise
-    its row is returned, and the call waits in the inbox for the engine that claims it.
+    Yields the run's row if another engine holds it: the call is queued for that
+    engine, and the caller returns. Yields None when the run is this engine's to act on
+    (in memory, finished, or on a store no other engine shares). A run that no engine
+    holds (its family is free, or its lease expired) is claimed here first, with its
+    family, if this engine has room; if it runs none of the family's workflows, it hands
+    the family back once the call is done, for an engine that runs them.
     """
+    row, claim = await _held_elsewhere(scheduler, run_id)
+    if row is not None:
+        await send_elsewhere(scheduler, run_id, action, key, value)
+        yield row
+        return
+    try:
+        yield None
+    finally:
+        if claim is not None and not _runs_any(scheduler, claim):
+            with trio.CancelScope(shield=True):
+                await _hand_back(scheduler, claim)
+
+
+async def _held_elsewhere(scheduler: Scheduler, run_id: str
+                          ) -> tuple[RunRow | None, Claimed | None]:
+    """The run's row if another engine holds it; else the claim that made it ours."""
     sharing = scheduler.store.sharing
     if sharing is None or scheduler.runs.find(run_id) is not None:
-        return None
+        return None, None
     row = await in_thread(scheduler.store.run_row, run_id)
     if row is None or row.state in ("completed", "failed", "cancelled"):
-        return None
+        return None, None
     # An engine without room (a client, `max_runs=0`) leaves it to one that has.
     room = sharing.has_room(scheduler.executing)
     claim = await in_thread(sharing.claim_run, run_id) if room else None
     if scheduler.runs.find(run_id) is not None:
-        return None  # claimed here meanwhile
+        return None, None  # claimed here meanwhile
     if claim is not None and not scheduler.closing:
         take_claim(scheduler, claim)
-        return None
-    return row
+        return None, claim
+    return row, None
+
+
+def _runs_any(scheduler: Scheduler, claim: Claimed) -> bool:
+    """Whether this engine runs a workflow of the claimed family."""
+    sharing = scheduler.store.sharing
+    runs = () if sharing is None else sharing.options.workflows
+    return any(records[0].workflow in runs for records in claim.records if records)
+
+
+async def _hand_back(scheduler: Scheduler, claim: Claimed) -> None:
+    """Free a family this engine claimed for a call but cannot run (its call is durable).
+
+    Held, it would stay unexecuted here until the engine closed.
+    """
+    sharing = scheduler.store.sharing
+    assert sharing is not None
+    scheduler.runs.let_go([records[0].run_id for records in claim.records if records])
+    await in_thread(sharing.hand_back, claim.roots)
+
+
+async def number_after(scheduler: Scheduler, seq: int) -> None:
+    """Number this engine's next records above `seq` (a run's newest, to write more of).
+
+    On a shared store another engine may have written the run last, from a block above
+    this engine's: a fresh block is above every block handed out before.
+    """
+    sharing = scheduler.store.sharing
+    if sharing is not None and not scheduler.committer.numbers_after(seq):
+        scheduler.committer.advance(await in_thread(sharing.next_block))
 
 
 async def send_elsewhere(scheduler: Scheduler, run_id: str, action: str,

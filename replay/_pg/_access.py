@@ -35,7 +35,7 @@ from replay._pg._connect import connect, failed
 from replay._pg._leases import seq_block
 from replay._pg._queries import PgReadQuery, usable_reader_role
 from replay._pg._rows import COPY_COLUMNS, pg_row
-from replay._pg._schema import _check_version, _objects
+from replay._pg._schema import PG_SCHEMA_VERSION, _check_version, _objects
 from replay._pg._store import ENGINE_LOCK_KEY, release_lock
 from replay._pg._url import shown_url
 from replay._store._readers import CLI_ADVICE, timed_out_message
@@ -273,9 +273,10 @@ def check_replay_schema(con: Connection, shown: str, write: bool = False) -> Non
             f"{shown!r} is a PostgreSQL database but not a replay database ({where}); "
             "pass the URL your application gives replay.open_engine(), with "
             "options=-csearch_path%3D<schema> naming the schema its engine uses")
-    if _check_version(con, shown, objects) == "1" and write:
+    version = _check_version(con, shown, objects)
+    if version != str(PG_SCHEMA_VERSION) and write:
         raise DatabaseError(
-            f"{shown!r} is a replay database of schema version 1, which the replay "
+            f"{shown!r} is a replay database of schema version {version}, which the replay "
             "command reads but does not write; open an engine on it once (it upgrades "
             "the schema as it opens), then run this command again")
 

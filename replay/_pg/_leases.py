@@ -27,7 +27,7 @@ from typing import Any
 import psycopg
 
 from replay._core._records import Record
-from replay._pg._schema import COLUMNS, LOG_COLUMNS
+from replay._pg._schema import COLUMNS, LOG_COLUMNS, PRUNE_BLOCKS, block_kept
 from replay._store._rows import row_record
 
 Connection = psycopg.Connection[Any]
@@ -99,15 +99,14 @@ _CLAIM = """
         expires_at = now() + %(lease)s * interval '1 second'
     FROM free WHERE l.root_id = free.root_id RETURNING l.root_id
 """
-# Claim the family of one run, if it is free or its lease expired, and it has a run of
-# a workflow this engine runs (a family it could not run stays free for one that can).
+# Claim the family of one run, if it is free or its lease expired (whatever its
+# workflows: an engine that runs none of them hands it back after the call it claimed
+# it for, `hand_back`).
 _CLAIM_RUN = """
     WITH free AS (
         SELECT l.root_id FROM replay_lease l JOIN replay_member m USING (root_id)
         WHERE m.run_id = %(run_id)s
           AND (l.owner IS NULL OR (l.owner <> %(me)s AND l.expires_at < now()))
-          AND EXISTS (SELECT 1 FROM replay_member r WHERE r.root_id = l.root_id
-                      AND r.workflow = ANY(%(workflows)s::text[]))
         FOR UPDATE OF l SKIP LOCKED
     )
     UPDATE replay_lease l SET owner = %(me)s, token = %(token)s,
@@ -130,6 +129,8 @@ _ORPHANS = """
     AND NOT EXISTS (SELECT 1 FROM replay_member m WHERE m.run_id = i.run_id)
 """
 _RELEASE = "UPDATE replay_lease SET owner = NULL, expires_at = now() WHERE owner = %s"
+_HAND_BACK = ("UPDATE replay_lease SET owner = NULL, expires_at = now() "
+              "WHERE owner = %s AND root_id = ANY(%s::text[])")
 _MEMBERS = "SELECT run_id, root_id FROM replay_member WHERE root_id = ANY(%s::text[])"
 
 _FAMILY_ROWS = (f"SELECT {COLUMNS} FROM replay_event_all WHERE run_id IN "
@@ -200,13 +201,17 @@ def root_in_database(con: Connection, run_id: str) -> str:
     return run_id
 
 
-def seq_block(con: Connection) -> int:
-    """Take a fresh block of `SEQ_BLOCK` numbers, above every earlier one.
+def seq_block(con: Connection, worker: str = "replay command") -> int:
+    """Take a fresh block of `SEQ_BLOCK` numbers, above every earlier one, for `worker`.
 
     Returns the number the block starts after: its numbers are the next `SEQ_BLOCK`
-    (the first block, 1 to 10,000, as one engine numbers a file).
+    (the first block, 1 to 10,000, as one engine numbers a file). The block is
+    recorded in `replay_block` (committed before any record is numbered from it, on
+    an autocommit connection), where engine-wide watches find it.
     """
-    found = con.execute("SELECT nextval('replay_seq_block')").fetchone()
+    found = con.execute("INSERT INTO replay_block (block, worker) "
+                        "VALUES (nextval('replay_seq_block'), %s) RETURNING block",
+                        [worker]).fetchone()
     assert found is not None
     return int(found[0])
 
@@ -241,17 +246,16 @@ def claim(con: Connection, owner: str, workflows: Sequence[str], lease: float,
           limit: int, own: bool = False, run_id: str | None = None) -> Claim | None:
     """Claim up to `limit` free or expired families (with `own`: this worker's as well).
 
-    With `run_id`, claim only that run's family, if it is free or expired and has a run
-    of one of `workflows`. Commits the claim, then loads the families' records and
-    takes a fresh block. Returns None if there was nothing to claim.
+    With `run_id`, claim only that run's family, if it is free or expired. Commits the
+    claim, then loads the families' records and takes a fresh block. Returns None if
+    there was nothing to claim.
     """
     with con.transaction():
         token = new_token(con)
         roots = [row[0] for row in con.execute(_RECLAIM, [token, lease, owner])] if own else []
         if run_id is not None:
             roots += [row[0] for row in con.execute(_CLAIM_RUN, {
-                "me": owner, "run_id": run_id, "workflows": list(workflows),
-                "token": token, "lease": lease})]
+                "me": owner, "run_id": run_id, "token": token, "lease": lease})]
         elif limit > 0:
             roots += [row[0] for row in con.execute(_CLAIM, {
                 "me": owner, "workflows": list(workflows), "limit": limit,
@@ -262,13 +266,17 @@ def claim(con: Connection, owner: str, workflows: Sequence[str], lease: float,
     runs: dict[str, list[Record]] = {}
     for row in con.execute(_FAMILY_ROWS, [roots]).fetchall():
         runs.setdefault(row[1], []).append(row_record(row))
-    return Claim(token, roots, members, list(runs.values()), seq_block(con))
+    return Claim(token, roots, members, list(runs.values()), seq_block(con, owner))
 
 
 def renew(con: Connection, owner: str, lease: float) -> int:
-    """Extend every lease `owner` holds; return how many. Drop messages for ended runs."""
+    """Extend every lease `owner` holds; return how many.
+
+    Drop messages for ended runs, and blocks of `seq` no watch needs any more.
+    """
     renewed = con.execute(_RENEW, [lease, owner]).rowcount
     con.execute(_ORPHANS)
+    con.execute(PRUNE_BLOCKS, [block_kept(lease)])
     return renewed
 
 
@@ -284,6 +292,13 @@ def release(con: Connection, owner: str) -> None:
     """Free every lease `owner` holds, and wake other engines to claim them at once."""
     if con.execute(_RELEASE, [owner]).rowcount:
         con.execute(_NOTIFY, [CHANNEL])
+
+
+def hand_back(con: Connection, owner: str, roots: Sequence[str]) -> None:
+    """Free the families `roots` that `owner` holds, and wake engines to claim them."""
+    with con.transaction():  # on an autocommit connection: the two at once
+        if con.execute(_HAND_BACK, [owner, list(roots)]).rowcount:
+            con.execute(_NOTIFY, [CHANNEL])
 
 
 def wake(con: Connection) -> None:

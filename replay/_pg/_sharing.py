@@ -67,7 +67,7 @@ class Sharing:
         self._ended: OrderedDict[str, None] = OrderedDict()
         self._start_token = _leases.new_token(con)  # for families this engine starts
         self.opening = self._claim(con, own=True, limit=self._room(0))
-        self.first_block = _leases.seq_block(con)
+        self.first_block = _leases.seq_block(con, self.options.worker)
         self._stop = threading.Event()
         self._taken = threading.Event()
         self._taken.set()
@@ -159,7 +159,7 @@ class Sharing:
 
     def next_block(self) -> int:
         """Take a fresh block of `seq`; return the number it starts after (one query)."""
-        return int(self._read(_leases.seq_block))
+        return int(self._read(_leases.seq_block, self.options.worker))
 
     def send(self, run_id: str, action: str, key: str | None, payload: bytes | None,
              payload_json: str | None) -> None:
@@ -186,13 +186,23 @@ class Sharing:
         return release
 
     def claim_run(self, run_id: str) -> Claim | None:
-        """Claim run `run_id`'s family now if no engine holds it (blocking); else None.
-
-        A family with no run of a workflow this engine runs is left free (None): an
-        engine that can run it takes it, with the calls queued for it.
-        """
+        """Claim run `run_id`'s family now if no engine holds it (blocking); else None."""
         claimed: Claim | None = self._read(self._claim, False, 0, run_id)
         return claimed
+
+    def hand_back(self, roots: Sequence[str]) -> None:
+        """Free families this engine holds, for another engine to claim (blocking).
+
+        The engine must have let go of their runs, and have nothing of theirs left to
+        commit: its later records for them would fail the fence.
+        """
+        with self._lock:  # first, so that a renewal does not take the free lease as lost
+            for root in roots:
+                self._token.pop(root, None)
+            freed = set(roots)
+            for run_id in [run for run, root in self._root.items() if root in freed]:
+                del self._root[run_id]
+        self._read(_leases.hand_back, self.options.worker, roots)
 
     def done(self, ids: Sequence[int]) -> None:
         """Delete inbox messages `ids`, delivered (blocking: one statement)."""

@@ -26,10 +26,11 @@ from replay._core._records import Record
 from replay._errors import DatabaseError, DatabaseLocked, LeaseLost
 from replay._pg import _leases, _purge, _reads
 from replay._pg._connect import connect, failed
+from replay._pg._feed import WatchedSharing
 from replay._pg._queries import PgReadQuery, prepare_reader_role
 from replay._pg._rows import pg_row
 from replay._pg._schema import current_schema, prepare_schema
-from replay._pg._sharing import Sharing, lease_lost
+from replay._pg._sharing import lease_lost
 from replay._pg._url import shown_url
 from replay._store._protocol import WorkerOptions
 from replay._store._purge import PurgePlan
@@ -86,8 +87,9 @@ class PgStore:
             self._reader_role = prepare_reader_role(self._con, schema)
             self._idle: list[Connection] = []
             self._idle_lock = threading.Lock()
-            self.sharing = Sharing(url, schema, self._options, self._con, self._read,
-                                   self.path)
+            self._keep_idle = True  # False once closed: a read ending later disconnects
+            self.sharing = WatchedSharing(url, schema, self._options, self._con,
+                                          self._read, self.path)
             self._prepare_writer()
         except psycopg.Error as error:
             self._con.close()
@@ -182,7 +184,7 @@ class PgStore:
 
     def _give_back(self, con: Connection) -> None:
         with self._idle_lock:
-            if len(self._idle) < IDLE_READERS:
+            if self._keep_idle and len(self._idle) < IDLE_READERS:
                 self._idle.append(con)
                 return
         con.close()
@@ -394,7 +396,7 @@ class PgStore:
             self._queue.put(None)
             self._writer.join()
         with self._idle_lock:
-            idle, self._idle = self._idle, []
+            idle, self._idle, self._keep_idle = self._idle, [], False
         for con in idle:
             con.close()
         self.sharing.close(self._con)
