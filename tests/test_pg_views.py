@@ -43,13 +43,8 @@ from psycopg.types.string import TextLoader  # noqa: E402
 
 from replay._pg import _reads  # noqa: E402
 from replay._pg._rows import COPY_COLUMNS, pg_row  # noqa: E402
-from replay._pg._schema import (  # noqa: E402
-    _VIEWS,
-    ONE_RUN,
-    OPEN_RUN_ROWS,
-    PG_SCHEMA_VERSION,
-    prepare_schema,
-)
+from replay._pg._schema import _VIEWS, PG_SCHEMA_VERSION, prepare_schema  # noqa: E402
+from replay._pg._sql import ONE_RUN, OPEN_RUN_ROWS  # noqa: E402
 
 Flow = Generator[Any, Any, Any]
 YEAR = 365 * 86400.0

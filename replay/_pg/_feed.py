@@ -27,8 +27,9 @@ from typing import Any
 import psycopg
 
 from replay._core._records import Record
-from replay._pg._schema import COLUMNS, block_horizon, block_kept, run_summary
+from replay._pg._schema import block_horizon, block_kept
 from replay._pg._sharing import Sharing
+from replay._pg._sql import COLUMNS, run_summary
 from replay._store._protocol import SEQ_BLOCK, Marks, News, WorkerOptions
 from replay._store._rows import RunRow, row_record, run_row
 
@@ -74,7 +75,7 @@ _RECORDS = f"""
 _HISTORIES = (f"SELECT {COLUMNS} FROM replay_event_all WHERE run_id = ANY(%s::text[]) "
               "ORDER BY run_id, seq")
 # Every unfinished run (the members of families) but some (parameter: their ids), by the
-# run index, one run at a time (see `_schema.OPEN_RUN_ROWS`).
+# run index, one run at a time (see `_sql.OPEN_RUN_ROWS`).
 _UNFINISHED = run_summary("open_rows", """open_rows AS MATERIALIZED (
         SELECT e.* FROM replay_member m CROSS JOIN LATERAL (
             SELECT * FROM replay_event_all e WHERE e.run_id = m.run_id

@@ -27,7 +27,8 @@ from typing import Any
 import psycopg
 
 from replay._core._records import Record
-from replay._pg._schema import COLUMNS, LOG_COLUMNS, PRUNE_BLOCKS, block_kept
+from replay._pg._schema import LOG_COLUMNS, PRUNE_BLOCKS, block_kept
+from replay._pg._sql import COLUMNS
 from replay._store._rows import row_record
 
 Connection = psycopg.Connection[Any]

@@ -1,7 +1,7 @@
 """The engine's reads of a PostgreSQL schema: one query each, DuckDB's results.
 
 Each function mirrors the `replay._store.Store` method of the same name and returns
-what it returns for the same records: the queries of `_schema` have the row shapes of
+what it returns for the same records: the queries of `_sql` have the row shapes of
 DuckDB's, so `replay._store._rows` converts them unchanged. They take an open
 connection (autocommit, so each read sees everything committed before it) and let
 `psycopg.Error` through: the store says which database failed.
@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 
 from replay._core._records import Record
-from replay._pg._schema import (
+from replay._pg._sql import (
     COLUMNS,
     MEMO_COLUMNS,
     ONE_RUN,
