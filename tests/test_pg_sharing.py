@@ -9,6 +9,7 @@ tests with engine processes (killed, paused, many runs) are in test_pg_workers.p
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Generator
 from typing import Any
 
@@ -196,6 +197,26 @@ async def test_an_engine_that_finds_its_lease_taken_stops_without_waiting_for_a_
         assert con.execute(
             "SELECT count(*) FROM replay_events WHERE run_id = 'g1' AND kind = 'step'"
         ).fetchone() == (0,)
+
+
+async def test_a_family_an_engine_owns_without_knowing_expires_for_another_engine(
+        pg_url: str) -> None:
+    async with replay.open_engine(pg_url, workflows=WORKFLOWS, worker="client",
+                                  max_runs=0, **FAST) as client, \
+            replay.open_engine(pg_url, workflows=WORKFLOWS, worker="w1", lease=0.6,
+                               max_runs=0, **FAST):
+        await client.start(doubled, 3, run_id="o1")  # its family is free
+        with admin(pg_url) as con:  # as a claim whose commit w1 never heard of
+            con.execute("UPDATE replay_lease SET owner = 'w1', token = 424242, "
+                        "expires_at = now() + interval '0.6 second'")
+        async with replay.open_engine(pg_url, workflows=WORKFLOWS, worker="w2",
+                                      **FAST) as other:
+            # w1 does not renew it: it expires, and w2 takes it (real time: the lease).
+            deadline = time.monotonic() + 10
+            while other.status("o1").state is not replay.RunState.COMPLETED:
+                assert time.monotonic() < deadline, "w2 never took the run over"
+                await trio.to_thread.run_sync(time.sleep, 0.05)
+            assert await other.get_run("o1").result() == 6
 
 
 async def test_a_worker_name_is_one_engine_at_a_time(pg_url: str) -> None:

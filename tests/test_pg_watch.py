@@ -340,7 +340,7 @@ def test_renewals_forget_the_blocks_no_look_reads_any_more(pg_url: str) -> None:
         assert _leases.seq_block(con) > blocks[-1]  # the `replay` command's
         con.execute("UPDATE replay_block SET taken_at = now() - interval '1 hour' "
                     "WHERE block = %s", [blocks[1]])
-        _leases.renew(con, "b", 15.0)
+        _leases.renew(con, "b", 15.0, [])
         kept = con.execute("SELECT block, worker FROM replay_block ORDER BY block").fetchall()
     assert [row for row in kept if row[1] == "z"] == [(blocks[1], "z"), (blocks[2], "z")]
     assert {row[1] for row in kept} == {"b", "z", "replay command"}

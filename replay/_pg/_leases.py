@@ -114,8 +114,10 @@ _CLAIM_RUN = """
         expires_at = now() + %(lease)s * interval '1 second'
     FROM free WHERE l.root_id = free.root_id RETURNING l.root_id
 """
+# Only the families the engine knows it holds: one it owns without knowing (a claim
+# whose commit went through while its connection broke) expires, for another to take.
 _RENEW = ("UPDATE replay_lease SET expires_at = now() + %s * interval '1 second' "
-          "WHERE owner = %s")
+          "WHERE owner = %s AND root_id = ANY(%s::text[])")
 # The families among those an engine holds (root, token) that another engine has
 # claimed since: a lease row with another owner or token (a family whose row is gone has
 # ended, or its start is not committed yet: neither is lost).
@@ -247,9 +249,10 @@ def claim(con: Connection, owner: str, workflows: Sequence[str], lease: float,
           limit: int, own: bool = False, run_id: str | None = None) -> Claim | None:
     """Claim up to `limit` free or expired families (with `own`: this worker's as well).
 
-    With `run_id`, claim only that run's family, if it is free or expired. Commits the
-    claim, then loads the families' records and takes a fresh block. Returns None if
-    there was nothing to claim.
+    With `run_id`, claim only that run's family, if it is free or expired. Loads the
+    families' records and takes a fresh block in the claim's transaction: a claim cut
+    off before its end leaves no family owned by an engine that never got it. Returns
+    None if there was nothing to claim.
     """
     with con.transaction():
         token = new_token(con)
@@ -261,21 +264,22 @@ def claim(con: Connection, owner: str, workflows: Sequence[str], lease: float,
             roots += [row[0] for row in con.execute(_CLAIM, {
                 "me": owner, "workflows": list(workflows), "limit": limit,
                 "token": token, "lease": lease})]
-    if not roots:
-        return None
-    members = dict(con.execute(_MEMBERS, [roots]).fetchall())
-    runs: dict[str, list[Record]] = {}
-    for row in con.execute(_FAMILY_ROWS, [roots]).fetchall():
-        runs.setdefault(row[1], []).append(row_record(row))
-    return Claim(token, roots, members, list(runs.values()), seq_block(con, owner))
+        if not roots:
+            return None
+        members = dict(con.execute(_MEMBERS, [roots]).fetchall())
+        runs: dict[str, list[Record]] = {}
+        for row in con.execute(_FAMILY_ROWS, [roots]).fetchall():
+            runs.setdefault(row[1], []).append(row_record(row))
+        block = seq_block(con, owner)
+    return Claim(token, roots, members, list(runs.values()), block)
 
 
-def renew(con: Connection, owner: str, lease: float) -> int:
-    """Extend every lease `owner` holds; return how many.
+def renew(con: Connection, owner: str, lease: float, roots: Sequence[str]) -> int:
+    """Extend the leases of the families `roots` that `owner` holds; return how many.
 
     Drop messages for ended runs, and blocks of `seq` no watch needs any more.
     """
-    renewed = con.execute(_RENEW, [lease, owner]).rowcount
+    renewed = con.execute(_RENEW, [lease, owner, list(roots)]).rowcount
     con.execute(_ORPHANS)
     con.execute(PRUNE_BLOCKS, [block_kept(lease)])
     return renewed

@@ -274,7 +274,7 @@ class Sharing:
         """
         with self._lock:
             held = dict(self._token)
-        _leases.renew(con, self.options.worker, self.options.lease)
+        _leases.renew(con, self.options.worker, self.options.lease, list(held))
         if self.lost:
             return
         taken = _leases.taken(con, self.options.worker, held)
