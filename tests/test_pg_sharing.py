@@ -219,6 +219,33 @@ async def test_a_family_an_engine_owns_without_knowing_expires_for_another_engin
             assert await other.get_run("o1").result() == 6
 
 
+async def test_an_engine_takes_back_an_expired_family_it_owned_without_knowing(
+        pg_url: str) -> None:
+    async with replay.open_engine(pg_url, workflows=WORKFLOWS, worker="client",
+                                  max_runs=0, **FAST) as client:
+        await client.start(approval, run_id="a3")  # its family is free
+        with admin(pg_url) as con, con.transaction():
+            # Locked, so that w1 does not claim it as it opens; then put in w1's name as
+            # a claim whose commit w1 never heard of would leave it.
+            con.execute("SELECT 1 FROM replay_lease WHERE root_id = 'a3' FOR UPDATE")
+            worker = replay.open_engine(pg_url, workflows=WORKFLOWS, worker="w1",
+                                        lease=0.6, **FAST)
+            await worker.__aenter__()
+            con.execute("UPDATE replay_lease SET owner = 'w1', token = 424242, "
+                        "expires_at = now() + interval '0.6 second'")
+        try:
+            # Queued for w1, which keeps it until it holds the run: once the lease has
+            # expired, it claims the family it did not know it owned, and delivers it.
+            await client.signal("a3", "approval", "kim")
+            deadline = time.monotonic() + 10
+            while client.status("a3").state is not replay.RunState.COMPLETED:
+                assert time.monotonic() < deadline, "w1 never took its family back"
+                await trio.to_thread.run_sync(time.sleep, 0.05)
+            assert await client.get_run("a3").result() == "approved by kim"
+        finally:
+            await worker.__aexit__(None, None, None)
+
+
 async def test_a_worker_name_is_one_engine_at_a_time(pg_url: str) -> None:
     async with replay.open_engine(pg_url, workflows=WORKFLOWS, worker="w1"):
         with pytest.raises(replay.DatabaseLocked, match="another engine runs as worker 'w1'"):

@@ -83,8 +83,13 @@ class SharedRuns:
     async def _deliver(self, messages: list[tuple[Any, ...]]) -> None:
         for message_id, run_id, action, key, payload, payload_json in messages:
             slot = self._scheduler.runs.find(run_id)
+            if slot is None:
+                # Its family is leased in this engine's name but not held here (a claim
+                # cut off before it arrived): kept for whoever takes the family.
+                self._sharing.keep([message_id])
+                continue
             try:
-                if slot is not None and not slot.status.finished:
+                if not slot.status.finished:
                     await self._act(slot, action, key, Encoded(payload, payload_json))
             except ReplayError as error:
                 log.info("replay: %s for run %r sent through another engine was refused "

@@ -86,11 +86,14 @@ _RECLAIM = """
 """
 # Claim free families, and families whose lease expired, with a run of a workflow this
 # engine runs: first those whose root it runs (it runs what it can of the others, as an
-# engine does at open, and leaves the rest as it is).
-_CLAIM = """
+# engine does at open, and leaves the rest as it is). An expired family in this
+# engine's name that it does not hold (`held`) is one it owns without knowing: it too.
+_EXPIRED = """(owner IS NULL OR (expires_at < now() AND (
+    owner <> %(me)s OR NOT (root_id = ANY(%(held)s::text[])))))"""
+_CLAIM = f"""
     WITH free AS (
         SELECT root_id FROM replay_lease l
-        WHERE (owner IS NULL OR (owner <> %(me)s AND expires_at < now()))
+        WHERE {_EXPIRED}
           AND EXISTS (SELECT 1 FROM replay_member m WHERE m.root_id = l.root_id
                       AND m.workflow = ANY(%(workflows)s::text[]))
         ORDER BY workflow = ANY(%(workflows)s::text[]) DESC, expires_at
@@ -103,11 +106,10 @@ _CLAIM = """
 # Claim the family of one run, if it is free or its lease expired (whatever its
 # workflows: an engine that runs none of them hands it back after the call it claimed
 # it for, `hand_back`).
-_CLAIM_RUN = """
+_CLAIM_RUN = f"""
     WITH free AS (
-        SELECT l.root_id FROM replay_lease l JOIN replay_member m USING (root_id)
-        WHERE m.run_id = %(run_id)s
-          AND (l.owner IS NULL OR (l.owner <> %(me)s AND l.expires_at < now()))
+        SELECT root_id FROM replay_lease l JOIN replay_member m USING (root_id)
+        WHERE m.run_id = %(run_id)s AND {_EXPIRED}
         FOR UPDATE OF l SKIP LOCKED
     )
     UPDATE replay_lease l SET owner = %(me)s, token = %(token)s,
@@ -246,8 +248,12 @@ class Claim:
 
 
 def claim(con: Connection, owner: str, workflows: Sequence[str], lease: float,
-          limit: int, own: bool = False, run_id: str | None = None) -> Claim | None:
+          limit: int, own: bool = False, run_id: str | None = None,
+          held: Sequence[str] = ()) -> Claim | None:
     """Claim up to `limit` free or expired families (with `own`: this worker's as well).
+
+    `held` are the families the engine holds: an expired one in its name that is not
+    among them is claimed like any other.
 
     With `run_id`, claim only that run's family, if it is free or expired. Loads the
     families' records and takes a fresh block in the claim's transaction: a claim cut
@@ -259,11 +265,12 @@ def claim(con: Connection, owner: str, workflows: Sequence[str], lease: float,
         roots = [row[0] for row in con.execute(_RECLAIM, [token, lease, owner])] if own else []
         if run_id is not None:
             roots += [row[0] for row in con.execute(_CLAIM_RUN, {
-                "me": owner, "run_id": run_id, "token": token, "lease": lease})]
+                "me": owner, "run_id": run_id, "token": token, "lease": lease,
+                "held": list(held)})]
         elif limit > 0:
             roots += [row[0] for row in con.execute(_CLAIM, {
                 "me": owner, "workflows": list(workflows), "limit": limit,
-                "token": token, "lease": lease})]
+                "token": token, "lease": lease, "held": list(held)})]
         if not roots:
             return None
         members = dict(con.execute(_MEMBERS, [roots]).fetchall())

@@ -210,6 +210,11 @@ class Sharing:
         with self._lock:
             self._inflight.difference_update(ids)
 
+    def keep(self, ids: Sequence[int]) -> None:
+        """Hand inbox messages `ids` over again at a later fetch (not delivered)."""
+        with self._lock:
+            self._inflight.difference_update(ids)
+
     def taken(self) -> None:
         """Say that the last claim's runs are in the engine: the next claim may come."""
         self._taken.set()
@@ -313,8 +318,11 @@ class Sharing:
 
     def _claim(self, con: Connection, own: bool, limit: int,
                run_id: str | None = None) -> Claim | None:
+        with self._lock:
+            held = list(self._token)
         claimed = _leases.claim(con, self.options.worker, self.options.workflows,
-                                self.options.lease, limit, own=own, run_id=run_id)
+                                self.options.lease, limit, own=own, run_id=run_id,
+                                held=held)
         if claimed is not None:
             with self._lock:
                 self._root.update(claimed.members)

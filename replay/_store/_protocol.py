@@ -147,6 +147,10 @@ class SharedStore(Protocol):
         """Say that inbox messages `ids` were delivered (deleted in the thread)."""
         ...
 
+    def keep(self, ids: Sequence[int]) -> None:
+        """Say that inbox messages `ids` were not delivered: fetch them again later."""
+        ...
+
     def watch_marks(self) -> Marks:
         """Return marks at the newest record of every block of other engines (blocking)."""
         ...
