@@ -136,9 +136,10 @@ async def calling(scheduler: Scheduler, run_id: str, action: str, key: str | Non
     try:
         yield None
     finally:
-        if claim is not None and not _runs_any(scheduler, claim):
+        sharing = scheduler.store.sharing
+        if claim is not None and sharing is not None and not _runs_any(sharing, claim):
             with trio.CancelScope(shield=True):
-                await _hand_back(scheduler, claim)
+                await _hand_back(scheduler, sharing, claim)
 
 
 async def _held_elsewhere(scheduler: Scheduler, run_id: str
@@ -161,20 +162,17 @@ async def _held_elsewhere(scheduler: Scheduler, run_id: str
     return row, None
 
 
-def _runs_any(scheduler: Scheduler, claim: Claimed) -> bool:
+def _runs_any(sharing: SharedStore, claim: Claimed) -> bool:
     """Whether this engine runs a workflow of the claimed family."""
-    sharing = scheduler.store.sharing
-    runs = () if sharing is None else sharing.options.workflows
+    runs = sharing.options.workflows
     return any(records[0].workflow in runs for records in claim.records if records)
 
 
-async def _hand_back(scheduler: Scheduler, claim: Claimed) -> None:
+async def _hand_back(scheduler: Scheduler, sharing: SharedStore, claim: Claimed) -> None:
     """Free a family this engine claimed for a call but cannot run (its call is durable).
 
     Held, it would stay unexecuted here until the engine closed.
     """
-    sharing = scheduler.store.sharing
-    assert sharing is not None
     scheduler.runs.let_go([records[0].run_id for records in claim.records if records])
     await in_thread(sharing.hand_back, claim.roots)
 

@@ -28,7 +28,6 @@ import psycopg
 
 from replay._core._records import Record
 from replay._pg._schema import block_horizon, block_kept
-from replay._pg._sharing import Sharing
 from replay._pg._sql import COLUMNS, run_summary
 from replay._store._protocol import SEQ_BLOCK, Marks, News, WorkerOptions
 from replay._store._rows import RunRow, row_record, run_row
@@ -83,41 +82,35 @@ _UNFINISHED = run_summary("open_rows", """open_rows AS MATERIALIZED (
     ),""")
 
 
-class WatchedSharing(Sharing):
-    """`Sharing`, with what engine-wide watches read of other engines' records."""
-
-    def watch_marks(self) -> Marks:
-        """Return marks at the newest record of every live block of other engines."""
-        empty = Marks({}, _NO_NEW, -1, datetime.min)
-        news: News = self._read(_look, empty, self.options, None, 0)
-        return news.marks
-
-    def records_after(self, marks: Marks, workflow: str | None, limit: int) -> News:
-        """Return other engines' records after `marks` (of `workflow` only), in `seq` order.
-
-        At most `limit` records; the marks returned are past all of them, and past
-        any beyond the limit too (the caller counts those as missed).
-        """
-        news: News = self._read(_look, marks, self.options, workflow, limit)
-        return news
-
-    def histories(self, run_ids: Sequence[str]) -> dict[str, list[Record]]:
-        """Return every record of each of `run_ids` that exists, in `seq` order."""
-        found: dict[str, list[Record]] = {}
-        for start in range(0, len(run_ids), _RUNS_PER_READ):
-            chunk = list(run_ids[start:start + _RUNS_PER_READ])
-            for row in self._read(_rows_of, _HISTORIES, [chunk]):
-                found.setdefault(row[1], []).append(row_record(row))
-        return found
-
-    def unfinished_runs(self, skip: Sequence[str]) -> list[RunRow]:
-        """Return every unfinished run of the schema but `skip` (one query)."""
-        rows = self._read(_rows_of, _UNFINISHED, [list(skip)])
-        return [run_row(row, self._shown) for row in rows]
+def watch_marks(con: Connection, options: WorkerOptions) -> Marks:
+    """Return marks at the newest record of every live block of other engines."""
+    return _look(con, Marks({}, _NO_NEW, -1, datetime.min), options, None, 0).marks
 
 
-def _rows_of(con: Connection, query: str, params: list[Any]) -> list[tuple[Any, ...]]:
-    return con.execute(query, params).fetchall()
+def records_after(con: Connection, marks: Marks, options: WorkerOptions,
+                  workflow: str | None, limit: int) -> News:
+    """Return other engines' records after `marks` (of `workflow` only), in `seq` order.
+
+    At most `limit` records; the marks returned are past all of them, and past any
+    beyond the limit too (the caller counts those as missed).
+    """
+    return _look(con, marks, options, workflow, limit)
+
+
+def histories(con: Connection, run_ids: Sequence[str]) -> dict[str, list[Record]]:
+    """Return every record of each of `run_ids` that exists, in `seq` order."""
+    found: dict[str, list[Record]] = {}
+    for start in range(0, len(run_ids), _RUNS_PER_READ):
+        chunk = list(run_ids[start:start + _RUNS_PER_READ])
+        for row in con.execute(_HISTORIES, [chunk]).fetchall():
+            found.setdefault(row[1], []).append(row_record(row))
+    return found
+
+
+def unfinished_runs(con: Connection, skip: Sequence[str], shown: str) -> list[RunRow]:
+    """Return every unfinished run of the schema but `skip` (one query)."""
+    rows = con.execute(_UNFINISHED, [list(skip)]).fetchall()
+    return [run_row(row, shown) for row in rows]
 
 
 def _look(con: Connection, marks: Marks, options: WorkerOptions, workflow: str | None,

@@ -20,11 +20,14 @@ from typing import Any
 
 import psycopg
 
+from replay._core._records import Record
 from replay._errors import DatabaseError, LeaseLost
-from replay._pg import _leases
+from replay._pg import _feed, _leases
 from replay._pg._connect import connect
 from replay._pg._leases import CHANNEL, CLAIM_BATCH, Batch, Claim
 from replay._store import WorkerOptions
+from replay._store._protocol import Marks, News
+from replay._store._rows import RunRow
 
 log = logging.getLogger("replay")
 Connection = psycopg.Connection[Any]
@@ -207,11 +210,39 @@ class Sharing:
     def done(self, ids: Sequence[int]) -> None:
         """Delete inbox messages `ids`, delivered (blocking: one statement)."""
         self._read(_leases.done, ids)
-        with self._lock:
-            self._inflight.difference_update(ids)
+        self._not_in_flight(ids)
+
+    # -- what engine-wide watches read (`replay._pg._feed`) --
+
+    def watch_marks(self) -> Marks:
+        """Return marks at the newest record of every live block of other engines."""
+        marks: Marks = self._read(_feed.watch_marks, self.options)
+        return marks
+
+    def records_after(self, marks: Marks, workflow: str | None, limit: int) -> News:
+        """Return other engines' records after `marks` (of `workflow` only), in `seq` order.
+
+        At most `limit` records; the marks returned are past all of them, and past
+        any beyond the limit too (the caller counts those as missed).
+        """
+        news: News = self._read(_feed.records_after, marks, self.options, workflow, limit)
+        return news
+
+    def histories(self, run_ids: Sequence[str]) -> dict[str, list[Record]]:
+        """Return every record of each of `run_ids` that exists, in `seq` order."""
+        found: dict[str, list[Record]] = self._read(_feed.histories, run_ids)
+        return found
+
+    def unfinished_runs(self, skip: Sequence[str]) -> list[RunRow]:
+        """Return every unfinished run of the schema but `skip` (one query)."""
+        rows: list[RunRow] = self._read(_feed.unfinished_runs, skip, self._shown)
+        return rows
 
     def keep(self, ids: Sequence[int]) -> None:
         """Hand inbox messages `ids` over again at a later fetch (not delivered)."""
+        self._not_in_flight(ids)
+
+    def _not_in_flight(self, ids: Sequence[int]) -> None:
         with self._lock:
             self._inflight.difference_update(ids)
 

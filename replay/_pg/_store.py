@@ -26,11 +26,10 @@ from replay._core._records import Record
 from replay._errors import DatabaseError, DatabaseLocked, LeaseLost
 from replay._pg import _leases, _purge, _reads
 from replay._pg._connect import connect, failed
-from replay._pg._feed import WatchedSharing
 from replay._pg._queries import PgReadQuery, prepare_reader_role
 from replay._pg._rows import pg_row
 from replay._pg._schema import current_schema, prepare_schema
-from replay._pg._sharing import lease_lost
+from replay._pg._sharing import Sharing, lease_lost
 from replay._pg._url import shown_url
 from replay._store._protocol import WorkerOptions
 from replay._store._purge import PurgePlan
@@ -88,8 +87,8 @@ class PgStore:
             self._idle: list[Connection] = []
             self._idle_lock = threading.Lock()
             self._keep_idle = True  # False once closed: a read ending later disconnects
-            self.sharing = WatchedSharing(url, schema, self._options, self._con,
-                                          self._read, self.path)
+            self.sharing = Sharing(url, schema, self._options, self._con, self._read,
+                                   self.path)
             self._prepare_writer()
         except psycopg.Error as error:
             self._con.close()
