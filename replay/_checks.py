@@ -71,6 +71,10 @@ class Frozen:
 
 
 def check_key(sig: str, key: object) -> str:
+    # Every command checks its key on a workflow's hot path: plain ASCII keys without
+    # NUL (nearly all of them) pass on two quick tests.
+    if type(key) is str and key.isascii() and key and NUL not in key:
+        return key
     if not isinstance(key, str):
         raise TypeError(
             f"{sig}: key must be a string, got {shown(key)}; "

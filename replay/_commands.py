@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import weakref
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from types import FunctionType
@@ -47,16 +46,19 @@ def _unwrap(
 
 
 # What a Step needs to know about its function, by function: building a Step is on
-# every workflow's hot path, and plain functions are the common case. Weak keys, so
-# functions made on the fly (lambdas, closures) are not kept alive.
-_FUNCTION_FACTS: weakref.WeakKeyDictionary[
-    Callable[..., Any], tuple[Any, tuple[Any, ...], tuple[tuple[str, Any], ...], str, bool]
-] = weakref.WeakKeyDictionary()
+# every workflow's hot path, and plain functions are the common case. A plain dict (a
+# weak-keyed one costs a weak reference per lookup, a fifth of building the Step),
+# emptied when it grows past _FACTS_KEPT, so functions made on the fly (lambdas,
+# closures) are kept alive only for a while.
+# (target, bound args, keywords, name, is_async)
+_Facts: TypeAlias = tuple[Any, tuple[Any, ...], tuple[tuple[str, Any], ...], str, bool]
+_FUNCTION_FACTS: dict[Callable[..., Any], _Facts] = {}
+_FACTS_KEPT = 4096
+# Frozen objects set their slots past their own refusing __setattr__.
+_set_slot = object.__setattr__
 
 
-def _facts_of(
-    fn: Callable[..., Any],
-) -> tuple[Any, tuple[Any, ...], tuple[tuple[str, Any], ...], str, bool]:
+def _facts_of(fn: Callable[..., Any]) -> _Facts:
     """Check `fn` and return (target, bound args, keywords, name, is_async).
 
     Raises:
@@ -150,19 +152,16 @@ class Step(Frozen):
             at most 100 years, or is given with ``pure=True``.
     """
 
-    __slots__ = ("_all_args", "_keywords", "_target", "args", "fn", "is_async", "key", "name",
-                 "pure", "retry", "timeout")
+    # Five slots, not one per attribute: a Step is built at every `yield` of every run,
+    # replays included, and each slot set on a frozen object costs a call. What the
+    # function is (`_facts`) is shared by every Step of that function; the options are
+    # None unless one is given.
+    __slots__ = ("_facts", "_options", "args", "fn", "key")
     key: str
     fn: Callable[..., Any]
     args: tuple[Any, ...]
-    retry: Retry | None
-    timeout: float | None
-    name: str
-    is_async: bool
-    pure: bool
-    _target: Any
-    _all_args: tuple[Any, ...]
-    _keywords: tuple[tuple[str, Any], ...]
+    _facts: _Facts
+    _options: tuple[Retry | None, float | None, str | None, bool] | None
 
     def __init__(
         self,
@@ -179,28 +178,62 @@ class Step(Frozen):
         if facts is None:
             facts = _facts_of(fn)
             if type(fn) is FunctionType:
+                if len(_FUNCTION_FACTS) >= _FACTS_KEPT:
+                    _FUNCTION_FACTS.clear()
                 _FUNCTION_FACTS[fn] = facts
-        target, bound_args, keywords, described, is_async = facts
-        if retry is not None and not isinstance(retry, Retry):
-            raise TypeError(
-                f"Step(key, fn, *args, retry=...): retry must be a replay.Retry or None, "
-                f"got {shown(retry)}; e.g. retry=Retry(attempts=3)"
-            )
-        if timeout is not None:
-            sig = "Step(key, fn, *args, timeout=...)"
-            timeout = checked_duration(sig, "timeout", timeout, positive=True).total_seconds()
-        if name is not None and (not isinstance(name, str) or not name):
-            error = ValueError if isinstance(name, str) else TypeError
-            raise error(f"Step(key, fn, *args, name=...): name must be a non-empty string or "
-                        f"None, got {shown(name)}")
-        if pure is not False:
-            _check_pure(pure, timeout)
-        self._set(
-            key=key, fn=fn, args=args, retry=retry, timeout=timeout,
-            name=name or described, is_async=is_async, pure=pure,
-            _target=target, _all_args=bound_args + args if bound_args else args,
-            _keywords=keywords,
-        )
+        if retry is None and timeout is None and name is None and pure is False:
+            options = None
+        else:
+            options = _checked_options(retry, timeout, name, pure)
+        _set_slot(self, "key", key)
+        _set_slot(self, "fn", fn)
+        _set_slot(self, "args", args)
+        _set_slot(self, "_facts", facts)
+        _set_slot(self, "_options", options)
+
+    @property
+    def retry(self) -> Retry | None:
+        """The step's `Retry` policy, or None for the engine's default."""
+        options = self._options
+        return None if options is None else options[0]
+
+    @property
+    def timeout(self) -> float | None:
+        """Seconds each attempt may take, or None for no limit."""
+        options = self._options
+        return None if options is None else options[1]
+
+    @property
+    def name(self) -> str:
+        """The name shown in the history: the one given, or the function's own."""
+        options = self._options
+        if options is not None and options[2] is not None:
+            return options[2]
+        return self._facts[3]
+
+    @property
+    def pure(self) -> bool:
+        """Whether the step was declared deterministic and free of outside effects."""
+        options = self._options
+        return False if options is None else options[3]
+
+    @property
+    def is_async(self) -> bool:
+        """Whether the function is an ``async def`` function (or its ``__call__`` is)."""
+        return self._facts[4]
+
+    @property
+    def _target(self) -> Any:
+        return self._facts[0]
+
+    @property
+    def _all_args(self) -> tuple[Any, ...]:
+        bound = self._facts[1]
+        return bound + self.args if bound else self.args
+
+    @property
+    def _keywords(self) -> tuple[tuple[str, Any], ...]:
+        return self._facts[2]
 
     def _value(self) -> tuple[Any, ...]:
         return (self.key, self._target, self._all_args, self._keywords, self.retry,
@@ -228,6 +261,28 @@ class Step(Frozen):
         if self.pure:
             parts.append("pure=True")
         return f"Step({', '.join(parts)})"
+
+
+def _checked_options(
+    retry: object, timeout: object, name: object, pure: object
+) -> tuple[Retry | None, float | None, str | None, bool]:
+    """Check a Step's options and return them as stored: (retry, timeout, name, pure)."""
+    if retry is not None and not isinstance(retry, Retry):
+        raise TypeError(
+            f"Step(key, fn, *args, retry=...): retry must be a replay.Retry or None, "
+            f"got {shown(retry)}; e.g. retry=Retry(attempts=3)"
+        )
+    seconds = None
+    if timeout is not None:
+        sig = "Step(key, fn, *args, timeout=...)"
+        seconds = checked_duration(sig, "timeout", timeout, positive=True).total_seconds()
+    if name is not None and (not isinstance(name, str) or not name):
+        error = ValueError if isinstance(name, str) else TypeError
+        raise error(f"Step(key, fn, *args, name=...): name must be a non-empty string or "
+                    f"None, got {shown(name)}")
+    if pure is not False:
+        _check_pure(pure, seconds)
+    return retry, seconds, name, bool(pure)
 
 
 def _check_pure(pure: object, timeout: float | None) -> None:

@@ -698,3 +698,36 @@ def test_encode_error_messages_start_lowercase() -> None:
     with pytest.raises(EncodingError) as info:
         encode(Foo())
     assert re.match(r"^[a-z]", str(info.value))
+
+
+class Sealed:
+    """A class whose encode function records its state with `replay.encode` itself."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+
+
+def test_an_encode_function_may_encode_while_the_value_is_packed(register: Any) -> None:
+    # The thread's packer is busy packing the outer value when the hook runs: the
+    # nested encode must not share it, or both encodings come out mangled.
+    register(Sealed, tag="test.Sealed", encode=lambda s: encode({"sealed": s.inner}),
+             decode=lambda data: Sealed(decode(data)["sealed"]))
+    value = {"before": [1, 2, 3], "sealed": Sealed({"a": [4, 5]}), "after": "x" * 40}
+    again = decode(encode(value))
+    assert again["before"] == [1, 2, 3] and again["after"] == "x" * 40
+    assert again["sealed"].inner == {"a": [4, 5]}
+    assert decode(encode({"plain": 1})) == {"plain": 1}  # the packer is free again
+
+
+flat_dicts = st.dictionaries(
+    st.text(max_size=8) | st.integers(),
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12)
+    | st.lists(st.integers(), max_size=2),
+    max_size=40)
+
+
+@given(flat_dicts)
+def test_flat_dicts_render_as_the_renderer_renders_them(value: dict[Any, Any]) -> None:
+    # Small flat dicts skip the renderer when the JSON encoder writes them the same way.
+    from replay._codec._json import _dumps, _Renderer
+    assert to_json(value) == _dumps(_Renderer().render(value))

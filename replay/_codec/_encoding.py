@@ -14,6 +14,7 @@ say where the offending object sits.
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable, Iterable
 from datetime import date, datetime, time, timedelta, timezone, tzinfo
 from decimal import Decimal
@@ -87,7 +88,17 @@ def _check_nesting(value: object) -> None:
         _TooLarge: The value certainly encodes to more than `MAX_ENCODED_BYTES`.
         _HookFailed: A registered encode function raised.
     """
-    level: list[Any] = [value] if type(value) in nesting else []
+    t = type(value)
+    if t not in nesting:
+        return
+    if t is dict and len(value) < _FLAT_ITEMS:  # type: ignore[arg-type]
+        # A flat dict, the most common value: one level, no walk.
+        for k, v in value.items():  # type: ignore[attr-defined]
+            if type(v) in nesting or type(k) in nesting:
+                break
+        else:
+            return
+    level: list[Any] = [value]
     items = 0
     for _ in range(MAX_DEPTH):
         below: list[Any] = []
@@ -107,6 +118,11 @@ def _check_nesting(value: object) -> None:
             return
         level = below
     raise _TooDeep
+
+
+# Flat dicts of fewer entries are checked by one quick loop (more entries: the walk,
+# which looks for containers in C).
+_FLAT_ITEMS = 64
 
 
 def _add_nesting(below: list[Any], children: Iterable[Any]) -> None:
@@ -132,9 +148,10 @@ def _registered_data(reg: Registration, obj: object) -> object:
 # ---------------------------------------------------------------------------- packing
 
 
-def _pack(value: object) -> bytes:
+def _pack(value: object, pack: Callable[[object], bytes] | None = None) -> bytes:
+    """Pack `value`; `pack`: the calling thread's packer (only where nothing encloses it)."""
     try:
-        packed: bytes = msgpack.packb(value, **_PACK_OPTIONS)
+        packed: bytes = (pack or _pack_one)(value)
     except UnicodeEncodeError:  # lone surrogates: mark those strs so they become an ext
         value = _mark_surrogates(value)
         packed = msgpack.packb(value, **_PACK_OPTIONS)
@@ -237,6 +254,40 @@ def _default(obj: object) -> msgpack.ExtType:
 
 _PACK_OPTIONS: dict[str, Any] = {"default": _default, "strict_types": True,
                                  "use_bin_type": True}
+# One packer per thread for whole values: `msgpack.packb` builds a new one per call,
+# which costs more than packing a small value. A packer that raises midway empties its
+# buffer. Payloads packed inside `_default` (while the thread's packer is busy) use
+# `packb`.
+_PACKERS = threading.local()
+
+
+def _pack_one(value: object) -> bytes:
+    return msgpack.packb(value, **_PACK_OPTIONS)  # type: ignore[no-any-return]
+
+
+class _Packer:
+    """A thread's packer, and whether it is packing now."""
+
+    __slots__ = ("busy", "pack")
+
+    def __init__(self) -> None:
+        self.pack: Callable[[object], bytes] = msgpack.Packer(**_PACK_OPTIONS).pack
+        self.busy = False
+
+
+def _pack_whole(value: object) -> bytes:
+    """Pack a whole value with the thread's packer (an `encode` nested in a registered
+    encode function, which runs while that packer packs, uses `packb`)."""
+    packer: _Packer | None = getattr(_PACKERS, "packer", None)
+    if packer is None:
+        packer = _PACKERS.packer = _Packer()
+    if packer.busy:
+        return _pack(value)
+    packer.busy = True
+    try:
+        return _pack(value, packer.pack)
+    finally:
+        packer.busy = False
 
 
 def encode(value: object, *, key: str = "value") -> bytes:
@@ -256,7 +307,7 @@ def encode(value: object, *, key: str = "value") -> bytes:
     """
     try:
         _check_nesting(value)
-        packed = _pack(value)
+        packed = _pack_whole(value)
     except _Unsupported as exc:
         raise EncodingError(unsupported_message(value, exc.obj, key), key=key) from None
     except _HookFailed as exc:

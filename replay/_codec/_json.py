@@ -27,9 +27,24 @@ from replay._errors import EncodingError
 _DIGITS_PER_BIT = math.log10(2)
 _JS_SAFE = 2**53
 
-_dumps: Callable[[object], str] = json.JSONEncoder(
-    ensure_ascii=False, separators=(",", ":"), allow_nan=False, check_circular=False
-).encode
+_ENCODER = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), allow_nan=False, check_circular=False)
+
+
+def _c_dumps() -> Callable[[object], str] | None:
+    """`_ENCODER.encode` without building its C encoder anew on every call, if we can."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return None
+    try:
+        encode = make(None, _ENCODER.default, json.encoder.encode_basestring, None, ":", ",",
+                      False, False, False)
+    except TypeError:  # another signature in this Python: use the encoder as it is
+        return None
+    return lambda value: "".join(encode(value, 0))
+
+
+_dumps: Callable[[object], str] = _c_dumps() or _ENCODER.encode
 
 
 class _TooLong(Exception):
@@ -156,8 +171,37 @@ def to_json(value: object) -> str | None:
         return str(value)  # the most common step values render without the renderer
     if value is None or t is bool:
         return "null" if value is None else ("true" if value else "false")
+    if t is dict and len(value) <= _FLAT_ENTRIES and _plain(value):  # type: ignore[arg-type]
+        text = _dumps(value)  # as the renderer would give it, without its walk
+        return text if len(text) <= MAX_JSON_CHARS else None
     try:
         text = _dumps(_Renderer().render(value))
     except _TooLong:
         return None
     return text if len(text) <= MAX_JSON_CHARS else None
+
+
+# A dict of at most this many entries is checked for `_plain` before the renderer.
+_FLAT_ENTRIES = 32
+
+
+def _plain(d: dict[Any, Any]) -> bool:
+    """Whether `d` renders as the JSON encoder writes it: ASCII string keys, and values
+    that are ASCII strings of bounded length, safe integers, finite floats, booleans or
+    None (the common step value)."""
+    for k, v in d.items():
+        if type(k) is not str or not k.isascii():
+            return False
+        t = type(v)
+        if t is int:
+            if not -_JS_SAFE <= v <= _JS_SAFE:
+                return False
+        elif t is str:
+            if len(v) > MAX_JSON_CHARS or not v.isascii():
+                return False
+        elif t is float:
+            if not -math.inf < v < math.inf:
+                return False
+        elif v is not None and t is not bool:
+            return False
+    return True

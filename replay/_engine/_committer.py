@@ -81,11 +81,14 @@ class Committer:
         self._wakeup.set()
         return done
 
-    def enqueue_all(self, records: Sequence[Record],
-                    apply: Callable[[Record], None]) -> trio.Event:
+    def enqueue_all(self, records: Sequence[Record], apply: Callable[[Record], None],
+                    ride: bool = False) -> trio.Event:
         """Add `records` of one run, in order, to the next batch (see `enqueue`).
 
         They share one timestamp and one event, set once all of them are durable.
+        `ride`: nobody waits for them, so they start no commit of their own; they go
+        with the next batch someone waits for (the outcomes of pure steps: a crash
+        before then recomputes them equal).
         """
         now = self._clock.now()
         for record in records:
@@ -98,7 +101,8 @@ class Committer:
             self._applies.append((apply, record))
         done = trio.Event()
         self._waiters.append(done)
-        self._wakeup.set()
+        if not ride:
+            self._wakeup.set()
         return done
 
     def _next_seq(self) -> int:

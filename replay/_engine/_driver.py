@@ -21,7 +21,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -44,7 +44,11 @@ from replay._engine._steps import StepCaller
 log = logging.getLogger("replay")
 
 Enqueue = Callable[[RunSlot, Record], trio.Event]
-EnqueueAll = Callable[[RunSlot, Sequence[Record]], trio.Event]
+class EnqueueAll(Protocol):
+    """Queues a run's records, in order, for the next group commit (one event)."""
+
+    def __call__(self, slot: RunSlot, records: Sequence[Record],
+                 ride: bool = False) -> trio.Event: ...
 # Put in a group's outcome channel when a signal or a cancellation is committed.
 _WAKE = object()
 
@@ -150,7 +154,7 @@ class Driver:
         """
         if after_pure and attempt.start is None and not machine.involves_children:
             if attempt.records:
-                self._enqueue_all(slot, attempt.records)
+                self._enqueue_all(slot, attempt.records, ride=True)
             return
         await self._commit(slot, attempt.records, machine)
 

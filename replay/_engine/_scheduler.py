@@ -383,9 +383,13 @@ class Scheduler:
         """Queue `record` for the next group commit (applied to `slot` once durable)."""
         return self._committer.enqueue(record, slot.apply)
 
-    def enqueue_all(self, slot: RunSlot, records: Sequence[Record]) -> trio.Event:
-        """Queue `records` of `slot`'s run, in order, for the next group commit."""
-        return self._committer.enqueue_all(records, slot.apply)
+    def enqueue_all(self, slot: RunSlot, records: Sequence[Record],
+                    ride: bool = False) -> trio.Event:
+        """Queue `records` of `slot`'s run, in order, for the next group commit.
+
+        `ride`: for the next commit someone waits for (see `Committer.enqueue_all`).
+        """
+        return self._committer.enqueue_all(records, slot.apply, ride)
 
     @property
     def committer(self) -> Committer:

@@ -78,6 +78,8 @@ def history_records(rows: list[tuple[Any, ...]], path: str) -> list[Record]:
 
 def clean_text(text: str) -> str:
     """Return `text` storable as DuckDB VARCHAR (lone surrogates escaped)."""
+    if text.isascii():  # nearly every text: no encoding to try
+        return text
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
