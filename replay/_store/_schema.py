@@ -123,9 +123,11 @@ COLUMNS = (
 
 # What the memo needs, cheap to fetch: converting TIMESTAMPTZ values costs more than
 # everything else in a history load, and the fold reads only `wake_at`.
+# Zero generations come as NULL: DuckDB hands Python a NULL for much less than an
+# integer, and every record of a run that never continued has generation 0.
 MEMO_COLUMNS = (
     "seq, key, kind, event, attempt, value, error_type, error, epoch_us(wake_at), name, "
-    "error_types, status_text, coalesce(generation, 0), code_version"
+    "error_types, status_text, nullif(generation, 0), code_version"
 )
 
 

