@@ -6,7 +6,7 @@
   back, then parks again on the same `Suspend`. The figure is the time of
   `resume` + `Run.wait()` for the 1,000-step run minus the same for a 0-step run,
   divided by 1,000: what each recorded step adds to a re-execution, its share of
-  loading the history included (target: at most 10 us).
+  loading the history included (target: at most 5 us).
 - resume: a run records 100 steps, then its workflow code fails (a bug); the bug is
   fixed and `engine.resume(run_id)` is called. The figure is the time from calling
   `resume` to `Run.result()` returning: loading the history, recording
@@ -132,7 +132,7 @@ def figures(args: Any) -> list[Figure]:
     return [
         Figure(
             "replay_step", f"replay: a recorded step re-executed ({replayed_steps:,}-step run)",
-            per_step * 1e6, "us/step", Target("value", "<=", 10.0, "<= 10 us"),
+            per_step * 1e6, "us/step", Target("value", "<=", 5.0, "<= 5 us"),
             note=f"re-execution {median(full) * 1000:.1f} ms, of which fixed "
                  f"{median(empty) * 1000:.1f} ms",
             detail={"steps": replayed_steps, "seconds_full": full, "seconds_empty": empty},

@@ -276,8 +276,11 @@ class _Packer:
 
 
 def _pack_whole(value: object) -> bytes:
-    """Pack a whole value with the thread's packer (an `encode` nested in a registered
-    encode function, which runs while that packer packs, uses `packb`)."""
+    """Pack a whole value with the thread's packer.
+
+    An `encode` nested in a registered encode function, which runs while that packer
+    packs, uses `packb`.
+    """
     packer: _Packer | None = getattr(_PACKERS, "packer", None)
     if packer is None:
         packer = _PACKERS.packer = _Packer()

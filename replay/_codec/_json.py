@@ -186,9 +186,11 @@ _FLAT_ENTRIES = 32
 
 
 def _plain(d: dict[Any, Any]) -> bool:
-    """Whether `d` renders as the JSON encoder writes it: ASCII string keys, and values
-    that are ASCII strings of bounded length, safe integers, finite floats, booleans or
-    None (the common step value)."""
+    """Whether `d` renders as the JSON encoder writes it.
+
+    That is: ASCII string keys, and values that are ASCII strings of bounded length,
+    safe integers, finite floats, booleans or None (the common step value).
+    """
     for k, v in d.items():
         if type(k) is not str or not k.isascii():
             return False

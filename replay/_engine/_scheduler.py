@@ -19,8 +19,10 @@ records of the end.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -47,7 +49,7 @@ from replay._engine._steps import StepCaller
 from replay._engine._timers import Timers
 from replay._engine._watching import Watchers
 from replay._errors import EngineClosed, ReplayError
-from replay._store import EngineStore
+from replay._store import EngineStore, ParkedRow, from_epoch_us
 from replay._types import RunInfo, RunState
 from replay._workflows import Registry
 
@@ -122,7 +124,10 @@ class Scheduler:
         On a shared store: the runs this engine claimed as it opened.
         """
         self._nursery = runs
-        self.take(await in_thread(self._store.load_open_runs), self.runs.opened_at)
+        with no_collection():
+            opened = await in_thread(self._store.load_open_runs)
+            self.take(opened.records, self.runs.opened_at)
+            self.take_parked(opened.parked, self.runs.opened_at)
 
     def take(self, runs: list[list[Record]], opened_at: int) -> None:
         """Hold unfinished runs read from the store (`runs`: records per run), and go on.
@@ -138,9 +143,7 @@ class Scheduler:
             slot = self.runs.add(folded)
             if slot.status.finished:
                 continue  # damaged: failed with the reason, and left alone
-            if slot.workflow not in self._registry.functions:
-                log.warning("run %r of workflow %r is left as it is: the workflow is not "
-                            "registered with this engine", slot.run_id, slot.workflow)
+            if not self._registered(slot):
                 continue
             history = RunHistory(records)
             started = started_record(records)
@@ -151,6 +154,30 @@ class Scheduler:
                 self._spawn(slot, self._machine(slot, history, input_of(records)))
             elif slot.status.wake_at is not None:
                 self._timers.add(slot.run_id, slot.status.wake_at)
+
+    def take_parked(self, rows: list[ParkedRow], opened_at: int) -> None:
+        """Hold quiet parked runs read from the store (`rows`: their state).
+
+        Nothing they must wake for is recorded, so they wait for their deadline or
+        a signal; their histories are read when they wake, as an evicted run's are.
+        """
+        statuses: dict[tuple[Any, ...], RunStatus] = {}
+        for row in rows:
+            slot = self.runs.add(RunSlot.parked(row, opened_at, statuses))
+            if not self._registered(slot):
+                continue
+            deadline = from_epoch_us(row[-1])
+            if deadline is not None:
+                self._deadlines.add(slot.run_id, deadline)
+            if slot.status.wake_at is not None:
+                self._timers.add(slot.run_id, slot.status.wake_at)
+
+    def _registered(self, slot: RunSlot) -> bool:
+        if slot.workflow in self._registry.functions:
+            return True
+        log.warning("run %r of workflow %r is left as it is: the workflow is not "
+                    "registered with this engine", slot.run_id, slot.workflow)
+        return False
 
     def begin_shutdown(self) -> None:
         """Start no new command (parked runs hold no task and simply stay parked)."""
@@ -544,6 +571,23 @@ class Scheduler:
         """
         return await self._loader.load(slot.run_id, slot.workflow)
 
+
+
+@contextlib.contextmanager
+def no_collection() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while the body allocates in bulk.
+
+    Reading and holding 100,000 runs makes millions of objects, none of them garbage;
+    the collector would walk them all again and again (half the time of an open). It
+    is paused for the whole process, for the open's fraction of a second.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def input_of(records: list[Record]) -> bytes:

@@ -31,7 +31,7 @@ from replay._pg._rows import pg_row
 from replay._pg._schema import current_schema, prepare_schema
 from replay._pg._sharing import Sharing, lease_lost
 from replay._pg._url import shown_url
-from replay._store._protocol import WorkerOptions
+from replay._store._protocol import OpenRuns, WorkerOptions
 from replay._store._purge import PurgePlan
 from replay._store._queries import OpenQueries
 from replay._store._rows import RunRow
@@ -188,14 +188,15 @@ class PgStore:
                 return
         con.close()
 
-    def load_open_runs(self) -> list[list[Record]]:
+    def load_open_runs(self) -> OpenRuns:
         """Return the records of the runs claimed at open, a list per run.
 
         They are this worker's own unfinished runs (its previous process held them)
-        and free or expired families, as many as the engine has room for.
+        and free or expired families, as many as the engine has room for. Every run
+        comes with its records: the claim has read them already.
         """
         opening, self.sharing.opening = self.sharing.opening, None
-        return [] if opening is None else opening.records
+        return OpenRuns([] if opening is None else opening.records, [])
 
     def run_row(self, run_id: str) -> RunRow | None:
         """Return one run's state, or None if there is no such run."""

@@ -19,6 +19,7 @@ from replay._store._protocol import (
     SEQ_BLOCK,
     Claimed,
     EngineStore,
+    OpenRuns,
     SharedStore,
     UserQuery,
     WorkerOptions,
@@ -40,7 +41,15 @@ from replay._store._readers import (
     checked_timeout,
     timed_out_message,
 )
-from replay._store._rows import RunRow, clean_text, record_row, utc, utc_or_none
+from replay._store._rows import (
+    ParkedRow,
+    RunRow,
+    clean_text,
+    from_epoch_us,
+    record_row,
+    utc,
+    utc_or_none,
+)
 from replay._store._schema import SCHEMA_VERSION
 from replay._store._writer_store import Store
 
@@ -49,6 +58,7 @@ __all__ = [
     "ENGINE_ADVICE",
     "Claimed",
     "EngineStore",
+    "OpenRuns",
     "SEQ_BLOCK",
     "SharedStore",
     "WorkerOptions",
@@ -59,6 +69,8 @@ __all__ = [
     "PurgePlan",
     "ReadQuery",
     "Readers",
+    "ParkedRow",
+    "from_epoch_us",
     "RunRow",
     "Store",
     "TimedQuery",

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from replay._core._records import Record
 from replay._errors import LeaseLost
 from replay._store._purge import GenerationRows, PurgePlan
-from replay._store._rows import RunRow
+from replay._store._rows import ParkedRow, RunRow
 
 # How many `seq` numbers an engine sharing its store takes at a time (from a sequence).
 SEQ_BLOCK = 10_000
@@ -51,6 +51,24 @@ class Claimed(Protocol):
     roots: list[str]
     records: list[list[Record]]
     block: int
+
+
+@dataclass
+class OpenRuns:
+    """The unfinished runs an engine takes as it opens (`EngineStore.load_open_runs`).
+
+    Attributes:
+        records: The records of each run that may need to run at once, a list per
+            run in `seq` order.
+        parked: The state of each quiet parked run, a row of `OPEN_PARKED` (see
+            `ParkedRow`): sleeping or suspended, with nothing recorded that it must
+            wake for (a signal, a child's end, a cancellation). Its history is read
+            only when it wakes. Raw rows, because opening a file with 100,000 of
+            them has no time for an object per row that is thrown away at once.
+    """
+
+    records: list[list[Record]]
+    parked: list[ParkedRow]
 
 
 @dataclass
@@ -227,8 +245,8 @@ class EngineStore(Protocol):
         """Turn `record` into a row this store can commit, or raise if it cannot."""
         ...
 
-    def load_open_runs(self) -> list[list[Record]]:
-        """Return the records of every unfinished run, a list per run."""
+    def load_open_runs(self) -> OpenRuns:
+        """Return every unfinished run: the records of most, the state of quiet ones."""
         ...
 
     def run_row(self, run_id: str) -> RunRow | None:

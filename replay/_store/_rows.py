@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeAlias
 
 from replay._codec import encode
 from replay._core._records import Record
@@ -136,6 +136,15 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 def from_epoch_us(micros: int | None) -> datetime | None:
     """The UTC time `micros` microseconds after the epoch (None passes through)."""
     return None if micros is None else _EPOCH + timedelta(microseconds=micros)
+
+
+# A quiet parked run's state, as `OPEN_PARKED` reads it: (run_id, workflow, state,
+# created_us, updated_us, waiting_for, wake_us, status_text, started_seq, parent_run_id,
+# note_text, note_value, generation or None, last_seq, parent_key, deadline_us); the
+# `_us` columns are microseconds since the epoch.
+ParkedRow: TypeAlias = tuple[str, str, str, int, int, str | None, int | None, str | None,
+                             int, str | None, str | None, bytes | None, int | None, int,
+                             str | None, int | None]
 
 
 def open_record(row: tuple[Any, ...]) -> Record:

@@ -24,6 +24,7 @@ from replay._core._records import Record
 from replay._errors import EngineClosed
 from replay._store._connect import connect, damaged, private_wal, unusable
 from replay._store._hot import hot_from_row, settle
+from replay._store._protocol import OpenRuns
 from replay._store._purge import PurgePlan, delete_generations, delete_runs, plan, write_archive
 from replay._store._queries import OpenQueries, ReadQuery
 from replay._store._rows import (
@@ -39,6 +40,7 @@ from replay._store._schema import (
     COLUMNS,
     MEMO_COLUMNS,
     ONE_RUN,
+    OPEN_PARKED,
     OPEN_RUN_ROWS,
     RUN_SUMMARY,
     RUN_WORKFLOW,
@@ -102,15 +104,18 @@ class Store:
 
     # -- reads (each on its own cursor: a DuckDB connection is single-threaded) --
 
-    def load_open_runs(self) -> list[list[Record]]:
-        """Return the records of every unfinished run, a list per run (one query).
+    def load_open_runs(self) -> OpenRuns:
+        """Return every unfinished run: the records of most, the state of quiet ones.
 
-        Rows are not checked: a run damaged by hand is the caller's to fail.
+        Two queries: the records of the runs that may need to run at once, then the
+        state of the quiet parked runs (see `OPEN_PARKED`), which is a fraction of
+        their records. Rows are not checked: a run damaged by hand has its records
+        read, and is the caller's to fail.
         """
         runs: dict[str, list[Record]] = {}
         for row in self._read(OPEN_RUN_ROWS, []):
             runs.setdefault(row[1], []).append(open_record(row))
-        return list(runs.values())
+        return OpenRuns(list(runs.values()), self._read(OPEN_PARKED, []))
 
     def run_row(self, run_id: str) -> RunRow | None:
         """Return one run's state (by the run_id index), or None if there is no such run."""
