@@ -24,6 +24,7 @@ import trio
 from replay._channel._protocol import channel_supported
 from replay._engine._channel_server import ChannelServer
 from replay._engine._clock import EngineClock, in_thread
+from replay._engine._collector import collector_tuned
 from replay._engine._facade import Engine, internals
 from replay._engine._options import (
     checked_code_version,
@@ -168,30 +169,31 @@ async def open_engine(
                         max_interruptions, query_timeout=query_timeout,
                         code_version=code_version, generations=generations)
         scheduler = internals(engine).scheduler
-        async with _single_errors(), trio.open_nursery() as services:
-            try:
-                await scheduler.start_services(services)
-                async with trio.open_nursery() as runs:
-                    await scheduler.recover(runs)
-                    if store.sharing is not None:
-                        await services.start(SharedRuns(scheduler, store.sharing).run)
-                    if serve_cli and _has_socket(store.path) and channel_supported():
-                        await services.start(ChannelServer(engine, store).run)
-                    if retention is not None:
-                        await services.start(Retention(scheduler, store).service, retention)
-                    if ui is not None:
-                        engine._ui_url = await services.start(serve_ui, engine, *ui)
-                    try:
-                        yield engine
-                    except BaseException:
+        with collector_tuned():  # see `_collector`
+            async with _single_errors(), trio.open_nursery() as services:
+                try:
+                    await scheduler.start_services(services)
+                    async with trio.open_nursery() as runs:
+                        await scheduler.recover(runs)
+                        if store.sharing is not None:
+                            await services.start(SharedRuns(scheduler, store.sharing).run)
+                        if serve_cli and _has_socket(store.path) and channel_supported():
+                            await services.start(ChannelServer(engine, store).run)
+                        if retention is not None:
+                            await services.start(Retention(scheduler, store).service, retention)
+                        if ui is not None:
+                            engine._ui_url = await services.start(serve_ui, engine, *ui)
+                        try:
+                            yield engine
+                        except BaseException:
+                            scheduler.begin_shutdown()
+                            runs.cancel_scope.cancel()
+                            raise
                         scheduler.begin_shutdown()
-                        runs.cancel_scope.cancel()
-                        raise
-                    scheduler.begin_shutdown()
-                    runs.cancel_scope.deadline = trio.current_time() + shutdown_timeout
-            finally:
-                scheduler.runs_ended()
-            services.cancel_scope.cancel()
+                        runs.cancel_scope.deadline = trio.current_time() + shutdown_timeout
+                finally:
+                    scheduler.runs_ended()
+                services.cancel_scope.cancel()
     finally:
         if engine is not None:
             internals(engine).workers.close()

@@ -19,10 +19,8 @@ records of the end.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import logging
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -37,6 +35,7 @@ from replay._core._resume import resumed_record
 from replay._core._signals import news_for_parked
 from replay._core._state import RunStatus
 from replay._engine._clock import EngineClock, in_thread
+from replay._engine._collector import no_collection
 from replay._engine._committer import Committer
 from replay._engine._deliveries import Deliveries
 from replay._engine._driver import Driver, Parked
@@ -571,23 +570,6 @@ class Scheduler:
         """
         return await self._loader.load(slot.run_id, slot.workflow)
 
-
-
-@contextlib.contextmanager
-def no_collection() -> Iterator[None]:
-    """Pause Python's cyclic garbage collector while the body allocates in bulk.
-
-    Reading and holding 100,000 runs makes millions of objects, none of them garbage;
-    the collector would walk them all again and again (half the time of an open). It
-    is paused for the whole process, for the open's fraction of a second.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def input_of(records: list[Record]) -> bytes:
