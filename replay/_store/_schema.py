@@ -186,23 +186,27 @@ _OPEN = """
         SELECT run_id, arg_max(run_state, seq) AS state FROM replay_event_all
         WHERE run_state IS NOT NULL GROUP BY run_id
         HAVING arg_max(run_state, seq) NOT IN ('completed', 'failed', 'cancelled')
-    ), open_rows AS MATERIALIZED (
-        SELECT * FROM replay_event_all WHERE run_id IN (SELECT run_id FROM open_runs)
+    ), active AS (
+        SELECT run_id FROM open_runs WHERE state NOT IN ('sleeping', 'suspended')
+        UNION
+        SELECT run_id FROM replay_event_all
+        WHERE (kind IN ('signal', 'child') OR event = 'cancel_requested')
+              AND run_id IN (SELECT run_id FROM open_runs)
+        UNION
+        (SELECT run_id FROM open_runs
+         EXCEPT
+         SELECT run_id FROM replay_event_all
+         WHERE kind = 'run' AND event = 'started' AND workflow IS NOT NULL
+               AND recorded_at IS NOT NULL)
     ), quiet AS (
-        SELECT run_id FROM open_rows
-        WHERE kind = 'run' AND event = 'started' AND workflow IS NOT NULL
-              AND recorded_at IS NOT NULL AND run_id IN (
-                  SELECT run_id FROM open_runs WHERE state IN ('sleeping', 'suspended'))
-        EXCEPT
-        SELECT run_id FROM open_rows
-        WHERE kind IN ('signal', 'child') OR event = 'cancel_requested'
+        SELECT run_id FROM open_runs EXCEPT SELECT run_id FROM active
     )
 """
 
 # Every record of every unfinished run that is not quiet, grouped by run, in order.
 OPEN_RUN_ROWS = f"""
     WITH {_OPEN}
-    SELECT {OPEN_COLUMNS} FROM open_rows WHERE run_id NOT IN (SELECT run_id FROM quiet)
+    SELECT {OPEN_COLUMNS} FROM replay_event_all WHERE run_id IN (SELECT run_id FROM active)
     ORDER BY run_id, seq
 """
 
@@ -210,7 +214,7 @@ OPEN_RUN_ROWS = f"""
 # microseconds), with the run's deadline.
 OPEN_PARKED = f"""
     WITH {_OPEN}, quiet_rows AS MATERIALIZED (
-        SELECT * FROM open_rows WHERE run_id IN (SELECT run_id FROM quiet)
+        SELECT * FROM replay_event_all WHERE run_id IN (SELECT run_id FROM quiet)
     ), latest AS (
         SELECT run_id, run_state, key, wake_at, status_text, generation FROM quiet_rows
         WHERE run_state IS NOT NULL
