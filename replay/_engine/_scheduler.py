@@ -161,9 +161,11 @@ class Scheduler:
         a signal; their histories are read when they wake, as an evicted run's are.
         """
         statuses: dict[tuple[Any, ...], RunStatus] = {}
-        for row in rows:
-            slot = self.runs.add(RunSlot.parked(row, opened_at, statuses))
-            if not self._registered(slot):
+        add, registered = self.runs.add, self._registry.functions
+        for row in rows:  # written tight: an open may hold 100,000 of them
+            slot = add(RunSlot.parked(row, opened_at, statuses))
+            if slot.workflow not in registered:
+                self._registered(slot)  # says why it is left as it is
                 continue
             deadline = from_epoch_us(row[-1])
             if deadline is not None:
