@@ -9,6 +9,7 @@ store's `load_memos` is wrapped to count its calls; it still does the reading).
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import trio.testing
 
 import replay
 from replay import Suspend
+from replay._engine._lookups import RunLookups
 from replay._store import Store
 from replay.testing import wait_for_state
 
@@ -120,3 +122,78 @@ async def test_quiet_parked_runs_open_from_their_state_and_wake_as_ever(
         assert await engine.get_run("q-napper").result() == "rested"
         deadline = await engine.get_run("q-deadline").wait()
         assert deadline.state == "cancelled", deadline  # its own deadline passed
+
+
+async def test_starts_with_their_own_ids_share_their_look_into_the_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A start with a given id asks the file whether a finished run has that id; the
+    # starts made together ask together.
+    path = tmp_path / "ids.duckdb"
+    async with replay.open_engine(path, workflows=[parked], durability="none") as engine:
+        await (await engine.start(parked, 0, run_id="old")).wait()
+        await engine.signal("old", "go", "done")
+    looks: list[int] = []
+    existing = Store.existing
+
+    def counted(store: Store, run_ids: Any) -> set[str]:
+        looks.append(len(run_ids))
+        return existing(store, run_ids)
+
+    monkeypatch.setattr(Store, "existing", counted)
+    async with (replay.open_engine(path, workflows=[parked], durability="none") as engine,
+                trio.open_nursery() as nursery):
+
+        async def start(i: int) -> None:
+            run = await engine.start(parked, i, run_id=f"order-{i}")
+            assert (await run.wait()).waiting_for == "go"
+
+        for i in range(RUNS):
+            nursery.start_soon(start, i)
+    assert sum(looks) >= RUNS and len(looks) <= 10, looks
+    async with replay.open_engine(path, workflows=[parked], durability="none") as engine:
+        again = await engine.start(parked, 0, run_id="old")  # the finished run, from the file
+        assert await again.result() == {"i": 0, "go": "done"}
+
+
+async def test_a_cancelled_look_leaves_the_others_theirs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The task that reads for a batch is cancelled while it reads: it still reads for
+    # the others of the batch, then takes its cancellation.
+    path = tmp_path / "looks.duckdb"
+    async with replay.open_engine(path, workflows=[parked], durability="none") as engine:
+        await (await engine.start(parked, 1, run_id="there")).wait()
+    reads: list[list[str]] = []
+    reading, release = threading.Event(), threading.Event()
+    existing = Store.existing
+
+    def held(store: Store, run_ids: Any) -> set[str]:
+        reads.append(list(run_ids))
+        reading.set()
+        release.wait(10)
+        return existing(store, run_ids)
+
+    monkeypatch.setattr(Store, "existing", held)
+    store = Store(str(path), "none")
+    lookups = RunLookups(store)
+    scopes = {run_id: trio.CancelScope() for run_id in ("there", "nowhere", "gone")}
+    answers: dict[str, bool] = {}
+    try:
+        async with trio.open_nursery() as nursery:
+
+            async def look(run_id: str) -> None:
+                with scopes[run_id]:
+                    answers[run_id] = await lookups.in_file(run_id)
+
+            for run_id in scopes:
+                nursery.start_soon(look, run_id)
+            await trio.to_thread.run_sync(reading.wait, 10)
+            assert len(reads) == 1 and sorted(reads[0]) == sorted(scopes)  # one batch
+            reader = reads[0][0]
+            scopes[reader].cancel()
+            release.set()
+    finally:
+        store.close()
+    assert scopes[reader].cancelled_caught
+    expected = {"there": True, "nowhere": False, "gone": False}
+    assert answers == {run_id: expected[run_id] for run_id in scopes if run_id != reader}
+    assert len(reads) == 1

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import trio
 
 from replay._engine._clock import in_thread
+from replay._engine._lookups import RunLookups
 from replay._engine._slots import RunSlot
 from replay._engine._watching import Watchers
 from replay._errors import EngineClosed, RunNotFound
@@ -42,6 +43,7 @@ class RunTable:
         # Finished runs a purge is deleting (`hold_for_purge`): `adopt` waits for them.
         self._purging: set[str] = set()
         self._purged = trio.Event()
+        self._lookups = RunLookups(store)
 
     def find(self, run_id: str) -> RunSlot | None:
         """Return the slot of a run in memory (its start may not be durable yet), or None."""
@@ -170,6 +172,8 @@ class RunTable:
         slot = self.find(run_id)
         if slot is not None:
             return slot.workflow if slot.durable else None
+        if not await self._lookups.in_file(run_id):  # shared with the looks made with it
+            return None
         return await in_thread(self._store.workflow_of, run_id)
 
     def keep(self, slot: RunSlot) -> None:
