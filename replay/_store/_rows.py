@@ -160,7 +160,7 @@ def memo_record(run_id: str, workflow: str, row: tuple[Any, ...]) -> Record:
         run_id=run_id, workflow=workflow, kind=kind, event=event, key=key, attempt=attempt,
         value=value, error_type=error_type, error=error,
         error_types=tuple(error_types.split(",")) if error_types else (), name=name,
-        wake_at=None if wake_us is None else _EPOCH + timedelta(microseconds=wake_us),
+        wake_at=from_epoch_us(wake_us),
         status_text=status_text, seq=seq, generation=generation or 0, code_version=code_version,
     )
 
