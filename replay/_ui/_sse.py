@@ -78,8 +78,9 @@ async def _watch(backend: Backend, run_id: str, after_seq: int | None,
         nursery.start_soon(_until_gone, receive, stopping, whole)
         nursery.start_soon(_keepalive, put)
         try:
-            await put(b": watching\n\n")
             async with backend.watch(run_id, after_seq) as updates:
+                # Only now: a change made after the client reads this line is seen.
+                await put(b": watching\n\n")
                 async for update in updates:
                     if update["kind"] in ("snapshot", "event"):
                         await put(message(update))
