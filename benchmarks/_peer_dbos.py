@@ -1,8 +1,10 @@
 """The DBOS side of `peers.py`: run by the python of a virtual environment with `dbos`.
 
 It does not import replay (it runs in DBOS's own environment). It opens DBOS once on a
-fresh SQLite system database (DBOS's default settings: nothing here changes its
-durability), then for each kind of step and each concurrency C runs `--runs` workflows
+fresh SQLite system database (DBOS's default settings, or with ``--journal-mode wal``
+the file put in SQLite's write-ahead-log mode before DBOS opens it: DBOS sets no journal
+mode of its own, and keeps SQLite's ``synchronous=FULL``, so every commit is still
+fsynced), then for each kind of step and each concurrency C runs `--runs` workflows
 of `--steps` steps each, at most C at a time, and prints one JSON line with the seconds
 each batch took:
 
@@ -12,7 +14,7 @@ each batch took:
   workflows awaited by asyncio tasks, at most C at a time (a semaphore).
 
     <venv>/bin/python benchmarks/_peer_dbos.py --dir DIR [--runs 100] [--steps 10]
-        [--concurrency 1 8 100] [--kinds sync async]
+        [--concurrency 1 8 100] [--kinds sync async] [--journal-mode default|wal]
 """
 
 from __future__ import annotations
@@ -88,9 +90,15 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 100])
     parser.add_argument("--kinds", nargs="+", choices=("sync", "async"),
                         default=["sync", "async"])
+    parser.add_argument("--journal-mode", choices=("default", "wal"), default="default")
     args = parser.parse_args()
     logging.disable(logging.WARNING)  # DBOS logs every launch at INFO
-    path = args.dir / "dbos.sqlite"
+    path = args.dir / f"dbos-{args.journal_mode}.sqlite"
+    if args.journal_mode == "wal":
+        # The journal mode is a property of the database file: set on the empty file,
+        # it holds for every connection DBOS makes afterwards.
+        with sqlite3.connect(path) as con:
+            con.execute("PRAGMA journal_mode=WAL")
     DBOS(config={"name": "replay-peer-bench", "system_database_url": f"sqlite:///{path}"})
     DBOS.launch()
     seconds: dict[str, dict[str, float]] = {}

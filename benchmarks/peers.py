@@ -13,8 +13,10 @@ same machine load:
   trio tasks, at most C at a time, timed from the first `start` to the last `result()`;
 - DBOS: its own virtual environment (``~/.cache/replay-bench/dbos-venv``, created
   with ``python3 -m venv`` and ``pip install dbos`` on first use, reused afterwards;
-  ``--dbos-venv`` to choose another), running `_peer_dbos.py` on a fresh SQLite system
-  database with DBOS's default settings. DBOS is not one of replay's dependencies.
+  ``--dbos-venv`` to choose another), running `_peer_dbos.py` twice on fresh SQLite
+  system databases: with DBOS's default settings (SQLite's rollback journal), and with
+  the file in SQLite's write-ahead-log mode (DBOS's fastest durable SQLite setting).
+  DBOS is not one of replay's dependencies.
 
 It prints one Markdown table (steps per second per C, and ms per step at C=1, medians
 of the repetitions) with the machine, the load average before and after, and the date,
@@ -54,6 +56,7 @@ DBOS_VENV = Path.home() / ".cache" / "replay-bench" / "dbos-venv"
 RUNS, STEPS, CONCURRENCY = 100, 10, (1, 8, 100)
 SMOKE_RUNS, SMOKE_STEPS, SMOKE_CONCURRENCY = 4, 2, (1, 2, 4)
 KINDS = ("sync", "async")
+DBOS_JOURNALS = ("default", "wal")
 SYNCHRONOUS = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
 
 
@@ -158,11 +161,11 @@ def _imports_dbos(python: Path) -> bool:
 
 
 def dbos_batch(python: Path, directory: Path, runs: int, steps: int,
-               concurrency: Sequence[int]) -> tuple[dict[str, Any] | None, str]:
+               concurrency: Sequence[int], journal: str) -> tuple[dict[str, Any] | None, str]:
     """One DBOS process on a fresh system database: its JSON, or None and why not."""
     command = [str(python), str(HERE / "_peer_dbos.py"), "--dir", str(directory),
                "--runs", str(runs), "--steps", str(steps),
-               "--concurrency", *map(str, concurrency)]
+               "--concurrency", *map(str, concurrency), "--journal-mode", journal]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=1200,
                               cwd=directory)
@@ -197,15 +200,18 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 for c in concurrency:
                     path = directory / f"replay-{kind}-{c}.duckdb"
                     add(f"replay_{kind}", c, trio.run(replay_batch, path, runs, steps, c, kind))
-            if python is not None:
-                found, problem = dbos_batch(python, directory, runs, steps, concurrency)
+            for journal in DBOS_JOURNALS:
+                if python is None:
+                    break
+                found, problem = dbos_batch(python, directory, runs, steps, concurrency,
+                                            journal)
                 if found is None:
                     python, missing = None, problem
-                else:
-                    dbos_info = {k: v for k, v in found.items() if k != "seconds"}
-                    for kind, by_c in found["seconds"].items():
-                        for c, taken in by_c.items():
-                            add(f"dbos_{kind}", int(c), float(taken))
+                    break
+                dbos_info[journal] = {k: v for k, v in found.items() if k != "seconds"}
+                for kind, by_c in found["seconds"].items():
+                    for c, taken in by_c.items():
+                        add(f"dbos_{journal}_{kind}", int(c), float(taken))
         warn(f"peers: repetition {rep + 1} of {repeat} done")
     return {"runs": runs, "steps": steps, "concurrency": list(concurrency),
             "repeat": repeat, "seconds": seconds, "dbos": dbos_info,
@@ -215,17 +221,17 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 def rows(result: dict[str, Any]) -> list[tuple[str, str, dict[int, float]]]:
     """(key, label, steps/s by C) of every system measured, in the table's order."""
     total = result["runs"] * result["steps"]
-    dbos = result["dbos"]
-    settings = dbos.get("settings", {})
-    dbos_name = (f"DBOS {dbos.get('version', '')} (SQLite {dbos.get('sqlite', '')}, "
-                 f"journal_mode={str(settings.get('journal_mode', '?')).upper()}, "
-                 f"synchronous={SYNCHRONOUS.get(settings.get('synchronous'), '?')})")
-    labels = {
-        "floor": "floor: DuckDB, one durable INSERT of a 3-column row per step",
-        "dbos_sync": f"{dbos_name}, sync steps", "dbos_async": f"{dbos_name}, async steps",
-        "replay_sync": f"replay {replay.__version__}, sync steps",
-        "replay_async": f"replay {replay.__version__}, async steps",
-    }
+    labels = {"floor": "floor: DuckDB, one durable INSERT of a 3-column row per step"}
+    for journal in DBOS_JOURNALS:
+        dbos = result["dbos"].get(journal, {})
+        settings = dbos.get("settings", {})
+        name = (f"DBOS {dbos.get('version', '')} (SQLite {dbos.get('sqlite', '')}, "
+                f"journal_mode={str(settings.get('journal_mode', '?')).upper()}, "
+                f"synchronous={SYNCHRONOUS.get(settings.get('synchronous'), '?')})")
+        for kind in KINDS:
+            labels[f"dbos_{journal}_{kind}"] = f"{name}, {kind} steps"
+    for kind in KINDS:
+        labels[f"replay_{kind}"] = f"replay {replay.__version__}, {kind} steps"
     found = []
     for key, label in labels.items():
         by_c = result["seconds"].get(key)

@@ -41,10 +41,11 @@ def _clear() -> None:
 
 @pytest.fixture
 def commits(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
-    """How many batches the engine's writer committed (one transaction each)."""
+    """How many batches the engine committed (one transaction each, on either thread)."""
     counted = [0]
     for store in (Store, PgStore):
         monkeypatch.setattr(store, "submit", _counting(store.submit, counted))
+        monkeypatch.setattr(store, "commit_now", _counting_now(store.commit_now, counted))
     yield counted
 
 
@@ -52,6 +53,15 @@ def _counting(submit: Any, counted: list[int]) -> Any:
     def counting(self: Any, rows: list[tuple[Any, ...]], done: Any) -> None:
         counted[0] += 1
         submit(self, rows, done)
+
+    return counting
+
+
+def _counting_now(commit_now: Any, counted: list[int]) -> Any:
+    def counting(self: Any, rows: list[tuple[Any, ...]]) -> bool:
+        committed = bool(commit_now(self, rows))
+        counted[0] += committed
+        return committed
 
     return counting
 

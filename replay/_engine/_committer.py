@@ -53,6 +53,9 @@ class Committer:
         self._wakeup = trio.Event()
         self._runs_ended = trio.Event()
         self._woken = 0  # how many tasks the last commit woke
+        # Whether one run alone uses the engine (set by the scheduler): its batches are
+        # committed on the loop's thread, without the two thread hand-offs (see `_write`).
+        self.alone: Callable[[], bool] = _never
 
     async def commit(self, record: Record, apply: Callable[[Record], None]) -> None:
         """Make `record` durable; return only once it is committed.
@@ -196,6 +199,9 @@ class Committer:
 
     async def _write(self, token: trio.lowlevel.TrioToken, rows: list[tuple[Any, ...]],
                      durable: Callable[[], None]) -> None:
+        if self.alone() and self._commit_here(rows):
+            durable()
+            return
         finished = trio.Event()
         outcome: list[BaseException | None] = []
         broken: list[BaseException] = []
@@ -220,12 +226,33 @@ class Committer:
                 await finished.wait()
         if broken:
             raise broken[0]
-        if isinstance(outcome[0], LeaseLost):
-            raise outcome[0]
         if outcome[0] is not None:
-            raise DatabaseError(
-                f"committing {len(rows)} records to {self._store.path!r} failed: "
-                f"{outcome[0]}; nothing in that batch was acknowledged and the engine "
-                "stopped. Fix the cause (e.g. free disk space) and reopen: every run "
-                "continues from its last durable record"
-            ) from outcome[0]
+            raise self._failed(rows, outcome[0])
+
+    def _commit_here(self, rows: list[tuple[Any, ...]]) -> bool:
+        """Commit `rows` on this thread if the store's writer is idle; False if busy.
+
+        The loop waits for the commit (about a millisecond), which costs nothing when
+        no other task has anything to do, and saves handing the batch to the writer
+        thread and the result back to the loop.
+        """
+        try:
+            return self._store.commit_now(rows)
+        except Exception as error:
+            raise self._failed(rows, error) from error
+
+    def _failed(self, rows: list[tuple[Any, ...]], error: BaseException) -> BaseException:
+        """The error that stops the engine when committing `rows` failed with `error`."""
+        if isinstance(error, LeaseLost):
+            return error
+        failure = DatabaseError(
+            f"committing {len(rows)} records to {self._store.path!r} failed: "
+            f"{error}; nothing in that batch was acknowledged and the engine "
+            "stopped. Fix the cause (e.g. free disk space) and reopen: every run "
+            "continues from its last durable record")
+        failure.__cause__ = error
+        return failure
+
+
+def _never() -> bool:
+    return False

@@ -123,6 +123,11 @@ class StepCaller:
             _CURRENT_STEP.reset(token)
         return Outcome(True, value, _elapsed_ms(began))
 
+    @property
+    def thread_calls(self) -> int:
+        """How many sync step functions were handed to worker threads so far."""
+        return self._workers.calls
+
     def compute(self, run_id: str, step: Step, attempt: int) -> Outcome:
         """Make attempt `attempt` of a sync pure `step` on the loop; return how it ended.
 

@@ -73,6 +73,7 @@ class WorkerPool:
         self._finished_lock = threading.Lock()
         self._wake_scheduled = False
         self._token: trio.lowlevel.TrioToken | None = None
+        self.calls = 0  # how many calls `run` was given
 
     async def run(self, function: Callable[..., Any], *args: Any,
                   timeout: float | None = None,
@@ -91,6 +92,7 @@ class WorkerPool:
             BaseException: Whatever `function` raised.
         """
         self._token = trio.lowlevel.current_trio_token()
+        self.calls += 1
         job = _Job(function, args, None if timeout is None else trio.Event())
         if len(self._threads) < self._size and self._jobs.qsize() >= self._idle:
             self._start_thread()

@@ -275,6 +275,10 @@ class PgStore:
                                         daemon=True)
         self._writer.start()
 
+    def commit_now(self, rows: list[tuple[Any, ...]]) -> bool:
+        """Return False: engines sharing a database commit on the writer thread only."""
+        return False
+
     def submit(self, rows: list[tuple[Any, ...]],
                done: Callable[[BaseException | None], None]) -> None:
         """Commit `rows` in one transaction on the writer thread, then call `done`.

@@ -313,6 +313,13 @@ class EngineStore(Protocol):
         """Start the thread that commits batches handed to `submit`."""
         ...
 
+    def commit_now(self, rows: list[tuple[Any, ...]]) -> bool:
+        """Commit `rows` in one transaction on the calling thread if the writer is idle.
+
+        Returns False, having done nothing, when it cannot (hand them to `submit`).
+        """
+        ...
+
     def submit(self, rows: list[tuple[Any, ...]],
                done: Callable[[BaseException | None], None]) -> None:
         """Commit `rows` in one transaction on the writer thread, then call `done`."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
@@ -100,7 +101,11 @@ class Store:
             tuple[list[tuple[Any, ...]], Callable[..., None]] | WriterJob | None]
         self._queue = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
+        # Held by whichever thread uses the writing connection: the writer thread, or
+        # the engine's thread committing a batch itself (`commit_now`).
+        self._con_lock = threading.Lock()
         self._hot_rows = 0  # committed to the hot log since it was last settled
+        self._last_commit = 0.0  # time.monotonic() of the last commit
 
     # -- reads (each on its own cursor: a DuckDB connection is single-threaded) --
 
@@ -266,39 +271,76 @@ class Store:
         """
         self._queue.put(WriterJob(job, done))
 
+    def commit_now(self, rows: list[tuple[Any, ...]]) -> bool:
+        """Commit `rows` in one transaction on the calling thread, if the writer is idle.
+
+        Returns False, having done nothing, when the writer thread is busy (a batch, a
+        job, settling): hand the rows to `submit` then.
+
+        Raises:
+            duckdb.Error: The commit failed (nothing of it was written).
+        """
+        if not self._con_lock.acquire(blocking=False):
+            return False
+        try:
+            self._commit_rows(rows)
+        finally:
+            self._con_lock.release()
+        if self._hot_rows >= SETTLE_ROWS:
+            # A job settles first (see `_run_job`): on the writer thread, as it takes a while.
+            self._queue.put(WriterJob(_nothing, _ignore))
+        return True
+
     def _write_loop(self) -> None:
         while (item := self._next_item()) is not None:
-            if isinstance(item, WriterJob):
-                self._run_job(item)
-                continue
-            rows, done = item
-            hot = len(rows) <= HOT_BATCH_ROWS
-            appender = self._hot_appender if hot else self._appender
-            try:
-                private_wal(self.path)  # a checkpoint may have deleted it
-                if len(rows) == 1:
-                    self._con.execute(self._hot_insert, hot_from_row(rows[0]))
+            with self._con_lock:
+                if isinstance(item, WriterJob):
+                    self._run_job(item)
                 else:
-                    appender.append_rows([hot_from_row(row) for row in rows] if hot else rows)
-                    appender.flush()
-            except BaseException as error:  # reported to the engine, which stops
-                appender.clear()
-                done(error)
+                    self._write_batch(*item)
+
+    def _write_batch(self, rows: list[tuple[Any, ...]], done: Callable[..., None]) -> None:
+        try:
+            self._commit_rows(rows)
+        except BaseException as error:  # reported to the engine, which stops
+            done(error)
+        else:
+            done(None)
+        if self._hot_rows >= SETTLE_ROWS:
+            self._settle()
+
+    def _commit_rows(self, rows: list[tuple[Any, ...]]) -> None:
+        """Commit `rows` in one transaction (the caller holds the connection's lock)."""
+        hot = len(rows) <= HOT_BATCH_ROWS
+        appender = self._hot_appender if hot else self._appender
+        try:
+            private_wal(self.path)  # a checkpoint may have deleted it
+            if len(rows) == 1:
+                self._con.execute(self._hot_insert, hot_from_row(rows[0]))
             else:
-                self._hot_rows += len(rows) if hot else 0
-                done(None)
-            if self._hot_rows >= SETTLE_ROWS:
-                self._settle()
+                appender.append_rows([hot_from_row(row) for row in rows] if hot else rows)
+                appender.flush()
+        except BaseException:
+            appender.clear()
+            raise
+        if hot:
+            self._hot_rows += len(rows)
+        self._last_commit = time.monotonic()
 
     def _next_item(self) -> tuple[list[tuple[Any, ...]], Callable[..., None]] | WriterJob | None:
-        """Return the next batch or job; settle the hot log when idle a moment."""
-        if not self._hot_rows:
-            return self._queue.get()
-        try:
-            return self._queue.get(timeout=SETTLE_IDLE_SECONDS)
-        except queue.Empty:
-            self._settle()
-            return self._queue.get()
+        """Return the next batch or job; settle the hot log when idle a moment.
+
+        The writer wakes every `SETTLE_IDLE_SECONDS` when idle, since rows committed
+        on the engine's thread (`commit_now`) reach the hot log without passing here.
+        """
+        while True:
+            try:
+                return self._queue.get(timeout=SETTLE_IDLE_SECONDS)
+            except queue.Empty:
+                idle = time.monotonic() - self._last_commit >= SETTLE_IDLE_SECONDS
+                if self._hot_rows and idle:
+                    with self._con_lock:
+                        self._settle()
 
     def _settle(self) -> None:
         """Settle the hot log; a failure leaves the rows there (still read, still safe)."""
@@ -337,6 +379,14 @@ class Store:
             private_wal(self.path)
             settle(self._con)
         self._con.close()
+
+
+def _nothing(con: duckdb.DuckDBPyConnection) -> None:
+    """A writer job that does nothing (it settles the hot log, as every job does first)."""
+
+
+def _ignore(result: Any, error: BaseException | None) -> None:
+    """Where the outcome of a writer job nobody waits for goes."""
 
 
 class WriterJob:

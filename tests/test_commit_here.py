@@ -1,0 +1,187 @@
+"""A lone run's commits on the loop's thread (`Store.commit_now`), and when they are not.
+
+When one run executes alone (no other run, no task waiting for the loop, no sync step
+in a worker thread since the last commit), the engine commits its batches on the
+loop's thread instead of handing them to the writer thread and back. These tests count
+which way each batch went, check that both ways write the same durable history, that
+a failed commit stops the engine either way with nothing acknowledged, and that the
+hot log is still settled.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Generator, Iterator
+from typing import Any
+
+import duckdb
+import pytest
+import trio
+
+import replay
+from replay import DatabaseError, RunState, Step
+from replay._store import _writer_store
+from replay._store._writer_store import Store
+
+pytestmark = pytest.mark.duckdb_only  # PostgreSQL commits on its writer thread only
+
+
+async def add_one(value: int) -> int:
+    return value + 1
+
+
+def add_one_sync(value: int) -> int:
+    return value + 1
+
+
+@replay.workflow(name="commit_here.count")
+def count(steps: int, use_sync: bool) -> Generator[Any, Any, int]:
+    value = 0
+    for i in range(steps):
+        value = yield Step(f"s{i}", add_one_sync if use_sync else add_one, value)
+    return value
+
+
+@pytest.fixture
+def ways(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counter[str]]:
+    """How many batches went which way: "here", "busy" (fell back) or "thread"."""
+    counted: Counter[str] = Counter()
+    commit_now, submit = Store.commit_now, Store.submit
+
+    def counting_now(self: Store, rows: list[tuple[Any, ...]]) -> bool:
+        done = commit_now(self, rows)
+        counted["here" if done else "busy"] += 1
+        return done
+
+    def counting_submit(self: Store, rows: list[tuple[Any, ...]], done: Any) -> None:
+        counted["thread"] += 1
+        submit(self, rows, done)
+
+    monkeypatch.setattr(Store, "commit_now", counting_now)
+    monkeypatch.setattr(Store, "submit", counting_submit)
+    yield counted
+
+
+async def events_of(path: str, run_id: str) -> list[tuple[str, str]]:
+    """The run's events as the closed file holds them (read without resuming anything)."""
+    with duckdb.connect(path, read_only=True) as con:
+        rows = con.execute("SELECT kind || '/' || event, coalesce(key, '') FROM replay_events "
+                           "WHERE run_id = $1 ORDER BY seq", [run_id]).fetchall()
+    return [(event, key) for event, key in rows]
+
+
+async def test_a_lone_run_of_async_steps_commits_every_batch_on_the_loops_thread(
+    db: str, ways: Counter[str]
+) -> None:
+    async with replay.open_engine(db, workflows=[count]) as engine:
+        run = await engine.start(count, 5, False, run_id="alone")
+        assert await run.result() == 5
+    # The start, then one batch per step (the last one with the run's end); an engine
+    # task that happens to be runnable at a commit (a timer) sends that one to the writer.
+    assert ways["here"] + ways["thread"] == 6
+    assert ways["here"] >= 5
+    assert await events_of(db, "alone") == [
+        ("run/started", ""), *[("step/completed", f"s{i}") for i in range(5)],
+        ("run/completed", "")]
+
+
+async def test_runs_executing_together_commit_on_the_writer_thread(
+    db: str, ways: Counter[str]
+) -> None:
+    async with replay.open_engine(db, workflows=[count]) as engine:
+        runs = []
+        async with trio.open_nursery() as nursery:
+            async def one(i: int) -> None:
+                runs.append(await engine.start(count, 3, False, run_id=f"r{i}"))
+
+            for i in range(20):
+                nursery.start_soon(one, i)
+        for run in runs:
+            assert await run.result() == 3
+    assert ways["thread"] > 0
+    # 20 runs of 4 commits each went in far fewer batches: group commit still works.
+    assert ways["thread"] + ways["here"] < 40
+    for i in range(20):
+        assert len(await events_of(db, f"r{i}")) == 5
+
+
+async def test_a_sync_step_that_ran_in_a_worker_thread_commits_on_the_writer_thread(
+    db: str, ways: Counter[str]
+) -> None:
+    async with replay.open_engine(db, workflows=[count]) as engine:
+        run = await engine.start(count, 4, True, run_id="sync")
+        assert await run.result() == 4
+    assert ways["thread"] == 4  # every step's batch (the start's may go either way)
+    assert ways["here"] + ways["thread"] == 5
+
+
+async def test_a_busy_writer_takes_the_batch_instead(db: str, ways: Counter[str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    held = threading.Lock()  # stands for the writer's connection lock while it settles
+    commit_now = Store.commit_now  # the counting one
+
+    def while_busy(self: Store, rows: list[tuple[Any, ...]]) -> bool:
+        if held.acquire(blocking=False):  # the first batch finds the writer busy
+            ways["busy"] += 1
+            return False
+        return commit_now(self, rows)
+
+    monkeypatch.setattr(Store, "commit_now", while_busy)
+    async with replay.open_engine(db, workflows=[count]) as engine:
+        run = await engine.start(count, 2, False, run_id="busy")
+        assert await run.result() == 2
+    assert ways["busy"] == 1  # the start's batch, which the writer thread then took
+    assert ways["thread"] + ways["here"] == 3
+    assert ways["here"] >= 1
+    assert [event for event, _ in await events_of(db, "busy")] == [
+        "run/started", "step/completed", "step/completed", "run/completed"]
+
+
+@pytest.mark.parametrize("use_sync", [False, True], ids=["on-the-loop", "on-the-writer"])
+async def test_a_failed_commit_stops_the_engine_and_acknowledges_nothing(
+    db: str, ways: Counter[str], monkeypatch: pytest.MonkeyPatch, use_sync: bool
+) -> None:
+    commit_rows = Store._commit_rows
+    commits = [0]
+
+    def failing_third(self: Store, rows: list[tuple[Any, ...]]) -> None:
+        commits[0] += 1
+        if commits[0] == 3:
+            raise duckdb.IOException("No space left on device")
+        commit_rows(self, rows)
+
+    monkeypatch.setattr(Store, "_commit_rows", failing_third)
+    with pytest.raises(DatabaseError, match=r"^committing 1 records to .* failed: .*No space "
+                       r"left on device; nothing in that batch was acknowledged"):
+        async with replay.open_engine(db, workflows=[count]) as engine:
+            run = await engine.start(count, 4, use_sync, run_id="full")
+            await run.result()
+    assert ways["here" if not use_sync else "thread"] >= 1
+    monkeypatch.setattr(Store, "_commit_rows", commit_rows)
+    # The first step's outcome is durable, the second's (the failed batch) is not.
+    assert await events_of(db, "full") == [("run/started", ""), ("step/completed", "s0")]
+    async with replay.open_engine(db, workflows=[count]) as engine:
+        assert await engine.get_run("full").result() == 4
+        assert engine.status("full").state is RunState.COMPLETED
+
+
+async def test_rows_committed_on_the_loops_thread_are_settled_by_the_writer(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settled_by: list[str] = []
+    ran = threading.Event()
+    settle = _writer_store.settle
+
+    def noting(con: duckdb.DuckDBPyConnection) -> int:
+        settled_by.append(threading.current_thread().name)
+        ran.set()
+        return settle(con)
+
+    monkeypatch.setattr(_writer_store, "settle", noting)
+    monkeypatch.setattr(_writer_store, "SETTLE_ROWS", 5)
+    async with replay.open_engine(db, workflows=[count]) as engine:
+        assert await (await engine.start(count, 8, False)).result() == 8
+        # Past 5 hot rows the loop asks the writer thread to settle them.
+        assert await trio.to_thread.run_sync(ran.wait, 10)
+        assert "replay-writer" in settled_by
