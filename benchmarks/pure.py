@@ -7,7 +7,8 @@ commit, the 101 steps, and the one commit that makes the pure outcomes, the ordi
 step's and the run's end durable together. The floor is one durable commit of a
 narrow row per step (see `_floor.py`); the target is 50 times the floor's steps per
 second. The same for 1,000 pure steps, and with async step functions. The note gives
-the commits each run waited for, counted at the store's writer (one transaction each).
+the commits each run waited for, counted at the store (one transaction each, whether the
+writer thread or the engine's loop thread made it).
 
     python benchmarks/pure.py [--smoke] [--durability fsync|none] [--repeat N]
 """
@@ -34,14 +35,20 @@ _commits = [0]
 
 
 def _counting_submit() -> None:
-    """Count the writer's transactions (one per batch of records)."""
-    submit = Store.submit
+    """Count the store's transactions (one per batch of records, on either thread)."""
+    submit, commit_now = Store.submit, Store.commit_now
 
     def counted(self: Store, rows: list[tuple[Any, ...]], done: Any) -> None:
         _commits[0] += 1
         submit(self, rows, done)
 
+    def counted_now(self: Store, rows: list[tuple[Any, ...]]) -> bool:
+        committed = commit_now(self, rows)
+        _commits[0] += committed
+        return committed
+
     Store.submit = counted  # type: ignore[method-assign]
+    Store.commit_now = counted_now  # type: ignore[method-assign]
 
 
 def double(value: int) -> int:

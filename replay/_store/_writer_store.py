@@ -106,6 +106,7 @@ class Store:
         self._con_lock = threading.Lock()
         self._hot_rows = 0  # committed to the hot log since it was last settled
         self._last_commit = 0.0  # time.monotonic() of the last commit
+        self._settle_asked = False  # `commit_now` queued a job to settle the hot log
 
     # -- reads (each on its own cursor: a DuckDB connection is single-threaded) --
 
@@ -286,8 +287,9 @@ class Store:
             self._commit_rows(rows)
         finally:
             self._con_lock.release()
-        if self._hot_rows >= SETTLE_ROWS:
+        if self._hot_rows >= SETTLE_ROWS and not self._settle_asked:
             # A job settles first (see `_run_job`): on the writer thread, as it takes a while.
+            self._settle_asked = True
             self._queue.put(WriterJob(_nothing, _ignore))
         return True
 
@@ -356,6 +358,7 @@ class Store:
         self._hot_rows = 0
 
     def _run_job(self, job: WriterJob) -> None:
+        self._settle_asked = False
         try:
             self._settle()  # jobs (purges) work on the table alone
             private_wal(self.path)
