@@ -10,9 +10,11 @@ hot log is still settled.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections import Counter
 from collections.abc import Generator, Iterator
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -20,6 +22,7 @@ import pytest
 import trio
 
 import replay
+import replay.aio
 from replay import DatabaseError, RunState, Step
 from replay._store import _writer_store
 from replay._store._writer_store import Store
@@ -185,3 +188,18 @@ async def test_rows_committed_on_the_loops_thread_are_settled_by_the_writer(
         # Past 5 hot rows the loop asks the writer thread to settle them.
         assert await trio.to_thread.run_sync(ran.wait, 10)
         assert "replay-writer" in settled_by
+
+
+def test_an_engine_hosted_by_asyncio_never_commits_on_the_loops_thread(
+    tmp_path: Path, ways: Counter[str]
+) -> None:
+    # Under replay.aio the loop's thread also runs the asyncio program, whose work trio
+    # cannot see: a commit must never hold it.
+    async def main() -> int:
+        path = str(tmp_path / "hosted.duckdb")
+        async with replay.aio.open_engine(path, workflows=[count]) as engine:
+            run = await engine.start(count, 3, False, run_id="hosted")
+            return int(await run.result())
+
+    assert asyncio.run(main()) == 3
+    assert ways == {"thread": 4}

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import trio
+from trio._core._run import GLOBAL_RUN_CONTEXT  # private: see `trio_is_guest`
 
 from replay._core._records import Record
 from replay._engine._clock import EngineClock, busy_thread
@@ -256,3 +257,14 @@ class Committer:
 
 def _never() -> bool:
     return False
+
+
+def trio_is_guest() -> bool:
+    """Whether this trio run is a guest of another event loop (as under `replay.aio`).
+
+    Then the loop's thread also runs the host loop's own work, which trio cannot see,
+    so the engine never holds that thread for a commit. trio has no public way to ask:
+    this reads its runner's flag, and answers yes if it cannot (the safe answer).
+    """
+    runner = getattr(GLOBAL_RUN_CONTEXT, "runner", None)
+    return bool(getattr(runner, "is_guest", True))

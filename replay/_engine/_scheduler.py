@@ -36,7 +36,7 @@ from replay._core._signals import news_for_parked
 from replay._core._state import RunStatus
 from replay._engine._clock import EngineClock, in_thread
 from replay._engine._collector import no_collection
-from replay._engine._committer import Committer
+from replay._engine._committer import Committer, trio_is_guest
 from replay._engine._deliveries import Deliveries
 from replay._engine._driver import Driver, Parked
 from replay._engine._family import Family
@@ -95,7 +95,7 @@ class Scheduler:
         self.closing = False
         self.closed = False
         self._thread_calls = 0  # the worker threads' calls when `_alone` last looked
-        if store.sharing is None:
+        if store.sharing is None and not trio_is_guest():
             committer.alone = self._alone
 
     def _alone(self) -> bool:
