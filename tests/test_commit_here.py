@@ -74,12 +74,16 @@ async def events_of(path: str, run_id: str) -> list[tuple[str, str]]:
     return [(event, key) for event, key in rows]
 
 
+async def one_run(db: str, steps: int, use_sync: bool, run_id: str) -> int:
+    """Run `count` once, alone in a fresh engine; return its result."""
+    async with replay.open_engine(db, workflows=[count]) as engine:
+        return int(await (await engine.start(count, steps, use_sync, run_id=run_id)).result())
+
+
 async def test_a_lone_run_of_async_steps_commits_every_batch_on_the_loops_thread(
     db: str, ways: Counter[str]
 ) -> None:
-    async with replay.open_engine(db, workflows=[count]) as engine:
-        run = await engine.start(count, 5, False, run_id="alone")
-        assert await run.result() == 5
+    assert await one_run(db, 5, False, "alone") == 5
     # The start, then one batch per step (the last one with the run's end); an engine
     # task that happens to be runnable at a commit (a timer) sends that one to the writer.
     assert ways["here"] + ways["thread"] == 6
@@ -112,9 +116,7 @@ async def test_runs_executing_together_commit_on_the_writer_thread(
 async def test_a_sync_step_that_ran_in_a_worker_thread_commits_on_the_writer_thread(
     db: str, ways: Counter[str]
 ) -> None:
-    async with replay.open_engine(db, workflows=[count]) as engine:
-        run = await engine.start(count, 4, True, run_id="sync")
-        assert await run.result() == 4
+    assert await one_run(db, 4, True, "sync") == 4
     assert ways["thread"] == 4  # every step's batch (the start's may go either way)
     assert ways["here"] + ways["thread"] == 5
 
@@ -124,17 +126,17 @@ async def test_a_busy_writer_takes_the_batch_instead(db: str, ways: Counter[str]
     held = threading.Lock()  # stands for the writer's connection lock while it settles
     commit_now = Store.commit_now  # the counting one
 
+    fell_back = [0]
+
     def while_busy(self: Store, rows: list[tuple[Any, ...]]) -> bool:
         if held.acquire(blocking=False):  # the first batch finds the writer busy
-            ways["busy"] += 1
+            fell_back[0] += 1
             return False
         return commit_now(self, rows)
 
     monkeypatch.setattr(Store, "commit_now", while_busy)
-    async with replay.open_engine(db, workflows=[count]) as engine:
-        run = await engine.start(count, 2, False, run_id="busy")
-        assert await run.result() == 2
-    assert ways["busy"] == 1  # the start's batch, which the writer thread then took
+    assert await one_run(db, 2, False, "busy") == 2
+    assert fell_back == [1]  # the start's batch, which the writer thread then took
     assert ways["thread"] + ways["here"] == 3
     assert ways["here"] >= 1
     assert [event for event, _ in await events_of(db, "busy")] == [

@@ -295,21 +295,24 @@ class Store:
 
     def _write_loop(self) -> None:
         while (item := self._next_item()) is not None:
-            with self._con_lock:
-                if isinstance(item, WriterJob):
+            if isinstance(item, WriterJob):
+                with self._con_lock:
                     self._run_job(item)
+                continue
+            rows, done = item
+            with self._con_lock:
+                try:
+                    self._commit_rows(rows)
+                except BaseException as error:  # reported to the engine, which stops
+                    failure: BaseException | None = error
                 else:
-                    self._write_batch(*item)
-
-    def _write_batch(self, rows: list[tuple[Any, ...]], done: Callable[..., None]) -> None:
-        try:
-            self._commit_rows(rows)
-        except BaseException as error:  # reported to the engine, which stops
-            done(error)
-        else:
-            done(None)
-        if self._hot_rows >= SETTLE_ROWS:
-            self._settle()
+                    failure = None
+            # The lock is free before the engine hears: its next batch may be committed
+            # on its own thread at once (`commit_now`).
+            done(failure)
+            if self._hot_rows >= SETTLE_ROWS:
+                with self._con_lock:
+                    self._settle()
 
     def _commit_rows(self, rows: list[tuple[Any, ...]]) -> None:
         """Commit `rows` in one transaction (the caller holds the connection's lock)."""
