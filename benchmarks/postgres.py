@@ -26,11 +26,12 @@ every measurement, ``replay_bench_<hex>``, and drops it afterwards):
   (C=1: ms per step and its ratio to the floor; C=8 and C=100: steps per second).
 - **replay on DuckDB**, for comparison: the same workload on a fresh file in a scratch
   directory, in the same repetition.
-- **the commit rate**: batches the engine's writer committed per second, counted in
-  this process by wrapping the stores' ``submit`` (the one call through which the
-  engine hands a batch to its writer thread; each batch is one transaction), between
-  the first `start` and the last `result()`; with the records per batch and the time
-  each took (from ``submit`` to the writer's answer). Shown at the largest C, where the
+- **the commit rate**: batches the engine committed per second, counted in this
+  process by wrapping the stores' ``submit`` (through which the engine hands a batch to
+  its writer thread) and ``commit_now`` (a batch a DuckDB engine commits on its own
+  thread while one run executes alone); each batch is one transaction. Counted between
+  the first `start` and the last `result()`, with the records per batch and the time
+  each took (from the call to the commit's end). Shown at the largest C, where the
   engine commits one batch per scheduling round of all the runs; every C is in the
   JSON line.
 
@@ -242,25 +243,35 @@ class Commits:
             return self.batches, self.rows, self.seconds
 
     def count(self, store_class: type) -> None:
-        """Wrap `store_class.submit` so that every batch committed is counted."""
-        submit = store_class.submit
+        """Wrap `store_class.submit` and `commit_now` so that every batch is counted."""
+        submit, commit_now = store_class.submit, store_class.commit_now
 
         def counted_submit(store: Any, rows: list[tuple[Any, ...]],
                            done: Callable[[BaseException | None], None]) -> None:
-            size = len(rows)
             began = time.perf_counter()
 
             def counted(error: BaseException | None) -> None:
                 if error is None:  # before the engine hears of it: counted in time
-                    with self._lock:
-                        self.batches += 1
-                        self.rows += size
-                        self.seconds += time.perf_counter() - began
+                    self._add(len(rows), began)
                 done(error)
 
             submit(store, rows, counted)
 
+        def counted_commit_now(store: Any, rows: list[tuple[Any, ...]]) -> bool:
+            began = time.perf_counter()
+            committed = bool(commit_now(store, rows))
+            if committed:
+                self._add(len(rows), began)
+            return committed
+
         store_class.submit = counted_submit
+        store_class.commit_now = counted_commit_now
+
+    def _add(self, rows: int, began: float) -> None:
+        with self._lock:
+            self.batches += 1
+            self.rows += rows
+            self.seconds += time.perf_counter() - began
 
 
 COMMITS = Commits()
