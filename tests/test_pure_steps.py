@@ -2,8 +2,9 @@
 
 A pure step is a deterministic computation with no outside effect, so the workflow
 goes on at once and its outcome rides the run's next commit; an ordinary step still
-waits for its own. Commits are counted where they happen (`Store.submit`, the writer's
-one transaction per batch) on real DuckDB files; a SIGKILL inside a pure step shows
+waits for its own. Commits are counted where they happen (`Store.submit` for the
+writer thread, `Store.commit_now` for the engine's own thread: one transaction per
+batch) on real DuckDB files; a SIGKILL inside a pure step shows
 that a crash re-runs exactly the uncommitted pure steps and no ordinary step.
 """
 
