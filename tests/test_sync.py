@@ -709,3 +709,28 @@ def test_hosting_benchmark_smoke() -> None:
         result["figures"]), modes
     for figure in result["figures"].values():
         assert isinstance(figure["value"], float) and figure["value"] > 0
+
+
+def test_ctrl_c_after_the_engine_opened_but_before_open_engine_returned_stops_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ctrl-C can land after the engine's thread has opened the file (recovered runs
+    # may be executing already) but before `open_engine` hands the engine back: the
+    # caller never holds it, so `open_engine` itself must stop it.
+    from replay.sync import _engine
+
+    db = tmp_path / "interrupted-open.duckdb"
+    opened: list[Any] = []
+    original = _engine.Engine._host_call_sync
+
+    def interrupted(self: Any, function: Any, *args: Any) -> Any:
+        opened.append(self)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_engine.Engine, "_host_call_sync", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        replay.sync.open_engine(db, workflows=[])
+    assert len(opened) == 1 and opened[0].closed  # stopped, its file closed
+    monkeypatch.setattr(_engine.Engine, "_host_call_sync", original)
+    with replay.sync.open_engine(db, workflows=[]) as engine:  # the file is free again
+        assert engine.runs() == []
