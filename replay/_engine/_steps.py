@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any, NamedTuple
@@ -157,13 +158,21 @@ class StepCaller:
     def _publisher(self) -> Callable[[str, str, Any], None]:
         """Return the function that hands a progress value to the loop, from any thread."""
         token = trio.lowlevel.current_trio_token()
+        loop_thread = threading.get_ident()
 
         def publish(run_id: str, key: str, value: Any) -> None:
             encode(value, key="progress")  # what remote watchers will need
             target = self.on_progress
-            if target is not None:
-                with contextlib.suppress(trio.RunFinishedError):
-                    token.run_sync_soon(target, run_id, key, value)
+            if target is None:
+                return
+            if threading.get_ident() == loop_thread:
+                # An async step, on the loop: at once, so that its watchers see the value
+                # before the step's outcome (whose commit may follow without a pause).
+                target(run_id, key, value)
+                return
+            with contextlib.suppress(trio.RunFinishedError):
+                # From a worker thread: queued ahead of the call's own hand-back.
+                token.run_sync_soon(target, run_id, key, value)
 
         return publish
 
