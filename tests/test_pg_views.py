@@ -373,7 +373,7 @@ def test_load_open_runs_agrees(loaded: Any, duck_store: Store) -> None:
             folded.status, folded.workflow, folded.parent, folded.generation, folded.seq,
             folded.created_at, folded.updated_at, folded.needs_start_mark), run_id
         started = started_record(found[run_id])
-        assert started is not None and from_epoch_us(row[-1]) == started.wake_at, run_id
+        assert started is not None and from_epoch_us(row[15]) == started.wake_at, run_id
 
 
 def test_load_memos_agrees(loaded: Any, history: History, duck_store: Store) -> None:

@@ -245,3 +245,58 @@ def test_a_pure_step_inside_a_group_runs_on_the_loop(db: str) -> None:
 
     assert trio.run(main) == [2, 2]
     assert threads == [threading.get_ident()]
+
+
+gate: dict[str, trio.Event] = {}
+
+
+async def waits_at_the_gate(value: int) -> int:
+    calls["gated"] += 1
+    gate["entered"].set()
+    await gate["open"].wait()
+    return value * 2
+
+
+@replay.workflow(name="pure_gated")
+def gated(value: int) -> Generator[Any, Any, int]:
+    value = yield Step("p", waits_at_the_gate, value, pure=True)
+    return (yield Step("effect", effect, value))
+
+
+def _new_gate() -> None:
+    gate.update(entered=trio.Event(), open=trio.Event())
+
+
+async def test_a_cancellation_takes_effect_when_an_async_pure_step_returns(db: str) -> None:
+    # A pure step is not interrupted midway by its run's cancellation: the run is
+    # cancelled at its next command, and the ordinary step there never runs.
+    _new_gate()
+    async with replay.open_engine(db, workflows=[gated]) as engine:
+        run = await engine.start(gated, 4, run_id="g")
+        await gate["entered"].wait()
+        await engine.cancel("g", "enough")
+        gate["open"].set()
+        info = await run.wait()
+        steps = await engine.sql("SELECT key, event FROM replay_events "
+                                 "WHERE run_id = 'g' AND kind = 'step' ORDER BY seq")
+    assert info.state == "cancelled"
+    assert steps == [("p", "completed"), ("effect", "cancelled")]
+    assert calls == {"gated": 1}
+
+
+async def test_a_stopping_engine_interrupts_an_async_pure_step(db: str) -> None:
+    # The engine's stop cancels the awaiting pure step; the run goes on at the next open,
+    # where the step runs again.
+    _new_gate()
+    async with replay.open_engine(db, workflows=[gated]) as engine:
+        await engine.start(gated, 4, run_id="g")
+        await gate["entered"].wait()
+    assert not gate["open"].is_set()
+    _new_gate()
+    gate["open"].set()
+    async with replay.open_engine(db, workflows=[gated]) as engine:
+        assert await engine.get_run("g").result() == 9
+        steps = await engine.sql("SELECT key, event FROM replay_events "
+                                 "WHERE run_id = 'g' AND kind = 'step' ORDER BY seq")
+    assert calls == {"gated": 2, "effect": 1}
+    assert ("p", "completed") in steps and steps[-1] == ("effect", "completed")

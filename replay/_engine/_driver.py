@@ -214,6 +214,14 @@ class Driver:
     async def _call(self, slot: RunSlot, machine: RunMachine, attempt: Attempt,
                     start: Sequence[Record]) -> Outcome | None:
         """Make the attempt; None: the run's cancellation stopped it."""
+        if attempt.step.pure and not start:
+            # An async pure step is a quick computation, like a sync one: no cancel
+            # scope (a cancellation is seen at the run's next decision).
+            try:
+                return await self._steps.call(slot.run_id, attempt.step, attempt.number)
+            except BaseException:
+                self._enqueue(slot, machine.attempt_abandoned(attempt))
+                raise
         stop = trio.CancelScope()
 
         def listen(record: Record) -> None:

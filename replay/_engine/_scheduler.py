@@ -181,7 +181,7 @@ class Scheduler:
             if slot.workflow not in registered:
                 self._registered(slot)  # says why it is left as it is
                 continue
-            deadline = from_epoch_us(row[-1])
+            deadline = from_epoch_us(row[15])
             if deadline is not None:
                 self._deadlines.add(slot.run_id, deadline)
             if slot.status.wake_at is not None:

@@ -49,10 +49,11 @@ class RunSlot:
 
     __slots__ = (
         "_changed",
+        "_created",
         "_durable",
         "_lock",
+        "_updated",
         "active",
-        "created_at",
         "durable",
         "generation",
         "listener",
@@ -65,17 +66,19 @@ class RunSlot:
         "settling",
         "status",
         "task_scope",
-        "updated_at",
         "watchers",
         "workflow",
     )
 
-    def __init__(self, run_id: str, workflow: str, status: RunStatus, created_at: datetime):
+    def __init__(self, run_id: str, workflow: str, status: RunStatus,
+                 created_at: datetime | int):
         self.run_id = run_id
         self.workflow = workflow
         self.status = status
-        self.created_at = created_at
-        self.updated_at = created_at
+        # When the run started and last changed, each a datetime or microseconds since
+        # the epoch (see `parked`: converted when first read).
+        self._created: datetime | int = created_at
+        self._updated: datetime | int = created_at
         # The run's execution while a task drives it or it is parked in the cache.
         self.machine: RunMachine | None = None
         # True while a task drives the run: one run executes in one place at a time.
@@ -139,7 +142,7 @@ class RunSlot:
     @classmethod
     def parked(cls, row: ParkedRow, opened_at: int,
                statuses: dict[tuple[Any, ...], RunStatus]) -> RunSlot:
-        """Return the slot of a quiet parked run from its state as `OPEN_PARKED` reads it.
+        """Return the slot of a quiet parked run from its state as `OPEN_STATES` reads it.
 
         The same slot as `restored` gives, built without a `RunRow` in between: an open
         may hold 100,000 of them. Runs parked alike share one (immutable) `RunStatus`
@@ -147,7 +150,7 @@ class RunSlot:
         """
         (run_id, workflow, state_text, created_us, updated_us, waiting_for, wake_us,
          status_text, started_seq, parent_run_id, note_text, note_value, generation,
-         last_seq, parent_key, _deadline) = row
+         last_seq, parent_key, _deadline, _quiet) = row
         shared = (state_text, waiting_for, wake_us, status_text, note_text, note_value)
         status = statuses.get(shared)
         if status is None:
@@ -156,13 +159,15 @@ class RunSlot:
                 state, waiting_for, from_epoch_us(wake_us),
                 status_text if state is RunState.SUSPENDED else None,
                 None, None, None, None, note_text, note_value)
-        slot = cls(run_id, workflow, status, _EPOCH + timedelta(0, 0, created_us))
+        # Timestamps stay microseconds until read: an open may not have the time to
+        # make 200,000 datetimes that few callers look at.
+        slot = cls(run_id, workflow, status, created_us)
         if parent_run_id is not None:
             slot.parent = (parent_run_id, parent_key or run_id[len(parent_run_id) + 1:])
-        slot.updated_at = _EPOCH + timedelta(0, 0, updated_us)
+        slot._updated = updated_us
         slot.generation, slot.seq = generation or 0, last_seq
         slot.needs_start_mark = needs_start_mark(started_seq, opened_at, status.state)
-        slot.mark_durable()
+        slot.durable = True  # nobody waits for a slot just made
         return slot
 
     @classmethod
@@ -194,6 +199,28 @@ class RunSlot:
         slot.needs_start_mark = needs_start_mark(started.seq, opened_at, status.state)
         slot.mark_durable()
         return slot
+
+    @property
+    def created_at(self) -> datetime:
+        """When the run started."""
+        if isinstance(self._created, int):
+            self._created = _EPOCH + timedelta(0, 0, self._created)
+        return self._created
+
+    @created_at.setter
+    def created_at(self, value: datetime) -> None:
+        self._created = value
+
+    @property
+    def updated_at(self) -> datetime:
+        """When the run last changed (its newest record's time)."""
+        if isinstance(self._updated, int):
+            self._updated = _EPOCH + timedelta(0, 0, self._updated)
+        return self._updated
+
+    @updated_at.setter
+    def updated_at(self, value: datetime) -> None:
+        self._updated = value
 
     @property
     def state(self) -> RunState:
@@ -242,7 +269,7 @@ class RunSlot:
         """Take a committed record into account (a signal goes into the machine's mailbox)."""
         self.seq = record.seq
         if record.recorded_at is not None:
-            self.updated_at = record.recorded_at
+            self._updated = record.recorded_at
         if record.kind == "signal" or record.event == "cancel_requested" or (
                 record.kind == "child" and record.event in ("completed", "failed")):
             if self.machine is not None:

@@ -60,7 +60,7 @@ class OpenRuns:
     Attributes:
         records: The records of each run that may need to run at once, a list per
             run in `seq` order.
-        parked: The state of each quiet parked run, a row of `OPEN_PARKED` (see
+        parked: The state of each quiet parked run, a row of `OPEN_STATES` (see
             `ParkedRow`): sleeping or suspended, with nothing recorded that it must
             wake for (a signal, a child's end, a cancellation). Its history is read
             only when it wakes. Raw rows, because opening a file with 100,000 of

@@ -138,13 +138,13 @@ def from_epoch_us(micros: int | None) -> datetime | None:
     return None if micros is None else _EPOCH + timedelta(microseconds=micros)
 
 
-# A quiet parked run's state, as `OPEN_PARKED` reads it: (run_id, workflow, state,
+# An unfinished run's state, as `OPEN_STATES` reads it: (run_id, workflow, state,
 # created_us, updated_us, waiting_for, wake_us, status_text, started_seq, parent_run_id,
-# note_text, note_value, generation or None, last_seq, parent_key, deadline_us); the
-# `_us` columns are microseconds since the epoch.
+# note_text, note_value, generation or None, last_seq, parent_key, deadline_us, quiet);
+# the `_us` columns are microseconds since the epoch.
 ParkedRow: TypeAlias = tuple[str, str, str, int, int, str | None, int | None, str | None,
                              int, str | None, str | None, bytes | None, int | None, int,
-                             str | None, int | None]
+                             str | None, int | None, bool]
 
 
 def open_record(row: tuple[Any, ...]) -> Record:

@@ -41,8 +41,8 @@ from replay._store._schema import (
     COLUMNS,
     MEMO_COLUMNS,
     ONE_RUN,
-    OPEN_PARKED,
     OPEN_RUN_ROWS,
+    OPEN_STATES,
     RUN_SUMMARY,
     RUN_WORKFLOW,
     check_schema,
@@ -113,15 +113,19 @@ class Store:
     def load_open_runs(self) -> OpenRuns:
         """Return every unfinished run: the records of most, the state of quiet ones.
 
-        Two queries: the records of the runs that may need to run at once, then the
-        state of the quiet parked runs (see `OPEN_PARKED`), which is a fraction of
-        their records. Rows are not checked: a run damaged by hand has its records
-        read, and is the caller's to fail.
+        The state of every unfinished run first (see `OPEN_STATES`); then the records
+        of those that are not quiet, if any: usually a fraction of them, as a quiet
+        run's state is a fraction of its records. Rows are not checked: a run damaged
+        by hand has its records read, and is the caller's to fail.
         """
+        states = self._read(OPEN_STATES, [])
+        parked = [row for row in states if row[-1]]
+        active = [row[0] for row in states if not row[-1]]
         runs: dict[str, list[Record]] = {}
-        for row in self._read(OPEN_RUN_ROWS, []):
-            runs.setdefault(row[1], []).append(open_record(row))
-        return OpenRuns(list(runs.values()), self._read(OPEN_PARKED, []))
+        if active:
+            for row in self._read(OPEN_RUN_ROWS, [active]):
+                runs.setdefault(row[1], []).append(open_record(row))
+        return OpenRuns(list(runs.values()), parked)
 
     def run_row(self, run_id: str) -> RunRow | None:
         """Return one run's state (by the run_id index), or None if there is no such run."""
