@@ -247,7 +247,8 @@ class Commits:
         submit, commit_now = store_class.submit, store_class.commit_now
 
         def counted_submit(store: Any, rows: list[tuple[Any, ...]],
-                           done: Callable[[BaseException | None], None]) -> None:
+                           done: Callable[[BaseException | None], None],
+                           lone: bool = False) -> None:
             began = time.perf_counter()
 
             def counted(error: BaseException | None) -> None:
@@ -255,7 +256,7 @@ class Commits:
                     self._add(len(rows), began)
                 done(error)
 
-            submit(store, rows, counted)
+            submit(store, rows, counted, lone)
 
         def counted_commit_now(store: Any, rows: list[tuple[Any, ...]]) -> bool:
             began = time.perf_counter()

@@ -38,9 +38,9 @@ def _counting_submit() -> None:
     """Count the store's transactions (one per batch of records, on either thread)."""
     submit, commit_now = Store.submit, Store.commit_now
 
-    def counted(self: Store, rows: list[tuple[Any, ...]], done: Any) -> None:
+    def counted(self: Store, rows: list[tuple[Any, ...]], done: Any, lone: bool = False) -> None:
         _commits[0] += 1
-        submit(self, rows, done)
+        submit(self, rows, done, lone)
 
     def counted_now(self: Store, rows: list[tuple[Any, ...]]) -> bool:
         committed = commit_now(self, rows)

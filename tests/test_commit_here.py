@@ -57,9 +57,10 @@ def ways(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counter[str]]:
         counted["here" if done else "busy"] += 1
         return done
 
-    def counting_submit(self: Store, rows: list[tuple[Any, ...]], done: Any) -> None:
+    def counting_submit(self: Store, rows: list[tuple[Any, ...]], done: Any,
+                        lone: bool = False) -> None:
         counted["thread"] += 1
-        submit(self, rows, done)
+        submit(self, rows, done, lone)
 
     monkeypatch.setattr(Store, "commit_now", counting_now)
     monkeypatch.setattr(Store, "submit", counting_submit)
@@ -121,6 +122,61 @@ async def test_a_sync_step_that_ran_in_a_worker_thread_commits_on_the_writer_thr
     assert ways["here"] + ways["thread"] == 5
 
 
+@replay.workflow(name="commit_here.pipeline")
+def pipeline(steps: int, use_sync: bool) -> Generator[Any, Any, int]:
+    value = 0
+    for i in range(steps):
+        value = yield Step(f"p{i}", add_one, value, pure=True)
+    return (yield Step("last", add_one_sync if use_sync else add_one, value))
+
+
+@pytest.fixture
+def tables(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[int, str]]]:
+    """Each batch's size and the table it went to ("hot" or "log")."""
+    went: list[tuple[int, str]] = []
+    commit_rows = Store._commit_rows
+
+    def recording(self: Store, rows: list[tuple[Any, ...]], lone: bool) -> None:
+        hot = self._hot_rows
+        commit_rows(self, rows, lone)
+        went.append((len(rows), "hot" if self._hot_rows > hot else "log"))
+
+    monkeypatch.setattr(Store, "_commit_rows", recording)
+    yield went
+
+
+@pytest.mark.parametrize("use_sync", [False, True], ids=["async-last", "sync-last"])
+async def test_a_lone_runs_big_batch_goes_to_the_hot_log_on_either_thread(
+    db: str, tables: list[tuple[int, str]], use_sync: bool
+) -> None:
+    # 100 pure outcomes ride the last step's commit: a batch of 102 records, written as
+    # narrow rows (with nothing else to do, the loop can spare their JSON), whichever
+    # thread commits it.
+    async with replay.open_engine(db, workflows=[pipeline]) as engine:
+        assert await (await engine.start(pipeline, 100, use_sync, run_id="p")).result() == 101
+        history = await engine.history("p")
+    assert tables[-1] == (102, "hot")
+    assert [record.key for record in history if record.kind == "step"] == [
+        *[f"p{i}" for i in range(100)], "last"]
+
+
+async def test_runs_executing_together_write_big_batches_to_the_table(
+    db: str, tables: list[tuple[int, str]]
+) -> None:
+    async with replay.open_engine(db, workflows=[pipeline]) as engine:
+        runs = []
+        async with trio.open_nursery() as nursery:
+            async def one(i: int) -> None:
+                runs.append(await engine.start(pipeline, 40, False, run_id=f"r{i}"))
+
+            for i in range(10):
+                nursery.start_soon(one, i)
+        for run in runs:
+            assert await run.result() == 41
+    big = {table for size, table in tables if size > _writer_store.HOT_BATCH_ROWS}
+    assert big == {"log"}
+
+
 async def test_a_busy_writer_takes_the_batch_instead(db: str, ways: Counter[str],
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     held = threading.Lock()  # stands for the writer's connection lock while it settles
@@ -150,11 +206,11 @@ async def test_a_failed_commit_stops_the_engine_and_acknowledges_nothing(
     commit_rows = Store._commit_rows
     commits = [0]
 
-    def failing_third(self: Store, rows: list[tuple[Any, ...]]) -> None:
+    def failing_third(self: Store, rows: list[tuple[Any, ...]], lone: bool) -> None:
         commits[0] += 1
         if commits[0] == 3:
             raise duckdb.IOException("No space left on device")
-        commit_rows(self, rows)
+        commit_rows(self, rows, lone)
 
     monkeypatch.setattr(Store, "_commit_rows", failing_third)
     with pytest.raises(DatabaseError, match=r"^committing 1 records to .* failed: .*No space "

@@ -51,9 +51,9 @@ def commits(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
 
 
 def _counting(submit: Any, counted: list[int]) -> Any:
-    def counting(self: Any, rows: list[tuple[Any, ...]], done: Any) -> None:
+    def counting(self: Any, rows: list[tuple[Any, ...]], done: Any, lone: bool = False) -> None:
         counted[0] += 1
-        submit(self, rows, done)
+        submit(self, rows, done, lone)
 
     return counting
 

@@ -57,6 +57,10 @@ class Committer:
         # Whether one run alone uses the engine (set by the scheduler): its batches are
         # committed on the loop's thread, without the two thread hand-offs (see `_write`).
         self.alone: Callable[[], bool] = _never
+        # How many sync step functions went to worker threads so far (set by the
+        # scheduler), and that count at the last commit.
+        self.thread_calls: Callable[[], int] = _no_calls
+        self._thread_calls = 0
 
     async def commit(self, record: Record, apply: Callable[[Record], None]) -> None:
         """Make `record` durable; return only once it is committed.
@@ -200,7 +204,13 @@ class Committer:
 
     async def _write(self, token: trio.lowlevel.TrioToken, rows: list[tuple[Any, ...]],
                      durable: Callable[[], None]) -> None:
-        if self.alone() and self._commit_here(rows):
+        calls = self.thread_calls()
+        threaded, self._thread_calls = calls != self._thread_calls, calls
+        lone = self.alone()
+        # After a sync step that ran in a worker thread, the writer thread commits: the
+        # loop's thread committing slows the hand-overs to and from the worker thread
+        # more than it saves (measured).
+        if lone and not threaded and self._commit_here(rows):
             durable()
             return
         finished = trio.Event()
@@ -221,7 +231,7 @@ class Committer:
             token.run_sync_soon(committed)
 
         with busy_thread():
-            self._store.submit(rows, done)
+            self._store.submit(rows, done, lone)
             with trio.CancelScope(shield=True):
                 # The commit cannot be taken back once handed over: wait for its end.
                 await finished.wait()
@@ -257,6 +267,10 @@ class Committer:
 
 def _never() -> bool:
     return False
+
+
+def _no_calls() -> int:
+    return 0
 
 
 def trio_is_guest() -> bool:

@@ -94,19 +94,13 @@ class Scheduler:
         self.executing = 0  # runs' tasks alive (read by a shared store's thread too)
         self.closing = False
         self.closed = False
-        self._thread_calls = 0  # the worker threads' calls when `_alone` last looked
         if store.sharing is None and not trio_is_guest():
             committer.alone = self._alone
+            committer.thread_calls = lambda: steps.thread_calls
 
     def _alone(self) -> bool:
-        """Whether one run executes, with no task waiting for the loop and no thread.
-
-        A sync step that ran in a worker thread since the last commit says no: its
-        commit is quicker on the writer thread (measured: the loop's thread committing
-        slows the hand-overs to and from the worker thread more than it saves).
-        """
-        calls, self._thread_calls = self._thread_calls, self._steps.thread_calls
-        return (calls == self._thread_calls and self.executing <= 1
+        """Whether one run executes, with no task waiting for the loop."""
+        return (self.executing <= 1
                 and trio.lowlevel.current_statistics().tasks_runnable == 0)
 
     def slot(self, run_id: str) -> RunSlot:

@@ -98,7 +98,7 @@ class PgStore:
             raise
         self._queries = OpenQueries()
         self._queue: queue.SimpleQueue[
-            tuple[list[tuple[Any, ...]], Callable[..., None]] | WriterJob | None]
+            tuple[list[tuple[Any, ...]], Callable[..., None], bool] | WriterJob | None]
         self._queue = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
 
@@ -280,13 +280,14 @@ class PgStore:
         return False
 
     def submit(self, rows: list[tuple[Any, ...]],
-               done: Callable[[BaseException | None], None]) -> None:
+               done: Callable[[BaseException | None], None], lone: bool = False) -> None:
         """Commit `rows` in one transaction on the writer thread, then call `done`.
 
         `done` runs on the writer thread with None, or with the error that made the
-        commit fail (in which case nothing of the batch was written).
+        commit fail (in which case nothing of the batch was written). `lone` changes
+        nothing here: every batch is one `COPY`.
         """
-        self._queue.put((rows, done))
+        self._queue.put((rows, done, lone))
 
     def submit_job(self, job: Callable[[Connection], Any],
                    done: Callable[[Any, BaseException | None], None]) -> None:
@@ -301,7 +302,7 @@ class PgStore:
             if isinstance(item, WriterJob):
                 self._run_job(item)
                 continue
-            rows, done = item
+            rows, done, _lone = item
             done(self._commit(rows))
 
     def _commit(self, rows: list[tuple[Any, ...]]) -> BaseException | None:

@@ -321,8 +321,12 @@ class EngineStore(Protocol):
         ...
 
     def submit(self, rows: list[tuple[Any, ...]],
-               done: Callable[[BaseException | None], None]) -> None:
-        """Commit `rows` in one transaction on the writer thread, then call `done`."""
+               done: Callable[[BaseException | None], None], lone: bool = False) -> None:
+        """Commit `rows` in one transaction on the writer thread, then call `done`.
+
+        `lone`: the batch is a lone run's (the store may write it as it writes small
+        batches).
+        """
         ...
 
     def submit_job(self, job: Callable[[Any], Any],

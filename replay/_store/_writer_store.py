@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 import duckdb
 
@@ -50,8 +50,14 @@ from replay._store._schema import (
 
 T = TypeVar("T")
 
+# A batch handed to the writer thread: its rows, who to tell, and whether a lone run's.
+_Batch: TypeAlias = tuple[list[tuple[Any, ...]], Callable[..., None], bool]
+
 # A batch of at most this many records is written to the hot log (see `_hot`).
 HOT_BATCH_ROWS = 32
+# The same for a lone run's batch. Bigger ones go to the table: settling a thousand
+# hot rows later costs more than their narrow commit saves (measured).
+LONE_HOT_BATCH_ROWS = 256
 # When the writer settles the hot log: after this many rows, or when it has been idle
 # this long (a lone sequential run, which never idles, settles every 2,000 steps).
 SETTLE_ROWS = 2000
@@ -98,7 +104,7 @@ class Store:
             raise
         self._queries = OpenQueries()
         self._queue: queue.SimpleQueue[
-            tuple[list[tuple[Any, ...]], Callable[..., None]] | WriterJob | None]
+            _Batch | WriterJob | None]
         self._queue = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         # Held by whichever thread uses the writing connection: the writer thread, or
@@ -256,14 +262,17 @@ class Store:
         self._writer.start()
 
     def submit(
-        self, rows: list[tuple[Any, ...]], done: Callable[[BaseException | None], None]
+        self, rows: list[tuple[Any, ...]], done: Callable[[BaseException | None], None],
+        lone: bool = False,
     ) -> None:
         """Commit `rows` in one transaction on the writer thread, then call `done`.
 
         `done` runs on the writer thread with None, or with the error that made the
-        commit fail (in which case nothing of the batch was written).
+        commit fail (in which case nothing of the batch was written). `lone`: the
+        batch is a lone run's, so the loop has nothing else to do and the batch goes to
+        the hot log whatever its size (see `_commit_rows`).
         """
-        self._queue.put((rows, done))
+        self._queue.put((rows, done, lone))
 
     def submit_job(self, job: Callable[[duckdb.DuckDBPyConnection], Any],
                    done: Callable[[Any, BaseException | None], None]) -> None:
@@ -288,7 +297,7 @@ class Store:
         if not self._con_lock.acquire(blocking=False):
             return False
         try:
-            self._commit_rows(rows)
+            self._commit_rows(rows, True)
         finally:
             self._con_lock.release()
         if self._hot_rows >= SETTLE_ROWS and not self._settle_asked:
@@ -303,10 +312,10 @@ class Store:
                 with self._con_lock:
                     self._run_job(item)
                 continue
-            rows, done = item
+            rows, done, lone = item
             with self._con_lock:
                 try:
-                    self._commit_rows(rows)
+                    self._commit_rows(rows, lone)
                 except BaseException as error:  # reported to the engine, which stops
                     failure: BaseException | None = error
                 else:
@@ -318,9 +327,14 @@ class Store:
                 with self._con_lock:
                     self._settle()
 
-    def _commit_rows(self, rows: list[tuple[Any, ...]]) -> None:
-        """Commit `rows` in one transaction (the caller holds the connection's lock)."""
-        hot = len(rows) <= HOT_BATCH_ROWS
+    def _commit_rows(self, rows: list[tuple[Any, ...]], lone: bool) -> None:
+        """Commit `rows` in one transaction (the caller holds the connection's lock).
+
+        A small batch goes to the hot log, and so does a lone run's batch of up to
+        `LONE_HOT_BATCH_ROWS`: narrow rows commit faster (102 records: about 2.4 against
+        3.7 ms), and their JSON costs the loop nothing when no other run waits for it.
+        """
+        hot = len(rows) <= (LONE_HOT_BATCH_ROWS if lone else HOT_BATCH_ROWS)
         appender = self._hot_appender if hot else self._appender
         try:
             private_wal(self.path)  # a checkpoint may have deleted it
@@ -336,7 +350,7 @@ class Store:
             self._hot_rows += len(rows)
         self._last_commit = time.monotonic()
 
-    def _next_item(self) -> tuple[list[tuple[Any, ...]], Callable[..., None]] | WriterJob | None:
+    def _next_item(self) -> _Batch | WriterJob | None:
         """Return the next batch or job; settle the hot log when idle a moment.
 
         The writer wakes every `SETTLE_IDLE_SECONDS` when idle, since rows committed
