@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import threading
 from collections.abc import Generator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import duckdb
@@ -19,9 +20,12 @@ import pytest
 import replay
 from replay import Note, Retry, Sleep, Step
 from replay._cli._main import main
+from replay._codec import CODEC
+from replay._core._records import Encoded, Record, Run
 from replay._store import Store, hot_from_row, record_row
 from replay._store._writer_store import SETTLE_ROWS
 
+T0 = datetime(2030, 1, 1, 9, 0, tzinfo=UTC)
 flaky = {"left": 0}
 
 
@@ -136,3 +140,71 @@ def test_the_tables_are_required(tmp_path: Any, table: str) -> None:
         con.execute(f"DROP {kind} {table} CASCADE")
     with pytest.raises(replay.DatabaseError, match=f"is damaged: its .* {table} is missing"):
         Store(path, "none")
+
+
+def test_a_read_sees_every_record_acknowledged_before_it_began(tmp_path: Any) -> None:
+    # Reads of one run query the table alone while the hot log is empty. The writer
+    # commits single records (to the hot log) and bigger batches (to the table), and
+    # settles now and then; a reader thread loads the run's history and memo over and
+    # over. Every record acknowledged before a load began is in it, in order.
+    store = Store(str(tmp_path / "race.duckdb"), "none")
+    store.start_writer()
+    run = Run("racer", "wf")
+    value = Encoded(CODEC.encode(1, key="value"), CODEC.to_json(1))
+    acknowledged = [0]
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def commit(records: list[Record]) -> None:
+        done = threading.Event()
+        errors: list[BaseException | None] = []
+
+        def told(error: BaseException | None) -> None:
+            errors.append(error)
+            done.set()
+
+        store.submit([record_row(record) for record in records], told)
+        assert done.wait(30) and errors == [None]
+        acknowledged[0] += len(records)
+
+    def read() -> None:
+        while not stop.is_set():
+            known = acknowledged[0]
+            for loaded in (store.load_history("racer"), store.load_memo("racer", "wf")):
+                seqs = [record.seq for record in loaded]
+                if len(seqs) < known or seqs != list(range(1, len(seqs) + 1)):
+                    failures.append(f"acknowledged {known}, read {seqs}")
+
+    def settle_now() -> None:
+        done = threading.Event()
+        store.submit_job(lambda cursor: None, lambda result, error: done.set())
+        assert done.wait(30)
+
+    reader = threading.Thread(target=read)
+    try:
+        seq = 0
+
+        def numbered(count: int) -> list[Record]:
+            nonlocal seq
+            records = []
+            for _ in range(count):
+                seq += 1
+                record = (run.started(value) if seq == 1 else
+                          run.step_completed(f"s{seq}", 1, "f", value, 0.1, None))
+                record.seq, record.recorded_at = seq, T0 + timedelta(seconds=seq)
+                records.append(record)
+            return records
+
+        commit(numbered(1))
+        reader.start()
+        for round_ in range(150):
+            commit(numbered(1 if round_ % 5 else 40))  # 40: past the hot log's limit
+            if round_ % 7 == 0:
+                settle_now()
+    finally:
+        stop.set()
+        if reader.is_alive():
+            reader.join(30)
+        store.close()
+    assert failures == []
+    assert acknowledged[0] == 1 + 120 + 30 * 40

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from operator import itemgetter
 from typing import Any, TypeAlias, TypeVar
 
 import duckdb
@@ -49,6 +50,22 @@ from replay._store._schema import (
 )
 
 T = TypeVar("T")
+
+def _over_both(query: str) -> dict[bool, str]:
+    """`query` (over ``replay_event_all``) for a hot log with rows (False), and empty."""
+    return {False: query, True: query.replace("replay_event_all", "replay_event_log")}
+
+
+# The reads of one run (or a few) on an engine's hot paths; rows are sorted in Python,
+# as DuckDB's sort of a dozen rows costs more than their read by the index.
+_HISTORY = _over_both(f"SELECT {COLUMNS} FROM replay_event_all WHERE run_id = ?")
+_MEMO = _over_both(f"SELECT {MEMO_COLUMNS} FROM replay_event_all WHERE run_id = ?")
+_MEMOS = _over_both(f"SELECT run_id, {MEMO_COLUMNS} FROM replay_event_all "
+                    "WHERE run_id IN (SELECT unnest($1::VARCHAR[]))")
+_ONE_RUN = _over_both(ONE_RUN)
+_RUN_WORKFLOW = _over_both(RUN_WORKFLOW)
+_first = itemgetter(0)
+_first_two = itemgetter(0, 1)
 
 # A batch handed to the writer thread: its rows, who to tell, and whether a lone run's.
 _Batch: TypeAlias = tuple[list[tuple[Any, ...]], Callable[..., None], bool]
@@ -135,7 +152,7 @@ class Store:
 
     def run_row(self, run_id: str) -> RunRow | None:
         """Return one run's state (by the run_id index), or None if there is no such run."""
-        rows = self._read(ONE_RUN, [run_id])
+        rows = self._read(_ONE_RUN[self._hot_empty()], [run_id])
         return run_row(rows[0], self.path) if rows else None
 
     def last_seq_and_time(self) -> tuple[int, datetime | None]:
@@ -151,7 +168,7 @@ class Store:
 
     def workflow_of(self, run_id: str) -> str | None:
         """Return the workflow of run `run_id`, or None if there is no such run."""
-        rows = self._read(RUN_WORKFLOW, [run_id])
+        rows = self._read(_RUN_WORKFLOW[self._hot_empty()], [run_id])
         return rows[0][0] if rows else None
 
     def existing(self, run_ids: Sequence[str]) -> set[str]:
@@ -178,17 +195,14 @@ class Store:
         Raises:
             DatabaseError: The run's rows are damaged.
         """
-        rows = self._read(
-            f"SELECT {COLUMNS} FROM replay_event_all WHERE run_id = ? ORDER BY seq", [run_id]
-        )
+        rows = self._read(_HISTORY[self._hot_empty()], [run_id])
+        rows.sort(key=_first)
         return history_records(rows, self.path)
 
     def load_memo(self, run_id: str, workflow: str) -> list[Record]:
         """Return one run's records as the memo needs them (one query, no timestamps)."""
-        rows = self._read(
-            f"SELECT {MEMO_COLUMNS} FROM replay_event_all WHERE run_id = ? ORDER BY seq",
-            [run_id],
-        )
+        rows = self._read(_MEMO[self._hot_empty()], [run_id])
+        rows.sort(key=_first)
         return [memo_record(run_id, workflow, row) for row in rows]
 
     def load_memos(self, runs: dict[str, str]) -> dict[str, list[Record]]:
@@ -196,11 +210,8 @@ class Store:
         if len(runs) == 1:
             (run_id, workflow), = runs.items()
             return {run_id: self.load_memo(run_id, workflow)}
-        rows = self._read(
-            f"SELECT run_id, {MEMO_COLUMNS} FROM replay_event_all "
-            "WHERE run_id IN (SELECT unnest($1::VARCHAR[])) ORDER BY run_id, seq",
-            [list(runs)],
-        )
+        rows = self._read(_MEMOS[self._hot_empty()], [list(runs)])
+        rows.sort(key=_first_two)
         loaded: dict[str, list[Record]] = {}
         for row in rows:
             run_id = row[0]
@@ -243,6 +254,16 @@ class Store:
             EngineClosed: The store is closing.
         """
         return ReadQuery(self._con, sql, params, opened=self._queries)
+
+    def _hot_empty(self) -> bool:
+        """Whether the hot log is empty, so that a read may query the table alone.
+
+        Cheaper by about a millisecond than the view over both. Safe: every commit to
+        the hot log counts its rows before it is acknowledged, and only settling, which
+        moves them into the table first, clears the count. A read that finds it empty
+        misses only records committed after it started.
+        """
+        return self._hot_rows == 0
 
     def _read(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
         try:
