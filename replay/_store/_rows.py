@@ -60,8 +60,9 @@ def run_row(row: tuple[Any, ...], path: str) -> RunRow:
                   started_seq or 0)
 
 
-def history_records(rows: list[tuple[Any, ...]], path: str) -> list[Record]:
-    """Turn rows of `COLUMNS` into records.
+def history_records(rows: list[tuple[Any, ...]], path: str,
+                    stamp: Callable[[Any], datetime | None] | None = None) -> list[Record]:
+    """Turn rows of `COLUMNS` into records (`stamp` reads their timestamps).
 
     Raises:
         DatabaseError: A row has no `recorded_at` (a damaged or hand-edited file).
@@ -73,7 +74,7 @@ def history_records(rows: list[tuple[Any, ...]], path: str) -> list[Record]:
                 f"({row[4]}/{row[5]}) has no recorded_at; repair its rows in "
                 "replay_event_log, or restore the file from a backup"
             )
-    return [row_record(row) for row in rows]
+    return [row_record(row, stamp or utc_or_none) for row in rows]
 
 
 def clean_text(text: str) -> str:

@@ -25,12 +25,20 @@ import duckdb
 from replay._core._records import Record
 from replay._errors import EngineClosed
 from replay._store._connect import connect, damaged, private_wal, unusable
-from replay._store._hot import hot_from_row, settle
+from replay._store._hot import (
+    HOT_OF_RUN,
+    HOT_OF_RUNS,
+    hot_from_row,
+    memo_row_from_hot,
+    open_row_from_hot,
+    settle,
+)
 from replay._store._protocol import OpenRuns
 from replay._store._purge import PurgePlan, delete_generations, delete_runs, plan, write_archive
 from replay._store._queries import OpenQueries, ReadQuery
 from replay._store._rows import (
     RunRow,
+    from_epoch_us,
     history_records,
     memo_record,
     open_record,
@@ -39,9 +47,9 @@ from replay._store._rows import (
     utc_or_none,
 )
 from replay._store._schema import (
-    COLUMNS,
     MEMO_COLUMNS,
     ONE_RUN,
+    OPEN_COLUMNS,
     OPEN_RUN_ROWS,
     OPEN_STATES,
     RUN_SUMMARY,
@@ -52,20 +60,31 @@ from replay._store._schema import (
 T = TypeVar("T")
 
 def _over_both(query: str) -> dict[bool, str]:
-    """`query` (over ``replay_event_all``) for a hot log with rows (False), and empty."""
+    """`query` (over ``replay_event_all``) for a run with hot rows (False), and without."""
     return {False: query, True: query.replace("replay_event_all", "replay_event_log")}
 
 
-# The reads of one run (or a few) on an engine's hot paths; rows are sorted in Python,
-# as DuckDB's sort of a dozen rows costs more than their read by the index.
-_HISTORY = _over_both(f"SELECT {COLUMNS} FROM replay_event_all WHERE run_id = ?")
-_MEMO = _over_both(f"SELECT {MEMO_COLUMNS} FROM replay_event_all WHERE run_id = ?")
-_MEMOS = _over_both(f"SELECT run_id, {MEMO_COLUMNS} FROM replay_event_all "
-                    "WHERE run_id IN (SELECT unnest($1::VARCHAR[]))")
+# The reads of one run (or a few) on an engine's hot paths: the table, and the run's
+# hot rows only if it has any (decoded in Python, see `open_row_from_hot`). Rows are
+# sorted in Python, as DuckDB's sort of a dozen rows costs more than their read.
+_HISTORY = f"SELECT {OPEN_COLUMNS} FROM replay_event_log WHERE run_id = $1"
+_MEMO = f"SELECT {MEMO_COLUMNS} FROM replay_event_log WHERE run_id = $1"
+_MEMOS = (f"SELECT run_id, {MEMO_COLUMNS} FROM replay_event_log "
+          "WHERE run_id IN (SELECT unnest($1::VARCHAR[]))")
 _ONE_RUN = _over_both(ONE_RUN)
 _RUN_WORKFLOW = _over_both(RUN_WORKFLOW)
 _first = itemgetter(0)
 _first_two = itemgetter(0, 1)
+
+
+def _merged(rows: list[tuple[Any, ...]], hot: list[tuple[Any, ...]],
+            seq_at: int) -> list[tuple[Any, ...]]:
+    """`rows` and `hot` rows, one of each `seq` (column `seq_at`), unsorted."""
+    if not hot:
+        return rows
+    by_seq = {row[seq_at]: row for row in hot}
+    by_seq.update((row[seq_at], row) for row in rows)
+    return list(by_seq.values())
 
 # A batch handed to the writer thread: its rows, who to tell, and whether a lone run's.
 _Batch: TypeAlias = tuple[list[tuple[Any, ...]], Callable[..., None], bool]
@@ -128,6 +147,7 @@ class Store:
         # the engine's thread committing a batch itself (`commit_now`).
         self._con_lock = threading.Lock()
         self._hot_rows = 0  # committed to the hot log since it was last settled
+        self._hot_runs: set[str] = set()  # the runs of those rows (see `_hot_of`)
         self._last_commit = 0.0  # time.monotonic() of the last commit
         self._settle_asked = False  # `commit_now` queued a job to settle the hot log
 
@@ -152,7 +172,7 @@ class Store:
 
     def run_row(self, run_id: str) -> RunRow | None:
         """Return one run's state (by the run_id index), or None if there is no such run."""
-        rows = self._read(_ONE_RUN[self._hot_empty()], [run_id])
+        rows = self._read(_ONE_RUN[run_id not in self._hot_runs], [run_id])
         return run_row(rows[0], self.path) if rows else None
 
     def last_seq_and_time(self) -> tuple[int, datetime | None]:
@@ -168,7 +188,7 @@ class Store:
 
     def workflow_of(self, run_id: str) -> str | None:
         """Return the workflow of run `run_id`, or None if there is no such run."""
-        rows = self._read(_RUN_WORKFLOW[self._hot_empty()], [run_id])
+        rows = self._read(_RUN_WORKFLOW[run_id not in self._hot_runs], [run_id])
         return rows[0][0] if rows else None
 
     def existing(self, run_ids: Sequence[str]) -> set[str]:
@@ -195,13 +215,15 @@ class Store:
         Raises:
             DatabaseError: The run's rows are damaged.
         """
-        rows = self._read(_HISTORY[self._hot_empty()], [run_id])
+        hot = [open_row_from_hot(*row) for row in self._hot_of([run_id])]
+        rows = _merged(self._read(_HISTORY, [run_id]), hot, 0)
         rows.sort(key=_first)
-        return history_records(rows, self.path)
+        return history_records(rows, self.path, from_epoch_us)
 
     def load_memo(self, run_id: str, workflow: str) -> list[Record]:
         """Return one run's records as the memo needs them (one query, no timestamps)."""
-        rows = self._read(_MEMO[self._hot_empty()], [run_id])
+        hot = [memo_row_from_hot(seq, data) for seq, _, data in self._hot_of([run_id])]
+        rows = _merged(self._read(_MEMO, [run_id]), hot, 0)
         rows.sort(key=_first)
         return [memo_record(run_id, workflow, row) for row in rows]
 
@@ -210,7 +232,9 @@ class Store:
         if len(runs) == 1:
             (run_id, workflow), = runs.items()
             return {run_id: self.load_memo(run_id, workflow)}
-        rows = self._read(_MEMOS[self._hot_empty()], [list(runs)])
+        hot = [(run_id, *memo_row_from_hot(seq, data))
+               for seq, run_id, data in self._hot_of(list(runs))]
+        rows = _merged(self._read(_MEMOS, [list(runs)]), hot, 1)
         rows.sort(key=_first_two)
         loaded: dict[str, list[Record]] = {}
         for row in rows:
@@ -255,15 +279,21 @@ class Store:
         """
         return ReadQuery(self._con, sql, params, opened=self._queries)
 
-    def _hot_empty(self) -> bool:
-        """Whether the hot log is empty, so that a read may query the table alone.
+    def _hot_of(self, run_ids: list[str]) -> list[tuple[Any, ...]]:
+        """Return the hot rows ``(seq, run_id, data)`` of `run_ids`, of those with any.
 
-        Cheaper by about a millisecond than the view over both. Safe: every commit to
-        the hot log counts its rows before it is acknowledged, and only settling, which
-        moves them into the table first, clears the count. A read that finds it empty
-        misses only records committed after it started.
+        Which runs have hot rows is known without a query: every commit to the hot log
+        notes its runs before it is acknowledged, and only settling, which moves the rows
+        into the table first, forgets them. So a read misses only records committed
+        after it began. Read before the table: a row that settling moves in between is
+        read twice (the caller keeps one), never missed.
         """
-        return self._hot_rows == 0
+        wanted = [run_id for run_id in run_ids if run_id in self._hot_runs]
+        if not wanted:
+            return []
+        if len(wanted) == 1:
+            return self._read(HOT_OF_RUN, wanted)
+        return self._read(HOT_OF_RUNS, [wanted])
 
     def _read(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
         try:
@@ -369,6 +399,7 @@ class Store:
             raise
         if hot:
             self._hot_rows += len(rows)
+            self._hot_runs.update(row[1] for row in rows)
         self._last_commit = time.monotonic()
 
     def _next_item(self) -> _Batch | WriterJob | None:
@@ -398,6 +429,7 @@ class Store:
         except duckdb.Error:
             return  # tried again after the next batch; readers see the hot rows meanwhile
         self._hot_rows = 0
+        self._hot_runs = set()
 
     def _run_job(self, job: WriterJob) -> None:
         self._settle_asked = False
