@@ -108,10 +108,11 @@ def _committed(store: Store, rows: list[tuple[Any, ...]]) -> None:
     assert done.wait(30) and errors == [None]
 
 
-async def test_the_reads_of_a_run_decode_hot_rows_as_the_table_has_them(
-        tmp_path: Any) -> None:
-    # The engine's reads of one run decode its hot rows in Python (DuckDB's plan of
-    # the view costs more): the same records, memos and states as settled rows give.
+async def test_the_reads_of_a_run_read_its_recent_rows_from_memory_as_the_table_has_them(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The store keeps the rows of the hot log in memory until they are settled; a run
+    # whose rows are all there is read with no query: the same records, memos and
+    # states as its settled rows give.
     settled = str(tmp_path / "settled.duckdb")
     flaky["left"] = 1
     async with replay.open_engine(settled, workflows=[mixed]) as engine:
@@ -125,13 +126,24 @@ async def test_the_reads_of_a_run_decode_hot_rows_as_the_table_has_them(
         for run_id in run_ids:
             _committed(hot, [record_row(record) for record in table.load_history(run_id)])
         assert count_open(hot, "replay_event_hot") == count_open(table, "replay_event_log")
+        queries: list[str] = []
+        read = Store._read
+
+        def counted(store: Store, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
+            if store is hot:
+                queries.append(sql)
+            return read(store, sql, params)
+
+        monkeypatch.setattr(Store, "_read", counted)
+        wanted = {run_id: "hot_mixed" for run_id in run_ids}
         for run_id in run_ids:
             assert hot.load_history(run_id) == table.load_history(run_id)
             assert hot.load_memo(run_id, "hot_mixed") == table.load_memo(run_id, "hot_mixed")
+        assert hot.load_memos(wanted) == table.load_memos(wanted)
+        assert queries == []
+        for run_id in run_ids:
             assert hot.run_row(run_id) == table.run_row(run_id)
             assert hot.workflow_of(run_id) == table.workflow_of(run_id) == "hot_mixed"
-        wanted = {run_id: "hot_mixed" for run_id in run_ids}
-        assert hot.load_memos(wanted) == table.load_memos(wanted)
     finally:
         hot.close()
         table.close()

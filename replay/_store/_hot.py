@@ -65,37 +65,3 @@ def settle(con: duckdb.DuckDBPyConnection) -> int:
         con.execute("ROLLBACK")
         raise
     return int(last[1])
-
-
-# One run's hot rows, or several runs': decoded in Python (see `open_row_from_hot`).
-HOT_OF_RUN = "SELECT seq, run_id, data FROM replay_event_hot WHERE run_id = $1"
-HOT_OF_RUNS = ("SELECT seq, run_id, data FROM replay_event_hot "
-               "WHERE run_id IN (SELECT unnest($1::VARCHAR[]))")
-
-
-def open_row_from_hot(seq: int, run_id: str, data: str) -> tuple[Any, ...]:
-    """Turn a hot row into a row of `OPEN_COLUMNS` (timestamps as epoch microseconds).
-
-    The inverse of `hot_from_row`, in Python: for the reads of one run, DuckDB's plan
-    of ``replay_event_all`` (its JSON decoding) costs more than reading both tables
-    (about 2.5 ms against 0.7 ms for a hot query and this).
-    """
-    fields = _fields(data)
-    fields[16] = fields[16] or 0  # generation, as `coalesce(generation, 0)` reads it
-    return (seq, run_id, *fields)
-
-
-def memo_row_from_hot(seq: int, data: str) -> tuple[Any, ...]:
-    """Turn a hot row into a row of `MEMO_COLUMNS` (see `open_row_from_hot`)."""
-    (_workflow, key, kind, event, attempt, value, _value_json, error_type, error,
-     _recorded_at, _duration_ms, wake_us, name, error_types, _run_state, status_text,
-     generation, code_version) = _fields(data)
-    return (seq, key, kind, event, attempt, value, error_type, error, wake_us, name,
-            error_types, status_text, generation or None, code_version)
-
-
-def _fields(data: str) -> list[Any]:
-    fields: list[Any] = json.loads(data)
-    if fields[5] is not None:  # value
-        fields[5] = base64.b64decode(fields[5])
-    return fields

@@ -25,17 +25,11 @@ import duckdb
 from replay._core._records import Record
 from replay._errors import EngineClosed
 from replay._store._connect import connect, damaged, private_wal, unusable
-from replay._store._hot import (
-    HOT_OF_RUN,
-    HOT_OF_RUNS,
-    hot_from_row,
-    memo_row_from_hot,
-    open_row_from_hot,
-    settle,
-)
+from replay._store._hot import hot_from_row, settle
 from replay._store._protocol import OpenRuns
 from replay._store._purge import PurgePlan, delete_generations, delete_runs, plan, write_archive
 from replay._store._queries import OpenQueries, ReadQuery
+from replay._store._recent import RecentRows, memo_row, merged
 from replay._store._rows import (
     RunRow,
     from_epoch_us,
@@ -65,8 +59,8 @@ def _over_both(query: str) -> dict[bool, str]:
 
 
 # The reads of one run (or a few) on an engine's hot paths: the table, and the run's
-# hot rows only if it has any (decoded in Python, see `open_row_from_hot`). Rows are
-# sorted in Python, as DuckDB's sort of a dozen rows costs more than their read.
+# rows of the hot log from memory (see `RecentRows`). Rows are sorted in Python, as
+# DuckDB's sort of a dozen rows costs more than their read by the index.
 _HISTORY = f"SELECT {OPEN_COLUMNS} FROM replay_event_log WHERE run_id = $1"
 _MEMO = f"SELECT {MEMO_COLUMNS} FROM replay_event_log WHERE run_id = $1"
 _MEMOS = (f"SELECT run_id, {MEMO_COLUMNS} FROM replay_event_log "
@@ -77,14 +71,9 @@ _first = itemgetter(0)
 _first_two = itemgetter(0, 1)
 
 
-def _merged(rows: list[tuple[Any, ...]], hot: list[tuple[Any, ...]],
-            seq_at: int) -> list[tuple[Any, ...]]:
-    """`rows` and `hot` rows, one of each `seq` (column `seq_at`), unsorted."""
-    if not hot:
-        return rows
-    by_seq = {row[seq_at]: row for row in hot}
-    by_seq.update((row[seq_at], row) for row in rows)
-    return list(by_seq.values())
+def _stamp(value: int | datetime | None) -> datetime | None:
+    """A timestamp read from the table (epoch microseconds) or kept in memory."""
+    return from_epoch_us(value) if isinstance(value, int) else utc_or_none(value)
 
 # A batch handed to the writer thread: its rows, who to tell, and whether a lone run's.
 _Batch: TypeAlias = tuple[list[tuple[Any, ...]], Callable[..., None], bool]
@@ -147,7 +136,7 @@ class Store:
         # the engine's thread committing a batch itself (`commit_now`).
         self._con_lock = threading.Lock()
         self._hot_rows = 0  # committed to the hot log since it was last settled
-        self._hot_runs: set[str] = set()  # the runs of those rows (see `_hot_of`)
+        self._recent = RecentRows()  # those rows, by run
         self._last_commit = 0.0  # time.monotonic() of the last commit
         self._settle_asked = False  # `commit_now` queued a job to settle the hot log
 
@@ -172,7 +161,7 @@ class Store:
 
     def run_row(self, run_id: str) -> RunRow | None:
         """Return one run's state (by the run_id index), or None if there is no such run."""
-        rows = self._read(_ONE_RUN[run_id not in self._hot_runs], [run_id])
+        rows = self._read(_ONE_RUN[not self._recent.has(run_id)], [run_id])
         return run_row(rows[0], self.path) if rows else None
 
     def last_seq_and_time(self) -> tuple[int, datetime | None]:
@@ -188,7 +177,7 @@ class Store:
 
     def workflow_of(self, run_id: str) -> str | None:
         """Return the workflow of run `run_id`, or None if there is no such run."""
-        rows = self._read(_RUN_WORKFLOW[run_id not in self._hot_runs], [run_id])
+        rows = self._read(_RUN_WORKFLOW[not self._recent.has(run_id)], [run_id])
         return rows[0][0] if rows else None
 
     def existing(self, run_ids: Sequence[str]) -> set[str]:
@@ -215,15 +204,18 @@ class Store:
         Raises:
             DatabaseError: The run's rows are damaged.
         """
-        hot = [open_row_from_hot(*row) for row in self._hot_of([run_id])]
-        rows = _merged(self._read(_HISTORY, [run_id]), hot, 0)
+        rows, whole = self._recent.of(run_id)
+        if not whole:
+            rows = merged(self._read(_HISTORY, [run_id]), rows, 0)
         rows.sort(key=_first)
-        return history_records(rows, self.path, from_epoch_us)
+        return history_records(rows, self.path, _stamp)
 
     def load_memo(self, run_id: str, workflow: str) -> list[Record]:
         """Return one run's records as the memo needs them (one query, no timestamps)."""
-        hot = [memo_row_from_hot(seq, data) for seq, _, data in self._hot_of([run_id])]
-        rows = _merged(self._read(_MEMO, [run_id]), hot, 0)
+        recent, whole = self._recent.of(run_id)
+        rows = [memo_row(row) for row in recent]
+        if not whole:
+            rows = merged(self._read(_MEMO, [run_id]), rows, 0)
         rows.sort(key=_first)
         return [memo_record(run_id, workflow, row) for row in rows]
 
@@ -232,9 +224,16 @@ class Store:
         if len(runs) == 1:
             (run_id, workflow), = runs.items()
             return {run_id: self.load_memo(run_id, workflow)}
-        hot = [(run_id, *memo_row_from_hot(seq, data))
-               for seq, run_id, data in self._hot_of(list(runs))]
-        rows = _merged(self._read(_MEMOS, [list(runs)]), hot, 1)
+        recent: list[tuple[Any, ...]] = []
+        unknown = []  # runs with rows in the table
+        for run_id in runs:
+            rows, whole = self._recent.of(run_id)
+            recent += [(run_id, *memo_row(row)) for row in rows]
+            if not whole:
+                unknown.append(run_id)
+        if unknown:
+            recent = merged(self._read(_MEMOS, [unknown]), recent, 1)
+        rows = recent
         rows.sort(key=_first_two)
         loaded: dict[str, list[Record]] = {}
         for row in rows:
@@ -278,22 +277,6 @@ class Store:
             EngineClosed: The store is closing.
         """
         return ReadQuery(self._con, sql, params, opened=self._queries)
-
-    def _hot_of(self, run_ids: list[str]) -> list[tuple[Any, ...]]:
-        """Return the hot rows ``(seq, run_id, data)`` of `run_ids`, of those with any.
-
-        Which runs have hot rows is known without a query: every commit to the hot log
-        notes its runs before it is acknowledged, and only settling, which moves the rows
-        into the table first, forgets them. So a read misses only records committed
-        after it began. Read before the table: a row that settling moves in between is
-        read twice (the caller keeps one), never missed.
-        """
-        wanted = [run_id for run_id in run_ids if run_id in self._hot_runs]
-        if not wanted:
-            return []
-        if len(wanted) == 1:
-            return self._read(HOT_OF_RUN, wanted)
-        return self._read(HOT_OF_RUNS, [wanted])
 
     def _read(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
         try:
@@ -399,7 +382,7 @@ class Store:
             raise
         if hot:
             self._hot_rows += len(rows)
-            self._hot_runs.update(row[1] for row in rows)
+        self._recent.committed(rows, hot)
         self._last_commit = time.monotonic()
 
     def _next_item(self) -> _Batch | WriterJob | None:
@@ -429,7 +412,7 @@ class Store:
         except duckdb.Error:
             return  # tried again after the next batch; readers see the hot rows meanwhile
         self._hot_rows = 0
-        self._hot_runs = set()
+        self._recent.settled()
 
     def _run_job(self, job: WriterJob) -> None:
         self._settle_asked = False
