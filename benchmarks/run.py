@@ -43,7 +43,7 @@ SCRIPTS: dict[str, tuple[str, ...]] = {
         [f"sequential_{kind}" for kind in ("sync", "async")]
         + [f"concurrent_{n}_{kind}" for kind in ("sync", "async") for n in (10, 100, 1000)]
     ),
-    "replay_cost": ("replay_step", "resume"),
+    "replay_cost": ("replay_step", "resume", "replay_step_settled", "resume_settled"),
     "wakeup": ("wakeup",),
     "parked_memory": ("parked_memory", "parked_memory_rss"),
     "big_file": ("history_1m", "open_1m"),

@@ -25,7 +25,8 @@ FIGURES = {
     "sequential_sync", "sequential_async",
     "concurrent_10_sync", "concurrent_100_sync", "concurrent_1000_sync",
     "concurrent_10_async", "concurrent_100_async", "concurrent_1000_async",
-    "replay_step", "resume", "wakeup", "parked_memory", "parked_memory_rss",
+    "replay_step", "resume", "replay_step_settled", "resume_settled",
+    "wakeup", "parked_memory", "parked_memory_rss",
     "history_1m", "open_1m", "group_all_1000", "children_1000",
     "pure_100_sync", "pure_100_async", "pure_1000_sync",
 }

@@ -5,7 +5,8 @@ in a worker thread since the last commit), the engine commits its batches on the
 loop's thread instead of handing them to the writer thread and back. These tests count
 which way each batch went, check that both ways write the same durable history, that
 a failed commit stops the engine either way with nothing acknowledged, and that the
-hot log is still settled.
+hot log is still settled; and that a lone run's big batch goes to the hot log on either
+thread, while runs executing together write big batches to the table.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """The hot log: commits write narrow rows to `replay_event_hot`, settled into the table.
 
-Every reader reads both tables (`replay_event_all`), so where a committed record sits
-never changes what a query answers: a file left by a crash with hot rows answers every
-query as it is, and the next open settles them. Real DuckDB files throughout.
+Every query reads both tables (`replay_event_all`), so where a committed record sits
+never changes what it answers: a file left by a crash with hot rows answers every
+query as it is, and the next open settles them. The engine's own reads of one run take
+the hot rows from the store's memory instead, with the same results, and see every
+record acknowledged before they began. Real DuckDB files throughout.
 """
 
 from __future__ import annotations

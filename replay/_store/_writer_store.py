@@ -53,6 +53,7 @@ from replay._store._schema import (
 
 T = TypeVar("T")
 
+
 def _over_both(query: str) -> dict[bool, str]:
     """`query` (over ``replay_event_all``) for a run with hot rows (False), and without."""
     return {False: query, True: query.replace("replay_event_all", "replay_event_log")}
@@ -74,6 +75,7 @@ _first_two = itemgetter(0, 1)
 def _stamp(value: int | datetime | None) -> datetime | None:
     """A timestamp read from the table (epoch microseconds) or kept in memory."""
     return from_epoch_us(value) if isinstance(value, int) else utc_or_none(value)
+
 
 # A batch handed to the writer thread: its rows, who to tell, and whether a lone run's.
 _Batch: TypeAlias = tuple[list[tuple[Any, ...]], Callable[..., None], bool]
