@@ -82,6 +82,19 @@ async def one_run(db: str, steps: int, use_sync: bool, run_id: str) -> int:
         return int(await (await engine.start(count, steps, use_sync, run_id=run_id)).result())
 
 
+async def together(db: str, workflow: Any, args: tuple[Any, ...], runs: int) -> list[Any]:
+    """Start `runs` runs of `workflow` at once (ids r0, r1, ...); return their results."""
+    async with replay.open_engine(db, workflows=[count, pipeline]) as engine:
+        started: list[replay.Run] = []
+        async with trio.open_nursery() as nursery:
+            async def one(i: int) -> None:
+                started.append(await engine.start(workflow, *args, run_id=f"r{i}"))
+
+            for i in range(runs):
+                nursery.start_soon(one, i)
+        return [await run.result() for run in started]
+
+
 async def test_a_lone_run_of_async_steps_commits_every_batch_on_the_loops_thread(
     db: str, ways: Counter[str]
 ) -> None:
@@ -98,16 +111,7 @@ async def test_a_lone_run_of_async_steps_commits_every_batch_on_the_loops_thread
 async def test_runs_executing_together_commit_on_the_writer_thread(
     db: str, ways: Counter[str]
 ) -> None:
-    async with replay.open_engine(db, workflows=[count]) as engine:
-        runs = []
-        async with trio.open_nursery() as nursery:
-            async def one(i: int) -> None:
-                runs.append(await engine.start(count, 3, False, run_id=f"r{i}"))
-
-            for i in range(20):
-                nursery.start_soon(one, i)
-        for run in runs:
-            assert await run.result() == 3
+    assert await together(db, count, (3, False), 20) == [3] * 20
     assert ways["thread"] > 0
     # 20 runs of 4 commits each went in far fewer batches: group commit still works.
     assert ways["thread"] + ways["here"] < 40
@@ -164,16 +168,7 @@ async def test_a_lone_runs_big_batch_goes_to_the_hot_log_on_either_thread(
 async def test_runs_executing_together_write_big_batches_to_the_table(
     db: str, tables: list[tuple[int, str]]
 ) -> None:
-    async with replay.open_engine(db, workflows=[pipeline]) as engine:
-        runs = []
-        async with trio.open_nursery() as nursery:
-            async def one(i: int) -> None:
-                runs.append(await engine.start(pipeline, 40, False, run_id=f"r{i}"))
-
-            for i in range(10):
-                nursery.start_soon(one, i)
-        for run in runs:
-            assert await run.result() == 41
+    assert await together(db, pipeline, (40, False), 10) == [41] * 10
     big = {table for size, table in tables if size > _writer_store.HOT_BATCH_ROWS}
     assert big == {"log"}
 

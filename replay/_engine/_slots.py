@@ -31,6 +31,11 @@ _ENDED_BADLY = (RunState.FAILED, RunState.CANCELLED)
 _STATES = {state.value: state for state in RunState}
 
 
+def _datetime(moment: datetime | int) -> datetime:
+    """`moment`, or the time `moment` microseconds after the epoch."""
+    return _EPOCH + timedelta(0, 0, moment) if isinstance(moment, int) else moment
+
+
 def needs_start_mark(started_seq: int, opened_at: int, state: RunState) -> bool:
     """Whether a run's first step attempt since the open must run alone, its start marked.
 
@@ -203,9 +208,8 @@ class RunSlot:
     @property
     def created_at(self) -> datetime:
         """When the run started."""
-        if isinstance(self._created, int):
-            self._created = _EPOCH + timedelta(0, 0, self._created)
-        return self._created
+        self._created = created = _datetime(self._created)
+        return created
 
     @created_at.setter
     def created_at(self, value: datetime) -> None:
@@ -214,9 +218,8 @@ class RunSlot:
     @property
     def updated_at(self) -> datetime:
         """When the run last changed (its newest record's time)."""
-        if isinstance(self._updated, int):
-            self._updated = _EPOCH + timedelta(0, 0, self._updated)
-        return self._updated
+        self._updated = updated = _datetime(self._updated)
+        return updated
 
     @updated_at.setter
     def updated_at(self, value: datetime) -> None:
