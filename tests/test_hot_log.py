@@ -202,10 +202,11 @@ def test_the_tables_are_required(tmp_path: Any, table: str) -> None:
 
 
 def test_a_read_sees_every_record_acknowledged_before_it_began(tmp_path: Any) -> None:
-    # Reads of one run query the table alone while the hot log is empty. The writer
-    # commits single records (to the hot log) and bigger batches (to the table), and
-    # settles now and then; a reader thread loads the run's history and memo over and
-    # over. Every record acknowledged before a load began is in it, in order.
+    # Reads of one run take its hot rows from memory and the rest from the table. The
+    # writer commits single records (to the hot log) and bigger batches (to the table),
+    # and settles now and then; a reader thread loads the run's history and memo over
+    # and over. Every record acknowledged before a load began is in it, in order, and
+    # there is no gap (a later batch read from the table, an earlier record missed).
     store = Store(str(tmp_path / "race.duckdb"), "none")
     store.start_writer()
     run = Run("racer", "wf")
@@ -224,7 +225,10 @@ def test_a_read_sees_every_record_acknowledged_before_it_began(tmp_path: Any) ->
             for loaded in (store.load_history("racer"), store.load_memo("racer", "wf")):
                 seqs = [record.seq for record in loaded]
                 if len(seqs) < known or seqs != list(range(1, len(seqs) + 1)):
-                    failures.append(f"acknowledged {known}, read {seqs}")
+                    missing = sorted(set(range(1, max(seqs, default=0) + 1)) - set(seqs))
+                    failures.append(f"acknowledged {known}, read {len(seqs)} records "
+                                    f"up to {max(seqs, default=0)}, missing {missing}, "
+                                    f"{len(seqs) - len(set(seqs))} twice")
 
     def settle_now() -> None:
         done = threading.Event()

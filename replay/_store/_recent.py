@@ -1,4 +1,6 @@
-"""`RecentRows`: the rows committed to the hot log since it was last settled, in memory.
+"""The engine's reads of one run: the table, and the hot log's rows kept in memory.
+
+`RecentRows` keeps the rows committed to the hot log since it was last settled.
 
 The reads of one run (its history, its memo) would otherwise read the hot log through
 ``replay_event_all``, whose plan (the JSON decoding of hot rows) costs DuckDB about
@@ -8,27 +10,51 @@ them into the table (at most a few thousand rows). A run whose start is among th
 with no big batch since (big batches go to the table directly), is *whole* in memory:
 its reads need no query at all, as when a run that just failed is resumed.
 
-Safe for readers on other threads: a commit notes its rows after it succeeds and before
-it is acknowledged, and settling replaces the whole index after the rows are in the
-table. A reader takes the index once, copies a run's rows from it, then reads the
-table (if the run is not whole): a row that settling moves in between is read twice
-(the caller keeps one), and a read misses only rows committed after it began.
+Safe for readers on other threads: a commit notes its rows (and the newest `seq`) after
+it succeeds and before it is acknowledged, commits happen one at a time in `seq` order,
+and settling replaces the whole index after the rows are in the table. A reader notes
+the newest `seq` first, copies a run's rows from the index, then reads the table (if
+the run is not whole), and keeps the rows up to that `seq`: every one of them is in the
+copy or in the table (a row that settling moves in between is read twice, and kept
+once), so a read is the run's history as it was when the read began, without a gap
+that commits made during it could otherwise open.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import datetime
+from operator import itemgetter
 from typing import Any
 
+from replay._store._rows import from_epoch_us, utc_or_none
+from replay._store._schema import MEMO_COLUMNS, OPEN_COLUMNS
+
 Row = tuple[Any, ...]  # a row of `replay_event_log`, as `record_row` makes it
+Read = Callable[[str, list[Any]], list[Row]]  # runs a query on the store's connection
+
+# The table's rows of one run, or of several; sorted in Python, as DuckDB's sort of a
+# dozen rows costs more than their read by the index.
+_HISTORY = f"SELECT {OPEN_COLUMNS} FROM replay_event_log WHERE run_id = $1"
+_MEMO = f"SELECT {MEMO_COLUMNS} FROM replay_event_log WHERE run_id = $1"
+_MEMOS = (f"SELECT run_id, {MEMO_COLUMNS} FROM replay_event_log "
+          "WHERE run_id IN (SELECT unnest($1::VARCHAR[]))")
+_first = itemgetter(0)
+_first_two = itemgetter(0, 1)
 
 
 class RecentRows:
-    """The hot log's rows by run, and which runs have all their rows there."""
+    """The hot log's rows by run, and which runs have all their rows there.
 
-    def __init__(self) -> None:
+    Args:
+        last_seq: The newest `seq` in the file (with an empty hot log).
+    """
+
+    def __init__(self, last_seq: int) -> None:
         # Replaced, never cleared, at settling: a reader holding the old index keeps
         # a consistent view of it.
         self._index: tuple[dict[str, list[Row]], set[str]] = ({}, set())
+        self.last_seq = last_seq  # the newest `seq` committed (to either table)
 
     def committed(self, rows: list[Row], hot: bool) -> None:
         """Note the rows of a batch just committed (to the hot log if `hot`).
@@ -36,6 +62,8 @@ class RecentRows:
         Called under the store's connection lock, before the batch is acknowledged.
         """
         by_run, whole = self._index
+        if rows:
+            self.last_seq = max(self.last_seq, rows[-1][0])
         if not hot:  # these runs now have rows in the table too
             for row in rows:
                 whole.discard(row[1])
@@ -82,3 +110,52 @@ def merged(rows: list[Row], recent: list[Row], seq_at: int) -> list[Row]:
     by_seq = {row[seq_at]: row for row in recent}
     by_seq.update((row[seq_at], row) for row in rows)
     return list(by_seq.values())
+
+
+def by_recency(query: str) -> dict[bool, str]:
+    """`query` (over ``replay_event_all``) for a run with recent rows (True), and without."""
+    return {True: query, False: query.replace("replay_event_all", "replay_event_log")}
+
+
+def stamp(value: int | datetime | None) -> datetime | None:
+    """Read a timestamp of `history_rows`: from the table (epoch microseconds) or memory."""
+    return from_epoch_us(value) if isinstance(value, int) else utc_or_none(value)
+
+
+def history_rows(recent: RecentRows, read: Read, run_id: str) -> list[Row]:
+    """Return the rows of `OPEN_COLUMNS` of one run in `seq` order (see `stamp`)."""
+    upto = recent.last_seq  # first: see the module's docstring
+    rows, whole = recent.of(run_id)
+    if not whole:
+        rows = merged(read(_HISTORY, [run_id]), rows, 0)
+    rows = [row for row in rows if row[0] <= upto]
+    rows.sort(key=_first)
+    return rows
+
+
+def memo_rows(recent: RecentRows, read: Read, run_id: str) -> list[Row]:
+    """Return the rows of `MEMO_COLUMNS` of one run in `seq` order."""
+    upto = recent.last_seq
+    rows, whole = recent.of(run_id)
+    memo = [memo_row(row) for row in rows if row[0] <= upto]
+    if not whole:
+        memo = merged([row for row in read(_MEMO, [run_id]) if row[0] <= upto], memo, 0)
+    memo.sort(key=_first)
+    return memo
+
+
+def memos_rows(recent: RecentRows, read: Read, run_ids: list[str]) -> list[Row]:
+    """Return ``(run_id, *memo row)`` of several runs, by run and `seq` (one query)."""
+    upto = recent.last_seq
+    memo: list[Row] = []
+    unknown = []  # runs that may have rows in the table
+    for run_id in run_ids:
+        rows, whole = recent.of(run_id)
+        memo += [(run_id, *memo_row(row)) for row in rows if row[0] <= upto]
+        if not whole:
+            unknown.append(run_id)
+    if unknown:
+        read_rows = [row for row in read(_MEMOS, [unknown]) if row[1] <= upto]
+        memo = merged(read_rows, memo, 1)
+    memo.sort(key=_first_two)
+    return memo

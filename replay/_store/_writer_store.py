@@ -17,7 +17,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from operator import itemgetter
 from typing import Any, TypeAlias, TypeVar
 
 import duckdb
@@ -29,10 +28,16 @@ from replay._store._hot import hot_from_row, settle
 from replay._store._protocol import OpenRuns
 from replay._store._purge import PurgePlan, delete_generations, delete_runs, plan, write_archive
 from replay._store._queries import OpenQueries, ReadQuery
-from replay._store._recent import RecentRows, memo_row, merged
+from replay._store._recent import (
+    RecentRows,
+    by_recency,
+    history_rows,
+    memo_rows,
+    memos_rows,
+    stamp,
+)
 from replay._store._rows import (
     RunRow,
-    from_epoch_us,
     history_records,
     memo_record,
     open_record,
@@ -41,9 +46,7 @@ from replay._store._rows import (
     utc_or_none,
 )
 from replay._store._schema import (
-    MEMO_COLUMNS,
     ONE_RUN,
-    OPEN_COLUMNS,
     OPEN_RUN_ROWS,
     OPEN_STATES,
     RUN_SUMMARY,
@@ -54,27 +57,8 @@ from replay._store._schema import (
 T = TypeVar("T")
 
 
-def _over_both(query: str) -> dict[bool, str]:
-    """`query` (over ``replay_event_all``) for a run with hot rows (False), and without."""
-    return {False: query, True: query.replace("replay_event_all", "replay_event_log")}
-
-
-# The reads of one run (or a few) on an engine's hot paths: the table, and the run's
-# rows of the hot log from memory (see `RecentRows`). Rows are sorted in Python, as
-# DuckDB's sort of a dozen rows costs more than their read by the index.
-_HISTORY = f"SELECT {OPEN_COLUMNS} FROM replay_event_log WHERE run_id = $1"
-_MEMO = f"SELECT {MEMO_COLUMNS} FROM replay_event_log WHERE run_id = $1"
-_MEMOS = (f"SELECT run_id, {MEMO_COLUMNS} FROM replay_event_log "
-          "WHERE run_id IN (SELECT unnest($1::VARCHAR[]))")
-_ONE_RUN = _over_both(ONE_RUN)
-_RUN_WORKFLOW = _over_both(RUN_WORKFLOW)
-_first = itemgetter(0)
-_first_two = itemgetter(0, 1)
-
-
-def _stamp(value: int | datetime | None) -> datetime | None:
-    """A timestamp read from the table (epoch microseconds) or kept in memory."""
-    return from_epoch_us(value) if isinstance(value, int) else utc_or_none(value)
+_ONE_RUN = by_recency(ONE_RUN)
+_RUN_WORKFLOW = by_recency(RUN_WORKFLOW)
 
 
 # A batch handed to the writer thread: its rows, who to tell, and whether a lone run's.
@@ -117,6 +101,7 @@ class Store:
             private_wal(path)
             check_schema(self._con, path)
             settle(self._con)  # what a crash left in the hot log
+            newest = self._con.execute("SELECT max(seq) FROM replay_event_log").fetchall()
             self._appender = self._con.appender("replay_event_log")
             self._hot_appender = self._con.appender("replay_event_hot")
             # A lone record (a sequential run's step) commits cheapest as an INSERT
@@ -138,7 +123,7 @@ class Store:
         # the engine's thread committing a batch itself (`commit_now`).
         self._con_lock = threading.Lock()
         self._hot_rows = 0  # committed to the hot log since it was last settled
-        self._recent = RecentRows()  # those rows, by run
+        self._recent = RecentRows(newest[0][0] or 0)  # those rows, by run
         self._last_commit = 0.0  # time.monotonic() of the last commit
         self._settle_asked = False  # `commit_now` queued a job to settle the hot log
 
@@ -163,7 +148,11 @@ class Store:
 
     def run_row(self, run_id: str) -> RunRow | None:
         """Return one run's state (by the run_id index), or None if there is no such run."""
-        rows = self._read(_ONE_RUN[not self._recent.has(run_id)], [run_id])
+        upto, recent = self._recent.last_seq, self._recent.has(run_id)
+        rows = self._read(_ONE_RUN[recent], [run_id])
+        if not recent and self._recent.last_seq != upto:
+            # Rows committed meanwhile may be in either table: read both at once.
+            rows = self._read(_ONE_RUN[True], [run_id])
         return run_row(rows[0], self.path) if rows else None
 
     def last_seq_and_time(self) -> tuple[int, datetime | None]:
@@ -179,7 +168,7 @@ class Store:
 
     def workflow_of(self, run_id: str) -> str | None:
         """Return the workflow of run `run_id`, or None if there is no such run."""
-        rows = self._read(_RUN_WORKFLOW[not self._recent.has(run_id)], [run_id])
+        rows = self._read(_RUN_WORKFLOW[self._recent.has(run_id)], [run_id])
         return rows[0][0] if rows else None
 
     def existing(self, run_ids: Sequence[str]) -> set[str]:
@@ -206,39 +195,21 @@ class Store:
         Raises:
             DatabaseError: The run's rows are damaged.
         """
-        rows, whole = self._recent.of(run_id)
-        if not whole:
-            rows = merged(self._read(_HISTORY, [run_id]), rows, 0)
-        rows.sort(key=_first)
-        return history_records(rows, self.path, _stamp)
+        return history_records(history_rows(self._recent, self._read, run_id), self.path,
+                               stamp)
 
     def load_memo(self, run_id: str, workflow: str) -> list[Record]:
         """Return one run's records as the memo needs them (one query, no timestamps)."""
-        recent, whole = self._recent.of(run_id)
-        rows = [memo_row(row) for row in recent]
-        if not whole:
-            rows = merged(self._read(_MEMO, [run_id]), rows, 0)
-        rows.sort(key=_first)
-        return [memo_record(run_id, workflow, row) for row in rows]
+        return [memo_record(run_id, workflow, row)
+                for row in memo_rows(self._recent, self._read, run_id)]
 
     def load_memos(self, runs: dict[str, str]) -> dict[str, list[Record]]:
         """Return several runs' memo records (`runs`: run id to workflow), one query."""
         if len(runs) == 1:
             (run_id, workflow), = runs.items()
             return {run_id: self.load_memo(run_id, workflow)}
-        recent: list[tuple[Any, ...]] = []
-        unknown = []  # runs with rows in the table
-        for run_id in runs:
-            rows, whole = self._recent.of(run_id)
-            recent += [(run_id, *memo_row(row)) for row in rows]
-            if not whole:
-                unknown.append(run_id)
-        if unknown:
-            recent = merged(self._read(_MEMOS, [unknown]), recent, 1)
-        rows = recent
-        rows.sort(key=_first_two)
         loaded: dict[str, list[Record]] = {}
-        for row in rows:
+        for row in memos_rows(self._recent, self._read, list(runs)):
             run_id = row[0]
             loaded.setdefault(run_id, []).append(memo_record(run_id, runs[run_id], row[1:]))
         return loaded
