@@ -20,6 +20,7 @@ import replay
 import replay.aio
 import replay.sync
 from replay import Note, Step, Suspend
+from replay._engine import _watch
 from replay._engine._facade import internals
 
 
@@ -91,9 +92,23 @@ async def test_a_client_that_hangs_up_leaves_no_watcher(db: str) -> None:
             await trio.to_thread.run_sync(lambda: next(client.watch("nope")))
 
 
-async def test_a_lagging_remote_watcher_is_told_what_it_missed(db: str) -> None:
+async def test_a_lagging_remote_watcher_is_told_what_it_missed(
+        db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The watch is held up after it read the run's history (registered already), and
+    # the run ends meanwhile: its updates overflow the watcher's buffer of one.
+    reading, caught_up = trio.Event(), trio.Event()
+    read_history = _watch.history_after
+
+    async def held_up(*args: Any) -> list[replay.RunUpdate]:
+        history = await read_history(*args)
+        reading.set()
+        await caught_up.wait()
+        return history
+
+    monkeypatch.setattr(_watch, "history_after", held_up)
     async with replay.open_engine(db, workflows=[batch], durability="none") as engine:
         run = await engine.start(batch, 3, run_id="b")
+        await run.wait()
         client = replay.Client(db)
         got: list[replay.RunUpdate] = []
 
@@ -102,8 +117,10 @@ async def test_a_lagging_remote_watcher_is_told_what_it_missed(db: str) -> None:
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(trio.to_thread.run_sync, collect)
-            await run.wait()
+            await reading.wait()
             await engine.signal("b", "approval:v1", "yes")
+            await run.result()
+            caught_up.set()
     assert any(u.kind == "snapshot" and u.missed > 0 for u in got)
     assert got[-1].info is not None and got[-1].info.state is replay.RunState.COMPLETED
 
