@@ -142,9 +142,9 @@ def tables(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[int, str]]]:
     commit_rows = Store._commit_rows
 
     def recording(self: Store, rows: list[tuple[Any, ...]], lone: bool) -> None:
-        hot = self._hot_rows
+        hot = self._recent.count
         commit_rows(self, rows, lone)
-        went.append((len(rows), "hot" if self._hot_rows > hot else "log"))
+        went.append((len(rows), "hot" if self._recent.count > hot else "log"))
 
     monkeypatch.setattr(Store, "_commit_rows", recording)
     yield went

@@ -55,6 +55,7 @@ class RecentRows:
         # a consistent view of it.
         self._index: tuple[dict[str, list[Row]], set[str]] = ({}, set())
         self.last_seq = last_seq  # the newest `seq` committed (to either table)
+        self.count = 0  # rows in the hot log (settling is due past a few thousand)
 
     def committed(self, rows: list[Row], hot: bool) -> None:
         """Note the rows of a batch just committed (to the hot log if `hot`).
@@ -68,6 +69,7 @@ class RecentRows:
             for row in rows:
                 whole.discard(row[1])
             return
+        self.count += len(rows)
         for row in rows:
             run_rows = by_run.get(row[1])
             if run_rows is None:
@@ -79,6 +81,7 @@ class RecentRows:
     def settled(self) -> None:
         """Forget every row: settling moved them into the table."""
         self._index = ({}, set())
+        self.count = 0
 
     def of(self, run_id: str) -> tuple[list[Row], bool]:
         """Return the run's recent rows, and whether they are all of its rows."""

@@ -165,29 +165,33 @@ def run_summary(source: str = "replay_event_all", scope: str = "") -> str:
 # Every run's state (the CLI's listing, `engine.runs()`).
 RUN_SUMMARY = run_summary()
 
+# The conditions of a run's start record, and of a record that carries its state.
+_STARTED = "kind = 'run' AND event = 'started'"
+_STATE = "run_state IS NOT NULL"
+
 # One run's state (parameter: the run id), `run_summary`'s columns: one ungrouped
 # aggregate over the run's rows, read by the run_id index (for a run of 100 steps,
 # DuckDB takes about 4 ms for it, 8 grouped, 10 for the joined parts of `run_summary`;
 # a condition on run_id inside each part makes it scan).
-ONE_RUN = """
-    SELECT any_value(run_id), any_value(workflow) FILTER (kind = 'run' AND event = 'started'),
-           arg_max(run_state, seq) FILTER (run_state IS NOT NULL),
-           any_value(recorded_at) FILTER (kind = 'run' AND event = 'started'),
-           max(recorded_at), arg_max_null(key, seq) FILTER (run_state IS NOT NULL),
-           arg_max_null(wake_at, seq) FILTER (run_state IS NOT NULL),
-           arg_max_null(status_text, seq) FILTER (run_state IS NOT NULL),
-           arg_max_null(error_type, seq) FILTER (run_state IS NOT NULL),
-           arg_max_null(error, seq) FILTER (run_state IS NOT NULL),
-           arg_max_null(value, seq) FILTER (run_state IS NOT NULL),
-           any_value(seq) FILTER (kind = 'run' AND event = 'started'),
-           any_value(name) FILTER (kind = 'run' AND event = 'started'),
+ONE_RUN = f"""
+    SELECT any_value(run_id), any_value(workflow) FILTER ({_STARTED}),
+           arg_max(run_state, seq) FILTER ({_STATE}),
+           any_value(recorded_at) FILTER ({_STARTED}),
+           max(recorded_at), arg_max_null(key, seq) FILTER ({_STATE}),
+           arg_max_null(wake_at, seq) FILTER ({_STATE}),
+           arg_max_null(status_text, seq) FILTER ({_STATE}),
+           arg_max_null(error_type, seq) FILTER ({_STATE}),
+           arg_max_null(error, seq) FILTER ({_STATE}),
+           arg_max_null(value, seq) FILTER ({_STATE}),
+           any_value(seq) FILTER ({_STARTED}),
+           any_value(name) FILTER ({_STARTED}),
            arg_max_null(status_text, seq) FILTER (kind = 'note'),
            arg_max_null(value, seq) FILTER (kind = 'note'),
-           coalesce(arg_max_null(generation, seq) FILTER (run_state IS NOT NULL), 0),
-           max(seq), any_value(key) FILTER (kind = 'run' AND event = 'started')
+           coalesce(arg_max_null(generation, seq) FILTER ({_STATE}), 0),
+           max(seq), any_value(key) FILTER ({_STARTED})
     FROM replay_event_all WHERE run_id = $1
-    HAVING count(*) FILTER (kind = 'run' AND event = 'started') > 0
-       AND count(*) FILTER (run_state IS NOT NULL) > 0
+    HAVING count(*) FILTER ({_STARTED}) > 0
+       AND count(*) FILTER ({_STATE}) > 0
 """
 
 # `COLUMNS` with the timestamps as epoch microseconds: DuckDB's conversion of
@@ -205,8 +209,6 @@ _OPEN_RUNS = """
         HAVING arg_max(run_state, seq) NOT IN ('completed', 'failed', 'cancelled')
     )
 """
-_STARTED = "kind = 'run' AND event = 'started'"
-_STATE = "run_state IS NOT NULL"
 
 # The state of every unfinished run (`run_summary`'s logic, timestamps as epoch
 # microseconds), with the run's deadline and whether it is quiet: parked (sleeping or

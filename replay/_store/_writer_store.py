@@ -122,8 +122,8 @@ class Store:
         # Held by whichever thread uses the writing connection: the writer thread, or
         # the engine's thread committing a batch itself (`commit_now`).
         self._con_lock = threading.Lock()
-        self._hot_rows = 0  # committed to the hot log since it was last settled
-        self._recent = RecentRows(newest[0][0] or 0)  # those rows, by run
+        # The rows committed to the hot log since it was last settled, by run.
+        self._recent = RecentRows(newest[0][0] or 0)
         self._last_commit = 0.0  # time.monotonic() of the last commit
         self._settle_asked = False  # `commit_now` queued a job to settle the hot log
 
@@ -307,7 +307,7 @@ class Store:
             self._commit_rows(rows, True)
         finally:
             self._con_lock.release()
-        if self._hot_rows >= SETTLE_ROWS and not self._settle_asked:
+        if self._recent.count >= SETTLE_ROWS and not self._settle_asked:
             # A job settles first (see `_run_job`): on the writer thread, as it takes a while.
             self._settle_asked = True
             self._queue.put(WriterJob(_nothing, _ignore))
@@ -330,7 +330,7 @@ class Store:
             # The lock is free before the engine hears: its next batch may be committed
             # on its own thread at once (`commit_now`).
             done(failure)
-            if self._hot_rows >= SETTLE_ROWS:
+            if self._recent.count >= SETTLE_ROWS:
                 with self._con_lock:
                     self._settle()
 
@@ -353,8 +353,6 @@ class Store:
         except BaseException:
             appender.clear()
             raise
-        if hot:
-            self._hot_rows += len(rows)
         self._recent.committed(rows, hot)
         self._last_commit = time.monotonic()
 
@@ -369,7 +367,7 @@ class Store:
                 return self._queue.get(timeout=SETTLE_IDLE_SECONDS)
             except queue.Empty:
                 idle = time.monotonic() - self._last_commit >= SETTLE_IDLE_SECONDS
-                if self._hot_rows and idle:
+                if self._recent.count and idle:
                     with self._con_lock:
                         self._settle()
 
@@ -384,7 +382,6 @@ class Store:
                 cursor.close()
         except duckdb.Error:
             return  # tried again after the next batch; readers see the hot rows meanwhile
-        self._hot_rows = 0
         self._recent.settled()
 
     def _run_job(self, job: WriterJob) -> None:
