@@ -2,8 +2,9 @@
 
 When one run executes alone (no other run, no task waiting for the loop, no sync step
 in a worker thread since the last commit), the engine commits its batches on the
-loop's thread instead of handing them to the writer thread and back. These tests count
-which way each batch went, check that both ways write the same durable history, that
+loop's thread instead of handing them to the writer thread and back; before a lone
+run's sync step, the step's worker thread commits them. These tests count which way
+each batch went, check that both ways write the same durable history, that
 a failed commit stops the engine either way with nothing acknowledged, and that the
 hot log is still settled; and that a lone run's big batch goes to the hot log on either
 thread, while runs executing together write big batches to the table.
@@ -49,13 +50,16 @@ def count(steps: int, use_sync: bool) -> Generator[Any, Any, int]:
 
 @pytest.fixture
 def ways(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counter[str]]:
-    """How many batches went which way: "here", "busy" (fell back) or "thread"."""
+    """How many batches went which way: "here", "busy" (fell back), "thread" (the
+    writer's) or "worker" (a step's worker thread, before the step)."""
     counted: Counter[str] = Counter()
     commit_now, submit = Store.commit_now, Store.submit
 
-    def counting_now(self: Store, rows: list[tuple[Any, ...]]) -> bool:
-        done = commit_now(self, rows)
-        counted["here" if done else "busy"] += 1
+    def counting_now(self: Store, rows: list[tuple[Any, ...]], wait: bool = False) -> bool:
+        done = commit_now(self, rows, wait)
+        if wait:
+            assert threading.current_thread().name == "replay-step"
+        counted["worker" if wait else "here" if done else "busy"] += 1
         return done
 
     def counting_submit(self: Store, rows: list[tuple[Any, ...]], done: Any,
@@ -119,12 +123,27 @@ async def test_runs_executing_together_commit_on_the_writer_thread(
         assert len(await events_of(db, f"r{i}")) == 5
 
 
-async def test_a_sync_step_that_ran_in_a_worker_thread_commits_on_the_writer_thread(
+async def test_a_lone_runs_sync_step_commits_the_batch_before_it_on_its_worker_thread(
     db: str, ways: Counter[str]
 ) -> None:
     assert await one_run(db, 4, True, "sync") == 4
-    assert ways["thread"] == 4  # every step's batch (the start's may go either way)
-    assert ways["here"] + ways["thread"] == 5
+    # The outcomes of s0, s1 and s2, each before the next step, on the thread that then
+    # called it; the end (after a sync step) on the writer thread; the start either way.
+    assert ways["worker"] == 3
+    assert ways["thread"] >= 1
+    assert ways["here"] + ways["thread"] + ways["worker"] == 5
+    assert await events_of(db, "sync") == [
+        ("run/started", ""), *[("step/completed", f"s{i}") for i in range(4)],
+        ("run/completed", "")]
+
+
+async def test_runs_executing_together_never_hand_their_batches_to_a_step_thread(
+    db: str, ways: Counter[str]
+) -> None:
+    assert await together(db, count, (3, True), 10) == [3] * 10
+    assert ways["worker"] <= 2  # only when the last run is left alone
+    for i in range(10):
+        assert len(await events_of(db, f"r{i}")) == 5
 
 
 @replay.workflow(name="commit_here.pipeline")
@@ -195,7 +214,7 @@ async def test_a_busy_writer_takes_the_batch_instead(db: str, ways: Counter[str]
         "run/started", "step/completed", "step/completed", "run/completed"]
 
 
-@pytest.mark.parametrize("use_sync", [False, True], ids=["on-the-loop", "on-the-writer"])
+@pytest.mark.parametrize("use_sync", [False, True], ids=["on-the-loop", "on-a-step-thread"])
 async def test_a_failed_commit_stops_the_engine_and_acknowledges_nothing(
     db: str, ways: Counter[str], monkeypatch: pytest.MonkeyPatch, use_sync: bool
 ) -> None:
@@ -214,7 +233,7 @@ async def test_a_failed_commit_stops_the_engine_and_acknowledges_nothing(
         async with replay.open_engine(db, workflows=[count]) as engine:
             run = await engine.start(count, 4, use_sync, run_id="full")
             await run.result()
-    assert ways["here" if not use_sync else "thread"] >= 1
+    assert ways["worker" if use_sync else "here"] >= 1
     monkeypatch.setattr(Store, "_commit_rows", commit_rows)
     # The first step's outcome is durable, the second's (the failed batch) is not.
     assert await events_of(db, "full") == [("run/started", ""), ("step/completed", "s0")]

@@ -9,10 +9,16 @@ as one transaction, and wakes all the waiting tasks from a callback on the loop 
 as the commit returns. While a commit is in flight the next batch accumulates, so the
 batch size follows the load with no timer: one record for a lone sequential run,
 hundreds when hundreds of runs step.
+
+A lone run's next sync step can take its batch along instead (`hand_over`): the step's
+worker thread commits it, tells the loop, then calls the step function. That saves
+the two hand-offs to the writer thread and back on every step; nothing else commits
+until the loop has heard, so commits keep the order of their `seq`.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -61,6 +67,9 @@ class Committer:
         # scheduler), and that count at the last commit.
         self.thread_calls: Callable[[], int] = _no_calls
         self._thread_calls = 0
+        self._writing = False  # a batch of the flusher's is being committed
+        self._handed: ThreadCommit | None = None  # a batch a worker thread commits
+        self._failure: BaseException | None = None  # how the handed batch failed
 
     async def commit(self, record: Record, apply: Callable[[Record], None]) -> None:
         """Make `record` durable; return only once it is committed.
@@ -112,6 +121,52 @@ class Committer:
         if not ride:
             self._wakeup.set()
         return done
+
+    def hand_over(self, records: Sequence[Record], apply: Callable[[Record], None]
+                  ) -> ThreadCommit | None:
+        """Take `records` (see `enqueue_all`) and the rest of the batch to a worker thread.
+
+        For a lone run's sync step: the thread that calls it commits the batch first.
+        None (nothing taken) while another commit is in flight: then commit `records`
+        the usual way.
+        """
+        if self._writing or self._handed is not None:
+            return None
+        self.enqueue_all(records, apply, ride=True)
+        rows, waiters, applies = self._rows, self._waiters, self._applies
+        self._rows, self._waiters, self._applies = [], [], []
+        self._woken = len(waiters)
+        self._handed = ThreadCommit(self._store, rows, waiters, applies,
+                                    self._thread_committed, self._put_back)
+        return self._handed
+
+    def _thread_committed(self, handed: ThreadCommit, error: BaseException | None) -> None:
+        """On the loop: the worker thread committed the handed batch, or failed to."""
+        self._handed = None
+        if error is None:
+            for apply, record in handed.applies:
+                apply(record)
+            for waiter in handed.waiters:
+                waiter.set()
+        else:
+            self._failure = self._failed(handed.rows, error)  # the flusher raises it
+        handed.landed.set()
+        self._wakeup.set()
+
+    def _put_back(self, handed: ThreadCommit) -> None:
+        """On the loop: no thread took the handed batch; it leads the next one."""
+        self._handed = None
+        self._rows[:0], self._waiters[:0] = handed.rows, handed.waiters
+        self._applies[:0] = handed.applies
+        handed.landed.set()
+        self._wakeup.set()
+
+    async def _handed_landed(self) -> None:
+        """Wait until a handed batch is committed (or put back); raise if it failed."""
+        while self._handed is not None:
+            await self._handed.landed.wait()
+        if self._failure is not None:
+            raise self._failure
 
     def _next_seq(self) -> int:
         if self._seq_end is not None and self._seq >= self._seq_end:
@@ -167,6 +222,7 @@ class Committer:
             while True:
                 await self._wakeup.wait()
                 self._wakeup = trio.Event()
+                await self._handed_landed()
                 if len(self._waiters) < self._woken:
                     # One scheduling round: tasks the last commit woke add theirs (a lone
                     # run's task, which already has, is not kept waiting for the round).
@@ -177,6 +233,7 @@ class Committer:
                 # The runs' tasks may still be queueing records as they are cancelled
                 # (abandoned attempts): wait for them to end, then commit the rest.
                 await self._runs_ended.wait()
+                await self._handed_landed()
                 await self._flush(token)
             raise
 
@@ -200,7 +257,11 @@ class Committer:
             for waiter in waiters:
                 waiter.set()
 
-        await self._write(token, rows, durable)
+        self._writing = True
+        try:
+            await self._write(token, rows, durable)
+        finally:
+            self._writing = False
 
     async def _write(self, token: trio.lowlevel.TrioToken, rows: list[tuple[Any, ...]],
                      durable: Callable[[], None]) -> None:
@@ -263,6 +324,55 @@ class Committer:
             "continues from its last durable record")
         failure.__cause__ = error
         return failure
+
+
+class ThreadCommit:
+    """A batch that the worker thread of a lone run's next sync step commits first.
+
+    It is the worker pool's `Prelude` for that call: `run` commits on the thread and
+    tells the loop (which applies the records and wakes their waiters, or stops the
+    engine if the commit failed); `skipped` puts the batch back when no thread took
+    the call (the run was cancelled, or the engine stops), to commit the usual way.
+    """
+
+    __slots__ = ("_committed", "_put_back", "_store", "_token", "applies", "done_at", "landed",
+                 "rows", "waiters")
+
+    def __init__(self, store: EngineStore, rows: list[tuple[Any, ...]],
+                 waiters: list[trio.Event],
+                 applies: list[tuple[Callable[[Record], None], Record]],
+                 committed: Callable[[ThreadCommit, BaseException | None], None],
+                 put_back: Callable[[ThreadCommit], None]) -> None:
+        self._store = store
+        self._committed, self._put_back = committed, put_back
+        self._token = trio.lowlevel.current_trio_token()
+        self.rows, self.waiters, self.applies = rows, waiters, applies
+        self.landed = trio.Event()  # set on the loop once committed, failed or put back
+        self.done_at: float | None = None
+
+    def run(self) -> bool:
+        """Commit the batch on this (worker) thread; False if that failed."""
+        try:
+            if not self._store.commit_now(self.rows, wait=True):
+                raise RuntimeError("the store cannot commit on a worker thread")
+        except BaseException as error:
+            self._tell(error)
+            return False
+        self._tell(None)
+        return True
+
+    def skipped(self) -> None:
+        """No thread took the call: the batch goes back to the committer (on the loop)."""
+        self._put_back(self)
+
+    def _tell(self, error: BaseException | None) -> None:
+        def landed() -> None:
+            self.done_at = trio.current_time()
+            self._committed(self, error)
+
+        # The loop hears before the call's outcome, which this thread hands back later.
+        with contextlib.suppress(trio.RunFinishedError):
+            self._token.run_sync_soon(landed)
 
 
 def _never() -> bool:

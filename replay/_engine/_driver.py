@@ -37,6 +37,7 @@ from replay._core._decisions import (
 from replay._core._machine import RunMachine
 from replay._core._records import Record
 from replay._engine._clock import EngineClock
+from replay._engine._committer import ThreadCommit
 from replay._engine._family import Family
 from replay._engine._slots import RunSlot
 from replay._engine._steps import StepCaller
@@ -49,6 +50,10 @@ class EnqueueAll(Protocol):
 
     def __call__(self, slot: RunSlot, records: Sequence[Record],
                  ride: bool = False) -> trio.Event: ...
+
+
+# Takes a run's records to the worker thread of its next sync step (None: not now).
+HandOver = Callable[[RunSlot, Sequence[Record]], ThreadCommit | None]
 # Put in a group's outcome channel when a signal or a cancellation is committed.
 _WAKE = object()
 
@@ -71,12 +76,15 @@ class Driver:
         steps: Calls step functions.
         stopping: Tells whether the engine is stopping.
         family: Starts and ends child runs with their parents' records.
+        hand_over: Gives a lone run's records to the thread of its next sync step.
     """
 
     def __init__(self, enqueue: Enqueue, enqueue_all: EnqueueAll, clock: EngineClock,
-                 steps: StepCaller, stopping: Callable[[], bool], family: Family) -> None:
+                 steps: StepCaller, stopping: Callable[[], bool], family: Family,
+                 hand_over: HandOver) -> None:
         self._enqueue = enqueue
         self._enqueue_all = enqueue_all
+        self._hand_over = hand_over
         self._clock = clock
         self._steps = steps
         self._stopping = stopping
@@ -115,11 +123,14 @@ class Driver:
             for warning in action.warnings:
                 log.warning(warning)
             if isinstance(action, Attempt):
-                await self._before_attempt(slot, machine, action, after_pure)
+                # After a pure attempt, its records ride the next commit instead.
+                handed = None if after_pure else self._handed_over(slot, machine, action)
+                if handed is None:
+                    await self._before_attempt(slot, machine, action, after_pure)
                 if self._stopping():
                     machine.close()  # start no new attempt: the run continues at the next open
                     return None
-                after = await self._attempt(slot, machine, action)
+                after = await self._attempt(slot, machine, action, handed)
                 if after is None:
                     return None  # the run ended with its first attempt: already committed
                 after_pure = action.step.pure
@@ -142,6 +153,20 @@ class Driver:
                 action = await self._suspend(slot, machine, action)
                 if isinstance(action, WaitForSignal):
                     return Parked(action.deadline)
+
+    def _handed_over(self, slot: RunSlot, machine: RunMachine,
+                     attempt: Attempt) -> ThreadCommit | None:
+        """Give `attempt`'s records to its worker thread, which commits them, then calls.
+
+        Only a sync step's plain attempt, of a run executing alone: one hand-off to a
+        thread and one back per step, instead of two more for the writer thread. The
+        records are durable before the step function starts, as with any commit.
+        """
+        step = attempt.step
+        if (step.is_async or step.pure or attempt.start is not None or not attempt.records
+                or machine.involves_children or machine.cancel_pending or self._stopping()):
+            return None
+        return self._hand_over(slot, attempt.records)
 
     async def _before_attempt(self, slot: RunSlot, machine: RunMachine, attempt: Attempt,
                               after_pure: bool) -> None:
@@ -176,10 +201,11 @@ class Driver:
                     return action
                 records = action.records
 
-    async def _attempt(self, slot: RunSlot, machine: RunMachine,
-                       attempt: Attempt) -> Action | None:
+    async def _attempt(self, slot: RunSlot, machine: RunMachine, attempt: Attempt,
+                       handed: ThreadCommit | None) -> Action | None:
         """Make the attempt and return the machine's next decision.
 
+        `handed`: the attempt's records, which its worker thread commits first.
         None: a start-marked attempt ended the run, and the end is committed.
         """
         if machine.cancel_pending:  # committed while the attempt's records were
@@ -191,7 +217,7 @@ class Driver:
                 return machine.attempt_ended(
                     attempt, self._steps.compute(slot.run_id, step, attempt.number),
                     self._clock.now)
-            outcome = await self._call(slot, machine, attempt, ())
+            outcome = await self._call(slot, machine, attempt, (), handed)
             if outcome is None:
                 return machine.cancel(self._clock.now, attempt)
             return machine.attempt_ended(attempt, outcome, self._clock.now)
@@ -212,7 +238,8 @@ class Driver:
         return None if isinstance(after, Ended) else dataclasses.replace(after, records=())
 
     async def _call(self, slot: RunSlot, machine: RunMachine, attempt: Attempt,
-                    start: Sequence[Record]) -> Outcome | None:
+                    start: Sequence[Record], handed: ThreadCommit | None = None
+                    ) -> Outcome | None:
         """Make the attempt; None: the run's cancellation stopped it."""
         if attempt.step.pure and not start:
             # An async pure step is a quick computation, like a sync one: no cancel
@@ -233,7 +260,8 @@ class Driver:
             with stop:
                 if start:
                     await self._commit(slot, start)
-                return await self._steps.call(slot.run_id, attempt.step, attempt.number)
+                return await self._steps.call(slot.run_id, attempt.step, attempt.number,
+                                              prelude=handed)
             return None
         except BaseException:
             # The engine is stopping: a clean stop charges nothing. Queued, not awaited

@@ -36,7 +36,7 @@ from replay._core._signals import news_for_parked
 from replay._core._state import RunStatus
 from replay._engine._clock import EngineClock, in_thread
 from replay._engine._collector import no_collection
-from replay._engine._committer import Committer, trio_is_guest
+from replay._engine._committer import Committer, ThreadCommit, trio_is_guest
 from replay._engine._deliveries import Deliveries
 from replay._engine._driver import Driver, Parked
 from replay._engine._family import Family
@@ -89,11 +89,13 @@ class Scheduler:
         self._steps = steps
         self._loader = MemoLoader(store)
         self._driver = Driver(self.enqueue, self.enqueue_all, clock, steps,
-                              lambda: self.closing, self.family)
+                              lambda: self.closing, self.family, self.hand_over)
         self._nursery: trio.Nursery | None = None
         self.executing = 0  # runs' tasks alive (read by a shared store's thread too)
         self.closing = False
         self.closed = False
+        # A store of its own can commit on any thread: a lone run's worker threads too.
+        self._hands_over = store.sharing is None
         if store.sharing is None and not trio_is_guest():
             committer.alone = self._alone
             committer.thread_calls = lambda: steps.thread_calls
@@ -426,6 +428,18 @@ class Scheduler:
         `ride`: for the next commit someone waits for (see `Committer.enqueue_all`).
         """
         return self._committer.enqueue_all(records, slot.apply, ride)
+
+    def hand_over(self, slot: RunSlot, records: Sequence[Record]) -> ThreadCommit | None:
+        """Give `records` of `slot`'s run to the worker thread of its next sync step.
+
+        None: not now (see `Committer.hand_over`); commit them the usual way. Only for
+        a run executing alone (runs executing together share the writer's batches),
+        and only if a thread is free: every commit waits for a handed batch, so it must
+        not wait for a thread (abandoned attempts may hold all of them).
+        """
+        if not self._hands_over or self.executing > 1 or not self._steps.has_idle_thread():
+            return None
+        return self._committer.hand_over(records, slot.apply)
 
     @property
     def committer(self) -> Committer:

@@ -23,7 +23,7 @@ from replay._codec import encode
 from replay._commands import Step
 from replay._core._decisions import Outcome
 from replay._engine._clock import busy_thread
-from replay._engine._workers import WorkerPool, WorkerTimeout
+from replay._engine._workers import Prelude, WorkerPool, WorkerTimeout
 from replay._errors import ReplayError, StepTimeout
 
 
@@ -100,29 +100,36 @@ class StepCaller:
         self._publish: Callable[[str, str, Any], None] | None = None
 
     async def call(self, run_id: str, step: Step, attempt: int,
-                   late: Callable[[Outcome], None] | None = None) -> Outcome:
+                   late: Callable[[Outcome], None] | None = None,
+                   prelude: Prelude | None = None) -> Outcome:
         """Make attempt `attempt` of `step`; return how it ended.
 
         A `trio.Cancelled` that the engine sent (it is stopping, or the attempt lost a
         race) propagates; one that escaped the step function on its own is the attempt's
         failure. `late` is told the outcome of a sync attempt whose thread was abandoned
-        that way, once the thread finishes.
+        that way, once the thread finishes. `prelude`: what the worker thread of a sync
+        (not pure) step does first (the commit the attempt must follow).
         """
         began = trio.current_time()
         # tuple.__new__: no Python-level frame on every step's hot path.
         token = _CURRENT_STEP.set(tuple.__new__(StepContext, (run_id, step.key, attempt)))
         try:
-            value = await self._call(run_id, step, attempt,
-                                     None if step.is_async else _late(late, began))
+            late_outcome = None if step.is_async else _late(late, began, prelude)
+            value = await self._call(run_id, step, attempt, late_outcome, prelude)
         except trio.Cancelled as cancelled:
             if trio.current_effective_deadline() == -math.inf:
                 raise  # the engine cancelled this task: it is stopping
-            return Outcome(False, _stray(run_id, step, attempt, cancelled), _elapsed_ms(began))
+            return Outcome(False, _stray(run_id, step, attempt, cancelled),
+                           _elapsed_ms(began, prelude))
         except Exception as error:
-            return Outcome(False, error, _elapsed_ms(began))
+            return Outcome(False, error, _elapsed_ms(began, prelude))
         finally:
             _CURRENT_STEP.reset(token)
-        return Outcome(True, value, _elapsed_ms(began))
+        return Outcome(True, value, _elapsed_ms(began, prelude))
+
+    def has_idle_thread(self) -> bool:
+        """Whether a sync step's call would start at once (a worker thread is free)."""
+        return self._workers.has_idle_thread()
 
     @property
     def thread_calls(self) -> int:
@@ -177,7 +184,7 @@ class StepCaller:
         return publish
 
     async def _call(self, run_id: str, step: Step, attempt: int,
-                    late: Callable[[bool, Any], None] | None) -> Any:
+                    late: Callable[[bool, Any], None] | None, prelude: Prelude | None) -> Any:
         if step.pure and not step.is_async:  # a group's member: see `compute`
             return step.fn(*step.args)
         if not step.is_async:
@@ -186,7 +193,7 @@ class StepCaller:
             with busy_thread():
                 try:
                     return await self._workers.run(step.fn, *step.args, timeout=step.timeout,
-                                                   late=late)
+                                                   late=late, prelude=prelude)
                 except WorkerTimeout:
                     raise _timeout(run_id, step, attempt) from None
         if step.timeout is None:
@@ -215,12 +222,14 @@ def _stray(run_id: str, step: Step, attempt: int, cancelled: trio.Cancelled) -> 
     return error
 
 
-def _late(late: Callable[[Outcome], None] | None, began: float
+def _late(late: Callable[[Outcome], None] | None, began: float, prelude: Prelude | None
           ) -> Callable[[bool, Any], None] | None:
     if late is None:
         return None
-    return lambda ok, value: late(Outcome(ok, value, _elapsed_ms(began)))
+    return lambda ok, value: late(Outcome(ok, value, _elapsed_ms(began, prelude)))
 
 
-def _elapsed_ms(began: float) -> float:
+def _elapsed_ms(began: float, prelude: Prelude | None = None) -> float:
+    if prelude is not None and prelude.done_at is not None:
+        began = prelude.done_at  # the commit the call followed is not the step's time
     return (trio.current_time() - began) * 1000.0

@@ -21,9 +21,32 @@ import contextvars
 import queue
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import trio
+
+
+class Prelude(Protocol):
+    """Work a thread does before a call, with it (a commit the call must follow).
+
+    Attributes:
+        done_at: The loop's time (`trio.current_time`) when it was done, as the loop
+            learnt it: before the call's outcome arrives, since `run` tells the loop
+            first. None until then.
+    """
+
+    done_at: float | None
+
+    def run(self) -> bool:
+        """Do it, on the thread that then makes the call; False: make no call.
+
+        A False call hands nothing back: its waiter waits until it gives up.
+        """
+        ...
+
+    def skipped(self) -> None:
+        """Called on the loop when the call was given up before any thread took it."""
+        ...
 
 
 class WorkerTimeout(Exception):
@@ -33,12 +56,14 @@ class WorkerTimeout(Exception):
 class _Job:
     """One call: the function and its arguments, where its outcome goes, and its state."""
 
-    __slots__ = ("args", "box", "cancelled", "context", "done", "function", "late", "started")
+    __slots__ = ("args", "box", "cancelled", "context", "done", "function", "given_up", "late",
+                 "prelude", "started")
 
     def __init__(self, function: Callable[..., Any], args: tuple[Any, ...],
-                 started: trio.Event | None) -> None:
+                 started: trio.Event | None, prelude: Prelude | None) -> None:
         self.function = function
         self.args = args
+        self.prelude = prelude
         self.context = contextvars.copy_context()
         self.box: list[tuple[bool, Any]] = []
         self.done = trio.Event()
@@ -47,6 +72,7 @@ class _Job:
         self.started = started
         # None: queued; False: a thread took it; True: its waiter gave up while queued.
         self.cancelled: bool | None = None
+        self.given_up = False  # its waiter gave up, before or after a thread took it
         # Told the outcome of a call whose waiter gave up while it ran (on the loop).
         self.late: Callable[[bool, Any], None] | None = None
 
@@ -77,7 +103,8 @@ class WorkerPool:
 
     async def run(self, function: Callable[..., Any], *args: Any,
                   timeout: float | None = None,
-                  late: Callable[[bool, Any], None] | None = None) -> Any:
+                  late: Callable[[bool, Any], None] | None = None,
+                  prelude: Prelude | None = None) -> Any:
         """Run `function(*args)` in a worker thread and return its result.
 
         Args:
@@ -86,6 +113,8 @@ class WorkerPool:
             timeout: Seconds the call may run once a thread has started it.
             late: Called on the loop with ``(ok, value)`` when a call whose waiter was
                 cancelled while it ran finishes.
+            prelude: Done by the thread first (its time is not the call's: a timeout
+                counts from the end of it); skipped with the call if it never starts.
 
         Raises:
             WorkerTimeout: The call ran longer than `timeout` (it is abandoned).
@@ -93,7 +122,7 @@ class WorkerPool:
         """
         self._token = trio.lowlevel.current_trio_token()
         self.calls += 1
-        job = _Job(function, args, None if timeout is None else trio.Event())
+        job = _Job(function, args, None if timeout is None else trio.Event(), prelude)
         if len(self._threads) < self._size and self._jobs.qsize() >= self._idle:
             self._start_thread()
         self._jobs.put(job)
@@ -114,6 +143,10 @@ class WorkerPool:
             return value
         raise value
 
+    def has_idle_thread(self) -> bool:
+        """Whether a call handed over now would start at once (a thread is free for it)."""
+        return self._idle > self._jobs.qsize() or len(self._threads) < self._size
+
     def close(self) -> None:
         """Let every thread end once it has finished its current call."""
         for _ in self._threads:
@@ -129,6 +162,8 @@ class WorkerPool:
         while (job := self._next_job()) is not None:
             if not self._take(job):
                 continue  # its waiter gave up before it started: it never runs
+            if job.prelude is not None and (not job.prelude.run() or job.given_up):
+                continue  # the prelude failed, or the waiter gave up meanwhile: no call
             if job.started is not None:
                 self._notify(job.started.set)
             try:
@@ -146,9 +181,14 @@ class WorkerPool:
 
     def _give_up(self, job: _Job, late: Callable[[bool, Any], None] | None = None) -> None:
         with self._claim_lock:
-            if job.cancelled is None:
+            never_ran = job.cancelled is None
+            if never_ran:
                 job.cancelled = True
-                return
+            job.given_up = True
+        if never_ran:
+            if job.prelude is not None:
+                job.prelude.skipped()
+            return
         if late is not None and job.box:
             late(*job.box[0])  # it finished as its waiter gave up
         else:

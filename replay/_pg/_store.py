@@ -275,7 +275,7 @@ class PgStore:
                                         daemon=True)
         self._writer.start()
 
-    def commit_now(self, rows: list[tuple[Any, ...]]) -> bool:
+    def commit_now(self, rows: list[tuple[Any, ...]], wait: bool = False) -> bool:
         """Return False: engines sharing a database commit on the writer thread only."""
         return False
 

@@ -313,10 +313,12 @@ class EngineStore(Protocol):
         """Start the thread that commits batches handed to `submit`."""
         ...
 
-    def commit_now(self, rows: list[tuple[Any, ...]]) -> bool:
+    def commit_now(self, rows: list[tuple[Any, ...]], wait: bool = False) -> bool:
         """Commit `rows` in one transaction on the calling thread if the writer is idle.
 
         Returns False, having done nothing, when it cannot (hand them to `submit`).
+        `wait`: wait for the writer to be idle (asked only from a thread that may block,
+        and only of a store that commits on other threads than its writer's).
         """
         ...
 

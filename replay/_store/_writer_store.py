@@ -292,16 +292,17 @@ class Store:
         """
         self._queue.put(WriterJob(job, done))
 
-    def commit_now(self, rows: list[tuple[Any, ...]]) -> bool:
+    def commit_now(self, rows: list[tuple[Any, ...]], wait: bool = False) -> bool:
         """Commit `rows` in one transaction on the calling thread, if the writer is idle.
 
         Returns False, having done nothing, when the writer thread is busy (a batch, a
-        job, settling): hand the rows to `submit` then.
+        job, settling): hand the rows to `submit` then. `wait`: wait for the writer
+        instead (from a thread that may block, not the loop's); then it returns True.
 
         Raises:
             duckdb.Error: The commit failed (nothing of it was written).
         """
-        if not self._con_lock.acquire(blocking=False):
+        if not self._con_lock.acquire(blocking=wait):
             return False
         try:
             self._commit_rows(rows, True)
