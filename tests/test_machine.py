@@ -193,6 +193,25 @@ def waits(timeout: float | None = 60) -> Callable[[], Workflow]:
 # -- recorded keys: answered from the history, no decision --
 
 
+@pytest.mark.parametrize("attempt_number", [1, 3])
+def test_a_steps_first_outcome_folds_as_it_does_after_other_records(
+    attempt_number: int
+) -> None:
+    # A step's outcome that is its key's first record takes a short way in the fold; it
+    # must give what the general way gives (here, after the attempt's start mark).
+    value = Encoded(CODEC.encode(5), "5")
+    completed = RUN.step_completed("k", attempt_number, "fetch", value, 1.0, None)
+    started = RUN.step_started("k", attempt_number, "fetch", None)
+    short, general = RunHistory([completed]), RunHistory([started, completed])
+    assert vars_of(short.keys["k"]) == vars_of(general.keys["k"])
+    assert (short.last_key(), short.unhandled_failure()) == ("k", None)
+    assert (general.last_key(), general.unhandled_failure()) == ("k", None)
+
+
+def vars_of(entry: Any) -> dict[str, Any]:
+    return {name: getattr(entry, name) for name in type(entry).__annotations__}
+
+
 def test_recorded_steps_are_answered_with_no_decision() -> None:
     run = machine(two_steps, done("a", 10))
     first = attempt(run.start(T0))

@@ -127,6 +127,15 @@ class RunHistory:
         """Fold one record into the memo."""
         # Every replay folds every record of the run: read each field once.
         kind, event, key = record.kind, record.event, record.key
+        if (event == "completed" and kind == "step" and key is not None
+                and key not in self.keys):
+            # A replay's usual record, a step's outcome with nothing before it: what
+            # the general way below does for it, in a few lines.
+            first = self.keys[key] = KeyRecord(kind)
+            first.attempts, first.name = record.attempt or 0, record.name or None
+            first.done, first.value = True, record.value
+            self.last_step_key, self.last_was_step_failure = key, False
+            return
         if event == "late":
             return  # a cancelled attempt's outcome, for the record only
         if kind == "run":

@@ -27,6 +27,7 @@ from datetime import datetime
 from operator import itemgetter
 from typing import Any
 
+from replay._core._records import Record
 from replay._store._rows import from_epoch_us, utc_or_none
 from replay._store._schema import MEMO_COLUMNS, OPEN_COLUMNS
 
@@ -134,6 +135,25 @@ def history_rows(recent: RecentRows, read: Read, run_id: str) -> list[Row]:
     rows = [row for row in rows if row[0] <= upto]
     rows.sort(key=_first)
     return rows
+
+
+def whole_memo(recent: RecentRows, run_id: str) -> list[Record] | None:
+    """Return one run's memo records from memory, if it is whole there (else None).
+
+    Straight from its rows, which are in `seq` order (the order of the commits): a
+    replay of a run that just failed or parked reads nothing else.
+    """
+    upto = recent.last_seq  # first: see the module's docstring
+    rows, whole = recent.of(run_id)
+    if not whole:
+        return None
+    # Positional (in `Record`'s field order): one per recorded event.
+    return [Record(run_id, workflow, kind, event, key, attempt, value, None, error_type, error,
+                   tuple(error_types.split(",")) if error_types else (), name, None, None,
+                   wake_at, None, status_text, seq, generation or 0, code_version)
+            for (seq, _, workflow, key, kind, event, attempt, value, _, error_type, error, _, _,
+                 wake_at, name, error_types, _, status_text, generation, code_version) in rows
+            if seq <= upto]
 
 
 def memo_rows(recent: RecentRows, read: Read, run_id: str) -> list[Row]:

@@ -157,11 +157,9 @@ def memo_record(run_id: str, workflow: str, row: tuple[Any, ...]) -> Record:
     """Turn a row of `MEMO_COLUMNS` into a record for the memo (no `recorded_at`)."""
     (seq, key, kind, event, attempt, value, error_type, error, wake_us, name, error_types,
      status_text, generation, code_version) = row
-    return Record(
-        run_id=run_id, workflow=workflow, kind=kind, event=event, key=key, attempt=attempt,
-        value=value, error_type=error_type, error=error,
-        error_types=tuple(error_types.split(",")) if error_types else (), name=name,
-        wake_at=from_epoch_us(wake_us),
-        status_text=status_text, seq=seq, generation=generation or 0, code_version=code_version,
-    )
+    # Positional (in `Record`'s field order): a replay makes one per recorded event.
+    return Record(run_id, workflow, kind, event, key, attempt, value, None, error_type, error,
+                  tuple(error_types.split(",")) if error_types else (), name, None, None,
+                  from_epoch_us(wake_us), None, status_text, seq, generation or 0,
+                  code_version)
 

@@ -35,6 +35,7 @@ from replay._store._recent import (
     memo_rows,
     memos_rows,
     stamp,
+    whole_memo,
 )
 from replay._store._rows import (
     RunRow,
@@ -200,6 +201,9 @@ class Store:
 
     def load_memo(self, run_id: str, workflow: str) -> list[Record]:
         """Return one run's records as the memo needs them (one query, no timestamps)."""
+        records = whole_memo(self._recent, run_id)
+        if records is not None:
+            return records
         return [memo_record(run_id, workflow, row)
                 for row in memo_rows(self._recent, self._read, run_id)]
 
@@ -209,9 +213,18 @@ class Store:
             (run_id, workflow), = runs.items()
             return {run_id: self.load_memo(run_id, workflow)}
         loaded: dict[str, list[Record]] = {}
-        for row in memos_rows(self._recent, self._read, list(runs)):
-            run_id = row[0]
-            loaded.setdefault(run_id, []).append(memo_record(run_id, runs[run_id], row[1:]))
+        unknown = []  # runs not whole in memory
+        for run_id in runs:
+            records = whole_memo(self._recent, run_id)
+            if records is None:
+                unknown.append(run_id)
+            else:
+                loaded[run_id] = records
+        if unknown:
+            for row in memos_rows(self._recent, self._read, unknown):
+                run_id = row[0]
+                loaded.setdefault(run_id, []).append(memo_record(run_id, runs[run_id],
+                                                                 row[1:]))
         return loaded
 
     def purge_plan(self, cutoff: datetime, states: Sequence[str],
