@@ -41,6 +41,7 @@ HERE = Path(__file__).resolve().parent
 SCRIPTS: dict[str, tuple[str, ...]] = {
     "throughput": tuple(
         [f"sequential_{kind}" for kind in ("sync", "async")]
+        + [f"sequential_runs_{kind}" for kind in ("sync", "async")]
         + [f"concurrent_{n}_{kind}" for kind in ("sync", "async") for n in (10, 100, 1000)]
     ),
     "replay_cost": ("replay_step", "resume", "replay_step_settled", "resume_settled"),

@@ -1,4 +1,5 @@
-"""Durable steps: one run of 1,000 steps, and 10, 100 and 1,000 concurrent runs of 10.
+"""Durable steps: one run of 1,000 steps, 100 runs of 10 one at a time, and 10, 100 and
+1,000 concurrent runs of 10.
 
 Every step is durable before the workflow continues (SPEC §4.1). Each figure is
 measured on a fresh file against the raw-DuckDB floor (the cheapest durable commit of
@@ -7,7 +8,8 @@ same scratch directory; see `_floor.py`) measured in the same repetition, with t
 wide floor (replay's own 13-column row and index, same loop) beside it for information:
 
 - sequential: wall time from `start` to `result()` of one run, per step, against the
-  floor's time per INSERT (target: at most 1.3x the floor);
+  floor's time per INSERT (target: at most 1.3x the floor); and the same for 100 runs
+  of 10 steps started one after another (each run's start and end included);
 - concurrent: steps per second of N runs started together (each `start` in its own
   task, from the first `start` to the last `result()`), against the floor's INSERTs
   per second (targets: 100 runs at least 20x, 1,000 runs at least 30x the floor).
@@ -34,6 +36,8 @@ import replay
 from replay import Step
 
 SEQUENTIAL_STEPS = 1000
+SEQUENTIAL_RUNS = 100  # of STEPS_PER_RUN steps, one at a time
+SMOKE_SEQUENTIAL_RUNS = 3
 CONCURRENT = (10, 100, 1000)
 STEPS_PER_RUN = 10
 SMOKE_SEQUENTIAL = 20
@@ -79,6 +83,17 @@ async def timed_runs(path: Path, durability: str, runs: int, count: int, kind: s
         return time.perf_counter() - began
 
 
+async def timed_one_at_a_time(path: Path, durability: str, runs: int, count: int,
+                              kind: str) -> float:
+    """Seconds for `runs` runs started one after another, each awaited before the next."""
+    async with replay.open_engine(path, workflows=[steps], durability=durability) as engine:
+        began = time.perf_counter()
+        for _ in range(runs):
+            run = await engine.start(steps, count, kind)
+            assert await run.result() == count
+        return time.perf_counter() - began
+
+
 def measure(directory: Path, durability: str, runs: int, count: int, kind: str) -> float:
     path = directory / f"{kind}-{runs}x{count}.duckdb"
     return trio.run(timed_runs, path, durability, runs, count, kind)
@@ -88,6 +103,7 @@ def figures(args: Any) -> list[Figure]:
     sequential = SMOKE_SEQUENTIAL if args.smoke else SEQUENTIAL_STEPS
     concurrent = SMOKE_CONCURRENT if args.smoke else CONCURRENT
     per_run = SMOKE_STEPS_PER_RUN if args.smoke else STEPS_PER_RUN
+    one_by_one = SMOKE_SEQUENTIAL_RUNS if args.smoke else SEQUENTIAL_RUNS
     floors: list[float] = []
     wides: list[float] = []
     seconds: dict[tuple[str, int, str], list[float]] = {}
@@ -100,6 +116,9 @@ def figures(args: Any) -> list[Figure]:
             for kind in KINDS:
                 seconds.setdefault(("seq", 1, kind), []).append(
                     measure(directory, args.durability, 1, sequential, kind))
+                seconds.setdefault(("seq", one_by_one, kind), []).append(trio.run(
+                    timed_one_at_a_time, directory / f"{kind}-one-by-one.duckdb",
+                    args.durability, one_by_one, per_run, kind))
                 for runs in concurrent:
                     seconds.setdefault(("conc", runs, kind), []).append(
                         measure(directory, args.durability, runs, per_run, kind))
@@ -114,6 +133,17 @@ def figures(args: Any) -> list[Figure]:
             note=_spread(taken, sequential, per="ms/step"),
             detail={"steps": sequential, "seconds": taken, "floor_seconds_per_step": floors,
                     "wide_floor_seconds_per_step": wides},
+        ))
+    for kind in KINDS:
+        taken = seconds[("seq", one_by_one, kind)]
+        total = one_by_one * per_run
+        found.append(Figure(
+            f"sequential_runs_{kind}",
+            f"sequential: {one_by_one} runs x {per_run} steps, one at a time ({kind} step)",
+            median(taken) / total * 1000, "ms/step", TARGETS["sequential"],
+            floor=floor * 1000, wide_floor=wide * 1000,
+            note=_spread(taken, total, per="ms/step"),
+            detail={"runs": one_by_one, "steps_per_run": per_run, "seconds": taken},
         ))
     for kind in KINDS:
         for size, runs in zip(CONCURRENT, concurrent, strict=True):

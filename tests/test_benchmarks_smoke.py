@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # resident set of parked runs (shown beside the judged Python-heap figure).
 UNTARGETED = {"concurrent_10_sync", "concurrent_10_async", "parked_memory_rss"}
 FIGURES = {
-    "sequential_sync", "sequential_async",
+    "sequential_sync", "sequential_async", "sequential_runs_sync", "sequential_runs_async",
     "concurrent_10_sync", "concurrent_100_sync", "concurrent_1000_sync",
     "concurrent_10_async", "concurrent_100_async", "concurrent_1000_async",
     "replay_step", "resume", "replay_step_settled", "resume_settled",
