@@ -30,6 +30,9 @@ from replay._engine._clock import EngineClock, busy_thread
 from replay._errors import DatabaseError, LeaseLost
 from replay._store import SEQ_BLOCK, EngineStore
 
+# What a commit applies once durable, in `seq` order: each record with its run's `apply`.
+Applies = list[tuple[Callable[[Record], None], Record]]
+
 
 class Committer:
     """Collects records from many tasks and commits them in batches.
@@ -56,7 +59,7 @@ class Committer:
         self._generations = generations or {}
         self._rows: list[tuple[Any, ...]] = []
         self._waiters: list[trio.Event] = []
-        self._applies: list[tuple[Callable[[Record], None], Record]] = []
+        self._applies: Applies = []
         self._wakeup = trio.Event()
         self._runs_ended = trio.Event()
         self._woken = 0  # how many tasks the last commit woke
@@ -133,21 +136,15 @@ class Committer:
         if self._writing or self._handed is not None:
             return None
         self.enqueue_all(records, apply, ride=True)
-        rows, waiters, applies = self._rows, self._waiters, self._applies
-        self._rows, self._waiters, self._applies = [], [], []
-        self._woken = len(waiters)
-        self._handed = ThreadCommit(self._store, rows, waiters, applies,
-                                    self._thread_committed, self._put_back)
+        self._handed = ThreadCommit(self._store, *self._take_batch(), self._thread_committed,
+                                    self._put_back)
         return self._handed
 
     def _thread_committed(self, handed: ThreadCommit, error: BaseException | None) -> None:
         """On the loop: the worker thread committed the handed batch, or failed to."""
         self._handed = None
         if error is None:
-            for apply, record in handed.applies:
-                apply(record)
-            for waiter in handed.waiters:
-                waiter.set()
+            _apply_and_wake(handed.applies, handed.waiters)
         else:
             self._failure = self._failed(handed.rows, error)  # the flusher raises it
         handed.landed.set()
@@ -245,23 +242,25 @@ class Committer:
         """Commit everything pending, apply it in `seq` order, wake its waiters."""
         if not self._rows:
             return
-        rows, waiters, applies = self._rows, self._waiters, self._applies
-        self._rows, self._waiters, self._applies = [], [], []
-        self._woken = len(waiters)
+        rows, waiters, applies = self._take_batch()
 
         def durable() -> None:
             # On the loop, as soon as the commit returns: the waiting tasks wake now,
             # not after this task is scheduled again.
-            for apply, record in applies:
-                apply(record)
-            for waiter in waiters:
-                waiter.set()
+            _apply_and_wake(applies, waiters)
 
         self._writing = True
         try:
             await self._write(token, rows, durable)
         finally:
             self._writing = False
+
+    def _take_batch(self) -> tuple[list[tuple[Any, ...]], list[trio.Event], Applies]:
+        """Take everything pending (rows, waiters, applies) for one commit."""
+        rows, waiters, applies = self._rows, self._waiters, self._applies
+        self._rows, self._waiters, self._applies = [], [], []
+        self._woken = len(waiters)
+        return rows, waiters, applies
 
     async def _write(self, token: trio.lowlevel.TrioToken, rows: list[tuple[Any, ...]],
                      durable: Callable[[], None]) -> None:
@@ -339,8 +338,7 @@ class ThreadCommit:
                  "rows", "waiters")
 
     def __init__(self, store: EngineStore, rows: list[tuple[Any, ...]],
-                 waiters: list[trio.Event],
-                 applies: list[tuple[Callable[[Record], None], Record]],
+                 waiters: list[trio.Event], applies: Applies,
                  committed: Callable[[ThreadCommit, BaseException | None], None],
                  put_back: Callable[[ThreadCommit], None]) -> None:
         self._store = store
@@ -373,6 +371,14 @@ class ThreadCommit:
         # The loop hears before the call's outcome, which this thread hands back later.
         with contextlib.suppress(trio.RunFinishedError):
             self._token.run_sync_soon(landed)
+
+
+def _apply_and_wake(applies: Applies, waiters: list[trio.Event]) -> None:
+    """A batch is durable: apply its records in `seq` order, then wake its waiters."""
+    for apply, record in applies:
+        apply(record)
+    for waiter in waiters:
+        waiter.set()
 
 
 def _never() -> bool:
