@@ -54,6 +54,7 @@ class EnqueueAll(Protocol):
 
 # Takes a run's records to the worker thread of its next sync step (None: not now).
 HandOver = Callable[[RunSlot, Sequence[Record]], ThreadCommit | None]
+
 # Put in a group's outcome channel when a signal or a cancellation is committed.
 _WAKE = object()
 
