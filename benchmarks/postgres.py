@@ -29,11 +29,11 @@ every measurement, ``replay_bench_<hex>``, and drops it afterwards):
 - **the commit rate**: batches the engine committed per second, counted in this
   process by wrapping the stores' ``submit`` (through which the engine hands a batch to
   its writer thread) and ``commit_now`` (a batch a DuckDB engine commits on its own
-  thread while one run executes alone); each batch is one transaction. Counted between
-  the first `start` and the last `result()`, with the records per batch and the time
-  each took (from the call to the commit's end). Shown at the largest C, where the
-  engine commits one batch per scheduling round of all the runs; every C is in the
-  JSON line.
+  thread, or on a step's worker thread, while one run executes alone); each batch is
+  one transaction. Counted between the first `start` and the last `result()`, with the
+  records per batch and the time each took (from the call to the commit's end). Shown
+  at the largest C, where the engine commits one batch per scheduling round of all the
+  runs; every C is in the JSON line.
 
 Both floors and both engines use the same durability (``--durability``, default
 ``fsync``, the engine's default; with ``none`` the floors' sessions, like the store's,
@@ -258,9 +258,10 @@ class Commits:
 
             submit(store, rows, counted, lone)
 
-        def counted_commit_now(store: Any, rows: list[tuple[Any, ...]]) -> bool:
+        def counted_commit_now(store: Any, rows: list[tuple[Any, ...]],
+                               wait: bool = False) -> bool:
             began = time.perf_counter()
-            committed = bool(commit_now(store, rows))
+            committed = bool(commit_now(store, rows, wait))
             if committed:
                 self._add(len(rows), began)
             return committed

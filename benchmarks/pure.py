@@ -42,8 +42,8 @@ def _counting_submit() -> None:
         _commits[0] += 1
         submit(self, rows, done, lone)
 
-    def counted_now(self: Store, rows: list[tuple[Any, ...]]) -> bool:
-        committed = commit_now(self, rows)
+    def counted_now(self: Store, rows: list[tuple[Any, ...]], wait: bool = False) -> bool:
+        committed = commit_now(self, rows, wait)
         _commits[0] += committed
         return committed
 

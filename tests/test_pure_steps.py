@@ -59,8 +59,8 @@ def _counting(submit: Any, counted: list[int]) -> Any:
 
 
 def _counting_now(commit_now: Any, counted: list[int]) -> Any:
-    def counting(self: Any, rows: list[tuple[Any, ...]]) -> bool:
-        committed = bool(commit_now(self, rows))
+    def counting(self: Any, rows: list[tuple[Any, ...]], wait: bool = False) -> bool:
+        committed = bool(commit_now(self, rows, wait))
         counted[0] += committed
         return committed
 
