@@ -545,6 +545,49 @@ async def test_a_cancel_requested_by_the_running_step_itself_cancels_that_step(
     assert ("step", "completed", "first:v1") not in history
 
 
+@pytest.mark.parametrize("then", ["step", "end"])
+async def test_a_step_that_ends_by_itself_after_the_cancel_keeps_its_outcome(
+        db: str, then: str) -> None:
+    """The cancel lands while the step runs, but the step shields itself and returns.
+
+    Its outcome stands; `Cancelled` is thrown in at the workflow's next command, and a
+    run that ends there ends as it decided.
+    """
+    engines: list[replay.Engine] = []
+
+    async def shielded(tag: str) -> str:
+        run_id, _, _ = replay.current_step()
+        with trio.CancelScope(shield=True):
+            await engines[0].cancel(run_id, "from inside")
+            await trio.sleep(1)
+        TRACK.finished.append(tag)
+        return tag
+
+    @replay.workflow(name="cancel.shielded")
+    def flow(then: str) -> Flow:
+        first = yield Step("first:v1", shielded, "first")
+        if then == "end":
+            return [first, None]
+        try:
+            yield Step("next:v1", note, "next")
+        except Cancelled as error:
+            caught(error)
+            return [first, error.key]
+        return [first, "next"]
+
+    async with replay.open_engine(db, workflows=[flow]) as engine:
+        engines.append(engine)
+        run = await engine.start(flow, then, run_id="r")
+        expected = ["first", None] if then == "end" else ["first", "next:v1"]
+        assert await run.result() == expected
+        assert (await engine.get_run("r").wait()).state == RunState.COMPLETED
+        history = await events_of(engine, "r")
+    assert TRACK.finished == ["first"]
+    assert ("step", "completed", "first:v1") in history
+    if then == "step":
+        assert ("step", "cancelled", "next:v1") in history
+
+
 @replay.workflow(name="cancel.waits_first")
 def waits_first(kind: str) -> Flow:
     try:

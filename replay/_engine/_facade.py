@@ -279,9 +279,11 @@ class Engine(EngineReads):
                 return Run(self._scheduler, run_id, held.workflow)
             slot = await self._scheduler.runs.adopt(run_id)
             await self._scheduler.signal(slot, key, encoded)
-        warning = misdirected_signal(slot.info(decode), key)
-        if warning is not None:
-            log.warning(warning)
+        # Only a suspended run can wait on another key (and building its info costs).
+        if slot.status.state is RunState.SUSPENDED:
+            warning = misdirected_signal(slot.info(decode), key)
+            if warning is not None:
+                log.warning(warning)
         return Run(self._scheduler, run_id, slot.workflow)
 
     def get_run(self, run_id: str) -> Run:
