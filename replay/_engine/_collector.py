@@ -4,10 +4,12 @@ An engine holds many long-lived objects (every parked run, every history being
 replayed), and makes many more while runs step. With CPython's default first
 threshold (700 new container objects), the collector runs so often that its full
 collections, which walk every object, take half the time of waking 20,000 runs at
-once. While any engine is open in the process the first threshold is at least
-`THRESHOLD` (young garbage waits for a few megabytes instead of a few hundred
-objects); the last engine to close puts back the thresholds it found, unless they
-were changed meanwhile. A process that sets a higher threshold keeps it.
+once; with 50,000, a fifth (each young object a run holds while it waits is walked
+again and again before it is old). While any engine is open in the process the
+first threshold is at least `THRESHOLD` (young cyclic garbage waits for some tens of
+megabytes instead of a few hundred objects); the last engine to close puts back the
+thresholds it found, unless they were changed meanwhile. A process that sets a
+higher threshold keeps it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import gc
 import threading
 from collections.abc import Iterator
 
-THRESHOLD = 50_000
+THRESHOLD = 200_000
 
 _lock = threading.Lock()
 _open = 0
