@@ -15,13 +15,13 @@ not awaited: the committer commits it before the file closes).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from types import TracebackType
 from typing import Any, Protocol
 
 import trio
@@ -60,7 +60,6 @@ HandOver = Callable[[RunSlot, Sequence[Record]], ThreadCommit | None]
 _WAKE = object()
 
 
-@dataclass(slots=True)
 class _Stretch:
     """Attempts of a run made one after another under one cancel scope.
 
@@ -68,32 +67,45 @@ class _Stretch:
     then: the driver leaves the scope as soon as an attempt returns, before any other
     checkpoint, if it was cancelled meanwhile. A scope entered per attempt cost about a
     sixth of the loop's time per `async def` step with a thousand runs.
+
+    Entered as a context manager (the scope): an attempt under way that anything else
+    stops (the engine stopping, or the run being terminated) is recorded abandoned,
+    queued, not awaited (the task is being cancelled); the committer commits it before
+    the file closes. A clean stop charges nothing.
     """
 
-    scope: trio.CancelScope = dataclasses.field(default_factory=trio.CancelScope)
-    under_way: Attempt | None = None  # the attempt being made (the one cancelled)
+    __slots__ = ("_enqueue", "_machine", "_slot", "scope", "under_way")
+
+    def __init__(self, slot: RunSlot, machine: RunMachine, enqueue: Enqueue) -> None:
+        self._slot = slot
+        self._machine = machine
+        self._enqueue = enqueue
+        self.scope = trio.CancelScope()
+        self.under_way: Attempt | None = None  # the attempt being made (the one cancelled)
 
     def listen(self, record: Record) -> None:
         """A committed record of the run: its cancellation stops the attempt."""
         if record.event == "cancel_requested":
             self.scope.cancel()
 
-    @contextlib.contextmanager
-    def abandoning(self, slot: RunSlot, machine: RunMachine,
-                   enqueue: Enqueue) -> Iterator[None]:
-        """Enter the scope; an attempt that anything else stops is recorded abandoned.
+    def __enter__(self) -> _Stretch:
+        self.scope.__enter__()
+        return self
 
-        That is the engine stopping (a clean stop charges nothing) or the run being
-        terminated. Queued, not awaited (the task is being cancelled): the committer
-        commits it before the file closes.
-        """
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> bool:
         try:
-            with self.scope:
-                yield
+            caught = self.scope.__exit__(kind, error, traceback)
         except BaseException:
-            if self.under_way is not None:
-                enqueue(slot, machine.attempt_abandoned(self.under_way))
+            self._abandon()
             raise
+        if error is not None and not caught:
+            self._abandon()
+        return caught
+
+    def _abandon(self) -> None:
+        if self.under_way is not None:
+            self._enqueue(self._slot, self._machine.attempt_abandoned(self.under_way))
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,8 +178,8 @@ class Driver:
             action = machine.wake(self._clock.now)
         after_pure = False  # whether `action` follows a pure attempt
         while True:
-            stretch = _Stretch()
-            with stretch.abandoning(slot, machine, self._enqueue):
+            stretch = _Stretch(slot, machine, self._enqueue)
+            with stretch:
                 ended = await self._stretch(slot, machine, action, after_pure, stretch)
             if stretch.scope.cancelled_caught:
                 action, after_pure = machine.cancel(self._clock.now, stretch.under_way), False
@@ -311,8 +323,8 @@ class Driver:
         Under a scope of its own, so that its end is committed under the first-attempt
         lock. None: the run's cancellation stopped it.
         """
-        first = _Stretch()
-        with first.abandoning(slot, machine, self._enqueue):
+        first = _Stretch(slot, machine, self._enqueue)
+        with first:
             return await self._call(slot, machine, attempt, first, (start,))
         return None
 
