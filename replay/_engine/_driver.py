@@ -39,13 +39,12 @@ from replay._core._records import Record
 from replay._engine._clock import EngineClock
 from replay._engine._committer import ThreadCommit
 from replay._engine._family import Family
-from replay._engine._rounds import EnqueueAll, Rounds
+from replay._engine._rounds import Enqueue, EnqueueAll, Rounds
 from replay._engine._slots import RunSlot
 from replay._engine._steps import StepCaller
 
 log = logging.getLogger("replay")
 
-Enqueue = Callable[[RunSlot, Record], trio.Event]
 # Takes a run's records to the worker thread of its next sync step (None: not now).
 HandOver = Callable[[RunSlot, Sequence[Record]], ThreadCommit | None]
 

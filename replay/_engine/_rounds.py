@@ -28,6 +28,9 @@ from replay._engine._steps import StepCaller
 # Put in a group's outcome channel when a signal or a cancellation is committed.
 _WAKE = object()
 
+# Queues a record for the next group commit; returns an event set once it is durable.
+Enqueue = Callable[[RunSlot, Record], trio.Event]
+
 
 class Commit(Protocol):
     """Makes a run's records durable (with the child runs its machine starts or stops)."""
@@ -56,9 +59,8 @@ class Rounds:
         stopping: Tells whether the engine is stopping.
     """
 
-    def __init__(self, enqueue: Callable[[RunSlot, Record], trio.Event],
-                 enqueue_all: EnqueueAll, commit: Commit, clock: EngineClock,
-                 steps: StepCaller, stopping: Callable[[], bool]) -> None:
+    def __init__(self, enqueue: Enqueue, enqueue_all: EnqueueAll, commit: Commit,
+                 clock: EngineClock, steps: StepCaller, stopping: Callable[[], bool]) -> None:
         self._enqueue = enqueue
         self._enqueue_all = enqueue_all
         self._commit = commit
