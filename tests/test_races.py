@@ -466,7 +466,8 @@ async def test_a_signal_while_a_woken_run_loads_its_history_is_not_lost(
         else:
             run = await parked(engine, approval, "sl", 60)
         # The woken run's history query returns late (a slow thread hand-off), after a
-        # signal for its Suspend was recorded: the query saw the table before it.
+        # signal for its Suspend was recorded: the query saw the table before it. (Its
+        # records are in memory: the store is told they are not, so that it reads.)
         store = internals(engine).store
         load_memo = store.load_memo
         loaded, released = threading.Event(), threading.Event()
@@ -479,6 +480,7 @@ async def test_a_signal_while_a_woken_run_loads_its_history_is_not_lost(
             return records
 
         store.load_memo = late_load  # type: ignore[method-assign]
+        store.memo_at_hand = lambda run_id, workflow: None  # type: ignore[method-assign]
         deadline = engine.status("sl").wake_at
         assert deadline is not None
         await trio.sleep((deadline - engine.now()).total_seconds() - 0.001)

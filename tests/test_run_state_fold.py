@@ -26,7 +26,8 @@ from replay._codec._export import read_history
 from replay._core._records import Encoded, ErrorText, Record, Run
 from replay._core._state import RunStatus, fold
 from replay._store import Store, record_row, utc_or_none
-from replay._store._schema import TABLE_COLUMNS
+from replay._store._rows import RunRow, run_row
+from replay._store._schema import ONE_RUN, TABLE_COLUMNS
 from replay._types import RunState
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
@@ -279,3 +280,113 @@ def test_the_hook_records_a_disagreement_when_a_store_closes(tmp_path: Path) -> 
     assert problem.endswith("= ('completed', None, None, None, None, None, None, None, 0), the "
                             "fold of its 1 records gives ('running', None, None, None, None, "
                             "None, None, None, 0)")
+
+
+# -- (c) the store's fold of one run agrees with the query the read-only access uses --
+
+
+def more_runs() -> list[Record]:
+    """Runs beyond `hand_written`: notes, a child, a new generation, a deadline."""
+    noted, child, renewed = Run("noted", "wf"), Run("child", "wf"), Run("renewed", "wf")
+    again = renewed.suspended("s", None, "again")
+    again.generation = 1
+    return [
+        noted.started(enc([]), deadline=at(500)), noted.note("n1", enc(1), "first"),
+        noted.sleep_scheduled("nap", at(60)), noted.note("n2", enc({"a": 2}), "second"),
+        child.started(enc([]), parent=("noted", "kid")),
+        child.step_completed("a", 1, "m.f", enc(1), 1.0, None),
+        renewed.started(enc([])), renewed.completed(enc(1)),
+        renewed.continued(enc([2]), 1), again,
+        Run("no-start", "wf").step_completed("a", 1, "m.f", enc(1), 1.0, None),
+    ]
+
+
+def _one_run(store: Store, run_id: str) -> RunRow | None:
+    rows = store._read(ONE_RUN, [run_id])
+    return run_row(rows[0], store.path) if rows else None
+
+
+def _commit(store: Store, records: list[Record]) -> None:
+    committed = threading.Event()
+    store.submit([record_row(record) for record in records], lambda _: committed.set())
+    assert committed.wait(30)
+
+
+def test_the_store_folds_a_run_as_the_one_run_query_does(tmp_path: Path) -> None:
+    records = [record for made, _ in hand_written().values() for record in made]
+    records += more_runs()
+    for seq, record in enumerate(records, start=1):
+        record.seq, record.recorded_at = seq, at(seq)
+    run_ids = sorted({record.run_id for record in records} | {"unknown"})
+    path = str(tmp_path / "fold.duckdb")
+    store = Store(path, "none")
+    store.start_writer()
+    try:
+        for begin in range(0, len(records), 4):  # small batches: rows in the hot log
+            _commit(store, records[begin:begin + 4])
+        for run_id in run_ids:
+            assert store.run_row(run_id) == _one_run(store, run_id), run_id
+    finally:
+        store.close()
+    con = duckdb.connect(path)  # settled by the close; then damaged by hand
+    con.execute("UPDATE replay_event_log SET workflow = NULL "
+                "WHERE run_id = 'sleeping' AND event = 'started'")
+    con.execute("UPDATE replay_event_log SET run_state = 'bogus' "
+                "WHERE run_id = 'completed' AND event = 'completed'")
+    con.execute("UPDATE replay_event_log SET recorded_at = NULL "
+                "WHERE run_id = 'failed' AND event = 'started'")
+    # No record with a state (and no time, so the session's view check skips it).
+    con.execute("UPDATE replay_event_log SET run_state = NULL, recorded_at = NULL "
+                "WHERE run_id = 'cancelled' AND event = 'cancelled'")
+    con.execute("UPDATE replay_event_log SET run_state = NULL WHERE run_id = 'cancelled'")
+    con.close()
+    store = Store(path, "none")
+    store.start_writer()
+    try:
+        for run_id in run_ids:  # every row in the table
+            assert store.run_row(run_id) == _one_run(store, run_id), run_id
+        later = Run("noted", "wf").note("n3", enc(3), "third")
+        later.seq, later.recorded_at = len(records) + 1, at(len(records) + 1)
+        _commit(store, [later])  # rows in both
+        assert store.run_row("noted") == _one_run(store, "noted")
+        assert store.run_row("noted").note_text == "third"  # type: ignore[union-attr]
+        assert store.run_row("completed").state == "failed"  # type: ignore[union-attr]
+        assert store.run_row("cancelled") is None
+        assert store.run_row("no-start") is None
+    finally:
+        store.close()
+
+
+def test_a_resume_reads_a_run_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `run_row` keeps the rows it read for the memo load that follows; a commit in
+    # between (here another run's) makes that load read again.
+    run, other = Run("r1", "wf"), Run("r2", "wf")
+    records = [run.started(enc([])), run.step_completed("a", 1, "m.f", enc(1), 1.0, None),
+               run.suspended("s", None, None), other.started(enc([]))]
+    for seq, record in enumerate(records, start=1):
+        record.seq, record.recorded_at = seq, at(seq)
+    path = str(tmp_path / "once.duckdb")
+    write_file(path, records)
+    store = Store(path, "none")
+    store.start_writer()
+    reads: list[str] = []
+    read = Store._read
+
+    def counted(self: Store, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
+        reads.append(sql)
+        return read(self, sql, params)
+
+    monkeypatch.setattr(Store, "_read", counted)
+    try:
+        memo = store.load_memo("r1", "wf")
+        reads.clear()
+        assert store.run_row("r1") is not None
+        assert store.load_memo("r1", "wf") == memo
+        assert len(reads) == 1
+        assert store.run_row("r1") is not None
+        _commit(store, [Record("r2", "wf", "run", "completed", seq=5, recorded_at=at(5),
+                               run_state="completed")])
+        assert store.load_memo("r1", "wf") == memo
+        assert len(reads) == 3
+    finally:
+        store.close()

@@ -53,6 +53,9 @@ class MemoLoader:
             DatabaseError: The file could not be read.
             EngineClosed: The engine stopped before the records were read.
         """
+        records = self._store.memo_at_hand(run_id, workflow)
+        if records is not None:  # nothing to read: no thread, no batch
+            return records
         if not self._running:  # not started (or stopped): read it alone
             return await in_thread(self._store.load_memo, run_id, workflow)
         request = _Request(run_id, workflow)

@@ -233,6 +233,10 @@ class PgStore:
         """
         return self._read(_reads.load_history, run_id, self.path)
 
+    def memo_at_hand(self, run_id: str, workflow: str) -> list[Record] | None:
+        """Return None: this store keeps no rows in memory, so every memo is read."""
+        return None
+
     def load_memo(self, run_id: str, workflow: str) -> list[Record]:
         """Return one run's records as the memo needs them."""
         return self._read(_reads.load_memo, run_id, workflow)

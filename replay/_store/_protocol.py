@@ -277,6 +277,10 @@ class EngineStore(Protocol):
         """Return every record of one run in `seq` order."""
         ...
 
+    def memo_at_hand(self, run_id: str, workflow: str) -> list[Record] | None:
+        """Return one run's memo records if they are in memory (no read), else None."""
+        ...
+
     def load_memo(self, run_id: str, workflow: str) -> list[Record]:
         """Return one run's records as the memo needs them."""
         ...

@@ -38,6 +38,10 @@ Read = Callable[[str, list[Any]], list[Row]]  # runs a query on the store's conn
 # dozen rows costs more than their read by the index.
 _HISTORY = f"SELECT {OPEN_COLUMNS} FROM replay_event_log WHERE run_id = $1"
 _MEMO = f"SELECT {MEMO_COLUMNS} FROM replay_event_log WHERE run_id = $1"
+# A run's rows for its state: the memo's columns, then its workflow, state and time. A
+# resume reads the state, then the memo: one read serves both (see `Store.run_row`).
+_STATE = (f"SELECT {MEMO_COLUMNS}, workflow, run_state, epoch_us(recorded_at) "
+          "FROM replay_event_log WHERE run_id = $1")
 _MEMOS = (f"SELECT run_id, {MEMO_COLUMNS} FROM replay_event_log "
           "WHERE run_id IN (SELECT unnest($1::VARCHAR[]))")
 _first = itemgetter(0)
@@ -95,14 +99,23 @@ class RecentRows:
         return run_id in self._index[0]
 
 
+def state_row(row: Row) -> Row:
+    """Turn a row of `replay_event_log` into a row of `_STATE`."""
+    return (*memo_row(row), row[2], row[16], _epoch_us(row[11]))
+
+
 def memo_row(row: Row) -> Row:
     """Turn a row of `replay_event_log` into a row of `MEMO_COLUMNS`."""
     (seq, _run_id, _workflow, key, kind, event, attempt, value, _value_json, error_type,
      error, _recorded_at, _duration_ms, wake_at, name, error_types, _run_state, status_text,
      generation, code_version) = row
-    wake_us = None if wake_at is None else round(wake_at.timestamp() * 1_000_000)
-    return (seq, key, kind, event, attempt, value, error_type, error, wake_us, name,
+    return (seq, key, kind, event, attempt, value, error_type, error, _epoch_us(wake_at), name,
             error_types, status_text, generation or None, code_version)
+
+
+def _epoch_us(at: datetime | None) -> int | None:
+    # Exact: below 2**53 microseconds (year 2255) a double holds every microsecond.
+    return None if at is None else round(at.timestamp() * 1_000_000)
 
 
 def merged(rows: list[Row], recent: list[Row], seq_at: int) -> list[Row]:
@@ -165,6 +178,17 @@ def memo_rows(recent: RecentRows, read: Read, run_id: str) -> list[Row]:
         memo = merged([row for row in read(_MEMO, [run_id]) if row[0] <= upto], memo, 0)
     memo.sort(key=_first)
     return memo
+
+
+def state_rows(recent: RecentRows, read: Read, run_id: str) -> list[Row]:
+    """Return the rows of `_STATE` of one run in `seq` order (see `fold_summary`)."""
+    upto = recent.last_seq  # first: see the module's docstring
+    rows, whole = recent.of(run_id)
+    found = [state_row(row) for row in rows if row[0] <= upto]
+    if not whole:
+        found = merged([row for row in read(_STATE, [run_id]) if row[0] <= upto], found, 0)
+    found.sort(key=_first)
+    return found
 
 
 def memos_rows(recent: RecentRows, read: Read, run_ids: list[str]) -> list[Row]:

@@ -35,10 +35,12 @@ from replay._store._recent import (
     memo_rows,
     memos_rows,
     stamp,
+    state_rows,
     whole_memo,
 )
 from replay._store._rows import (
     RunRow,
+    fold_summary,
     history_records,
     memo_record,
     open_record,
@@ -47,7 +49,6 @@ from replay._store._rows import (
     utc_or_none,
 )
 from replay._store._schema import (
-    ONE_RUN,
     OPEN_RUN_ROWS,
     OPEN_STATES,
     RUN_SUMMARY,
@@ -58,7 +59,6 @@ from replay._store._schema import (
 T = TypeVar("T")
 
 
-_ONE_RUN = by_recency(ONE_RUN)
 _RUN_WORKFLOW = by_recency(RUN_WORKFLOW)
 
 
@@ -127,6 +127,8 @@ class Store:
         self._recent = RecentRows(newest[0][0] or 0)
         self._last_commit = 0.0  # time.monotonic() of the last commit
         self._settle_asked = False  # `commit_now` queued a job to settle the hot log
+        # The run `run_row` read last: its id, the newest `seq` then, its rows.
+        self._read_ahead: tuple[str, int, list[tuple[Any, ...]]] | None = None
 
     # -- reads (each on its own cursor: a DuckDB connection is single-threaded) --
 
@@ -148,13 +150,18 @@ class Store:
         return OpenRuns(list(runs.values()), parked)
 
     def run_row(self, run_id: str) -> RunRow | None:
-        """Return one run's state (by the run_id index), or None if there is no such run."""
-        upto, recent = self._recent.last_seq, self._recent.has(run_id)
-        rows = self._read(_ONE_RUN[recent], [run_id])
-        if not recent and self._recent.last_seq != upto:
-            # Rows committed meanwhile may be in either table: read both at once.
-            rows = self._read(_ONE_RUN[True], [run_id])
-        return run_row(rows[0], self.path) if rows else None
+        """Return one run's state (by the run_id index), or None if there is no such run.
+
+        Its rows are kept for a `load_memo` of the run right after, with nothing
+        committed in between (a resume): that load then reads nothing.
+        """
+        upto = self._recent.last_seq
+        rows = state_rows(self._recent, self._read, run_id)
+        summary = fold_summary(run_id, rows)
+        if summary is None:
+            return None
+        self._read_ahead = (run_id, upto, rows)
+        return run_row(summary, self.path)
 
     def last_seq_and_time(self) -> tuple[int, datetime | None]:
         """Return the largest `seq` and `recorded_at` in the file."""
@@ -199,9 +206,21 @@ class Store:
         return history_records(history_rows(self._recent, self._read, run_id), self.path,
                                stamp)
 
+    def memo_at_hand(self, run_id: str, workflow: str) -> list[Record] | None:
+        """Return one run's memo records if they need no read, else None.
+
+        They need none when the run is whole in the hot log's rows (see `RecentRows`),
+        or when `run_row` just read its rows and nothing was committed since.
+        """
+        ahead = self._read_ahead
+        if ahead is not None and ahead[0] == run_id and ahead[1] == self._recent.last_seq:
+            self._read_ahead = None
+            return [memo_record(run_id, workflow, row[:14]) for row in ahead[2]]
+        return whole_memo(self._recent, run_id)
+
     def load_memo(self, run_id: str, workflow: str) -> list[Record]:
         """Return one run's records as the memo needs them (one query, no timestamps)."""
-        records = whole_memo(self._recent, run_id)
+        records = self.memo_at_hand(run_id, workflow)
         if records is not None:
             return records
         return [memo_record(run_id, workflow, row)
@@ -214,8 +233,8 @@ class Store:
             return {run_id: self.load_memo(run_id, workflow)}
         loaded: dict[str, list[Record]] = {}
         unknown = []  # runs not whole in memory
-        for run_id in runs:
-            records = whole_memo(self._recent, run_id)
+        for run_id, workflow in runs.items():
+            records = self.memo_at_hand(run_id, workflow)
             if records is None:
                 unknown.append(run_id)
             else:
