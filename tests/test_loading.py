@@ -9,6 +9,7 @@ store's `load_memos` is wrapped to count its calls; it still does the reading).
 from __future__ import annotations
 
 import math
+import re
 import threading
 from collections.abc import Generator
 from pathlib import Path
@@ -22,6 +23,7 @@ import replay
 from replay import Suspend
 from replay._engine._lookups import RunLookups
 from replay._store import Store
+from replay._store._recent import _MEMO
 from replay.testing import wait_for_state
 
 RUNS = 300
@@ -197,3 +199,42 @@ async def test_a_cancelled_look_leaves_the_others_theirs(
     expected = {"there": True, "nowhere": False, "gone": False}
     assert answers == {run_id: expected[run_id] for run_id in scopes if run_id != reader}
     assert len(reads) == 1
+
+
+@replay.workflow(name="loading.long")
+def long_run(steps: int) -> Generator[Any, Any, Any]:
+    for i in range(steps):
+        yield replay.Step(f"s{i}", str, i)
+    return (yield Suspend("go"))
+
+
+def _scan_type(store: Store, run_id: str) -> str:
+    """How DuckDB reads one run's memo rows: "Index Scan" or "Sequential Scan"."""
+    cursor = store._con.cursor()
+    try:
+        plan = cursor.execute(f"EXPLAIN ANALYZE {_MEMO}", [run_id]).fetchall()[0][1]
+    finally:
+        cursor.close()
+    found = re.search(r"Type: (\w+ Scan)", plan)
+    assert found is not None, plan
+    return found.group(1)
+
+
+async def test_a_long_run_is_read_by_a_scan_and_a_short_one_by_the_index(
+        tmp_path: Path) -> None:
+    # Fetching rows one by one through the run_id index costs far more per row than a
+    # scan of a small table: past a few dozen rows (or 0.1 % of the table) replay scans.
+    path = tmp_path / "scans.duckdb"
+    async with replay.open_engine(path, workflows=[long_run], durability="none") as engine:
+        for run_id, steps in (("long", 300), ("short", 5)):
+            await (await engine.start(long_run, steps, run_id=run_id)).wait()
+    store = Store(str(path), "none")
+    try:
+        assert _scan_type(store, "long") == "Sequential Scan"
+        assert _scan_type(store, "short") == "Index Scan"
+        assert len(store.load_memo("long", "loading.long")) == 302
+    finally:
+        store.close()
+    async with replay.open_engine(path, workflows=[long_run], durability="none") as engine:
+        run = await engine.signal("long", "go", "now")
+        assert await run.result() == "now"
