@@ -150,7 +150,7 @@ class Store:
         return OpenRuns(list(runs.values()), parked)
 
     def run_row(self, run_id: str) -> RunRow | None:
-        """Return one run's state (by the run_id index), or None if there is no such run.
+        """Return one run's state (one read of its rows), or None if there is no such run.
 
         Its rows are kept for a `load_memo` of the run right after, with nothing
         committed in between (a resume): that load then reads nothing.
@@ -158,10 +158,8 @@ class Store:
         upto = self._recent.last_seq
         rows = state_rows(self._recent, self._read, run_id)
         summary = fold_summary(run_id, rows)
-        if summary is None:
-            return None
-        self._read_ahead = (run_id, upto, rows)
-        return run_row(summary, self.path)
+        self._read_ahead = None if summary is None else (run_id, upto, rows)
+        return None if summary is None else run_row(summary, self.path)
 
     def last_seq_and_time(self) -> tuple[int, datetime | None]:
         """Return the largest `seq` and `recorded_at` in the file."""
