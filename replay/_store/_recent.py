@@ -171,22 +171,22 @@ def whole_memo(recent: RecentRows, run_id: str) -> list[Record] | None:
 
 def memo_rows(recent: RecentRows, read: Read, run_id: str) -> list[Row]:
     """Return the rows of `MEMO_COLUMNS` of one run in `seq` order."""
-    upto = recent.last_seq
-    rows, whole = recent.of(run_id)
-    memo = [memo_row(row) for row in rows if row[0] <= upto]
-    if not whole:
-        memo = merged([row for row in read(_MEMO, [run_id]) if row[0] <= upto], memo, 0)
-    memo.sort(key=_first)
-    return memo
+    return _run_rows(recent, read, run_id, _MEMO, memo_row)
 
 
 def state_rows(recent: RecentRows, read: Read, run_id: str) -> list[Row]:
     """Return the rows of `_STATE` of one run in `seq` order (see `fold_summary`)."""
+    return _run_rows(recent, read, run_id, _STATE, state_row)
+
+
+def _run_rows(recent: RecentRows, read: Read, run_id: str, query: str,
+              shaped: Callable[[Row], Row]) -> list[Row]:
+    """One run's rows as `query` reads them from the table, `shaped` from memory."""
     upto = recent.last_seq  # first: see the module's docstring
     rows, whole = recent.of(run_id)
-    found = [state_row(row) for row in rows if row[0] <= upto]
+    found = [shaped(row) for row in rows if row[0] <= upto]
     if not whole:
-        found = merged([row for row in read(_STATE, [run_id]) if row[0] <= upto], found, 0)
+        found = merged([row for row in read(query, [run_id]) if row[0] <= upto], found, 0)
     found.sort(key=_first)
     return found
 

@@ -64,9 +64,9 @@ def fold_summary(run_id: str, rows: list[tuple[Any, ...]]) -> tuple[Any, ...] | 
     """Fold one run's rows, in `seq` order, into a row of `RUN_SUMMARY` (see `run_row`).
 
     The rows are `MEMO_COLUMNS` followed by ``workflow, run_state, recorded_at`` (epoch
-    microseconds). The fold is ``ONE_RUN``'s, in Python: for a run read by its index,
-    DuckDB's aggregate with its filters costs about twice the plain read. None if the
-    run has no start or no state-carrying record (it is not a run, or not yet).
+    microseconds). The fold is ``ONE_RUN``'s, in Python: DuckDB's aggregate with its
+    filters costs about twice the plain read of the same rows. None if the run has no
+    start or no state-carrying record (it is not a run, or not yet).
     """
     started = latest = note = None
     updated = None
