@@ -5,8 +5,10 @@ Both derive a run's state from its newest state-carrying record: the fold in Pyt
 query). Here the golden histories under ``tests/histories`` and hand-written ones are
 written into real database files through the store's writer, and the view is read back
 and compared with the fold of the same records. The session-wide hook in ``conftest.py``
-makes the same comparison for every file any test closes; the last tests check that
-the hook is in place and that it catches a view that disagrees.
+makes the same comparison for every file any test closes; the next tests check that
+the hook is in place and that it catches a view that disagrees. The last ones check the
+store's own fold of one run (`Store.run_row`, in Python) against the SQL aggregate the
+read-only access uses (``ONE_RUN``), and that a resume reads a run once.
 """
 
 from __future__ import annotations
