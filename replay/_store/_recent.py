@@ -140,14 +140,11 @@ def stamp(value: int | datetime | None) -> datetime | None:
 
 
 def history_rows(recent: RecentRows, read: Read, run_id: str) -> list[Row]:
-    """Return the rows of `OPEN_COLUMNS` of one run in `seq` order (see `stamp`)."""
-    upto = recent.last_seq  # first: see the module's docstring
-    rows, whole = recent.of(run_id)
-    if not whole:
-        rows = merged(read(_HISTORY, [run_id]), rows, 0)
-    rows = [row for row in rows if row[0] <= upto]
-    rows.sort(key=_first)
-    return rows
+    """Return the rows of `OPEN_COLUMNS` of one run in `seq` order (see `stamp`).
+
+    Rows from memory stay table rows (`stamp` reads both kinds of timestamp).
+    """
+    return _run_rows(recent, read, run_id, _HISTORY, _as_is)
 
 
 def whole_memo(recent: RecentRows, run_id: str) -> list[Record] | None:
@@ -177,6 +174,10 @@ def memo_rows(recent: RecentRows, read: Read, run_id: str) -> list[Row]:
 def state_rows(recent: RecentRows, read: Read, run_id: str) -> list[Row]:
     """Return the rows of `_STATE` of one run in `seq` order (see `fold_summary`)."""
     return _run_rows(recent, read, run_id, _STATE, state_row)
+
+
+def _as_is(row: Row) -> Row:
+    return row
 
 
 def _run_rows(recent: RecentRows, read: Read, run_id: str, query: str,
