@@ -15,6 +15,7 @@ to infinity while any worker-thread call is outstanding.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -24,18 +25,40 @@ import trio.testing
 
 T = TypeVar("T")
 
-_MAX_DRIFT = timedelta(seconds=1)
+_MAX_DRIFT_US = 1_000_000  # how far the wall clock may run ahead before the clock catches up
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_US = timedelta(microseconds=1)
+# From the epoch to 2**32 seconds after it (1970-2106) a float of seconds lies within
+# 0.25 us of every microsecond, which `datetime.fromtimestamp` rounds back exactly: half
+# the cost of adding a timedelta, on a path taken for every record.
+_FLOAT_EXACT_US = 2**32 * 1_000_000
 _GUARD: trio.lowlevel.RunVar[_ThreadGuard] = trio.lowlevel.RunVar("replay_thread_guard")
 
 
 class _Anchor:
-    """Which wall-clock instant trio's time `zero` is; shared by a trio run's engines."""
+    """Which wall-clock instant trio's time `zero` is; shared by a trio run's engines.
 
-    __slots__ = ("wall", "zero")
+    `wall_us`: that instant in microseconds since the epoch (integers keep every
+    reading exact).
+    """
+
+    __slots__ = ("wall_us", "zero")
 
     def __init__(self, wall: datetime, zero: float) -> None:
-        self.wall = wall
+        self.wall_us = micros(wall)
         self.zero = zero
+
+
+def micros(moment: datetime) -> int:
+    """Return the aware `moment` in microseconds since the epoch."""
+    return (moment - _EPOCH) // _ONE_US
+
+
+def moment(us: int) -> datetime:
+    """Return the aware UTC datetime `us` microseconds after the epoch."""
+    if 0 <= us < _FLOAT_EXACT_US:
+        return datetime.fromtimestamp(us / 1_000_000, UTC)
+    return _EPOCH + timedelta(microseconds=us)
 
 
 _ANCHOR: trio.lowlevel.RunVar[_Anchor] = trio.lowlevel.RunVar("replay_anchor")
@@ -74,24 +97,26 @@ class EngineClock:
             self._anchor = _Anchor(datetime.now(UTC), trio.current_time())
             _ANCHOR.set(self._anchor)
         self._virtual = isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock)
-        if floor is not None and self.now() < floor:
-            self._anchor.wall += floor - self.now()
+        if floor is not None:
+            behind = micros(floor) - micros(self.now())
+            if behind > 0:
+                self._anchor.wall_us += behind
 
     def now(self) -> datetime:
         """Return the current engine time, aware, in UTC."""
         anchor = self._anchor
-        now = anchor.wall + timedelta(seconds=trio.current_time() - anchor.zero)
+        us = anchor.wall_us + round((trio.current_time() - anchor.zero) * 1_000_000)
         if not self._virtual:
             # The wall clock ran ahead (machine suspended, NTP step): catch up at once.
-            wall = datetime.now(UTC)
-            if wall - now > _MAX_DRIFT:
-                anchor.wall += wall - now
-                return wall
-        return now
+            wall_us = time.time_ns() // 1000
+            if wall_us - us > _MAX_DRIFT_US:
+                anchor.wall_us += wall_us - us
+                us = wall_us
+        return moment(us)
 
     def trio_deadline(self, at: datetime) -> float:
         """Return the trio clock reading at which the engine clock reads `at`."""
-        return self._anchor.zero + (at - self._anchor.wall).total_seconds()
+        return self._anchor.zero + (micros(at) - self._anchor.wall_us) / 1_000_000
 
     def is_virtual(self) -> bool:
         """Tell whether trio runs on a mock clock (virtual time)."""
