@@ -5,11 +5,13 @@ goes on at once and its outcome rides the run's next commit; an ordinary step st
 waits for its own. Commits are counted where they happen (`Store.submit` for the
 writer thread, `Store.commit_now` for the engine's own thread: one transaction per
 batch) on real DuckDB files; a SIGKILL inside a pure step shows
-that a crash re-runs exactly the uncommitted pure steps and no ordinary step.
+that a crash re-runs exactly the uncommitted pure steps and no ordinary step. A long
+streak of pure steps lets the engine's other tasks run every few dozen steps.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 from collections import Counter
@@ -24,6 +26,7 @@ from childproc import ChildProcess
 
 import replay
 from replay import Retry, Step
+from replay._engine._driver import PURE_STEPS_PER_YIELD
 from replay._pg._store import PgStore
 from replay._store import Store
 
@@ -300,3 +303,44 @@ async def test_a_stopping_engine_interrupts_an_async_pure_step(db: str) -> None:
                                  "WHERE run_id = 'g' AND kind = 'step' ORDER BY seq")
     assert calls == {"gated": 2, "effect": 1}
     assert ("p", "completed") in steps and steps[-1] == ("effect", "completed")
+
+
+ticks = [0]  # how often another task ran (see the test below)
+
+
+def observe_ticks(value: int) -> int:
+    calls["observe"] += 1
+    threads.append(ticks[0])
+    return value + 1
+
+
+@replay.workflow(name="pure_streak")
+def streak(steps: int) -> Generator[Any, Any, int]:
+    value = 0
+    for i in range(steps):
+        value = yield Step(f"p{i}", observe_ticks, value, pure=True)
+    return value
+
+
+async def test_a_long_streak_of_pure_steps_lets_the_engine_do_other_work(db: str) -> None:
+    # A streak of pure steps waits for nothing; it still gives the loop to the engine's
+    # other tasks (other runs, timers, signals, the flusher) every few dozen steps.
+    ticks[0] = 0
+
+    async def ticker() -> None:
+        while True:
+            ticks[0] += 1
+            await trio.lowlevel.checkpoint()
+
+    async with replay.open_engine(db, workflows=[streak]) as engine, \
+            trio.open_nursery() as nursery:
+        nursery.start_soon(ticker)
+        assert await (await engine.start(streak, 200)).result() == 200
+        nursery.cancel_scope.cancel()
+    seen = threads  # the ticker's count as each pure step ran
+    assert len(seen) == 200
+    # The ticker runs once per scheduling round, before or after the run's task (trio
+    # orders each round at random): at most two yields' worth of steps see one count.
+    longest = max(len(list(same)) for _, same in itertools.groupby(seen))
+    assert longest <= 2 * PURE_STEPS_PER_YIELD
+    assert seen[-1] - seen[0] >= 200 // PURE_STEPS_PER_YIELD - 1

@@ -48,6 +48,11 @@ log = logging.getLogger("replay")
 # Takes a run's records to the worker thread of its next sync step (None: not now).
 HandOver = Callable[[RunSlot, Sequence[Record]], ThreadCommit | None]
 
+# A streak of pure steps waits for nothing, so it would keep the loop from every other
+# task (other runs, timers, signals, the flusher) until it ends: it lets them have it
+# after this many steps (a few milliseconds of steps for one scheduling round).
+PURE_STEPS_PER_YIELD = 32
+
 
 class _Stretch:
     """Attempts of a run made one after another under one cancel scope.
@@ -186,6 +191,7 @@ class Driver:
         cancellation cancelled the scope just as an attempt ended by itself: the run
         goes on under a fresh scope, and its next decision takes the cancellation.
         """
+        pure_streak = 0
         while True:
             for warning in action.warnings:
                 log.warning(warning)
@@ -202,6 +208,11 @@ class Driver:
                     return None  # the run ended with its first attempt: already committed
                 after_pure = action.step.pure
                 action = after
+                pure_streak = pure_streak + 1 if after_pure else 0
+                if pure_streak == PURE_STEPS_PER_YIELD:
+                    pure_streak = 0
+                    # Shielded: the run's cancellation is taken just below, at a decision.
+                    await trio.lowlevel.cancel_shielded_checkpoint()
                 if stretch.scope.cancel_called:
                     return _Resume(action, after_pure)
             elif isinstance(action, Attempts):
