@@ -50,6 +50,7 @@ SCRIPTS: dict[str, tuple[str, ...]] = {
     "big_file": ("history_1m", "open_1m"),
     "groups": ("group_all_1000", "children_1000"),
     "pure": ("pure_100_sync", "pure_100_async", "pure_1000_sync"),
+    "busy_thread": ("busy_thread_async", "busy_thread_sync"),
 }
 PARKED_TARGET = Target("value", "<=", 5.0, "<= 5 KB")
 

@@ -24,7 +24,6 @@ import trio
 from replay._channel._protocol import channel_supported
 from replay._engine._channel_server import ChannelServer
 from replay._engine._clock import EngineClock, in_thread
-from replay._engine._collector import collector_tuned
 from replay._engine._facade import Engine, internals
 from replay._engine._options import (
     checked_code_version,
@@ -38,6 +37,7 @@ from replay._engine._options import (
 )
 from replay._engine._retention import Retention
 from replay._engine._shared import SharedRuns
+from replay._engine._tuning import tuned_for_engines
 from replay._engine._ui_backend import serve_ui
 from replay._errors import LeaseLost, ReplayError
 from replay._pg._url import is_postgres_url
@@ -169,7 +169,7 @@ async def open_engine(
                         max_interruptions, query_timeout=query_timeout,
                         code_version=code_version, generations=generations)
         scheduler = internals(engine).scheduler
-        with collector_tuned():  # see `_collector`
+        with tuned_for_engines():  # see `_tuning`
             async with _single_errors(), trio.open_nursery() as services:
                 try:
                     await scheduler.start_services(services)

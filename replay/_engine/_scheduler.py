@@ -35,7 +35,6 @@ from replay._core._resume import resumed_record
 from replay._core._signals import news_for_parked
 from replay._core._state import RunStatus
 from replay._engine._clock import EngineClock, in_thread
-from replay._engine._collector import no_collection
 from replay._engine._committer import Committer, ThreadCommit, trio_is_guest
 from replay._engine._deliveries import Deliveries
 from replay._engine._driver import Driver, Parked
@@ -46,6 +45,7 @@ from replay._engine._runs import RunTable
 from replay._engine._slots import RunSlot
 from replay._engine._steps import StepCaller
 from replay._engine._timers import Timers
+from replay._engine._tuning import no_collection
 from replay._engine._watching import Watchers
 from replay._errors import EngineClosed, ReplayError
 from replay._store import EngineStore, ParkedRow, from_epoch_us
