@@ -13,16 +13,16 @@ instead of a few hundred objects).
 runs Python code waits up to `sys.getswitchinterval()` (5 ms by default) before the
 other must let it go, and DuckDB's Python API gives the GIL up and takes it back several
 times per statement. So while one thread computes (a plain step function crunching
-numbers in a worker thread, or the loop busy with many runs), each commit made on
-another thread waited for the lock again and again: a one-row commit took about 17 ms
-instead of 1, and other runs' steps slowed 20 to 100 times. While any engine is open
-the interval is at most `SWITCH_INTERVAL`: a commit then takes about 3.5 ms beside such
-a thread, and the computing thread loses nothing measurable (it keeps the lock while
-nobody else wants it).
+numbers in its worker thread), each commit made on another thread waited for the lock
+again and again: a one-row commit took about 17 ms instead of 1, and other runs' steps
+slowed 20 to 100 times. While any engine is open the interval is at most
+`SWITCH_INTERVAL`: a commit then takes about 3.5 ms beside such a thread, and the
+computing thread loses nothing measurable (it keeps the lock while nobody else wants
+it).
 
 The last engine to close puts back what it found, unless the setting was changed
-meanwhile; a process that asks for a lower threshold or a longer interval than found
-keeps its own (a higher threshold, a shorter interval).
+meanwhile. A process that already has a higher threshold or a shorter interval keeps
+it.
 """
 
 from __future__ import annotations
