@@ -734,3 +734,29 @@ def test_ctrl_c_after_the_engine_opened_but_before_open_engine_returned_stops_it
     monkeypatch.setattr(_engine.Engine, "_host_call_sync", original)
     with replay.sync.open_engine(db, workflows=[]) as engine:  # the file is free again
         assert engine.runs() == []
+
+
+def test_ctrl_c_as_the_engines_thread_reports_it_open_stops_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The same, a moment earlier: as the opener wakes up to the engine's thread saying
+    # it is open. Left running, the engine's daemon thread died with the process and
+    # the steps it had started were found interrupted at the next open.
+    from replay.sync import _host
+
+    db = tmp_path / "interrupted-open.duckdb"
+    hosts: list[Any] = []
+    original = _host.EngineHost.open
+
+    def interrupted(self: Any) -> Any:
+        hosts.append(self)
+        original(self)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_host.EngineHost, "open", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        replay.sync.open_engine(db, workflows=[])
+    assert len(hosts) == 1 and not hosts[0].running  # stopped, its file closed
+    monkeypatch.setattr(_host.EngineHost, "open", original)
+    with replay.sync.open_engine(db, workflows=[]) as engine:  # the file is free again
+        assert engine.runs() == []

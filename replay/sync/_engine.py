@@ -384,16 +384,17 @@ class Engine:
     # -- internals --
 
     def _open(self) -> None:
-        self._host.open()
+        # An engine nobody closed is closed cleanly at exit: its thread is a daemon
+        # thread, which would otherwise die wherever it is when the interpreter ends.
+        atexit.register(self._close_at_exit)
         try:
-            # An engine nobody closed is closed cleanly at exit: its thread is a daemon
-            # thread, which would otherwise die wherever it is when the interpreter ends.
-            atexit.register(self._close_at_exit)
+            self._host.open()
             self._ui_url = self._host_call_sync(_ui_url)
         except BaseException:
-            # Ctrl-C after the engine opened but before the caller holds it (recovered
-            # runs may be executing already): stop it as a `with` block left by an
-            # exception would, so that their steps are recorded as abandoned.
+            # A failed open, or Ctrl-C at any point after the engine's thread started
+            # (recovered runs may be executing already, and the caller never holds the
+            # engine): stop it as a `with` block left by an exception would, so that
+            # their steps are recorded as abandoned; a failed open raises as itself.
             self._close(abort=True, raise_failure=False)
             raise
 
