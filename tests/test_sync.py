@@ -711,52 +711,46 @@ def test_hosting_benchmark_smoke() -> None:
         assert isinstance(figure["value"], float) and figure["value"] > 0
 
 
-def test_ctrl_c_after_the_engine_opened_but_before_open_engine_returned_stops_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Ctrl-C can land after the engine's thread has opened the file (recovered runs
-    # may be executing already) but before `open_engine` hands the engine back: the
-    # caller never holds it, so `open_engine` itself must stop it.
-    from replay.sync import _engine
-
-    db = tmp_path / "interrupted-open.duckdb"
-    opened: list[Any] = []
-    original = _engine.Engine._host_call_sync
-
-    def interrupted(self: Any, function: Any, *args: Any) -> Any:
-        opened.append(self)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(_engine.Engine, "_host_call_sync", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        replay.sync.open_engine(db, workflows=[])
-    assert len(opened) == 1 and opened[0].closed  # stopped, its file closed
-    monkeypatch.setattr(_engine.Engine, "_host_call_sync", original)
-    with replay.sync.open_engine(db, workflows=[]) as engine:  # the file is free again
-        assert engine.runs() == []
-
-
-def test_ctrl_c_as_the_engines_thread_reports_it_open_stops_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # The same, a moment earlier: as the opener wakes up to the engine's thread saying
-    # it is open. Left running, the engine's daemon thread died with the process and
-    # the steps it had started were found interrupted at the next open.
+def _interrupt_as_the_thread_reports_open(opened: list[Any]) -> Callable[..., Any]:
     from replay.sync import _host
 
-    db = tmp_path / "interrupted-open.duckdb"
-    hosts: list[Any] = []
     original = _host.EngineHost.open
 
     def interrupted(self: Any) -> Any:
-        hosts.append(self)
         original(self)
+        opened.append(self)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(_host.EngineHost, "open", interrupted)
+    return interrupted
+
+
+def _interrupt_fetching_the_web_address(opened: list[Any]) -> Callable[..., Any]:
+    def interrupted(self: Any, function: Any, *args: Any) -> Any:
+        opened.append(self._host)
+        raise KeyboardInterrupt
+
+    return interrupted
+
+
+@pytest.mark.parametrize(("target", "interrupt"), [
+    ("replay.sync._host.EngineHost.open", _interrupt_as_the_thread_reports_open),
+    ("replay.sync._engine.Engine._host_call_sync", _interrupt_fetching_the_web_address),
+], ids=["as-the-thread-reports-open", "fetching-the-web-address"])
+def test_ctrl_c_after_the_engine_opened_but_before_open_engine_returned_stops_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: str,
+    interrupt: Callable[[list[Any]], Callable[..., Any]],
+) -> None:
+    # Ctrl-C can land after the engine's thread has opened the file (recovered runs
+    # may be executing already) but before `open_engine` hands the engine back: the
+    # caller never holds it, so `open_engine` itself must stop it. Left running, its
+    # daemon thread died with the process, and the steps it had started were found
+    # interrupted at the next open instead of abandoned.
+    db = tmp_path / "interrupted-open.duckdb"
+    opened: list[Any] = []  # the engine's host, as the interruption came
+    monkeypatch.setattr(target, interrupt(opened))
     with pytest.raises(KeyboardInterrupt):
         replay.sync.open_engine(db, workflows=[])
-    assert len(hosts) == 1 and not hosts[0].running  # stopped, its file closed
-    monkeypatch.setattr(_host.EngineHost, "open", original)
+    assert len(opened) == 1 and not opened[0].running  # stopped, its file closed
+    monkeypatch.undo()
     with replay.sync.open_engine(db, workflows=[]) as engine:  # the file is free again
         assert engine.runs() == []
