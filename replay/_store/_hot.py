@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import base64
 import json
-from datetime import datetime
 from typing import Any
 
 import duckdb
 
+from replay._store._rows import epoch_us
 from replay._store._schema import HOT_ROWS, TABLE_COLUMNS
 
 _SETTLE = f"INSERT INTO replay_event_log ({TABLE_COLUMNS}) {HOT_ROWS} WHERE seq <= $1"
@@ -37,14 +37,8 @@ def hot_from_row(row: tuple[Any, ...]) -> tuple[int, str, str]:
     if data[5] is not None:  # value
         data[5] = base64.b64encode(data[5]).decode("ascii")
     for at in (9, 11):  # recorded_at, wake_at: microseconds since the epoch, in UTC
-        if data[at] is not None:
-            data[at] = _micros(data[at])
+        data[at] = epoch_us(data[at])
     return row[0], row[1], json.dumps(data)
-
-
-def _micros(at: datetime) -> int:
-    # Exact: below 2**53 microseconds (year 2255) a double holds every microsecond.
-    return round(at.timestamp() * 1_000_000)
 
 
 def settle(con: duckdb.DuckDBPyConnection) -> int:

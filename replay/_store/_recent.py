@@ -28,7 +28,7 @@ from operator import itemgetter
 from typing import Any
 
 from replay._core._records import Record
-from replay._store._rows import from_epoch_us, utc_or_none
+from replay._store._rows import epoch_us, from_epoch_us, utc_or_none
 from replay._store._schema import MEMO_COLUMNS, OPEN_COLUMNS
 
 Row = tuple[Any, ...]  # a row of `replay_event_log`, as `record_row` makes it
@@ -101,7 +101,7 @@ class RecentRows:
 
 def state_row(row: Row) -> Row:
     """Turn a row of `replay_event_log` into a row of `_STATE`."""
-    return (*memo_row(row), row[2], row[16], _epoch_us(row[11]))
+    return (*memo_row(row), row[2], row[16], epoch_us(row[11]))
 
 
 def memo_row(row: Row) -> Row:
@@ -109,13 +109,8 @@ def memo_row(row: Row) -> Row:
     (seq, _run_id, _workflow, key, kind, event, attempt, value, _value_json, error_type,
      error, _recorded_at, _duration_ms, wake_at, name, error_types, _run_state, status_text,
      generation, code_version) = row
-    return (seq, key, kind, event, attempt, value, error_type, error, _epoch_us(wake_at), name,
+    return (seq, key, kind, event, attempt, value, error_type, error, epoch_us(wake_at), name,
             error_types, status_text, generation or None, code_version)
-
-
-def _epoch_us(at: datetime | None) -> int | None:
-    # Exact: below 2**53 microseconds (year 2255) a double holds every microsecond.
-    return None if at is None else round(at.timestamp() * 1_000_000)
 
 
 def merged(rows: list[Row], recent: list[Row], seq_at: int) -> list[Row]:

@@ -167,6 +167,12 @@ def from_epoch_us(micros: int | None) -> datetime | None:
     return None if micros is None else _EPOCH + timedelta(microseconds=micros)
 
 
+def epoch_us(at: datetime | None) -> int | None:
+    """The aware `at` in microseconds since the epoch (None passes through)."""
+    # Exact: below 2**53 microseconds (year 2255) a double holds every microsecond.
+    return None if at is None else round(at.timestamp() * 1_000_000)
+
+
 # An unfinished run's state, as `OPEN_STATES` reads it: (run_id, workflow, state,
 # created_us, updated_us, waiting_for, wake_us, status_text, started_seq, parent_run_id,
 # note_text, note_value, generation or None, last_seq, parent_key, deadline_us, quiet);
