@@ -1,8 +1,9 @@
 """The engine clock: exact microseconds, virtual time, a floor, and a wall clock that jumps.
 
 The clock keeps its anchor in integer microseconds and turns readings into datetimes
-through a float of seconds where that is exact (1970-2106); these tests hold it to
-the datetime arithmetic it replaced, at the edges of that range and across it.
+through a float of seconds where that is exact (1970-2106), with `replay._epoch`,
+which the store's rows use too; these tests hold it to plain datetime arithmetic, at
+the edges of that range, across it and beyond it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import pytest
 import trio
 import trio.testing
 
-from replay._engine._clock import EngineClock, micros, moment, set_virtual_start
+from replay._engine._clock import EngineClock, set_virtual_start
+from replay._epoch import micros, moment
+from replay._store._rows import epoch_us, from_epoch_us
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -34,6 +37,14 @@ def test_every_microsecond_of_the_float_range_comes_back_exactly() -> None:
     for _ in range(200_000):
         us = rng.randrange(0, 2**32 * 10**6)
         assert moment(us) == EPOCH + timedelta(microseconds=us), us
+
+
+def test_the_stores_conversions_pass_none_and_stay_exact_past_the_float_range() -> None:
+    assert epoch_us(None) is None and from_epoch_us(None) is None
+    # Year 3000: beyond 2**53 microseconds a float of seconds would lose one.
+    at = datetime(3000, 1, 1, 0, 0, 0, 999_999, tzinfo=UTC)
+    assert epoch_us(at) == (at - EPOCH) // timedelta(microseconds=1)
+    assert from_epoch_us(epoch_us(at)) == at
 
 
 def test_microseconds_of_a_moment_in_another_zone() -> None:

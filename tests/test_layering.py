@@ -19,12 +19,13 @@ PACKAGE = Path(__file__).resolve().parent.parent / "replay"
 
 PURE = {"replay._errors", "replay._version", "replay._types", "replay._checks",
         "replay._retry", "replay._commands", "replay._parallel", "replay._workflows",
-        "replay._flow", "replay._core"}
+        "replay._flow", "replay._core", "replay._epoch"}
 # What each part may import (besides itself and the standard library).
 ALLOWED: dict[str, set[str]] = {
     "replay._errors": set(),
     "replay._version": set(),
     "replay._types": set(),
+    "replay._epoch": set(),
     "replay._checks": {"replay._errors", "replay._types"},
     "replay._retry": {"replay._errors", "replay._types", "replay._checks"},
     "replay._commands": {"replay._errors", "replay._types", "replay._checks", "replay._retry"},
@@ -35,7 +36,8 @@ ALLOWED: dict[str, set[str]] = {
     "replay._core": {"replay._errors", "replay._types", "replay._commands", "replay._retry",
                      "replay._checks", "replay._parallel", "replay._flow"},
     "replay._codec": {"replay._errors", "replay._types", "replay._core"},
-    "replay._store": {"replay._errors", "replay._types", "replay._core", "replay._codec"},
+    "replay._store": {"replay._errors", "replay._types", "replay._epoch", "replay._core",
+                      "replay._codec"},
     # The PostgreSQL store: the DuckDB store's row conversion, purge plans and user-query
     # bookkeeping, over psycopg.
     "replay._pg": {"replay._errors", "replay._types", "replay._core", "replay._codec",

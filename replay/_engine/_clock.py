@@ -17,21 +17,17 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import trio
 import trio.testing
 
+from replay._epoch import micros, moment
+
 T = TypeVar("T")
 
 _MAX_DRIFT_US = 1_000_000  # how far the wall clock may run ahead before the clock catches up
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_ONE_US = timedelta(microseconds=1)
-# From the epoch to 2**32 seconds after it (1970-2106) a float of seconds lies within
-# 0.25 us of every microsecond, which `datetime.fromtimestamp` rounds back exactly: half
-# the cost of adding a timedelta, on a path taken for every record.
-_FLOAT_EXACT_US = 2**32 * 1_000_000
 _GUARD: trio.lowlevel.RunVar[_ThreadGuard] = trio.lowlevel.RunVar("replay_thread_guard")
 
 
@@ -47,18 +43,6 @@ class _Anchor:
     def __init__(self, wall: datetime, zero: float) -> None:
         self.wall_us = micros(wall)
         self.zero = zero
-
-
-def micros(moment: datetime) -> int:
-    """Return the aware `moment` in microseconds since the epoch."""
-    return (moment - _EPOCH) // _ONE_US
-
-
-def moment(us: int) -> datetime:
-    """Return the aware UTC datetime `us` microseconds after the epoch."""
-    if 0 <= us < _FLOAT_EXACT_US:
-        return datetime.fromtimestamp(us / 1_000_000, UTC)
-    return _EPOCH + timedelta(microseconds=us)
 
 
 _ANCHOR: trio.lowlevel.RunVar[_Anchor] = trio.lowlevel.RunVar("replay_anchor")

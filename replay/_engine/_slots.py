@@ -11,7 +11,7 @@ cleared by the scheduler when the run's task lets go.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -20,20 +20,20 @@ from replay._codec import encode
 from replay._core._machine import RunMachine
 from replay._core._records import Record, started_record
 from replay._core._state import RunStatus, damaged_message, fold, run_problem
+from replay._epoch import EPOCH, moment
 from replay._store import ParkedRow, RunRow, from_epoch_us
 from replay._types import RunInfo, RunState
 
 if TYPE_CHECKING:
     from replay._engine._watching import Watchers
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ENDED_BADLY = (RunState.FAILED, RunState.CANCELLED)
 _STATES = {state.value: state for state in RunState}
 
 
-def _datetime(moment: datetime | int) -> datetime:
-    """`moment`, or the time `moment` microseconds after the epoch."""
-    return _EPOCH + timedelta(0, 0, moment) if isinstance(moment, int) else moment
+def _datetime(at: datetime | int) -> datetime:
+    """`at`, or the time `at` microseconds after the epoch."""
+    return moment(at) if isinstance(at, int) else at
 
 
 def needs_start_mark(started_seq: int, opened_at: int, state: RunState) -> bool:
@@ -187,7 +187,7 @@ class RunSlot:
         if started is None or latest is None:
             return None
         times = [r.recorded_at for r in records if r.recorded_at is not None]
-        created = started.recorded_at or (max(times) if times else _EPOCH)
+        created = started.recorded_at or (max(times) if times else EPOCH)
         problem = run_problem(started.workflow, latest.run_state, started.recorded_at)
         if problem is None:
             status = fold(records) or RunStatus(RunState.RUNNING)

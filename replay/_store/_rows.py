@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, TypeAlias
 
 from replay._codec import encode
 from replay._core._records import Record
 from replay._core._state import damaged_message, run_problem
+from replay._epoch import EPOCH, micros, moment
 from replay._errors import DatabaseError
 
 
@@ -54,7 +55,7 @@ def run_row(row: tuple[Any, ...], path: str) -> RunRow:
                       started_seq or 0, parent_run_id, note_text, note_value, generation or 0,
                       last_seq or 0, parent_key)
     message = damaged_message(run_id, path, problem)
-    at = utc(created_at or updated_at or _EPOCH)
+    at = utc(created_at or updated_at or EPOCH)
     return RunRow(run_id, workflow or "", "failed", at, utc(updated_at or at), None, None,
                   None, "replay.DatabaseError", message, encode(message, key="error"),
                   started_seq or 0)
@@ -159,18 +160,14 @@ def row_record(row: tuple[Any, ...],
     )
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def from_epoch_us(micros: int | None) -> datetime | None:
-    """The UTC time `micros` microseconds after the epoch (None passes through)."""
-    return None if micros is None else _EPOCH + timedelta(microseconds=micros)
+def from_epoch_us(us: int | None) -> datetime | None:
+    """The UTC time `us` microseconds after the epoch (None passes through)."""
+    return None if us is None else moment(us)
 
 
 def epoch_us(at: datetime | None) -> int | None:
     """The aware `at` in microseconds since the epoch (None passes through)."""
-    # Exact: below 2**53 microseconds (year 2255) a double holds every microsecond.
-    return None if at is None else round(at.timestamp() * 1_000_000)
+    return None if at is None else micros(at)
 
 
 # An unfinished run's state, as `OPEN_STATES` reads it: (run_id, workflow, state,
