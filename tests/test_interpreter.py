@@ -9,7 +9,14 @@ import pytest
 from replay import DuplicateKeyError, NondeterminismError, Sleep, Step, StepFailed
 from replay._codec import decode, encode
 from replay._core._history import RunHistory
-from replay._core._interpreter import Fail, Finish, Interpreter, Pending
+from replay._core._interpreter import (
+    REPLAYED_PER_TURN,
+    Fail,
+    Finish,
+    Interpreter,
+    Paused,
+    Pending,
+)
 from replay._core._records import Record
 
 
@@ -248,3 +255,52 @@ def test_names_recorded_under_main_match_the_same_code_imported() -> None:
     assert failure.is_a(CardDeclined)
     CardDeclined.__qualname__ = "Other"
     assert not failure.is_a(CardDeclined)
+
+
+def many_steps(count: int):  # type: ignore[no-untyped-def]
+    total = 0
+    for i in range(count):
+        total += yield Step(f"s{i}", fetch, i)
+    yield Sleep("nap", 1.0)
+    return total
+
+
+def test_a_long_replay_pauses_every_turn_and_goes_on_where_it_paused() -> None:
+    # The engine's loop gets a turn between two slices of a long replay; going on
+    # sends exactly the values a replay in one piece would.
+    count = 2 * REPLAYED_PER_TURN + 10
+    records = [completed(f"s{i}", i * 10) for i in range(count)]
+    machine = interpreter(many_steps(count), *records)
+    results = [machine.start()]
+    while isinstance(results[-1], Paused):
+        results.append(machine.go_on())
+    assert results[:-1] == [Paused(), Paused()]
+    assert results[-1] == Pending(Sleep("nap", 1.0), None)
+    assert machine.send(None) == Finish(sum(i * 10 for i in range(count)))
+
+
+def test_a_replay_pauses_between_recorded_failures_too() -> None:
+    # A recorded failure thrown back counts as a replayed outcome: the pause keeps it.
+    count = REPLAYED_PER_TURN
+
+    def failing_last():  # type: ignore[no-untyped-def]
+        for i in range(count - 1):
+            yield Step(f"s{i}", fetch, i)
+        try:
+            yield Step("bad", fetch, 0)
+        except StepFailed as failure:
+            return failure.error_type
+
+    records = [completed(f"s{i}", i) for i in range(count - 1)] + [failed("bad")]
+    machine = interpreter(failing_last(), *records)
+    assert machine.start() == Paused()
+    assert machine.go_on() == Finish("builtins.ValueError")
+
+
+def test_only_a_start_pauses_not_the_answer_to_an_attempt() -> None:
+    # After an attempt the run is past what was recorded: its decision comes whole.
+    count = 2 * REPLAYED_PER_TURN
+    ahead = [completed(f"s{i}", i) for i in range(1, count)]
+    machine = interpreter(many_steps(count), *ahead)
+    assert machine.start() == Pending(Step("s0", fetch, 0), None)
+    assert machine.send(0) == Pending(Sleep("nap", 1.0), None)

@@ -102,6 +102,18 @@ class Ended(Decision):
 Action = Attempt | Attempts | WaitUntil | WaitForSignal | Ended
 
 
+@dataclass(frozen=True, slots=True)
+class Later:
+    """The replay of a long history paused: let other work run, then `go_on`.
+
+    Only `RunMachine.start` and `RunMachine.go_on` return it, with nothing to commit
+    yet: what the replay decided so far comes with the decision that ends it.
+    """
+
+
+LATER = Later()
+
+
 @dataclass(slots=True)
 class Outcome:
     """How an attempt ended: `value` is what it returned, or the exception it raised.

@@ -12,7 +12,10 @@ whenever that signal arrived. It stops at:
 - `Finish(output)`: the generator returned;
 - `Fail(error, traceback)`: the generator raised, or broke a rule of replay
   (`DuplicateKeyError`, `NondeterminismError`); for the latter the generator has
-  already been closed and nothing it yielded while closing was acted on.
+  already been closed and nothing it yielded while closing was acted on;
+- `Paused()`: only from `start` and `go_on`, after `REPLAYED_PER_TURN` recorded
+  outcomes in a row: the engine does other work, then calls `go_on` (a long history
+  would otherwise hold the engine's loop for the whole replay).
 
 It checks each command (key used twice, key recorded as another kind, the step's
 function renamed) and notes, for the machine to record, the suspends it answered from
@@ -31,7 +34,7 @@ import traceback
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, overload
 
 from replay._commands import COMMAND_TYPES, Step, Suspend
 from replay._core._group_replay import check_members, recorded_outcome
@@ -56,6 +59,9 @@ Workflow = Generator[Any, Any, Any]
 MAX_NON_COMMANDS = 1000
 # What a workflow may yield: commands and groups of them.
 YIELDABLE = (*COMMAND_TYPES, *GROUP_TYPES, Child, Note)
+# Recorded outcomes `start` and `go_on` send back before pausing: about a millisecond
+# of replay, a pause costs a few microseconds (well under 1 %).
+REPLAYED_PER_TURN = 256
 Command: TypeAlias = "Member | Note"
 
 
@@ -92,6 +98,11 @@ class Rename:
     message: str
 
 
+@dataclass(frozen=True, slots=True)
+class Paused:
+    """The replay paused between two recorded outcomes: call `Interpreter.go_on`."""
+
+
 Result = Pending | Finish | Fail
 
 
@@ -111,8 +122,8 @@ class Interpreter:
     """
 
     __slots__ = (
-        "_decode", "_frontier", "_generator", "_history", "_seen", "renames", "run_id",
-        "taken", "workflow",
+        "_decode", "_frontier", "_generator", "_history", "_paused", "_seen", "renames",
+        "run_id", "taken", "workflow",
     )
 
     def __init__(
@@ -136,10 +147,18 @@ class Interpreter:
         # Suspends answered from the mailbox with no record of their own yet: the
         # engine records them, so their keys are known and no longer undelivered.
         self.taken: list[Suspend] = []
+        # Where a paused replay goes on: how to resume the generator, and with what.
+        self._paused: tuple[Callable[[Any], Any], Any] | None = None
 
-    def start(self) -> Result:
-        """Run the generator up to its first command that needs I/O."""
-        return self._advance(self._generator.send, None)
+    def start(self) -> Result | Paused:
+        """Run the generator up to its first command that needs I/O (or `Paused`)."""
+        return self._advance(self._generator.send, None, REPLAYED_PER_TURN)
+
+    def go_on(self) -> Result | Paused:
+        """Go on with a replay that returned `Paused` (and may pause again)."""
+        assert self._paused is not None, "go_on() of a replay that did not pause"
+        (resume, argument), self._paused = self._paused, None
+        return self._advance(resume, argument, REPLAYED_PER_TURN)
 
     def send(self, value: Any) -> Result:
         """Send a fresh command's outcome in and run up to the next decision."""
@@ -169,8 +188,21 @@ class Interpreter:
         """Close the generator; whatever it yields while closing is ignored."""
         close_quietly(self._generator)
 
-    def _advance(self, resume: Callable[[Any], Any], argument: Any) -> Result:
+    @overload
+    def _advance(self, resume: Callable[[Any], Any], argument: Any) -> Result: ...
+
+    @overload
+    def _advance(self, resume: Callable[[Any], Any], argument: Any,
+                 turn: int) -> Result | Paused: ...
+
+    def _advance(self, resume: Callable[[Any], Any], argument: Any,
+                 turn: int = 0) -> Result | Paused:
+        """Run the generator on from `resume(argument)` to the next result.
+
+        `turn`: recorded outcomes to send back before `Paused` (0: no pause).
+        """
         strays = 0  # non-commands yielded in a row
+        replayed = 0  # recorded outcomes sent back in this turn
         send, seen, lookup, decode = (self._generator.send, self._seen, self._history.get,
                                       self._decode)
         while True:
@@ -200,6 +232,10 @@ class Interpreter:
                     except EncodingError as error:
                         return self._fail_for_deployment(self._undecodable(key, error))
                     resume, strays = send, 0
+                    replayed += 1
+                    if replayed == turn:
+                        self._paused = (resume, argument)
+                        return Paused()
                     continue
             elif type(yielded) in YIELDABLE:
                 record = lookup(yielded.key)
@@ -225,6 +261,10 @@ class Interpreter:
                     return self._fail_for_deployment(self._diverged(command))
                 return Pending(command, record)
             resume, argument = outcome
+            replayed += 1
+            if replayed == turn:
+                self._paused = (resume, argument)
+                return Paused()
 
     def _reaches_frontier(self, command: Command) -> bool:
         """Whether `command` is (or, for a group, contains) where the last execution stopped."""

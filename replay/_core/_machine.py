@@ -34,11 +34,13 @@ from typing import Any
 
 from replay._commands import Sleep, Step, Suspend
 from replay._core._decisions import (
+    LATER,
     Action,
     Attempt,
     ChildStart,
     Codec,
     Ended,
+    Later,
     Now,
     Outcome,
     Policy,
@@ -53,6 +55,7 @@ from replay._core._interpreter import (
     Fail,
     Finish,
     Interpreter,
+    Paused,
     Pending,
     Result,
     format_failure,
@@ -153,8 +156,12 @@ class RunMachine:
 
     # -- inputs --
 
-    def start(self, now: Now) -> Action:
-        """Create the generator and run it to its first decision."""
+    def start(self, now: Now) -> Action | Later:
+        """Create the generator and run it to its first decision.
+
+        A long history's replay pauses every so often: `Later` asks the engine to let
+        other work run, then call `go_on`.
+        """
         version = self._policy.code_version
         if version is not None and version != self._history.code_version:
             recorded = self._history.code_version
@@ -165,7 +172,11 @@ class RunMachine:
             return self._failed(generator)
         self._interpreter = Interpreter(self.run.run_id, self.run.workflow, generator,
                                         self._history, self._codec.decode, self._frontier)
-        return self._decide(self._interpreter.start(), now)
+        return self._replayed(self._interpreter.start(), now)
+
+    def go_on(self, now: Now) -> Action | Later:
+        """Go on with a replay that returned `Later` (it may do so again)."""
+        return self._replayed(self._resume().go_on(), now)
 
     def attempt_ended(self, attempt: Attempt, outcome: Outcome, now: Now) -> Action:
         """Record how `attempt` ended and decide what comes next."""
@@ -282,6 +293,9 @@ class RunMachine:
 
     # -- deciding --
 
+    def _replayed(self, result: Result | Paused, now: Now) -> Action | Later:
+        return LATER if isinstance(result, Paused) else self._decide(result, now)
+
     def _decide(self, result: Result, now: Now) -> Action:
         """Act on the interpreter's results until one needs the engine."""
         while True:
@@ -388,7 +402,9 @@ class RunMachine:
             return self._failed(Fail(error, format_failure(error)))
         self._rec.emit(self.run.continued(arguments, self._history.generation + 1))
         self._arguments, self._frontier, self._waiting = arguments.data, None, None
-        return self.start(now)
+        action = self.start(now)
+        assert not isinstance(action, Later), "a new generation has nothing to replay"
+        return action
 
     def _note(self, note: Note) -> Result:
         """Record the workflow's status note and go on (the `yield` returns None)."""

@@ -30,6 +30,7 @@ from replay._core._decisions import (
     Attempt,
     Attempts,
     Ended,
+    Later,
     Outcome,
     WaitForSignal,
     WaitUntil,
@@ -166,7 +167,17 @@ class Driver:
     async def _perform(self, slot: RunSlot, machine: RunMachine, woken: bool) -> Parked | None:
         action: Action
         if not woken:
-            action = machine.start(self._clock.now)
+            started = machine.start(self._clock.now)
+            while isinstance(started, Later):
+                # A long history's replay: other runs, timers and signals go on
+                # meanwhile. Not shielded: a terminate ends the run's task here, with
+                # nothing of this execution recorded yet; so does a close.
+                await trio.lowlevel.checkpoint()
+                if self._stopping():
+                    machine.close()  # the run continues at the next open
+                    return None
+                started = machine.go_on(self._clock.now)
+            action = started
         elif machine.waits_for_signal:
             action = await self._suspend(slot, machine, None)
         else:

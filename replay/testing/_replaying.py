@@ -36,6 +36,7 @@ from replay._core._interpreter import (
     Fail,
     Finish,
     Interpreter,
+    Paused,
     Pending,
     Result,
     format_failure,
@@ -189,7 +190,7 @@ def replay_records(workflow: Callable[..., Any], run_id: str, name: str,
     history = _WatchedHistory(records)
     recorded = _recorded(records)
     made = _interpreter(workflow, run_id, name, records, history)
-    decision = made if isinstance(made, Fail) else made.start()
+    decision = made if isinstance(made, Fail) else _through(made)
     renames = () if isinstance(made, Fail) else tuple(
         (rename.key, rename.recorded, rename.current) for rename in made.renames)
     if isinstance(made, Interpreter):
@@ -206,6 +207,14 @@ def replay_records(workflow: Callable[..., Any], run_id: str, name: str,
         error=decision.error if isinstance(decision, Fail) else None,
         renamed_steps=renames,
     )
+
+
+def _through(interpreter: Interpreter) -> Result:
+    """Start `interpreter` and go on through every pause of a long history."""
+    decision = interpreter.start()
+    while isinstance(decision, Paused):
+        decision = interpreter.go_on()
+    return decision
 
 
 def _recorded(records: list[Record]) -> RunStatus:
