@@ -54,8 +54,6 @@ def _unwrap(
 _Facts: TypeAlias = tuple[Any, tuple[Any, ...], tuple[tuple[str, Any], ...], str, bool]
 _FUNCTION_FACTS: dict[Callable[..., Any], _Facts] = {}
 _FACTS_KEPT = 4096
-# Frozen objects set their slots past their own refusing __setattr__.
-_set_slot = object.__setattr__
 
 
 def _facts_of(fn: Callable[..., Any]) -> _Facts:
@@ -185,11 +183,11 @@ class Step(Frozen):
             options = None
         else:
             options = _checked_options(retry, timeout, name, pure)
-        _set_slot(self, "key", key)
-        _set_slot(self, "fn", fn)
-        _set_slot(self, "args", args)
-        _set_slot(self, "_facts", facts)
-        _set_slot(self, "_options", options)
+        _set_key(self, key)
+        _set_fn(self, fn)
+        _set_args(self, args)
+        _set_facts(self, facts)
+        _set_options(self, options)
 
     @property
     def retry(self) -> Retry | None:
@@ -283,6 +281,12 @@ def _checked_options(
     if pure is not False:
         _check_pure(pure, seconds)
     return retry, seconds, name, bool(pure)
+
+
+# A Step sets its slots past its own refusing __setattr__, each with its own setter:
+# `object.__setattr__` looks the name up on the class first, a fifth of building a Step.
+_set_key, _set_fn, _set_args, _set_facts, _set_options = (
+    Step.__dict__[slot].__set__ for slot in ("key", "fn", "args", "_facts", "_options"))
 
 
 def _check_pure(pure: object, timeout: float | None) -> None:
