@@ -4,7 +4,8 @@ Replaying sends recorded outcomes straight back with no I/O, so a run of many
 thousand recorded steps would hold the engine's loop for its whole replay (about half
 a second for 100,000 steps): other runs, timers, signals and `terminate` waited. The
 replay pauses every `REPLAYED_PER_TURN` outcomes for one scheduling round. The
-workflow below notes, before each `yield`, how often a ticker task has run.
+workflow below notes, before each `yield`, how often a ticker task has run. Folding
+the loaded records into the run's memo goes a slice at a time too.
 """
 
 from __future__ import annotations
@@ -18,7 +19,11 @@ import trio
 
 import replay
 from replay import RunState, Step, Suspend, WorkflowFailed
+from replay._codec import encode
+from replay._core._history import RunHistory
 from replay._core._interpreter import REPLAYED_PER_TURN
+from replay._core._records import Record
+from replay._engine._loading import FOLDED_PER_TURN, folded
 
 STEPS = 3 * REPLAYED_PER_TURN + 10
 ticks = [0]
@@ -105,3 +110,19 @@ async def test_closing_the_engine_mid_replay_leaves_the_run_to_the_next_open(db:
     async with replay.open_engine(db, workflows=[long_history]) as engine:
         run = engine.get_run(run_id)
         assert await run.result() == sum(2 * i for i in range(STEPS))
+
+
+async def test_a_long_history_is_folded_a_slice_at_a_time() -> None:
+    count = 2 * FOLDED_PER_TURN + 5
+    records = [Record("r", "wf", "step", "completed", key=f"s{i}", attempt=1,
+                      value=encode(i), name="double", seq=i + 2) for i in range(count)]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ticker)
+        await trio.lowlevel.checkpoint()  # the ticker has begun
+        before = ticks[0]
+        history = await folded(records)
+        during = ticks[0] - before
+        nursery.cancel_scope.cancel()
+    assert during >= count // FOLDED_PER_TURN
+    assert history.keys == RunHistory(records).keys
+    assert history.last_step_key == f"s{count - 1}"
