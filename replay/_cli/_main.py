@@ -3,8 +3,9 @@
 Every subcommand takes the database path first. While an engine holds the file the
 command talks to it over the live channel (`replay._channel._protocol`); otherwise it opens the
 file itself for the length of one command (`replay._cli._source`), and `resume
---workflows` runs an engine of its own (`replay._cli._resume`). `serve` runs the file's
-engine as a service for other processes (`replay._cli._serve`). Exit status: 0 on
+--workflows` runs an engine of its own (`replay._cli._resume`). The commands that steer
+a run are in `replay._cli._steer`; `serve` runs the file's engine as a service for
+other processes (`replay._cli._serve`). Exit status: 0 on
 success, 1 on a user error (unknown run, rejected signal, finished run, refused query,
 no database), 2 on a usage error (bad arguments).
 """
@@ -12,7 +13,6 @@ no database), 2 on a usage error (bad arguments).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import re
@@ -22,20 +22,18 @@ from datetime import timedelta
 from typing import Any, TextIO
 
 from replay._channel._client import ChannelError
-from replay._channel._protocol import MAX_DEPTH, WireError, to_wire
 from replay._cli import _format as fmt
-from replay._cli import _queued
 from replay._cli import _retention as retention
+from replay._cli import _steer as steer
 from replay._cli._children import load_children
-from replay._cli._resume import resume
 from replay._cli._serve import serve
 from replay._cli._source import EVENT_COLUMNS, CliError, Source, masked, open_source, shown
+from replay._cli._steer import UsageError, loads
 from replay._cli._ui import add_arguments as ui_arguments
 from replay._cli._ui import ui
 from replay._cli._watch import add_arguments as _watch_arguments
 from replay._cli._watch import watch as _watch
 from replay._errors import ReplayError, RunNotFound
-from replay._pg._url import is_postgres_url
 from replay._store import write_export
 from replay._types import RunState
 from replay._version import __version__
@@ -45,10 +43,6 @@ EXTENSIONS = {"parquet": "parquet", "csv": "csv", "json": "jsonl"}
 _SINCE = re.compile(r"^(\d+)([smhd])$")
 _MODULE = re.compile(r"[^\W\d]\w*(\.[^\W\d]\w*)*")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
-
-
-class UsageError(Exception):
-    """A malformed argument: exit status 2."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -152,13 +146,13 @@ def _parser() -> argparse.ArgumentParser:
                      help="stop the query after this many seconds (default: the running "
                      "engine's query_timeout, or no limit when no engine holds the file)")
 
-    signal = _command(commands, "signal", _signal, "deliver a value to a run's Suspend(KEY)")
+    signal = _command(commands, "signal", steer.signal, "deliver a value to a run's Suspend(KEY)")
     signal.add_argument("run_id", metavar="RUN_ID")
     signal.add_argument("key", metavar="KEY")
     signal.add_argument("value", metavar="JSON_VALUE",
                         help="the payload as JSON, e.g. true, 42, '\"text\"', '{\"ok\": 1}'")
 
-    resume = _command(commands, "resume", _resume, "retry a failed run, or replay a parked "
+    resume = _command(commands, "resume", steer.resume, "retry a failed run, or replay a parked "
                       "one now (through the running engine, or with --workflows in the "
                       "command's own engine)")
     resume.add_argument("run_id", metavar="RUN_ID")
@@ -167,14 +161,14 @@ def _parser() -> argparse.ArgumentParser:
                         help="when no engine holds the file: import these modules (as for "
                         "python -m) and resume the run with the workflows they define")
 
-    cancel = _command(commands, "cancel", _cancel, "cancel a run: Cancelled is thrown in "
+    cancel = _command(commands, "cancel", steer.cancel, "cancel a run: Cancelled is thrown in "
                       "at the command it waits on, and its workflow may compensate (through "
                       "the running engine, or stored in the file for the next engine)")
     cancel.add_argument("run_id", metavar="RUN_ID")
     cancel.add_argument("--reason", metavar="TEXT", default=None,
                         help="why, passed on to the workflow as Cancelled.reason")
 
-    terminate = _command(commands, "terminate", _terminate, "end a run cancelled at once, "
+    terminate = _command(commands, "terminate", steer.terminate, "end a run cancelled at once, "
                          "running none of its workflow code (through the running engine, "
                          "or queued for the engines running on a PostgreSQL database)")
     terminate.add_argument("run_id", metavar="RUN_ID")
@@ -365,130 +359,9 @@ def _sql(args: argparse.Namespace, out: TextIO) -> int:
 
 def _param(text: str) -> Any:
     try:
-        return _loads(text, "-p VALUE")
+        return loads(text, "-p VALUE")
     except ValueError:
         return text
-
-
-def _loads(text: str, name: str) -> Any:
-    """Parse JSON that the live channel can carry (the same limit with or without it).
-
-    Raises:
-        ValueError: `text` is not JSON.
-        UsageError: It nests too deeply.
-    """
-    try:
-        value = json.loads(text)
-        to_wire(value)
-    except (RecursionError, WireError):
-        raise UsageError(f"{name} nests more than {MAX_DEPTH} arrays and objects deep; "
-                         "send a flatter value") from None
-    return value
-
-
-def _signal(args: argparse.Namespace, out: TextIO) -> int:
-    if not args.key:
-        raise UsageError("KEY must not be empty: pass the key of the Suspend to answer")
-    try:
-        payload = _loads(args.value, "JSON_VALUE")
-    except ValueError:
-        raise UsageError(
-            f"JSON_VALUE must be JSON, such as true, 42, null, '\"text\"' or "
-            f"'{{\"approved\": true}}'; got {args.value!r} (to send it as text, quote it: "
-            f"'{json.dumps(args.value)}')") from None
-    source = _session(args, write=True)
-    try:
-        state, warning = source.signal(args.run_id, args.key, payload)
-    finally:
-        source.close()
-    if warning is not None and not args.json:
-        print(f"replay signal: warning: {warning}", file=sys.stderr)
-    if args.json:
-        print(fmt.dumps({"run_id": args.run_id, "key": args.key, "live": source.live,
-                         "state": state, "warning": warning, **_queued_field(source)}),
-              file=out)
-    elif source.queued:
-        print(_queued.signal_said(args.run_id, args.key, repr(shown(args.db)), state),
-              file=out)
-    elif source.live:
-        print(f"signal for {args.key!r} recorded in run {args.run_id!r} by "
-              f"{source.description}; the run is {state}", file=out)
-    else:
-        print(f"signal for {args.key!r} stored in run {args.run_id!r}'s mailbox; no engine "
-              f"holds {shown(args.db)!r}, so the run takes it when an engine next opens the "
-              f"{source.noun}", file=out)
-    return 0
-
-
-def _resume(args: argparse.Namespace, out: TextIO) -> int:
-    source = _session(args)
-    try:
-        if source.live and args.workflows:
-            print(f"replay resume: note: {source.description} holds {args.db!r} and resumes "
-                  "the run with its own workflow code; --workflows is not used",
-                  file=sys.stderr)
-        before, after = resume(source, args.run_id, args.workflows)
-    finally:
-        source.close()
-    resumed = before not in (RunState.COMPLETED, RunState.RUNNING)
-    if args.json:
-        print(fmt.dumps({"run_id": args.run_id, "resumed": resumed, "before": before,
-                         "state": after}), file=out)
-    elif resumed:
-        print(f"resumed run {args.run_id!r} ({before} -> {after})", file=out)
-    elif before == after:
-        print(f"run {args.run_id!r} is {before}; resume changes nothing", file=out)
-    else:
-        print(f"run {args.run_id!r} was {before}; resume changes nothing (it is {after} "
-              "now)", file=out)
-    return 0
-
-
-def _cancel(args: argparse.Namespace, out: TextIO) -> int:
-    source = _session(args, write=True)
-    try:
-        state, requested = source.cancel(args.run_id, args.reason)
-    finally:
-        source.close()
-    if args.json:
-        print(fmt.dumps({"run_id": args.run_id, "live": source.live, "requested": requested,
-                         "state": state, **_queued_field(source, requested)}), file=out)
-    elif not requested:
-        print(f"run {args.run_id!r} was already asked to cancel; cancel changes nothing "
-              f"(the run is {state})", file=out)
-    elif source.queued:
-        print(_queued.cancel_said(args.run_id, repr(shown(args.db)), state), file=out)
-    elif source.live:
-        print(f"cancellation of run {args.run_id!r} recorded by {source.description}; the "
-              f"run is {state}", file=out)
-    else:
-        print(f"cancellation of run {args.run_id!r} stored in {shown(args.db)!r}; no engine "
-              f"holds the {source.noun}, so the run takes it when an engine next opens the "
-              f"{source.noun} (it is {state} until then)", file=out)
-    return 0
-
-
-def _terminate(args: argparse.Namespace, out: TextIO) -> int:
-    # On a URL, the command queues the termination for the engines running there.
-    source = _session(args, write=is_postgres_url(args.db))
-    try:
-        state = source.terminate(args.run_id, args.reason)
-    finally:
-        source.close()
-    if args.json:
-        print(fmt.dumps({"run_id": args.run_id, "live": source.live, "state": state,
-                         **_queued_field(source)}), file=out)
-    elif source.queued:
-        print(_queued.terminate_said(args.run_id, repr(shown(args.db)), state), file=out)
-    else:
-        print(f"run {args.run_id!r} terminated by {source.description}; it is {state}",
-              file=out)
-    return 0
-
-
-def _queued_field(source: Source, sent: bool = True) -> dict[str, bool]:
-    """``"queued": true`` in --json when the command queued its write for the engines."""
-    return {"queued": True} if source.queued and sent else {}
 
 
 def _serve(args: argparse.Namespace, out: TextIO) -> int:
