@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from replay._cli._source import EVENT_COLUMNS, Source
+from replay._cli._answers import EVENT_COLUMNS, Source
 from replay._ui._tree import Row, scope_of
 
 MAX_RUNS = 20

@@ -25,9 +25,10 @@ from replay._channel._client import ChannelError
 from replay._cli import _format as fmt
 from replay._cli import _retention as retention
 from replay._cli import _steer as steer
+from replay._cli._answers import EVENT_COLUMNS, CliError, Source, masked, shown
 from replay._cli._children import load_children
 from replay._cli._serve import serve
-from replay._cli._source import EVENT_COLUMNS, CliError, Source, masked, open_source, shown
+from replay._cli._source import open_source
 from replay._cli._steer import UsageError, loads
 from replay._cli._ui import add_arguments as ui_arguments
 from replay._cli._ui import ui

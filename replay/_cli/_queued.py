@@ -3,7 +3,7 @@
 An engine holds the runs it executes in memory, so the command cannot append to their
 history behind its back. Engines that share a schema pass each other signals,
 cancellations and terminations through its inbox (``replay_inbox``), and the command
-does the same: `replay._cli._source.FileSource` checks what the database shows (the run
+does the same: `replay._cli._file_source.FileSource` checks what the database shows (the run
 exists and has not finished; a signal passes the engine's checks on the run's history),
 then queues the message (`replay._pg._access.PgAccess.send`) and returns. The engine
 that holds the run, or the next to claim its family, delivers it at once, as if it were

@@ -23,7 +23,8 @@ from typing import Any
 
 import trio
 
-from replay._cli._source import CliError, FileSource, Source
+from replay._cli._answers import CliError, Source
+from replay._cli._file_source import FileSource
 from replay._engine._facade import internals
 from replay._engine._lifecycle import open_engine
 from replay._errors import DatabaseLocked

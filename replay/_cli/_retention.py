@@ -19,7 +19,8 @@ from datetime import datetime, timedelta
 from typing import Any, TextIO
 
 from replay._cli import _format as fmt
-from replay._cli._source import CliError, open_source, shown
+from replay._cli._answers import CliError, shown
+from replay._cli._source import open_source
 from replay._engine._retention import DEFAULT_STATES, checked_request, described
 from replay._pg._url import is_postgres_url
 from replay._store import FINISHED

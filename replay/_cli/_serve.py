@@ -22,8 +22,8 @@ from typing import Any, TextIO
 import trio
 
 from replay._channel._protocol import channel_supported, socket_path
+from replay._cli._answers import CliError
 from replay._cli._resume import import_workflows
-from replay._cli._source import CliError
 from replay._engine._lifecycle import open_engine
 from replay._errors import DatabaseLocked
 from replay._pg._url import is_postgres_url

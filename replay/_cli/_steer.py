@@ -17,8 +17,9 @@ from typing import Any, TextIO
 from replay._channel._protocol import MAX_DEPTH, WireError, to_wire
 from replay._cli import _format as fmt
 from replay._cli import _queued
+from replay._cli._answers import Source, shown
 from replay._cli._resume import resume as resume_run
-from replay._cli._source import Source, open_source, shown
+from replay._cli._source import open_source
 from replay._pg._url import is_postgres_url
 from replay._types import RunState
 

@@ -29,7 +29,8 @@ import trio
 from replay._channel._client import ChannelError, Connection, connect
 from replay._channel._protocol import WireError, from_wire
 from replay._cli import _queued
-from replay._cli._source import CliError, Source, open_source, shown
+from replay._cli._answers import CliError, Source, shown
+from replay._cli._source import open_source
 from replay._engine._clock import in_thread
 from replay._errors import QueryError, ReplayError, RunNotFound
 from replay._pg._url import is_postgres_url

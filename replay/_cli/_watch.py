@@ -24,7 +24,8 @@ from typing import Any, TextIO
 from replay._channel._client import ChannelError, connect
 from replay._channel._protocol import WireError, from_wire
 from replay._cli import _format as fmt
-from replay._cli._source import EVENT_COLUMNS, CliError, Source, open_source, shown
+from replay._cli._answers import EVENT_COLUMNS, CliError, Source, shown
+from replay._cli._source import open_source
 from replay._codec import decode
 from replay._errors import ReplayError, RunNotFound
 from replay._types import FINISHED, Event, RunInfo, RunState
