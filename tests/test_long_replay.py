@@ -23,7 +23,7 @@ from replay._codec import encode
 from replay._core._history import RunHistory
 from replay._core._interpreter import REPLAYED_PER_TURN
 from replay._core._records import Record
-from replay._engine._loading import FOLDED_PER_TURN, folded
+from replay._engine._loading import FOLDED_PER_TURN, memo_of
 
 STEPS = 3 * REPLAYED_PER_TURN + 10
 ticks = [0]
@@ -120,7 +120,7 @@ async def test_a_long_history_is_folded_a_slice_at_a_time() -> None:
         nursery.start_soon(ticker)
         await trio.lowlevel.checkpoint()  # the ticker has begun
         before = ticks[0]
-        history = await folded(records)
+        history = await memo_of(records)
         during = ticks[0] - before
         nursery.cancel_scope.cancel()
     assert during >= count // FOLDED_PER_TURN

@@ -6,7 +6,7 @@ thousands of signals waiting, a broadcast, a burst of timers — loading each hi
 with its own query would cost a thread hop and a query per run. `MemoLoader` is a
 service task: the requests made while it works on one batch form the next, loaded
 with one query (up to `BATCH` runs), and each waiting task gets its own records.
-`folded` turns a run's records into its memo a slice at a time.
+`memo_of` turns a run's records into its memo a slice at a time.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ BATCH = 1000
 FOLDED_PER_TURN = 8192
 
 
-async def folded(records: list[Record]) -> RunHistory:
+async def memo_of(records: list[Record]) -> RunHistory:
     """Return `records` folded into the run's memo, letting other tasks run between slices."""
     if len(records) <= FOLDED_PER_TURN:
         return RunHistory(records)

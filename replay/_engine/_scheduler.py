@@ -39,7 +39,7 @@ from replay._engine._committer import Committer, ThreadCommit, trio_is_guest
 from replay._engine._deliveries import Deliveries
 from replay._engine._driver import Driver, Parked
 from replay._engine._family import Family
-from replay._engine._loading import MemoLoader, folded
+from replay._engine._loading import MemoLoader, memo_of
 from replay._engine._parking import ParkedCache
 from replay._engine._runs import RunTable
 from replay._engine._slots import RunSlot
@@ -278,7 +278,7 @@ class Scheduler:
         try:
             async with slot.lock:  # no signal may commit between the load and the machine
                 records = await self._load(slot)
-                history = await folded(records)
+                history = await memo_of(records)
                 resumed = resumed_record(Run(slot.run_id, slot.workflow), slot.status,
                                          history, CODEC)
                 # The replay sees it at once and runs while it commits (they share a
@@ -327,7 +327,7 @@ class Scheduler:
         """The run's memo, for deciding about an outcome from outside (under its lock)."""
         if slot.machine is not None:
             return slot.machine.history
-        return await folded(await self._load(slot))
+        return await memo_of(await self._load(slot))
 
     async def cancel(self, slot: RunSlot, reason: Encoded) -> bool:
         """Record the run's cancellation, waking it if it is parked (see `Deliveries`).
@@ -574,7 +574,7 @@ class Scheduler:
         # machine taking its place.
         async with slot.lock:
             records = await self._load(slot)
-            history = await folded(records)
+            history = await memo_of(records)
             frontier = history.last_key() if replaying and self._strict_replay else None
             return self._machine(slot, history, input_of(records), frontier)
 
