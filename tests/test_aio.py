@@ -497,7 +497,6 @@ def test_an_engine_is_called_from_the_loop_that_opened_it() -> None:
     run_asyncio(main)
 
 
-
 def test_another_trio_guest_run_on_the_loop_is_refused() -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()

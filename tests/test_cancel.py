@@ -1077,7 +1077,6 @@ async def test_a_bad_run_timeout_is_rejected_and_nothing_recorded(
 # == 7. cancellation and children ==
 
 
-
 def children_cases() -> list[Any]:
     cases = []
     for group in (False, True):

@@ -375,7 +375,6 @@ def test_subscription_renews_for_a_year_then_cancels(tmp_path: Path) -> None:
     assert again["per_generation"] == result["per_generation"]
 
 
-
 def test_stuck_orders_leaves_the_big_orders_waiting_for_a_manager(tmp_path: Path) -> None:
     example = load_example("stuck_orders")
     db = tmp_path / "shop.duckdb"

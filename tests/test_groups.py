@@ -861,8 +861,6 @@ async def test_resuming_a_run_failed_fast_runs_the_failed_and_cancelled_members_
     assert TRACK.calls == Counter({"ok": 1, "bad": 2, "slow": 2, "later": 2})
 
 
-
-
 @pytest.mark.parametrize("change", ["race names", "all to race"])
 async def test_a_decided_group_replayed_as_another_shape_is_nondeterminism(
         db: str, change: str) -> None:

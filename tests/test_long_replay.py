@@ -128,7 +128,6 @@ async def test_a_long_history_is_folded_a_slice_at_a_time() -> None:
     assert history.last_step_key == f"s{count - 1}"
 
 
-
 async def during_the_replay(act: Any) -> int:
     """Wait until a replay has begun (between two of its turns), then `act`."""
     while not seen:

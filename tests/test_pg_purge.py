@@ -44,6 +44,8 @@ US = timedelta(microseconds=1)
 HOUR = 3600
 FINISHED = duck_purge.FINISHED
 COLUMNS = [name.strip() for name in TABLE_COLUMNS.split(",")]
+
+
 @replay.workflow(name="renew")
 def renew(month: int) -> Flow:
     yield Note(f"month:{month}", {"month": month})

@@ -20,6 +20,7 @@ CHUNK_ROWS = 1000
 # in the view's order: what the command prints of events, on either database.
 EVENT_COLUMNS = ", ".join(name for name in Event.__dataclass_fields__ if name != "value")
 
+
 class CliError(Exception):
     """A failure the command reports in one message, with exit status 1."""
 

@@ -248,6 +248,7 @@ class FileSource:
         """Close the database."""
         self._access.close()
 
+
 def _chunks(query: ReadQuery | CommandQuery) -> Iterator[list[tuple[Any, ...]]]:
     try:
         while rows := query.fetch(CHUNK_ROWS):

@@ -303,8 +303,6 @@ def _watching(path: str, run_id: str, after_seq: int | None) -> Connection:
     return connection
 
 
-
-
 class _Updates:
     """The channel's ``update`` messages as the pages' plain `Update` dicts."""
 

@@ -196,7 +196,6 @@ class Rounds:
             raise
 
 
-
 def _merged(decisions: list[Action]) -> Action:
     """One decision that commits every decision's records in order, then acts as the last."""
     last = decisions[-1]

@@ -595,7 +595,6 @@ class Scheduler:
         return await self._loader.load(slot.run_id, slot.workflow)
 
 
-
 def input_of(records: list[Record]) -> bytes:
     """Return the encoded input of a run's current generation.
 
