@@ -11,7 +11,7 @@ the loaded records into the run's memo goes a slice at a time too.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Generator, Iterator
+from collections.abc import Awaitable, Callable, Generator, Iterator
 from typing import Any
 
 import pytest
@@ -128,49 +128,48 @@ async def test_a_long_history_is_folded_a_slice_at_a_time() -> None:
     assert history.last_step_key == f"s{count - 1}"
 
 
-async def during_the_replay(act: Any) -> int:
-    """Wait until a replay has begun (between two of its turns), then `act`."""
-    while not seen:
-        await trio.lowlevel.checkpoint()
-    begun = len(seen)
-    await act()
-    return begun
+async def resumed_while(engine: replay.Engine, run_id: str,
+                        act: Callable[[], Awaitable[Any]]) -> tuple[replay.Run, int]:
+    """`resume` the parked run and `act` between two turns of its replay.
+
+    Returns the run and how many of its `yield`s the replay had reached by then.
+    """
+    begun: list[int] = []
+
+    async def meanwhile() -> None:
+        while not seen:  # the replay has begun: it is between two turns now
+            await trio.lowlevel.checkpoint()
+        begun.append(len(seen))
+        await act()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(meanwhile)
+        run = await engine.resume(run_id)
+    return run, begun[0]
 
 
 async def test_a_signal_during_a_long_replay_reaches_the_run(db: str) -> None:
-    # `resume` replays the parked run from the top; the signal commits while the
-    # replay goes on, and the run takes it whether the replay had reached its Suspend.
-    begun: list[int] = []
+    # The signal commits while the replay goes on, and the run takes it whether or not
+    # the replay had reached its Suspend by then (mailbox, or a wake-up there).
     async with replay.open_engine(db, workflows=[long_history], cache_size=0) as engine:
         run_id = await parked_long_run(engine)
-
-        async def signal_it() -> None:
-            begun.append(await during_the_replay(lambda: engine.signal(run_id, "go")))
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(signal_it)
-            run = await engine.resume(run_id)
+        run, begun = await resumed_while(engine, run_id,
+                                         lambda: engine.signal(run_id, "go"))
         assert await run.result() == sum(2 * i for i in range(STEPS))
         history = [(e.kind, e.event, e.key) for e in await engine.history(run_id)]
-    assert begun[0] < STEPS
+    assert begun < STEPS
     assert ("signal", "signalled", "go") in history
     assert history[-1] == ("run", "completed", None)
 
 
 async def test_a_cancel_during_a_long_replay_cancels_the_run(db: str) -> None:
-    begun: list[int] = []
     async with replay.open_engine(db, workflows=[long_history], cache_size=0) as engine:
         run_id = await parked_long_run(engine)
-
-        async def cancel_it() -> None:
-            begun.append(await during_the_replay(lambda: engine.cancel(run_id, "stop")))
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(cancel_it)
-            run = await engine.resume(run_id)
+        run, begun = await resumed_while(engine, run_id,
+                                         lambda: engine.cancel(run_id, "stop"))
         with pytest.raises(WorkflowFailed, match=r"replay\.Cancelled"):
             await run.result()
         info = engine.status(run_id)
-    assert begun[0] < STEPS
+    assert begun < STEPS
     assert (info.state, info.error_type) == (RunState.CANCELLED, "replay.Cancelled")
     assert len(seen) == STEPS + 1  # the replay went on to the Suspend, which took it
