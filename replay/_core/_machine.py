@@ -77,6 +77,9 @@ from replay._flow import ContinueAsNew, Note
 from replay._parallel import GROUP_TYPES, Child
 from replay._types import RunState
 
+# Makes an attempt of a sync pure step: (step, attempt number) -> how it ended.
+Compute = Callable[[Step, int], Outcome]
+
 
 class RunMachine:
     """Decides one execution of one run.
@@ -178,8 +181,29 @@ class RunMachine:
         """Go on with a replay that returned `Later` (it may do so again)."""
         return self._replayed(self._resume().go_on(), now)
 
-    def attempt_ended(self, attempt: Attempt, outcome: Outcome, now: Now) -> Action:
-        """Record how `attempt` ended and decide what comes next."""
+    def attempt_ended(self, attempt: Attempt, outcome: Outcome, now: Now,
+                      compute: Compute | None = None, more: int = 0) -> Action:
+        """Record how `attempt` ended and decide what comes next.
+
+        `compute`: makes an attempt of a sync pure step (see `Step`) and returns its
+        outcome. When `attempt` was of a pure step, up to `more` pure attempts that
+        follow are made here, one after the other, their records carried into the
+        decision returned: after a pure attempt nothing needs to be durable before
+        the next, and a pure step's call is a quick computation.
+        """
+        action = self._attempt_ended(attempt, outcome, now)
+        if compute is None or not attempt.step.pure:
+            return action
+        while more and isinstance(action, Attempt) and action.start is None:
+            step = action.step
+            if not step.pure or step.is_async or self._groups.group is not None:
+                break
+            more -= 1
+            self._rec.put_back(action.records, action.warnings)
+            action = self._attempt_ended(action, compute(step, action.number), now)
+        return action
+
+    def _attempt_ended(self, attempt: Attempt, outcome: Outcome, now: Now) -> Action:
         if self._groups.group is not None:
             return self._grouped(self._groups.attempt_ended(attempt, outcome, now), now)
         settled = self._settle(attempt, outcome, now, grouped=False)

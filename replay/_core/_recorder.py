@@ -85,6 +85,11 @@ class Recorder:
         self._warnings.clear()
         return records, warnings
 
+    def put_back(self, records: tuple[Record, ...], warnings: tuple[str, ...]) -> None:
+        """Take back a decision's records and warnings: they go with the next one."""
+        self._out.extend(records)
+        self._warnings.extend(warnings)
+
     def encoded(self, value: Any, key: str) -> Encoded:
         """Encode `value` (the value of `key`) for a record.
 

@@ -17,6 +17,7 @@ not awaited: the committer commits it before the file closes).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -217,9 +218,14 @@ class Driver:
                 after = await self._attempt(slot, machine, action, handed, stretch)
                 if after is None:
                     return None  # the run ended with its first attempt: already committed
-                after_pure = action.step.pure
-                action = after
-                pure_streak = pure_streak + 1 if after_pure else 0
+                attempted, action = action.step, after
+                after_pure = attempted.pure
+                if not after_pure:
+                    pure_streak = 0
+                elif attempted.is_async:
+                    pure_streak += 1
+                else:  # the machine made up to PURE_STEPS_PER_YIELD - 1 more (`_attempt`)
+                    pure_streak = PURE_STEPS_PER_YIELD
                 if pure_streak == PURE_STEPS_PER_YIELD:
                     pure_streak = 0
                     # Shielded: the run's cancellation is taken just below, at a decision.
@@ -307,9 +313,10 @@ class Driver:
             step = attempt.step
             if step.pure and not step.is_async:
                 # No await: a cancellation committed meanwhile is seen at the next decision.
-                return machine.attempt_ended(
-                    attempt, self._steps.compute(slot.run_id, step, attempt.number),
-                    self._clock.now)
+                # The machine makes the sync pure attempts that follow too, in one go.
+                compute = functools.partial(self._steps.compute, slot.run_id)
+                return machine.attempt_ended(attempt, compute(step, attempt.number),
+                                             self._clock.now, compute, PURE_STEPS_PER_YIELD - 1)
             outcome = await self._call(slot, machine, attempt, stretch, handed=handed)
             return machine.attempt_ended(attempt, outcome, self._clock.now)
         # The run's first attempt since the open runs alone, its start and its end
