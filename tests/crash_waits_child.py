@@ -192,7 +192,8 @@ async def race(engine: replay.Engine, config: dict[str, Any]) -> dict[str, Any]:
     # Patched before the body's first checkpoint: the due timer has not fired yet.
     store.load_memo = slow_load  # type: ignore[method-assign]
     # Records in memory would need no read: the store is told they are not.
-    store.memo_at_hand = lambda run_id, workflow: None  # type: ignore[method-assign]
+    store.memo_at_hand = lambda run_id, workflow, most: None  # type: ignore[method-assign]
+    store._records_at_hand = lambda run_id, workflow: None  # type: ignore[method-assign]
     [run_id] = config["signals"]
     lock = internals(engine).scheduler.runs.find(run_id).lock
     outcome: dict[str, str] = {}

@@ -23,6 +23,7 @@ import replay
 from replay import Note, Retry, Sleep, Step
 from replay._cli._main import main
 from replay._codec import CODEC
+from replay._core._history import RunHistory
 from replay._core._records import Encoded, Record, Run
 from replay._store import Store, hot_from_row, record_row
 from replay._store._writer_store import SETTLE_ROWS
@@ -98,6 +99,11 @@ async def test_hot_rows_read_exactly_as_settled_rows(tmp_path: Any) -> None:
     assert events(hot) == events(settled)
 
 
+def memo_state(history: RunHistory) -> tuple[Any, ...]:
+    """Everything a memo holds."""
+    return tuple(getattr(history, name) for name in RunHistory.__slots__)
+
+
 def _committed(store: Store, rows: list[tuple[Any, ...]]) -> None:
     done = threading.Event()
     errors: list[BaseException | None] = []
@@ -142,6 +148,13 @@ async def test_the_reads_of_a_run_read_its_recent_rows_from_memory_as_the_table_
             assert hot.load_history(run_id) == table.load_history(run_id)
             assert hot.load_memo(run_id, "hot_mixed") == table.load_memo(run_id, "hot_mixed")
         assert hot.load_memos(wanted) == table.load_memos(wanted)
+        for run_id in run_ids:
+            # Folded straight from the rows in memory: the memo the records make.
+            folded = hot.memo_at_hand(run_id, "hot_mixed", 1000)
+            assert folded is not None
+            assert memo_state(folded) == memo_state(
+                RunHistory(table.load_memo(run_id, "hot_mixed")))
+            assert hot.memo_at_hand(run_id, "hot_mixed", 1) is None  # more rows than that
         assert queries == []
         for run_id in run_ids:
             assert hot.run_row(run_id) == table.run_row(run_id)

@@ -480,7 +480,8 @@ async def test_a_signal_while_a_woken_run_loads_its_history_is_not_lost(
             return records
 
         store.load_memo = late_load  # type: ignore[method-assign]
-        store.memo_at_hand = lambda run_id, workflow: None  # type: ignore[method-assign]
+        store.memo_at_hand = lambda run_id, workflow, most: None  # type: ignore[method-assign]
+        store._records_at_hand = lambda run_id, workflow: None  # type: ignore[method-assign]
         deadline = engine.status("sl").wake_at
         assert deadline is not None
         await trio.sleep((deadline - engine.now()).total_seconds() - 0.001)

@@ -25,6 +25,7 @@ from conftest import _fold_disagreements, _fold_lock, view_disagreements
 
 from replay._codec import CODEC
 from replay._codec._export import read_history
+from replay._core._history import RunHistory
 from replay._core._records import Encoded, ErrorText, Record, Run
 from replay._core._state import RunStatus, fold
 from replay._store import Store, record_row, utc_or_none
@@ -390,5 +391,16 @@ def test_a_resume_reads_a_run_once(tmp_path: Path, monkeypatch: pytest.MonkeyPat
                                run_state="completed")])
         assert store.load_memo("r1", "wf") == memo
         assert len(reads) == 3
+        # The memo of the rows just read for the state is folded from them at hand,
+        # unless they are more than the caller folds in one piece: then `load_memo`
+        # takes them, still with no read.
+        assert store.run_row("r1") is not None
+        assert store.memo_at_hand("r1", "wf", 1) is None
+        assert store.load_memo("r1", "wf") == memo
+        assert store.run_row("r1") is not None
+        folded = store.memo_at_hand("r1", "wf", 100)
+        assert folded is not None and folded.keys == RunHistory(memo).keys
+        assert folded.input() == RunHistory(memo).input() is not None
+        assert len(reads) == 5
     finally:
         store.close()

@@ -6,7 +6,10 @@ thousands of signals waiting, a broadcast, a burst of timers — loading each hi
 with its own query would cost a thread hop and a query per run. `MemoLoader` is a
 service task: the requests made while it works on one batch form the next, loaded
 with one query (up to `BATCH` runs), and each waiting task gets its own records.
-`memo_of` turns a run's records into its memo a slice at a time.
+`memo_of` turns a run's records into its memo a slice at a time. A run whose rows are
+at hand (in the hot log, or just read for its state) is folded from them directly by
+the store, with no record made for most rows (`fold_rows`), when they are few enough
+to fold in one piece.
 """
 
 from __future__ import annotations
@@ -64,18 +67,18 @@ class MemoLoader:
         self._wakeup = trio.Event()
         self._running = False
 
-    async def load(self, run_id: str, workflow: str) -> list[Record]:
-        """Return one run's records as the memo needs them, in `seq` order.
+    async def load(self, run_id: str, workflow: str) -> RunHistory:
+        """Return one run's memo, folded from its records.
 
         Raises:
             DatabaseError: The file could not be read.
             EngineClosed: The engine stopped before the records were read.
         """
-        records = self._store.memo_at_hand(run_id, workflow)
-        if records is not None:  # nothing to read: no thread, no batch
-            return records
+        history = self._store.memo_at_hand(run_id, workflow, FOLDED_PER_TURN)
+        if history is not None:  # nothing to read: no thread, no batch
+            return history
         if not self._running:  # not started (or stopped): read it alone
-            return await in_thread(self._store.load_memo, run_id, workflow)
+            return await memo_of(await in_thread(self._store.load_memo, run_id, workflow))
         request = _Request(run_id, workflow)
         self._queue.append(request)
         self._wakeup.set()
@@ -83,7 +86,7 @@ class MemoLoader:
         if request.error is not None:
             raise request.error
         assert request.records is not None
-        return request.records
+        return await memo_of(request.records)
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The service task: load what is asked, a batch at a time, until cancelled."""

@@ -39,7 +39,7 @@ from replay._engine._committer import Committer, ThreadCommit, trio_is_guest
 from replay._engine._deliveries import Deliveries
 from replay._engine._driver import Driver, Parked
 from replay._engine._family import Family
-from replay._engine._loading import MemoLoader, memo_of
+from replay._engine._loading import MemoLoader
 from replay._engine._parking import ParkedCache
 from replay._engine._runs import RunTable
 from replay._engine._slots import RunSlot
@@ -160,7 +160,7 @@ class Scheduler:
                 self._deadlines.add(slot.run_id, started.wake_at)
             if slot.state is RunState.RUNNING or news_for_parked(slot.status, history, records):
                 self._claim(slot)
-                self._spawn(slot, self._machine(slot, history, input_of(records)))
+                self._spawn(slot, self._machine(slot, history))
             elif slot.status.wake_at is not None:
                 self._timers.add(slot.run_id, slot.status.wake_at)
 
@@ -277,15 +277,14 @@ class Scheduler:
         self.parked.drop(slot.run_id)
         try:
             async with slot.lock:  # no signal may commit between the load and the machine
-                records = await self._load(slot)
-                history = await memo_of(records)
+                history = await self._load(slot)
                 resumed = resumed_record(Run(slot.run_id, slot.workflow), slot.status,
                                          history, CODEC)
                 # The replay sees it at once and runs while it commits (they share a
                 # group commit); it is durable before anything the replay records.
                 history.apply(resumed)
                 durable = self.enqueue(slot, resumed)
-                machine = self._machine(slot, history, input_of(records))
+                machine = self._machine(slot, history)
         except BaseException:
             self._unclaim(slot)
             self.runs.forget_if_idle(slot)
@@ -327,7 +326,7 @@ class Scheduler:
         """The run's memo, for deciding about an outcome from outside (under its lock)."""
         if slot.machine is not None:
             return slot.machine.history
-        return await memo_of(await self._load(slot))
+        return await self._load(slot)
 
     async def cancel(self, slot: RunSlot, reason: Encoded) -> bool:
         """Record the run's cancellation, waking it if it is parked (see `Deliveries`).
@@ -573,13 +572,17 @@ class Scheduler:
         # Under the run's lock, so that no signal commits between the load and the
         # machine taking its place.
         async with slot.lock:
-            records = await self._load(slot)
-            history = await memo_of(records)
+            history = await self._load(slot)
             frontier = history.last_key() if replaying and self._strict_replay else None
-            return self._machine(slot, history, input_of(records), frontier)
+            return self._machine(slot, history, frontier=frontier)
 
-    def _machine(self, slot: RunSlot, history: RunHistory, arguments: bytes,
+    def _machine(self, slot: RunSlot, history: RunHistory, arguments: bytes | None = None,
                  frontier: str | None = None) -> RunMachine:
+        """Make the run's machine; `arguments`: its input (else the history's)."""
+        if arguments is None:
+            arguments = history.input()
+        if arguments is None:  # a run/started record without arguments (never written)
+            arguments = CODEC.encode((), key="input")
         machine = RunMachine(
             Run(slot.run_id, slot.workflow), self._registry.functions[slot.workflow],
             arguments, history, CODEC, self._policy, state=slot.state,
@@ -587,24 +590,9 @@ class Scheduler:
         slot.machine = machine
         return machine
 
-    async def _load(self, slot: RunSlot) -> list[Record]:
-        """Load a run's records for its memo (not for `history`: no timestamps).
+    async def _load(self, slot: RunSlot) -> RunHistory:
+        """Load a run's memo (its records, folded).
 
         Runs that load at the same moment share one query (`MemoLoader`).
         """
         return await self._loader.load(slot.run_id, slot.workflow)
-
-
-def input_of(records: list[Record]) -> bytes:
-    """Return the encoded input of a run's current generation.
-
-    That is the arguments of its newest ``run/continued`` record, else of its
-    ``run/started`` record.
-    """
-    for record in reversed(records):
-        if record.kind == "run" and record.event == "continued" and record.value is not None:
-            return record.value
-    started = started_record(records)
-    if started is not None and started.value is not None:
-        return started.value
-    return CODEC.encode((), key="input")

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import psycopg
 
+from replay._core._history import RunHistory
 from replay._core._records import Record
 from replay._errors import DatabaseError, DatabaseLocked, LeaseLost
 from replay._pg import _leases, _purge, _reads
@@ -233,7 +234,7 @@ class PgStore:
         """
         return self._read(_reads.load_history, run_id, self.path)
 
-    def memo_at_hand(self, run_id: str, workflow: str) -> list[Record] | None:
+    def memo_at_hand(self, run_id: str, workflow: str, most: int) -> RunHistory | None:
         """Return None: this store keeps no rows in memory, so every memo is read."""
         return None
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from replay._core._history import RunHistory
 from replay._core._records import Record
 from replay._errors import LeaseLost
 from replay._store._purge import GenerationRows, PurgePlan
@@ -277,8 +278,8 @@ class EngineStore(Protocol):
         """Return every record of one run in `seq` order."""
         ...
 
-    def memo_at_hand(self, run_id: str, workflow: str) -> list[Record] | None:
-        """Return one run's memo records if they are in memory (no read), else None."""
+    def memo_at_hand(self, run_id: str, workflow: str, most: int) -> RunHistory | None:
+        """Return one run's memo if its rows are in memory (no read), at most `most`."""
         ...
 
     def load_memo(self, run_id: str, workflow: str) -> list[Record]:

@@ -27,6 +27,7 @@ from datetime import datetime
 from operator import itemgetter
 from typing import Any
 
+from replay._core._history import OutcomeFields, RunHistory, fold_rows
 from replay._core._records import Record
 from replay._store._rows import epoch_us, from_epoch_us, utc_or_none
 from replay._store._schema import MEMO_COLUMNS, OPEN_COLUMNS
@@ -45,6 +46,8 @@ _STATE = (f"SELECT {MEMO_COLUMNS}, workflow, run_state, epoch_us(recorded_at) "
 _MEMOS = (f"SELECT run_id, {MEMO_COLUMNS} FROM replay_event_log "
           "WHERE run_id IN (SELECT unnest($1::VARCHAR[]))")
 _first = itemgetter(0)
+# Where a row of `replay_event_log` keeps what `fold_rows` reads of a step's outcome.
+_TABLE_OUTCOME: OutcomeFields = (3, 4, 5, 6, 14, 7)
 _first_two = itemgetter(0, 1)
 
 
@@ -152,13 +155,35 @@ def whole_memo(recent: RecentRows, run_id: str) -> list[Record] | None:
     rows, whole = recent.of(run_id)
     if not whole:
         return None
-    # Positional (in `Record`'s field order): one per recorded event.
-    return [Record(run_id, workflow, kind, event, key, attempt, value, None, error_type, error,
-                   tuple(error_types.split(",")) if error_types else (), name, None, None,
-                   wake_at, None, status_text, seq, generation or 0, code_version)
-            for (seq, _, workflow, key, kind, event, attempt, value, _, error_type, error, _, _,
-                 wake_at, name, error_types, _, status_text, generation, code_version) in rows
-            if seq <= upto]
+    record = _memo_record_of(run_id)
+    return [record(row) for row in rows if row[0] <= upto]
+
+
+def whole_history(recent: RecentRows, run_id: str, most: int) -> RunHistory | None:
+    """Return one run's memo from memory, folded, if it is whole there in `most` rows.
+
+    As `whole_memo`, with no record made for a step's first outcome (`fold_rows`).
+    """
+    upto = recent.last_seq  # first: see the module's docstring
+    rows, whole = recent.of(run_id)
+    if not whole or len(rows) > most:
+        return None
+    return fold_rows((row for row in rows if row[0] <= upto), _TABLE_OUTCOME,
+                     _memo_record_of(run_id))
+
+
+def _memo_record_of(run_id: str) -> Callable[[Row], Record]:
+    """How to make a memo record of one of the run's rows of `replay_event_log`."""
+
+    def record(row: Row) -> Record:
+        (seq, _, workflow, key, kind, event, attempt, value, _, error_type, error, _, _,
+         wake_at, name, error_types, _, status_text, generation, code_version) = row
+        # Positional (in `Record`'s field order): one per recorded event.
+        return Record(run_id, workflow, kind, event, key, attempt, value, None, error_type,
+                      error, tuple(error_types.split(",")) if error_types else (), name, None,
+                      None, wake_at, None, status_text, seq, generation or 0, code_version)
+
+    return record
 
 
 def memo_rows(recent: RecentRows, read: Read, run_id: str) -> list[Row]:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeAlias
 
 from replay._codec import encode
+from replay._core._history import OutcomeFields
 from replay._core._records import Record
 from replay._core._state import damaged_message, run_problem
 from replay._epoch import EPOCH, micros, moment
@@ -182,6 +183,10 @@ ParkedRow: TypeAlias = tuple[str, str, str, int, int, str | None, int | None, st
 def open_record(row: tuple[Any, ...]) -> Record:
     """Turn a row of `OPEN_COLUMNS` (timestamps as epoch microseconds) into a record."""
     return row_record(row, from_epoch_us)
+
+
+# Where a row of `MEMO_COLUMNS` keeps what `fold_rows` reads of a step's outcome.
+MEMO_OUTCOME: OutcomeFields = (1, 2, 3, 4, 9, 5)
 
 
 def memo_record(run_id: str, workflow: str, row: tuple[Any, ...]) -> Record:

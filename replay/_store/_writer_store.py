@@ -21,6 +21,7 @@ from typing import Any, TypeAlias, TypeVar
 
 import duckdb
 
+from replay._core._history import RunHistory, fold_rows
 from replay._core._records import Record
 from replay._errors import EngineClosed
 from replay._store._connect import connect, damaged, private_wal, unusable
@@ -36,9 +37,11 @@ from replay._store._recent import (
     memos_rows,
     stamp,
     state_rows,
+    whole_history,
     whole_memo,
 )
 from replay._store._rows import (
+    MEMO_OUTCOME,
     RunRow,
     fold_summary,
     history_records,
@@ -204,12 +207,25 @@ class Store:
         return history_records(history_rows(self._recent, self._read, run_id), self.path,
                                stamp)
 
-    def memo_at_hand(self, run_id: str, workflow: str) -> list[Record] | None:
-        """Return one run's memo records if they need no read, else None.
+    def memo_at_hand(self, run_id: str, workflow: str, most: int) -> RunHistory | None:
+        """Return one run's memo if its rows need no read and are at most `most`, else None.
 
         They need none when the run is whole in the hot log's rows (see `RecentRows`),
-        or when `run_row` just read its rows and nothing was committed since.
+        or when `run_row` just read its rows and nothing was committed since. Folded
+        straight from the rows (`fold_rows`); more than `most` are left to `load_memo`.
         """
+        ahead = self._read_ahead
+        if ahead is not None and ahead[0] == run_id and ahead[1] == self._recent.last_seq:
+            rows = ahead[2]
+            if len(rows) > most:
+                return None
+            self._read_ahead = None
+            return fold_rows(rows, MEMO_OUTCOME,
+                             lambda row: memo_record(run_id, workflow, row[:14]))
+        return whole_history(self._recent, run_id, most)
+
+    def _records_at_hand(self, run_id: str, workflow: str) -> list[Record] | None:
+        """Return one run's memo records if they need no read (see `memo_at_hand`)."""
         ahead = self._read_ahead
         if ahead is not None and ahead[0] == run_id and ahead[1] == self._recent.last_seq:
             self._read_ahead = None
@@ -218,7 +234,7 @@ class Store:
 
     def load_memo(self, run_id: str, workflow: str) -> list[Record]:
         """Return one run's records as the memo needs them (one query, no timestamps)."""
-        records = self.memo_at_hand(run_id, workflow)
+        records = self._records_at_hand(run_id, workflow)
         if records is not None:
             return records
         return [memo_record(run_id, workflow, row)
@@ -232,7 +248,7 @@ class Store:
         loaded: dict[str, list[Record]] = {}
         unknown = []  # runs not whole in memory
         for run_id, workflow in runs.items():
-            records = self.memo_at_hand(run_id, workflow)
+            records = self._records_at_hand(run_id, workflow)
             if records is None:
                 unknown.append(run_id)
             else:
