@@ -46,9 +46,9 @@ _STATE = (f"SELECT {MEMO_COLUMNS}, workflow, run_state, epoch_us(recorded_at) "
 _MEMOS = (f"SELECT run_id, {MEMO_COLUMNS} FROM replay_event_log "
           "WHERE run_id IN (SELECT unnest($1::VARCHAR[]))")
 _first = itemgetter(0)
+_first_two = itemgetter(0, 1)
 # Where a row of `replay_event_log` keeps what `fold_rows` reads of a step's outcome.
 _TABLE_OUTCOME: OutcomeFields = (3, 4, 5, 6, 14, 7)
-_first_two = itemgetter(0, 1)
 
 
 class RecentRows:

@@ -214,23 +214,28 @@ class Store:
         or when `run_row` just read its rows and nothing was committed since. Folded
         straight from the rows (`fold_rows`); more than `most` are left to `load_memo`.
         """
-        ahead = self._read_ahead
-        if ahead is not None and ahead[0] == run_id and ahead[1] == self._recent.last_seq:
-            rows = ahead[2]
-            if len(rows) > most:
-                return None
-            self._read_ahead = None
-            return fold_rows(rows, MEMO_OUTCOME,
-                             lambda row: memo_record(run_id, workflow, row[:14]))
-        return whole_history(self._recent, run_id, most)
+        rows = self._rows_ahead(run_id)
+        if rows is None:
+            return whole_history(self._recent, run_id, most)
+        if len(rows) > most:
+            return None
+        self._read_ahead = None
+        return fold_rows(rows, MEMO_OUTCOME, lambda row: memo_record(run_id, workflow, row[:14]))
 
     def _records_at_hand(self, run_id: str, workflow: str) -> list[Record] | None:
         """Return one run's memo records if they need no read (see `memo_at_hand`)."""
+        rows = self._rows_ahead(run_id)
+        if rows is None:
+            return whole_memo(self._recent, run_id)
+        self._read_ahead = None
+        return [memo_record(run_id, workflow, row[:14]) for row in rows]
+
+    def _rows_ahead(self, run_id: str) -> list[tuple[Any, ...]] | None:
+        """The rows `run_row` just read of `run_id`, if nothing was committed since."""
         ahead = self._read_ahead
         if ahead is not None and ahead[0] == run_id and ahead[1] == self._recent.last_seq:
-            self._read_ahead = None
-            return [memo_record(run_id, workflow, row[:14]) for row in ahead[2]]
-        return whole_memo(self._recent, run_id)
+            return ahead[2]
+        return None
 
     def load_memo(self, run_id: str, workflow: str) -> list[Record]:
         """Return one run's records as the memo needs them (one query, no timestamps)."""
