@@ -168,8 +168,9 @@ def whole_history(recent: RecentRows, run_id: str, most: int) -> RunHistory | No
     rows, whole = recent.of(run_id)
     if not whole or len(rows) > most:
         return None
-    return fold_rows((row for row in rows if row[0] <= upto), _TABLE_OUTCOME,
-                     _memo_record_of(run_id))
+    if rows and rows[-1][0] > upto:  # committed since `upto` (rows are in `seq` order)
+        rows = [row for row in rows if row[0] <= upto]
+    return fold_rows(rows, _TABLE_OUTCOME, _memo_record_of(run_id))
 
 
 def _memo_record_of(run_id: str) -> Callable[[Row], Record]:
