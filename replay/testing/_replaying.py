@@ -232,7 +232,7 @@ def _interpreter(workflow: Callable[..., Any], run_id: str, name: str,
             "input; export the whole history with engine.export_history"
         )
     # A run that continued as new replays its current generation, from its arguments.
-    args: Any = decode(history.arguments if history.arguments is not None else started.value)
+    args: Any = decode(history.input() or started.value)
     try:
         generator = workflow(*args)  # a generator function: this only binds arguments
     except Exception as error:
