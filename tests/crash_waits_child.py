@@ -179,21 +179,20 @@ async def finish(engine: replay.Engine, config: dict[str, Any]) -> dict[str, Any
 async def race(engine: replay.Engine, config: dict[str, Any]) -> dict[str, Any]:
     """Signal a run while its timer wake-up reads its history (a slow read)."""
     store, reading, release = internals(engine).store, trio.Event(), threading.Event()
-    original, armed = store.load_memo, [True]
+    original, armed = store.fold_memo, [True]
 
     def slow_load(run_id: str, workflow: str) -> Any:
-        records = original(run_id, workflow)  # the read happens now ...
+        history = original(run_id, workflow)  # the read happens now ...
         if armed:
             armed.clear()
             trio.from_thread.run_sync(reading.set)
             release.wait()  # ... and returns once the signal is durable, or waits
-        return records
+        return history
 
     # Patched before the body's first checkpoint: the due timer has not fired yet.
-    store.load_memo = slow_load  # type: ignore[method-assign]
+    store.fold_memo = slow_load  # type: ignore[method-assign]
     # Records in memory would need no read: the store is told they are not.
-    store.memo_at_hand = lambda run_id, workflow, most: None  # type: ignore[method-assign]
-    store._records_at_hand = lambda run_id, workflow: None  # type: ignore[method-assign]
+    store._memos.at_hand = lambda run_id, workflow, most: None  # type: ignore[method-assign]
     [run_id] = config["signals"]
     lock = internals(engine).scheduler.runs.find(run_id).lock
     outcome: dict[str, str] = {}

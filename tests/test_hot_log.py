@@ -155,7 +155,15 @@ async def test_the_reads_of_a_run_read_its_recent_rows_from_memory_as_the_table_
             assert memo_state(folded) == memo_state(
                 RunHistory(table.load_memo(run_id, "hot_mixed")))
             assert hot.memo_at_hand(run_id, "hot_mixed", 1) is None  # more rows than that
+            assert memo_state(hot.fold_memo(run_id, "hot_mixed")) == memo_state(folded)
         assert queries == []
+        # Read from the table and folded where read: one run, or several in one query.
+        many = table.fold_memos({**wanted, "no-such-run": "hot_mixed"})
+        for run_id in run_ids:
+            made = memo_state(RunHistory(table.load_memo(run_id, "hot_mixed")))
+            assert memo_state(table.fold_memo(run_id, "hot_mixed")) == made
+            assert memo_state(many[run_id]) == made
+        assert memo_state(many["no-such-run"]) == memo_state(RunHistory())
         for run_id in run_ids:
             assert hot.run_row(run_id) == table.run_row(run_id)
             assert hot.workflow_of(run_id) == table.workflow_of(run_id) == "hot_mixed"

@@ -3,7 +3,7 @@
 After a reopen no parked generator survives, so each run that wakes loads its records
 from the file and replays them. 300 parked runs signalled at once must all complete
 with their own records, and the file must be read with a handful of queries (the
-store's `load_memos` is wrapped to count its calls; it still does the reading). A long
+store's `fold_memos` is wrapped to count its calls; it still does the reading). A long
 run's rows are read by a scan of the table, a short one's through the run_id index.
 """
 
@@ -45,13 +45,13 @@ async def test_runs_woken_together_share_their_history_queries(
         for i in range(RUNS):
             await engine.get_run(f"p{i}").wait()
     batches: list[int] = []
-    load_memos = Store.load_memos
+    fold_memos = Store.fold_memos
 
     def counted(store: Store, runs: dict[str, str]) -> Any:
         batches.append(len(runs))
-        return load_memos(store, runs)
+        return fold_memos(store, runs)
 
-    monkeypatch.setattr(Store, "load_memos", counted)
+    monkeypatch.setattr(Store, "fold_memos", counted)
     async with (replay.open_engine(path, workflows=[parked], durability="none") as engine,
                 trio.open_nursery() as nursery):
 

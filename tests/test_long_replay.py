@@ -4,13 +4,15 @@ Replaying sends recorded outcomes straight back with no I/O, so a run of many
 thousand recorded steps would hold the engine's loop for its whole replay (about half
 a second for 100,000 steps): other runs, timers, signals and `terminate` waited. The
 replay pauses every `REPLAYED_PER_TURN` outcomes for one scheduling round. The
-workflow below notes, before each `yield`, how often a ticker task has run. Folding
-the loaded records into the run's memo goes a slice at a time too.
+workflow below notes, before each `yield`, how often a ticker task has run. A long
+history read from the file is folded into the run's memo where it is read, in a worker
+thread, not on the loop.
 """
 
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import Awaitable, Callable, Generator, Iterator
 from typing import Any
 
@@ -19,11 +21,11 @@ import trio
 
 import replay
 from replay import RunState, Step, Suspend, WorkflowFailed
-from replay._codec import encode
-from replay._core._history import RunHistory
+from replay._core._history import RunHistory, fold_rows
 from replay._core._interpreter import REPLAYED_PER_TURN
-from replay._core._records import Record
-from replay._engine._loading import FOLDED_PER_TURN, memo_of
+from replay._engine._facade import internals
+from replay._engine._loading import FOLDED_ON_LOOP
+from replay._store import _memo_reads
 
 STEPS = 3 * REPLAYED_PER_TURN + 10
 ticks = [0]
@@ -112,20 +114,28 @@ async def test_closing_the_engine_mid_replay_leaves_the_run_to_the_next_open(db:
         assert await run.result() == sum(2 * i for i in range(STEPS))
 
 
-async def test_a_long_history_is_folded_a_slice_at_a_time() -> None:
-    count = 2 * FOLDED_PER_TURN + 5
-    records = [Record("r", "wf", "step", "completed", key=f"s{i}", attempt=1,
-                      value=encode(i), name="double", seq=i + 2) for i in range(count)]
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(ticker)
-        await trio.lowlevel.checkpoint()  # the ticker has begun
-        before = ticks[0]
-        history = await memo_of(records)
-        during = ticks[0] - before
-        nursery.cancel_scope.cancel()
-    assert during >= count // FOLDED_PER_TURN
-    assert history.keys == RunHistory(records).keys
-    assert history.last_step_key == f"s{count - 1}"
+async def test_a_long_history_is_folded_off_the_loop(
+        db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # More rows than the loop folds itself: after a reopen the history is read from the
+    # file, and folded in the worker thread that read it.
+    steps = FOLDED_ON_LOOP + 10
+    async with replay.open_engine(db, workflows=[long_history], cache_size=0) as engine:
+        run = await engine.start(long_history, steps)
+        assert (await run.wait()).state is RunState.SUSPENDED
+    folded_on: list[threading.Thread] = []
+
+    def watched(rows: Any, at: Any, record: Any) -> RunHistory:
+        folded_on.append(threading.current_thread())
+        return fold_rows(rows, at, record)
+
+    monkeypatch.setattr(_memo_reads, "fold_rows", watched)
+    async with replay.open_engine(db, workflows=[long_history], cache_size=0) as engine:
+        store = internals(engine).store
+        assert store.memo_at_hand(run.run_id, "long.history", FOLDED_ON_LOOP) is None
+        folded_on.clear()
+        woken = await engine.signal(run.run_id, "go")
+        assert await woken.result() == sum(2 * i for i in range(steps))
+    assert folded_on and threading.main_thread() not in folded_on
 
 
 async def resumed_while(engine: replay.Engine, run_id: str,

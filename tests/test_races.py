@@ -469,19 +469,18 @@ async def test_a_signal_while_a_woken_run_loads_its_history_is_not_lost(
         # signal for its Suspend was recorded: the query saw the table before it. (Its
         # records are in memory: the store is told they are not, so that it reads.)
         store = internals(engine).store
-        load_memo = store.load_memo
+        fold_memo = store.fold_memo
         loaded, released = threading.Event(), threading.Event()
 
         def late_load(run_id: str, workflow: str) -> Any:
-            records = load_memo(run_id, workflow)
+            history = fold_memo(run_id, workflow)
             if run_id == "sl" and not loaded.is_set():
                 loaded.set()
                 released.wait(timeout=0.2)
-            return records
+            return history
 
-        store.load_memo = late_load  # type: ignore[method-assign]
-        store.memo_at_hand = lambda run_id, workflow, most: None  # type: ignore[method-assign]
-        store._records_at_hand = lambda run_id, workflow: None  # type: ignore[method-assign]
+        store.fold_memo = late_load  # type: ignore[method-assign]
+        store._memos.at_hand = lambda run_id, workflow, most: None  # type: ignore[method-assign]
         deadline = engine.status("sl").wake_at
         assert deadline is not None
         await trio.sleep((deadline - engine.now()).total_seconds() - 0.001)

@@ -370,8 +370,6 @@ def test_a_resume_reads_a_run_once(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         record.seq, record.recorded_at = seq, at(seq)
     path = str(tmp_path / "once.duckdb")
     write_file(path, records)
-    store = Store(path, "none")
-    store.start_writer()
     reads: list[str] = []
     read = Store._read
 
@@ -380,6 +378,8 @@ def test_a_resume_reads_a_run_once(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         return read(self, sql, params)
 
     monkeypatch.setattr(Store, "_read", counted)
+    store = Store(path, "none")
+    store.start_writer()
     try:
         memo = store.load_memo("r1", "wf")
         reads.clear()
@@ -392,8 +392,8 @@ def test_a_resume_reads_a_run_once(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         assert store.load_memo("r1", "wf") == memo
         assert len(reads) == 3
         # The memo of the rows just read for the state is folded from them at hand,
-        # unless they are more than the caller folds in one piece: then `load_memo`
-        # takes them, still with no read.
+        # unless they are more than the caller folds in one piece: then `fold_memo` (in
+        # a worker thread) or `load_memo` takes them, still with no read.
         assert store.run_row("r1") is not None
         assert store.memo_at_hand("r1", "wf", 1) is None
         assert store.load_memo("r1", "wf") == memo

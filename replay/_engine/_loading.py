@@ -5,11 +5,11 @@ resumed) is replayed from its records. When many runs wake at once — a reopen 
 thousands of signals waiting, a broadcast, a burst of timers — loading each history
 with its own query would cost a thread hop and a query per run. `MemoLoader` is a
 service task: the requests made while it works on one batch form the next, loaded
-with one query (up to `BATCH` runs), and each waiting task gets its own records.
-`memo_of` turns a run's records into its memo a slice at a time. A run whose rows are
-at hand (in the hot log, or just read for its state) is folded from them directly by
-the store, with no record made for most rows (`fold_rows`), when they are few enough
-to fold in one piece.
+with one query (up to `BATCH` runs), and each waiting task gets its own memo. The
+store folds the rows into memos where it reads them, in the worker thread, with no
+record made for most rows (`fold_rows`): a long history's fold does not hold the loop.
+A run whose rows are at hand (in the hot log, or just read for its state) is folded on
+the loop with no thread at all, when they are few enough (`FOLDED_ON_LOOP`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 import trio
 
 from replay._core._history import RunHistory
-from replay._core._records import Record
 from replay._engine._clock import in_thread
 from replay._errors import EngineClosed
 from replay._store import EngineStore
@@ -27,22 +26,10 @@ from replay._store import EngineStore
 # Runs per query: a batch this large reads about as fast per run as a larger one, and a
 # waiting task never waits behind more than one such query.
 BATCH = 1000
-# Records folded into a memo between two checkpoints (a few milliseconds): a run
-# resumed with 100,000 recorded events held the loop for the ~80 ms of its fold.
-FOLDED_PER_TURN = 8192
-
-
-async def memo_of(records: list[Record]) -> RunHistory:
-    """Return `records` folded into the run's memo, letting other tasks run between slices."""
-    if len(records) <= FOLDED_PER_TURN:
-        return RunHistory(records)
-    history = RunHistory()
-    apply = history.apply
-    for start in range(0, len(records), FOLDED_PER_TURN):
-        await trio.lowlevel.checkpoint()
-        for record in records[start:start + FOLDED_PER_TURN]:
-            apply(record)
-    return history
+# The most rows at hand folded on the loop (a few milliseconds at most): a longer
+# history is folded in a worker thread, as a run resumed with 100,000 recorded events
+# would hold the loop for the ~50 ms of its fold.
+FOLDED_ON_LOOP = 8192
 
 
 @dataclass(slots=True)
@@ -50,12 +37,12 @@ class _Request:
     run_id: str
     workflow: str
     done: trio.Event = field(default_factory=trio.Event)
-    records: list[Record] | None = None
+    history: RunHistory | None = None
     error: BaseException | None = None
 
 
 class MemoLoader:
-    """Loads runs' memo records, batching the requests that arrive together.
+    """Loads runs' memos, batching the requests that arrive together.
 
     Args:
         store: The open database.
@@ -74,19 +61,19 @@ class MemoLoader:
             DatabaseError: The file could not be read.
             EngineClosed: The engine stopped before the records were read.
         """
-        history = self._store.memo_at_hand(run_id, workflow, FOLDED_PER_TURN)
+        history = self._store.memo_at_hand(run_id, workflow, FOLDED_ON_LOOP)
         if history is not None:  # nothing to read: no thread, no batch
             return history
         if not self._running:  # not started (or stopped): read it alone
-            return await memo_of(await in_thread(self._store.load_memo, run_id, workflow))
+            return await in_thread(self._store.fold_memo, run_id, workflow)
         request = _Request(run_id, workflow)
         self._queue.append(request)
         self._wakeup.set()
         await request.done.wait()
         if request.error is not None:
             raise request.error
-        assert request.records is not None
-        return await memo_of(request.records)
+        assert request.history is not None
+        return request.history
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The service task: load what is asked, a batch at a time, until cancelled."""
@@ -112,7 +99,7 @@ class MemoLoader:
     async def _load_batch(self, batch: list[_Request]) -> None:
         runs = {request.run_id: request.workflow for request in batch}
         try:
-            loaded = await in_thread(self._store.load_memos, runs)
+            loaded = await in_thread(self._store.fold_memos, runs)
         except trio.Cancelled:
             for request in batch:
                 request.error = EngineClosed(
@@ -125,5 +112,5 @@ class MemoLoader:
                 request.done.set()
             return
         for request in batch:
-            request.records = list(loaded.get(request.run_id, ()))
+            request.history = loaded.get(request.run_id) or RunHistory()
             request.done.set()

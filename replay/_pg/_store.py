@@ -238,6 +238,15 @@ class PgStore:
         """Return None: this store keeps no rows in memory, so every memo is read."""
         return None
 
+    def fold_memo(self, run_id: str, workflow: str) -> RunHistory:
+        """Return one run's memo, folded from its records (one query)."""
+        return RunHistory(self.load_memo(run_id, workflow))
+
+    def fold_memos(self, runs: dict[str, str]) -> dict[str, RunHistory]:
+        """Return several runs' memos (`runs`: run id to workflow), one query."""
+        loaded = self.load_memos(runs)
+        return {run_id: RunHistory(loaded.get(run_id, [])) for run_id in runs}
+
     def load_memo(self, run_id: str, workflow: str) -> list[Record]:
         """Return one run's records as the memo needs them."""
         return self._read(_reads.load_memo, run_id, workflow)

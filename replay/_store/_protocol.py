@@ -282,6 +282,14 @@ class EngineStore(Protocol):
         """Return one run's memo if its rows are in memory (no read), at most `most`."""
         ...
 
+    def fold_memo(self, run_id: str, workflow: str) -> RunHistory:
+        """Return one run's memo, read and folded on the calling thread."""
+        ...
+
+    def fold_memos(self, runs: dict[str, str]) -> dict[str, RunHistory]:
+        """Return several runs' memos (`runs`: run id to workflow), read together."""
+        ...
+
     def load_memo(self, run_id: str, workflow: str) -> list[Record]:
         """Return one run's records as the memo needs them."""
         ...

@@ -21,11 +21,12 @@ from typing import Any, TypeAlias, TypeVar
 
 import duckdb
 
-from replay._core._history import RunHistory, fold_rows
+from replay._core._history import RunHistory
 from replay._core._records import Record
 from replay._errors import EngineClosed
 from replay._store._connect import connect, damaged, private_wal, unusable
 from replay._store._hot import hot_from_row, settle
+from replay._store._memo_reads import MemoReads
 from replay._store._protocol import OpenRuns
 from replay._store._purge import PurgePlan, delete_generations, delete_runs, plan, write_archive
 from replay._store._queries import OpenQueries, ReadQuery
@@ -33,19 +34,13 @@ from replay._store._recent import (
     RecentRows,
     by_recency,
     history_rows,
-    memo_rows,
-    memos_rows,
     stamp,
     state_rows,
-    whole_history,
-    whole_memo,
 )
 from replay._store._rows import (
-    MEMO_OUTCOME,
     RunRow,
     fold_summary,
     history_records,
-    memo_record,
     open_record,
     record_row,
     run_row,
@@ -130,8 +125,7 @@ class Store:
         self._recent = RecentRows(newest[0][0] or 0)
         self._last_commit = 0.0  # time.monotonic() of the last commit
         self._settle_asked = False  # `commit_now` queued a job to settle the hot log
-        # The run `run_row` read last: its id, the newest `seq` then, its rows.
-        self._read_ahead: tuple[str, int, list[tuple[Any, ...]]] | None = None
+        self._memos = MemoReads(self._recent, self._read)
 
     # -- reads (each on its own cursor: a DuckDB connection is single-threaded) --
 
@@ -155,14 +149,17 @@ class Store:
     def run_row(self, run_id: str) -> RunRow | None:
         """Return one run's state (one read of its rows), or None if there is no such run.
 
-        Its rows are kept for a `load_memo` of the run right after, with nothing
+        Its rows are kept for the run's memo right after, with nothing
         committed in between (a resume): that load then reads nothing.
         """
         upto = self._recent.last_seq
         rows = state_rows(self._recent, self._read, run_id)
         summary = fold_summary(run_id, rows)
-        self._read_ahead = None if summary is None else (run_id, upto, rows)
-        return None if summary is None else run_row(summary, self.path)
+        if summary is None:
+            self._memos.forget_ahead()
+            return None
+        self._memos.keep_ahead(run_id, upto, rows)
+        return run_row(summary, self.path)
 
     def last_seq_and_time(self) -> tuple[int, datetime | None]:
         """Return the largest `seq` and `recorded_at` in the file."""
@@ -211,59 +208,28 @@ class Store:
         """Return one run's memo if its rows need no read and are at most `most`, else None.
 
         They need none when the run is whole in the hot log's rows (see `RecentRows`),
-        or when `run_row` just read its rows and nothing was committed since. Folded
-        straight from the rows (`fold_rows`); more than `most` are left to `load_memo`.
+        or when `run_row` just read its rows and nothing was committed since.
         """
-        rows = self._rows_ahead(run_id)
-        if rows is None:
-            return whole_history(self._recent, run_id, most)
-        if len(rows) > most:
-            return None
-        self._read_ahead = None
-        return fold_rows(rows, MEMO_OUTCOME, lambda row: memo_record(run_id, workflow, row[:14]))
+        return self._memos.at_hand(run_id, workflow, most)
 
-    def _records_at_hand(self, run_id: str, workflow: str) -> list[Record] | None:
-        """Return one run's memo records if they need no read (see `memo_at_hand`)."""
-        rows = self._rows_ahead(run_id)
-        if rows is None:
-            return whole_memo(self._recent, run_id)
-        self._read_ahead = None
-        return [memo_record(run_id, workflow, row[:14]) for row in rows]
+    def fold_memo(self, run_id: str, workflow: str) -> RunHistory:
+        """Return one run's memo, folded from its rows where they are read (one query)."""
+        return self._memos.fold(run_id, workflow)
 
-    def _rows_ahead(self, run_id: str) -> list[tuple[Any, ...]] | None:
-        """The rows `run_row` just read of `run_id`, if nothing was committed since."""
-        ahead = self._read_ahead
-        if ahead is not None and ahead[0] == run_id and ahead[1] == self._recent.last_seq:
-            return ahead[2]
-        return None
+    def fold_memos(self, runs: dict[str, str]) -> dict[str, RunHistory]:
+        """Return several runs' memos (`runs`: run id to workflow), one query."""
+        if len(runs) == 1:
+            (run_id, workflow), = runs.items()
+            return {run_id: self.fold_memo(run_id, workflow)}
+        return self._memos.fold_many(runs)
 
     def load_memo(self, run_id: str, workflow: str) -> list[Record]:
         """Return one run's records as the memo needs them (one query, no timestamps)."""
-        records = self._records_at_hand(run_id, workflow)
-        if records is not None:
-            return records
-        return [memo_record(run_id, workflow, row)
-                for row in memo_rows(self._recent, self._read, run_id)]
+        return self._memos.records(run_id, workflow)
 
     def load_memos(self, runs: dict[str, str]) -> dict[str, list[Record]]:
         """Return several runs' memo records (`runs`: run id to workflow), one query."""
-        if len(runs) == 1:
-            (run_id, workflow), = runs.items()
-            return {run_id: self.load_memo(run_id, workflow)}
-        loaded: dict[str, list[Record]] = {}
-        unknown = []  # runs not whole in memory
-        for run_id, workflow in runs.items():
-            records = self._records_at_hand(run_id, workflow)
-            if records is None:
-                unknown.append(run_id)
-            else:
-                loaded[run_id] = records
-        if unknown:
-            for row in memos_rows(self._recent, self._read, unknown):
-                run_id = row[0]
-                loaded.setdefault(run_id, []).append(memo_record(run_id, runs[run_id],
-                                                                 row[1:]))
-        return loaded
+        return self._memos.records_of_many(runs)
 
     def purge_plan(self, cutoff: datetime, states: Sequence[str],
                    workflow: str | None) -> PurgePlan:
