@@ -196,7 +196,7 @@ def wait_for_end(tag: str) -> None:
 
 
 def tasks_of(engine: replay.Engine) -> int:
-    return internals(engine).scheduler.tasks()
+    return internals(engine).scheduler.tasks.alive()
 
 
 async def events_of(engine: replay.Engine, run_id: str) -> list[tuple[str, str, str | None]]:

@@ -238,7 +238,7 @@ async def test_user_queries_do_not_starve_workflow_reads(
         parked = await engine.start(waiter, run_id="parked")
         await parked.wait()
         # Its next wake-up loads its history from the file.
-        internals(engine).scheduler.parked.clear()
+        internals(engine).scheduler.tasks.parked.clear()
         async with trio.open_nursery() as nursery:
             for _ in range(60):
                 nursery.start_soon(engine.sql, SLEEPER)

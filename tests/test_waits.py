@@ -32,7 +32,7 @@ def count(name: str, value: Any = None) -> Any:
 
 
 def tasks_of(engine: replay.Engine) -> int:
-    return internals(engine).scheduler.tasks()
+    return internals(engine).scheduler.tasks.alive()
 
 
 @replay.workflow(name="napper")
@@ -292,7 +292,7 @@ async def test_evicted_generators_are_closed_and_replayed(db: str) -> None:
         await replay.testing.wait_for_state(engine, "b", RunState.SLEEPING)
         await trio.sleep(5)
         assert closed == ["a"]  # evicted when b parked: its finally ran on the loop
-        assert len(internals(engine).scheduler.parked) == 1
+        assert len(internals(engine).scheduler.tasks.parked) == 1
         assert [await r.result() for r in runs] == ["a", "b"]
     assert counts == {"top a": 2, "top b": 1}
 

@@ -51,7 +51,7 @@ class Deliveries:
 
     async def _signal_now(self, slot: RunSlot, key: str, payload: Encoded) -> bool:
         scheduler = self._scheduler
-        await scheduler.let_go(slot)
+        await scheduler.tasks.let_go(slot)
         async with slot.lock:
             if slot.letting_go:
                 return False
@@ -91,7 +91,7 @@ class Deliveries:
         """
         scheduler = self._scheduler
         while True:
-            await scheduler.let_go(slot)
+            await scheduler.tasks.let_go(slot)
             async with slot.lock:
                 if slot.letting_go:
                     continue  # it began to park again meanwhile: wait for it, then decide
@@ -121,14 +121,14 @@ class Deliveries:
             await slot.wait_changed()
         async with slot.lock:
             _check_unfinished(slot, "terminated")
-            scheduler.claim(slot)  # no timer, signal or resume may start it meanwhile
-            scheduler.parked.drop(slot.run_id)
+            scheduler.tasks.claim(slot)  # no timer, signal or resume may start it meanwhile
+            scheduler.tasks.parked.drop(slot.run_id)
             history = await scheduler.mailbox(slot)
             record = Run(slot.run_id, slot.workflow).cancelled(reason, _TERMINATED)
             try:
                 await scheduler.family.end(slot, (record,), history)
             finally:
-                scheduler.unclaim(slot)
+                scheduler.tasks.unclaim(slot)
                 slot.machine = None
                 scheduler.runs.forget_if_idle(slot)
                 slot.notify()
@@ -139,7 +139,7 @@ class Deliveries:
         slot = scheduler.runs.live.get(run_id)
         if slot is None or slot.status.finished or scheduler.closing:
             return
-        scheduler.in_background(self._cancel_at_deadline, slot)
+        scheduler.tasks.in_background(self._cancel_at_deadline, slot)
 
     async def _cancel_at_deadline(self, slot: RunSlot) -> None:
         why = "the run's deadline passed"

@@ -151,7 +151,7 @@ class Engine(EngineReads):
             except BaseException:
                 self._scheduler.runs.forget_if_idle(slot)
                 raise
-            await self._scheduler.resume(slot)
+            await self._scheduler.recovery.resume(slot)
             return Run(self._scheduler, run_id, slot.workflow)
 
     async def cancel(self, run_id: str, reason: Any = None) -> Run:

@@ -88,7 +88,7 @@ class Family:
         for key, detail in history.children():
             details = decode(detail) if detail is not None else {}
             if not isinstance(details, dict) or details.get("on_parent_close") != "abandon":
-                self._scheduler.in_background(
+                self._scheduler.tasks.in_background(
                     self._cancel_child, child_run_id(slot.run_id, key, history.generation),
                     f"its parent {slot.run_id!r} ended")
 
@@ -107,7 +107,7 @@ class Family:
         """
         scheduler = self._scheduler
         while True:
-            await scheduler.let_go(parent)
+            await scheduler.tasks.let_go(parent)
             async with parent.lock:
                 if parent.letting_go:
                     continue  # the parent began to park meanwhile: wait for it, then decide
@@ -139,7 +139,7 @@ class Family:
     def _stop_children(self, parent: RunSlot, run_ids: Sequence[str]) -> None:
         """Cancel the child runs the parent's decision stopped waiting for."""
         for run_id in run_ids:
-            self._scheduler.in_background(
+            self._scheduler.tasks.in_background(
                 self._cancel_child, run_id, f"its parent {parent.run_id!r} no longer waits for it")
 
     async def _cancel_child(self, run_id: str, why: str) -> None:

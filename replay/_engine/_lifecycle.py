@@ -174,7 +174,7 @@ async def open_engine(
                 try:
                     await scheduler.start_services(services)
                     async with trio.open_nursery() as runs:
-                        await scheduler.recover(runs)
+                        await scheduler.recovery.recover(runs)
                         if store.sharing is not None:
                             await services.start(SharedRuns(scheduler, store.sharing).run)
                         if serve_cli and _has_socket(store.path) and channel_supported():

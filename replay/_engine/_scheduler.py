@@ -4,55 +4,47 @@ Each run has a `RunSlot`. The scheduler alone claims a run for a task (`active`)
 spawns its task, parks it (its machine kept in a bounded cache, its deadline with the
 timers), wakes it (a timer, a signal, `resume`) and lets it go when the task ends:
 one run executes in one place at a time. A run's state changes only as its records
-commit (`RunSlot.apply`), in the order of the file.
+commit (`RunSlot.apply`), in the order of the file. The scheduler's `RunTasks`
+(`_tasks`) claim, spawn, wake and let go, and hold the parked runs' machines and
+wake-ups; the scheduler itself starts runs, commits for a run's neighbours and waits
+for runs to settle.
 
-A parked run holds no task: at most its paused machine in `ParkedCache`. Waking a
-cached machine continues the same generator; an evicted one is loaded from the file
-and replayed from the top, which gives the same result because every recorded outcome
-is sent back again.
-
-Two helpers act through it: `Deliveries` (`_deliveries`) brings what comes from outside
-a run (signals, cancellations, terminations, deadlines), and `Family` (`_family`)
-starts child runs with their parents' records and ends them with their parents'
-records of the end.
+Three helpers act through it: `Recovery` (`_recovery`) picks runs up from the file (at
+open, and on `resume`), `Deliveries` (`_deliveries`) brings what comes from outside a
+run (signals, cancellations, terminations, deadlines), and `Family` (`_family`) starts
+child runs with their parents' records and ends them with their parents' records of
+the end.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 import trio
 
-from replay._codec import CODEC, decode
+from replay._codec import decode
 from replay._core._decisions import Policy
-from replay._core._history import RunHistory, child_run_id
-from replay._core._machine import RunMachine
-from replay._core._records import Encoded, Record, Run, started_record
-from replay._core._resume import resumed_record
-from replay._core._signals import news_for_parked
+from replay._core._history import RunHistory
+from replay._core._records import Encoded, Record, Run
 from replay._core._state import RunStatus
-from replay._engine._clock import EngineClock, in_thread
+from replay._engine._clock import EngineClock
 from replay._engine._committer import Committer, ThreadCommit, trio_is_guest
 from replay._engine._deliveries import Deliveries
-from replay._engine._driver import Driver, Parked
+from replay._engine._driver import Driver
 from replay._engine._family import Family
-from replay._engine._loading import MemoLoader
-from replay._engine._parking import ParkedCache
+from replay._engine._recovery import Recovery
 from replay._engine._runs import RunTable
 from replay._engine._slots import RunSlot
 from replay._engine._steps import StepCaller
+from replay._engine._tasks import RunTasks
 from replay._engine._timers import Timers
-from replay._engine._tuning import no_collection
 from replay._engine._watching import Watchers
-from replay._errors import EngineClosed, ReplayError
-from replay._store import EngineStore, ParkedRow, from_epoch_us
+from replay._errors import EngineClosed
+from replay._store import EngineStore
 from replay._types import RunInfo, RunState
 from replay._workflows import Registry
-
-log = logging.getLogger("replay")
 
 
 class Scheduler:
@@ -78,20 +70,18 @@ class Scheduler:
         self._registry = registry
         self._committer = committer
         self._policy = policy
-        self._strict_replay = strict_replay
         self.watchers = Watchers()
         self.runs = RunTable(store, opened_at, self.watchers)
-        self.parked = ParkedCache(cache_size, self._evicted)
-        self._timers = Timers(clock, self._on_timer)
         self.family = Family(self)
         self._deliveries = Deliveries(self)
         self._deadlines = Timers(clock, self._deliveries.on_deadline)  # runs' own deadlines
         self._steps = steps
-        self._loader = MemoLoader(store)
-        self._driver = Driver(self.enqueue, self.enqueue_all, clock, steps,
-                              lambda: self.closing, self.family, self.hand_over)
-        self._nursery: trio.Nursery | None = None
-        self.executing = 0  # runs' tasks alive (read by a shared store's thread too)
+        driver = Driver(self.enqueue, self.enqueue_all, clock, steps,
+                        lambda: self.closing, self.family, self.hand_over)
+        self.tasks = RunTasks(store, registry, clock, self.runs, driver, steps, policy,
+                              cache_size, strict_replay, lambda: self.closing)
+        self.recovery = Recovery(store, registry, self.runs, self.tasks, self._deadlines,
+                                 self.enqueue)
         self.closing = False
         self.closed = False
         # A store of its own can commit on any thread: a lone run's worker threads too.
@@ -102,7 +92,7 @@ class Scheduler:
 
     def _alone(self) -> bool:
         """Whether one run executes, with no task waiting for the loop."""
-        return (self.executing <= 1
+        return (self.tasks.executing <= 1
                 and trio.lowlevel.current_statistics().tasks_runnable == 0)
 
     def slot(self, run_id: str) -> RunSlot:
@@ -114,81 +104,14 @@ class Scheduler:
         """
         return self.runs.slot(run_id, self.closed)
 
-    def tasks(self) -> int:
-        """Count the runs' tasks alive right now (executing runs)."""
-        return 0 if self._nursery is None else len(self._nursery.child_tasks)
-
     # -- the engine's life --
 
     async def start_services(self, services: trio.Nursery) -> None:
         """Start the group-commit flusher and the timers in `services`."""
         await services.start(self._committer.run)
-        await services.start(self._loader.run)
-        await services.start(self._timers.run)
+        await services.start(self.tasks.loader.run)
+        await services.start(self.tasks.timers.run)
         await services.start(self._deadlines.run)
-
-    async def recover(self, runs: trio.Nursery) -> None:
-        """Load every unfinished run and pick up whatever was pending, in `runs`.
-
-        On a shared store: the runs this engine claimed as it opened.
-        """
-        self._nursery = runs
-        with no_collection():
-            opened = await in_thread(self._store.load_open_runs)
-            self.take(opened.records, self.runs.opened_at)
-            self.take_parked(opened.parked, self.runs.opened_at)
-
-    def take(self, runs: list[list[Record]], opened_at: int) -> None:
-        """Hold unfinished runs read from the store (`runs`: records per run), and go on.
-
-        Each continues where it stands: running ones at once, parked ones when their
-        deadline or a signal in their mailbox says. `opened_at` is a `seq` above each
-        of their records (a run started at or below it had an earlier process).
-        """
-        for records in runs:
-            folded = RunSlot.folded(records, self._store.path, opened_at)
-            if folded is None:
-                continue
-            slot = self.runs.add(folded)
-            if slot.status.finished:
-                continue  # damaged: failed with the reason, and left alone
-            if not self._registered(slot):
-                continue
-            history = RunHistory(records)
-            started = started_record(records)
-            if started is not None and started.wake_at is not None:
-                self._deadlines.add(slot.run_id, started.wake_at)
-            if slot.state is RunState.RUNNING or news_for_parked(slot.status, history, records):
-                self._claim(slot)
-                self._spawn(slot, self._machine(slot, history))
-            elif slot.status.wake_at is not None:
-                self._timers.add(slot.run_id, slot.status.wake_at)
-
-    def take_parked(self, rows: list[ParkedRow], opened_at: int) -> None:
-        """Hold quiet parked runs read from the store (`rows`: their state).
-
-        Nothing they must wake for is recorded, so they wait for their deadline or
-        a signal; their histories are read when they wake, as an evicted run's are.
-        """
-        statuses: dict[tuple[Any, ...], RunStatus] = {}
-        add, registered = self.runs.add, self._registry.functions
-        for row in rows:  # written tight: an open may hold 100,000 of them
-            slot = add(RunSlot.parked(row, opened_at, statuses))
-            if slot.workflow not in registered:
-                self._registered(slot)  # says why it is left as it is
-                continue
-            deadline = from_epoch_us(row[15])
-            if deadline is not None:
-                self._deadlines.add(slot.run_id, deadline)
-            if slot.status.wake_at is not None:
-                self._timers.add(slot.run_id, slot.status.wake_at)
-
-    def _registered(self, slot: RunSlot) -> bool:
-        if slot.workflow in self._registry.functions:
-            return True
-        log.warning("run %r of workflow %r is left as it is: the workflow is not "
-                    "registered with this engine", slot.run_id, slot.workflow)
-        return False
 
     def begin_shutdown(self) -> None:
         """Start no new command (parked runs hold no task and simply stay parked)."""
@@ -201,7 +124,7 @@ class Scheduler:
     def mark_closed(self) -> None:
         """The engine is closed: drop parked machines and wake every waiter."""
         self.closed = True
-        self.parked.clear()
+        self.tasks.parked.clear()
         self.watchers.close()
         for slot in self.runs.live.values():
             slot.notify()
@@ -228,7 +151,7 @@ class Scheduler:
         record = Run(run_id, workflow).started(arguments, deadline=deadline,
                                                code_version=self.code_version)
         sharing = self._store.sharing
-        free = sharing is not None and not sharing.has_room(self.executing)
+        free = sharing is not None and not sharing.has_room(self.tasks.executing)
         if free:
             sharing.leave_free(run_id)  # type: ignore[union-attr]
         try:
@@ -239,7 +162,7 @@ class Scheduler:
         finally:
             if free:  # another engine (or this one, when it has room) claims it
                 self.runs.live.pop(run_id, None)
-                self._unclaim(slot)
+                self.tasks.unclaim(slot)
         if free:
             return
         slot.created_at = record.recorded_at or slot.created_at
@@ -251,7 +174,7 @@ class Scheduler:
     def new_slot(self, run_id: str, workflow: str) -> RunSlot:
         """Add a new run's slot, claimed (its start is about to be committed)."""
         slot = RunSlot(run_id, workflow, RunStatus(RunState.RUNNING), self.clock.now())
-        self._claim(slot)
+        self.tasks.claim(slot)
         slot.needs_start_mark = False  # no earlier process ran it
         return self.runs.add(slot)
 
@@ -264,46 +187,7 @@ class Scheduler:
         """Spawn the task of a run whose start is durable."""
         history = RunHistory()
         history.code_version = self.code_version  # as its run/started record says
-        self._spawn(slot, self._machine(slot, history, arguments))
-
-    async def resume(self, slot: RunSlot) -> None:
-        """Record a resume of the run and replay it (a completed or busy run: nothing)."""
-        await self.let_go(slot)
-        if slot.state is RunState.COMPLETED or slot.active:
-            self.runs.forget_if_idle(slot)
-            return
-        self.runs.keep(slot)  # its task may have let it go to the finished ones meanwhile
-        self._claim(slot)
-        self.parked.drop(slot.run_id)
-        try:
-            async with slot.lock:  # no signal may commit between the load and the machine
-                history = await self._load(slot)
-                resumed = resumed_record(Run(slot.run_id, slot.workflow), slot.status,
-                                         history, CODEC)
-                # The replay sees it at once and runs while it commits (they share a
-                # group commit); it is durable before anything the replay records.
-                history.apply(resumed)
-                durable = self.enqueue(slot, resumed)
-                machine = self._machine(slot, history)
-        except BaseException:
-            self._unclaim(slot)
-            self.runs.forget_if_idle(slot)
-            raise
-        self._spawn(slot, machine)
-        await durable.wait()
-        voided = resumed.name
-        if voided is not None and history.get(voided) is not None and \
-                history.get(voided).kind == "child":  # type: ignore[union-attr]
-            await self._resume_child(child_run_id(slot.run_id, voided, history.generation))
-
-    async def _resume_child(self, run_id: str) -> None:
-        """Resume the failed child whose failure a parent's `resume` voided."""
-        try:
-            child = await self.runs.adopt(run_id)
-        except ReplayError:
-            return
-        if child.state is not RunState.COMPLETED:
-            await self.resume(child)
+        self.tasks.spawn(slot, self.tasks.machine(slot, history, arguments))
 
     async def signal(self, slot: RunSlot, key: str, payload: Encoded) -> None:
         """Commit a signal into the run's mailbox, waking the run if it waits for it.
@@ -326,7 +210,7 @@ class Scheduler:
         """The run's memo, for deciding about an outcome from outside (under its lock)."""
         if slot.machine is not None:
             return slot.machine.history
-        return await self._load(slot)
+        return await self.tasks.load(slot)
 
     async def cancel(self, slot: RunSlot, reason: Encoded) -> bool:
         """Record the run's cancellation, waking it if it is parked (see `Deliveries`).
@@ -351,18 +235,6 @@ class Scheduler:
         """Whether the run is parked, no task owns it, and this engine can run it."""
         return (slot.status.waiting and not slot.active and not self.closing
                 and slot.workflow in self._registry.functions)
-
-    async def let_go(self, slot: RunSlot) -> None:
-        """Wait while the run's task has recorded a park or an end but not let go yet.
-
-        In that window the run's state says it waits (or is finished) while its task
-        still owns it; a call that decided from the state then (`resume`: "executing,
-        nothing to do"; `signal`: "busy, keep it in the mailbox") would be lost. A run
-        that is really executing (woken by a deadline, or replaying after `resume`)
-        is not waited for.
-        """
-        while slot.letting_go:
-            await slot.wait_changed()
 
     async def wait_for(self, run_id: str, states: frozenset[RunState]) -> RunInfo:
         """Wait until the run is in one of `states` and settled there.
@@ -436,7 +308,7 @@ class Scheduler:
         and only if a thread is free: every commit waits for a handed batch, so it must
         not wait for a thread (abandoned attempts may hold all of them).
         """
-        if not self._hands_over or self.executing > 1 or not self._steps.has_idle_thread():
+        if not self._hands_over or self.tasks.executing > 1 or not self._steps.has_idle_thread():
             return None
         return self._committer.hand_over(records, slot.apply)
 
@@ -470,7 +342,7 @@ class Scheduler:
         Called under `other`'s lock; `durable_together` waits for the batch.
         """
         if wakes:
-            self._claim(other)
+            self.tasks.claim(other)
         for mine in records:
             self.enqueue(slot, mine)
         return self.enqueue(other, record)
@@ -487,112 +359,9 @@ class Scheduler:
             await durable.wait()
         except BaseException:
             if wakes:
-                self._unclaim(other)
+                self.tasks.unclaim(other)
             raise
         if wakes or (recheck and self.parked_here(other)):
-            self._wake(other)
+            self.tasks.wake(other)
 
-    def in_background(self, function: Callable[..., Awaitable[Any]], *args: Any) -> None:
-        """Run `function(*args)` in a task of its own (cancelled when the engine stops)."""
-        assert self._nursery is not None
-        self._nursery.start_soon(function, *args)
 
-    # -- ownership: the only writers of `active` --
-
-    def _claim(self, slot: RunSlot) -> None:
-        slot.active = True
-
-    def _unclaim(self, slot: RunSlot) -> None:
-        slot.active = False
-
-    # Signals, cancellations and terminations (`_deliveries`) claim through these.
-    claim, unclaim = _claim, _unclaim
-
-    def _spawn(self, slot: RunSlot, machine: RunMachine | None, woken: bool = False) -> None:
-        assert self._nursery is not None and slot.active
-        self.executing += 1
-        self._nursery.start_soon(self._execute, slot, machine, woken,
-                                 name=f"replay run {slot.run_id}")
-
-    def _wake(self, slot: RunSlot) -> None:
-        """Continue a parked run in a new task (its cached machine, if any)."""
-        self._claim(slot)
-        self._spawn(slot, self.parked.take(slot.run_id), woken=True)
-
-    async def _execute(self, slot: RunSlot, machine: RunMachine | None, woken: bool) -> None:
-        """A run's task: drive its machine, then let the run go (parked or ended)."""
-        parked: Parked | None = None
-        self._steps.publishing()
-        try:
-            with trio.CancelScope() as slot.task_scope:  # `terminate` cancels it
-                if machine is None:
-                    machine = await self._loaded(slot, replaying=woken)
-                    woken = False  # a loaded machine replays from the top
-                parked = await self._driver.drive(slot, machine, woken)
-        finally:
-            self.executing -= 1
-            slot.task_scope = None
-            self._release(slot, machine, parked)
-
-    def _release(self, slot: RunSlot, machine: RunMachine | None, parked: Parked | None) -> None:
-        slot.active = slot.settling = False
-        if parked is not None and machine is not None:
-            self.parked.put(slot.run_id, machine)
-            if machine.cancel_pending and not self.closing:
-                self._wake(slot)  # a cancellation came as it parked: take it now
-            elif parked.wake_at is not None:
-                self._timers.add(slot.run_id, parked.wake_at)
-            slot.drop_idle_lock()
-        else:
-            if machine is not None:
-                machine.close()
-            slot.machine = None
-            self.runs.forget_if_idle(slot)
-        slot.notify()  # a `resume` or a signal may wait for this task to end
-
-    def _on_timer(self, run_id: str) -> None:
-        slot = self.runs.live.get(run_id)
-        if slot is None or slot.active or self.closing or not slot.status.waiting:
-            return
-        wake_at = slot.status.wake_at
-        if wake_at is None or wake_at > self.clock.now():
-            return  # an old entry: the run has moved on since
-        self._wake(slot)
-
-    def _evicted(self, run_id: str) -> None:
-        """The cache dropped (and closed) a parked run's machine."""
-        slot = self.runs.live.get(run_id)
-        if slot is not None:
-            slot.machine = None
-
-    # -- machines --
-
-    async def _loaded(self, slot: RunSlot, replaying: bool) -> RunMachine:
-        """Load the run's records and make its machine (replayed from the top)."""
-        # Under the run's lock, so that no signal commits between the load and the
-        # machine taking its place.
-        async with slot.lock:
-            history = await self._load(slot)
-            frontier = history.last_key() if replaying and self._strict_replay else None
-            return self._machine(slot, history, frontier=frontier)
-
-    def _machine(self, slot: RunSlot, history: RunHistory, arguments: bytes | None = None,
-                 frontier: str | None = None) -> RunMachine:
-        """Make the run's machine; `arguments`: its input (else the history's)."""
-        if arguments is None:
-            arguments = history.input()
-        if arguments is None:  # a run/started record without arguments (never written)
-            arguments = CODEC.encode((), key="input")
-        machine = RunMachine(
-            Run(slot.run_id, slot.workflow), self._registry.functions[slot.workflow],
-            arguments, history, CODEC, self._policy, state=slot.state,
-            mark_first_attempt=slot.needs_start_mark, frontier=frontier)
-        slot.machine = machine
-        return machine
-
-    async def _load(self, slot: RunSlot) -> RunHistory:
-        """Load a run's memo (its records, folded).
-
-        Runs that load at the same moment share one query (`MemoLoader`).
-        """
-        return await self._loader.load(slot.run_id, slot.workflow)

@@ -2,7 +2,7 @@
 
 The store's thread (`replay._pg._sharing`) claims families and fetches inbox messages;
 this service brings them onto the engine's loop. Claimed runs join the engine as
-runs do at open (`Scheduler.take`), numbered from the fresh block of the claim.
+runs do at open (`Recovery.take`), numbered from the fresh block of the claim.
 Messages (signals, cancellations, terminations, resumes sent through other engines)
 are delivered as if they were called here, then deleted; a message delivered twice
 (the engine died in between) is refused the second time, as a second identical
@@ -65,7 +65,7 @@ class SharedRuns:
 
         self._sharing.start(lambda claim: soon(self._claimed, claim),
                             lambda messages: soon(self._received, messages),
-                            lambda: self._scheduler.executing,
+                            lambda: self._scheduler.tasks.executing,
                             lambda error: soon(stop, error))
         task_status.started()
         await noticed.wait()
@@ -78,7 +78,7 @@ class SharedRuns:
 
     def _received(self, messages: list[tuple[Any, ...]]) -> None:
         if not self._scheduler.closing:
-            self._scheduler.in_background(self._deliver, messages)
+            self._scheduler.tasks.in_background(self._deliver, messages)
 
     async def _deliver(self, messages: list[tuple[Any, ...]]) -> None:
         for message_id, run_id, action, key, payload, payload_json in messages:
@@ -105,7 +105,7 @@ class SharedRuns:
         elif action == "terminate":
             await scheduler.terminate(slot, value)
         elif action == "resume":
-            await scheduler.resume(slot)
+            await scheduler.recovery.resume(slot)
 
 
 def take_claim(scheduler: Scheduler, claim: Claimed) -> None:
@@ -113,7 +113,7 @@ def take_claim(scheduler: Scheduler, claim: Claimed) -> None:
     scheduler.committer.advance(claim.block)
     for records in claim.records:
         scheduler.committer.note_generations(records)
-    scheduler.take(claim.records, claim.block)
+    scheduler.recovery.take(claim.records, claim.block)
 
 
 @asynccontextmanager
@@ -152,7 +152,7 @@ async def _held_elsewhere(scheduler: Scheduler, run_id: str
     if row is None or row.state in ("completed", "failed", "cancelled"):
         return None, None
     # An engine without room (a client, `max_runs=0`) leaves it to one that has.
-    room = sharing.has_room(scheduler.executing)
+    room = sharing.has_room(scheduler.tasks.executing)
     claim = await in_thread(sharing.claim_run, run_id) if room else None
     if scheduler.runs.find(run_id) is not None:
         return None, None  # claimed here meanwhile

@@ -3,9 +3,9 @@
 A slot changes only by applying records *after* they are committed (`apply`), so
 whatever `status()`, `runs()` or `Run.wait()` report is already durable. Its status is
 the core's run-state fold; its `machine` is the run's execution while it runs or is
-parked in the cache. Who owns the run (`active`) is written by the scheduler alone;
-`settling` is set as a record that parks or ends an owned run commits (`apply`) and
-cleared by the scheduler when the run's task lets go.
+parked in the cache. Who owns the run (`active`) is written by the scheduler's
+`RunTasks` (`_tasks`) alone; `settling` is set as a record that parks or ends an owned
+run commits (`apply`) and cleared by `RunTasks` when the run's task lets go.
 """
 
 from __future__ import annotations
