@@ -35,7 +35,8 @@ import replay
 from replay import EncodingError, ReplayError, RunState, WorkflowFailed
 from replay._codec import MAX_DEPTH, _json, _unregister, decode, encode, to_json
 from replay._core._history import RunHistory
-from replay._core._interpreter import MAX_NON_COMMANDS, Fail, Interpreter, Pending
+from replay._core._interpreter import Fail, Interpreter, Pending
+from replay._core._replay_rules import MAX_NON_COMMANDS
 
 pytestmark = pytest.mark.both_stores
 

@@ -19,7 +19,8 @@ whenever that signal arrived. It stops at:
 
 It checks each command (key used twice, key recorded as another kind, the step's
 function renamed) and notes, for the machine to record, the suspends it answered from
-the mailbox with no record of their own (`taken`) and the renamed steps (`renames`).
+the mailbox with no record of their own (`taken`) and the renamed steps (`renames`);
+`_replay_rules` words what it finds wrong.
 A yielded value that is not a command is answered with a `TypeError` thrown in at that
 `yield`; after `MAX_NON_COMMANDS` of them in a row the run fails, so that a workflow
 catching each `TypeError` cannot spin forever on the engine's loop. A recorded value
@@ -29,16 +30,27 @@ that cannot be decoded fails the run: it is bad data, not an event for the workf
 from __future__ import annotations
 
 import contextlib
-import inspect
 import traceback
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from types import FrameType
 from typing import Any, TypeAlias, overload
 
-from replay._commands import COMMAND_TYPES, Step, Suspend
+from replay._commands import Step, Suspend
 from replay._core._group_replay import check_members, recorded_outcome
 from replay._core._history import KeyRecord, RunHistory, outcome_failure
+from replay._core._replay_rules import (
+    MAX_NON_COMMANDS,
+    YIELDABLE,
+    Rename,
+    diverged,
+    duplicate_key,
+    kind_changed,
+    not_a_command,
+    renamed,
+    spinning,
+    traceback_at_yield,
+    undecodable,
+)
 from replay._errors import (
     Cancelled,
     DuplicateKeyError,
@@ -46,19 +58,13 @@ from replay._errors import (
     NondeterminismError,
     ReplayError,
     SuspendTimeout,
-    safe_repr,
     same_name,
 )
-from replay._flow import ContinueAsNew, Note
-from replay._parallel import GROUP_TYPES, Child, Member, kind_of, walk
+from replay._flow import Note
+from replay._parallel import GROUP_TYPES, Member, kind_of, walk
 
 Workflow = Generator[Any, Any, Any]
 
-# Non-commands a workflow may yield in a row (catching each TypeError) before its run
-# fails: past this, it is spinning on the engine's loop and stalling every other run.
-MAX_NON_COMMANDS = 1000
-# What a workflow may yield: commands and groups of them.
-YIELDABLE = (*COMMAND_TYPES, *GROUP_TYPES, Child, Note)
 # Recorded outcomes `start` and `go_on` send back before pausing: about a millisecond
 # of replay, a pause costs a few microseconds (well under 1 %).
 REPLAYED_PER_TURN = 256
@@ -86,16 +92,6 @@ class Fail:
 
     error: BaseException
     traceback: str
-
-
-@dataclass(frozen=True, slots=True)
-class Rename:
-    """A step replayed under a different name than recorded."""
-
-    key: str
-    recorded: str
-    current: str
-    message: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,16 +316,8 @@ class Interpreter:
                 self._seen.add(member.key)
         if record is None:
             return None
-        kind = kind_of(command)
-        if record.kind != kind:
-            return NondeterminismError(
-                f"run {self.run_id!r} of workflow {self.workflow!r} recorded key {key!r} "
-                f"as a {record.kind} but the workflow now yields {safe_repr(command)}; restore the "
-                f"code that recorded it, or give the new command a new key (e.g. bump "
-                f"':v1' to ':v2') and resume the run",
-                run_id=self.run_id,
-                key=key,
-            )
+        if record.kind != kind_of(command):
+            return kind_changed(self.run_id, self.workflow, command, record.kind)
         if isinstance(command, Step) and record.done:
             # Only a recorded outcome is reused; a step that runs again takes its new name.
             self._check_name(command, record)
@@ -338,103 +326,35 @@ class Interpreter:
                                  self.workflow)
         return None
 
+    # What went wrong, for this run: `_advance` names it, `_replay_rules` words it.
+
     def _duplicate(self, key: str) -> DuplicateKeyError:
-        return DuplicateKeyError(
-            f"workflow {self.workflow!r} yielded key {key!r} twice in one execution "
-            f"of run {self.run_id!r}; a key may be yielded once per execution: make "
-            f"it unique, e.g. f\"{key}:{{i}}\" for the i-th item",
-            run_id=self.run_id,
-            key=key,
-        )
+        return duplicate_key(self.run_id, self.workflow, key)
 
     def _check_name(self, step: Step, record: KeyRecord) -> None:
         recorded = record.name
         if recorded is None or same_name(recorded, step.name) or step.name in record.renamed_to:
             return
-        message = (
-            f"run {self.run_id!r}: step {step.key!r} was recorded with name {recorded!r} "
-            f"but now calls {step.name!r}; the recorded outcome is used. If the function "
-            f"was renamed or moved, pass name={recorded!r} to Step; if the step's meaning "
-            f"changed, bump its key so that it runs again"
-        )
-        self.renames.append(Rename(step.key, recorded, step.name, message))
+        self.renames.append(renamed(self.run_id, step, recorded))
 
     def _diverged(self, command: Command) -> NondeterminismError:
-        return NondeterminismError(
-            f"run {self.run_id!r} of workflow {self.workflow!r} took another path on replay: "
-            f"it yielded {safe_repr(command)}, which is not recorded, before reaching "
-            f"{self._frontier!r}, where its last execution stopped; code outside steps "
-            "must be deterministic: read the time, random numbers and globals inside steps",
-            run_id=self.run_id,
-            key=command.key,
-        )
+        return diverged(self.run_id, self.workflow, command, self._frontier)
 
     def _not_a_command(self, yielded: object) -> TypeError:
-        shown = f"{safe_repr(yielded)} ({type(yielded).__name__})"
-        if isinstance(yielded, ContinueAsNew):
-            return TypeError(
-                f"workflow {self.workflow!r} yielded {shown}; return it instead: "
-                "`return ContinueAsNew(...)` ends this generation and starts the next")
-        if inspect.isgenerator(yielded):
-            return TypeError(
-                f"workflow {self.workflow!r} yielded {shown}; expected a command such as "
-                f"Step, Sleep or Suspend; to run a sub-workflow inline, write "
-                f"`yield from {yielded.__name__}(...)`"
-            )
-        items: tuple[object, ...] = tuple(yielded) if isinstance(yielded, list | tuple) else ()
-        if items and all(type(item) in YIELDABLE for item in items):
-            return TypeError(
-                f"workflow {self.workflow!r} yielded {shown}; to run commands at once, "
-                f"yield a group with its own key, e.g. All('fetch-all:v1', [...], limit=8)"
-            )
-        return TypeError(
-            f"workflow {self.workflow!r} yielded {shown}; expected a command such as "
-            f"Step, Sleep or Suspend"
-        )
+        return not_a_command(self.workflow, yielded)
 
     def _spinning(self, yielded: object) -> ReplayError:
-        return ReplayError(
-            f"workflow {self.workflow!r} yielded {MAX_NON_COMMANDS} non-commands in a row "
-            f"in run {self.run_id!r}, catching the TypeError each time (the last was "
-            f"{safe_repr(yielded)} ({type(yielded).__name__})); the run fails so that it "
-            "cannot stall other runs: yield only commands such as Step, Sleep or Suspend"
-        )
+        return spinning(self.run_id, self.workflow, yielded)
 
     def _undecodable(self, key: str, error: EncodingError) -> EncodingError:
-        undecodable = EncodingError(
-            f"run {self.run_id!r} cannot replay the recorded outcome of {key!r}: {error}",
-            key=key,
-        )
-        undecodable.__cause__ = error
-        return undecodable
+        return undecodable(self.run_id, key, error)
 
     def _fail_for_deployment(self, error: Exception) -> Fail:
         # Not thrown into the generator: user `except`/`finally` code must not act on a
         # deployment error. The traceback points at the offending `yield` instead.
-        where = "".join(traceback.format_list(yield_stack(self._generator)))
+        text = traceback_at_yield(self._generator, error)
         self.close()
-        text = (
-            "Traceback (most recent call last):\n"
-            f"{where}{type(error).__module__}.{type(error).__qualname__}: {error}\n"
-        )
         return Fail(error, text)
-
-
-def yield_stack(generator: Workflow) -> traceback.StackSummary:
-    """Return the frames a suspended generator is paused in, outermost first.
-
-    Follows `yield from` delegation down to the innermost generator, so the last frame
-    is the `yield` that produced the current command.
-    """
-    frames: list[tuple[FrameType, int]] = []
-    current: Any = generator
-    while current is not None:
-        frame = getattr(current, "gi_frame", None)
-        if frame is None:
-            break
-        frames.append((frame, frame.f_lineno))
-        current = getattr(current, "gi_yieldfrom", None)
-    return traceback.StackSummary.extract(frames)
 
 
 def format_failure(error: BaseException) -> str:
