@@ -16,14 +16,12 @@ What happens when the workflow yields a command:
   the next attempt is made (`Attempt`); the run's first attempt since the engine
   opened is marked (its start recorded first). A failed attempt is retried after its
   back-off while its `Retry` allows, else `StepFailed` is thrown in.
-- **Sleep**: its deadline is recorded once (``scheduled``), then waited for; when it
-  has passed the sleep ``fired`` and the workflow goes on.
-- **Suspend**: recorded as ``suspended`` with its timeout's deadline, then waited for;
-  a signal arriving (`deliver`) answers it on the next `wake`, a passed deadline
-  throws `SuspendTimeout` in (decided by `wake` only, which the engine calls under the
-  run's lock, so that a signal being committed and the timeout never both win).
+- **Sleep**, **Suspend**, **Child**: the run parks on it (`_waits`, which also holds
+  the command a parked run waits on, a back-off's step included).
+- **Group**: hosted by `_group_host` until it is decided.
 
-`_resume.resumed_record` decides what `Engine.resume` records.
+How the execution ends (completed, continued as new, failed, cancelled) is recorded
+by `_endings`. `_resume.resumed_record` decides what `Engine.resume` records.
 """
 
 from __future__ import annotations
@@ -44,35 +42,24 @@ from replay._core._decisions import (
     Now,
     Outcome,
     Policy,
-    WaitForSignal,
     WaitUntil,
     at,
 )
+from replay._core._endings import (
+    call_workflow,
+    internal_failure,
+    record_completion,
+    record_continuation,
+    record_failure,
+    unregistered,
+)
 from replay._core._group_host import GroupHost
 from replay._core._history import KeyRecord, RunHistory
-from replay._core._interpreter import (
-    Command,
-    Fail,
-    Finish,
-    Interpreter,
-    Paused,
-    Pending,
-    Result,
-    format_failure,
-)
+from replay._core._interpreter import Fail, Finish, Interpreter, Paused, Pending, Result
 from replay._core._recorder import CANCELLED, Recorder, error_text
-from replay._core._records import Encoded, ErrorText, Record, Run
-from replay._errors import (
-    Cancelled,
-    EncodingError,
-    ReplayInternalError,
-    SuspendTimeout,
-    WorkflowNotRegistered,
-    clip,
-    error_types_of,
-    message_of,
-    qualified_name,
-)
+from replay._core._records import Encoded, Record, Run
+from replay._core._waits import Waits
+from replay._errors import Cancelled, EncodingError, error_types_of
 from replay._flow import ContinueAsNew, Note
 from replay._parallel import GROUP_TYPES, Child
 from replay._types import RunState
@@ -100,7 +87,7 @@ class RunMachine:
     __slots__ = (
         "_arguments", "_codec", "_frontier", "_function", "_groups", "_history",
         "_interpreter", "_policy",
-        "_rec", "_waiting", "run",
+        "_rec", "_waits", "run",
     )
 
     def __init__(self, run: Run, function: Callable[..., Any], arguments: bytes,
@@ -116,7 +103,7 @@ class RunMachine:
                              mark_first_attempt)
         self._frontier = frontier
         self._interpreter: Interpreter | None = None
-        self._waiting: Pending | None = None  # the command a parked run waits on
+        self._waits = Waits(self._rec)  # the command a parked run waits on
         self._groups = GroupHost(self._rec, lambda attempt, outcome, now: self._settle(
             attempt, outcome, now, grouped=True))
 
@@ -125,7 +112,8 @@ class RunMachine:
         """Whether the run waits on a `Suspend` (`wake` must then run under its lock)."""
         if self._groups.group is not None:
             return self._groups.group.waits_for_signal()
-        return self._waiting is not None and isinstance(self._waiting.command, Suspend)
+        pending = self._waits.pending
+        return pending is not None and isinstance(pending.command, Suspend)
 
     @property
     def cancel_pending(self) -> bool:
@@ -170,9 +158,10 @@ class RunMachine:
             recorded = self._history.code_version
             versions = self._rec.encoded({"from": recorded, "to": version}, "code_version")
             self._rec.emit(self.run.code_changed(recorded, version, versions))
-        generator = self._generator()
+        generator = call_workflow(self._function, self._arguments, self._codec.decode,
+                                  self.run.workflow)
         if isinstance(generator, Fail):
-            return self._failed(generator)
+            return record_failure(self._rec, generator)
         self._interpreter = Interpreter(self.run.run_id, self.run.workflow, generator,
                                         self._history, self._codec.decode, self._frontier)
         return self._replayed(self._interpreter.start(), now)
@@ -210,7 +199,7 @@ class RunMachine:
         if isinstance(settled, Encoded):
             return self._decide(self._resume().send(self._codec.decode(settled.data)), now)
         if isinstance(settled, datetime):
-            return self._wait(WaitUntil, attempt.step, key=attempt.step.key, at=settled)
+            return self._waits.wait(WaitUntil, attempt.step, key=attempt.step.key, at=settled)
         return self._decide(self._resume().throw(settled), now)
 
     def _settle(self, attempt: Attempt, outcome: Outcome, now: Now,
@@ -260,15 +249,8 @@ class RunMachine:
             return self.cancel(now, None)
         if self._groups.group is not None:
             return self._grouped(self._groups.wake(now), now)
-        assert self._waiting is not None, "wake() of a run that waits on nothing"
-        pending, self._waiting = self._waiting, None
-        result = self._resume().reconsider(pending)
-        if isinstance(result, Pending) and isinstance(result.command, Suspend):
-            action = self._suspended(result.command, result.record, now)
-            if not isinstance(action, SuspendTimeout):
-                return action
-            result = self._resume().throw(action)
-        return self._decide(result, now)
+        woken = self._waits.wake(self._resume(), now)
+        return self._decide(woken, now) if isinstance(woken, Result) else woken
 
     def cancel(self, now: Now, attempt: Attempt | None) -> Action:
         """Throw the run's committed cancellation in at the command it waits on.
@@ -284,11 +266,7 @@ class RunMachine:
             self._rec.emit(self.run.step_cancelled(key, attempt.number, attempt.step.name,
                                                    CANCELLED, reason))
         else:
-            assert self._waiting is not None, "cancel() of a run that waits on nothing"
-            pending, self._waiting = self._waiting, None
-            key = pending.command.key
-            assert not isinstance(pending.command, Note), "a note is never waited on"
-            self._rec.cancelled_at(pending.command, pending.record)
+            key = self._waits.cancel()
         cancelled = Cancelled(self.run.run_id, key, self._codec.decode(reason.data))
         return self._decide(self._resume().throw(cancelled), now)
 
@@ -300,15 +278,7 @@ class RunMachine:
 
     def failed_internally(self, error: Exception) -> Ended:
         """The engine hit a bug while driving this run: fail the run with it."""
-        if not isinstance(error, EncodingError):
-            internal = ReplayInternalError(
-                f"run {self.run.run_id!r} hit an internal error: "
-                f"{qualified_name(type(error))}: {message_of(error)}; this is a bug in "
-                "replay; please report it")
-            internal.__cause__ = error
-            error = internal
-        # An undecodable recorded value is bad data, not a bug: the run fails with it.
-        return self._failed(Fail(error, format_failure(error)))
+        return record_failure(self._rec, internal_failure(self.run.run_id, error))
 
     def close(self) -> None:
         """Close the generator; whatever it yields while closing is ignored."""
@@ -327,9 +297,9 @@ class RunMachine:
             if isinstance(result, Finish):
                 if type(result.output) is ContinueAsNew:
                     return self._continued(result.output, now)
-                return self._completed(result.output)
+                return record_completion(self._rec, result.output)
             if isinstance(result, Fail):
-                return self._failed(result)
+                return record_failure(self._rec, result)
             command = result.command
             if isinstance(command, Note):
                 result = self._note(command)
@@ -346,9 +316,9 @@ class RunMachine:
             if isinstance(command, Step):
                 action = self._step(command, result.record, now)
             elif isinstance(command, Sleep):
-                action = self._sleep(result, command, now)
+                action = self._waits.sleep(result, command, now)
             else:
-                return self._suspend(result, command)
+                return self._waits.suspend(result, command)
             if not isinstance(action, tuple):
                 return action
             ok, value = action
@@ -362,7 +332,7 @@ class RunMachine:
                 return False, failed
             record = self._history.get(step.key)
         if record is not None and record.wake_at is not None and record.wake_at > at(now):
-            return self._wait(WaitUntil, step, key=step.key, at=record.wake_at)
+            return self._waits.wait(WaitUntil, step, key=step.key, at=record.wake_at)
         number = (record.attempts if record else 0) + 1
         start = None
         if self._rec.mark:
@@ -372,60 +342,12 @@ class RunMachine:
             self._rec.apply(start)  # committed by the engine before the attempt, alone
         return Attempt(*self._rec.flush(), step=step, number=number, start=start)
 
-    def _sleep(self, pending: Pending, sleep: Sleep, now: Now) -> Action | tuple[bool, Any]:
-        record = pending.record
-        if record is None or record.wake_at is None:
-            wake_at = sleep.until or at(now) + (sleep.duration or timedelta(0))
-            self._rec.emit(self.run.sleep_scheduled(sleep.key, wake_at))
-        else:
-            wake_at = record.wake_at
-        if wake_at > at(now):
-            return self._wait(WaitUntil, pending, key=sleep.key, at=wake_at)
-        self._rec.emit(self.run.sleep_fired(sleep.key, wake_at))
-        return True, None
-
-    def _suspend(self, pending: Pending, suspend: Suspend) -> Action:
-        # Decided by `wake`, under the run's lock: a signal may be on its way.
-        self._waiting = pending
-        deadline = None if pending.record is None else pending.record.wake_at
-        return WaitForSignal(*self._rec.flush(), key=suspend.key, deadline=deadline, settled=False)
-
-    def _suspended(self, suspend: Suspend, record: KeyRecord | None,
-                   now: Now) -> Action | SuspendTimeout:
-        """Wait for the signal (recorded the first time), or time out: the error to throw."""
-        key = suspend.key
-        if record is None:
-            deadline = None if suspend.timeout is None else at(now) + suspend.timeout
-            self._rec.emit(self.run.suspended(key, deadline, suspend.status))
-            return self._wait(WaitForSignal, suspend, key=key, deadline=deadline, settled=False)
-        if record.wake_at is None or record.wake_at > at(now):
-            if self._rec.state is not RunState.SUSPENDED:  # waiting again after a resume
-                self._rec.emit(self.run.suspended(key, record.wake_at, suspend.status))
-                return self._wait(WaitForSignal, suspend, key=key, deadline=record.wake_at,
-                                  settled=False)
-            return self._wait(WaitForSignal, suspend, key=key, deadline=record.wake_at,
-                              settled=True)
-        timeout = SuspendTimeout(self.run.run_id, key)
-        self._rec.emit(self.run.suspend_timed_out(key, record.wake_at, ErrorText(
-            qualified_name(SuspendTimeout), (), str(timeout))))
-        return timeout
-
-    def _completed(self, output: Any) -> Action:
-        try:
-            value = self._rec.encoded(output, "output")
-        except EncodingError as error:
-            return self._failed(Fail(error, format_failure(error)))
-        self._rec.emit(self.run.completed(value))
-        return Ended(*self._rec.flush())
-
     def _continued(self, output: ContinueAsNew, now: Now) -> Action:
         """Start the run's next generation: the new arguments, an empty memo."""
-        try:
-            arguments = self._rec.encoded(output.args, "input")
-        except EncodingError as error:
-            return self._failed(Fail(error, format_failure(error)))
-        self._rec.emit(self.run.continued(arguments, self._history.generation + 1))
-        self._arguments, self._frontier, self._waiting = arguments.data, None, None
+        arguments = record_continuation(self._rec, output)
+        if isinstance(arguments, Ended):
+            return arguments
+        self._arguments, self._frontier, self._waits.pending = arguments.data, None, None
         action = self.start(now)
         assert not isinstance(action, Later), "a new generation has nothing to replay"
         return action
@@ -442,29 +364,12 @@ class RunMachine:
         self._rec.emit(self.run.note(note.key, value, text))
         return self._resume().send(None)
 
-    def _failed(self, failure: Fail) -> Ended:
-        if isinstance(failure.error, Cancelled) and self._history.cancel_reason is not None:
-            self._rec.emit(self.run.cancelled(self._rec.reason(), clip(failure.traceback)))
-            return Ended(*self._rec.flush())
-        message = message_of(failure.error)
-        self._rec.emit(self.run.failed(qualified_name(type(failure.error)),
-                                   clip(failure.traceback), self._rec.encoded(message, "error")))
-        return Ended(*self._rec.flush())
-
     def _child(self, pending: Pending, child: Child) -> Action:
         """Start the child run (recorded the first time), then wait for its end."""
-        if pending.record is None:
-            if child.workflow not in self._policy.workflows:
-                self.close()
-                return self._failed(Fail(*_unregistered(self.run.run_id, child)))
-            self._rec.start_child(child, RunState.SUSPENDED)
-        elif self._rec.state is not RunState.SUSPENDED:
-            # Waiting again (a resume voided the child's failure): the run parks on it.
-            self._rec.emit(self.run.child_waiting(child.key))
-        self._waiting = pending
-        records, warnings = self._rec.flush()
-        return WaitForSignal(records, warnings, key=child.key, deadline=None,
-                             settled=not records)
+        if pending.record is None and child.workflow not in self._policy.workflows:
+            self.close()
+            return record_failure(self._rec, unregistered(self.run.run_id, child))
+        return self._waits.child(pending, child)
 
     # -- groups --
 
@@ -475,13 +380,6 @@ class RunMachine:
         return action
 
     # -- bookkeeping --
-
-    def _wait(self, kind: type[WaitUntil] | type[WaitForSignal], pending: Pending | Command,
-              **where: Any) -> Action:
-        if not isinstance(pending, Pending):
-            pending = Pending(pending, self._history.get(pending.key))
-        self._waiting = pending
-        return kind(*self._rec.flush(), **where)
 
     def _take_notes(self) -> None:
         """Record the suspends answered from the mailbox and the renamed steps."""
@@ -499,25 +397,3 @@ class RunMachine:
     def _resume(self) -> Interpreter:
         assert self._interpreter is not None, "the machine was not started"
         return self._interpreter
-
-    def _generator(self) -> Any:
-        name = self.run.workflow
-        try:
-            generator = self._function(*self._codec.decode(self._arguments))
-        except Exception as error:
-            return Fail(error, format_failure(error))
-        if not hasattr(generator, "send") or not hasattr(generator, "throw"):
-            wrong = TypeError(
-                f"workflow {name!r} returned {generator!r} ({type(generator).__name__}) "
-                "instead of a generator; a workflow is a generator function that yields "
-                "commands such as Step")
-            return Fail(wrong, f"{qualified_name(TypeError)}: {wrong}\n")
-        return generator
-
-
-def _unregistered(run_id: str, child: Child) -> tuple[WorkflowNotRegistered, str]:
-    error = WorkflowNotRegistered(
-        f"run {run_id!r} starts child {child.key!r} of workflow {child.workflow!r}, which is "
-        "not registered with this engine; pass it in open_engine(workflows=[...]) and "
-        "resume the run")
-    return error, f"{qualified_name(WorkflowNotRegistered)}: {error}\n"
