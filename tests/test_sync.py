@@ -734,7 +734,7 @@ def _interrupt_fetching_the_web_address(opened: list[Any]) -> Callable[..., Any]
 
 @pytest.mark.parametrize(("target", "interrupt"), [
     ("replay.sync._host.EngineHost.open", _interrupt_as_the_thread_reports_open),
-    ("replay.sync._engine.Engine._host_call_sync", _interrupt_fetching_the_web_address),
+    ("replay.sync._lifecycle.Lifecycle.call_sync", _interrupt_fetching_the_web_address),
 ], ids=["as-the-thread-reports-open", "fetching-the-web-address"])
 def test_ctrl_c_after_the_engine_opened_but_before_open_engine_returned_stops_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: str,

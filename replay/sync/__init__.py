@@ -16,7 +16,8 @@ of threads may call one engine at once; errors are the same `replay` exceptions.
 Not imported by ``import replay``: import ``replay.sync``.
 """
 
-from replay.sync._engine import Engine, open_engine
+from replay.sync._engine import Engine
+from replay.sync._lifecycle import open_engine
 from replay.sync._run import Run
 
 __all__ = ["Engine", "Run", "open_engine"]

@@ -1,9 +1,13 @@
-"""`replay.sync.open_engine` and `replay.sync.Engine`: the engine's calls as blocking calls."""
+"""`replay.sync.Engine`: the engine's calls as blocking calls.
+
+Each call passes the engine's open-or-closed check, then runs the public async call of
+the same name in the engine's trio thread (the small functions at the end of this
+module). `open_engine` and that state, the engine's life, are in `_lifecycle`: the
+façade only calls down into it.
+"""
 
 from __future__ import annotations
 
-import atexit
-import threading
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from datetime import datetime, timedelta
 from os import PathLike
@@ -11,96 +15,15 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import replay
-from replay.sync._host import EngineHost
 from replay.sync._run import Run
 from replay.sync._watch import Watch
 
 if TYPE_CHECKING:
     from replay import Engine as AsyncEngine
     from replay import Run as AsyncRun
+    from replay.sync._lifecycle import Lifecycle
 
 T = TypeVar("T")
-
-
-def open_engine(
-    path: str | PathLike[str] = ":memory:",
-    *,
-    workflows: Sequence[Callable[..., Any]],
-    default_retry: replay.Retry | None = None,
-    durability: str = "fsync",
-    always_replay: bool = False,
-    shutdown_timeout: float = 30.0,
-    lock_timeout: float = 0.0,
-    max_threads: int = 40,
-    cache_size: int = 1000,
-    serve_cli: bool = True,
-    max_interruptions: int = 3,
-    query_timeout: float | None = 30.0,
-    code_version: str | None = None,
-    retention: timedelta | float | None = None,
-    ui: tuple[str, int] | None = None,
-    worker: str | None = None,
-    lease: float = 15.0,
-    max_runs: int | None = None,
-    poll_interval: float = 1.0,
-) -> Engine:
-    """Open an engine for synchronous code; it runs on a background thread of its own.
-
-    Takes exactly the arguments of `replay.open_engine` and opens the file the same
-    way (picking up whatever was pending), then returns at once with the engine
-    running. Use it in a ``with`` block, which closes the engine at its end, or keep
-    it (for a web application's lifetime, say) and call `Engine.close` yourself:
-
-        with replay.sync.open_engine("app.duckdb", workflows=[checkout]) as engine:
-            output = engine.start(checkout, "o-1", 4200).result(timeout=60)
-
-    Args:
-        path: The database file (created if missing), ``":memory:"``, or a
-            ``postgresql://`` URL (the ``postgres`` extra; see docs/postgres.md).
-        workflows: The workflow functions this engine can run.
-        default_retry: As for `replay.open_engine`.
-        durability: As for `replay.open_engine`.
-        always_replay: As for `replay.open_engine`.
-        shutdown_timeout: Seconds running steps get to finish when the engine is closed
-            (a ``with`` block that ends normally, or `Engine.close`).
-        lock_timeout: As for `replay.open_engine`.
-        max_threads: As for `replay.open_engine`.
-        cache_size: As for `replay.open_engine`.
-        serve_cli: As for `replay.open_engine`.
-        max_interruptions: As for `replay.open_engine`.
-        query_timeout: As for `replay.open_engine`.
-        code_version: As for `replay.open_engine`.
-        retention: As for `replay.open_engine` (finished runs older than this are
-            purged every hour).
-        ui: As for `replay.open_engine` (the web view at this address, served by the
-            engine's thread).
-        worker: As for `replay.open_engine` (PostgreSQL: this engine's worker name).
-        lease: As for `replay.open_engine` (PostgreSQL: seconds a lease lasts).
-        max_runs: As for `replay.open_engine` (PostgreSQL: runs executed at once).
-        poll_interval: As for `replay.open_engine` (PostgreSQL: seconds between polls).
-
-    Returns:
-        The open `Engine`.
-
-    Raises:
-        DatabaseLocked: Another engine holds the file (or the PostgreSQL schema)
-            after `lock_timeout`.
-        DatabaseError: The file is not a usable replay database.
-        TypeError: An option has the wrong type, or a workflow is not a generator function.
-        ValueError: An option has a wrong value, or two workflows share a name.
-    """
-    options: dict[str, Any] = {
-        "workflows": workflows, "default_retry": default_retry, "durability": durability,
-        "always_replay": always_replay, "shutdown_timeout": shutdown_timeout,
-        "lock_timeout": lock_timeout, "max_threads": max_threads, "cache_size": cache_size,
-        "serve_cli": serve_cli, "max_interruptions": max_interruptions,
-        "query_timeout": query_timeout, "code_version": code_version,
-        "retention": retention, "ui": ui, "worker": worker, "lease": lease,
-        "max_runs": max_runs, "poll_interval": poll_interval,
-    }
-    engine = Engine(EngineHost(path, options))
-    engine._open()
-    return engine
 
 
 class Engine:
@@ -120,15 +43,11 @@ class Engine:
     `replay.EngineClosed`.
     """
 
-    def __init__(self, host: EngineHost) -> None:
-        self._host = host
-        self._ui_url: str | None = None
-        self._lock = threading.Lock()
-        self._closing = False  # close() was called: no new call is accepted
-        self._closed = threading.Event()  # the engine has stopped and the file is closed
+    def __init__(self, life: Lifecycle) -> None:
+        self._life = life
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed.is_set() else "open"
+        state = "closed" if self._life.closed else "open"
         return f"<replay.sync.Engine {state}>"
 
     def __enter__(self) -> Engine:
@@ -136,7 +55,7 @@ class Engine:
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  traceback: TracebackType | None) -> None:
-        self._close(abort=error is not None, raise_failure=error is None)
+        self._life.close(abort=error is not None, raise_failure=error is None)
 
     # -- the engine's calls --
 
@@ -369,74 +288,25 @@ class Engine:
             DatabaseError: The engine had stopped by itself because a commit failed
                 (raised by the first `close` only).
         """
-        self._close(abort=False, raise_failure=True)
+        self._life.close(abort=False, raise_failure=True)
 
     @property
     def closed(self) -> bool:
         """Whether the engine has stopped and closed its file."""
-        return self._closed.is_set()
+        return self._life.closed
 
     @property
     def ui_url(self) -> str | None:
         """The address of the engine's web view (``open_engine(ui=...)``), else None."""
-        return self._ui_url
+        return self._life.ui_url
 
     # -- internals --
 
-    def _open(self) -> None:
-        # An engine nobody closed is closed cleanly at exit: its thread is a daemon
-        # thread, which would otherwise die wherever it is when the interpreter ends.
-        atexit.register(self._close_at_exit)
-        try:
-            self._host.open()
-            self._ui_url = self._host_call_sync(_ui_url)
-        except BaseException:
-            # A failed open, or Ctrl-C at any point after the engine's thread started
-            # (recovered runs may be executing already, and the caller never holds the
-            # engine): stop it as a `with` block left by an exception would, so that
-            # their steps are recorded as abandoned; a failed open raises as itself.
-            self._close(abort=True, raise_failure=False)
-            raise
-
-    def _close_at_exit(self) -> None:
-        self._close(abort=False, raise_failure=False)
-
-    def _close(self, *, abort: bool, raise_failure: bool) -> None:
-        with self._lock:
-            self._closing = True
-        if self._closed.is_set():
-            return
-        self._host.stop(abort=abort)
-        try:
-            self._host.join()
-        except KeyboardInterrupt:
-            # Ctrl-C while waiting for running steps: stop them now, then still wait
-            # for the file to be closed, so that nothing is left half done.
-            self._host.stop(abort=True)
-            self._host.join()
-            raise
-        finally:
-            if not self._host.running:
-                self._closed.set()
-                atexit.unregister(self._close_at_exit)
-        failure = self._host.failure()
-        if failure is not None and raise_failure:
-            raise failure
-
-    def _check_open(self) -> None:
-        if self._closing or self._closed.is_set():
-            raise replay.EngineClosed("the engine is closed; open a new one with "
-                               "replay.sync.open_engine()")
-        if not self._host.running:
-            raise self._host.closed_error()
-
     def _host_call(self, function: Callable[..., Awaitable[T]], *args: Any) -> T:
-        self._check_open()
-        return self._host.call(function, *args)
+        return self._life.call(function, *args)
 
     def _host_call_sync(self, function: Callable[..., T], *args: Any) -> T:
-        self._check_open()
-        return self._host.call_sync(function, *args)
+        return self._life.call_sync(function, *args)
 
     def _handle(self, run: AsyncRun) -> Run:
         return Run(self, run.run_id, run.workflow)
@@ -510,7 +380,3 @@ async def _export_history(engine: AsyncEngine, run_id: str, path: str | PathLike
 
 def _now(engine: AsyncEngine) -> datetime:
     return engine.now()
-
-
-def _ui_url(engine: AsyncEngine) -> str | None:
-    return engine.ui_url
