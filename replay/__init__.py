@@ -5,8 +5,9 @@ each command's key is looked up in a DuckDB event table, recorded outcomes are s
 straight back, new ones are executed and recorded before the workflow continues.
 """
 
-from replay._channel._aio import AsyncClient, AsyncRemoteRun, connect_async
-from replay._channel._connect import Client, RemoteRun, connect
+from replay._channel._aio import AsyncClient, connect_async
+from replay._channel._connect import Client, connect
+from replay._channel._handles import AsyncRemoteRun, RemoteRun
 from replay._codec import register_type
 from replay._commands import Sleep, Step, Suspend
 from replay._engine._facade import Engine

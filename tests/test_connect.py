@@ -31,7 +31,7 @@ from served import HERE, LINE_TIMEOUT, Served, in_thread
 
 import replay
 from replay import RunState
-from replay._channel import _connect
+from replay._channel import _transport
 from replay._channel._protocol import PROTOCOL, dump_message, load_message, socket_path
 from replay._engine import _channel_calls
 
@@ -250,7 +250,7 @@ def test_a_closed_client_refuses_calls(served: Served) -> None:
 
 def test_a_client_refuses_an_engine_of_another_user(
         served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_connect, "peer_uid", lambda sock: 4242)
+    monkeypatch.setattr(_transport, "peer_uid", lambda sock: 4242)
     with pytest.raises(PermissionError, match=(
             rf"is served by uid 4242, not by you \(uid {os.geteuid()}\); refusing to talk "
             "to it: connect as the user that runs the engine")):

@@ -26,7 +26,7 @@ from served import HERE, LINE_TIMEOUT, Served, in_thread, open_gate, pass_gate
 
 import replay
 from replay import RunState
-from replay._channel import _connect
+from replay._channel import _transport
 from replay._channel._protocol import socket_path
 from replay._cli import main
 
@@ -36,14 +36,14 @@ class Connections:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self._opened = threading.Semaphore(0)
-        connected = _connect._connected
+        connected = _transport._connected
 
         def counting(path: str, timeout: float) -> socket.socket:
             sock = connected(path, timeout)
             self._opened.release()
             return sock
 
-        monkeypatch.setattr(_connect, "_connected", counting)
+        monkeypatch.setattr(_transport, "_connected", counting)
 
     def wait(self, count: int) -> None:
         """Wait until `count` more connections are open (the engine has them queued)."""

@@ -5,15 +5,14 @@ event loop and no thread is used, so an asyncio application (FastAPI, Starlette,
 aiohttp) can keep thousands of `result` waits open at once. Each call opens its own
 connection; cancelling a call (``asyncio.timeout``, a client that disconnects from
 your web server) closes it, and the engine stops waiting for it. It needs a running
-asyncio loop; from trio, use the blocking `Client` through ``trio.to_thread``.
+asyncio loop; from trio, use the blocking `Client` through ``trio.to_thread``. Each
+call's connection is made and read in `_transport`; the `AsyncRemoteRun` handles the
+calls return live in `_handles`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import errno
 import os
-import socket
 from collections.abc import Callable, Collection, Generator, Iterable
 from datetime import timedelta
 from os import PathLike
@@ -21,16 +20,11 @@ from typing import Any
 
 from replay._channel import _calls as calls
 from replay._channel import _watching as watching
-from replay._channel._calls import DEFAULT_TIMEOUT, FINISHED_STATES, Call
-from replay._channel._client import (
-    CONNECT_BACKOFF_SECONDS,
-    CONNECT_TRIES,
-    REFUSED_TRIES,
-)
-from replay._channel._protocol import MAX_MESSAGE_BYTES, peer_uid, short_address, socket_path
+from replay._channel._calls import DEFAULT_TIMEOUT, FINISHED_STATES
+from replay._channel._handles import AsyncRemoteRun
+from replay._channel._protocol import socket_path
+from replay._channel._transport import AsyncTransport
 from replay._channel._watching import AsyncRemoteWatch
-from replay._checks import checked_condition
-from replay._errors import EngineClosed, ReplayError
 from replay._types import PurgeReport, RunInfo, RunState
 
 
@@ -79,7 +73,7 @@ class _Connecting:
         self._client.close()
 
 
-class AsyncClient:
+class AsyncClient(AsyncTransport):
     """The engine serving a database file, from an asyncio program in another process.
 
     Get one from `replay.connect_async`, which checks that an engine answers, or build
@@ -310,177 +304,3 @@ class AsyncClient:
         limit = self.timeout if timeout is None else self.timeout + timeout
         _, items = await self._ask(calls.query(query, params, timeout), limit)
         return calls.rows(items, self.database)
-
-    # -- the channel --
-
-    async def _hello(self) -> None:
-        header, _ = await self._ask(calls.call("hello", "connecting"))
-        self.command = str(header.get("command"))
-
-    async def _ask(self, call: Call, timeout: float | None = None
-                   ) -> tuple[dict[str, Any], list[Any]]:
-        """Send `call` on a connection of its own; return the answer and its chunks."""
-        if self._closed:
-            raise EngineClosed("this client is closed; connect again with "
-                               "replay.connect_async()")
-        line = call.line()
-        if timeout is not None:
-            timeout = calls.checked_timeout(timeout)
-        elif not call.waits:
-            timeout = self.timeout
-        reader, writer = await asyncio.open_unix_connection(
-            sock=await self._socket(), limit=MAX_MESSAGE_BYTES + 1)
-        try:
-            async with asyncio.timeout(timeout) as limit:
-                try:
-                    writer.write(line)
-                    await writer.drain()
-                except OSError as error:
-                    raise calls.lost(self.database, self.pid, call.doing, f" ({error})"
-                                     ) from None
-                header = await self._read(reader, call)
-                items: list[Any] = []
-                while call.chunks is not None:
-                    message = await self._read(reader, call)
-                    if message.get("end"):
-                        break
-                    items.extend(message.get(call.chunks) or ())
-        except TimeoutError:
-            if not limit.expired():
-                raise
-            raise calls.no_answer(self.database, call.doing, timeout or 0.0) from None
-        finally:
-            writer.close()  # a cancelled wait hangs up: the engine stops waiting
-        if isinstance(header.get("pid"), int):
-            self.pid = header["pid"]
-        return header, items
-
-    async def _read(self, reader: asyncio.StreamReader, call: Call) -> dict[str, Any]:
-        try:
-            line = await reader.readuntil(b"\n")
-        except asyncio.IncompleteReadError:
-            raise calls.lost(self.database, self.pid, call.doing) from None
-        except (ConnectionError, BrokenPipeError) as error:
-            raise calls.lost(self.database, self.pid, call.doing, f" ({error})") from None
-        except asyncio.LimitOverrunError:
-            raise ReplayError(f"the engine's answer is larger than {MAX_MESSAGE_BYTES} "
-                              "bytes; ask for less (a smaller limit or query)") from None
-        return calls.parse(line, self.database)
-
-    async def _socket(self) -> socket.socket:
-        """Return a socket connected to the engine (its user checked), without blocking.
-
-        A Unix socket connects at once or fails at once; a full listen backlog
-        (EAGAIN) is tried again with the blocking client's back-off.
-        """
-        path = self._path
-        pause, attempt = CONNECT_BACKOFF_SECONDS, 1
-        while True:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.setblocking(False)
-            try:
-                with short_address(path) as address:
-                    sock.connect(address)
-                break
-            except OSError as error:
-                sock.close()
-                refused = error.errno == errno.ECONNREFUSED
-                if error.errno in (errno.EAGAIN, errno.ECONNREFUSED) and attempt < (
-                        REFUSED_TRIES if refused else CONNECT_TRIES):
-                    await asyncio.sleep(pause)
-                    pause, attempt = pause * 2, attempt + 1
-                    continue
-                raise self._failed(path, error) from None
-        owner, me = peer_uid(sock), os.geteuid()
-        if owner != me:
-            sock.close()
-            raise calls.refused(path, owner, me)
-        return sock
-
-    def _failed(self, path: str, error: OSError) -> Exception:
-        if isinstance(error, FileNotFoundError):
-            return calls.no_engine(self.database, stale=False)
-        if isinstance(error, ConnectionRefusedError):
-            return calls.no_engine(self.database, stale=True)
-        if isinstance(error, PermissionError):
-            return calls.denied(path)
-        if isinstance(error, BlockingIOError):
-            return calls.busy(path, CONNECT_TRIES)
-        return ReplayError(f"cannot connect to the engine's channel {path!r}: {error}")
-
-
-class AsyncRemoteRun:
-    """A handle to one run of the engine an `AsyncClient` talks to.
-
-    Attributes:
-        run_id: The run's id.
-        workflow: The run's workflow name.
-    """
-
-    __slots__ = ("_client", "run_id", "workflow")
-
-    def __init__(self, client: AsyncClient, run_id: str, workflow: str) -> None:
-        self._client = client
-        self.run_id = run_id
-        self.workflow = workflow
-
-    def __repr__(self) -> str:
-        return f"AsyncRemoteRun(run_id={self.run_id!r}, workflow={self.workflow!r})"
-
-    async def status(self) -> RunInfo:
-        """Return the run's current durable state.
-
-        Raises:
-            EngineClosed: No engine serves the file.
-        """
-        return await self._client.status(self.run_id)
-
-    async def wait(self, timeout: float | None = None, *,
-                   until: Callable[[RunInfo], bool] | RunState | str | None = None
-                   ) -> RunInfo:
-        """Wait until the run settles, or until `until` holds (see `RemoteRun.wait`).
-
-        Raises:
-            RunFinished: With `until`, the run finished without the condition holding.
-            TimeoutError: `timeout` passed first.
-            TypeError: `until` is neither callable nor a state.
-            ValueError: `until` is a string that is not a state's name.
-            EngineClosed: No engine serves the file, or it stopped or died meanwhile.
-        """
-        if until is None:
-            return await self._client.wait(self.run_id, timeout)
-        holds = checked_condition(until)
-        limit = None if timeout is None else calls.checked_timeout(timeout)
-        last = None
-        try:
-            async with asyncio.timeout(limit), self.watch() as updates:
-                async for update in updates:
-                    last = update.info or last
-                    if update.info is not None and holds(update.info):
-                        return update.info
-        except TimeoutError:
-            raise calls.no_answer(self._client.database, f"waiting for run {self.run_id!r}",
-                                  limit or 0.0) from None
-        raise watching.not_reached(self.run_id, last)
-
-    def watch(self, after_seq: int | None = None, buffer: int = watching.DEFAULT_BUFFER
-              ) -> AsyncRemoteWatch:
-        """Watch the run until it finishes (see `AsyncClient.watch`).
-
-        Raises:
-            RunNotFound: No such run (raised by the first step).
-            EngineClosed: No engine serves the file, or it stopped while watching.
-        """
-        return self._client.watch(self.run_id, after_seq=after_seq, buffer=buffer)
-
-    async def result(self, timeout: float | None = None) -> Any:
-        """Wait for the run to finish and return its output (see `Client.result`).
-
-        Raises:
-            WorkflowFailed: The run failed, or was cancelled (its `error_type` is then
-                ``"replay.Cancelled"`` and its message is the reason).
-            TimeoutError: `timeout` passed first.
-            EngineClosed: No engine serves the file, or it stopped or died meanwhile.
-        """
-        return await self._client.result(self.run_id, timeout)
-

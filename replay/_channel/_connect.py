@@ -12,26 +12,25 @@ calls, so it is safe to share between threads, costs nothing while idle, and kee
 working when the engine restarts (calls in between fail with `EngineClosed`). `wait` and
 `result` are waits on the engine's side: the engine answers when the run settles, and
 stops waiting if the client goes away. `watch` holds one connection for as long as it
-lasts (`replay._channel._watching`).
+lasts (`replay._channel._watching`). Each call's connection is made and read in
+`_transport`; the `RemoteRun` handles the calls return live in `_handles`.
 """
 
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Callable, Collection, Iterable
 from datetime import timedelta
 from os import PathLike
-from typing import Any, BinaryIO
+from typing import Any
 
 from replay._channel import _calls as calls
 from replay._channel import _watching as watching
-from replay._channel._calls import DEFAULT_TIMEOUT, FINISHED_STATES, Call
-from replay._channel._client import CONNECT_TRIES, _connected
-from replay._channel._protocol import MAX_MESSAGE_BYTES, peer_uid, socket_path
+from replay._channel._calls import DEFAULT_TIMEOUT, FINISHED_STATES
+from replay._channel._handles import RemoteRun
+from replay._channel._protocol import socket_path
+from replay._channel._transport import Transport
 from replay._channel._watching import RemoteWatch
-from replay._checks import checked_condition
-from replay._errors import EngineClosed, ReplayError
 from replay._types import PurgeReport, RunInfo, RunState
 
 
@@ -71,7 +70,7 @@ def connect(database: str | PathLike[str], *, timeout: float = DEFAULT_TIMEOUT) 
     return client
 
 
-class Client:
+class Client(Transport):
     """The engine serving a database file, as seen from another process.
 
     Get one from `replay.connect`, which checks that an engine answers, or build one
@@ -357,155 +356,3 @@ class Client:
         limit = self.timeout if timeout is None else self.timeout + timeout
         _, items = self._ask(calls.query(query, params, timeout), limit)
         return calls.rows(items, self.database)
-
-    # -- the channel --
-
-    def _hello(self) -> None:
-        header, _ = self._ask(calls.call("hello", "connecting"))
-        self.command = str(header.get("command"))
-
-    def _ask(self, call: Call, timeout: float | None = None
-             ) -> tuple[dict[str, Any], list[Any]]:
-        """Send `call` on a connection of its own; return the answer and its chunks.
-
-        `timeout` limits a long wait (None: no limit); other calls default to the
-        client's.
-        """
-        if self._closed:
-            raise EngineClosed("this client is closed; connect again with replay.connect()")
-        line = call.line()  # before connecting: a value that cannot travel sends nothing
-        if timeout is not None:
-            timeout = calls.checked_timeout(timeout)
-        elif not call.waits:
-            timeout = self.timeout
-        sock = self._socket()
-        try:
-            try:
-                sock.sendall(line)
-            except OSError as error:
-                raise calls.lost(self.database, self.pid, call.doing, f" ({error})") from None
-            sock.settimeout(timeout)
-            with sock.makefile("rb") as file:
-                header = self._read(file, call, timeout)
-                items: list[Any] = []
-                while call.chunks is not None:
-                    message = self._read(file, call, timeout)
-                    if message.get("end"):
-                        break
-                    items.extend(message.get(call.chunks) or ())
-        finally:
-            sock.close()
-        if isinstance(header.get("pid"), int):
-            self.pid = header["pid"]
-        return header, items
-
-    def _read(self, file: BinaryIO, call: Call, timeout: float | None) -> dict[str, Any]:
-        try:
-            line = file.readline(MAX_MESSAGE_BYTES + 1)
-        except TimeoutError:
-            raise calls.no_answer(self.database, call.doing, timeout or 0.0) from None
-        except OSError as error:
-            raise calls.lost(self.database, self.pid, call.doing, f" ({error})") from None
-        if not line.endswith(b"\n"):
-            if len(line) > MAX_MESSAGE_BYTES:
-                raise ReplayError(f"the engine's answer is larger than {MAX_MESSAGE_BYTES} "
-                                  "bytes; ask for less (a smaller limit or query)")
-            raise calls.lost(self.database, self.pid, call.doing)
-        return calls.parse(line, self.database)
-
-    def _socket(self) -> socket.socket:
-        path = self._path
-        try:
-            sock = _connected(path, self.timeout)
-        except FileNotFoundError:
-            raise calls.no_engine(self.database, stale=False) from None
-        except ConnectionRefusedError:
-            raise calls.no_engine(self.database, stale=True) from None
-        except PermissionError:
-            raise calls.denied(path) from None
-        except BlockingIOError:
-            raise calls.busy(path, CONNECT_TRIES) from None
-        except OSError as error:
-            raise ReplayError(f"cannot connect to the engine's channel {path!r}: {error}"
-                              ) from None
-        owner, me = peer_uid(sock), os.geteuid()
-        if owner != me:
-            sock.close()
-            raise calls.refused(path, owner, me)
-        return sock
-
-
-class RemoteRun:
-    """A handle to one run of the engine a `Client` talks to.
-
-    Attributes:
-        run_id: The run's id.
-        workflow: The run's workflow name.
-    """
-
-    __slots__ = ("_client", "run_id", "workflow")
-
-    def __init__(self, client: Client, run_id: str, workflow: str) -> None:
-        self._client = client
-        self.run_id = run_id
-        self.workflow = workflow
-
-    def __repr__(self) -> str:
-        return f"RemoteRun(run_id={self.run_id!r}, workflow={self.workflow!r})"
-
-    def status(self) -> RunInfo:
-        """Return the run's current durable state (see `Client.status`).
-
-        Raises:
-            EngineClosed: No engine serves the file.
-        """
-        return self._client.status(self.run_id)
-
-    def wait(self, timeout: float | None = None, *,
-             until: Callable[[RunInfo], bool] | RunState | str | None = None) -> RunInfo:
-        """Wait until the run settles (see `Client.wait`), or until `until` holds.
-
-        With `until` (a condition on `RunInfo`, or a state such as ``"suspended"``),
-        wait for the first state, present or coming, that satisfies it, as
-        `Run.wait` does: every change is checked, through a watch.
-
-        Raises:
-            RunFinished: With `until`, the run finished without the condition holding.
-            TimeoutError: `timeout` passed first.
-            TypeError: `until` is neither callable nor a state.
-            ValueError: `until` is a string that is not a state's name.
-            EngineClosed: No engine serves the file, or it stopped or died meanwhile.
-        """
-        if until is None:
-            return self._client.wait(self.run_id, timeout)
-        holds = checked_condition(until)
-        limit = None if timeout is None else calls.checked_timeout(timeout)
-        last = None
-        call = watching.request(self.run_id, None, None, None, watching.DEFAULT_BUFFER)
-        with RemoteWatch(self._client, call, limit) as updates:
-            for update in updates:
-                last = update.info or last
-                if update.info is not None and holds(update.info):
-                    return update.info
-        raise watching.not_reached(self.run_id, last)
-
-    def watch(self, after_seq: int | None = None, buffer: int = watching.DEFAULT_BUFFER
-              ) -> RemoteWatch:
-        """Watch the run until it finishes (see `Client.watch`).
-
-        Raises:
-            RunNotFound: No such run (raised by the first ``next``).
-            EngineClosed: No engine serves the file, or it stopped while watching.
-        """
-        return self._client.watch(self.run_id, after_seq=after_seq, buffer=buffer)
-
-    def result(self, timeout: float | None = None) -> Any:
-        """Wait for the run to finish and return its output (see `Client.result`).
-
-        Raises:
-            WorkflowFailed: The run failed, or was cancelled (its `error_type` is then
-                ``"replay.Cancelled"`` and its message is the reason).
-            TimeoutError: `timeout` passed first.
-            EngineClosed: No engine serves the file, or it stopped or died meanwhile.
-        """
-        return self._client.result(self.run_id, timeout)
