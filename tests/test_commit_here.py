@@ -26,7 +26,8 @@ import trio
 import replay
 import replay.aio
 from replay import DatabaseError, RunState, Step
-from replay._store import _writer_store
+from replay._store import _writer
+from replay._store._writer import Writer
 from replay._store._writer_store import Store
 
 pytestmark = pytest.mark.duckdb_only  # PostgreSQL commits on its writer thread only
@@ -159,14 +160,14 @@ def tables(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[int, str, boo
     """Each batch's size, the table it went to ("hot" or "log"), and whether it was a
     lone run's (one run executing)."""
     went: list[tuple[int, str, bool]] = []
-    commit_rows = Store._commit_rows
+    commit_rows = Writer._commit_rows
 
-    def recording(self: Store, rows: list[tuple[Any, ...]], lone: bool) -> None:
+    def recording(self: Writer, rows: list[tuple[Any, ...]], lone: bool) -> None:
         hot = self._recent.count
         commit_rows(self, rows, lone)
         went.append((len(rows), "hot" if self._recent.count > hot else "log", lone))
 
-    monkeypatch.setattr(Store, "_commit_rows", recording)
+    monkeypatch.setattr(Writer, "_commit_rows", recording)
     yield went
 
 
@@ -189,7 +190,7 @@ async def test_runs_executing_together_write_big_batches_to_the_table(
     db: str, tables: list[tuple[int, str, bool]]
 ) -> None:
     assert await together(db, pipeline, (40, False), 10) == [41] * 10
-    big = [(table, lone) for size, table, lone in tables if size > _writer_store.HOT_BATCH_ROWS]
+    big = [(table, lone) for size, table, lone in tables if size > _writer.HOT_BATCH_ROWS]
     # The last run to finish may be alone by then: its batch is a lone run's.
     assert {table for table, lone in big if not lone} == {"log"}
     assert {table for table, lone in big if lone} <= {"hot"}
@@ -221,23 +222,23 @@ async def test_a_busy_writer_takes_the_batch_instead(db: str, ways: Counter[str]
 async def test_a_failed_commit_stops_the_engine_and_acknowledges_nothing(
     db: str, ways: Counter[str], monkeypatch: pytest.MonkeyPatch, use_sync: bool
 ) -> None:
-    commit_rows = Store._commit_rows
+    commit_rows = Writer._commit_rows
     commits = [0]
 
-    def failing_third(self: Store, rows: list[tuple[Any, ...]], lone: bool) -> None:
+    def failing_third(self: Writer, rows: list[tuple[Any, ...]], lone: bool) -> None:
         commits[0] += 1
         if commits[0] == 3:
             raise duckdb.IOException("No space left on device")
         commit_rows(self, rows, lone)
 
-    monkeypatch.setattr(Store, "_commit_rows", failing_third)
+    monkeypatch.setattr(Writer, "_commit_rows", failing_third)
     with pytest.raises(DatabaseError, match=r"^committing 1 records to .* failed: .*No space "
                        r"left on device; nothing in that batch was acknowledged"):
         async with replay.open_engine(db, workflows=[count]) as engine:
             run = await engine.start(count, 4, use_sync, run_id="full")
             await run.result()
     assert ways["worker" if use_sync else "here"] >= 1
-    monkeypatch.setattr(Store, "_commit_rows", commit_rows)
+    monkeypatch.setattr(Writer, "_commit_rows", commit_rows)
     # The first step's outcome is durable, the second's (the failed batch) is not.
     assert await events_of(db, "full") == [("run/started", ""), ("step/completed", "s0")]
     async with replay.open_engine(db, workflows=[count]) as engine:
@@ -250,15 +251,15 @@ async def test_rows_committed_on_the_loops_thread_are_settled_by_the_writer(
 ) -> None:
     settled_by: list[str] = []
     ran = threading.Event()
-    settle = _writer_store.settle
+    settle = _writer.settle
 
     def noting(con: duckdb.DuckDBPyConnection) -> int:
         settled_by.append(threading.current_thread().name)
         ran.set()
         return settle(con)
 
-    monkeypatch.setattr(_writer_store, "settle", noting)
-    monkeypatch.setattr(_writer_store, "SETTLE_ROWS", 5)
+    monkeypatch.setattr(_writer, "settle", noting)
+    monkeypatch.setattr(_writer, "SETTLE_ROWS", 5)
     async with replay.open_engine(db, workflows=[count]) as engine:
         assert await (await engine.start(count, 8, False)).result() == 8
         # Past 5 hot rows the loop asks the writer thread to settle them.

@@ -26,7 +26,7 @@ from replay._codec import CODEC
 from replay._core._history import RunHistory
 from replay._core._records import Encoded, Record, Run
 from replay._store import Store, hot_from_row, record_row
-from replay._store._writer_store import SETTLE_ROWS
+from replay._store._writer import SETTLE_ROWS
 
 T0 = datetime(2030, 1, 1, 9, 0, tzinfo=UTC)
 flaky = {"left": 0}

@@ -154,7 +154,7 @@ def test_import_replay_does_not_import_the_testing_package() -> None:
 
 def test_the_store_package_is_the_only_home_of_duckdb() -> None:
     assert {m for m in MODULES if m.startswith("replay._store.")} >= {
-        "replay._store._schema", "replay._store._writer_store"}
+        "replay._store._schema", "replay._store._writer_store", "replay._store._writer"}
 
 
 PUBLIC = [

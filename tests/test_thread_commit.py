@@ -22,7 +22,7 @@ import trio.testing
 
 import replay
 from replay import DatabaseError, Step
-from replay._store._writer_store import Store
+from replay._store._writer import Writer
 
 pytestmark = pytest.mark.duckdb_only  # engines sharing PostgreSQL never hand batches over
 
@@ -49,9 +49,9 @@ class WorkerCommits:
         self.count = 0
         self.hold_at = self.fail_at = 0
         self.entered, self.release = threading.Event(), threading.Event()
-        commit_rows = Store._commit_rows
+        commit_rows = Writer._commit_rows
 
-        def watched(store: Store, rows: list[tuple[Any, ...]], lone: bool) -> None:
+        def watched(writer: Writer, rows: list[tuple[Any, ...]], lone: bool) -> None:
             if threading.current_thread().name == "replay-step":
                 self.count += 1
                 if self.count == self.fail_at:
@@ -59,9 +59,9 @@ class WorkerCommits:
                 if self.count == self.hold_at:
                     self.entered.set()
                     self.release.wait(10)
-            commit_rows(store, rows, lone)
+            commit_rows(writer, rows, lone)
 
-        monkeypatch.setattr(Store, "_commit_rows", watched)
+        monkeypatch.setattr(Writer, "_commit_rows", watched)
 
 
 @pytest.fixture

@@ -36,7 +36,8 @@ from replay._store._protocol import OpenRuns, WorkerOptions
 from replay._store._purge import PurgePlan
 from replay._store._queries import OpenQueries
 from replay._store._rows import RunRow
-from replay._store._writer_store import WriterJob, closed_error
+from replay._store._writer import WriterJob
+from replay._store._writer_store import closed_error
 
 T = TypeVar("T")
 Connection = psycopg.Connection[tuple[Any, ...]]

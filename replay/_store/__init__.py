@@ -3,7 +3,7 @@
 Everything here is synchronous but `_readers`; the engine calls it from worker threads
 (reads) or hands batches to its writer thread. `_schema` holds the tables and public
 views, `_rows` the conversion of records to rows and back, `_connect` opening files
-(owner-only), `_writer_store` the engine's store with its group-commit writer,
+(owner-only), `_writer_store` the engine's store and `_writer` its group-commit writer,
 `_access` what the `replay` command uses on a file no engine holds, `_purge` retention
 (which records a purge deletes, the deletes, the archive), and `_compact` the rewrite
 of a file into a fresh one. User queries: `_readonly` decides what may run, `_queries`
