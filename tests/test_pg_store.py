@@ -136,7 +136,7 @@ async def test_a_key_with_nul_fails_its_own_run_and_no_other(pg_url: str) -> Non
 async def test_durability_sets_synchronous_commit(pg_url: str, durability: str,
                                                   setting: str) -> None:
     async with replay.open_engine(pg_url, workflows=[pipeline], durability=durability) as engine:
-        writer = internals(engine).store._con  # type: ignore[attr-defined]
+        writer = internals(engine).store._writer._con  # type: ignore[attr-defined]
         assert writer.execute("SHOW synchronous_commit").fetchone() == (setting,)
         run = await engine.start(pipeline, 1)
         assert await run.result() == 4

@@ -36,8 +36,8 @@ from replay._pg._leases import seq_block
 from replay._pg._queries import PgReadQuery, usable_reader_role
 from replay._pg._rows import COPY_COLUMNS, pg_row
 from replay._pg._schema import PG_SCHEMA_VERSION, _check_version, _objects
-from replay._pg._store import ENGINE_LOCK_KEY, release_lock
 from replay._pg._url import shown_url
+from replay._pg._writer import ENGINE_LOCK_KEY, release_lock
 from replay._store._readers import CLI_ADVICE, timed_out_message
 from replay._store._rows import RunRow
 from replay._types import PurgeReport

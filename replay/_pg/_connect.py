@@ -1,6 +1,12 @@
-"""Opening PostgreSQL connections the way every part of the store needs them."""
+"""Opening PostgreSQL connections the way every part of the store needs them.
+
+A server that went away (a restart, a failover) is tried again with `Retry`, by the
+store's readers and by its writer alike, up to `RECONNECT_SECONDS`.
+"""
 
 from __future__ import annotations
+
+import time
 
 import psycopg
 from psycopg.types.string import TextLoader
@@ -11,6 +17,9 @@ from replay._pg._url import shown_url
 # How long to wait for the server to answer a connection: a wrong host fails in
 # seconds instead of the operating system's minutes.
 CONNECT_TIMEOUT_SECONDS = 10
+# How long the engine keeps trying to reach a server that went away (a restart, a
+# failover) before it stops: a commit or read waits that long, then fails.
+RECONNECT_SECONDS = 60.0
 
 
 def connect(url: str, *, autocommit: bool = True,
@@ -65,6 +74,21 @@ def failed(shown: str, error: psycopg.Error) -> DatabaseError:
         f"PostgreSQL database {shown!r} refused a statement: {_first_line(error)}; "
         "if replay's tables were changed by hand, restore them from a backup"
     )
+
+
+class Retry:
+    """Waits between attempts to reach a server that went away, up to a deadline."""
+
+    def __init__(self) -> None:
+        self._deadline = time.monotonic() + RECONNECT_SECONDS
+        self._delay = 0.05
+
+    def wait_or_raise(self, error: BaseException) -> None:
+        """Sleep before the next attempt, or raise `error` once the deadline passed."""
+        if time.monotonic() + self._delay > self._deadline:
+            raise error
+        time.sleep(self._delay)
+        self._delay = min(self._delay * 2, 1.0)
 
 
 def _first_line(error: BaseException) -> str:
