@@ -191,8 +191,8 @@ async def race(engine: replay.Engine, config: dict[str, Any]) -> dict[str, Any]:
 
     # Patched before the body's first checkpoint: the due timer has not fired yet.
     store.fold_memo = slow_load  # type: ignore[method-assign]
-    # Records in memory would need no read: the store is told they are not.
-    store._memos.at_hand = lambda run_id, workflow, most: None  # type: ignore[method-assign]
+    # Rows in memory would be folded on the loop: the loader is told they are not.
+    store.memo_at_hand = lambda run_id, workflow, most: None  # type: ignore[method-assign]
     [run_id] = config["signals"]
     lock = internals(engine).scheduler.runs.find(run_id).lock
     outcome: dict[str, str] = {}

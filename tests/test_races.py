@@ -466,8 +466,8 @@ async def test_a_signal_while_a_woken_run_loads_its_history_is_not_lost(
         else:
             run = await parked(engine, approval, "sl", 60)
         # The woken run's history query returns late (a slow thread hand-off), after a
-        # signal for its Suspend was recorded: the query saw the table before it. (Its
-        # records are in memory: the store is told they are not, so that it reads.)
+        # signal for its Suspend was recorded: the read saw the history before it. (Its
+        # rows are in memory: the loader is told they are not, so that a thread reads.)
         store = internals(engine).store
         fold_memo = store.fold_memo
         loaded, released = threading.Event(), threading.Event()
@@ -480,7 +480,7 @@ async def test_a_signal_while_a_woken_run_loads_its_history_is_not_lost(
             return history
 
         store.fold_memo = late_load  # type: ignore[method-assign]
-        store._memos.at_hand = lambda run_id, workflow, most: None  # type: ignore[method-assign]
+        store.memo_at_hand = lambda run_id, workflow, most: None  # type: ignore[method-assign]
         deadline = engine.status("sl").wake_at
         assert deadline is not None
         await trio.sleep((deadline - engine.now()).total_seconds() - 0.001)

@@ -183,6 +183,9 @@ class PgStore:
 
     def fold_memos(self, runs: dict[str, str]) -> dict[str, RunHistory]:
         """Return several runs' memos (`runs`: run id to workflow), one query."""
+        if len(runs) == 1:
+            (run_id, workflow), = runs.items()
+            return {run_id: self.fold_memo(run_id, workflow)}
         loaded = self.load_memos(runs)
         return {run_id: RunHistory(loaded.get(run_id, [])) for run_id in runs}
 
