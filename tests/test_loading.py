@@ -22,6 +22,8 @@ import trio.testing
 
 import replay
 from replay import Suspend
+from replay._core._history import RunHistory
+from replay._engine._loading import MemoLoader
 from replay._engine._lookups import RunLookups
 from replay._store import Store
 from replay._store._recent import _MEMO
@@ -72,6 +74,34 @@ async def test_a_lone_wake_up_reads_its_own_history(tmp_path: Path) -> None:
     async with replay.open_engine(path, workflows=[parked], durability="none") as engine:
         run = await engine.signal("p7", "go", "now")
         assert await run.result() == {"i": 7, "go": "now"}
+
+
+async def test_two_loads_of_one_run_at_once_get_memos_of_their_own(tmp_path: Path) -> None:
+    # A memo is changed by the machine it is given to: two requests for the same run
+    # in one batch (a wake-up and a signal's check, say) must not share one.
+    path = tmp_path / "twice.duckdb"
+    async with replay.open_engine(path, workflows=[parked], durability="none") as engine:
+        await (await engine.start(parked, 3, run_id="p3")).wait()
+    store = Store(str(path), "none")
+    try:
+        loader = MemoLoader(store)
+        loaded: list[RunHistory] = []
+
+        async def load() -> None:
+            loaded.append(await loader.load("p3", "loading.parked"))
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(loader.run)
+            async with trio.open_nursery() as loads:
+                loads.start_soon(load)
+                loads.start_soon(load)
+            nursery.cancel_scope.cancel()
+    finally:
+        store.close()
+    first, second = loaded
+    assert first is not second
+    assert first.input() == second.input() is not None
+    assert first.keys == second.keys and first.keys["go"] is not second.keys["go"]
 
 
 @replay.workflow(name="loading.napper")

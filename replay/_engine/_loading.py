@@ -97,7 +97,17 @@ class MemoLoader:
             self._queue = []
 
     async def _load_batch(self, batch: list[_Request]) -> None:
-        runs = {request.run_id: request.workflow for request in batch}
+        # A memo is its machine's to change, so two requests never share one: a second
+        # request for a run in the batch goes to the next batch.
+        runs: dict[str, str] = {}
+        first, again = [], []
+        for request in batch:
+            if request.run_id in runs:
+                again.append(request)
+            else:
+                runs[request.run_id] = request.workflow
+                first.append(request)
+        batch, self._queue[:0] = first, again
         try:
             loaded = await in_thread(self._store.fold_memos, runs)
         except trio.Cancelled:
