@@ -85,8 +85,14 @@ def watching(db: str, *args: str) -> subprocess.Popen[str]:
 def finish(process: subprocess.Popen[str]) -> tuple[int, str, str]:
     """Wait for `replay watch` to end: its status, the lines not read yet, its stderr."""
     assert process.stderr is not None
-    err = process.stderr.read()
-    code = process.wait(timeout=LINE_TIMEOUT)
+    try:  # before reading stderr, which would wait for ever for a process that goes on
+        code = process.wait(timeout=LINE_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        close(process)
+        pytest.fail(f"replay watch did not end within {LINE_TIMEOUT} s")
+    err = process.stderr.read()  # its few lines fit the pipe: the process did not wait on it
     rest = []
     while (line := next_line(process)) != "":
         rest.append(line)

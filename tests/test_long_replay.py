@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import trio
+from spinning import spin_until
 
 import replay
 from replay import RunState, Step, Suspend, WorkflowFailed
@@ -90,8 +91,8 @@ async def test_terminate_stops_a_long_replay_between_two_turns(db: str) -> None:
     async with replay.open_engine(db, workflows=[long_history], cache_size=0) as engine:
         run_id = await parked_long_run(engine)
         run = await engine.signal(run_id, "go")
-        while not seen:  # the replay has begun: it is between two turns now
-            await trio.lowlevel.checkpoint()
+        # The replay has begun: it is between two turns now.
+        await spin_until(lambda: bool(seen), "the replay's first turn")
         await engine.terminate(run_id, "enough")
         info = engine.status(run_id)
         assert (info.state, info.error_type) == (RunState.CANCELLED, "replay.Cancelled")
@@ -105,8 +106,7 @@ async def test_closing_the_engine_mid_replay_leaves_the_run_to_the_next_open(db:
     async with replay.open_engine(db, workflows=[long_history], cache_size=0) as engine:
         run_id = await parked_long_run(engine)
         await engine.signal(run_id, "go")
-        while not seen:
-            await trio.lowlevel.checkpoint()
+        await spin_until(lambda: bool(seen), "the replay's first turn")
     stopped_after = len(seen)
     assert stopped_after < STEPS
     async with replay.open_engine(db, workflows=[long_history]) as engine:
@@ -147,8 +147,8 @@ async def resumed_while(engine: replay.Engine, run_id: str,
     begun: list[int] = []
 
     async def meanwhile() -> None:
-        while not seen:  # the replay has begun: it is between two turns now
-            await trio.lowlevel.checkpoint()
+        # The replay has begun: it is between two turns now.
+        await spin_until(lambda: bool(seen), "the replay's first turn")
         begun.append(len(seen))
         await act()
 
