@@ -9,6 +9,8 @@ pinned so that a change to the public surface is a deliberate one.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -150,6 +152,15 @@ def test_no_modules_import_each_other_in_a_loop() -> None:
 
 def test_import_replay_does_not_import_the_testing_package() -> None:
     assert not any(i.startswith("replay.testing") for i in MODULES["replay"])
+
+
+def test_import_replay_leaves_trio_testing_and_pytest_unimported() -> None:
+    # They cost a program that does not test about a tenth of a second to import.
+    found = subprocess.run(
+        [sys.executable, "-c", "import sys, replay; "
+         "print([m for m in ('trio.testing', 'pytest') if m in sys.modules])"],
+        capture_output=True, text=True, check=True, timeout=60)
+    assert found.stdout.strip() == "[]"
 
 
 def test_the_store_package_is_the_only_home_of_duckdb() -> None:

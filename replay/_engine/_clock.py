@@ -15,13 +15,16 @@ to infinity while any worker-thread call is outstanding.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import trio
-import trio.testing
+
+if TYPE_CHECKING:
+    import trio.testing
 
 from replay._epoch import micros, moment
 
@@ -29,6 +32,19 @@ T = TypeVar("T")
 
 _MAX_DRIFT_US = 1_000_000  # how far the wall clock may run ahead before the clock catches up
 _GUARD: trio.lowlevel.RunVar[_ThreadGuard] = trio.lowlevel.RunVar("replay_thread_guard")
+
+
+def is_mock_clock(clock: trio.abc.Clock) -> trio.testing.MockClock | None:
+    """Return `clock` if it is trio's `MockClock` (virtual time), else None.
+
+    `trio.testing` is not imported for this: a program that made a `MockClock` has
+    imported it, and importing it costs a program that did not (it imports pytest when
+    pytest is installed) about a tenth of a second.
+    """
+    testing = sys.modules.get("trio.testing")
+    if testing is not None and isinstance(clock, testing.MockClock):
+        return cast("trio.testing.MockClock", clock)
+    return None
 
 
 class _Anchor:
@@ -80,7 +96,7 @@ class EngineClock:
         except LookupError:
             self._anchor = _Anchor(datetime.now(UTC), trio.current_time())
             _ANCHOR.set(self._anchor)
-        self._virtual = isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock)
+        self._virtual = is_mock_clock(trio.lowlevel.current_clock()) is not None
         if floor is not None:
             behind = micros(floor) - micros(self.now())
             if behind > 0:
@@ -121,7 +137,7 @@ class _ThreadGuard:
         self._saved = 0.0
         # A trio run keeps its clock; `isinstance` with an ABC costs about a microsecond.
         clock = trio.lowlevel.current_clock()
-        self._clock = clock if isinstance(clock, trio.testing.MockClock) else None
+        self._clock = is_mock_clock(clock)
 
     def enter(self) -> None:
         clock = self._clock
