@@ -3,6 +3,8 @@
 `reading(db)` gives a DuckDB connection for a file path, and for a PostgreSQL URL an
 object with the same `execute(sql, params).fetchall()/fetchone()` surface: ``?``
 placeholders work on both, and JSON columns read as their text on both.
+`memo_state(history)` is everything a run's memo holds, to compare the memos that
+stores fold.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from contextlib import contextmanager
 from typing import Any
 
 import duckdb
+
+from replay._core._history import RunHistory
 
 
 class _PgReader:
@@ -43,3 +47,8 @@ def reading(db: str) -> Iterator[Any]:
     with psycopg.connect(db, autocommit=True) as pg:
         pg.adapters.register_loader("json", TextLoader)
         yield _PgReader(pg)
+
+
+def memo_state(history: RunHistory) -> tuple[Any, ...]:
+    """Everything a memo holds."""
+    return tuple(getattr(history, name) for name in RunHistory.__slots__)

@@ -14,6 +14,7 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from stores import memo_state
 
 from replay._codec import CODEC
 from replay._core._history import RunHistory, fold_rows
@@ -41,11 +42,6 @@ def record_of(row: tuple[Any, ...]) -> Record:
     record = row[6]
     assert isinstance(record, Record)
     return record
-
-
-def memo_state(history: RunHistory) -> tuple[Any, ...]:
-    """Everything a memo holds."""
-    return tuple(getattr(history, name) for name in RunHistory.__slots__)
 
 
 # One record a run may have, made from a key and an attempt number.

@@ -18,6 +18,7 @@ from typing import Any
 
 import duckdb
 import pytest
+from stores import memo_state
 
 import replay
 from replay import Note, Retry, Sleep, Step
@@ -99,11 +100,6 @@ async def test_hot_rows_read_exactly_as_settled_rows(tmp_path: Any) -> None:
     assert events(hot) == events(settled)
 
 
-def memo_state(history: RunHistory) -> tuple[Any, ...]:
-    """Everything a memo holds."""
-    return tuple(getattr(history, name) for name in RunHistory.__slots__)
-
-
 def _committed(store: Store, rows: list[tuple[Any, ...]]) -> None:
     done = threading.Event()
     errors: list[BaseException | None] = []
@@ -144,25 +140,27 @@ async def test_the_reads_of_a_run_read_its_recent_rows_from_memory_as_the_table_
 
         monkeypatch.setattr(Store, "_read", counted)
         wanted = {run_id: "hot_mixed" for run_id in run_ids}
+        histories = {run_id: table.load_history(run_id) for run_id in run_ids}
+        # The memo each run's records make, folded one record at a time.
+        made = {run_id: memo_state(RunHistory(records))
+                for run_id, records in histories.items()}
         for run_id in run_ids:
-            assert hot.load_history(run_id) == table.load_history(run_id)
-            assert hot.load_memo(run_id, "hot_mixed") == table.load_memo(run_id, "hot_mixed")
-        assert hot.load_memos(wanted) == table.load_memos(wanted)
-        for run_id in run_ids:
+            assert hot.load_history(run_id) == histories[run_id]
             # Folded straight from the rows in memory: the memo the records make.
             folded = hot.memo_at_hand(run_id, "hot_mixed", 1000)
             assert folded is not None
-            assert memo_state(folded) == memo_state(
-                RunHistory(table.load_memo(run_id, "hot_mixed")))
+            assert memo_state(folded) == made[run_id]
             assert hot.memo_at_hand(run_id, "hot_mixed", 1) is None  # more rows than that
-            assert memo_state(hot.fold_memo(run_id, "hot_mixed")) == memo_state(folded)
+            assert memo_state(hot.fold_memo(run_id, "hot_mixed")) == made[run_id]
+        assert {run_id: memo_state(memo)
+                for run_id, memo in hot.fold_memos(wanted).items()} == made
         assert queries == []
         # Read from the table and folded where read: one run, or several in one query.
         many = table.fold_memos({**wanted, "no-such-run": "hot_mixed"})
+        assert set(many) == {*run_ids, "no-such-run"}
         for run_id in run_ids:
-            made = memo_state(RunHistory(table.load_memo(run_id, "hot_mixed")))
-            assert memo_state(table.fold_memo(run_id, "hot_mixed")) == made
-            assert memo_state(many[run_id]) == made
+            assert memo_state(table.fold_memo(run_id, "hot_mixed")) == made[run_id]
+            assert memo_state(many[run_id]) == made[run_id]
         assert memo_state(many["no-such-run"]) == memo_state(RunHistory())
         for run_id in run_ids:
             assert hot.run_row(run_id) == table.run_row(run_id)
@@ -240,11 +238,16 @@ def test_a_read_sees_every_record_acknowledged_before_it_began(tmp_path: Any) ->
         _committed(store, [record_row(record) for record in records])
         acknowledged[0] += len(records)
 
+    def memo_seqs(memo: RunHistory) -> list[int]:
+        # The run's records as its memo keeps them: started (seq 1), step "s<seq>".
+        return ([1] if memo.started_with is not None else []) + sorted(
+            int(key[1:]) for key in memo.keys)
+
     def read() -> None:
         while not stop.is_set():
             known = acknowledged[0]
-            for loaded in (store.load_history("racer"), store.load_memo("racer", "wf")):
-                seqs = [record.seq for record in loaded]
+            for seqs in ([record.seq for record in store.load_history("racer")],
+                         memo_seqs(store.fold_memo("racer", "wf"))):
                 if len(seqs) < known or seqs != list(range(1, len(seqs) + 1)):
                     missing = sorted(set(range(1, max(seqs, default=0) + 1)) - set(seqs))
                     failures.append(f"acknowledged {known}, read {len(seqs)} records "
