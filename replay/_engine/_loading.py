@@ -122,5 +122,5 @@ class MemoLoader:
                 request.done.set()
             return
         for request in batch:
-            request.history = loaded.get(request.run_id) or RunHistory()
+            request.history = loaded[request.run_id]  # every run has one
             request.done.set()

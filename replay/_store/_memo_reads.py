@@ -7,8 +7,7 @@ Otherwise they are read with one query, of one run or of a batch of runs woken
 together. Either way they are folded straight into the memo (`fold_rows`), with no
 `Record` made for a step's first outcome (most rows of a replayed run), on the thread
 that read them: the engine reads in a worker thread, so a long history is folded there
-and not on the engine's loop. `load_memo`/`load_memos` keep returning the records
-themselves, for the tools and tests that compare them.
+and not on the engine's loop.
 """
 
 from __future__ import annotations
@@ -27,7 +26,6 @@ from replay._store._recent import (
     memo_rows,
     memos_rows,
     whole_history,
-    whole_memo,
 )
 from replay._store._rows import MEMO_OUTCOME, memo_record
 
@@ -96,42 +94,6 @@ class MemoReads:
         for run_id in unknown:
             folded.setdefault(run_id, RunHistory())
         return folded
-
-    def records(self, run_id: str, workflow: str) -> list[Record]:
-        """Return one run's memo records (one query unless they are at hand)."""
-        records = self._records_at_hand(run_id, workflow)
-        if records is not None:
-            return records
-        return [memo_record(run_id, workflow, row)
-                for row in memo_rows(self._recent, self._read, run_id)]
-
-    def records_of_many(self, runs: dict[str, str]) -> dict[str, list[Record]]:
-        """Return several runs' memo records (`runs`: run id to workflow), one query."""
-        if len(runs) == 1:
-            (run_id, workflow), = runs.items()
-            return {run_id: self.records(run_id, workflow)}
-        loaded: dict[str, list[Record]] = {}
-        unknown = []  # runs not whole in memory
-        for run_id, workflow in runs.items():
-            records = self._records_at_hand(run_id, workflow)
-            if records is None:
-                unknown.append(run_id)
-            else:
-                loaded[run_id] = records
-        if unknown:
-            for row in memos_rows(self._recent, self._read, unknown):
-                run_id = row[0]
-                loaded.setdefault(run_id, []).append(memo_record(run_id, runs[run_id],
-                                                                 row[1:]))
-        return loaded
-
-    def _records_at_hand(self, run_id: str, workflow: str) -> list[Record] | None:
-        """Return one run's memo records if they need no read (see `at_hand`)."""
-        rows = self._rows_ahead(run_id)
-        if rows is None:
-            return whole_memo(self._recent, run_id)
-        self._ahead = None
-        return [memo_record(run_id, workflow, row[:14]) for row in rows]
 
     def _rows_ahead(self, run_id: str) -> list[Row] | None:
         """The rows `Store.run_row` just read of `run_id`, if nothing was committed since."""

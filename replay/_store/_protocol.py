@@ -287,15 +287,10 @@ class EngineStore(Protocol):
         ...
 
     def fold_memos(self, runs: dict[str, str]) -> dict[str, RunHistory]:
-        """Return several runs' memos (`runs`: run id to workflow), read together."""
-        ...
+        """Return several runs' memos (`runs`: run id to workflow), read together.
 
-    def load_memo(self, run_id: str, workflow: str) -> list[Record]:
-        """Return one run's records as the memo needs them."""
-        ...
-
-    def load_memos(self, runs: dict[str, str]) -> dict[str, list[Record]]:
-        """Return several runs' memo records (`runs`: run id to workflow)."""
+        Every run of `runs` has one: a run with no record gets an empty memo.
+        """
         ...
 
     def purge_plan(self, cutoff: datetime, states: Sequence[str],

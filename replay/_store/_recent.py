@@ -145,24 +145,12 @@ def history_rows(recent: RecentRows, read: Read, run_id: str) -> list[Row]:
     return _run_rows(recent, read, run_id, _HISTORY, _as_is)
 
 
-def whole_memo(recent: RecentRows, run_id: str) -> list[Record] | None:
-    """Return one run's memo records from memory, if it is whole there (else None).
-
-    Straight from its rows, which are in `seq` order (the order of the commits): a
-    replay of a run that just failed or parked reads nothing else.
-    """
-    upto = recent.last_seq  # first: see the module's docstring
-    rows, whole = recent.of(run_id)
-    if not whole:
-        return None
-    record = _memo_record_of(run_id)
-    return [record(row) for row in rows if row[0] <= upto]
-
-
 def whole_history(recent: RecentRows, run_id: str, most: int) -> RunHistory | None:
     """Return one run's memo from memory, folded, if it is whole there in `most` rows.
 
-    As `whole_memo`, with no record made for a step's first outcome (`fold_rows`).
+    Folded straight from its rows, which are in `seq` order (the order of the commits),
+    with no record made for a step's first outcome (`fold_rows`): a replay of a run
+    that just failed or parked reads nothing else.
     """
     upto = recent.last_seq  # first: see the module's docstring
     rows, whole = recent.of(run_id)

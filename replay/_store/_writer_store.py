@@ -190,14 +190,6 @@ class Store:
             return {run_id: self.fold_memo(run_id, workflow)}
         return self._memos.fold_many(runs)
 
-    def load_memo(self, run_id: str, workflow: str) -> list[Record]:
-        """Return one run's records as the memo needs them (one query, no timestamps)."""
-        return self._memos.records(run_id, workflow)
-
-    def load_memos(self, runs: dict[str, str]) -> dict[str, list[Record]]:
-        """Return several runs' memo records (`runs`: run id to workflow), one query."""
-        return self._memos.records_of_many(runs)
-
     def purge_plan(self, cutoff: datetime, states: Sequence[str],
                    workflow: str | None) -> PurgePlan:
         """Return what a purge would delete now (see `replay._store._purge`).
