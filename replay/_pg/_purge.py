@@ -33,6 +33,7 @@ from replay._store._purge import (
     PurgePlan,
     by_run,
     check_archive_path,
+    generation_rows,
     write_parquet,
 )
 
@@ -106,61 +107,18 @@ _DELETE_RUNS = f"""
 """
 
 
-def _generation_rows(runs: str) -> str:
-    """The query of the deletable records of earlier generations (parameter: cutoff).
-
-    The same query as the DuckDB store's `_generation_rows` (its docstring says what
-    stays and why); `runs` restricts it to some runs (a condition on `run_id`, or TRUE).
-    """
-    return f"""
-    WITH gens AS (
-        SELECT run_id, max(coalesce(generation, 0)) AS current,
-               max(CASE WHEN kind = 'run' AND event = 'continued'
-                         AND recorded_at < %(cutoff)s THEN generation END) AS purge_below
-        FROM replay_event_all WHERE {runs} GROUP BY run_id
-    ), rows AS (
-        SELECT e.seq, e.run_id, e.kind, e.event, e.key, e.code_version,
-               coalesce(e.generation, 0) AS g, gens.current, gens.purge_below
-        FROM replay_event_all e JOIN gens USING (run_id)
-        WHERE gens.purge_below > 0
-    ), used AS (
-        SELECT DISTINCT run_id, key, g FROM rows
-        WHERE key IS NOT NULL AND kind NOT IN ('run', 'signal') AND event <> 'late'
-    ), waiting AS (
-        SELECT r.seq, r.run_id, r.key FROM rows r
-        WHERE r.kind = 'signal' AND r.g < r.purge_below AND NOT EXISTS (
-            SELECT 1 FROM used u WHERE u.run_id = r.run_id AND u.key = r.key
-               AND u.g >= r.g AND u.g < r.current)
-    ), newest AS (
-        SELECT run_id, max(seq) FILTER (WHERE kind = 'note') AS note_seq,
-               max(seq) FILTER (WHERE kind = 'run' AND code_version IS NOT NULL)
-                   AS version_seq
-        FROM rows GROUP BY run_id
-    ), kept_whole AS (
-        SELECT run_id FROM rows
-        WHERE kind = 'run' AND event = 'cancel_requested' AND g < purge_below
-        UNION
-        SELECT r.run_id FROM newest n JOIN rows r ON r.seq = n.note_seq
-        JOIN waiting w ON w.run_id = r.run_id AND w.key = r.key AND w.seq > r.seq
-    )
-    SELECT r.seq, r.run_id, r.g FROM rows r JOIN newest n USING (run_id)
-    WHERE r.g < r.purge_below
-      AND NOT EXISTS (SELECT 1 FROM kept_whole k WHERE k.run_id = r.run_id)
-      AND NOT (r.kind = 'run' AND r.event = 'started')
-      AND NOT (r.kind = 'run' AND r.event = 'continued' AND r.g = r.current)
-      AND r.seq IS DISTINCT FROM n.version_seq AND r.seq IS DISTINCT FROM n.note_seq
-      AND NOT EXISTS (SELECT 1 FROM waiting w WHERE w.seq = r.seq)
-    """
-
+# The cutoff's placeholder in the query of earlier generations' deletable records,
+# which the DuckDB store's module writes for both (`generation_rows`).
+CUTOFF = "%(cutoff)s"
 
 # The records of the planned runs (each run once in the list, so a join counts right).
 _PLANNED_EVENTS = ("SELECT count(*) FROM replay_event_all "
                    "JOIN unnest(%s::text[]) AS planned(run_id) USING (run_id)")
-_GENERATION_ROWS = _generation_rows("TRUE") + ' ORDER BY r.run_id COLLATE "C", r.seq'
+_GENERATION_ROWS = generation_rows("TRUE", CUTOFF) + ' ORDER BY r.run_id COLLATE "C", r.seq'
 _DELETE_GENERATION_ROWS = f"""
     DELETE FROM replay_event_log
     WHERE seq IN (SELECT unnest(%(seqs)s::bigint[])) AND seq IN (SELECT seq FROM (
-        {_generation_rows("run_id IN (SELECT unnest(%(run_ids)s::text[]))")}) deletable)
+        {generation_rows("run_id IN (SELECT unnest(%(run_ids)s::text[]))", CUTOFF)}) deletable)
     RETURNING run_id, coalesce(generation, 0)
 """
 

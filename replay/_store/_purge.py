@@ -5,7 +5,7 @@ end) is older than the cutoff, each with its child runs: a child run goes only w
 parent (unless its parent no longer exists), and a parent only once every run under it
 has finished. **Earlier generations** of runs that continued as new, once the
 generation that replaced them started before the cutoff, minus what the run's state
-still reads (see `_generation_rows`): folding what is left gives the same mailbox,
+still reads (see `generation_rows`): folding what is left gives the same mailbox,
 arguments, code version, cancellation and status as folding everything.
 
 Every delete checks again, in its own WHERE, that what it deletes is still deletable
@@ -93,10 +93,11 @@ _DELETE_RUNS = f"""
 """
 
 
-def _generation_rows(runs: str) -> str:
-    """The query of the deletable records of earlier generations (parameter $1: cutoff).
+def generation_rows(runs: str, cutoff: str = "$1") -> str:
+    """The query of the deletable records of earlier generations.
 
-    `runs` restricts it to some runs (a condition on `run_id`, or TRUE). It returns
+    `runs` restricts it to some runs (a condition on `run_id`, or TRUE); `cutoff` is
+    the placeholder of the cutoff time (PostgreSQL's store names it its way). It returns
     each record's `seq`, `run_id` and generation. What the run's state reads stays:
 
     - ``run/started``, the newest ``run/continued`` and the newest record that stamps
@@ -113,7 +114,7 @@ def _generation_rows(runs: str) -> str:
     return f"""
     WITH gens AS (
         SELECT run_id, max(coalesce(generation, 0)) AS current,
-               max(CASE WHEN kind = 'run' AND event = 'continued' AND recorded_at < $1
+               max(CASE WHEN kind = 'run' AND event = 'continued' AND recorded_at < {cutoff}
                         THEN generation END) AS purge_below
         FROM replay_event_all WHERE {runs} GROUP BY run_id
     ), rows AS (
@@ -143,19 +144,19 @@ def _generation_rows(runs: str) -> str:
     )
     SELECT r.seq, r.run_id, r.g FROM rows r JOIN newest n USING (run_id)
     WHERE r.g < r.purge_below
-      AND r.run_id NOT IN (SELECT run_id FROM kept_whole)
+      AND NOT EXISTS (SELECT 1 FROM kept_whole k WHERE k.run_id = r.run_id)
       AND NOT (r.kind = 'run' AND r.event = 'started')
       AND NOT (r.kind = 'run' AND r.event = 'continued' AND r.g = r.current)
       AND r.seq IS DISTINCT FROM n.version_seq AND r.seq IS DISTINCT FROM n.note_seq
-      AND r.seq NOT IN (SELECT seq FROM waiting)
+      AND NOT EXISTS (SELECT 1 FROM waiting w WHERE w.seq = r.seq)
     """
 
 
-_GENERATION_ROWS = _generation_rows("TRUE")
+_GENERATION_ROWS = generation_rows("TRUE")
 _DELETE_GENERATION_ROWS = f"""
     DELETE FROM replay_event_log
     WHERE seq IN (SELECT unnest($2::BIGINT[])) AND seq IN (
-        SELECT seq FROM ({_generation_rows("run_id IN (SELECT unnest($3::VARCHAR[]))")}))
+        SELECT seq FROM ({generation_rows("run_id IN (SELECT unnest($3::VARCHAR[]))")}))
     RETURNING run_id, coalesce(generation, 0)
 """
 
