@@ -12,7 +12,6 @@ calls return live in `_handles`.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Collection, Generator, Iterable
 from datetime import timedelta
 from os import PathLike
@@ -22,7 +21,6 @@ from replay._channel import _calls as calls
 from replay._channel import _watching as watching
 from replay._channel._calls import DEFAULT_TIMEOUT, FINISHED_STATES
 from replay._channel._handles import AsyncRemoteRun
-from replay._channel._protocol import socket_path
 from replay._channel._transport import AsyncTransport
 from replay._channel._watching import AsyncRemoteWatch
 from replay._types import PurgeReport, RunInfo, RunState
@@ -96,19 +94,6 @@ class AsyncClient(AsyncTransport):
         pid: The engine's process id, as of the last answer.
         command: The engine process's command line.
     """
-
-    def __init__(self, database: str | PathLike[str], *, timeout: float = DEFAULT_TIMEOUT
-                 ) -> None:
-        self.database = os.fspath(database)
-        self.timeout = calls.checked_timeout(timeout)
-        # Resolved once: a later chdir of the process must not move the engine.
-        self._path = socket_path(self.database)
-        self.pid: int | None = None
-        self.command: str | None = None
-        self._closed = False
-
-    def __repr__(self) -> str:
-        return f"AsyncClient(database={self.database!r}, pid={self.pid!r})"
 
     async def __aenter__(self) -> AsyncClient:
         return self

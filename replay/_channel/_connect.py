@@ -28,7 +28,6 @@ from replay._channel import _calls as calls
 from replay._channel import _watching as watching
 from replay._channel._calls import DEFAULT_TIMEOUT, FINISHED_STATES
 from replay._channel._handles import RemoteRun
-from replay._channel._protocol import socket_path
 from replay._channel._transport import Transport
 from replay._channel._watching import RemoteWatch
 from replay._types import PurgeReport, RunInfo, RunState
@@ -94,19 +93,6 @@ class Client(Transport):
         pid: The engine's process id, as of the last answer.
         command: The engine process's command line.
     """
-
-    def __init__(self, database: str | PathLike[str], *, timeout: float = DEFAULT_TIMEOUT
-                 ) -> None:
-        self.database = os.fspath(database)
-        self.timeout = calls.checked_timeout(timeout)
-        # Resolved once: a later chdir of the process must not move the engine.
-        self._path = socket_path(self.database)
-        self.pid: int | None = None
-        self.command: str | None = None
-        self._closed = False
-
-    def __repr__(self) -> str:
-        return f"Client(database={self.database!r}, pid={self.pid!r})"
 
     def __enter__(self) -> Client:
         return self

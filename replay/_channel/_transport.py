@@ -17,33 +17,50 @@ import asyncio
 import errno
 import os
 import socket
+from os import PathLike
 from typing import Any, BinaryIO
 
 from replay._channel import _calls as calls
-from replay._channel._calls import Call
+from replay._channel._calls import DEFAULT_TIMEOUT, Call
 from replay._channel._client import (
     CONNECT_BACKOFF_SECONDS,
     CONNECT_TRIES,
     REFUSED_TRIES,
     _connected,
 )
-from replay._channel._protocol import MAX_MESSAGE_BYTES, peer_uid, short_address
+from replay._channel._protocol import MAX_MESSAGE_BYTES, peer_uid, short_address, socket_path
 from replay._errors import EngineClosed, ReplayError
 
 
-class Transport:
-    """The channel of a `Client`, one blocking connection per call (internal base class).
+class _Endpoint:
+    """What both clients hold: the database, the engine's socket, the call's time limit.
 
-    `Client.__init__` sets the attributes below; the calls here read them, and record
-    the engine's `pid` and `command` from its answers.
+    Raises:
+        TypeError: `timeout` is not a number.
+        ValueError: `timeout` is not above 0.
     """
 
-    database: str
-    timeout: float
-    pid: int | None
-    command: str | None
-    _path: str
-    _closed: bool
+    def __init__(self, database: str | PathLike[str], *, timeout: float = DEFAULT_TIMEOUT
+                 ) -> None:
+        self.database = os.fspath(database)
+        self.timeout = calls.checked_timeout(timeout)
+        # Resolved once: a later chdir of the process must not move the engine.
+        self._path = socket_path(self.database)
+        self.pid: int | None = None
+        self.command: str | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(database={self.database!r}, pid={self.pid!r})"
+
+
+class Transport(_Endpoint):
+    """The channel of a `Client`, one blocking connection per call (internal base class).
+
+    The calls here read the client's attributes, and record the engine's `pid` and
+    `command` from its answers.
+    """
+
 
     def _hello(self) -> None:
         header, _ = self._ask(calls.call("hello", "connecting"))
@@ -120,19 +137,13 @@ class Transport:
         return sock
 
 
-class AsyncTransport:
+class AsyncTransport(_Endpoint):
     """The channel of an `AsyncClient`, one asyncio connection per call (internal base class).
 
-    `AsyncClient.__init__` sets the attributes below; the calls here read them, and
-    record the engine's `pid` and `command` from its answers.
+    The calls here read the client's attributes, and record the engine's `pid` and
+    `command` from its answers.
     """
 
-    database: str
-    timeout: float
-    pid: int | None
-    command: str | None
-    _path: str
-    _closed: bool
 
     async def _hello(self) -> None:
         header, _ = await self._ask(calls.call("hello", "connecting"))
