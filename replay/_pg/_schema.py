@@ -20,7 +20,7 @@ from psycopg import errors
 
 from replay._errors import DatabaseError, ReplayError
 from replay._store._protocol import SEQ_BLOCK
-from replay._store._schema import TABLE_COLUMNS
+from replay._store._schema import RUNS_VIEW_SELECT, TABLE_COLUMNS
 
 PG_SCHEMA_VERSION = 3
 
@@ -179,20 +179,7 @@ CREATE OR REPLACE VIEW replay_runs AS
         FROM replay_event_all WHERE kind = 'run' AND code_version IS NOT NULL
         ORDER BY run_id, seq DESC
     )
-    SELECT s.run_id, s.workflow, l.run_state AS state, s.recorded_at AS created_at,
-           t.updated_at, s.value_json AS input_json,
-           CASE WHEN l.run_state = 'completed' THEN l.value_json END AS output_json,
-           CASE WHEN l.run_state IN ('failed', 'cancelled') THEN l.error_type END AS error_type,
-           CASE WHEN l.run_state IN ('failed', 'cancelled') THEN l.error END AS error,
-           CASE WHEN l.run_state IN ('sleeping', 'suspended') THEN l.key END AS waiting_for,
-           CASE WHEN l.run_state IN ('sleeping', 'suspended') THEN l.wake_at END AS wake_at,
-           coalesce(CASE WHEN l.run_state = 'suspended' THEN l.status_text END, n.note_text)
-               AS status_text,
-           s.parent_run_id, n.note_json AS status_json,
-           coalesce(l.generation, 0) AS generation, s.code_version, v.last_code_version
-    FROM started s JOIN latest l USING (run_id) JOIN touched t USING (run_id)
-         LEFT JOIN notes n USING (run_id) LEFT JOIN versions v USING (run_id);
-"""
+{RUNS_VIEW_SELECT}"""
 
 _REQUIRED_1 = (("table", "replay_event_log"), ("view", "replay_event_all"),
                ("view", "replay_events"), ("view", "replay_runs"))

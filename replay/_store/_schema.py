@@ -70,9 +70,27 @@ CREATE TABLE IF NOT EXISTS replay_event_log (
 CREATE INDEX IF NOT EXISTS replay_event_log_run_id ON replay_event_log (run_id);
 """ + HOT_TABLE
 
+# The `replay_runs` view's columns, from its CTEs (`started`, `latest`, `touched`,
+# `notes`, `versions`), which each store writes in its own SQL dialect.
+RUNS_VIEW_SELECT = """
+    SELECT s.run_id, s.workflow, l.run_state AS state, s.recorded_at AS created_at,
+           t.updated_at, s.value_json AS input_json,
+           CASE WHEN l.run_state = 'completed' THEN l.value_json END AS output_json,
+           CASE WHEN l.run_state IN ('failed', 'cancelled') THEN l.error_type END AS error_type,
+           CASE WHEN l.run_state IN ('failed', 'cancelled') THEN l.error END AS error,
+           CASE WHEN l.run_state IN ('sleeping', 'suspended') THEN l.key END AS waiting_for,
+           CASE WHEN l.run_state IN ('sleeping', 'suspended') THEN l.wake_at END AS wake_at,
+           coalesce(CASE WHEN l.run_state = 'suspended' THEN l.status_text END, n.note_text)
+               AS status_text,
+           s.parent_run_id, n.note_json AS status_json,
+           coalesce(l.generation, 0) AS generation, s.code_version, v.last_code_version
+    FROM started s JOIN latest l USING (run_id) JOIN touched t USING (run_id)
+         LEFT JOIN notes n USING (run_id) LEFT JOIN versions v USING (run_id);
+"""
+
 # The public views. Derived from the table alone, so a writer re-creates them on every
 # open: a file written by an earlier release gains the columns added since.
-_VIEWS = ALL_VIEW + """
+_VIEWS = ALL_VIEW + f"""
 CREATE OR REPLACE VIEW replay_events AS
     SELECT seq, run_id, workflow, key, kind, event, attempt, value, value_json,
            error_type, error, recorded_at, duration_ms, wake_at,
@@ -98,20 +116,7 @@ CREATE OR REPLACE VIEW replay_runs AS
         FROM replay_event_all WHERE kind = 'run' AND code_version IS NOT NULL
         QUALIFY row_number() OVER (PARTITION BY run_id ORDER BY seq DESC) = 1
     )
-    SELECT s.run_id, s.workflow, l.run_state AS state, s.recorded_at AS created_at,
-           t.updated_at, s.value_json AS input_json,
-           CASE WHEN l.run_state = 'completed' THEN l.value_json END AS output_json,
-           CASE WHEN l.run_state IN ('failed', 'cancelled') THEN l.error_type END AS error_type,
-           CASE WHEN l.run_state IN ('failed', 'cancelled') THEN l.error END AS error,
-           CASE WHEN l.run_state IN ('sleeping', 'suspended') THEN l.key END AS waiting_for,
-           CASE WHEN l.run_state IN ('sleeping', 'suspended') THEN l.wake_at END AS wake_at,
-           coalesce(CASE WHEN l.run_state = 'suspended' THEN l.status_text END, n.note_text)
-               AS status_text,
-           s.parent_run_id, n.note_json AS status_json,
-           coalesce(l.generation, 0) AS generation, s.code_version, v.last_code_version
-    FROM started s JOIN latest l USING (run_id) JOIN touched t USING (run_id)
-         LEFT JOIN notes n USING (run_id) LEFT JOIN versions v USING (run_id);
-"""
+{RUNS_VIEW_SELECT}"""
 
 
 # What a history load reads (a row of an older release's file has no generation).
