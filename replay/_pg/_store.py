@@ -33,7 +33,6 @@ from replay._store._protocol import OpenRuns, WorkerOptions
 from replay._store._purge import PurgePlan
 from replay._store._queries import OpenQueries
 from replay._store._rows import RunRow
-from replay._store._writer_store import closed_error
 
 T = TypeVar("T")
 Connection = psycopg.Connection[tuple[Any, ...]]
@@ -253,7 +252,7 @@ class PgStore:
 
     def close(self) -> None:
         """Stop user queries and the writer (after what it was given), disconnect."""
-        self._queries.close_all(closed_error)
+        self._queries.close_all()
         self._writer.stop()
         with self._idle_lock:
             idle, self._idle, self._keep_idle = self._idle, [], False

@@ -18,12 +18,12 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import duckdb
 
-from replay._errors import QueryError
+from replay._errors import EngineClosed, QueryError
 from replay._store._query_calls import QueryCalls
 from replay._store._readonly import check_read_only
 
@@ -153,17 +153,17 @@ class OpenQueries:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._open: set[QueryCalls] = set()
-        self._closing: Callable[[], BaseException] | None = None
+        self._closing = False
 
     def add(self, query: QueryCalls) -> None:
         """Count `query` as open.
 
         Raises:
-            BaseException: The connection is closing (the error `close_all` was given).
+            EngineClosed: The connection is closing.
         """
         with self._lock:
-            if self._closing is not None:
-                raise self._closing()
+            if self._closing:
+                raise closed_error()
             self._open.add(query)
 
     def discard(self, query: QueryCalls) -> None:
@@ -171,16 +171,22 @@ class OpenQueries:
         with self._lock:
             self._open.discard(query)
 
-    def close_all(self, error: Callable[[], BaseException]) -> None:
-        """Stop every open query with `error()`, wait for their calls to end, close them.
+    def close_all(self) -> None:
+        """Stop every open query, wait for their calls to end, close them (the store closes).
 
-        Later queries raise `error()` at once.
+        They raise `EngineClosed`, and so do later queries, at once.
         """
         with self._lock:
-            self._closing = error
+            self._closing = True
             queries = list(self._open)
         for query in queries:
-            query.stop(error())
+            query.stop(closed_error())
         for query in queries:
             query.wait_idle()
             query.close()
+
+
+def closed_error() -> EngineClosed:
+    """The error of a user query stopped because its store closed."""
+    return EngineClosed("the engine closed while the query ran; run it again on an open "
+                        "engine (replay.open_engine())")

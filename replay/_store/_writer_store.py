@@ -17,7 +17,6 @@ import duckdb
 
 from replay._core._history import RunHistory
 from replay._core._records import Record
-from replay._errors import EngineClosed
 from replay._store._connect import connect, damaged, private_wal, unusable
 from replay._store._hot import settle
 from replay._store._memo_reads import MemoReads
@@ -281,12 +280,7 @@ class Store:
 
     def close(self) -> None:
         """Stop user queries and the writer (after what it was given), close the file."""
-        self._queries.close_all(closed_error)
+        self._queries.close_all()
         self._writer.close()
         self._con.close()
 
-
-def closed_error() -> EngineClosed:
-    """The error of a user query stopped because its store closed."""
-    return EngineClosed("the engine closed while the query ran; run it again on an open "
-                        "engine (replay.open_engine())")
