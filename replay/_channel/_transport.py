@@ -61,7 +61,6 @@ class Transport(_Endpoint):
     `command` from its answers.
     """
 
-
     def _hello(self) -> None:
         header, _ = self._ask(calls.call("hello", "connecting"))
         self.command = str(header.get("command"))
@@ -143,7 +142,6 @@ class AsyncTransport(_Endpoint):
     The calls here read the client's attributes, and record the engine's `pid` and
     `command` from its answers.
     """
-
 
     async def _hello(self) -> None:
         header, _ = await self._ask(calls.call("hello", "connecting"))
