@@ -178,26 +178,18 @@ class PgStore:
 
     def fold_memo(self, run_id: str, workflow: str) -> RunHistory:
         """Return one run's memo, folded from its records (one query)."""
-        return RunHistory(self.load_memo(run_id, workflow))
+        return RunHistory(self._read(_reads.load_memo, run_id, workflow))
 
     def fold_memos(self, runs: dict[str, str]) -> dict[str, RunHistory]:
-        """Return several runs' memos (`runs`: run id to workflow), one query."""
-        if len(runs) == 1:
+        """Return several runs' memos (`runs`: run id to workflow), one query.
+
+        Every run of `runs` has one: a run with no record gets an empty memo.
+        """
+        if len(runs) == 1:  # a lone run, as `fold_memo` reads it (as on DuckDB)
             (run_id, workflow), = runs.items()
             return {run_id: self.fold_memo(run_id, workflow)}
-        loaded = self.load_memos(runs)
+        loaded = self._read(_reads.load_memos, runs)
         return {run_id: RunHistory(loaded.get(run_id, [])) for run_id in runs}
-
-    def load_memo(self, run_id: str, workflow: str) -> list[Record]:
-        """Return one run's records as the memo needs them."""
-        return self._read(_reads.load_memo, run_id, workflow)
-
-    def load_memos(self, runs: dict[str, str]) -> dict[str, list[Record]]:
-        """Return several runs' memo records (`runs`: run id to workflow), one query."""
-        if len(runs) == 1:
-            (run_id, workflow), = runs.items()
-            return {run_id: self.load_memo(run_id, workflow)}
-        return self._read(_reads.load_memos, runs)
 
     def purge_plan(self, cutoff: datetime, states: Sequence[str],
                    workflow: str | None) -> PurgePlan:
