@@ -3,8 +3,9 @@
 After a reopen no parked generator survives, so each run that wakes loads its records
 from the file and replays them. 300 parked runs signalled at once must all complete
 with their own records, and the file must be read with a handful of queries (the
-store's `fold_memos` is wrapped to count its calls; it still does the reading). A long
-run's rows are read by a scan of the table, a short one's through the run_id index.
+store's `fold_memos` and `fold_memo` are wrapped to count their calls; they still do
+the reading). A long run's rows are read by a scan of the table, a short one's through
+the run_id index.
 """
 
 from __future__ import annotations
@@ -47,13 +48,18 @@ async def test_runs_woken_together_share_their_history_queries(
         for i in range(RUNS):
             await engine.get_run(f"p{i}").wait()
     batches: list[int] = []
-    fold_memos = Store.fold_memos
+    fold_memo, fold_memos = Store.fold_memo, Store.fold_memos
 
     def counted(store: Store, runs: dict[str, str]) -> Any:
         batches.append(len(runs))
         return fold_memos(store, runs)
 
+    def counted_lone(store: Store, run_id: str, workflow: str) -> Any:
+        batches.append(1)  # a batch of one run is read with the query of one run
+        return fold_memo(store, run_id, workflow)
+
     monkeypatch.setattr(Store, "fold_memos", counted)
+    monkeypatch.setattr(Store, "fold_memo", counted_lone)
     async with (replay.open_engine(path, workflows=[parked], durability="none") as engine,
                 trio.open_nursery() as nursery):
 

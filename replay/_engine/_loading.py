@@ -109,7 +109,7 @@ class MemoLoader:
                 first.append(request)
         batch, self._queue[:0] = first, again
         try:
-            loaded = await in_thread(self._store.fold_memos, runs)
+            loaded = await in_thread(_fold, self._store, runs)
         except trio.Cancelled:
             for request in batch:
                 request.error = EngineClosed(
@@ -124,3 +124,11 @@ class MemoLoader:
         for request in batch:
             request.history = loaded[request.run_id]  # every run has one
             request.done.set()
+
+
+def _fold(store: EngineStore, runs: dict[str, str]) -> dict[str, RunHistory]:
+    """Fold the memos of a batch's runs: a lone run with the query of one run."""
+    if len(runs) == 1:
+        (run_id, workflow), = runs.items()
+        return {run_id: store.fold_memo(run_id, workflow)}
+    return store.fold_memos(runs)

@@ -185,9 +185,6 @@ class PgStore:
 
         Every run of `runs` has one: a run with no record gets an empty memo.
         """
-        if len(runs) == 1:  # a lone run, as `fold_memo` reads it (as on DuckDB)
-            (run_id, workflow), = runs.items()
-            return {run_id: self.fold_memo(run_id, workflow)}
         loaded = self._read(_reads.load_memos, runs)
         return {run_id: RunHistory(loaded.get(run_id, [])) for run_id in runs}
 

@@ -184,9 +184,6 @@ class Store:
 
     def fold_memos(self, runs: dict[str, str]) -> dict[str, RunHistory]:
         """Return several runs' memos (`runs`: run id to workflow), one query."""
-        if len(runs) == 1:
-            (run_id, workflow), = runs.items()
-            return {run_id: self.fold_memo(run_id, workflow)}
         return self._memos.fold_many(runs)
 
     def purge_plan(self, cutoff: datetime, states: Sequence[str],
