@@ -3,12 +3,14 @@
 Both are process-wide interpreter settings (the cyclic collector's first threshold,
 the GIL's switch interval); the last engine to close puts back what it found, and a
 value the process chose, better than replay's or changed while an engine is open, is
-kept.
+kept. The threshold adapts to what the collections cost and find: they are real
+collections here, timed by a scripted clock.
 """
 
 from __future__ import annotations
 
 import gc
+import itertools
 import sys
 from collections.abc import Generator, Iterator
 from pathlib import Path
@@ -18,7 +20,14 @@ import pytest
 
 import replay
 from replay import Step
-from replay._engine._tuning import SWITCH_INTERVAL, THRESHOLD
+from replay._engine._tuning import (
+    COLLECTOR_SHARE,
+    MOST_THRESHOLD,
+    SWITCH_INTERVAL,
+    THRESHOLD,
+    _Collector,
+    next_threshold,
+)
 
 
 def double(x: int) -> int:
@@ -65,6 +74,95 @@ async def test_a_threshold_set_by_the_process_is_left_alone(tmp_path: Path) -> N
     async with replay.open_engine(tmp_path / "a.duckdb", workflows=[flow]):
         gc.set_threshold(1234, 10, 10)  # changed while the engine is open: kept
     assert gc.get_threshold() == (1234, 10, 10)
+
+
+class ScriptedClock:
+    """Each collection seems to take `pause` seconds after `interval` seconds of work."""
+
+    def __init__(self, interval: float, pause: float) -> None:
+        self.now = 0.0
+        self._steps = itertools.cycle([pause, interval])  # read first when a hold begins
+
+    def __call__(self) -> float:
+        self.now += next(self._steps)
+        return self.now
+
+
+def collect_young() -> None:
+    gc.collect(0)
+
+
+def test_the_threshold_doubles_while_young_collections_are_costly_and_find_no_garbage() -> None:
+    gc.collect()  # nothing left over for the young collections below to find
+    collector = _Collector(ScriptedClock(interval=1.0, pause=0.1))  # 10 % of the time
+    with collector.held():
+        assert gc.get_threshold()[0] == THRESHOLD
+        collect_young()
+        assert gc.get_threshold()[0] == 2 * THRESHOLD
+        for _ in range(10):
+            collect_young()
+        assert gc.get_threshold()[0] == MOST_THRESHOLD
+    assert gc.get_threshold() == (700, 10, 10)  # put back, adapted or not
+    assert collector._observe not in gc.callbacks
+
+
+def test_the_threshold_comes_back_down_once_collections_are_cheap() -> None:
+    clock = ScriptedClock(interval=1.0, pause=0.1)
+    collector = _Collector(clock)
+    with collector.held():
+        collect_young()
+        collect_young()
+        assert gc.get_threshold()[0] == 4 * THRESHOLD
+        clock._steps = itertools.cycle([10.0, 0.001])  # 0.01 % of the time
+        collect_young()
+        assert gc.get_threshold()[0] == 2 * THRESHOLD
+        collect_young()
+        collect_young()
+        assert gc.get_threshold()[0] == THRESHOLD  # never below
+
+
+def test_the_threshold_falls_back_when_a_collection_finds_garbage() -> None:
+    collector = _Collector(ScriptedClock(interval=1.0, pause=0.1))
+    with collector.held():
+        collect_young()
+        assert gc.get_threshold()[0] == 2 * THRESHOLD
+        for _ in range(THRESHOLD // 5):  # cyclic garbage: a fifth of the threshold
+            cycle: list[Any] = []
+            cycle.append(cycle)
+        del cycle
+        collect_young()
+        assert gc.get_threshold()[0] == THRESHOLD
+
+
+def test_a_threshold_changed_while_open_is_not_adapted() -> None:
+    collector = _Collector(ScriptedClock(interval=1.0, pause=0.1))
+    with collector.held():
+        gc.set_threshold(5000, 10, 10)
+        collect_young()
+        assert gc.get_threshold()[0] == 5000
+    assert gc.get_threshold()[0] == 5000
+
+
+def test_a_higher_threshold_of_the_process_does_not_adapt() -> None:
+    gc.set_threshold(2 * THRESHOLD, 10, 10)
+    collector = _Collector(ScriptedClock(interval=1.0, pause=0.1))
+    with collector.held():
+        collect_young()
+        assert gc.get_threshold()[0] == 2 * THRESHOLD
+        assert collector._observe not in gc.callbacks
+
+
+@pytest.mark.parametrize(("first", "collected", "pause", "interval", "wanted"), [
+    (THRESHOLD, 0, 2 * COLLECTOR_SHARE, 1.0, 2 * THRESHOLD),  # costly, no garbage
+    (MOST_THRESHOLD, 0, 1.0, 1.0, MOST_THRESHOLD),  # at most
+    (4 * THRESHOLD, 0, COLLECTOR_SHARE / 8, 1.0, 2 * THRESHOLD),  # cheap
+    (THRESHOLD, 0, 0.0, 1.0, THRESHOLD),  # at least
+    (4 * THRESHOLD, 0, COLLECTOR_SHARE / 2, 1.0, 4 * THRESHOLD),  # in between: kept
+    (4 * THRESHOLD, 4 * THRESHOLD // 10, 1.0, 1.0, THRESHOLD),  # garbage found
+])
+def test_next_threshold(first: int, collected: int, pause: float, interval: float,
+                        wanted: int) -> None:
+    assert next_threshold(first, collected, pause, interval) == wanted
 
 
 async def test_the_collector_is_running_again_after_an_open(tmp_path: Path) -> None:

@@ -7,7 +7,11 @@ often that its full collections, which walk every object, take half the time of 
 20,000 runs at once; with 50,000, a fifth (each young object a run holds while it waits
 is walked again and again before it is old). While any engine is open the first
 threshold is at least `THRESHOLD` (young cyclic garbage waits for some tens of megabytes
-instead of a few hundred objects).
+instead of a few hundred objects), and it adapts: while young collections take more
+than `COLLECTOR_SHARE` of the time and find next to no garbage (a burst of runs growing
+the heap: 100,000 woken at once spent a fifth of their time there, in pauses of up to
+2 s), it doubles, up to `MOST_THRESHOLD`; once they are cheap again, or find garbage,
+it comes back down (see `next_threshold`).
 
 **The interpreter lock's switch interval.** A thread that wants the GIL while another
 runs Python code waits up to `sys.getswitchinterval()` (5 ms by default) before the
@@ -22,7 +26,7 @@ it).
 
 The last engine to close puts back what it found, unless the setting was changed
 meanwhile. A process that already has a higher threshold or a shorter interval keeps
-it.
+it (and its threshold does not adapt).
 """
 
 from __future__ import annotations
@@ -31,10 +35,15 @@ import contextlib
 import gc
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
 THRESHOLD = 200_000
+MOST_THRESHOLD = 16 * THRESHOLD
+# The share of the time young collections may take before the threshold doubles; below
+# a quarter of it, the threshold halves (never below `THRESHOLD`).
+COLLECTOR_SHARE = 0.05
 SWITCH_INTERVAL = 0.0005  # seconds
 
 V = TypeVar("V", int, float)
@@ -82,12 +91,101 @@ class _WhileOpen(Generic[V]):
                     self._found = self._applied = None
 
 
+def next_threshold(first: int, collected: int, pause: float, interval: float) -> int:
+    """Return the first threshold to use after a young collection.
+
+    Args:
+        first: The threshold the collection ran at.
+        collected: The objects it freed (cyclic garbage).
+        pause: How long it took, in seconds.
+        interval: The time from the end of the collection before to its start.
+
+    A collection that frees a tenth of a threshold shows garbage worth collecting
+    often: back to `THRESHOLD`. One that frees next to nothing and takes more than
+    `COLLECTOR_SHARE` of the time walked objects that are alive (runs being woken,
+    histories being replayed): collecting half as often halves that cost. One that
+    takes under a quarter of the share halves the threshold again.
+    """
+    if collected * 10 >= first:
+        return THRESHOLD
+    if pause > COLLECTOR_SHARE * interval:
+        return min(2 * first, MOST_THRESHOLD)
+    if pause * 4 < COLLECTOR_SHARE * interval:
+        return max(first // 2, THRESHOLD)
+    return first
+
+
 def _set_first_threshold(first: int) -> None:
     gc.set_threshold(first, *gc.get_threshold()[1:])
 
 
-_COLLECTOR = _WhileOpen(lambda: gc.get_threshold()[0], _set_first_threshold, THRESHOLD,
-                        lambda found: found >= THRESHOLD)
+class _Collector:
+    """The collector's first threshold while any engine is open, adapted as it runs.
+
+    Args:
+        clock: Seconds, for the collections' pauses and the time between them.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self._clock = clock
+        # Reentrant: a collection may start (and call `_observe`) in the thread that
+        # holds the lock, while it allocates.
+        self._lock = threading.RLock()
+        self._open = 0
+        self._found: int | None = None  # the threshold to put back, if replay set one
+        self._applied = 0  # the threshold replay set last
+        self._began = self._ended = 0.0  # the collection under way, the one before
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Hold the threshold while the body runs (nested and concurrent uses count)."""
+        with self._lock:
+            if self._open == 0:
+                self._take()
+            self._open += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._open -= 1
+                if self._open == 0:
+                    self._give_back()
+
+    def _take(self) -> None:
+        found = gc.get_threshold()[0]
+        if found >= THRESHOLD:
+            return  # the process's own choice, left alone
+        _set_first_threshold(THRESHOLD)
+        self._found, self._applied = found, gc.get_threshold()[0]
+        self._ended = self._clock()
+        gc.callbacks.append(self._observe)
+
+    def _give_back(self) -> None:
+        if self._found is None:
+            return
+        gc.callbacks.remove(self._observe)
+        if gc.get_threshold()[0] == self._applied:  # else the process changed it: kept
+            _set_first_threshold(self._found)
+        self._found = None
+
+    def _observe(self, phase: str, info: dict[str, int]) -> None:
+        """Time each collection; after a young one, adapt the threshold."""
+        with self._lock:
+            now = self._clock()
+            if phase == "start":
+                self._began = now
+                return
+            pause, interval, self._ended = now - self._began, self._began - self._ended, now
+            if (self._found is None or info["generation"] == 2
+                    or gc.get_threshold()[0] != self._applied):
+                return  # closed meanwhile, a full collection, or the process's own value
+            wanted = next_threshold(self._applied, info["collected"], pause, interval)
+            if wanted != self._applied:
+                _set_first_threshold(wanted)
+                self._applied = wanted
+
+
+_COLLECTOR = _Collector()
 _SWITCHING = _WhileOpen(sys.getswitchinterval, sys.setswitchinterval, SWITCH_INTERVAL,
                         lambda found: found <= SWITCH_INTERVAL)
 
