@@ -65,7 +65,9 @@ class _WhileOpen(Generic[V]):
         self._write: Callable[[V], None] = write
         self._wanted: V = wanted
         self._suffices: Callable[[V], bool] = suffices
-        self._lock = threading.Lock()
+        # Reentrant: a collection may start (and call `_Collector._observe`) in the
+        # thread that holds the lock, while it allocates.
+        self._lock = threading.RLock()
         self._open = 0
         self._found: V | None = None  # the value to put back, if it was changed
         self._applied: V | None = None  # the value as read back after the change
@@ -75,36 +77,43 @@ class _WhileOpen(Generic[V]):
         """Hold the setting while the body runs (nested and concurrent uses count)."""
         with self._lock:
             if self._open == 0:
-                found = self._read()
-                if not self._suffices(found):
-                    self._write(self._wanted)
-                    self._found, self._applied = found, self._read()
+                self._take()
             self._open += 1
         try:
             yield
         finally:
             with self._lock:
                 self._open -= 1
-                if self._open == 0 and self._found is not None:
-                    if self._read() == self._applied:  # else the process changed it: kept
-                        self._write(self._found)
-                    self._found = self._applied = None
+                if self._open == 0:
+                    self._give_back()
+
+    def _take(self) -> None:
+        found = self._read()
+        if not self._suffices(found):
+            self._write(self._wanted)
+            self._found, self._applied = found, self._read()
+
+    def _give_back(self) -> None:
+        if self._found is not None:
+            if self._read() == self._applied:  # else the process changed it: kept
+                self._write(self._found)
+            self._found = self._applied = None
 
 
 def next_threshold(first: int, collected: int, pause: float, interval: float) -> int:
     """Return the first threshold to use after a young collection.
-
-    Args:
-        first: The threshold the collection ran at.
-        collected: The objects it freed (cyclic garbage).
-        pause: How long it took, in seconds.
-        interval: The time from the end of the collection before to its start.
 
     A collection that frees a tenth of a threshold shows garbage worth collecting
     often: back to `THRESHOLD`. One that frees next to nothing and takes more than
     `COLLECTOR_SHARE` of the time walked objects that are alive (runs being woken,
     histories being replayed): collecting half as often halves that cost. One that
     takes under a quarter of the share halves the threshold again.
+
+    Args:
+        first: The threshold the collection ran at.
+        collected: The objects it freed (cyclic garbage).
+        pause: How long it took, in seconds.
+        interval: The time from the end of the collection before to its start.
     """
     if collected * 10 >= first:
         return THRESHOLD
@@ -119,7 +128,7 @@ def _set_first_threshold(first: int) -> None:
     gc.set_threshold(first, *gc.get_threshold()[1:])
 
 
-class _Collector:
+class _Collector(_WhileOpen[int]):
     """The collector's first threshold while any engine is open, adapted as it runs.
 
     Args:
@@ -127,46 +136,21 @@ class _Collector:
     """
 
     def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        super().__init__(lambda: gc.get_threshold()[0], _set_first_threshold, THRESHOLD,
+                         lambda found: found >= THRESHOLD)
         self._clock = clock
-        # Reentrant: a collection may start (and call `_observe`) in the thread that
-        # holds the lock, while it allocates.
-        self._lock = threading.RLock()
-        self._open = 0
-        self._found: int | None = None  # the threshold to put back, if replay set one
-        self._applied = 0  # the threshold replay set last
         self._began = self._ended = 0.0  # the collection under way, the one before
 
-    @contextlib.contextmanager
-    def held(self) -> Iterator[None]:
-        """Hold the threshold while the body runs (nested and concurrent uses count)."""
-        with self._lock:
-            if self._open == 0:
-                self._take()
-            self._open += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._open -= 1
-                if self._open == 0:
-                    self._give_back()
-
     def _take(self) -> None:
-        found = gc.get_threshold()[0]
-        if found >= THRESHOLD:
-            return  # the process's own choice, left alone
-        _set_first_threshold(THRESHOLD)
-        self._found, self._applied = found, gc.get_threshold()[0]
-        self._ended = self._clock()
-        gc.callbacks.append(self._observe)
+        super()._take()
+        if self._found is not None:  # a threshold of the process's own is left alone
+            self._ended = self._clock()
+            gc.callbacks.append(self._observe)
 
     def _give_back(self) -> None:
-        if self._found is None:
-            return
-        gc.callbacks.remove(self._observe)
-        if gc.get_threshold()[0] == self._applied:  # else the process changed it: kept
-            _set_first_threshold(self._found)
-        self._found = None
+        if self._found is not None:
+            gc.callbacks.remove(self._observe)
+        super()._give_back()
 
     def _observe(self, phase: str, info: dict[str, int]) -> None:
         """Time each collection; after a young one, adapt the threshold."""
@@ -176,11 +160,12 @@ class _Collector:
                 self._began = now
                 return
             pause, interval, self._ended = now - self._began, self._began - self._ended, now
-            if (self._found is None or info["generation"] == 2
-                    or gc.get_threshold()[0] != self._applied):
+            applied = self._applied
+            if (self._found is None or applied is None or info["generation"] == 2
+                    or gc.get_threshold()[0] != applied):
                 return  # closed meanwhile, a full collection, or the process's own value
-            wanted = next_threshold(self._applied, info["collected"], pause, interval)
-            if wanted != self._applied:
+            wanted = next_threshold(applied, info["collected"], pause, interval)
+            if wanted != applied:
                 _set_first_threshold(wanted)
                 self._applied = wanted
 
