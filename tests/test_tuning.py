@@ -21,6 +21,7 @@ import pytest
 import replay
 from replay import Step
 from replay._engine._tuning import (
+    _COLLECTOR,
     COLLECTOR_SHARE,
     MOST_THRESHOLD,
     SWITCH_INTERVAL,
@@ -55,14 +56,22 @@ def switch_interval() -> Iterator[None]:
     sys.setswitchinterval(found)
 
 
+def observing() -> bool:
+    """Whether replay's observer of collections is installed."""
+    return any(getattr(callback, "__self__", None) is _COLLECTOR for callback in gc.callbacks)
+
+
 async def test_the_first_threshold_is_raised_while_engines_are_open(tmp_path: Path) -> None:
+    assert not observing()
     async with replay.open_engine(tmp_path / "a.duckdb", workflows=[flow]) as first:
         assert gc.get_threshold() == (THRESHOLD, 10, 10)
+        assert observing()  # and adapted to what collections find
         async with replay.open_engine(tmp_path / "b.duckdb", workflows=[flow]) as second:
             assert await (await second.start(flow, 2)).result() == 4
         assert gc.get_threshold() == (THRESHOLD, 10, 10)  # the first is still open
         assert await (await first.start(flow, 3)).result() == 6
     assert gc.get_threshold() == (700, 10, 10)
+    assert not observing()
 
 
 async def test_a_threshold_set_by_the_process_is_left_alone(tmp_path: Path) -> None:
