@@ -30,6 +30,9 @@ from replay._store import Store, hot_from_row, record_row
 from replay._store._writer import SETTLE_ROWS
 
 T0 = datetime(2030, 1, 1, 9, 0, tzinfo=UTC)
+# Values whose JSON is easy to get wrong: the largest integers, extreme floats, escapes.
+EDGES = {"big": 2**64 - 1, "low": -(2**63), "huge": 1e300, "tiny": 5e-324, "zero": -0.0,
+         "text": 'q"uo\\te\n\t\u2603 \U0001f600 \x00 \u00e9'}
 flaky = {"left": 0}
 
 
@@ -73,7 +76,7 @@ async def test_hot_rows_read_exactly_as_settled_rows(tmp_path: Any) -> None:
     settled = str(tmp_path / "settled.duckdb")
     flaky["left"] = 1
     async with replay.open_engine(settled, workflows=[mixed]) as engine:
-        for value in ("text", 7, [1.5, None, {"k": "v"}], b"\x01\x02"):
+        for value in ("text", 7, [1.5, None, {"k": "v"}], b"\x01\x02", EDGES):
             await (await engine.start(mixed, value, run_id=f"run-{value!r}")).result()
     assert count(settled, "replay_event_hot") == 0  # the close settled everything
     run_ids = [row[0] for row in runs(settled)]
@@ -88,6 +91,14 @@ async def test_hot_rows_read_exactly_as_settled_rows(tmp_path: Any) -> None:
                         [list(hot_from_row(record_row(record))) for record in records])
     assert count(hot, "replay_event_log") == 0
     assert events(hot) == events(settled)
+    # And as rows written straight to the table, with no JSON on the way.
+    direct = str(tmp_path / "direct.duckdb")
+    Store(direct, "none").close()
+    with duckdb.connect(direct) as con:
+        con.executemany("INSERT INTO replay_event_log VALUES "
+                        f"({', '.join(['?'] * len(record_row(records[0])))})",
+                        [list(record_row(record)) for record in records])
+    assert events(direct) == events(settled)
     assert runs(hot) == runs(settled)
     compacted = str(tmp_path / "compacted.duckdb")
     shutil.copy(hot, compacted)

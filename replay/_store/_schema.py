@@ -29,16 +29,18 @@ HOT_TABLE = ("CREATE TABLE IF NOT EXISTS replay_event_hot "
 
 # The hot rows as rows of `replay_event_log` (the JSON array holds the row from its
 # third column on). `run_id` is a column of its own, so that a query for one run's
-# records (loading a memo, a run's state) filters before any JSON is parsed.
+# records (loading a memo, a run's state) filters before any JSON is parsed. Each array
+# is parsed once, into text values, then cast: half the time of extracting each value
+# from the JSON (2,060 rows: 4-5 against 8-21 ms), the cost of settling the hot log.
 HOT_ROWS = """
-    SELECT seq, run_id, d->>0 AS workflow, d->>1 AS key, d->>2 AS kind, d->>3 AS event,
-           (d->>4)::INTEGER AS attempt, from_base64(d->>5) AS value,
-           (d->>6)::JSON AS value_json, d->>7 AS error_type, d->>8 AS error,
-           make_timestamptz((d->>9)::BIGINT) AS recorded_at,
-           (d->>10)::DOUBLE AS duration_ms, make_timestamptz((d->>11)::BIGINT) AS wake_at,
-           d->>12 AS name, d->>13 AS error_types, d->>14 AS run_state,
-           d->>15 AS status_text, (d->>16)::INTEGER AS generation, d->>17 AS code_version
-    FROM (SELECT seq, run_id, data::JSON AS d FROM replay_event_hot)
+    SELECT seq, run_id, d[1] AS workflow, d[2] AS key, d[3] AS kind, d[4] AS event,
+           d[5]::INTEGER AS attempt, from_base64(d[6]) AS value,
+           d[7]::JSON AS value_json, d[8] AS error_type, d[9] AS error,
+           make_timestamptz(d[10]::BIGINT) AS recorded_at,
+           d[11]::DOUBLE AS duration_ms, make_timestamptz(d[12]::BIGINT) AS wake_at,
+           d[13] AS name, d[14] AS error_types, d[15] AS run_state,
+           d[16] AS status_text, d[17]::INTEGER AS generation, d[18] AS code_version
+    FROM (SELECT seq, run_id, from_json(data, '["VARCHAR"]') AS d FROM replay_event_hot)
 """
 
 # What every reader reads: the table and the rows not settled yet.
