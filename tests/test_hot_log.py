@@ -27,7 +27,7 @@ from replay._codec import CODEC
 from replay._core._history import RunHistory
 from replay._core._records import Encoded, Record, Run
 from replay._store import Store, hot_from_row, record_row
-from replay._store._writer import SETTLE_ROWS
+from replay._store._writer import SETTLE_ROWS, Writer
 
 T0 = datetime(2030, 1, 1, 9, 0, tzinfo=UTC)
 # Values whose JSON is easy to get wrong: the largest integers, extreme floats, escapes.
@@ -72,8 +72,17 @@ def count(path: str, table: str) -> int:
         return int(con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0])
 
 
-async def test_hot_rows_read_exactly_as_settled_rows(tmp_path: Any) -> None:
+async def test_hot_rows_read_exactly_as_settled_rows(tmp_path: Any,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     settled = str(tmp_path / "settled.duckdb")
+    made: list[tuple[Any, ...]] = []  # every row as the engine made it, before any JSON
+    commit_rows = Writer._commit_rows
+
+    def keeping(self: Writer, rows: list[tuple[Any, ...]], lone: bool) -> None:
+        commit_rows(self, rows, lone)
+        made.extend(rows)
+
+    monkeypatch.setattr(Writer, "_commit_rows", keeping)
     flaky["left"] = 1
     async with replay.open_engine(settled, workflows=[mixed]) as engine:
         for value in ("text", 7, [1.5, None, {"k": "v"}], b"\x01\x02", EDGES):
@@ -91,13 +100,12 @@ async def test_hot_rows_read_exactly_as_settled_rows(tmp_path: Any) -> None:
                         [list(hot_from_row(record_row(record))) for record in records])
     assert count(hot, "replay_event_log") == 0
     assert events(hot) == events(settled)
-    # And as rows written straight to the table, with no JSON on the way.
+    # And as the engine's rows written straight to the table, with no JSON on the way.
     direct = str(tmp_path / "direct.duckdb")
     Store(direct, "none").close()
     with duckdb.connect(direct) as con:
         con.executemany("INSERT INTO replay_event_log VALUES "
-                        f"({', '.join(['?'] * len(record_row(records[0])))})",
-                        [list(record_row(record)) for record in records])
+                        f"({', '.join(['?'] * len(made[0]))})", [list(row) for row in made])
     assert events(direct) == events(settled)
     assert runs(hot) == runs(settled)
     compacted = str(tmp_path / "compacted.duckdb")
