@@ -10,7 +10,7 @@ threshold is at least `THRESHOLD` (young cyclic garbage waits for some tens of m
 instead of a few hundred objects), and it adapts: while young collections take more
 than `COLLECTOR_SHARE` of the time and find next to no garbage (a burst of runs growing
 the heap: 100,000 woken at once spent a fifth of their time there, in pauses of up to
-2 s), it doubles, up to `MOST_THRESHOLD`; once they are cheap again, or find garbage,
+2.6 s), it doubles, up to `MOST_THRESHOLD`; once they are cheap again, or find garbage,
 it comes back down (see `next_threshold`).
 
 **The interpreter lock's switch interval.** A thread that wants the GIL while another
