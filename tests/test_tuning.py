@@ -90,10 +90,10 @@ class ScriptedClock:
 
     def __init__(self, interval: float, pause: float) -> None:
         self.now = 0.0
-        self._steps = itertools.cycle([pause, interval])  # read first when a hold begins
+        self.steps = itertools.cycle([pause, interval])  # read first when a hold begins
 
     def __call__(self) -> float:
-        self.now += next(self._steps)
+        self.now += next(self.steps)
         return self.now
 
 
@@ -122,7 +122,7 @@ def test_the_threshold_comes_back_down_once_collections_are_cheap() -> None:
         collect_young()
         collect_young()
         assert gc.get_threshold()[0] == 4 * THRESHOLD
-        clock._steps = itertools.cycle([10.0, 0.001])  # 0.01 % of the time
+        clock.steps = itertools.cycle([10.0, 0.001])  # 0.01 % of the time
         collect_young()
         assert gc.get_threshold()[0] == 2 * THRESHOLD
         collect_young()

@@ -160,9 +160,8 @@ class _Collector(_WhileOpen[int]):
                 self._began = now
                 return
             pause, interval, self._ended = now - self._began, self._began - self._ended, now
-            applied = self._applied
-            if (self._found is None or applied is None or info["generation"] == 2
-                    or gc.get_threshold()[0] != applied):
+            applied = self._applied  # None once closed (set and cleared with `_found`)
+            if applied is None or info["generation"] == 2 or gc.get_threshold()[0] != applied:
                 return  # closed meanwhile, a full collection, or the process's own value
             wanted = next_threshold(applied, info["collected"], pause, interval)
             if wanted != applied:
